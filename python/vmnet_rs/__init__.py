@@ -1,0 +1,30 @@
+"""vmnet-rs: shared and host-only VM networks without root.
+
+A broker keeps named networks alive and hands each VM either the network's
+serialization (Virtualization.framework) or a socket whose far end a packet
+relay (an adaptor) joins to the network (QEMU, krunkit, vfkit).
+"""
+
+from __future__ import annotations
+
+from ._native import __version__
+from .errors import (
+    AdaptorError,
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigError,
+    NetworkError,
+    NotAuthorizedError,
+    VmnetError,
+)
+
+__all__ = [
+    "AdaptorError",
+    "BrokerError",
+    "BrokerUnavailableError",
+    "ConfigError",
+    "NetworkError",
+    "NotAuthorizedError",
+    "VmnetError",
+    "__version__",
+]

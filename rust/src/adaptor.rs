@@ -1,0 +1,1 @@
+//! Packet relays between a VM's socket and its [`crate::vmnet::Interface`].

@@ -1,0 +1,1 @@
+//! The broker: request handling, network cache, leases and idle exit.

@@ -1,0 +1,126 @@
+//! Networks and the interfaces VMs attach to, behind one small trait pair.
+//!
+//! A [`Network`] is a named L2 segment with a subnet, DHCP, DNS, NAT and port
+//! forwards; an [`Interface`] is one VM's port on it. On macOS both are vmnet
+//! objects (`vmnet/apple.rs`); on Linux a bridge with nftables and dnsmasq,
+//! and a TAP per VM (`vmnet/linux.rs`, `vmnet/tap.rs`). The relay in
+//! `adaptor.rs` sees only [`Interface`]; the broker sees only [`Network`].
+
+use std::io;
+use std::os::fd::RawFd;
+
+use crate::config::NetworkConfig;
+use crate::xpc::Dict;
+
+#[cfg(target_os = "macos")]
+pub mod apple;
+#[cfg(target_os = "linux")]
+pub mod linux;
+#[cfg(target_os = "linux")]
+pub mod tap;
+
+/// What an interface reports once started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    /// The MAC address the VM should use (vmnet allocates one; a TAP's peer
+    /// gets one derived by the caller).
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Largest frame the interface reads or writes (1514 at MTU 1500 without
+    /// offload; 65550 with TSO on vmnet).
+    pub max_frame_bytes: usize,
+    /// Most frames one `read_frames` call returns.
+    pub read_max_frames: usize,
+    /// Most frames one `write_frames` call accepts.
+    pub write_max_frames: usize,
+    /// Whether TSO/checksum offload is on for this interface.
+    pub offload: bool,
+}
+
+/// How an interface is asked for (vmnet interface description keys).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceDesc {
+    /// A MAC for the interface; `None` lets the platform allocate one.
+    pub mac: Option<[u8; 6]>,
+    /// Block traffic to other interfaces on the network.
+    pub isolation: bool,
+    /// TSO + checksum offload (must match the network's `offload`).
+    pub offload: bool,
+}
+
+/// One VM's port on a network: the host side of an adaptor.
+///
+/// Calls never block. The relay waits on [`Interface::readable_fd`] (the TAP
+/// fd itself on Linux; an fd signalled by vmnet's packets-available callback
+/// on macOS) and retries writes that return `WouldBlock` after a short wait.
+pub trait Interface: Send {
+    fn info(&self) -> &InterfaceInfo;
+
+    /// An fd that polls readable when frames may be waiting.
+    fn readable_fd(&self) -> RawFd;
+
+    /// Reads up to `bufs.len()` frames; frame `i` lands in `bufs[i]` with its
+    /// length in `lens[i]`. Returns the number read; `Ok(0)` means none now.
+    /// Every buffer must hold `info().max_frame_bytes`.
+    fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize>;
+
+    /// Writes frames in order and returns how many were taken; `Err` with
+    /// `WouldBlock` when none could be taken now.
+    fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize>;
+
+    /// Stops the interface and releases it. Idempotent; also done on drop.
+    fn stop(&mut self) -> Result<(), Error>;
+}
+
+/// What a live network actually got (the platform may choose for us).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NetworkState {
+    /// Gateway address and prefix, e.g. `192.168.107.1/24`.
+    pub subnet: String,
+    /// IPv6 prefix, e.g. `fd12:3456:789a::/64`, if any.
+    pub ipv6_prefix: Option<String>,
+    /// The host-side device (bridge name on Linux; empty on macOS).
+    pub device: String,
+}
+
+/// A live network. Dropping it tears it down.
+pub trait Network: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// The configuration it was created from.
+    fn config(&self) -> &NetworkConfig;
+
+    fn state(&self) -> NetworkState;
+
+    /// What a Virtualization.framework client needs to attach (vmnet's
+    /// serialization on macOS; a description of the bridge on Linux).
+    fn serialization(&self) -> Result<Dict, Error>;
+
+    /// Starts a new port on the network.
+    fn start_interface(&self, desc: &InterfaceDesc) -> Result<Box<dyn Interface>, Error>;
+
+    /// False once the network went away under us (a deleted bridge, a dead
+    /// vmnet network).
+    fn is_alive(&self) -> bool;
+}
+
+/// Why a network or interface operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid network configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} failed: {detail}")]
+    Platform { op: String, detail: String },
+}
+
+impl Error {
+    pub fn io(op: impl Into<String>, source: io::Error) -> Self {
+        Error::Io { op: op.into(), source }
+    }
+}

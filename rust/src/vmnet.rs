@@ -124,3 +124,33 @@ impl Error {
         Error::Io { op: op.into(), source }
     }
 }
+
+/// Where a backend keeps its records.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    /// Linux: a directory for the record of what was created (bridges, TAPs,
+    /// nftables tables, dnsmasq pids), so a later run can remove what a
+    /// crashed one left. Unused on macOS.
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Creates a network on this platform.
+pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
+    #[cfg(target_os = "linux")]
+    return linux::create_network(name, config, options);
+    #[cfg(target_os = "macos")]
+    return apple::create_network(name, config, options);
+}
+
+/// Removes what an earlier run of the backend left behind (Linux: links,
+/// nftables tables and dnsmasq processes named in its records). Returns a
+/// line per thing removed.
+pub fn cleanup_stale(options: &BackendOptions) -> Result<Vec<String>, Error> {
+    #[cfg(target_os = "linux")]
+    return linux::cleanup_stale(options);
+    #[cfg(target_os = "macos")]
+    return {
+        let _ = options;
+        Ok(Vec::new())
+    };
+}

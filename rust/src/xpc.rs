@@ -144,3 +144,42 @@ impl Dict {
         Ok(out)
     }
 }
+
+/// Who sent a request, as the transport saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// Unique per connection (session) for the life of the listener; leases
+    /// are keyed by it.
+    pub connection: u64,
+}
+
+/// What a listener calls. Runs on the transport's threads (Linux: one per
+/// connection; macOS: the listener's serial queue), so implementations
+/// serialise what must be serialised themselves.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one request and returns the reply.
+    fn request(&self, peer: &Peer, message: Dict) -> Dict;
+
+    /// The connection (session) ended; release what it held.
+    fn disconnected(&self, peer: &Peer);
+}
+
+/// Why a message could not be sent, received or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("message too large: {size} bytes (limit {limit})")]
+    TooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    Transport(String),
+}

@@ -165,6 +165,19 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The connection (session) ended; release what it held.
     fn disconnected(&self, peer: &Peer);
+
+    /// The reply to a message the transport could not decode (too large,
+    /// not an encoding it knows). The default answers in both protocol
+    /// styles: `Error` (string, Lima) and `error` (int64 4, invalid request)
+    /// with `message`.
+    fn malformed(&self, peer: &Peer, error: &Error) -> Dict {
+        let _ = peer;
+        let text = format!("bad request: {error}");
+        Dict::new()
+            .with("Error", Value::String(text.clone()))
+            .with("error", Value::Int(4))
+            .with("message", Value::String(text))
+    }
 }
 
 /// Why a message could not be sent, received or decoded.

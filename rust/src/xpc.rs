@@ -15,6 +15,10 @@ pub mod apple;
 #[cfg(target_os = "linux")]
 pub mod unix;
 
+/// The broker's Unix socket when neither `--socket` nor `$VMNET_RS_SOCKET`
+/// names another (Linux; `unix::socket_path` applies the precedence).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/vmnet-rs/broker.sock";
+
 /// One value in a message.
 #[derive(Debug)]
 pub enum Value {

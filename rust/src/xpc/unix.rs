@@ -17,7 +17,7 @@ pub use client::Client;
 pub use listener::{Listener, Socket};
 
 /// Where the broker listens when neither `--socket` nor [`SOCKET_ENV`] says.
-pub const DEFAULT_SOCKET: &str = "/run/vmnet-rs/broker.sock";
+pub const DEFAULT_SOCKET: &str = crate::xpc::DEFAULT_SOCKET_PATH;
 /// The environment variable naming the broker socket, for the broker and
 /// every client alike.
 pub const SOCKET_ENV: &str = "VMNET_RS_SOCKET";

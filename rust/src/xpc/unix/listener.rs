@@ -44,6 +44,9 @@ pub struct Socket {
     /// We bound the path and unlink it when the socket is dropped; false for
     /// a socket systemd made (it owns the path).
     owns_path: bool,
+    /// Set once the path was removed, so it is removed at most once (a later
+    /// broker may have bound the same path).
+    unlinked: AtomicBool,
     activated: bool,
 }
 
@@ -69,7 +72,7 @@ impl Socket {
         // SAFETY: plain fcntl on our fd: keep it out of children.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         let path = local_path(fd.as_raw_fd()).unwrap_or_default();
-        Ok(Some(Socket { fd, path, owns_path: false, activated: true }))
+        Ok(Some(Socket { fd, path, owns_path: false, unlinked: AtomicBool::new(false), activated: true }))
     }
 
     /// Binds `path` (mode 0666: callers are checked by SO_PEERCRED, not by
@@ -101,7 +104,7 @@ impl Socket {
         }
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666));
-        Ok(Socket { fd, path: path.to_owned(), owns_path: true, activated: false })
+        Ok(Socket { fd, path: path.to_owned(), owns_path: true, unlinked: AtomicBool::new(false), activated: false })
     }
 
     /// The systemd socket if there is one, else a socket bound at `path`.
@@ -122,11 +125,19 @@ impl Socket {
     }
 }
 
-impl Drop for Socket {
-    fn drop(&mut self) {
-        if self.owns_path {
+impl Socket {
+    /// Removes the socket file if we bound it (once): new clients then get
+    /// "no broker" at once instead of queueing on a socket nobody accepts.
+    fn unlink(&self) {
+        if self.owns_path && !self.unlinked.swap(true, Ordering::SeqCst) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.unlink();
     }
 }
 
@@ -220,8 +231,11 @@ impl Listener {
         if let Some(t) = lock(&self.accept_thread).take() {
             let _ = t.join();
         }
+        self._socket.unlink();
+        // SHUT_RD: idle connections see EOF now; a request being handled
+        // still gets its reply, then sees EOF.
         for &fd in lock(&self.shared.connections).values() {
-            sys::shutdown(fd);
+            sys::shutdown_read(fd);
         }
         let threads = std::mem::take(&mut *lock(&self.shared.threads));
         for t in threads {

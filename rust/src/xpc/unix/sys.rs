@@ -222,6 +222,13 @@ pub fn shutdown(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// Shuts the receiving side: a blocked or later receive sees EOF, while a
+/// reply being sent still goes out.
+pub fn shutdown_read(fd: RawFd) {
+    // SAFETY: as in shutdown.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
 /// Sets SO_RCVTIMEO (None: wait forever).
 pub fn set_recv_timeout(fd: RawFd, timeout: Option<std::time::Duration>) -> io::Result<()> {
     let tv = match timeout {

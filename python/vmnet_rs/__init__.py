@@ -8,6 +8,7 @@ relay (an adaptor) joins to the network (QEMU, krunkit, vfkit).
 from __future__ import annotations
 
 from ._native import __version__
+from .broker import Broker, Client, Opened
 from .errors import (
     AdaptorError,
     BrokerError,
@@ -20,6 +21,9 @@ from .errors import (
 
 __all__ = [
     "AdaptorError",
+    "Broker",
+    "Client",
+    "Opened",
     "BrokerError",
     "BrokerUnavailableError",
     "ConfigError",

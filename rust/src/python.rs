@@ -6,12 +6,18 @@
 
 use pyo3::prelude::*;
 
+#[cfg(target_os = "linux")]
+mod broker;
 mod config;
 mod errors;
+mod log;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     config::register(m)?;
+    #[cfg(target_os = "linux")]
+    broker::register(m)?;
+    log::register(m)?;
     Ok(())
 }

@@ -223,6 +223,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         return None;
     };
     check_keys(scope, map, NETWORK_KEYS, "");
+    let n = scope.count();
     let mode = match get(map, "mode") {
         None => Mode::Shared,
         Some(Value::String(s)) if s == "shared" => Mode::Shared,
@@ -236,29 +237,36 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
             Mode::Shared
         }
     };
-    let mut unreadable = Unreadable { mode: scope.count() > before, ..Unreadable::default() };
+    // Read in documented order, so problems come in the order of the docs.
+    let mut unreadable = Unreadable { mode: scope.count() > n, ..Unreadable::default() };
     let n = scope.count();
     let dhcp = read_bool(scope, map, "", "dhcp", true);
     unreadable.dhcp = scope.count() > n;
+    let dns_proxy = read_bool(scope, map, "", "dnsProxy", true);
+    let mtu = read_uint(scope, map, "", "mtu", u64::from(u32::MAX), MTU_ALLOWED).map_or(DEFAULT_MTU, |m| m as u32);
+    let nat44 = read_bool(scope, map, "", "nat44", true);
+    let nat66 = read_bool(scope, map, "", "nat66", true);
+    let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", true);
     let n = scope.count();
     let subnet = read_string(scope, map, "", "subnet", "a network address and prefix length like \"192.168.107.0/24\"");
     unreadable.subnet = scope.count() > n;
     let n = scope.count();
     let ipv6_prefix = read_string(scope, map, "", "ipv6Prefix", "a unique local /64 like \"fd00:1:2:3::/64\"");
     unreadable.ipv6_prefix = scope.count() > n;
+    let external_interface = read_string(scope, map, "", "externalInterface", "a host interface name like \"en0\"");
     let mut cfg = NetworkConfig {
         mode,
         dhcp,
-        dns_proxy: read_bool(scope, map, "", "dnsProxy", true),
-        mtu: read_uint(scope, map, "", "mtu", u64::from(u32::MAX), MTU_ALLOWED).map_or(DEFAULT_MTU, |m| m as u32),
-        nat44: read_bool(scope, map, "", "nat44", true),
-        nat66: read_bool(scope, map, "", "nat66", true),
-        router_advertisement: read_bool(scope, map, "", "routerAdvertisement", true),
+        dns_proxy,
+        mtu,
+        nat44,
+        nat66,
+        router_advertisement,
         subnet,
         ipv6_prefix,
         port_forwarding: Vec::new(),
         dhcp_reservations: Vec::new(),
-        external_interface: read_string(scope, map, "", "externalInterface", "a host interface name like \"en0\""),
+        external_interface,
         isolation: read_bool(scope, map, "", "isolation", false),
         offload: read_bool(scope, map, "", "offload", false),
     };

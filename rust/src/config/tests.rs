@@ -177,6 +177,13 @@ fn an_unreadable_key_is_reported_once() {
 }
 
 #[test]
+fn an_unknown_key_does_not_hide_mode_checks() {
+    let p = problems(json!({"bogus": 1, "mode": "host", "externalInterface": "en0"}));
+    assert_eq!(p.len(), 2, "{p:#?}");
+    assert!(p[1].contains("externalInterface needs mode"), "{p:#?}");
+}
+
+#[test]
 fn overlapping_subnets() {
     let err = file(json!({"vmnet": {
         "a": {"subnet": "10.1.0.0/16"},

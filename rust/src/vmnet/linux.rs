@@ -97,21 +97,9 @@ impl LinuxNetwork {
     /// Checks `config`, then creates the bridge, addresses, nftables table
     /// and dnsmasq of network `name` in the calling thread's namespace.
     pub fn create(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<LinuxNetwork, Error> {
-        // 1. Check everything before touching anything.
-        let routes = links::routes()?;
-        let subnet = match &config.subnet {
-            Some(s) => s.clone(),
-            None => plan::choose_subnet(&routes).ok_or_else(|| plan::PlanError {
-                network: name.into(),
-                message: "no free 192.168.64-254.0/24 subnet is left; set subnet explicitly".into(),
-            })?,
-        };
-        let plan = plan::Plan::new(name, config, &subnet, &routes)?;
-        if let Some(ext) = &plan.external_interface {
-            if links::link_index(ext).is_none() {
-                return Err(plan::PlanError { network: name.into(), message: format!("externalInterface {ext:?} does not exist in this network namespace") }.into());
-            }
-        }
+        // 1. Finish what a crashed run left of this network (its routes would
+        //    otherwise collide with the subnet), then check everything
+        //    before creating anything.
         let bridge = naming::bridge_name(name);
         let table = naming::table_name(name);
         let dir = &options.state_dir;
@@ -132,6 +120,20 @@ impl LinuxNetwork {
                     }
                 }
                 Err(e) => return Err(Error::io(format!("read the record of network {name:?}; remove it if it is damaged"), e)),
+            }
+        }
+        let routes = links::routes()?;
+        let subnet = match &config.subnet {
+            Some(s) => s.clone(),
+            None => plan::choose_subnet(&routes).ok_or_else(|| plan::PlanError {
+                network: name.into(),
+                message: "no free 192.168.64-254.0/24 subnet is left; set subnet explicitly".into(),
+            })?,
+        };
+        let plan = plan::Plan::new(name, config, &subnet, &routes)?;
+        if let Some(ext) = &plan.external_interface {
+            if links::link_index(ext).is_none() {
+                return Err(plan::PlanError { network: name.into(), message: format!("externalInterface {ext:?} does not exist in this network namespace") }.into());
             }
         }
         if links::link_index(&bridge).is_some() {

@@ -56,5 +56,9 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+from .leases import leases  # noqa: E402
+
+cli.add_command(leases)
+
 if __name__ == "__main__":
     main()

@@ -173,6 +173,10 @@ fn network_leases<'py>(py: Python<'py>, name: &str, state_dir: PathBuf) -> PyRes
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    #[cfg(target_os = "linux")]
+    m.add("DEFAULT_NETWORK_STATE_DIR", vmnet::linux::DEFAULT_STATE_DIR)?;
+    #[cfg(not(target_os = "linux"))]
+    m.add("DEFAULT_NETWORK_STATE_DIR", "")?;
     m.add_class::<PyNetwork>()?;
     m.add_function(wrap_pyfunction!(cleanup_stale_networks, m)?)?;
     m.add_function(wrap_pyfunction!(network_leases, m)?)?;

@@ -56,5 +56,9 @@ def main() -> None:
         sys.exit(EXIT_INTERRUPTED)
 
 
+from .run import run_command  # noqa: E402
+
+cli.add_command(run_command)
+
 if __name__ == "__main__":
     main()

@@ -79,12 +79,13 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 # Commands, each from its own module.
-from .networks_cli import networks  # noqa: E402
-
 from .leases import leases  # noqa: E402
+from .networks_cli import networks  # noqa: E402
+from .run import run_command  # noqa: E402
 
 cli.add_command(networks)
 cli.add_command(leases)
+cli.add_command(run_command)
 
 if __name__ == "__main__":
     main()

@@ -262,19 +262,17 @@ class Broker:
         state_dir: Optional[str] = None,
         monitor_interval: float = 1.0,
     ) -> None:
-        settings_json = networks_json = None
+        config_json = None
         config_socket = None
         if config is not None:
-            settings = config.broker.to_dict()
-            settings_json = json.dumps(settings)
-            networks_json = json.dumps({name: net.to_dict() for name, net in config.networks.items()})
-            config_socket = settings.get("socket")
+            config_json = config.to_json()
+            config_socket = config.broker.socket
         if socket is None and not os.environ.get(SOCKET_ENV) and config_socket:
             socket = config_socket
         if idle_timeout is not None and idle_timeout < 0:
             raise ConfigError(f"idle timeout {idle_timeout} must be >= 0 seconds (0 = never exit)")
         self._native = _native.Broker(
-            socket_path(socket), settings_json, networks_json, idle_timeout, backend, state_dir, monitor_interval
+            socket_path(socket), config_json, idle_timeout, backend, state_dir, monitor_interval
         )
 
     @property

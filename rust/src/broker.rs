@@ -82,15 +82,9 @@ impl Default for BrokerOptions {
     }
 }
 
-/// The default broker settings.
+/// The default broker settings (`config.rs`).
 pub fn default_settings() -> BrokerSettings {
-    BrokerSettings {
-        idle_timeout: 120,
-        allowed_users: vec!["root".into()],
-        allowed_groups: vec![auth::DEFAULT_GROUP.into()],
-        socket: crate::xpc::DEFAULT_SOCKET_PATH.into(),
-        mach_service: "io.github.vmnet-rs.broker".into(),
-    }
+    BrokerSettings::default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -339,7 +333,7 @@ mod tests {
             .request(&Dict::new().with("Network", Value::String("shared".into())).with("Configuration", Value::Data(br#"{"mtu":9000}"#.to_vec())))
             .unwrap();
         assert!(r.get_dict("Serialization").is_some(), "{r:?}");
-        assert!(r.get_str("ConfigurationDifference").unwrap().contains("mtu: 1500 (live) vs 9000 (requested)"));
+        assert!(r.get_str("ConfigurationDifference").unwrap().contains("mtu: 1500 != 9000"), "{r:?}");
         let creator: serde_json::Value = serde_json::from_slice(r.get_data("Configuration").unwrap()).unwrap();
         assert_eq!(creator["mtu"], 1500);
         let status = c.request(&cmd("status")).unwrap();
@@ -383,12 +377,12 @@ mod tests {
         let mismatch = acquire("shared").with("config", Value::Data(br#"{"mode":"shared","mtu":9000}"#.to_vec()));
         let r = c.request(&mismatch).unwrap();
         assert_eq!(r.get_int("error"), Some(code::CONFIG_MISMATCH), "{r:?}");
-        assert!(r.get_str("message").unwrap().contains("mtu: 1500 (live) vs 9000 (requested)"));
+        assert!(r.get_str("message").unwrap().contains("(live != requested): mtu: 1500 != 9000"), "{r:?}");
         let r = c.request(&mismatch.try_clone().unwrap().with("accept_existing", Value::Bool(true))).unwrap();
         assert!(r.get_dict("network").is_some());
         let r = c.request(&acquire("host").with("config", Value::Data(br#"{"mode":"host","dhcp":false}"#.to_vec()))).unwrap();
         assert_eq!(r.get_int("error"), Some(code::CONFIG_MISMATCH));
-        assert!(r.get_str("message").unwrap().contains("(broker)"), "{r:?}");
+        assert!(r.get_str("message").unwrap().contains("(broker != requested): dhcp: true != false"), "{r:?}");
         let r = c.request(&acquire("fresh").with("config", Value::Data(b"{\"colour\":1}".to_vec()))).unwrap();
         assert!(r.get_str("message").unwrap().contains("colour"));
         // A new network described by the client is created.

@@ -11,6 +11,7 @@ mod broker;
 mod config;
 mod errors;
 mod log;
+mod network;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -19,5 +20,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     #[cfg(target_os = "linux")]
     broker::register(m)?;
     log::register(m)?;
+    network::register(m)?;
     Ok(())
 }

@@ -120,7 +120,7 @@ impl Core {
         let name = args.required_str("Network", "the network name")?;
         check_network_name(name)?;
         let config = match args.json("Configuration")? {
-            Some(bytes) => Some((netconfig::parse_json(bytes).map_err(Failure::invalid)?, bytes)),
+            Some(bytes) => Some((netconfig::parse_json(bytes, name, true).map_err(Failure::invalid)?, bytes)),
             None => None,
         };
         let fd_type = match args.str("FdType")? {
@@ -189,9 +189,9 @@ impl Core {
         }
     }
 
-    fn wanted<'a>(&self, args: &'a Args<'a>) -> Result<Wanted<'a>, Failure> {
+    fn wanted<'a>(&self, args: &'a Args<'a>, name: &str) -> Result<Wanted<'a>, Failure> {
         let config = match args.json("config")? {
-            Some(bytes) => Some((netconfig::parse_json(bytes).map_err(Failure::invalid)?, bytes)),
+            Some(bytes) => Some((netconfig::parse_json(bytes, name, false).map_err(Failure::invalid)?, bytes)),
             None => None,
         };
         Ok(Wanted { config, accept_existing: args.bool("accept_existing")?.unwrap_or(false), lima: false })
@@ -203,7 +203,7 @@ impl Core {
             None => args.required_str("network", "the network name (network_name)")?,
         };
         check_network_name(name)?;
-        let wanted = self.wanted(args)?;
+        let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted)?;
@@ -228,7 +228,7 @@ impl Core {
         if vnet_hdr && fd_type != FdType::Tap {
             return Err(Failure::invalid(format!("vnet_hdr applies only to fd_type \"tap\", not {type_name:?}")));
         }
-        let wanted = self.wanted(args)?;
+        let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted)?;
@@ -298,12 +298,14 @@ impl Core {
         }
         if let Some(entry) = st.networks.get(name) {
             let Some((requested, _)) = &wanted.config else { return Ok(Vec::new()) };
+            // Compare with what the network really got (a subnet the
+            // platform chose), as the client would see it.
             let diffs = differences(&entry.config, requested);
             if !diffs.is_empty() && !wanted.accept_existing && !wanted.lima {
                 return Err(Failure::new(
                     code::CONFIG_MISMATCH,
                     format!(
-                        "network {name} is live with a different configuration: {}; release it everywhere (or stop the broker) to change it, or ask with accept_existing to use the live one",
+                        "network {name} is live with a different configuration (live != requested): {}; release it everywhere (or stop the broker) to change it, or ask with accept_existing to use the live one",
                         diffs.join("; ")
                     ),
                 ));
@@ -319,8 +321,8 @@ impl Core {
                     return Err(Failure::new(
                         code::CONFIG_MISMATCH,
                         format!(
-                            "network {name} is configured differently in the broker's configuration: {}; change the broker's configuration, or ask with accept_existing to use it",
-                            diffs.join("; ").replace("(live)", "(broker)")
+                            "network {name} is configured differently in the broker's configuration (broker != requested): {}; change the broker's configuration, or ask with accept_existing to use it",
+                            diffs.join("; ")
                         ),
                     ));
                 }
@@ -366,14 +368,25 @@ impl Core {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    fn start_tap(&self, entry: &NetEntry, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Opened, Failure> {
+        use crate::vmnet::Interface;
+        let tap = entry.network.start_tap(desc, vnet_hdr).map_err(|e| {
+            Failure::new(code::CREATE_FAILURE, format!("network {}: could not start a TAP: {e}; use datagram, datagram_next or stream", entry.network.name()))
+        })?;
+        let info = tap.info().clone();
+        let name = tap.name().to_owned();
+        let mac = desc.mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(random_mac);
+        Ok(Opened { port: Port::Tap { name }, fd: tap.into_fd(), mac, mtu: info.mtu, offload: vnet_hdr })
+    }
+
+    #[cfg(not(target_os = "linux"))]
     fn start_tap(&self, entry: &NetEntry, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Opened, Failure> {
         let _ = (desc, vnet_hdr);
-        let why = match self.options.backend {
-            Backend::Hub => "the test hub backend has no TAP devices",
-            Backend::Platform if cfg!(target_os = "linux") => "this build's Linux backend cannot hand out TAP fds yet",
-            Backend::Platform => "TAP fds exist only on Linux",
-        };
-        Err(Failure::invalid(format!("network {}: fd_type \"tap\" is not available: {why}; use datagram, datagram_next or stream", entry.network.name())))
+        Err(Failure::invalid(format!(
+            "network {}: fd_type \"tap\" exists only on Linux; use datagram, datagram_next or stream",
+            entry.network.name()
+        )))
     }
 
     fn list(&self) -> Dict {

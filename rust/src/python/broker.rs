@@ -3,7 +3,6 @@
 //! connection). Every call that can wait releases the GIL. The Python
 //! wrappers with the public API are in `vmnet_rs/broker.py`.
 
-use std::collections::BTreeMap;
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -14,8 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
 
 use super::errors;
-use crate::broker::{self, netconfig, Backend, BrokerOptions};
-use crate::config::BrokerSettings;
+use crate::broker::{self, Backend, BrokerOptions};
+use crate::config::FileConfig;
 use crate::xpc::{self, Dict, Value};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -93,41 +92,31 @@ pub struct PyBroker {
 
 #[pymethods]
 impl PyBroker {
-    /// socket: path (None: $VMNET_RS_SOCKET, else the default); settings_json:
-    /// broker settings (camelCase, as in the config file); networks_json: an
-    /// object of name -> network configuration (None: the built-ins);
-    /// idle_timeout overrides the settings' (seconds, 0 = never);
-    /// backend: "platform" or "hub" (test double); state_dir: the Linux
-    /// backend's records.
+    /// socket: path (None: $VMNET_RS_SOCKET, else the default); config_json:
+    /// the whole configuration in the file's shape (`{"broker": {...},
+    /// "vmnet": {...}}`, as `vmnet_rs.config.Config.to_json()` writes it;
+    /// None: the built-ins); idle_timeout overrides the settings' (seconds,
+    /// 0 = never); backend: "platform" or "hub" (test double); state_dir:
+    /// the Linux backend's records.
     #[new]
-    #[pyo3(signature = (socket=None, settings_json=None, networks_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0))]
     fn new(
         py: Python<'_>,
         socket: Option<PathBuf>,
-        settings_json: Option<&str>,
-        networks_json: Option<&str>,
+        config_json: Option<&str>,
         idle_timeout: Option<u64>,
         backend: &str,
         state_dir: Option<PathBuf>,
         monitor_interval: f64,
     ) -> PyResult<Self> {
         let mut options = BrokerOptions::new();
-        if let Some(s) = settings_json {
-            options.settings = serde_json::from_str::<BrokerSettings>(s).map_err(|e| errors::raise(py, "ConfigError", format!("broker settings: {e}")))?;
+        if let Some(text) = config_json {
+            let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(py, e))?;
+            options.settings = file.broker;
+            options.networks = file.networks;
         }
         if let Some(t) = idle_timeout {
             options.settings.idle_timeout = t;
-        }
-        if let Some(n) = networks_json {
-            let raw: BTreeMap<String, serde_json::Value> =
-                serde_json::from_str(n).map_err(|e| errors::raise(py, "ConfigError", format!("networks: {e}")))?;
-            let mut networks = BTreeMap::new();
-            for (name, v) in raw {
-                let bytes = serde_json::to_vec(&v).unwrap_or_default();
-                let c = netconfig::parse_json(&bytes).map_err(|e| errors::raise(py, "ConfigError", format!("network {name}: {e}")))?;
-                networks.insert(name, c);
-            }
-            options.networks = networks;
         }
         options.backend = Backend::parse(backend)
             .ok_or_else(|| errors::raise(py, "ConfigError", format!("unknown backend {backend:?} (platform or hub)")))?;

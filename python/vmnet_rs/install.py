@@ -65,6 +65,7 @@ class Plan:
     """What install or uninstall would do, in order."""
 
     platform: str
+    dirs: List[Path] = field(default_factory=list)
     writes: List[FileWrite] = field(default_factory=list)
     copies: List[tuple] = field(default_factory=list)  # (src, dst, mode)
     commands: List[List[str]] = field(default_factory=list)
@@ -81,6 +82,8 @@ class Plan:
         lines += [f"note: {n}" for n in self.notes]
         if self.up_to_date:
             lines.append("already installed and up to date: nothing to do")
+        for d in self.dirs:
+            lines.append(f"mkdir {d}")
         for src, dst, mode in self.copies:
             lines.append(f"copy {src} -> {dst} (mode {mode:o})")
         for w in self.writes:
@@ -96,6 +99,8 @@ class Plan:
         return "\n".join(lines)
 
     def execute(self) -> None:
+        for d in self.dirs:
+            d.mkdir(parents=True, exist_ok=True)
         for src, dst, mode in self.copies:
             Path(dst).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(str(dst) + ".new")
@@ -232,9 +237,9 @@ def macos_install_plan(label: str, home: Path, uid: int, config: Optional[str] =
         return plan
     if plist_path.exists():
         plan.notes.append("an installed LaunchAgent differs (moved or changed package): it is replaced")
+    plan.dirs += [support, _log_dir(home), plist_path.parent]
     plan.copies.append((source, exe, 0o755))
     plan.writes.append(FileWrite(ent, entitlements_plist()))
-    plan.writes.append(FileWrite(_log_dir(home) / ".keep", b""))
     plan.writes.append(FileWrite(plist_path, plist))
     plan.writes.append(FileWrite(stamp_path, stamp))
     bootout = ["launchctl", "bootout", f"gui/{uid}/{label}"]
@@ -353,6 +358,8 @@ def _load_settings(config: Optional[str]) -> Dict[str, Any]:
 
 
 def install_plan(platform: str, config: Optional[str], socket: Optional[str], mach_service: Optional[str], force: bool = False) -> Plan:
+    if config is not None:
+        config = os.path.abspath(config)
     settings = _load_settings(config)
     if platform == "macos":
         label = mach_service or settings.get("machService") or DEFAULT_MACH_SERVICE

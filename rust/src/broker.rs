@@ -18,6 +18,7 @@ pub mod netconfig;
 pub mod protocol;
 mod requests;
 pub mod state;
+#[cfg(target_os = "linux")]
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -161,7 +162,13 @@ impl Core {
     fn create_network(&self, name: &str, config: &NetworkConfig) -> Result<Box<dyn Network>, crate::vmnet::Error> {
         match self.options.backend {
             Backend::Platform => crate::vmnet::create_network(name, config, &self.options.backend_options),
+            #[cfg(target_os = "linux")]
             Backend::Hub => Ok(Box::new(testing::HubNetwork::create(name, config)?)),
+            #[cfg(not(target_os = "linux"))]
+            Backend::Hub => Err(crate::vmnet::Error::Platform {
+                op: format!("create network {name:?}"),
+                detail: "the test hub backend exists only on Linux".into(),
+            }),
         }
     }
 

@@ -73,11 +73,14 @@ def test_lima_networks_yaml_gives_limas_values() -> None:
     assert cfg.networks["host"] == NetworkConfig(
         **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.108.1/24"}
     )
+    assert cfg.networks["lab-host"] == NetworkConfig(
+        **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.110.1/24"}
+    )
     assert cfg.networks["scratch"] == NetworkConfig(**lima)
     assert cfg.networks["scratch"].subnet is None
     assert cfg.networks["jumbo"] == NetworkConfig(**{**lima, "nat66": False, "subnet": "192.168.109.1/24"})
     # Lima's socket_vmnet "networks" (bridged, user-v2, ...) are not vmnet-rs networks.
-    assert sorted(cfg.networks) == ["host", "jumbo", "scratch", "shared"]
+    assert sorted(cfg.networks) == ["host", "jumbo", "lab-host", "scratch", "shared"]
 
 
 def test_every_key_is_read() -> None:

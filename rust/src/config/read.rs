@@ -246,7 +246,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
     let mtu = read_uint(scope, map, "", "mtu", u64::from(u32::MAX), MTU_ALLOWED).map_or(DEFAULT_MTU, |m| m as u32);
     let nat44 = read_bool(scope, map, "", "nat44", true);
     let nat66 = read_bool(scope, map, "", "nat66", true);
-    let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", true);
+    let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", mode == Mode::Shared);
     let n = scope.count();
     let subnet = read_string(scope, map, "", "subnet", "a network address and prefix length like \"192.168.107.0/24\"");
     unreadable.subnet = scope.count() > n;

@@ -34,6 +34,14 @@ fn empty_entry_gets_lima_defaults() {
 }
 
 #[test]
+fn host_mode_defaults_to_no_router_advertisement() {
+    let cfg = net(json!({"mode": "host"})).unwrap();
+    assert_eq!(cfg, NetworkConfig::lima_default_for(Mode::Host));
+    assert!(!cfg.router_advertisement);
+    assert!(net(json!({"mode": "host", "routerAdvertisement": true})).unwrap().router_advertisement);
+}
+
+#[test]
 fn builtins_and_defaults() {
     let f = file(json!({})).unwrap();
     assert_eq!(f, FileConfig::default());

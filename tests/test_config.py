@@ -299,7 +299,7 @@ def test_wrong_types() -> None:
         'networks.yaml:5: network "shared": key "mtu": "big" is a string; use an integer in 1280..9000',
         'networks.yaml:6: network "shared": key "portForwarding": "none" is a string; use a list of mappings '
         "with protocol, externalPort, internalAddress and internalPort",
-        'networks.yaml:8: broker: key "idleTimeout": 1.5 is a decimal number; use an integer in 1..4294967295 (seconds)',
+        'networks.yaml:8: broker: key "idleTimeout": 1.5 is a decimal number; use an integer in 0..4294967295 (seconds; 0 never times out)',
     ]
 
 

@@ -668,10 +668,7 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
         }
     };
     check_keys(scope, map, BROKER_KEYS, "");
-    if let Some(t) = read_uint(scope, map, "", "idleTimeout", u64::from(u32::MAX), "1..4294967295 (seconds)") {
-        if t == 0 {
-            scope.key("idleTimeout", "0 is out of range; use 1..4294967295 (seconds)");
-        }
+    if let Some(t) = read_uint(scope, map, "", "idleTimeout", u64::from(u32::MAX), "0..4294967295 (seconds; 0 never times out)") {
         b.idle_timeout = t;
     }
     for (key, target) in [("allowedUsers", &mut b.allowed_users), ("allowedGroups", &mut b.allowed_groups)] {

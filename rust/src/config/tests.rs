@@ -452,11 +452,12 @@ fn broker_settings() {
         socket: "/tmp/b.sock".into(),
         mach_service: "com.example.vmnet".into(),
     });
-    let err = file(json!({"broker": {"idleTimeout": 0, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
+    assert_eq!(file(json!({"broker": {"idleTimeout": 0}})).unwrap().broker.idle_timeout, 0);
+    let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
     let p: Vec<&str> = err.problems().collect();
     assert_eq!(p, vec![
         "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, socket, machService",
-        "networks.yaml: broker: key \"idleTimeout\": 0 is out of range; use 1..4294967295 (seconds)",
+        "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
         "networks.yaml: broker: key \"allowedUsers\": \"root\" is a string; use a list of user names or numeric ids",
         "networks.yaml: broker: key \"socket\": \"relative.sock\" is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
         "networks.yaml: broker: key \"machService\": \"no spaces allowed\" is not a Mach service name; use a reverse-DNS name like \"io.github.vmnet-rs.broker\"",

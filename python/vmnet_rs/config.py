@@ -226,7 +226,7 @@ class Config:
     """
 
     broker: BrokerSettings = field(default_factory=BrokerSettings)
-    networks: Mapping[str, NetworkConfig] = field(default_factory=dict)
+    networks: Mapping[str, NetworkConfig] = field(default_factory=dict, hash=False)
     source: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:

@@ -525,3 +525,68 @@ fn did_you_mean_only_when_close() {
     assert_eq!(read::did_you_mean("NAT44", NETWORK_KEYS), Some("nat44"));
     assert_eq!(read::did_you_mean("zzz", NETWORK_KEYS), None);
 }
+
+/// A small deterministic generator of JSON values built from the config's
+/// own keys and plausible-but-wrong values, for the no-panic test below.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+
+    fn value(&mut self, depth: u32) -> Value {
+        const STRINGS: &[&str] = &[
+            "", "shared", "host", "tcp", "udp", "ipv4", "ipv6", "192.168.1.0/24", "10.0.0.1/8", "10.0.0.7",
+            "192.168.1.300", "fd00::/64", "fd00::1", "::/0", "0.0.0.0/0", "255.255.255.255/32", "52:54:00:00:00:01",
+            "ff:ff:ff:ff:ff:ff", "en0", "/run/x.sock", "a.b", "\u{0}", "é",
+        ];
+        let all_keys: Vec<&str> = NETWORK_KEYS
+            .iter()
+            .chain(PORT_FORWARD_KEYS)
+            .chain(DHCP_RESERVATION_KEYS)
+            .chain(BROKER_KEYS)
+            .chain(TOP_KEYS)
+            .copied()
+            .collect();
+        match self.next() % if depth == 0 { 5 } else { 7 } {
+            0 => Value::Null,
+            1 => Value::Bool(self.next() % 2 == 0),
+            2 => json!([0i64, 1, 22, 1280, 1500, 9000, 65535, 65536, -1, i64::MAX][(self.next() % 10) as usize]),
+            3 => json!(self.next() as f64 / 7.0),
+            4 => Value::String(self.pick(STRINGS).to_string()),
+            5 => Value::Array((0..self.next() % 4).map(|_| self.value(depth - 1)).collect()),
+            _ => Value::Object(
+                (0..self.next() % 6).map(|_| (self.pick(&all_keys).to_string(), self.value(depth - 1))).collect(),
+            ),
+        }
+    }
+}
+
+#[test]
+fn arbitrary_input_never_panics_and_accepted_input_is_stable() {
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let network = g.value(3);
+        if let Ok(cfg) = NetworkConfig::from_value(&network, SRC, "n") {
+            accepted += 1;
+            let again = NetworkConfig::from_json(&cfg.to_json(), SRC, "n").expect("normalised output reads back");
+            assert_eq!(again, cfg);
+        }
+        let _ = NetworkConfig::from_lima_json(&network.to_string(), SRC, "n");
+        let doc = json!({"vmnet": {"a": network, "b": g.value(3)}, "broker": g.value(2)});
+        if let Ok(f) = FileConfig::from_value(&doc, SRC) {
+            assert_eq!(FileConfig::from_json(&f.to_json(), SRC).unwrap(), f);
+        }
+    }
+    assert!(accepted > 0, "the generator should produce some valid networks");
+}

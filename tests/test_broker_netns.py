@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -126,3 +127,20 @@ def test_deleted_bridge_is_noticed_and_released(broker: BrokerProcess) -> None:
         # Asking again makes it anew.
         c.acquire("lab")
         assert c.status()["networks"]["lab"]["alive"] is True
+
+
+def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
+    with Client(str(broker.socket)) as c:
+        c.acquire("lab")
+        nic = c.open("lab", "tap")
+        bridge = c.status()["networks"]["lab"]["device"]
+        assert c.status()["connections"] == 1
+    nic.close()
+    assert bridge in broker.netns.links()
+    os.kill(broker.pid, signal.SIGTERM)
+    assert broker.proc.wait(timeout=60) == 0, broker.log_text()
+    assert "broker stopped: interrupted" in broker.log_text()
+    assert bridge not in broker.netns.links()
+    assert not tap_links(broker)
+    tables = broker.netns.run(["nft", "list", "tables"]).stdout
+    assert "vmnet_rs" not in tables, tables

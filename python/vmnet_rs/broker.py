@@ -307,7 +307,7 @@ class Broker:
                 if reason is not None:
                     return reason
         except KeyboardInterrupt:
-            return "interrupted"
+            return "interrupted (signal)"
         finally:
             self.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -66,7 +67,16 @@ def broker_command(
     else:
         config = load_config(config_file)
     broker = Broker(config, socket=socket, idle_timeout=idle_timeout, backend=backend, state_dir=state_dir, monitor_interval=monitor_interval)
-    broker.start()
-    click.echo(f"vmnet-rs: broker pid {os.getpid()} serving {broker.socket}", err=True)
-    reason = broker.serve_forever()
+    # systemd and launchd stop the broker with SIGTERM: tear the networks
+    # down as for Ctrl-C instead of dying with them in place.
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        broker.start()
+        click.echo(f"vmnet-rs: broker pid {os.getpid()} serving {broker.socket}", err=True)
+        reason = broker.serve_forever()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(f"vmnet-rs: broker stopped: {reason}", err=True)

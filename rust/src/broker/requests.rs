@@ -46,7 +46,15 @@ fn is_lima(msg: &Dict) -> bool {
 
 impl Handler for Core {
     fn request(&self, peer: &Peer, message: Dict) -> Dict {
+        self.lock_state().connections.insert(peer.connection);
         let lima = is_lima(&message);
+        log::debug!(
+            "connection {} (pid {} uid {}): {}",
+            peer.connection,
+            peer.pid,
+            peer.uid,
+            message.get_str("command").or(message.get_str("Network").map(|_| "Lima request")).unwrap_or("request")
+        );
         let result = if lima {
             self.lima_request(peer, &message)
         } else if !message.contains_key("command") {
@@ -74,6 +82,7 @@ impl Handler for Core {
 
     fn disconnected(&self, peer: &Peer) {
         let mut st = self.lock_state();
+        st.connections.remove(&peer.connection);
         let n = st.release_where(|l| l.connection == peer.connection && l.bound_to_connection);
         if n > 0 {
             log::info!("connection {} (pid {}) closed: {n} lease(s) released", peer.connection, peer.pid);
@@ -494,6 +503,7 @@ impl Core {
             .with("uptime_s", Value::Int(self.started.elapsed().as_secs() as i64))
             .with("endpoint", Value::String(self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()))
             .with("idle_timeout_s", Value::Int(self.options.settings.idle_timeout as i64))
+            .with("connections", Value::Int(st.connections.len() as i64))
             .with("backend", Value::String(if self.options.backend == Backend::Hub { "hub" } else { "platform" }.into()))
             .with("known", Value::Dict(networks_list))
             .with("networks", Value::Dict(networks))

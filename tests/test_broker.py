@@ -406,3 +406,122 @@ def test_cli_status_shows_the_broker(hub: BrokerProcess) -> None:
             [sys.executable, "-m", "vmnet_rs", "status", "--json", "--socket", str(hub.socket)], capture_output=True, text=True, timeout=60
         )
         assert json.loads(js.stdout)["broker"]["networks"]["shared"]["leases"] == 1
+
+
+# --- fds with relays (adaptors) on the test hub ---------------------------------------
+
+from vmnet_rs import _native  # noqa: E402
+
+#: Relay tests need the adaptor layer, which lands separately.
+needs_adaptor = pytest.mark.skipif(not hasattr(_native, "Adaptor"), reason="this build has no adaptor layer (relays) yet")
+
+
+def eth_frame(payload: bytes, src: bytes = b"\x52\x54\x00\x00\x00\x01") -> bytes:
+    return b"\xff" * 6 + src + b"\x88\xb5" + payload.ljust(46, b"\0")
+
+
+def send_frame(fd: int, fd_type: str, frame: bytes) -> None:
+    s = pysocket.socket(fileno=os.dup(fd))
+    try:
+        if fd_type == "stream":
+            s.sendall(struct.pack(">I", len(frame)) + frame)
+        else:
+            s.send(frame)
+    finally:
+        s.close()
+
+
+def recv_frame(fd: int, fd_type: str, marker: bytes, timeout: float = 30.0) -> bytes:
+    """Reads frames from a VM-side fd until one contains `marker`."""
+    s = pysocket.socket(fileno=os.dup(fd))
+    s.settimeout(timeout)
+    try:
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if fd_type == "stream":
+                while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+                    chunk = s.recv(65536)
+                    assert chunk, "the relay closed the stream"
+                    buf += chunk
+                n = struct.unpack(">I", buf[:4])[0]
+                frame, buf = buf[4 : 4 + n], buf[4 + n :]
+            else:
+                frame = s.recv(65536)
+            if marker in frame:
+                return frame
+        raise AssertionError(f"no frame with {marker!r}")
+    finally:
+        s.close()
+
+
+@needs_adaptor
+@pytest.mark.parametrize("fd_type", ["datagram", "datagram_next", "stream"])
+def test_two_clients_frames_meet_through_relays(hub: BrokerProcess, fd_type: str) -> None:
+    with Client(str(hub.socket)) as a, Client(str(hub.socket)) as b:
+        with a.open("shared", fd_type, mac="52:54:00:00:00:0a") as na, b.open("shared", fd_type) as nb:
+            assert na.fd_type == fd_type and na.mac == "52:54:00:00:00:0a" and na.network == "shared"
+            assert na.subnet == "192.168.107.1/24" and na.config["mtu"] == 1500 and na.mtu == 1500
+            send_frame(na.fd, fd_type, eth_frame(b"from-a"))
+            recv_frame(nb.fd, fd_type, b"from-a")
+            send_frame(nb.fd, fd_type, eth_frame(b"from-b"))
+            recv_frame(na.fd, fd_type, b"from-b")
+            adaptors = a.status()["adaptors"]
+            assert len(adaptors) == 2
+            assert sum(x["vm_to_host"]["packets"] for x in adaptors.values()) >= 2
+            assert all(x["kind"] == fd_type and x["running"] for x in adaptors.values())
+
+
+@needs_adaptor
+def test_closed_vm_socket_releases_the_lease(hub: BrokerProcess) -> None:
+    with Client(str(hub.socket)) as c:
+        nic = c.open("shared", "stream")
+        assert len(c.status()["leases"]) == 1
+        nic.close()  # the VM's end goes: the relay ends, the lease with it
+        wait_until("the relay's lease to go", lambda: not c.status()["leases"])
+
+
+@needs_adaptor
+def test_lima_fd_outlives_the_session_until_the_vm_closes(hub: BrokerProcess) -> None:
+    c = Client(str(hub.socket))
+    # stream: a closed VM end is seen at once (a datagram peer's close shows
+    # only when the relay next writes to it).
+    reply = c.request({"Network": "shared", "FdType": "stream", "InterfaceDesc": {"vmnet_mac_address": "52:54:00:12:34:56"}})
+    assert set(reply) >= {"Configuration", "Serialization", "FileDescriptor", "MACAddress"}, reply
+    assert reply["MACAddress"] == "52:54:00:12:34:56"
+    fd = reply["FileDescriptor"]
+    c.close()  # Lima closes its session right after the reply
+    with Client(str(hub.socket)) as watcher:
+        time.sleep(0.5)
+        leases = watcher.status()["leases"]
+        assert [lease["bound_to_connection"] for lease in leases.values()] == [False]
+        os.close(fd)
+        wait_until("the Lima lease to end with the VM socket", lambda: not watcher.status()["leases"])
+
+
+@needs_adaptor
+def test_killed_client_with_relays_leaks_nothing(hub: BrokerProcess, tmp_path: Path) -> None:
+    script = tmp_path / "vm.py"
+    script.write_text(
+        "import sys\n"
+        "from vmnet_rs import Client\n"
+        "c = Client(sys.argv[1])\n"
+        "nics = [c.open('shared', k) for k in ('datagram', 'datagram_next', 'stream')]\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    c.request({'command': 'open', 'network': 'shared', 'fd_type': 'stream'})\n"
+    )
+    with Client(str(hub.socket)) as watcher:
+        watcher.acquire("shared")
+        baseline = settled_fds(hub)
+        victim = subprocess.Popen([sys.executable, str(script), str(hub.socket)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert victim.stdout.readline().strip() == "ready"
+            time.sleep(0.3)
+        finally:
+            victim.kill()
+            victim.wait(timeout=30)
+            victim.stdout.close()
+        wait_until("the victim's leases to go", lambda: len(watcher.status()["leases"]) == 1)
+        assert not watcher.status()["adaptors"]
+        assert_no_new_fds(hub, baseline)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from brokerproc import BrokerProcess, wait_until
-from test_broker import assert_no_new_fds, settled_fds
+from test_broker import assert_no_new_fds, needs_adaptor, settled_fds
 from vmnet_rs import Client
 
 pytestmark = pytest.mark.root
@@ -144,3 +144,17 @@ def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
     assert not tap_links(broker)
     tables = broker.netns.run(["nft", "list", "tables"]).stdout
     assert "vmnet_rs" not in tables, tables
+
+
+@needs_adaptor
+def test_two_clients_stream_relays_on_a_bridge(broker: BrokerProcess) -> None:
+    from test_broker import eth_frame, recv_frame, send_frame
+
+    with Client(str(broker.socket)) as a, Client(str(broker.socket)) as b:
+        with a.open("lab", "stream") as na, b.open("lab", "datagram") as nb:
+            send_frame(na.fd, "stream", eth_frame(b"over-the-bridge", bytes.fromhex(na.mac.replace(":", ""))))
+            recv_frame(nb.fd, "datagram", b"over-the-bridge")
+            send_frame(nb.fd, "datagram", eth_frame(b"and-back", bytes.fromhex(nb.mac.replace(":", ""))))
+            recv_frame(na.fd, "stream", b"and-back")
+        wait_until("the relays' leases to go", lambda: not a.status()["leases"])
+        assert not tap_links(broker)

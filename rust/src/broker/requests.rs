@@ -442,6 +442,18 @@ impl Core {
             if let Some(t) = e.idle_since {
                 d.insert("idle_s", Value::Int(t.elapsed().as_secs() as i64));
             }
+            // DHCP leases, where the backend can tell (Linux: dnsmasq).
+            if let Ok(dhcp) = e.network.leases() {
+                let mut by_mac = Dict::new();
+                for l in dhcp {
+                    let mut x = Dict::new().with("address", Value::String(l.address)).with("expires", Value::Int(l.expires as i64));
+                    if let Some(h) = l.hostname {
+                        x.insert("hostname", Value::String(h));
+                    }
+                    by_mac.insert(l.mac, Value::Dict(x));
+                }
+                d.insert("dhcp_leases", Value::Dict(by_mac));
+            }
             networks.insert(name.clone(), Value::Dict(d));
         }
         let mut leases = Dict::new();

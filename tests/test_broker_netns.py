@@ -139,9 +139,10 @@ def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
     assert bridge in broker.netns.links()
     os.kill(broker.pid, signal.SIGTERM)
     assert broker.proc.wait(timeout=60) == 0, broker.log_text()
-    assert "broker stopped: interrupted" in broker.log_text()
-    assert bridge not in broker.netns.links()
-    assert not tap_links(broker)
+    log = broker.log_text()
+    assert "broker stopped: interrupted" in log, log
+    assert bridge not in broker.netns.links(), log
+    assert not tap_links(broker), log
     tables = broker.netns.run(["nft", "list", "tables"]).stdout
     assert "vmnet_rs" not in tables, tables
 

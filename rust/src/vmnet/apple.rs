@@ -80,7 +80,7 @@ fn check(step: &Step, raw: ffi::vmnet_return_t) -> Result<(), Error> {
 /// Makes one configuration call.
 fn apply_step(cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Result<(), Error> {
     let c = cfg.as_ptr();
-    // SAFETY (all calls): `c` is a live configuration; pointers passed point
+    // SAFETY: (all calls) `c` is a live configuration; pointers passed point
     // to locals that outlive the call.
     unsafe {
         match step {
@@ -90,11 +90,26 @@ fn apply_step(cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Res
                     .map_err(|_| Error::Platform { op: step.to_string(), detail: "name contains a NUL byte".into() })?;
                 check(step, ffi::vmnet_network_configuration_set_external_interface(c, name.as_ptr()))
             }
-            Step::DisableNat44 => Ok(ffi::vmnet_network_configuration_disable_nat44(c)),
-            Step::DisableNat66 => Ok(ffi::vmnet_network_configuration_disable_nat66(c)),
-            Step::DisableDhcp => Ok(ffi::vmnet_network_configuration_disable_dhcp(c)),
-            Step::DisableDnsProxy => Ok(ffi::vmnet_network_configuration_disable_dns_proxy(c)),
-            Step::DisableRouterAdvertisement => Ok(ffi::vmnet_network_configuration_disable_router_advertisement(c)),
+            Step::DisableNat44 => {
+                ffi::vmnet_network_configuration_disable_nat44(c);
+                Ok(())
+            }
+            Step::DisableNat66 => {
+                ffi::vmnet_network_configuration_disable_nat66(c);
+                Ok(())
+            }
+            Step::DisableDhcp => {
+                ffi::vmnet_network_configuration_disable_dhcp(c);
+                Ok(())
+            }
+            Step::DisableDnsProxy => {
+                ffi::vmnet_network_configuration_disable_dns_proxy(c);
+                Ok(())
+            }
+            Step::DisableRouterAdvertisement => {
+                ffi::vmnet_network_configuration_disable_router_advertisement(c);
+                Ok(())
+            }
             Step::SetIpv4Subnet { first_host, mask } => {
                 let (a, m) = (in_addr(*first_host), in_addr(*mask));
                 check(step, ffi::vmnet_network_configuration_set_ipv4_subnet(c, &a, &m))

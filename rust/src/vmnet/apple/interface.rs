@@ -60,6 +60,11 @@ impl Wakeup {
     }
 }
 
+/// What finishing a start yields: parameters, the wake-up pipe's read end
+/// and writer, and the event queue and block.
+type EventParts = (InterfaceInfo, OwnedFd, Arc<Wakeup>, DispatchRetained<DispatchQueue>, EventBlock);
+type EventBlock = RcBlock<dyn Fn(ffi::interface_event_t, xffi::xpc_object_t)>;
+
 /// A started vmnet interface.
 pub struct VmnetInterface {
     iface: ffi::interface_ref,
@@ -67,7 +72,7 @@ pub struct VmnetInterface {
     network: Option<CfRef<ffi::vmnet_network>>,
     queue: DispatchRetained<DispatchQueue>,
     _event_queue: DispatchRetained<DispatchQueue>,
-    _event_block: RcBlock<dyn Fn(ffi::interface_event_t, xffi::xpc_object_t)>,
+    _event_block: EventBlock,
     wakeup: Arc<Wakeup>,
     read_end: OwnedFd,
     info: InterfaceInfo,
@@ -123,7 +128,7 @@ unsafe fn read_params(params: xffi::xpc_object_t) -> Params {
         if k.is_null() {
             continue;
         }
-        // SAFETY (block): `params` is live (caller's contract); each getter is
+        // SAFETY: (block) `params` is live (caller's contract); each getter is
         // used on an object of its own type.
         unsafe {
             let v = xffi::xpc_dictionary_get_value(params, k);
@@ -285,30 +290,28 @@ impl VmnetInterface {
             return Err(mapping::status_error(format!("vmnet_interface_start_with_network({network_name})"), status));
         }
 
-        let finish =
-            || -> Result<(InterfaceInfo, OwnedFd, Arc<Wakeup>, DispatchRetained<DispatchQueue>, RcBlock<_>), Error> {
-                let info = mapping::parse_interface_params(&params, desc)?;
-                let (read_end, write_end) = nonblocking_pipe().map_err(|e| Error::io("create the wake-up pipe", e))?;
-                let wakeup = Arc::new(Wakeup { write: write_end, pending: AtomicBool::new(false) });
-                let w = Arc::clone(&wakeup);
-                let event_block =
-                    RcBlock::new(move |_mask: ffi::interface_event_t, _event: xffi::xpc_object_t| w.notify());
-                let event_queue = DispatchQueue::new("vmnet-rs.interface.events", None);
-                // SAFETY: `iface` is started; queue and block are live; vmnet
-                // copies the block.
-                let status = Status::from_raw(unsafe {
-                    ffi::vmnet_interface_set_event_callback(
-                        iface,
-                        mapping::VMNET_INTERFACE_PACKETS_AVAILABLE,
-                        &*event_queue,
-                        &*event_block,
-                    )
-                });
-                if !status.is_success() {
-                    return Err(mapping::status_error("vmnet_interface_set_event_callback", status));
-                }
-                Ok((info, read_end, wakeup, event_queue, event_block))
-            };
+        let finish = || -> Result<EventParts, Error> {
+            let info = mapping::parse_interface_params(&params, desc)?;
+            let (read_end, write_end) = nonblocking_pipe().map_err(|e| Error::io("create the wake-up pipe", e))?;
+            let wakeup = Arc::new(Wakeup { write: write_end, pending: AtomicBool::new(false) });
+            let w = Arc::clone(&wakeup);
+            let event_block = RcBlock::new(move |_mask: ffi::interface_event_t, _event: xffi::xpc_object_t| w.notify());
+            let event_queue = DispatchQueue::new("vmnet-rs.interface.events", None);
+            // SAFETY: `iface` is started; queue and block are live; vmnet
+            // copies the block.
+            let status = Status::from_raw(unsafe {
+                ffi::vmnet_interface_set_event_callback(
+                    iface,
+                    mapping::VMNET_INTERFACE_PACKETS_AVAILABLE,
+                    &*event_queue,
+                    &*event_block,
+                )
+            });
+            if !status.is_success() {
+                return Err(mapping::status_error("vmnet_interface_set_event_callback", status));
+            }
+            Ok((info, read_end, wakeup, event_queue, event_block))
+        };
         let (info, read_end, wakeup, event_queue, event_block) = match finish() {
             Ok(parts) => parts,
             Err(e) => {
@@ -461,7 +464,8 @@ impl Interface for VmnetInterface {
         if self.iface.is_null() {
             return Ok(());
         }
-        let iface = std::mem::replace(&mut self.iface, null_mut());
+        let iface = self.iface;
+        self.iface = null_mut();
         let result = stop_raw(iface, &self.queue, &self.name);
         // Our reference to the fresh network; vmnet holds its own while the
         // interface lingers, so releasing it here is safe either way.

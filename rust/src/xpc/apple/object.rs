@@ -171,7 +171,7 @@ fn created(ptr: ffi::xpc_object_t, what: &str) -> Result<Object, Error> {
 }
 
 fn value_to_xpc(value: &Value, depth: usize) -> Result<Object, Error> {
-    // SAFETY (all calls below): the create functions take plain values or
+    // SAFETY: (all calls below) the create functions take plain values or
     // pointers valid for the duration of the call and return +1 objects.
     unsafe {
         match value {
@@ -210,7 +210,7 @@ fn tagged_to_xpc(tagged: Tagged, depth: usize) -> Result<Object, Error> {
     if depth > MAX_DEPTH {
         return Err(Error::Malformed(format!("message nests deeper than {MAX_DEPTH} levels")));
     }
-    // SAFETY (all calls below): as in `value_to_xpc`.
+    // SAFETY: (all calls below) as in `value_to_xpc`.
     unsafe {
         match tagged {
             Tagged::Uint64(v) => created(ffi::xpc_uint64_create(v), "uint64"),
@@ -287,7 +287,7 @@ unsafe fn value_from_xpc(value: ffi::xpc_object_t, depth: usize) -> Result<Value
     if depth > MAX_DEPTH {
         return Err(Error::Malformed(format!("message nests deeper than {MAX_DEPTH} levels")));
     }
-    // SAFETY (all calls below): `value` is live (caller's contract) and each
+    // SAFETY: (all calls below) `value` is live (caller's contract) and each
     // getter is called only on an object of its own type.
     unsafe {
         let ty = ffi::xpc_get_type(value);

@@ -6,7 +6,7 @@
 //! - [`own_cdhash`]: this executable's CDHash via the private `csops`.
 //! - [`SameCdhash`]: an LWCR peer requirement `{cdhash: <own>}` (Lima's
 //!   rule), usable on a listener or per message.
-//! - [`os_version`]: `kern.osproductversion`.
+//! - [`os_version`] reads `kern.osproductversion`.
 //!
 //! Called on the listener's queue and at start-up; no state of its own.
 

@@ -14,7 +14,7 @@
 
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use block2::RcBlock;
@@ -77,20 +77,43 @@ impl Default for ServeOptions {
 pub struct Listener {
     listener: Object,
     service: String,
+    shared: Arc<Shared>,
+    cancelled: AtomicBool,
     _queue: DispatchRetained<DispatchQueue>,
     _block: RcBlock<dyn Fn(ffi::xpc_session_t)>,
 }
+
+// SAFETY: the listener object is thread-safe (xpc/listener.h: cancellation
+// is asynchronous and may come from any thread). The block is only kept
+// alive here, never called or mutated (libxpc calls its own copy), and what
+// it captures (`Shared`, a queue) is `Send + Sync`.
+unsafe impl Send for Listener {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Listener {}
 
 impl Listener {
     pub fn service(&self) -> &str {
         &self.service
     }
+
+    /// Peer sessions accepted and not yet cancelled (the broker's idle
+    /// check, as `unix::Listener::connection_count`).
+    pub fn connection_count(&self) -> usize {
+        self.shared.live_sessions.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting sessions. Idempotent; open sessions end on their own.
+    pub fn stop(&self) {
+        if !self.cancelled.swap(true, Ordering::AcqRel) {
+            // SAFETY: the listener is live (we hold a reference).
+            unsafe { ffi::xpc_listener_cancel(self.listener.as_ptr()) };
+        }
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        // SAFETY: the listener is live; `Object` releases our reference after.
-        unsafe { ffi::xpc_listener_cancel(self.listener.as_ptr()) };
+        self.stop();
     }
 }
 
@@ -101,6 +124,7 @@ struct Shared {
     /// Set when Lima's rule is on and this macOS is older than 26.2.
     serialization_requirement: Option<SameCdhash>,
     next_connection: AtomicU64,
+    live_sessions: AtomicUsize,
 }
 
 /// Per session: its id and the peer seen on its first accepted message.
@@ -143,12 +167,14 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         allowed_uids,
         serialization_requirement,
         next_connection: AtomicU64::new(1),
+        live_sessions: AtomicUsize::new(0),
     });
     let queue = DispatchQueue::new("vmnet-rs.broker.listener", None);
 
     let session_queue = queue.clone();
+    let in_block = Arc::clone(&shared);
     let incoming = RcBlock::new(move |peer: ffi::xpc_session_t| {
-        let result = catch_unwind(AssertUnwindSafe(|| accept_session(peer, &shared, &session_queue)));
+        let result = catch_unwind(AssertUnwindSafe(|| accept_session(peer, &in_block, &session_queue)));
         if result.is_err() {
             // SAFETY: `peer` is the live session handed to this block; a
             // session without a message handler must be cancelled.
@@ -195,7 +221,14 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         return Err(Error::Transport(format!("xpc_listener_activate({service}) failed: {text}")));
     }
     log::info!("listening on Mach service {service}");
-    Ok(Listener { listener, service: service.to_owned(), _queue: queue, _block: incoming })
+    Ok(Listener {
+        listener,
+        service: service.to_owned(),
+        shared,
+        cancelled: AtomicBool::new(false),
+        _queue: queue,
+        _block: incoming,
+    })
 }
 
 /// In the incoming-session block: give the session its handlers (required
@@ -220,6 +253,7 @@ fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &Dispat
     });
     let (s2, sess2) = (Arc::clone(shared), Arc::clone(&session));
     let on_cancel = RcBlock::new(move |_error: ffi::xpc_rich_error_t| {
+        s2.live_sessions.fetch_sub(1, Ordering::AcqRel);
         let seen = sess2.peer.lock().map(|mut p| p.take()).unwrap_or(None);
         if let Some(peer) = seen {
             let handler = Arc::clone(&s2.handler);
@@ -228,6 +262,7 @@ fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &Dispat
             }
         }
     });
+    shared.live_sessions.fetch_add(1, Ordering::AcqRel);
     // SAFETY: `peer` is the inactive session handed to the incoming block;
     // libxpc copies the blocks; the queue is live.
     unsafe {

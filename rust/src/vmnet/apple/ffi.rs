@@ -47,15 +47,8 @@ pub type vmnet_return_t = u32;
 pub type vmnet_mode_t = u32;
 pub type interface_event_t = u32;
 
-/// `struct vmpktdesc` (24 bytes on LP64).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct vmpktdesc {
-    pub vm_pkt_size: usize,
-    pub vm_pkt_iov: *mut libc::iovec,
-    pub vm_pkt_iovcnt: u32,
-    pub vm_flags: u32,
-}
+/// `struct vmpktdesc`: declared (and its layout tested) in `mapping`.
+pub type vmpktdesc = crate::vmnet::mapping::VmPktDesc;
 
 /// `ether_addr_t` (net/ethernet.h `struct ether_addr`), absent from libc.
 #[repr(C)]

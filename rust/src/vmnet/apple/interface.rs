@@ -30,7 +30,7 @@ use dispatch2::{DispatchQueue, DispatchRetained};
 use super::ffi;
 use super::CfRef;
 use crate::config::NetworkConfig;
-use crate::vmnet::mapping::{self, DescKey, ParamKey, ParamValue, Params, Status};
+use crate::vmnet::mapping::{self, DescKey, PacketBatch, ParamKey, ParamValue, Params, Status};
 use crate::vmnet::{Error, Interface, InterfaceDesc, InterfaceInfo};
 use crate::xpc::apple::ffi as xffi;
 use crate::xpc::apple::object::{is_type, Object};
@@ -77,12 +77,11 @@ pub struct VmnetInterface {
     read_end: OwnedFd,
     info: InterfaceInfo,
     name: String,
-    iovs: Vec<libc::iovec>,
-    descs: Vec<ffi::vmpktdesc>,
+    batch: PacketBatch,
 }
 
-// SAFETY: the raw interface ref and the iovec scratch space are only used
-// through `&mut self` (one thread at a time); vmnet's interface calls may
+// SAFETY: the raw interface ref and the descriptor scratch space are only
+// used through `&mut self` (one thread at a time); vmnet's interface calls may
 // be made from any thread; the queues and blocks are thread-safe objects.
 unsafe impl Send for VmnetInterface {}
 
@@ -338,8 +337,7 @@ impl VmnetInterface {
             read_end,
             info,
             name,
-            iovs: Vec::with_capacity(batch),
-            descs: Vec::with_capacity(batch),
+            batch: PacketBatch::with_capacity(batch),
         })
     }
 
@@ -353,20 +351,6 @@ impl VmnetInterface {
             }
         }
         self.wakeup.pending.store(false, Ordering::Release);
-    }
-
-    /// Points `descs[i]` at `iovs[i]`, one iovec per packet (multi-iovec
-    /// packets fail with VMNET_INVALID_ARGUMENT; platform-facts §1.6 #8).
-    fn link_descs(&mut self) {
-        self.descs.clear();
-        for iov in self.iovs.iter_mut() {
-            self.descs.push(ffi::vmpktdesc {
-                vm_pkt_size: iov.iov_len,
-                vm_pkt_iov: iov,
-                vm_pkt_iovcnt: 1,
-                vm_flags: 0,
-            });
-        }
     }
 
     fn stopped_error(&self) -> io::Error {
@@ -390,37 +374,18 @@ impl Interface for VmnetInterface {
         // Clear the wake-up before reading, so packets that arrive after
         // the read signal again.
         self.drain_wakeups();
-        let n = bufs.len().min(lens.len()).min(self.info.read_max_frames);
+        let n = self.batch.prepare_read(bufs, self.info.max_frame_bytes, lens.len().min(self.info.read_max_frames))?;
         if n == 0 {
             return Ok(0);
         }
-        self.iovs.clear();
-        for buf in bufs[..n].iter_mut() {
-            if buf.len() < self.info.max_frame_bytes {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "read buffer of {} bytes is smaller than the max frame {}",
-                        buf.len(),
-                        self.info.max_frame_bytes
-                    ),
-                ));
-            }
-            // Sizes are reset to the full capacity before every read.
-            self.iovs.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() });
-        }
-        self.link_descs();
         let mut count = n as c_int;
-        // SAFETY: `descs` holds `n` descriptors, each pointing at one iovec
+        // SAFETY: the batch holds `n` descriptors, each pointing at one iovec
         // over a caller buffer that outlives the call.
-        let status = Status::from_raw(unsafe { ffi::vmnet_read(self.iface, self.descs.as_mut_ptr(), &mut count) });
+        let status = Status::from_raw(unsafe { ffi::vmnet_read(self.iface, self.batch.as_mut_ptr(), &mut count) });
         if !status.is_success() {
             return Err(mapping::status_io_error("vmnet_read", status));
         }
-        let count = (count.max(0) as usize).min(n);
-        for (len, desc) in lens.iter_mut().zip(&self.descs[..count]) {
-            *len = desc.vm_pkt_size;
-        }
+        let count = self.batch.finish_read(count, lens);
         if count == n {
             // A full batch: more may be waiting, and vmnet may not signal
             // again for packets already queued [?].
@@ -433,24 +398,13 @@ impl Interface for VmnetInterface {
         if self.iface.is_null() {
             return Err(self.stopped_error());
         }
-        let n = frames.len().min(self.info.write_max_frames);
+        let n = self.batch.prepare_write(frames, self.info.max_frame_bytes, self.info.write_max_frames)?;
         if n == 0 {
             return Ok(0);
         }
-        self.iovs.clear();
-        for frame in &frames[..n] {
-            if frame.len() > self.info.max_frame_bytes || frame.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("frame of {} bytes is outside 1..={}", frame.len(), self.info.max_frame_bytes),
-                ));
-            }
-            self.iovs.push(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
-        }
-        self.link_descs();
         let mut count = n as c_int;
         // SAFETY: as in `read_frames`; vmnet only reads the frames.
-        let status = Status::from_raw(unsafe { ffi::vmnet_write(self.iface, self.descs.as_mut_ptr(), &mut count) });
+        let status = Status::from_raw(unsafe { ffi::vmnet_write(self.iface, self.batch.as_mut_ptr(), &mut count) });
         if !status.is_success() {
             return Err(mapping::status_io_error("vmnet_write", status));
         }

@@ -903,6 +903,35 @@ pub fn peer_from_audit_token(token: &[u32; 8], connection: u64) -> Peer {
     Peer { uid: token[1], gid: token[2], pid: token[5] as i32, connection }
 }
 
+/// The uids a per-user broker serves: the configured ones, or else its own
+/// euid and root.
+pub fn allowed_uids(configured: &[u32], own_euid: u32) -> Vec<u32> {
+    if configured.is_empty() {
+        vec![own_euid, 0]
+    } else {
+        configured.to_vec()
+    }
+}
+
+/// `None` if `peer` may call; else the refusal text for the reply.
+pub fn uid_refusal(peer: &Peer, allowed: &[u32]) -> Option<String> {
+    if allowed.contains(&peer.uid) {
+        return None;
+    }
+    Some(format!(
+        "refused: uid {} (pid {}) may not use this broker (allowed uids: {allowed:?}); run the client as that user or add the uid to the broker's allowed users",
+        peer.uid, peer.pid
+    ))
+}
+
+/// Whether a request asks for a network serialization (the VZ path): Lima's
+/// form names a `Network` and no `FdType`; vmnet-broker's is
+/// `{command: "acquire"}`.
+pub fn is_serialization_request(message: &Dict) -> bool {
+    (message.contains_key("Network") && !message.contains_key("FdType"))
+        || message.get_str("command") == Some("acquire")
+}
+
 /// `kern.osproductversion` ("26.1", "26.2.1") as (major, minor, patch).
 pub fn parse_os_version(text: &str) -> Option<(u32, u32, u32)> {
     let mut parts = text.trim().split('.');
@@ -1392,5 +1421,25 @@ mod tests {
         assert_eq!(batch.descs()[0].vm_pkt_size, 3);
         assert_eq!(batch.prepare_write(&frames, 4096, 8).unwrap(), 2);
         assert_eq!(batch.descs()[1].vm_pkt_size, 2000);
+    }
+
+    #[test]
+    fn authorisation_decisions() {
+        assert_eq!(allowed_uids(&[], 501), vec![501, 0]);
+        assert_eq!(allowed_uids(&[600, 601], 501), vec![600, 601]);
+        let peer = |uid| Peer { uid, gid: 20, pid: 77, connection: 1 };
+        assert_eq!(uid_refusal(&peer(501), &[501, 0]), None);
+        assert_eq!(uid_refusal(&peer(0), &[501, 0]), None);
+        let text = uid_refusal(&peer(502), &[501, 0]).unwrap();
+        assert!(text.contains("uid 502 (pid 77)") && text.contains("[501, 0]"), "{text}");
+        let lima_vz = Dict::new().with("Network", Value::String("shared".into()));
+        let lima_fd =
+            Dict::new().with("Network", Value::String("shared".into())).with("FdType", Value::String("stream".into()));
+        let acquire = Dict::new().with("command", Value::String("acquire".into()));
+        let status = Dict::new().with("command", Value::String("status".into()));
+        assert!(is_serialization_request(&lima_vz));
+        assert!(!is_serialization_request(&lima_fd));
+        assert!(is_serialization_request(&acquire));
+        assert!(!is_serialization_request(&status));
     }
 }

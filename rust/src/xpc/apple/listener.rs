@@ -49,14 +49,11 @@ pub struct ServeOptions {
     /// there). From 26.2 on it does nothing.
     pub same_cdhash_for_serialization_before_26_2: bool,
     /// Tells a serialization request from others (the protocol knows; the
-    /// transport does not). Default: no `FdType` key, as in Lima.
+    /// transport does not). Default: `mapping::is_serialization_request`
+    /// (Lima without `FdType`, or vmnet-broker's `acquire`).
     pub is_serialization_request: fn(&Dict) -> bool,
     /// Reply key for refusals and transport errors (Lima's `Error`).
     pub error_key: String,
-}
-
-fn lima_serialization_request(message: &Dict) -> bool {
-    message.contains_key("Network") && !message.contains_key("FdType")
 }
 
 impl Default for ServeOptions {
@@ -66,7 +63,7 @@ impl Default for ServeOptions {
             code_signing_requirement: None,
             require_same_cdhash: false,
             same_cdhash_for_serialization_before_26_2: false,
-            is_serialization_request: lima_serialization_request,
+            is_serialization_request: mapping::is_serialization_request,
             error_key: "Error".into(),
         }
     }
@@ -142,7 +139,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
 
     // SAFETY: getuid/geteuid cannot fail.
     let own_uid = unsafe { libc::geteuid() };
-    let allowed_uids = if options.allowed_uids.is_empty() { vec![own_uid, 0] } else { options.allowed_uids.clone() };
+    let allowed_uids = mapping::allowed_uids(&options.allowed_uids, own_uid);
 
     let serialization_requirement = if options.same_cdhash_for_serialization_before_26_2 {
         let os = os_version().ok_or_else(|| Error::Transport("cannot read kern.osproductversion".into()))?;
@@ -284,23 +281,19 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
     let key = &shared.options.error_key;
     // SAFETY: `message` is a live dictionary from this peer.
     let Some(who) = (unsafe { identify(message, session.connection) }) else {
-        reply(peer, message, &Dict::new().with(key, Value::String("refused: cannot identify the caller".into())));
+        reply(peer, message, key, &Dict::new().with(key, Value::String("refused: cannot identify the caller".into())));
         return;
     };
-    if !shared.allowed_uids.contains(&who.uid) {
-        log::warn!("connection {}: refused uid {} (pid {})", who.connection, who.uid, who.pid);
-        let text = format!(
-            "refused: uid {} may not use this broker (allowed: {:?}); run as that user or add the uid to allowedUsers",
-            who.uid, shared.allowed_uids
-        );
-        reply(peer, message, &Dict::new().with(key, Value::String(text)));
+    if let Some(text) = mapping::uid_refusal(&who, &shared.allowed_uids) {
+        log::warn!("connection {}: {text}", who.connection);
+        reply(peer, message, key, &Dict::new().with(key, Value::String(text)));
         return;
     }
     // SAFETY: `message` is a live dictionary.
     let request = match unsafe { from_xpc(message) } {
         Ok(d) => d,
         Err(e) => {
-            reply(peer, message, &Dict::new().with(key, Value::String(e.to_string())));
+            reply(peer, message, key, &Dict::new().with(key, Value::String(e.to_string())));
             return;
         }
     };
@@ -311,7 +304,7 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
                 let text = format!(
                     "refused: before macOS 26.2 a network serialization only works in the same executable as the broker ({why})"
                 );
-                reply(peer, message, &Dict::new().with(key, Value::String(text)));
+                reply(peer, message, key, &Dict::new().with(key, Value::String(text)));
                 return;
             }
         }
@@ -320,11 +313,11 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
         seen.get_or_insert_with(|| who.clone());
     }
     let answer = shared.handler.request(&who, request);
-    reply(peer, message, &answer);
+    reply(peer, message, key, &answer);
 }
 
 /// Sends `answer` as the reply to `message`, if one is expected.
-fn reply(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, answer: &Dict) {
+fn reply(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, key: &str, answer: &Dict) {
     // SAFETY: `message` is live; the result is +1 or NULL (no reply wanted).
     let Some(out) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
         return;
@@ -336,7 +329,7 @@ fn reply(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, answer: &Dict) {
             return;
         };
         let text = format!("the broker's reply could not be encoded: {e}");
-        if fill(&fallback, &Dict::new().with("Error", Value::String(text)), 0).is_ok() {
+        if fill(&fallback, &Dict::new().with(key, Value::String(text)), 0).is_ok() {
             send(peer, &fallback);
         }
         return;

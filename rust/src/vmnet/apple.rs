@@ -78,7 +78,7 @@ fn check(step: &Step, raw: ffi::vmnet_return_t) -> Result<(), Error> {
 }
 
 /// Makes one configuration call.
-fn apply_step(cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Result<(), Error> {
+fn apply_step(v: &ffi::Vmnet, cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Result<(), Error> {
     let c = cfg.as_ptr();
     // SAFETY: (all calls) `c` is a live configuration; pointers passed point
     // to locals that outlive the call.
@@ -88,37 +88,37 @@ fn apply_step(cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Res
             Step::SetExternalInterface(name) => {
                 let name = CString::new(name.as_str())
                     .map_err(|_| Error::Platform { op: step.to_string(), detail: "name contains a NUL byte".into() })?;
-                check(step, ffi::vmnet_network_configuration_set_external_interface(c, name.as_ptr()))
+                check(step, (v.f.vmnet_network_configuration_set_external_interface)(c, name.as_ptr()))
             }
             Step::DisableNat44 => {
-                ffi::vmnet_network_configuration_disable_nat44(c);
+                (v.f.vmnet_network_configuration_disable_nat44)(c);
                 Ok(())
             }
             Step::DisableNat66 => {
-                ffi::vmnet_network_configuration_disable_nat66(c);
+                (v.f.vmnet_network_configuration_disable_nat66)(c);
                 Ok(())
             }
             Step::DisableDhcp => {
-                ffi::vmnet_network_configuration_disable_dhcp(c);
+                (v.f.vmnet_network_configuration_disable_dhcp)(c);
                 Ok(())
             }
             Step::DisableDnsProxy => {
-                ffi::vmnet_network_configuration_disable_dns_proxy(c);
+                (v.f.vmnet_network_configuration_disable_dns_proxy)(c);
                 Ok(())
             }
             Step::DisableRouterAdvertisement => {
-                ffi::vmnet_network_configuration_disable_router_advertisement(c);
+                (v.f.vmnet_network_configuration_disable_router_advertisement)(c);
                 Ok(())
             }
             Step::SetIpv4Subnet { first_host, mask } => {
                 let (a, m) = (in_addr(*first_host), in_addr(*mask));
-                check(step, ffi::vmnet_network_configuration_set_ipv4_subnet(c, &a, &m))
+                check(step, (v.f.vmnet_network_configuration_set_ipv4_subnet)(c, &a, &m))
             }
             Step::SetIpv6Prefix { prefix, len } => {
                 let p = in6_addr(*prefix);
-                check(step, ffi::vmnet_network_configuration_set_ipv6_prefix(c, &p, *len))
+                check(step, (v.f.vmnet_network_configuration_set_ipv6_prefix)(c, &p, *len))
             }
-            Step::SetMtu(mtu) => check(step, ffi::vmnet_network_configuration_set_mtu(c, *mtu)),
+            Step::SetMtu(mtu) => check(step, (v.f.vmnet_network_configuration_set_mtu)(c, *mtu)),
             Step::AddPortForwardingRule { protocol, family, internal_port, external_port, internal_address } => {
                 let (v4, v6);
                 let addr: *const c_void = match internal_address {
@@ -133,7 +133,7 @@ fn apply_step(cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Res
                 };
                 check(
                     step,
-                    ffi::vmnet_network_configuration_add_port_forwarding_rule(
+                    (v.f.vmnet_network_configuration_add_port_forwarding_rule)(
                         c,
                         *protocol,
                         *family,
@@ -145,7 +145,7 @@ fn apply_step(cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Res
             }
             Step::AddDhcpReservation { mac, address } => {
                 let (e, a) = (ffi::ether_addr { octet: *mac }, in_addr(*address));
-                check(step, ffi::vmnet_network_configuration_add_dhcp_reservation(c, &e, &a))
+                check(step, (v.f.vmnet_network_configuration_add_dhcp_reservation)(c, &e, &a))
             }
         }
     }
@@ -173,44 +173,45 @@ impl VmnetNetwork {
 pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
     let _ = options;
     let steps = mapping::configuration_steps(config)?;
+    let v = ffi::vmnet()?;
     let Some(Step::Create { mode }) = steps.first() else {
         return Err(Error::Platform { op: "plan vmnet configuration".into(), detail: "no create step".into() });
     };
 
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: plain mode value and a valid status out-pointer; +1 or NULL.
-    let cfg = unsafe { CfRef::from_owned(ffi::vmnet_network_configuration_create(*mode, &mut raw_status)) }
+    let cfg = unsafe { CfRef::from_owned((v.f.vmnet_network_configuration_create)(*mode, &mut raw_status)) }
         .ok_or_else(|| mapping::status_error(steps[0].to_string(), Status::from_raw(raw_status)))?;
     for step in &steps[1..] {
-        apply_step(&cfg, step)?;
+        apply_step(v, &cfg, step)?;
     }
 
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: `cfg` is live; +1 or NULL.
-    let network = unsafe { CfRef::from_owned(ffi::vmnet_network_create(cfg.as_ptr(), &mut raw_status)) }
+    let network = unsafe { CfRef::from_owned((v.f.vmnet_network_create)(cfg.as_ptr(), &mut raw_status)) }
         .ok_or_else(|| mapping::status_error(format!("vmnet_network_create({name})"), Status::from_raw(raw_status)))?;
     drop(cfg);
 
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: `network` is live; the result is a +1 XPC object or NULL.
     let serialization =
-        unsafe { Object::from_owned(ffi::vmnet_network_copy_serialization(network.as_ptr(), &mut raw_status)) }
+        unsafe { Object::from_owned((v.f.vmnet_network_copy_serialization)(network.as_ptr(), &mut raw_status)) }
             .ok_or_else(|| mapping::status_error("vmnet_network_copy_serialization", Status::from_raw(raw_status)))?;
 
-    let state = read_state(&network)?;
+    let state = read_state(v, &network)?;
     log::info!("vmnet network {name} created: {} {:?}", state.subnet, state.ipv6_prefix);
     Ok(Box::new(VmnetNetwork { name: name.to_owned(), config: config.clone(), network, serialization, state }))
 }
 
-fn read_state(network: &CfRef<ffi::vmnet_network>) -> Result<NetworkState, Error> {
+fn read_state(v: &ffi::Vmnet, network: &CfRef<ffi::vmnet_network>) -> Result<NetworkState, Error> {
     let mut subnet = libc::in_addr { s_addr: 0 };
     let mut mask = libc::in_addr { s_addr: 0 };
     let mut prefix = libc::in6_addr { s6_addr: [0; 16] };
     let mut prefix_len: u8 = 0;
     // SAFETY: `network` is live; the out-pointers are valid locals.
     unsafe {
-        ffi::vmnet_network_get_ipv4_subnet(network.as_ptr(), &mut subnet, &mut mask);
-        ffi::vmnet_network_get_ipv6_prefix(network.as_ptr(), &mut prefix, &mut prefix_len);
+        (v.f.vmnet_network_get_ipv4_subnet)(network.as_ptr(), &mut subnet, &mut mask);
+        (v.f.vmnet_network_get_ipv6_prefix)(network.as_ptr(), &mut prefix, &mut prefix_len);
     }
     let v4 = |a: libc::in_addr| std::net::Ipv4Addr::from(u32::from_be(a.s_addr));
     let v6 = std::net::Ipv6Addr::from(prefix.s6_addr);

@@ -14,6 +14,7 @@
 //! `vmnet::mapping` and tested on every OS.
 
 mod client;
+pub(crate) mod dynamic;
 pub(crate) mod ffi;
 mod listener;
 pub(crate) mod object;

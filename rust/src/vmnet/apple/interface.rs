@@ -67,6 +67,7 @@ type EventBlock = RcBlock<dyn Fn(ffi::interface_event_t, xffi::xpc_object_t)>;
 
 /// A started vmnet interface.
 pub struct VmnetInterface {
+    v: &'static ffi::Vmnet,
     iface: ffi::interface_ref,
     /// The fresh network object this interface runs on; released after stop.
     network: Option<CfRef<ffi::vmnet_network>>,
@@ -85,28 +86,22 @@ pub struct VmnetInterface {
 // be made from any thread; the queues and blocks are thread-safe objects.
 unsafe impl Send for VmnetInterface {}
 
-fn desc_key(key: DescKey) -> *const c_char {
-    // SAFETY: the key symbols are constant C strings exported by vmnet.
-    unsafe {
-        match key {
-            DescKey::AllocateMacAddress => ffi::vmnet_allocate_mac_address_key,
-            DescKey::EnableIsolation => ffi::vmnet_enable_isolation_key,
-            DescKey::EnableTso => ffi::vmnet_enable_tso_key,
-            DescKey::EnableChecksumOffload => ffi::vmnet_enable_checksum_offload_key,
-        }
+fn desc_key(keys: &ffi::Keys, key: DescKey) -> *const c_char {
+    match key {
+        DescKey::AllocateMacAddress => keys.allocate_mac_address,
+        DescKey::EnableIsolation => keys.enable_isolation,
+        DescKey::EnableTso => keys.enable_tso,
+        DescKey::EnableChecksumOffload => keys.enable_checksum_offload,
     }
 }
 
-fn param_key(key: ParamKey) -> *const c_char {
-    // SAFETY: as in `desc_key`.
-    unsafe {
-        match key {
-            ParamKey::MacAddress => ffi::vmnet_mac_address_key,
-            ParamKey::Mtu => ffi::vmnet_mtu_key,
-            ParamKey::MaxPacketSize => ffi::vmnet_max_packet_size_key,
-            ParamKey::ReadMaxPackets => ffi::vmnet_read_max_packets_key,
-            ParamKey::WriteMaxPackets => ffi::vmnet_write_max_packets_key,
-        }
+fn param_key(keys: &ffi::Keys, key: ParamKey) -> *const c_char {
+    match key {
+        ParamKey::MacAddress => keys.mac_address,
+        ParamKey::Mtu => keys.mtu,
+        ParamKey::MaxPacketSize => keys.max_packet_size,
+        ParamKey::ReadMaxPackets => keys.read_max_packets,
+        ParamKey::WriteMaxPackets => keys.write_max_packets,
     }
 }
 
@@ -114,7 +109,7 @@ fn param_key(key: ParamKey) -> *const c_char {
 ///
 /// # Safety
 /// `params` must be a live XPC dictionary.
-unsafe fn read_params(params: xffi::xpc_object_t) -> Params {
+unsafe fn read_params(keys: &ffi::Keys, params: xffi::xpc_object_t) -> Params {
     let mut out = Params::new();
     for key in [
         ParamKey::MacAddress,
@@ -123,7 +118,7 @@ unsafe fn read_params(params: xffi::xpc_object_t) -> Params {
         ParamKey::ReadMaxPackets,
         ParamKey::WriteMaxPackets,
     ] {
-        let k = param_key(key);
+        let k = param_key(keys, key);
         if k.is_null() {
             continue;
         }
@@ -185,10 +180,10 @@ fn send_once<T>(slot: &Mutex<Option<SyncSender<T>>>, value: T) {
 }
 
 /// Stops `iface` and waits for the completion on `queue`.
-fn stop_raw(iface: ffi::interface_ref, queue: &DispatchQueue, name: &str) -> Result<(), Error> {
+fn stop_raw(v: &ffi::Vmnet, iface: ffi::interface_ref, queue: &DispatchQueue, name: &str) -> Result<(), Error> {
     // SAFETY: `iface` is a started interface; NULL/NULL unsets the callback.
     let unset = Status::from_raw(unsafe {
-        ffi::vmnet_interface_set_event_callback(iface, mapping::VMNET_INTERFACE_PACKETS_AVAILABLE, null(), null())
+        (v.f.vmnet_interface_set_event_callback)(iface, mapping::VMNET_INTERFACE_PACKETS_AVAILABLE, null(), null())
     });
     if !unset.is_success() {
         log::warn!("{name}: unsetting the event callback failed: {unset}");
@@ -198,7 +193,7 @@ fn stop_raw(iface: ffi::interface_ref, queue: &DispatchQueue, name: &str) -> Res
     let block = RcBlock::new(move |status: ffi::vmnet_return_t| send_once(&slot, status));
     // SAFETY: `iface` is live and not used again by the caller; the queue is
     // live; vmnet copies the block.
-    let status = Status::from_raw(unsafe { ffi::vmnet_stop_interface(iface, queue, &block) });
+    let status = Status::from_raw(unsafe { (v.f.vmnet_stop_interface)(iface, queue, &block) });
     if !status.is_success() {
         return Err(mapping::status_error(format!("vmnet_stop_interface({name})"), status));
     }
@@ -226,13 +221,14 @@ impl VmnetInterface {
         desc: &InterfaceDesc,
         config: &NetworkConfig,
     ) -> Result<VmnetInterface, Error> {
+        let v = ffi::vmnet()?;
         let name = format!("interface on {network_name}");
         let entries = mapping::interface_desc_entries(desc, config.isolation, config.offload)?;
 
         let mut raw_status: ffi::vmnet_return_t = 0;
         // SAFETY: the serialization is a live XPC object; +1 or NULL.
         let network = unsafe {
-            CfRef::from_owned(ffi::vmnet_network_create_with_serialization(serialization.as_ptr(), &mut raw_status))
+            CfRef::from_owned((v.f.vmnet_network_create_with_serialization)(serialization.as_ptr(), &mut raw_status))
         }
         .ok_or_else(|| {
             mapping::status_error(
@@ -247,7 +243,7 @@ impl VmnetInterface {
         })?;
         for (key, value) in entries {
             // SAFETY: a live dictionary and a key symbol exported by vmnet.
-            unsafe { xffi::xpc_dictionary_set_bool(xdesc.as_ptr(), desc_key(key), value) };
+            unsafe { xffi::xpc_dictionary_set_bool(xdesc.as_ptr(), desc_key(&v.keys, key), value) };
         }
 
         let queue = DispatchQueue::new("vmnet-rs.interface", None);
@@ -260,7 +256,7 @@ impl VmnetInterface {
                 } else {
                     // SAFETY: vmnet passes a live dictionary for the block's
                     // duration; everything is copied out.
-                    unsafe { read_params(params) }
+                    unsafe { read_params(&v.keys, params) }
                 }
             })
             .unwrap_or_default();
@@ -268,13 +264,14 @@ impl VmnetInterface {
         });
         // SAFETY: network, description and queue are live; vmnet copies the
         // block and retains the network.
-        let iface =
-            unsafe { ffi::vmnet_interface_start_with_network(network.as_ptr(), xdesc.as_ptr(), &*queue, &start_block) };
+        let iface = unsafe {
+            (v.f.vmnet_interface_start_with_network)(network.as_ptr(), xdesc.as_ptr(), &*queue, &start_block)
+        };
         let (raw, params) = match rx.recv_timeout(START_TIMEOUT) {
             Ok(result) => result,
             Err(_) => {
                 if !iface.is_null() {
-                    let _ = stop_raw(iface, &queue, &name);
+                    let _ = stop_raw(v, iface, &queue, &name);
                 }
                 return Err(Error::Platform {
                     op: format!("vmnet_interface_start_with_network({network_name})"),
@@ -299,7 +296,7 @@ impl VmnetInterface {
             // SAFETY: `iface` is started; queue and block are live; vmnet
             // copies the block.
             let status = Status::from_raw(unsafe {
-                ffi::vmnet_interface_set_event_callback(
+                (v.f.vmnet_interface_set_event_callback)(
                     iface,
                     mapping::VMNET_INTERFACE_PACKETS_AVAILABLE,
                     &*event_queue,
@@ -314,7 +311,7 @@ impl VmnetInterface {
         let (info, read_end, wakeup, event_queue, event_block) = match finish() {
             Ok(parts) => parts,
             Err(e) => {
-                if let Err(stop) = stop_raw(iface, &queue, &name) {
+                if let Err(stop) = stop_raw(v, iface, &queue, &name) {
                     log::warn!("{name}: {stop}");
                 }
                 return Err(e);
@@ -328,6 +325,7 @@ impl VmnetInterface {
         );
         let batch = info.read_max_frames.max(info.write_max_frames);
         Ok(VmnetInterface {
+            v,
             iface,
             network: Some(network),
             queue,
@@ -381,7 +379,8 @@ impl Interface for VmnetInterface {
         let mut count = n as c_int;
         // SAFETY: the batch holds `n` descriptors, each pointing at one iovec
         // over a caller buffer that outlives the call.
-        let status = Status::from_raw(unsafe { ffi::vmnet_read(self.iface, self.batch.as_mut_ptr(), &mut count) });
+        let status =
+            Status::from_raw(unsafe { (self.v.f.vmnet_read)(self.iface, self.batch.as_mut_ptr(), &mut count) });
         if !status.is_success() {
             return Err(mapping::status_io_error("vmnet_read", status));
         }
@@ -404,7 +403,8 @@ impl Interface for VmnetInterface {
         }
         let mut count = n as c_int;
         // SAFETY: as in `read_frames`; vmnet only reads the frames.
-        let status = Status::from_raw(unsafe { ffi::vmnet_write(self.iface, self.batch.as_mut_ptr(), &mut count) });
+        let status =
+            Status::from_raw(unsafe { (self.v.f.vmnet_write)(self.iface, self.batch.as_mut_ptr(), &mut count) });
         if !status.is_success() {
             return Err(mapping::status_io_error("vmnet_write", status));
         }
@@ -420,7 +420,7 @@ impl Interface for VmnetInterface {
         }
         let iface = self.iface;
         self.iface = null_mut();
-        let result = stop_raw(iface, &self.queue, &self.name);
+        let result = stop_raw(self.v, iface, &self.queue, &self.name);
         // Our reference to the fresh network; vmnet holds its own while the
         // interface lingers, so releasing it here is safe either way.
         self.network = None;

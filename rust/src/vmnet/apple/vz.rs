@@ -45,10 +45,11 @@ impl VmnetAttachment {
 pub fn attachment_from_serialization(serialization: &Dict) -> Result<VmnetAttachment, Error> {
     let xser = to_xpc(serialization)
         .map_err(|e| Error::Platform { op: "convert the network serialization".into(), detail: e.to_string() })?;
+    let v = ffi::vmnet()?;
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: `xser` is a live XPC dictionary; +1 or NULL.
     let network =
-        unsafe { CfRef::from_owned(ffi::vmnet_network_create_with_serialization(xser.as_ptr(), &mut raw_status)) }
+        unsafe { CfRef::from_owned((v.f.vmnet_network_create_with_serialization)(xser.as_ptr(), &mut raw_status)) }
             .ok_or_else(|| {
                 mapping::status_error("vmnet_network_create_with_serialization", Status::from_raw(raw_status))
             })?;

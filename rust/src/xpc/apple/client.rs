@@ -16,6 +16,7 @@ use crate::xpc::{Dict, Error};
 pub struct Client {
     session: Object,
     service: String,
+    x: &'static ffi::Xpc,
 }
 
 impl Client {
@@ -24,17 +25,18 @@ impl Client {
     pub fn connect(service: &str, privileged: bool) -> Result<Client, Error> {
         let c = CString::new(service)
             .map_err(|_| Error::Transport(format!("Mach service name {service:?} contains a NUL byte")))?;
+        let x = ffi::xpc()?;
         let flags = if privileged { ffi::XPC_SESSION_CREATE_MACH_PRIVILEGED } else { ffi::XPC_SESSION_CREATE_NONE };
         let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
         // SAFETY: a valid C string, the default queue (NULL), and an error
         // out-pointer; the result is +1 or NULL with a +1 error.
-        let raw = unsafe { ffi::xpc_session_create_mach_service(c.as_ptr(), std::ptr::null(), flags, &mut err) };
+        let raw = unsafe { (x.xpc_session_create_mach_service)(c.as_ptr(), std::ptr::null(), flags, &mut err) };
         // SAFETY: `raw` is NULL or ours.
         match unsafe { Object::from_owned(raw) } {
             Some(session) => {
                 // SAFETY: `err` is NULL or ours.
                 unsafe { take_rich_error(err) };
-                Ok(Client { session, service: service.to_owned() })
+                Ok(Client { session, service: service.to_owned(), x })
             }
             None => {
                 // SAFETY: `err` is NULL or ours.
@@ -58,7 +60,7 @@ impl Client {
         // session's target queue (see module doc). The reply is +1 or NULL
         // with a +1 error.
         let raw =
-            unsafe { ffi::xpc_session_send_message_with_reply_sync(self.session.as_ptr(), msg.as_ptr(), &mut err) };
+            unsafe { (self.x.xpc_session_send_message_with_reply_sync)(self.session.as_ptr(), msg.as_ptr(), &mut err) };
         // SAFETY: `raw` is NULL or ours.
         let Some(reply) = (unsafe { Object::from_owned(raw) }) else {
             // SAFETY: `err` is NULL or ours.
@@ -75,6 +77,6 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         // SAFETY: the session is live and active; `Object` then releases it.
-        unsafe { ffi::xpc_session_cancel(self.session.as_ptr()) };
+        unsafe { (self.x.xpc_session_cancel)(self.session.as_ptr()) };
     }
 }

@@ -124,68 +124,66 @@ extern "C" {
     pub fn xpc_connection_get_pid(connection: xpc_connection_t) -> libc::pid_t;
 }
 
-// xpc/rich_error.h (macOS 13.0).
-extern "C" {
-    pub fn xpc_rich_error_copy_description(error: xpc_rich_error_t) -> *mut c_char;
-    pub fn xpc_rich_error_can_retry(error: xpc_rich_error_t) -> bool;
+crate::xpc::apple::dynamic::dynamic_functions! {
+    /// Calls newer than the oldest macOS the library loads on, resolved at
+    /// run time (`dynamic.rs`): xpc/rich_error.h and xpc/session.h (13.0;
+    /// `set_target_queue` 14.0), xpc/listener.h (14.0; code signing
+    /// requirement 14.4; peer requirement 26.0), xpc/peer_requirement.h
+    /// (26.0).
+    pub struct Xpc, needs "the vmnet-rs broker and client need macOS 26 or later" {
+        fn xpc_rich_error_copy_description(error: xpc_rich_error_t) -> *mut c_char;
+        fn xpc_rich_error_can_retry(error: xpc_rich_error_t) -> bool;
+
+        fn xpc_session_create_mach_service(
+            mach_service: *const c_char,
+            target_queue: *const DispatchQueue,
+            flags: u64,
+            error_out: *mut xpc_rich_error_t,
+        ) -> xpc_session_t;
+        fn xpc_session_set_incoming_message_handler(session: xpc_session_t, handler: &IncomingMessageHandler);
+        fn xpc_session_set_cancel_handler(session: xpc_session_t, cancel_handler: &CancelHandler);
+        fn xpc_session_set_target_queue(session: xpc_session_t, target_queue: *const DispatchQueue);
+        fn xpc_session_cancel(session: xpc_session_t);
+        /// NULL on success; else a +1 rich error.
+        fn xpc_session_send_message(session: xpc_session_t, message: xpc_object_t) -> xpc_rich_error_t;
+        /// +1 reply, or NULL with `*error_out` set. Never call it on the
+        /// session's own target queue.
+        fn xpc_session_send_message_with_reply_sync(
+            session: xpc_session_t,
+            message: xpc_object_t,
+            error_out: *mut xpc_rich_error_t,
+        ) -> xpc_object_t;
+
+        fn xpc_listener_create(
+            service: *const c_char,
+            target_queue: *const DispatchQueue,
+            flags: u64,
+            incoming_session_handler: &IncomingSessionHandler,
+            error_out: *mut xpc_rich_error_t,
+        ) -> xpc_listener_t;
+        fn xpc_listener_activate(listener: xpc_listener_t, error_out: *mut xpc_rich_error_t) -> bool;
+        fn xpc_listener_cancel(listener: xpc_listener_t);
+        /// 0 on success.
+        fn xpc_listener_set_peer_code_signing_requirement(listener: xpc_listener_t, requirement: *const c_char) -> c_int;
+        fn xpc_listener_set_peer_requirement(listener: xpc_listener_t, requirement: xpc_peer_requirement_t);
+
+        fn xpc_peer_requirement_create_lwcr(lwcr: xpc_object_t, error_out: *mut xpc_rich_error_t) -> xpc_peer_requirement_t;
+        fn xpc_peer_requirement_match_received_message(
+            peer_requirement: xpc_peer_requirement_t,
+            message: xpc_object_t,
+            error_out: *mut xpc_rich_error_t,
+        ) -> bool;
+    }
 }
 
-// xpc/session.h (macOS 13.0; set_target_queue 14.0).
-extern "C" {
-    pub fn xpc_session_create_mach_service(
-        mach_service: *const c_char,
-        target_queue: *const DispatchQueue,
-        flags: u64,
-        error_out: *mut xpc_rich_error_t,
-    ) -> xpc_session_t;
-    pub fn xpc_session_set_incoming_message_handler(session: xpc_session_t, handler: &IncomingMessageHandler);
-    pub fn xpc_session_set_cancel_handler(session: xpc_session_t, cancel_handler: &CancelHandler);
-    pub fn xpc_session_set_target_queue(session: xpc_session_t, target_queue: *const DispatchQueue);
-    pub fn xpc_session_activate(session: xpc_session_t, error_out: *mut xpc_rich_error_t) -> bool;
-    pub fn xpc_session_cancel(session: xpc_session_t);
-    /// NULL on success; else a +1 rich error.
-    pub fn xpc_session_send_message(session: xpc_session_t, message: xpc_object_t) -> xpc_rich_error_t;
-    /// +1 reply, or NULL with `*error_out` set. Never call it on the
-    /// session's own target queue.
-    pub fn xpc_session_send_message_with_reply_sync(
-        session: xpc_session_t,
-        message: xpc_object_t,
-        error_out: *mut xpc_rich_error_t,
-    ) -> xpc_object_t;
-}
-
-// xpc/listener.h (macOS 14.0; code signing requirement 14.4; peer
-// requirement 26.0).
-extern "C" {
-    pub fn xpc_listener_create(
-        service: *const c_char,
-        target_queue: *const DispatchQueue,
-        flags: u64,
-        incoming_session_handler: &IncomingSessionHandler,
-        error_out: *mut xpc_rich_error_t,
-    ) -> xpc_listener_t;
-    pub fn xpc_listener_activate(listener: xpc_listener_t, error_out: *mut xpc_rich_error_t) -> bool;
-    pub fn xpc_listener_cancel(listener: xpc_listener_t);
-    pub fn xpc_listener_reject_peer(peer: xpc_session_t, reason: *const c_char);
-    /// 0 on success.
-    pub fn xpc_listener_set_peer_code_signing_requirement(
-        listener: xpc_listener_t,
-        requirement: *const c_char,
-    ) -> c_int;
-    pub fn xpc_listener_set_peer_requirement(listener: xpc_listener_t, requirement: xpc_peer_requirement_t);
-}
-
-// xpc/peer_requirement.h (macOS 26.0).
-extern "C" {
-    pub fn xpc_peer_requirement_create_lwcr(
-        lwcr: xpc_object_t,
-        error_out: *mut xpc_rich_error_t,
-    ) -> xpc_peer_requirement_t;
-    pub fn xpc_peer_requirement_match_received_message(
-        peer_requirement: xpc_peer_requirement_t,
-        message: xpc_object_t,
-        error_out: *mut xpc_rich_error_t,
-    ) -> bool;
+/// The run-time resolved XPC calls, or why they are unavailable.
+pub fn xpc() -> Result<&'static Xpc, crate::xpc::Error> {
+    static TABLE: std::sync::OnceLock<Result<Xpc, String>> = std::sync::OnceLock::new();
+    TABLE
+        // SAFETY: RTLD_DEFAULT; the signatures are the SDK's (headers above).
+        .get_or_init(|| unsafe { Xpc::load(libc::RTLD_DEFAULT) })
+        .as_ref()
+        .map_err(|e| crate::xpc::Error::Transport(e.clone()))
 }
 
 // Private, declared from the XNU source (bsd/sys/codesign.h `csops`,

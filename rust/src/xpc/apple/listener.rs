@@ -72,6 +72,7 @@ impl Default for ServeOptions {
 /// A running Mach-service listener. Dropping it cancels the listener; peer
 /// sessions already open finish on their own.
 pub struct Listener {
+    x: &'static ffi::Xpc,
     listener: Object,
     service: String,
     shared: Arc<Shared>,
@@ -103,7 +104,7 @@ impl Listener {
     pub fn stop(&self) {
         if !self.cancelled.swap(true, Ordering::AcqRel) {
             // SAFETY: the listener is live (we hold a reference).
-            unsafe { ffi::xpc_listener_cancel(self.listener.as_ptr()) };
+            unsafe { (self.x.xpc_listener_cancel)(self.listener.as_ptr()) };
         }
     }
 }
@@ -115,6 +116,7 @@ impl Drop for Listener {
 }
 
 struct Shared {
+    x: &'static ffi::Xpc,
     handler: Arc<dyn Handler>,
     options: ServeOptions,
     allowed_uids: Vec<u32>,
@@ -134,6 +136,7 @@ struct Session {
 /// this job, `MachServices` in its plist) and answers each request with
 /// `handler`. Returns once the listener is active.
 pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) -> Result<Listener, Error> {
+    let x = ffi::xpc()?;
     let c_service = CString::new(service)
         .map_err(|_| Error::Transport(format!("Mach service name {service:?} contains a NUL byte")))?;
 
@@ -159,6 +162,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         .transpose()?;
 
     let shared = Arc::new(Shared {
+        x,
         handler,
         options,
         allowed_uids,
@@ -175,7 +179,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         if result.is_err() {
             // SAFETY: `peer` is the live session handed to this block; a
             // session without a message handler must be cancelled.
-            unsafe { ffi::xpc_session_cancel(peer) };
+            unsafe { (in_block.x.xpc_session_cancel)(peer) };
         }
     });
 
@@ -184,7 +188,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     // is copied by libxpc; we keep ours until drop); the result is +1 or NULL
     // with a +1 error.
     let raw = unsafe {
-        ffi::xpc_listener_create(c_service.as_ptr(), &*queue, ffi::XPC_LISTENER_CREATE_INACTIVE, &incoming, &mut err)
+        (x.xpc_listener_create)(c_service.as_ptr(), &*queue, ffi::XPC_LISTENER_CREATE_INACTIVE, &incoming, &mut err)
     };
     // SAFETY: `raw` is NULL or ours.
     let Some(listener) = (unsafe { Object::from_owned(raw) }) else {
@@ -197,7 +201,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
 
     if let Some(req) = &code_signing_requirement {
         // SAFETY: the listener is inactive and live; `req` is a C string.
-        let rc = unsafe { ffi::xpc_listener_set_peer_code_signing_requirement(listener.as_ptr(), req.as_ptr()) };
+        let rc = unsafe { (x.xpc_listener_set_peer_code_signing_requirement)(listener.as_ptr(), req.as_ptr()) };
         if rc != 0 {
             return Err(Error::Transport(format!(
                 "the code signing requirement {:?} was refused (error {rc}); check its syntax (csreq(1))",
@@ -207,18 +211,19 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     }
     if let Some(req) = &listener_requirement {
         // SAFETY: the listener is inactive and live; called at most once.
-        unsafe { ffi::xpc_listener_set_peer_requirement(listener.as_ptr(), req.as_ptr()) };
+        unsafe { (x.xpc_listener_set_peer_requirement)(listener.as_ptr(), req.as_ptr()) };
     }
 
     let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
     // SAFETY: the listener is live and inactive.
-    if !unsafe { ffi::xpc_listener_activate(listener.as_ptr(), &mut err) } {
+    if !unsafe { (x.xpc_listener_activate)(listener.as_ptr(), &mut err) } {
         // SAFETY: `err` is NULL or ours.
         let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
         return Err(Error::Transport(format!("xpc_listener_activate({service}) failed: {text}")));
     }
     log::info!("listening on Mach service {service}");
     Ok(Listener {
+        x,
         listener,
         service: service.to_owned(),
         shared,
@@ -245,7 +250,7 @@ fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &Dispat
         if catch_unwind(AssertUnwindSafe(|| handle_message(peer, message, &s1, &sess1))).is_err() {
             log::error!("connection {}: request handler panicked; session cancelled", sess1.connection);
             // SAFETY: the session is live while its handler runs.
-            unsafe { ffi::xpc_session_cancel(peer) };
+            unsafe { (s1.x.xpc_session_cancel)(peer) };
         }
     });
     let (s2, sess2) = (Arc::clone(shared), Arc::clone(&session));
@@ -263,9 +268,9 @@ fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &Dispat
     // SAFETY: `peer` is the inactive session handed to the incoming block;
     // libxpc copies the blocks; the queue is live.
     unsafe {
-        ffi::xpc_session_set_target_queue(peer, &**queue);
-        ffi::xpc_session_set_incoming_message_handler(peer, &on_message);
-        ffi::xpc_session_set_cancel_handler(peer, &on_cancel);
+        (shared.x.xpc_session_set_target_queue)(peer, &**queue);
+        (shared.x.xpc_session_set_incoming_message_handler)(peer, &on_message);
+        (shared.x.xpc_session_set_cancel_handler)(peer, &on_cancel);
     }
 }
 
@@ -275,25 +280,31 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
     if !is_dict {
         log::warn!("connection {}: a message that is not a dictionary; session cancelled", session.connection);
         // SAFETY: the session is live while its handler runs.
-        unsafe { ffi::xpc_session_cancel(peer) };
+        unsafe { (shared.x.xpc_session_cancel)(peer) };
         return;
     }
     let key = &shared.options.error_key;
     // SAFETY: `message` is a live dictionary from this peer.
     let Some(who) = (unsafe { identify(message, session.connection) }) else {
-        reply(peer, message, key, &Dict::new().with(key, Value::String("refused: cannot identify the caller".into())));
+        reply(
+            shared.x,
+            peer,
+            message,
+            key,
+            &Dict::new().with(key, Value::String("refused: cannot identify the caller".into())),
+        );
         return;
     };
     if let Some(text) = mapping::uid_refusal(&who, &shared.allowed_uids) {
         log::warn!("connection {}: {text}", who.connection);
-        reply(peer, message, key, &Dict::new().with(key, Value::String(text)));
+        reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(text)));
         return;
     }
     // SAFETY: `message` is a live dictionary.
     let request = match unsafe { from_xpc(message) } {
         Ok(d) => d,
         Err(e) => {
-            reply(peer, message, key, &Dict::new().with(key, Value::String(e.to_string())));
+            reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(e.to_string())));
             return;
         }
     };
@@ -304,7 +315,7 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
                 let text = format!(
                     "refused: before macOS 26.2 a network serialization only works in the same executable as the broker ({why})"
                 );
-                reply(peer, message, key, &Dict::new().with(key, Value::String(text)));
+                reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(text)));
                 return;
             }
         }
@@ -313,11 +324,11 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
         seen.get_or_insert_with(|| who.clone());
     }
     let answer = shared.handler.request(&who, request);
-    reply(peer, message, key, &answer);
+    reply(shared.x, peer, message, key, &answer);
 }
 
 /// Sends `answer` as the reply to `message`, if one is expected.
-fn reply(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, key: &str, answer: &Dict) {
+fn reply(x: &ffi::Xpc, peer: ffi::xpc_session_t, message: ffi::xpc_object_t, key: &str, answer: &Dict) {
     // SAFETY: `message` is live; the result is +1 or NULL (no reply wanted).
     let Some(out) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
         return;
@@ -330,17 +341,17 @@ fn reply(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, key: &str, answer
         };
         let text = format!("the broker's reply could not be encoded: {e}");
         if fill(&fallback, &Dict::new().with(key, Value::String(text)), 0).is_ok() {
-            send(peer, &fallback);
+            send(x, peer, &fallback);
         }
         return;
     }
-    send(peer, &out);
+    send(x, peer, &out);
 }
 
-fn send(peer: ffi::xpc_session_t, out: &Object) {
+fn send(x: &ffi::Xpc, peer: ffi::xpc_session_t, out: &Object) {
     for attempt in 1..=REPLY_SEND_ATTEMPTS {
         // SAFETY: the session is live while its handler runs; `out` is live.
-        let err = unsafe { ffi::xpc_session_send_message(peer, out.as_ptr()) };
+        let err = unsafe { (x.xpc_session_send_message)(peer, out.as_ptr()) };
         // SAFETY: `err` is NULL or ours.
         match unsafe { take_rich_error(err) } {
             None => return,

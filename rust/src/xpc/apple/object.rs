@@ -105,10 +105,14 @@ unsafe fn type_name(obj: ffi::xpc_object_t) -> String {
 pub unsafe fn take_rich_error(err: ffi::xpc_rich_error_t) -> Option<(String, bool)> {
     // SAFETY: caller's contract; released exactly once by `Object`.
     let err = unsafe { Object::from_owned(err)? };
+    // Rich errors only come from calls in the run-time table, so it loaded.
+    let Ok(x) = ffi::xpc() else {
+        return Some(("unknown XPC error".into(), false));
+    };
     // SAFETY: `err` is a live rich error.
-    let retry = unsafe { ffi::xpc_rich_error_can_retry(err.as_ptr()) };
+    let retry = unsafe { (x.xpc_rich_error_can_retry)(err.as_ptr()) };
     // SAFETY: as above; the description is malloc'ed and freed here.
-    let text = unsafe { take_c_string(ffi::xpc_rich_error_copy_description(err.as_ptr())) };
+    let text = unsafe { take_c_string((x.xpc_rich_error_copy_description)(err.as_ptr())) };
     Some((text.unwrap_or_else(|| "unknown XPC error".into()), retry))
 }
 

@@ -105,10 +105,11 @@ pub struct SameCdhash {
 impl SameCdhash {
     pub fn new(cdhash: &[u8; ffi::CDHASH_LEN]) -> Result<SameCdhash, Error> {
         let lwcr = to_xpc(&Dict::new().with("cdhash", Value::Data(cdhash.to_vec())))?;
+        let x = ffi::xpc()?;
         let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
         // SAFETY: `lwcr` is a live dictionary; the result is +1 (or NULL with
         // a +1 error).
-        let req = unsafe { ffi::xpc_peer_requirement_create_lwcr(lwcr.as_ptr(), &mut err) };
+        let req = unsafe { (x.xpc_peer_requirement_create_lwcr)(lwcr.as_ptr(), &mut err) };
         // SAFETY: `req` is NULL or ours.
         match unsafe { Object::from_owned(req) } {
             Some(requirement) => {
@@ -133,9 +134,11 @@ impl SameCdhash {
     /// # Safety
     /// `message` must be a live XPC dictionary received from a peer.
     pub unsafe fn matches(&self, message: ffi::xpc_object_t) -> Result<(), String> {
+        // The table loaded when `self` was made.
+        let x = ffi::xpc().map_err(|e| e.to_string())?;
         let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
         // SAFETY: both objects are live; `err` receives NULL or a +1 error.
-        let ok = unsafe { ffi::xpc_peer_requirement_match_received_message(self.as_ptr(), message, &mut err) };
+        let ok = unsafe { (x.xpc_peer_requirement_match_received_message)(self.as_ptr(), message, &mut err) };
         // SAFETY: `err` is NULL or ours.
         let text = unsafe { take_rich_error(err) }.map(|(t, _)| t);
         if ok {

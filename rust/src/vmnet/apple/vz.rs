@@ -21,10 +21,6 @@ use crate::vmnet::Error;
 use crate::xpc::apple::object::to_xpc;
 use crate::xpc::Dict;
 
-// Virtualization.framework must be loaded for the class to exist.
-#[link(name = "Virtualization", kind = "framework")]
-extern "C" {}
-
 /// The attachment and the process-local network it was made from (kept
 /// alive as long as the attachment, whether or not VZ retains it).
 pub struct VmnetAttachment {
@@ -54,6 +50,10 @@ pub fn attachment_from_serialization(serialization: &Dict) -> Result<VmnetAttach
                 mapping::status_error("vmnet_network_create_with_serialization", Status::from_raw(raw_status))
             })?;
 
+    // Loaded on first use rather than linked, so importing the library does
+    // not load Virtualization.framework.
+    crate::xpc::apple::dynamic::open_framework(c"/System/Library/Frameworks/Virtualization.framework/Virtualization")
+        .map_err(|detail| Error::Platform { op: "load Virtualization.framework".into(), detail })?;
     let class = AnyClass::get(c"VZVmnetNetworkDeviceAttachment").ok_or_else(|| Error::Platform {
         op: "find VZVmnetNetworkDeviceAttachment".into(),
         detail: "the class is missing: Virtualization.framework of macOS 26 or later is needed".into(),

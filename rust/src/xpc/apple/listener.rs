@@ -199,30 +199,10 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         )));
     };
 
-    if let Some(req) = &code_signing_requirement {
-        // SAFETY: the listener is inactive and live; `req` is a C string.
-        let rc = unsafe { (x.xpc_listener_set_peer_code_signing_requirement)(listener.as_ptr(), req.as_ptr()) };
-        if rc != 0 {
-            return Err(Error::Transport(format!(
-                "the code signing requirement {:?} was refused (error {rc}); check its syntax (csreq(1))",
-                req
-            )));
-        }
-    }
-    if let Some(req) = &listener_requirement {
-        // SAFETY: the listener is inactive and live; called at most once.
-        unsafe { (x.xpc_listener_set_peer_requirement)(listener.as_ptr(), req.as_ptr()) };
-    }
-
-    let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
-    // SAFETY: the listener is live and inactive.
-    if !unsafe { (x.xpc_listener_activate)(listener.as_ptr(), &mut err) } {
-        // SAFETY: `err` is NULL or ours.
-        let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
-        return Err(Error::Transport(format!("xpc_listener_activate({service}) failed: {text}")));
-    }
-    log::info!("listening on Mach service {service}");
-    Ok(Listener {
+    // From here on, dropping `this` on an error cancels, then releases, the
+    // listener (releasing an inactive listener without cancelling it is
+    // undefined, xpc/listener.h).
+    let this = Listener {
         x,
         listener,
         service: service.to_owned(),
@@ -230,7 +210,31 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         cancelled: AtomicBool::new(false),
         _queue: queue,
         _block: incoming,
-    })
+    };
+    if let Some(req) = &code_signing_requirement {
+        // SAFETY: the listener is inactive and live; `req` is a C string.
+        let rc = unsafe { (x.xpc_listener_set_peer_code_signing_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+        if rc != 0 {
+            return Err(Error::Transport(format!(
+                "the code signing requirement {req:?} was refused (error {rc}); check its syntax (csreq(1))"
+            )));
+        }
+    }
+    if let Some(req) = &listener_requirement {
+        // SAFETY: the listener is inactive and live; called at most once; it
+        // retains the requirement, ours is released when `req` drops.
+        unsafe { (x.xpc_listener_set_peer_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+    }
+
+    let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+    // SAFETY: the listener is live and inactive.
+    if !unsafe { (x.xpc_listener_activate)(this.listener.as_ptr(), &mut err) } {
+        // SAFETY: `err` is NULL or ours.
+        let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
+        return Err(Error::Transport(format!("xpc_listener_activate({service}) failed: {text}")));
+    }
+    log::info!("listening on Mach service {service}");
+    Ok(this)
 }
 
 /// In the incoming-session block: give the session its handlers (required

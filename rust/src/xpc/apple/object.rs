@@ -49,24 +49,8 @@ impl Object {
         NonNull::new(ptr).map(Object)
     }
 
-    /// Retains a borrowed object.
-    ///
-    /// # Safety
-    /// `ptr` must be NULL or a live XPC object.
-    pub unsafe fn retain(ptr: ffi::xpc_object_t) -> Option<Object> {
-        let ptr = NonNull::new(ptr)?;
-        // SAFETY: `ptr` is a live XPC object (caller's contract).
-        unsafe { ffi::xpc_retain(ptr.as_ptr()) };
-        Some(Object(ptr))
-    }
-
     pub fn as_ptr(&self) -> ffi::xpc_object_t {
         self.0.as_ptr()
-    }
-
-    pub fn is_dictionary(&self) -> bool {
-        // SAFETY: `self` holds a live XPC object.
-        unsafe { is_type(self.as_ptr(), addr_of!(ffi::_xpc_type_dictionary)) }
     }
 }
 

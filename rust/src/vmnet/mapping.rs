@@ -1442,4 +1442,36 @@ mod tests {
         assert!(is_serialization_request(&acquire));
         assert!(!is_serialization_request(&status));
     }
+
+    #[test]
+    fn steps_describe_themselves_for_error_messages() {
+        let cases = [
+            (Step::Create { mode: VMNET_HOST_MODE }, "vmnet_network_configuration_create(VMNET_HOST_MODE)"),
+            (Step::SetExternalInterface("en0".into()), "vmnet_network_configuration_set_external_interface(\"en0\")"),
+            (Step::DisableDhcp, "vmnet_network_configuration_disable_dhcp()"),
+            (
+                Step::SetIpv4Subnet { first_host: Ipv4Addr::new(10, 0, 0, 1), mask: Ipv4Addr::new(255, 0, 0, 0) },
+                "vmnet_network_configuration_set_ipv4_subnet(10.0.0.1, 255.0.0.0)",
+            ),
+            (
+                Step::SetIpv6Prefix { prefix: "fd00::".parse().unwrap(), len: 64 },
+                "vmnet_network_configuration_set_ipv6_prefix(fd00::/64)",
+            ),
+            (Step::SetMtu(9000), "vmnet_network_configuration_set_mtu(9000)"),
+            (
+                Step::AddDhcpReservation { mac: [2, 0, 0, 0, 0, 1], address: Ipv4Addr::new(10, 0, 0, 9) },
+                "vmnet_network_configuration_add_dhcp_reservation(02:00:00:00:00:01 -> 10.0.0.9)",
+            ),
+        ];
+        for (step, text) in cases {
+            assert_eq!(step.to_string(), text);
+        }
+        let e = status_error(Step::SetMtu(9000).to_string(), Status::InvalidArgument).to_string();
+        assert!(
+            e.starts_with("vmnet_network_configuration_set_mtu(9000) failed: VMNET_INVALID_ARGUMENT (1003)"),
+            "{e}"
+        );
+        assert_eq!(status_io_error("vmnet_write", Status::PacketTooBig).kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(status_io_error("vmnet_read", Status::Failure).kind(), std::io::ErrorKind::Other);
+    }
 }

@@ -8,7 +8,7 @@
 //! owned by whoever called [`serve`]; dropping it cancels the listener.
 //!
 //! Invariants: each session gets a connection id unique for the life of the
-//! process; `Handler::disconnected` is called exactly once per session that
+//! process; each accepted session is retained until its cancel handler runs; `Handler::disconnected` is called exactly once per session that
 //! sent at least one accepted message; a message that is not a dictionary
 //! cancels its session (as Lima does); no panic leaves a block.
 
@@ -126,10 +126,12 @@ struct Shared {
     live_sessions: AtomicUsize,
 }
 
-/// Per session: its id and the peer seen on its first accepted message.
+/// Per session: its id, the peer seen on its first accepted message, and
+/// our reference to the session, held from acceptance to cancellation.
 struct Session {
     connection: u64,
     peer: Mutex<Option<Peer>>,
+    retained: Mutex<Option<Object>>,
 }
 
 /// Listens on the Mach service `service` (which launchd must advertise for
@@ -240,13 +242,21 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
 /// In the incoming-session block: give the session its handlers (required
 /// before the block returns) on the listener's queue.
 fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &DispatchRetained<DispatchQueue>) {
+    // SAFETY: `peer` is the live session handed to the incoming block; the
+    // reference taken here is released by the cancel handler, which breaks
+    // the session -> block -> session cycle a captured reference would make.
+    let retained = unsafe {
+        ffi::xpc_retain(peer);
+        Object::from_owned(peer)
+    };
     let session = Arc::new(Session {
         connection: shared.next_connection.fetch_add(1, Ordering::Relaxed),
         peer: Mutex::new(None),
+        retained: Mutex::new(retained),
     });
 
-    // The raw session pointer is captured unretained: both blocks are owned
-    // by the session and only run while it is alive.
+    // The blocks capture the session's address; it stays valid while they
+    // can run (the session is retained until its cancel handler).
     let peer_addr = peer as usize;
     let (s1, sess1) = (Arc::clone(shared), Arc::clone(&session));
     let on_message = RcBlock::new(move |message: ffi::xpc_object_t| {
@@ -267,6 +277,9 @@ fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &Dispat
                 log::error!("connection {}: disconnect handler panicked", peer.connection);
             }
         }
+        // Our reference goes last; libxpc holds its own while this runs.
+        let ours = sess2.retained.lock().map(|mut r| r.take()).unwrap_or(None);
+        drop(ours);
     });
     shared.live_sessions.fetch_add(1, Ordering::AcqRel);
     // SAFETY: `peer` is the inactive session handed to the incoming block;

@@ -42,6 +42,9 @@ pub type IncomingSessionHandler = Block<dyn Fn(xpc_session_t)>;
 pub type IncomingMessageHandler = Block<dyn Fn(xpc_object_t)>;
 /// `xpc_session_cancel_handler_t`: `void (^)(xpc_rich_error_t error)`.
 pub type CancelHandler = Block<dyn Fn(xpc_rich_error_t)>;
+/// `xpc_session_reply_handler_t`:
+/// `void (^)(xpc_object_t _Nullable reply, xpc_rich_error_t _Nullable error)`.
+pub type ReplyHandler = Block<dyn Fn(xpc_object_t, xpc_rich_error_t)>;
 
 /// `XPC_LISTENER_CREATE_INACTIVE` (xpc/listener.h).
 pub const XPC_LISTENER_CREATE_INACTIVE: u64 = 1 << 0;
@@ -153,6 +156,13 @@ crate::xpc::apple::dynamic::dynamic_functions! {
             message: xpc_object_t,
             error_out: *mut xpc_rich_error_t,
         ) -> xpc_object_t;
+        /// The handler gets the reply or an error (both borrowed) on the
+        /// session's target queue.
+        fn xpc_session_send_message_with_reply_async(
+            session: xpc_session_t,
+            message: xpc_object_t,
+            reply_handler: &ReplyHandler,
+        );
 
         fn xpc_listener_create(
             service: *const c_char,

@@ -47,7 +47,9 @@ class Adaptor:
     ``netns`` (with ``tap``) creates the TAP inside that network namespace
     (an ``ip netns`` name or a path). ``mac`` is the MAC the VM will use
     (random if not given). Buffer sizes default per kind; the values the
-    kernel granted are in :attr:`info`.
+    kernel granted are in :attr:`info`. ``vm_socket_fd`` relays on (a dup of)
+    an existing connected socket instead of making a new pair; then there is
+    no :meth:`fileno`.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Adaptor:
         vnet_hdr: bool = False,
         send_buffer_bytes: Optional[int] = None,
         recv_buffer_bytes: Optional[int] = None,
+        vm_socket_fd: Optional[int] = None,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"adaptor kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -80,6 +83,7 @@ class Adaptor:
             vnet_hdr=vnet_hdr,
             send_buffer_bytes=send_buffer_bytes,
             recv_buffer_bytes=recv_buffer_bytes,
+            vm_socket_fd=vm_socket_fd,
         )
         self.kind = kind
         self.info: Dict[str, Any] = dict(self._native.info())

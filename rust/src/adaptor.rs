@@ -43,6 +43,8 @@ use std::thread::JoinHandle;
 use crate::vmnet::Interface;
 
 mod batch_io;
+#[cfg(target_os = "linux")]
+pub mod bench;
 mod counters;
 mod relay;
 mod socket;
@@ -172,6 +174,13 @@ impl std::fmt::Display for EndReason {
     }
 }
 
+fn buffer_sizes(options: &Options) -> (usize, usize) {
+    (
+        options.send_buffer_bytes.unwrap_or(socket::DEFAULT_SEND_BUFFER_BYTES),
+        options.recv_buffer_bytes.unwrap_or(socket::DEFAULT_RECV_BUFFER_BYTES),
+    )
+}
+
 /// A running relay. Dropping it stops the relay and its interface.
 pub struct Adaptor {
     kind: Kind,
@@ -186,22 +195,29 @@ impl Adaptor {
     /// the adaptor with the other end, which goes to the VM.
     pub fn start(interface: Box<dyn Interface>, kind: Kind, options: &Options) -> Result<(Adaptor, OwnedFd), Error> {
         let (ours, theirs) = socket::socketpair(kind).map_err(|e| Error::io("create the VM socketpair", e))?;
-        socket::set_nonblocking(&ours).map_err(|e| Error::io("make the adaptor's socket non-blocking", e))?;
-        let send = options.send_buffer_bytes.unwrap_or(socket::DEFAULT_SEND_BUFFER_BYTES);
-        let recv = options.recv_buffer_bytes.unwrap_or(socket::DEFAULT_RECV_BUFFER_BYTES);
-        let buffers = socket::set_buffers(&ours, send, recv).map_err(|e| Error::io("set the adaptor's socket buffers", e))?;
+        let (send, recv) = buffer_sizes(options);
         // The VM's end gets the same sizes so its sends queue as deep as ours.
         socket::set_buffers(&theirs, send, recv).map_err(|e| Error::io("set the VM socket's buffers", e))?;
+        let adaptor = Adaptor::start_with_socket(interface, kind, ours, options)?;
+        Ok((adaptor, theirs))
+    }
+
+    /// Like [`Adaptor::start`] on a VM socket the caller already has (a
+    /// connected AF_UNIX socket of the kind's type, e.g. accepted on a bound
+    /// path, or another relay's VM end). The adaptor owns it from now on.
+    pub fn start_with_socket(interface: Box<dyn Interface>, kind: Kind, socket: OwnedFd, options: &Options) -> Result<Adaptor, Error> {
+        socket::set_nonblocking(&socket).map_err(|e| Error::io("make the adaptor's socket non-blocking", e))?;
+        let (send, recv) = buffer_sizes(options);
+        let buffers = socket::set_buffers(&socket, send, recv).map_err(|e| Error::io("set the adaptor's socket buffers", e))?;
         let (wake_rx, wake_tx) = socket::wake_pipe().map_err(|e| Error::io("create the adaptor's wake pipe", e))?;
 
         let shared = Arc::new(relay::Shared::default());
-        let relay = relay::Relay::new(interface, ours, wake_rx, kind, Arc::clone(&shared));
+        let relay = relay::Relay::new(interface, socket, wake_rx, kind, Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name(format!("adaptor-{}", kind.as_str()))
             .spawn(move || relay.run())
             .map_err(|e| Error::io("start the relay thread", e))?;
-        let adaptor = Adaptor { kind, shared, wake: Some(wake_tx), thread: Some(thread), buffers };
-        Ok((adaptor, theirs))
+        Ok(Adaptor { kind, shared, wake: Some(wake_tx), thread: Some(thread), buffers })
     }
 
     pub fn kind(&self) -> Kind {

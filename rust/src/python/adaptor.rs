@@ -53,6 +53,19 @@ fn random_mac() -> [u8; 6] {
     mac
 }
 
+/// A close-on-exec duplicate of a caller's fd, owned by us.
+fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD_CLOEXEC on a caller-supplied fd; it fails cleanly if
+    // the fd is not open.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: dup is a new descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
 fn stats_dict<'py>(py: Python<'py>, s: &DirectionStats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("packets", s.packets)?;
@@ -119,7 +132,6 @@ fn open_interface(
     }
     #[cfg(target_os = "linux")]
     {
-        use std::os::fd::FromRawFd;
         use vmnet::tap::Tap;
         let mut t = match (tap, tap_fd) {
             (Some(name), None) => match &netns {
@@ -128,13 +140,7 @@ fn open_interface(
             }
             .map_err(|e| ("NetworkError", format!("create or attach TAP {name:?} (needs CAP_NET_ADMIN and /dev/net/tun): {e}")))?,
             (None, Some(fd)) => {
-                // SAFETY: dup of a caller-supplied fd; the duplicate is ours.
-                let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-                if dup < 0 {
-                    return Err(("NetworkError", format!("duplicate tap_fd {fd}: {}", std::io::Error::last_os_error())));
-                }
-                // SAFETY: dup is a new descriptor owned by nobody else.
-                let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+                let owned = dup_fd(fd).map_err(|e| ("NetworkError", format!("duplicate tap_fd {fd}: {e}")))?;
                 Tap::from_fd(owned).map_err(|e| ("NetworkError", format!("tap_fd {fd} is not a usable TAP device: {e}")))?
             }
             _ => unreachable!("checked by the caller"),
@@ -158,7 +164,7 @@ impl PyAdaptor {
     /// or a new port on network `network`, created here from `config_json`
     /// and kept alive by this object.
     #[new]
-    #[pyo3(signature = (kind, *, tap=None, tap_fd=None, netns=None, network=None, config_json=None, state_dir=None, mac=None, vnet_hdr=false, send_buffer_bytes=None, recv_buffer_bytes=None))]
+    #[pyo3(signature = (kind, *, tap=None, tap_fd=None, netns=None, network=None, config_json=None, state_dir=None, mac=None, vnet_hdr=false, send_buffer_bytes=None, recv_buffer_bytes=None, vm_socket_fd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -173,6 +179,7 @@ impl PyAdaptor {
         vnet_hdr: bool,
         send_buffer_bytes: Option<usize>,
         recv_buffer_bytes: Option<usize>,
+        vm_socket_fd: Option<i32>,
     ) -> PyResult<Self> {
         let k = Kind::parse(kind).ok_or_else(|| {
             errors::raise(py, "ConfigError", format!("adaptor kind {kind:?} is not one of datagram, datagram_next, stream"))
@@ -194,12 +201,23 @@ impl PyAdaptor {
             .map_err(|(class, msg)| errors::raise(py, class, msg))?;
         let info = started.interface.info().clone();
         let options = Options { send_buffer_bytes, recv_buffer_bytes };
-        let (adaptor, vm) = Adaptor::start(started.interface, k, &options)
-            .map_err(|e| errors::raise(py, "AdaptorError", format!("start a {kind} adaptor: {e}")))?;
+        let (adaptor, vm) = match vm_socket_fd {
+            None => {
+                let (a, vm) = Adaptor::start(started.interface, k, &options)
+                    .map_err(|e| errors::raise(py, "AdaptorError", format!("start a {kind} adaptor: {e}")))?;
+                (a, Some(vm))
+            }
+            Some(fd) => {
+                let socket = dup_fd(fd).map_err(|e| errors::raise(py, "AdaptorError", format!("duplicate vm_socket_fd {fd}: {e}")))?;
+                let a = Adaptor::start_with_socket(started.interface, k, socket, &options)
+                    .map_err(|e| errors::raise(py, "AdaptorError", format!("start a {kind} adaptor on fd {fd}: {e}")))?;
+                (a, None)
+            }
+        };
         Ok(PyAdaptor {
             kind: k,
             adaptor: Some(adaptor),
-            vm: Some(vm),
+            vm,
             network: started.network,
             network_name,
             subnet: started.subnet,
@@ -304,7 +322,115 @@ impl PyAdaptor {
     }
 }
 
+/// Benchmark parts (Linux): TAPs in namespaces, the per-frame baseline
+/// relay and the native generator/sink flows.
+#[cfg(target_os = "linux")]
+mod bench {
+    use super::*;
+    use crate::adaptor::bench::{self as b, Flow, Framing, PerFrameRelay};
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering;
+
+    /// Creates (or attaches to) TAP `name` inside network namespace `netns`
+    /// and returns its fd; the caller owns it (the TAP goes when it closes).
+    #[pyfunction]
+    pub fn bench_open_tap(py: Python<'_>, netns: String, name: String) -> PyResult<i32> {
+        let tap = py
+            .detach(move || vmnet::tap::Tap::create_in_netns(&netns, &name, false))
+            .map_err(|e| errors::raise(py, "NetworkError", format!("create a benchmark TAP: {e}")))?;
+        Ok(tap.into_fd().into_raw_fd())
+    }
+
+    /// The per-frame baseline relay on a TAP fd (dup'd): `fileno()` is its VM end.
+    #[pyclass(name = "BenchPerFrameRelay", module = "vmnet_rs._native")]
+    pub struct PyPerFrameRelay {
+        relay: Option<PerFrameRelay>,
+        vm: Option<OwnedFd>,
+    }
+
+    #[pymethods]
+    impl PyPerFrameRelay {
+        #[new]
+        fn new(py: Python<'_>, tap_fd: i32) -> PyResult<Self> {
+            let tap = dup_fd(tap_fd).map_err(|e| errors::raise(py, "AdaptorError", format!("duplicate tap_fd {tap_fd}: {e}")))?;
+            let (relay, vm) = PerFrameRelay::start(tap).map_err(|e| errors::raise(py, "AdaptorError", format!("start the per-frame relay: {e}")))?;
+            Ok(PyPerFrameRelay { relay: Some(relay), vm: Some(vm) })
+        }
+
+        fn fileno(&self, py: Python<'_>) -> PyResult<i32> {
+            self.vm.as_ref().map(|f| f.as_raw_fd()).ok_or_else(|| errors::raise(py, "AdaptorError", "the relay is closed".into()))
+        }
+
+        /// Frames moved: `(vm_to_host, host_to_vm)`.
+        fn counters(&self) -> (u64, u64) {
+            self.relay.as_ref().map_or((0, 0), |r| (r.counters.vm_to_host.load(Ordering::Relaxed), r.counters.host_to_vm.load(Ordering::Relaxed)))
+        }
+
+        fn close(&mut self, py: Python<'_>) {
+            let (relay, vm) = (self.relay.take(), self.vm.take());
+            py.detach(move || {
+                drop(relay);
+                drop(vm);
+            });
+        }
+    }
+
+    /// Runs generator -> sink flows at once for `seconds`. Each flow is
+    /// `(source_fd, source_framing, sink_fd, sink_framing, src_mac,
+    /// dst_mac)`, framings `datagram`, `stream` or `tap`; fds are dup'd.
+    /// Returns `{"window_s", "process_cpu_s", "flows": [{"sent",
+    /// "received", "received_in_window", "bytes_in_window", "reordered",
+    /// "generator_cpu_s", "sink_cpu_s"}]}`.
+    #[pyfunction]
+    pub fn bench_flows<'py>(
+        py: Python<'py>,
+        flows: Vec<(i32, String, i32, String, String, String)>,
+        frame_bytes: usize,
+        seconds: f64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut specs = Vec::new();
+        for (src, src_framing, dst, dst_framing, src_mac, dst_mac) in flows {
+            let framing = |s: &str| Framing::parse(s).ok_or_else(|| errors::raise(py, "ConfigError", format!("framing {s:?} is not datagram, stream or tap")));
+            let mac = |s: &str| parse_mac(s).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {s:?} is not of the form aa:bb:cc:dd:ee:ff")));
+            let fd = |f: i32| dup_fd(f).map_err(|e| errors::raise(py, "AdaptorError", format!("duplicate fd {f}: {e}")));
+            specs.push(Flow {
+                source: fd(src)?,
+                source_framing: framing(&src_framing)?,
+                sink: fd(dst)?,
+                sink_framing: framing(&dst_framing)?,
+                src_mac: mac(&src_mac)?,
+                dst_mac: mac(&dst_mac)?,
+            });
+        }
+        let window = Duration::from_secs_f64(seconds.max(0.01));
+        let r = py.detach(move || b::run_flows(specs, frame_bytes, window)).map_err(|e| errors::raise(py, "AdaptorError", format!("benchmark flows: {e}")))?;
+        let d = PyDict::new(py);
+        d.set_item("window_s", r.window_s)?;
+        d.set_item("process_cpu_s", r.process_cpu_s)?;
+        let list = pyo3::types::PyList::empty(py);
+        for f in &r.flows {
+            let fd = PyDict::new(py);
+            fd.set_item("sent", f.sent)?;
+            fd.set_item("received", f.received)?;
+            fd.set_item("received_in_window", f.received_in_window)?;
+            fd.set_item("bytes_in_window", f.bytes_in_window)?;
+            fd.set_item("reordered", f.reordered)?;
+            fd.set_item("generator_cpu_s", f.generator_cpu_s)?;
+            fd.set_item("sink_cpu_s", f.sink_cpu_s)?;
+            list.append(fd)?;
+        }
+        d.set_item("flows", list)?;
+        Ok(d)
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAdaptor>()?;
+    #[cfg(target_os = "linux")]
+    {
+        m.add_class::<bench::PyPerFrameRelay>()?;
+        m.add_function(wrap_pyfunction!(bench::bench_open_tap, m)?)?;
+        m.add_function(wrap_pyfunction!(bench::bench_flows, m)?)?;
+    }
     Ok(())
 }

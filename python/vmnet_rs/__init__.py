@@ -17,8 +17,10 @@ from .errors import (
     NotAuthorizedError,
     VmnetError,
 )
+from .adaptor import Adaptor
 
 __all__ = [
+    "Adaptor",
     "AdaptorError",
     "BrokerError",
     "BrokerUnavailableError",

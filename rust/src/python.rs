@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod adaptor;
 mod config;
 mod errors;
 mod network;
@@ -13,6 +14,7 @@ mod network;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
+    adaptor::register(m)?;
     config::register(m)?;
     network::register(m)?;
     Ok(())

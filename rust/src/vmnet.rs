@@ -14,6 +14,7 @@ use crate::xpc::Dict;
 
 #[cfg(target_os = "macos")]
 pub mod apple;
+pub mod mapping;
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]

@@ -1,0 +1,382 @@
+"""Driver wiring: how each VM engine is handed its network.
+
+This module owns the exact command-line strings that join a VM engine to a
+vmnet-rs network, the mapping from an engine's backend names to the fd type
+the broker hands out, and the MAC addresses VMs get when none is given. It
+does no I/O: ``vmnet-rs run`` (:mod:`vmnet_rs.run`) and Python users call it
+with the fds they obtained from the broker.
+
+Engines and backends (``--network NAME:BACKEND``):
+
+========  ============  ======================  =================================================
+engine    backend       broker fd type          arguments (``<i>`` = NIC index + 1, ``<N>`` = fd)
+========  ============  ======================  =================================================
+qemu      tap           macOS: datagram         ``-netdev tap,id=net<i>,fd=<N>``
+                        Linux: tap (the TAP fd)
+qemu      tap_next      macOS: datagram_next    ``-netdev tap,id=net<i>,fd=<N>``
+                        Linux: tap + vnet_hdr
+qemu      socket        stream                  ``-netdev socket,id=net<i>,fd=<N>``
+qemu      stream        stream                  ``-netdev stream,id=net<i>,addr.type=fd,addr.str=<N>``
+qemu      dgram         datagram                ``-netdev dgram,id=net<i>,local.type=fd,local.str=<N>``
+qemu      dgram_next    datagram_next           same as dgram
+krunkit   datagram      datagram                ``--device virtio-net,type=unixgram,fd=<N>,mac=<MAC>``
+krunkit   datagram_next datagram_next           same as datagram
+krunkit   stream        stream                  ``--device virtio-net,type=unixstream,fd=<N>,mac=<MAC>``
+vfkit     datagram      datagram                ``--device virtio-net,fd=<N>,mac=<MAC>``
+vfkit     datagram_next datagram_next           same as datagram
+========  ============  ======================  =================================================
+
+Every QEMU netdev is followed by ``-device virtio-net-pci,netdev=net<i>,mac=<MAC>``
+(``virtio-net-ccw`` for ``qemu-system-s390x``). krunkit gets ``,offloading=on``
+only when the network has offload (checksum offload and TSO on the vmnet
+interface); without it krunkit's default (off) matches the interface.
+
+The QEMU backend names are Lima's (``_LIMA_QEMU_VMNET_BACKEND``), with Lima's
+meaning on macOS. On Linux there is no need for a relay in front of QEMU: the
+broker hands QEMU the TAP device's own fd (fd type ``tap``), which QEMU reads
+and writes directly. ``tap_next`` asks the broker to open that TAP with
+``IFF_VNET_HDR``, so the guest gets checksum offload and TSO through the
+kernel. QEMU learns this from the fd itself (``TUNGETIFF``): QEMU refuses
+``vnet_hdr=`` together with ``fd=`` ("vnet_hdr= ... are invalid with fd=",
+QEMU 7.2), so the netdev string is the same for both.
+
+Other programs (``generic``) name the fd type directly and receive the fd
+numbers and MACs through placeholders in their arguments (:func:`substitute`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import ConfigError
+
+# fd numbers the VM inherits its network sockets at: 3 for the first NIC,
+# 4 for the second, ... (0-2 are stdio).
+FIRST_FD = 3
+
+QEMU = "qemu"
+KRUNKIT = "krunkit"
+VFKIT = "vfkit"
+GENERIC = "generic"
+ENGINES = (QEMU, KRUNKIT, VFKIT, GENERIC)
+
+# Broker fd types (the request's FdType).
+DATAGRAM = "datagram"
+DATAGRAM_NEXT = "datagram_next"
+STREAM = "stream"
+TAP = "tap"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way of joining an engine to a network.
+
+    ``fd_type`` is what the broker is asked for; ``vnet_hdr`` asks for a TAP
+    fd opened with ``IFF_VNET_HDR`` (Linux ``tap`` fd type only).
+    """
+
+    engine: str
+    name: str
+    fd_type: str
+    vnet_hdr: bool = False
+
+
+def _is_macos(platform: str) -> bool:
+    return platform == "darwin"
+
+
+def backends(engine: str, platform: str = sys.platform) -> dict[str, Backend]:
+    """The backends ``engine`` offers on ``platform`` (``sys.platform`` values), by name."""
+    mac = _is_macos(platform)
+    table: list[Backend]
+    if engine == QEMU:
+        table = [
+            Backend(QEMU, "tap", DATAGRAM) if mac else Backend(QEMU, "tap", TAP),
+            Backend(QEMU, "tap_next", DATAGRAM_NEXT) if mac else Backend(QEMU, "tap_next", TAP, vnet_hdr=True),
+            Backend(QEMU, "socket", STREAM),
+            Backend(QEMU, "stream", STREAM),
+            Backend(QEMU, "dgram", DATAGRAM),
+            Backend(QEMU, "dgram_next", DATAGRAM_NEXT),
+        ]
+    elif engine == KRUNKIT:
+        table = [Backend(KRUNKIT, n, n) for n in (DATAGRAM, DATAGRAM_NEXT, STREAM)]
+    elif engine == VFKIT:
+        table = [Backend(VFKIT, n, n) for n in (DATAGRAM, DATAGRAM_NEXT)]
+    elif engine == GENERIC:
+        table = [Backend(GENERIC, n, n) for n in (DATAGRAM, DATAGRAM_NEXT, STREAM)]
+        if not mac:
+            table += [Backend(GENERIC, "tap", TAP), Backend(GENERIC, "tap_next", TAP, vnet_hdr=True)]
+    else:
+        raise ConfigError(f"unknown VM engine {engine!r}; known: {', '.join(ENGINES)}")
+    return {b.name: b for b in table}
+
+
+# Default backend per engine and platform. Why each (README "Choosing a
+# backend" has the numbers):
+# - qemu on Linux: tap hands QEMU the TAP fd itself, so no relay runs at
+#   all; it was the fastest QEMU backend in the VM-to-VM e2e measurement.
+# - qemu on macOS: tap (a datagram socketpair), Lima's default and fastest
+#   in Lima's ranking (tap > socket = stream > dgram > dgram_next > tap_next).
+# - krunkit: stream. Datagram is reported slightly faster, but under
+#   `iperf3 -P 3` krunkit's NIC stopped on ENOBUFS over datagram while stream
+#   kept running (platform-facts 5.2); a NIC that stops is worse than a few
+#   percent.
+# - vfkit: datagram, the only socket kind vfkit takes by fd.
+# - generic: datagram, the simplest framing (one frame per datagram).
+_DEFAULTS = {
+    (QEMU, "linux"): "tap",
+    (QEMU, "darwin"): "tap",
+    (KRUNKIT, "linux"): STREAM,
+    (KRUNKIT, "darwin"): STREAM,
+    (VFKIT, "linux"): DATAGRAM,
+    (VFKIT, "darwin"): DATAGRAM,
+    (GENERIC, "linux"): DATAGRAM,
+    (GENERIC, "darwin"): DATAGRAM,
+}
+
+
+def default_backend(engine: str, platform: str = sys.platform) -> str:
+    """The backend ``engine`` uses when ``--network`` names none."""
+    key = (engine, "darwin" if _is_macos(platform) else "linux")
+    if key not in _DEFAULTS:
+        raise ConfigError(f"unknown VM engine {engine!r}; known: {', '.join(ENGINES)}")
+    return _DEFAULTS[key]
+
+
+def resolve_backend(engine: str, name: str | None, platform: str = sys.platform) -> Backend:
+    """The :class:`Backend` called ``name`` (or the default) for ``engine``; a clear error otherwise."""
+    table = backends(engine, platform)
+    chosen = name or default_backend(engine, platform)
+    if chosen not in table:
+        where = "macOS" if _is_macos(platform) else "Linux"
+        raise ConfigError(
+            f"backend {chosen!r} is not available for {engine} on {where}; choose one of: {', '.join(table)}"
+        )
+    return table[chosen]
+
+
+def engine_for(program: str) -> str:
+    """The engine a program is, by its basename: qemu-system-*, krunkit, vfkit, else generic."""
+    base = os.path.basename(program)
+    if base.startswith("qemu-system-"):
+        return QEMU
+    if base == "krunkit":
+        return KRUNKIT
+    if base == "vfkit":
+        return VFKIT
+    return GENERIC
+
+
+# --- MAC addresses -----------------------------------------------------------
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
+
+
+def normalize_mac(mac: str) -> str:
+    """``mac`` as lower-case colon-separated hex; raises ConfigError unless it is a unicast MAC."""
+    if not _MAC_RE.match(mac or ""):
+        raise ConfigError(f"MAC address {mac!r} is not six hex octets like 52:54:00:12:34:56")
+    octets = [int(x, 16) for x in re.split(r"[:-]", mac)]
+    if octets[0] & 0x01:
+        raise ConfigError(f"MAC address {mac!r} is a multicast address; a NIC needs a unicast one (even first octet)")
+    if not any(octets):
+        raise ConfigError(f"MAC address {mac!r} is all zeros; give a real address or leave --mac out")
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def derive_mac(vm_name: str, network: str, occurrence: int = 0) -> str:
+    """A stable, locally administered unicast MAC for a VM's NIC on ``network``.
+
+    The same (VM name, network, occurrence) always gives the same address, so
+    a VM keeps its DHCP lease across restarts; ``occurrence`` tells apart two
+    NICs of one VM on the same network. 46 of the 48 bits come from SHA-256,
+    so distinct inputs collide with probability about n^2 / 2^47.
+    """
+    digest = hashlib.sha256(f"vmnet-rs\0{vm_name}\0{network}\0{occurrence}".encode()).digest()
+    octets = bytearray(digest[:6])
+    octets[0] = (octets[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+# --- NICs and argument builders ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Nic:
+    """One VM network interface: which network, how it is joined, its fd number and MAC.
+
+    ``index`` is 0-based; ``fd`` is the number the VM process sees.
+    ``offload`` says whether the network's interfaces use checksum offload/TSO.
+    """
+
+    index: int
+    network: str
+    backend: Backend
+    fd: int
+    mac: str
+    offload: bool = False
+
+
+def plan_nics(
+    networks: Sequence[tuple[str, str | None]],
+    engine: str,
+    vm_name: str,
+    macs: Sequence[str] = (),
+    platform: str = sys.platform,
+    offload: Mapping[str, bool] | None = None,
+) -> list[Nic]:
+    """The NICs for ``networks`` (``(name, backend or None)`` pairs), at fds 3, 4, ...
+
+    ``macs`` give the first NICs' addresses in order; the rest are derived
+    with :func:`derive_mac`. Raises ConfigError on a bad or repeated MAC.
+    """
+    if not networks:
+        raise ConfigError("no network given; add --network NAME[:BACKEND] (e.g. --network shared)")
+    if len(macs) > len(networks):
+        raise ConfigError(f"{len(macs)} --mac options for {len(networks)} --network options; give at most one per network")
+    nics: list[Nic] = []
+    seen: dict[str, int] = {}
+    for i, (network, backend_name) in enumerate(networks):
+        if not network:
+            raise ConfigError("empty network name in --network; use NAME or NAME:BACKEND")
+        backend = resolve_backend(engine, backend_name, platform)
+        occurrence = seen.get(network, 0)
+        seen[network] = occurrence + 1
+        mac = normalize_mac(macs[i]) if i < len(macs) else derive_mac(vm_name, network, occurrence)
+        nics.append(Nic(i, network, backend, FIRST_FD + i, mac, bool((offload or {}).get(network, False))))
+    dup = _first_duplicate(n.mac for n in nics)
+    if dup:
+        raise ConfigError(f"MAC address {dup} is given to two NICs; every NIC needs its own")
+    return nics
+
+
+def _first_duplicate(items: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
+
+
+def qemu_netdev(nic: Nic) -> str:
+    """The ``-netdev`` value for ``nic`` (platform-facts 5.2)."""
+    i, n, name = nic.index + 1, nic.fd, nic.backend.name
+    if name in ("tap", "tap_next"):
+        return f"tap,id=net{i},fd={n}"
+    if name == "socket":
+        return f"socket,id=net{i},fd={n}"
+    if name == "stream":
+        return f"stream,id=net{i},addr.type=fd,addr.str={n}"
+    if name in ("dgram", "dgram_next"):
+        return f"dgram,id=net{i},local.type=fd,local.str={n}"
+    raise ConfigError(f"backend {name!r} is not a QEMU backend")
+
+
+def qemu_nic_model(program: str) -> str:
+    """The virtio-net device model for a QEMU binary: ccw on s390x, else PCI."""
+    return "virtio-net-ccw" if os.path.basename(program) == "qemu-system-s390x" else "virtio-net-pci"
+
+
+def qemu_args(nics: Sequence[Nic], program: str = "qemu-system-x86_64") -> list[str]:
+    """The QEMU arguments for ``nics``: one ``-netdev`` and one ``-device`` per NIC."""
+    model = qemu_nic_model(program)
+    args: list[str] = []
+    for nic in nics:
+        args += ["-netdev", qemu_netdev(nic), "-device", f"{model},netdev=net{nic.index + 1},mac={nic.mac}"]
+    return args
+
+
+def krunkit_args(nics: Sequence[Nic]) -> list[str]:
+    """The krunkit arguments: ``--device virtio-net,type=unixgram|unixstream,fd=N,mac=M[,offloading=on]``."""
+    args: list[str] = []
+    for nic in nics:
+        kind = "unixstream" if nic.backend.fd_type == STREAM else "unixgram"
+        value = f"virtio-net,type={kind},fd={nic.fd},mac={nic.mac}"
+        if nic.offload:
+            value += ",offloading=on"
+        args += ["--device", value]
+    return args
+
+
+def vfkit_args(nics: Sequence[Nic]) -> list[str]:
+    """The vfkit arguments: ``--device virtio-net,fd=N,mac=M`` (a connected datagram socket)."""
+    args: list[str] = []
+    for nic in nics:
+        args += ["--device", f"virtio-net,fd={nic.fd},mac={nic.mac}"]
+    return args
+
+
+def engine_args(engine: str, nics: Sequence[Nic], program: str) -> list[str]:
+    """The arguments to append to ``program``'s command line for ``nics``."""
+    if engine == QEMU:
+        return qemu_args(nics, program)
+    if engine == KRUNKIT:
+        return krunkit_args(nics)
+    if engine == VFKIT:
+        return vfkit_args(nics)
+    raise ConfigError(
+        f"{os.path.basename(program)} is not a VM engine vmnet-rs knows (qemu-system-*, krunkit, vfkit); "
+        "put placeholders such as {fd0} and {mac0} in its arguments"
+    )
+
+
+# --- placeholders for other programs -----------------------------------------
+
+# {fdN} fd number, {macN} MAC, {networkN} network name, {mtuN} MTU (needs the
+# broker), {fdtypeN} broker fd type. N is the 0-based NIC index. Any other
+# text, braces included, is passed through unchanged.
+_PLACEHOLDER_RE = re.compile(r"\{(fd|mac|network|mtu|fdtype)(\d+)\}")
+PLACEHOLDERS = ("fd", "mac", "network", "mtu", "fdtype")
+
+
+def has_placeholders(args: Sequence[str]) -> bool:
+    """Whether any argument holds a ``{fdN}``-style placeholder."""
+    return any(_PLACEHOLDER_RE.search(a) for a in args)
+
+
+def substitute(args: Sequence[str], nics: Sequence[Nic], mtus: Mapping[int, int] | None = None) -> list[str]:
+    """``args`` with ``{fdN}``, ``{macN}``, ``{networkN}``, ``{mtuN}``, ``{fdtypeN}`` filled in.
+
+    Raises ConfigError for a placeholder whose NIC does not exist (or whose
+    MTU is unknown). Text that is not a placeholder is left alone.
+    """
+
+    def value(m: re.Match[str]) -> str:
+        kind, idx = m.group(1), int(m.group(2))
+        if idx >= len(nics):
+            raise ConfigError(f"placeholder {m.group(0)} names NIC {idx}, but only {len(nics)} --network option(s) were given")
+        nic = nics[idx]
+        if kind == "fd":
+            return str(nic.fd)
+        if kind == "mac":
+            return nic.mac
+        if kind == "network":
+            return nic.network
+        if kind == "fdtype":
+            return nic.backend.fd_type
+        if mtus is None or idx not in mtus:
+            raise ConfigError(f"placeholder {m.group(0)} needs the network's MTU, which is known only from the broker")
+        return str(mtus[idx])
+
+    return [_PLACEHOLDER_RE.sub(value, a) for a in args]
+
+
+# --- Virtualization.framework ------------------------------------------------
+
+
+def vz_network(client: Any, network: str) -> dict[str, Any]:
+    """What a Virtualization.framework app needs to attach a VM to ``network``.
+
+    Returns the broker's acquire reply (the network's serialization and its
+    configuration). The lease lasts while ``client`` stays open; on macOS the
+    app turns the serialization into a ``vmnet_network_ref`` with
+    ``vmnet_network_create_with_serialization`` and attaches it with
+    ``VZVmnetNetworkDeviceAttachment`` (see the README's Usage section).
+    """
+    return client.acquire(network)

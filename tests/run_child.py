@@ -1,0 +1,39 @@
+"""The 'VM' the run tests start: reports its fds, talks over fd 3, exits as told.
+
+argv: EXIT_CODE FD MAC FDTYPE [FD MAC FDTYPE]...
+On SIGTERM it prints "got-signal 15" and exits 42. With EXIT_CODE "wait" it
+prints "ready" and waits for a signal.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def on_term(signum, frame):
+    print(f"got-signal {signum}", flush=True)
+    sys.exit(42)
+
+
+signal.signal(signal.SIGTERM, on_term)
+code, rest = sys.argv[1], sys.argv[2:]
+listing = os.listdir("/proc/self/fd")
+open_fds = sorted(int(f) for f in listing if os.path.exists(f"/proc/self/fd/{f}") and "/fd" not in os.readlink(f"/proc/self/fd/{f}"))
+report = {"open_fds": open_fds, "nics": []}
+for i in range(0, len(rest), 3):
+    fd, mac, fd_type = int(rest[i]), rest[i + 1], rest[i + 2]
+    s = socket.socket(fileno=fd)
+    s.settimeout(10)
+    s.sendall(f"hello {i // 3}".encode())
+    echo = s.recv(100).decode()
+    report["nics"].append({"fd": fd, "mac": mac, "fd_type": fd_type, "kind": s.type.name, "echo": echo})
+    s.detach()
+print("report " + json.dumps(report), flush=True)
+if code == "wait":
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+sys.exit(int(code))

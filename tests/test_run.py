@@ -1,0 +1,215 @@
+"""``vmnet-rs run`` against a fake broker client: fd wiring, statuses, signals, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vmnet_rs import drivers, run
+from vmnet_rs.cli import cli
+
+TESTS = Path(__file__).resolve().parent
+CHILD = str(TESTS / "run_child.py")
+WRAPPER = (
+    "import sys; sys.path.insert(0, {tests!r}); import fakeclient; fakeclient.install(); "
+    "from vmnet_rs.cli import main; main()"
+).format(tests=str(TESTS))
+
+
+def wrapper(args, tmp_path, mode="ok", **kw):
+    env = dict(os.environ, VMNET_FAKE_JOURNAL=str(tmp_path / "journal"), VMNET_FAKE_MODE=mode)
+    return subprocess.Popen([sys.executable, "-c", WRAPPER, "run", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def journal(tmp_path):
+    path = tmp_path / "journal"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def report(stdout: str) -> dict:
+    for line in stdout.splitlines():
+        if line.startswith("report "):
+            return json.loads(line[len("report "):])
+    raise AssertionError(f"no report in child output:\n{stdout}")
+
+
+def test_generic_program_gets_fds_at_3_and_4_and_its_exit_status(tmp_path):
+    p = wrapper(["--name", "vm1", "-n", "shared:datagram", "-n", "host:stream", "--",
+                 sys.executable, CHILD, "7", "{fd0}", "{mac0}", "{fdtype0}", "{fd1}", "{mac1}", "{fdtype1}"], tmp_path)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 7, err
+    r = report(out)
+    assert r["open_fds"] == [0, 1, 2, 3, 4]  # stdio and the two networks, nothing else leaks
+    assert r["nics"] == [
+        {"fd": 3, "mac": drivers.derive_mac("vm1", "shared"), "fd_type": "datagram", "kind": "SOCK_DGRAM", "echo": "hello 0"},
+        {"fd": 4, "mac": drivers.derive_mac("vm1", "host"), "fd_type": "stream", "kind": "SOCK_STREAM", "echo": "hello 1"},
+    ]
+    ops = journal(tmp_path)
+    assert [o["op"] for o in ops] == ["connect", "open", "open", "close"]
+    assert ops[1] == {"op": "open", "network": "shared", "fd_type": "datagram",
+                      "mac": drivers.derive_mac("vm1", "shared"), "vnet_hdr": False}
+
+
+def test_explicit_mac_and_linux_tap_next_asks_for_vnet_hdr(tmp_path):
+    if sys.platform != "linux":
+        pytest.skip("tap fd type is Linux-only")
+    p = wrapper(["--mac", "52:54:00:aa:bb:cc", "-n", "shared:tap_next", "--",
+                 sys.executable, CHILD, "0", "{fd0}", "{mac0}", "{fdtype0}"], tmp_path)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert report(out)["nics"][0]["mac"] == "52:54:00:aa:bb:cc"
+    opens = [o for o in journal(tmp_path) if o["op"] == "open"]
+    assert opens == [{"op": "open", "network": "shared", "fd_type": "tap", "mac": "52:54:00:aa:bb:cc", "vnet_hdr": True}]
+
+
+def test_sigterm_is_forwarded_and_the_vm_status_returned(tmp_path):
+    p = wrapper(["-n", "shared", "--", sys.executable, CHILD, "wait", "{fd0}", "{mac0}", "{fdtype0}"], tmp_path)
+    try:
+        assert p.stdout is not None
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            lines.append(line)
+            if line.strip() == "ready" or not line:
+                break
+        assert "ready\n" in lines, "".join(lines) + p.stderr.read()
+        assert [o["op"] for o in journal(tmp_path)] == ["connect", "open"]  # leases held while the VM runs
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+        assert "got-signal 15" in out
+        assert p.returncode == 42, err
+        assert journal(tmp_path)[-1]["op"] == "close"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_vm_killed_by_signal_gives_128_plus_n(tmp_path):
+    p = wrapper(["-n", "shared", "--", "/bin/sh", "-c", "kill -9 $$; : {fd0}"], tmp_path)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + 9, err
+    assert journal(tmp_path)[-1]["op"] == "close"
+
+
+def one_line_error(p, code):
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == code, (out, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_broker_is_one_line(tmp_path):
+    line = one_line_error(wrapper(["--", sys.executable, CHILD, "0", "{fd0}", "{mac0}", "{fdtype0}"], tmp_path,
+                                  mode="unavailable"), 1)
+    assert line.startswith("vmnet-rs: no broker answers")
+
+
+def test_unknown_network_is_one_line_and_nothing_runs(tmp_path):
+    marker = tmp_path / "ran"
+    line = one_line_error(wrapper(["-n", "nosuchnet", "--", "/bin/sh", "-c", f"touch {marker}; : {{fd0}}"], tmp_path), 1)
+    assert line == "vmnet-rs: unknown network 'nosuchnet'; known: shared, host"
+    assert not marker.exists()
+    assert journal(tmp_path)[-1]["op"] == "close"
+
+
+def test_program_not_found_is_one_line_127(tmp_path):
+    line = one_line_error(wrapper(["--", "no-such-vm-program", "{fd0}"], tmp_path), 127)
+    assert line == "vmnet-rs: program not found on PATH: no-such-vm-program"
+    assert journal(tmp_path) == []  # the broker was never asked
+
+
+def test_unknown_program_without_placeholders_is_usage_error(tmp_path):
+    line = one_line_error(wrapper(["--", "/bin/true"], tmp_path), 2)
+    assert "true is not a VM engine vmnet-rs knows" in line
+    assert journal(tmp_path) == []
+
+
+def test_bad_network_spec_is_usage_error(tmp_path):
+    line = one_line_error(wrapper(["-n", "shared:", "--", "/bin/true", "{fd0}"], tmp_path), 2)
+    assert "expected NAME or NAME:BACKEND" in line
+
+
+# --- --print-args (in process) -------------------------------------------------
+
+@pytest.fixture
+def no_broker(monkeypatch):
+    def refuse(socket):
+        raise AssertionError("--print-args contacted the broker")
+
+    monkeypatch.setattr(run, "client_factory", refuse)
+
+
+def invoke(args):
+    return CliRunner().invoke(cli, ["run", *args], catch_exceptions=False)
+
+
+def test_print_args_qemu_without_broker(no_broker):
+    r = invoke(["--print-args", "--name", "vm1", "-n", "shared:stream", "-n", "host:dgram_next", "--",
+                "qemu-system-x86_64", "-m", "256", "-nographic"])
+    assert r.exit_code == 0, r.output
+    m0, m1 = drivers.derive_mac("vm1", "shared"), drivers.derive_mac("vm1", "host")
+    assert r.output == (
+        "qemu-system-x86_64 -m 256 -nographic "
+        f"-netdev stream,id=net1,addr.type=fd,addr.str=3 -device virtio-net-pci,netdev=net1,mac={m0} "
+        f"-netdev dgram,id=net2,local.type=fd,local.str=4 -device virtio-net-pci,netdev=net2,mac={m1}\n"
+    )
+
+
+def test_print_args_qemu_name_gives_the_vm_name(no_broker):
+    r = invoke(["--print-args", "--", "qemu-system-x86_64", "-name", "guest=web,debug-threads=on"])
+    assert drivers.derive_mac("web", "shared") in r.output
+
+
+def test_print_args_vfkit(no_broker):
+    r = invoke(["--print-args", "--name", "v", "--mac", "52:54:00:00:00:01", "--", "vfkit", "--cpus", "2"])
+    assert r.output == "vfkit --cpus 2 --device virtio-net,fd=3,mac=52:54:00:00:00:01\n"
+
+
+def test_print_args_krunkit_asks_the_broker_for_offload(monkeypatch, tmp_path):
+    sys.path.insert(0, str(TESTS))
+    import fakeclient
+
+    monkeypatch.setenv("VMNET_FAKE_MODE", "offload")
+    monkeypatch.setattr(run, "client_factory", fakeclient.FakeClient)
+    r = invoke(["--print-args", "--mac", "52:54:00:00:00:01", "-n", "shared:datagram", "--", "krunkit"])
+    assert r.output == "krunkit --device virtio-net,type=unixgram,fd=3,mac=52:54:00:00:00:01,offloading=on\n"
+
+
+def test_print_args_krunkit_without_broker_warns_and_assumes_no_offload(monkeypatch):
+    sys.path.insert(0, str(TESTS))
+    import fakeclient
+
+    monkeypatch.setenv("VMNET_FAKE_MODE", "unavailable")
+    monkeypatch.setattr(run, "client_factory", fakeclient.FakeClient)
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        runner = CliRunner()  # click >= 8.2 keeps stderr apart by itself
+    r = runner.invoke(cli, ["run", "--print-args", "--mac", "52:54:00:00:00:01", "--", "krunkit"])
+    assert r.stdout == "krunkit --device virtio-net,type=unixstream,fd=3,mac=52:54:00:00:00:01\n"
+    assert "assuming the networks have no offload" in r.stderr
+
+
+def test_print_args_placeholders_are_filled_not_appended(no_broker):
+    r = invoke(["--print-args", "--mac", "52:54:00:00:00:01", "--", "qemu-system-x86_64",
+                "-netdev", "socket,id=n0,fd={fd0}", "-device", "e1000,netdev=n0,mac={mac0}"])
+    assert r.output == "qemu-system-x86_64 -netdev socket,id=n0,fd=3 -device e1000,netdev=n0,mac=52:54:00:00:00:01\n"
+
+
+def test_vm_name_default_is_stable_per_command():
+    a = run.vm_name(None, ["krunkit", "--cpus", "2"])
+    assert a == run.vm_name(None, ["krunkit", "--cpus", "2"])
+    assert a != run.vm_name(None, ["krunkit", "--cpus", "4"])
+    assert a.startswith("krunkit-")

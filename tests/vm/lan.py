@@ -1,0 +1,55 @@
+"""A hand-made VM network inside a test namespace: bridge + dnsmasq + TAPs.
+
+This is the baseline the vmnet-rs networks are compared with, and the proof
+that the VM harness itself works without vmnet-rs. Everything lives inside
+the :class:`netns.NetNs` it is given; dnsmasq serves DHCP only (``--port=0``
+turns DNS off) and has no upstream servers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from netns import NetNs
+
+
+class Lan:
+    """A bridge with an address, a DHCP server and TAPs for VMs."""
+
+    def __init__(self, ns: NetNs, workdir: Path, bridge: str = "br0", subnet: str = "10.77.0") -> None:
+        self.ns = ns
+        self.bridge = bridge
+        self.gateway = f"{subnet}.1"
+        self.subnet = subnet
+        self.taps: list[str] = []
+        ns.run(["ip", "link", "add", bridge, "type", "bridge"])
+        ns.run(["ip", "addr", "add", f"{self.gateway}/24", "dev", bridge])
+        ns.run(["ip", "link", "set", bridge, "up"])
+        self.dnsmasq = ns.popen([
+            "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
+            "--port=0", "--user=root", "--bind-interfaces", f"--interface={bridge}", "--except-interface=lo",
+            f"--dhcp-range={subnet}.50,{subnet}.150,255.255.255.0,1h",
+            f"--dhcp-leasefile={workdir / 'dnsmasq.leases'}", "--pid-file=",
+            "--log-facility=-", "--log-dhcp",
+        ], stdout=open(workdir / "dnsmasq.log", "w"), stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+        if self.dnsmasq.poll() is not None:
+            raise AssertionError(f"dnsmasq exited: {(workdir / 'dnsmasq.log').read_text()}")
+
+    def add_tap(self, name: str) -> str:
+        """A persistent TAP enslaved to the bridge, for QEMU's ``ifname=``."""
+        self.ns.run(["ip", "tuntap", "add", name, "mode", "tap"])
+        self.ns.run(["ip", "link", "set", name, "master", self.bridge, "up"])
+        self.taps.append(name)
+        return name
+
+    def close(self) -> None:
+        if self.dnsmasq.poll() is None:
+            self.dnsmasq.terminate()
+            try:
+                self.dnsmasq.wait(10)
+            except subprocess.TimeoutExpired:
+                self.dnsmasq.kill()
+                self.dnsmasq.wait()

@@ -50,12 +50,12 @@ impl PyNetwork {
 
 #[pymethods]
 impl PyNetwork {
-    /// Creates network `name` from `config_json` (a complete network
-    /// configuration, Lima's camelCase keys), recording what it creates in
+    /// Creates network `name` from `config_json` (one network entry, Lima's
+    /// camelCase keys; absent keys take Lima's defaults), recording what it creates in
     /// `state_dir`.
     #[new]
     fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf) -> PyResult<Self> {
-        let config: NetworkConfig = serde_json::from_str(config_json).map_err(|e| errors::raise(py, "ConfigError", format!("network {name:?}: configuration JSON: {e}")))?;
+        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::raise(py, "ConfigError", e.message))?;
         let options = BackendOptions { state_dir };
         let n = name.clone();
         let inner = py.detach(move || vmnet::create_network(&n, &config, &options)).map_err(|e| network_error(py, e))?;

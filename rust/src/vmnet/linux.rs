@@ -97,6 +97,8 @@ impl LinuxNetwork {
     /// Checks `config`, then creates the bridge, addresses, nftables table
     /// and dnsmasq of network `name` in the calling thread's namespace.
     pub fn create(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<LinuxNetwork, Error> {
+        // The portable rules first (config.rs), then Linux's own (plan.rs).
+        let config = &config.validated("network configuration", name)?;
         // 1. Finish what a crashed run left of this network (its routes would
         //    otherwise collide with the subnet), then check everything
         //    before creating anything.

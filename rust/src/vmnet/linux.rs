@@ -45,8 +45,9 @@ use crate::xpc::{Dict, Value};
 pub use dnsmasq::RESOLV_FILE_ENV;
 pub use naming::{bridge_name, table_name, tap_name};
 
-/// The state directory the broker uses unless told otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/run/vmnet-rs/networks";
+/// The state directory the broker uses unless told otherwise (the broker's
+/// `BackendOptions` default and `vmnet-rs leases` agree on it).
+pub const DEFAULT_STATE_DIR: &str = "/run/vmnet-rs/state";
 /// Attempts to find a free TAP name before giving up.
 const TAP_NAME_ATTEMPTS: u32 = 64;
 

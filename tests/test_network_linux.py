@@ -61,9 +61,11 @@ def config(**over: object) -> dict:
 class Holder:
     """A network created and held by a process inside namespace ``ns``."""
 
-    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path) -> None:
+    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path, path_prefix: Path | None = None) -> None:
         self.ns, self.name, self.state_dir = ns, name, state_dir
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if path_prefix:
+            env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
         env.pop("VMNET_RS_DNS_RESOLV_FILE", None)  # never an upstream resolver in tests
         self.proc = ns.popen([sys.executable, str(HOLDER), name, str(state_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.first = self.call(json.dumps(cfg))
@@ -526,3 +528,19 @@ def test_dhcp_and_dns_switches_are_honoured(netns, namespaces, holders, tmp_path
     assert (dhcp(ep3, tmp_path) or "").startswith("10.102.0.")
     dhcp_only.close()
     assert_clean(netns, state, dhcp_only.bridge)
+
+
+def test_failure_part_way_undoes_everything(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dnsmasq").write_text("#!/bin/sh\necho 'dnsmasq: failed to create listening socket: fake failure' >&2\nexit 2\n")
+    (fake / "dnsmasq").chmod(0o755)
+    before = netns.links()
+    net = holders(netns, "halfway", config(subnet="10.103.0.1/24"), state, fake)
+    assert not net.first["ok"]
+    assert net.first["type"] == "NetworkError"
+    assert "fake failure" in net.first["error"], net.first
+    # The bridge, addresses and table made before dnsmasq failed are gone.
+    assert netns.links() == before
+    assert_clean(netns, state, "vmr-halfway")

@@ -440,3 +440,48 @@ fn remove_stale(rec: &record::Record, path: &Path, files: &dnsmasq::Files) -> Ve
     }
     done
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_record(dir: &Path, name: &str, netns: String, owner_pid: u32, owner_start: u64) -> PathBuf {
+        let rec = record::Record {
+            version: record::RECORD_VERSION,
+            name: name.into(),
+            bridge: naming::bridge_name(name),
+            table: naming::table_name(name),
+            netns,
+            owner_pid,
+            owner_start,
+            dnsmasq_pid: None,
+        };
+        let (path, _) = files_for(dir, name);
+        record::write(&path, &rec).unwrap();
+        path
+    }
+
+    /// Records of live owners and of other namespaces are left alone (and
+    /// nothing on the host is queried for them).
+    #[test]
+    fn cleanup_skips_live_owners_and_other_namespaces() {
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-cleanup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let live = write_record(&dir, "live", record::current_netns(), me, record::process_start_time(me).unwrap());
+        let elsewhere = write_record(&dir, "elsewhere", "net:[1]".into(), 0, 0);
+        let done = cleanup_stale(&BackendOptions { state_dir: dir.clone() }).unwrap();
+        assert!(done.is_empty(), "{done:?}");
+        assert!(live.exists() && elsewhere.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A state directory that does not exist yet holds nothing stale.
+        assert!(cleanup_stale(&BackendOptions { state_dir: dir }).unwrap().is_empty());
+    }
+
+    #[test]
+    fn leases_of_an_unknown_network_say_where_they_looked() {
+        let dir = std::env::temp_dir().join("vmnet-rs-no-such-dir");
+        let e = read_leases("lab", &BackendOptions { state_dir: dir }).unwrap_err().to_string();
+        assert!(e.contains("\"lab\"") && e.contains("vmnet-rs-no-such-dir"), "{e}");
+    }
+}

@@ -342,6 +342,10 @@ TAP_PROBE = textwrap.dedent(
     mac_a, mac_b = bytes.fromhex("525400950001"), bytes.fromhex("525400950002")
     fd_a, tap_a = net.start_tap(mac="52:54:00:95:00:01")
     fd_b, tap_b = net.start_tap(mac="52:54:00:95:00:02")
+    import fcntl
+    fd_v, tap_v = net.start_tap(vnet_hdr=True)
+    hdr = struct.unpack("i", fcntl.ioctl(fd_v, 0x800454D7, b"\\0" * 4))[0]  # TUNGETVNETHDRSZ
+    os.close(fd_v)
     details = {t: json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", "dev", t], capture_output=True, text=True).stdout)[0] for t in (tap_a, tap_b)}
     time.sleep(0.5)
     read_frames(fd_a, 0.2); read_frames(fd_b, 0.2)  # drop IPv6 chatter so far
@@ -355,7 +359,7 @@ TAP_PROBE = textwrap.dedent(
     print(json.dumps({
         "gw_replied": any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a),
         "b_saw_request": any(is_arp_from(f, client) for f in seen_b),
-        "details": details, "taps": [tap_a, tap_b], "links_after_close": links,
+        "details": details, "taps": [tap_a, tap_b], "links_after_close": links, "vnet_hdr_bytes": hdr,
     }))
     """
 )
@@ -380,6 +384,7 @@ def test_tap_ports_and_isolation(netns, tmp_path, isolation):
     # The gateway answers an isolated port; the other port hears the
     # broadcast only when ports are not isolated.
     assert out["gw_replied"]
+    assert out["vnet_hdr_bytes"] == 12
     assert out["b_saw_request"] is (not isolation)
     assert_clean(netns, state, bridge)
 

@@ -427,6 +427,13 @@ def test_dnsmasq_is_restarted(netns, holders, tmp_path):
             break
         time.sleep(0.2)
     assert new != old and b"dnsmasq" in Path(f"/proc/{new}/cmdline").read_bytes()
+    # A bridge deleted under the network: it reports itself dead, refuses
+    # new ports, and still tears down the rest.
+    assert net.call("alive")["alive"] is True
+    netns.run(["ip", "link", "del", net.bridge])
+    assert net.call("alive")["alive"] is False
+    refused = net.call("tap")
+    assert not refused["ok"] and "no longer exists" in refused["error"], refused
     net.close()
     assert_clean(netns, state, net.bridge)
 

@@ -98,7 +98,7 @@ impl PyNetwork {
     fn start_tap(&self, py: Python<'_>, mac: Option<&str>, isolation: bool, vnet_hdr: bool) -> PyResult<(i32, String)> {
         use std::os::fd::IntoRawFd;
         let mac = match mac {
-            Some(m) => Some(parse_mac(m).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {m:?} is not of the form aa:bb:cc:dd:ee:ff")))?),
+            Some(m) => Some(vmnet::linux::parse_mac(m).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {m:?} is not of the form aa:bb:cc:dd:ee:ff")))?),
             None => None,
         };
         let desc = vmnet::InterfaceDesc { mac, isolation, offload: vnet_hdr };
@@ -130,22 +130,6 @@ impl PyNetwork {
             None => format!("<Network {:?} closed>", self.name),
         }
     }
-}
-
-#[cfg(target_os = "linux")]
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (d, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *d = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
 }
 
 /// Removes what crashed earlier runs left (networks recorded in `state_dir`

@@ -43,7 +43,7 @@ use crate::config::{ConfigError, NetworkConfig};
 use crate::xpc::{Dict, Value};
 
 pub use dnsmasq::RESOLV_FILE_ENV;
-pub use naming::{bridge_name, table_name, tap_name};
+pub use naming::{bridge_name, format_mac, parse_mac, table_name, tap_name};
 
 /// The state directory the broker uses unless told otherwise (the broker's
 /// `BackendOptions` default and `vmnet-rs leases` agree on it).

@@ -503,4 +503,57 @@ mod tests {
         let e = read_leases("lab", &BackendOptions { state_dir: dir }).unwrap_err().to_string();
         assert!(e.contains("\"lab\"") && e.contains("vmnet-rs-no-such-dir"), "{e}");
     }
+
+    /// Root only (CI runs as root): in a fresh network namespace of this
+    /// test's thread, a shared network answers an ARP request written to one
+    /// of its ports through the `Interface` trait, and teardown on drop
+    /// leaves no bridge or record.
+    #[test]
+    fn interface_port_reaches_gateway_in_private_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root for a network namespace");
+            return;
+        }
+        // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new,
+        // empty network namespace; the host's network is never touched.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
+        cmd::run(&["ip", "link", "set", "lo", "up"], None).unwrap();
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-iface-{}", std::process::id()));
+        let config = NetworkConfig { subnet: Some("10.123.0.1/24".into()), ..NetworkConfig::lima_default() };
+        let net = create_network("rustport", &config, &BackendOptions { state_dir: dir.clone() }).unwrap();
+        assert!(net.is_alive());
+        assert_eq!(net.state().subnet, "10.123.0.1/24");
+        let mac = [0x52, 0x54, 0, 0x12, 0x30, 0x01];
+        let mut port = net.start_interface(&InterfaceDesc { mac: Some(mac), ..Default::default() }).unwrap();
+        assert_eq!(port.info().mac, mac);
+        // An ARP request for the gateway from 10.123.0.50.
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[10, 123, 0, 50, 0, 0, 0, 0, 0, 0, 10, 123, 0, 1]);
+        assert_eq!(port.write_frames(&[&frame]).unwrap(), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut buf = vec![0u8; port.info().max_frame_bytes];
+        let mut replied = false;
+        while !replied && std::time::Instant::now() < deadline {
+            let mut lens = [0usize; 1];
+            let n = port.read_frames(&mut [&mut buf[..]], &mut lens).unwrap();
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            let f = &buf[..lens[0]];
+            // An ARP reply (op 2) from the gateway, to our MAC.
+            replied = f.len() >= 42 && f[..6] == mac && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == [10, 123, 0, 1];
+        }
+        assert!(replied, "no ARP reply from the gateway within 20 s");
+        drop(port);
+        let bridge = net.state().device;
+        drop(net);
+        assert!(links::link_index(&bridge).is_none(), "bridge outlived its network");
+        assert!(record::list(&dir).unwrap().is_empty(), "record outlived its network");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

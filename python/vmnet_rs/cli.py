@@ -95,3 +95,11 @@ cli.add_command(bench)
 
 if __name__ == "__main__":
     main()
+
+from .broker_cli import broker_command  # noqa: E402
+from .install import install_command, status_command, uninstall_command  # noqa: E402
+
+cli.add_command(broker_command)
+cli.add_command(install_command)
+cli.add_command(uninstall_command)
+cli.add_command(status_command)

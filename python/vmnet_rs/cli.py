@@ -1,10 +1,13 @@
 """The ``vmnet-rs`` command line.
 
+Every command takes ``-h``/``--help``; ``-v`` (info) and ``-vv`` (debug)
+before the command turn on logging to stderr.
+
 Exit codes (also in the README):
 
 * 0: success
 * 1: the operation failed (a :class:`vmnet_rs.VmnetError`, printed as one line)
-* 2: bad usage or invalid configuration
+* 2: bad usage or invalid configuration (every problem printed, one per line)
 * 130: interrupted
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, List, Optional
 
 import click
 
@@ -26,19 +30,40 @@ EXIT_INTERRUPTED = 130
 log = logging.getLogger("vmnet_rs")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def report_error(err: VmnetError) -> int:
+    """Prints a vmnet-rs error to stderr, ``vmnet-rs: `` before each line, and
+    returns its exit code: 2 for configuration problems, else 1."""
+    for line in str(err).splitlines() or [type(err).__name__]:
+        click.echo(f"vmnet-rs: {line}", err=True)
+    return EXIT_USAGE if isinstance(err, ConfigError) else EXIT_FAILED
+
+
+class VmnetGroup(click.Group):
+    """A click group that turns vmnet-rs errors from any subcommand into a
+    message and an exit code, the same under ``main()`` and click's test runner."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VmnetError as e:
+            ctx.exit(report_error(e))
+
+
+@click.group(cls=VmnetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="vmnet-rs")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
     """vmnet-rs: shared and host-only VM networks without root."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="vmnet-rs: %(levelname)s: %(message)s", stream=sys.stderr)
+    log.setLevel(level)
 
 
-def main() -> None:
-    """Entry point: runs the CLI and turns vmnet-rs errors into one line and an exit code."""
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: runs the CLI and turns vmnet-rs errors into messages and exit codes."""
     try:
-        cli.main(standalone_mode=False)
+        # Without standalone mode click returns the code of a ctx.exit() instead of raising.
+        rv = cli.main(args=argv, prog_name="vmnet-rs", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -46,18 +71,20 @@ def main() -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         sys.exit(EXIT_INTERRUPTED)
-    except ConfigError as e:
-        click.echo(f"vmnet-rs: {e}", err=True)
-        sys.exit(EXIT_USAGE)
     except VmnetError as e:
-        click.echo(f"vmnet-rs: {e}", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(report_error(e))
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
 
+# Commands, each from its own module.
+from .leases import leases  # noqa: E402
+from .networks_cli import networks  # noqa: E402
 from .run import run_command  # noqa: E402
 
+cli.add_command(networks)
+cli.add_command(leases)
 cli.add_command(run_command)
 
 if __name__ == "__main__":

@@ -1,1 +1,461 @@
-//! The broker: request handling, network cache, leases and idle exit.
+//! The broker: request handling, the network cache, leases, monitoring and
+//! idle exit (protocol in docs/protocol.md).
+//!
+//! [`Core`] is the transport-independent part: it implements
+//! [`crate::xpc::Handler`], so the Unix listener (Linux) or the XPC listener
+//! (macOS) calls it from their own threads. All state sits behind one lock
+//! ([`state::State`]), which serialises everything that touches networks.
+//! One monitor thread (`vmnet-rs-monitor`) wakes every `monitor_interval`
+//! to release leases whose VM side closed, networks that disappeared, and
+//! networks idle past the timeout; when nothing is left for the idle timeout
+//! it stops the broker. Relays run on their own threads inside adaptors.
+//!
+//! Invariant: the broker answers every request, even a malformed or
+//! unauthorised one, and keeps serving afterwards.
+
+pub mod auth;
+pub mod netconfig;
+pub mod protocol;
+mod requests;
+pub mod state;
+pub mod testing;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{BrokerSettings, NetworkConfig};
+use crate::vmnet::{BackendOptions, Network};
+
+pub use protocol::{code, Failure, PROTOCOL_VERSION};
+
+/// Which networks the broker makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The platform's (vmnet on macOS; bridge + TAP + nftables + dnsmasq on Linux).
+    Platform,
+    /// The in-process test hub ([`testing::HubNetwork`]): no privileges needed.
+    Hub,
+}
+
+impl Backend {
+    pub fn parse(name: &str) -> Option<Backend> {
+        match name {
+            "platform" | "auto" => Some(Backend::Platform),
+            "hub" => Some(Backend::Hub),
+            _ => None,
+        }
+    }
+}
+
+/// Everything a broker is started with.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    pub settings: BrokerSettings,
+    /// The networks it knows by name (config file, else the built-ins).
+    pub networks: BTreeMap<String, NetworkConfig>,
+    pub backend: Backend,
+    pub backend_options: BackendOptions,
+    /// How often the monitor looks at leases and networks.
+    pub monitor_interval: Duration,
+}
+
+impl BrokerOptions {
+    /// Defaults: root and group `vmnet-rs` allowed, 120 s idle timeout (as
+    /// nirs/vmnet-broker), the built-in networks, the platform backend.
+    pub fn new() -> BrokerOptions {
+        BrokerOptions {
+            settings: default_settings(),
+            networks: netconfig::builtin_networks(),
+            backend: Backend::Platform,
+            backend_options: BackendOptions { state_dir: PathBuf::from("/run/vmnet-rs/state") },
+            monitor_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The default broker settings.
+pub fn default_settings() -> BrokerSettings {
+    BrokerSettings {
+        idle_timeout: 120,
+        allowed_users: vec!["root".into()],
+        allowed_groups: vec![auth::DEFAULT_GROUP.into()],
+        socket: crate::xpc::DEFAULT_SOCKET_PATH.into(),
+        mach_service: "io.github.vmnet-rs.broker".into(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("broker transport: {0}")]
+    Transport(#[from] crate::xpc::Error),
+    #[error("start the broker: {0}")]
+    Start(String),
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    /// Why the broker is stopping (set once).
+    exit: Option<String>,
+    /// The monitor has stopped the transport and released everything.
+    finished: bool,
+}
+
+/// The transport-independent broker.
+pub struct Core {
+    options: BrokerOptions,
+    state: Mutex<state::State>,
+    lifecycle: Mutex<Lifecycle>,
+    changed: Condvar,
+    started: Instant,
+    endpoint: Mutex<String>,
+}
+
+impl Core {
+    pub fn new(options: BrokerOptions) -> Arc<Core> {
+        Arc::new(Core {
+            options,
+            state: Mutex::new(state::State::new()),
+            lifecycle: Mutex::new(Lifecycle::default()),
+            changed: Condvar::new(),
+            started: Instant::now(),
+            endpoint: Mutex::new(String::new()),
+        })
+    }
+
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, state::State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_lifecycle(&self) -> MutexGuard<'_, Lifecycle> {
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        match self.options.settings.idle_timeout {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        }
+    }
+
+    /// Asks the broker to stop (first reason wins).
+    pub fn request_exit(&self, reason: &str) {
+        let mut l = self.lock_lifecycle();
+        if l.exit.is_none() {
+            log::info!("broker stopping: {reason}");
+            l.exit = Some(reason.to_owned());
+        }
+        self.changed.notify_all();
+    }
+
+    pub fn exit_reason(&self) -> Option<String> {
+        self.lock_lifecycle().exit.clone()
+    }
+
+    fn create_network(&self, name: &str, config: &NetworkConfig) -> Result<Box<dyn Network>, crate::vmnet::Error> {
+        match self.options.backend {
+            Backend::Platform => crate::vmnet::create_network(name, config, &self.options.backend_options),
+            Backend::Hub => Ok(Box::new(testing::HubNetwork::create(name, config)?)),
+        }
+    }
+
+    /// One monitor pass; returns true when the broker should exit idle.
+    fn monitor_pass(&self, connections: usize) -> bool {
+        let idle = self.idle_timeout();
+        let mut st = self.lock_state();
+        st.tick(idle);
+        match idle {
+            Some(t) => st.networks.is_empty() && st.leases.is_empty() && connections == 0 && st.last_activity.elapsed() >= t,
+            None => false,
+        }
+    }
+
+    /// The monitor thread's loop; `connections` counts open connections;
+    /// `stop_transport` runs once when the broker stops.
+    fn run_monitor(&self, connections: &dyn Fn() -> usize, stop_transport: &dyn Fn()) {
+        loop {
+            {
+                let l = self.lock_lifecycle();
+                let (l, _) = self.changed.wait_timeout_while(l, self.options.monitor_interval, |l| l.exit.is_none()).unwrap_or_else(|e| e.into_inner());
+                if l.exit.is_some() {
+                    break;
+                }
+            }
+            if self.monitor_pass(connections()) {
+                let secs = self.options.settings.idle_timeout;
+                self.request_exit(&format!("idle: no network, lease or connection for {secs}s"));
+            }
+        }
+        stop_transport();
+        self.lock_state().clear();
+        self.lock_lifecycle().finished = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the broker has stopped (or `timeout` passed); returns the
+    /// reason once stopped.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<String> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut l = self.lock_lifecycle();
+        while !l.finished {
+            match deadline {
+                None => l = self.changed.wait(l).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    l = self.changed.wait_timeout(l, d - now).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            }
+        }
+        l.exit.clone()
+    }
+}
+
+/// A running broker: a transport, the [`Core`] and its monitor thread.
+pub struct Broker {
+    core: Arc<Core>,
+    monitor: Mutex<Option<JoinHandle<()>>>,
+    endpoint: String,
+}
+
+impl Broker {
+    /// Serves `socket` (bound, or inherited from systemd) on Linux.
+    #[cfg(target_os = "linux")]
+    pub fn start_unix(options: BrokerOptions, socket: crate::xpc::unix::Socket) -> Result<Broker, Error> {
+        let core = Core::new(options);
+        let endpoint = socket.path().display().to_string();
+        *core.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint.clone();
+        if core.options.backend == Backend::Platform {
+            match crate::vmnet::cleanup_stale(&core.options.backend_options) {
+                Ok(lines) => lines.iter().for_each(|l| log::info!("cleaned up after an earlier run: {l}")),
+                Err(e) => log::warn!("could not clean up after an earlier run: {e}"),
+            }
+        }
+        let activated = socket.activated();
+        let listener = Arc::new(crate::xpc::unix::Listener::start(socket, core.clone())?);
+        log::info!("broker listening on {endpoint}{}", if activated { " (socket activation)" } else { "" });
+        let monitor = {
+            let core = Arc::clone(&core);
+            std::thread::Builder::new()
+                .name("vmnet-rs-monitor".into())
+                .spawn(move || {
+                    let l2 = Arc::clone(&listener);
+                    core.run_monitor(&move || l2.connection_count(), &move || listener.stop());
+                })
+                .map_err(|e| Error::Start(format!("could not start the monitor thread: {e}")))?
+        };
+        Ok(Broker { core, monitor: Mutex::new(Some(monitor)), endpoint })
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The socket path (Linux) or Mach service (macOS) served.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// See [`Core::wait`].
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<String> {
+        self.core.wait(timeout)
+    }
+
+    /// Stops serving, releases every lease and network, joins the threads.
+    /// Idempotent.
+    pub fn stop(&self) {
+        self.core.request_exit("stopped by its owner");
+        if let Some(t) = self.monitor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::xpc::unix::{Client, Socket};
+    use crate::xpc::{Dict, Value};
+
+    fn options(idle_timeout: u64) -> BrokerOptions {
+        let mut o = BrokerOptions::new();
+        o.backend = Backend::Hub;
+        o.settings.idle_timeout = idle_timeout;
+        // SAFETY: getuid cannot fail.
+        o.settings.allowed_users = vec![unsafe { libc::getuid() }.to_string()];
+        o.monitor_interval = Duration::from_millis(50);
+        o
+    }
+
+    fn start(name: &str, o: BrokerOptions) -> (Broker, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-broker-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("broker.sock");
+        let b = Broker::start_unix(o, Socket::bind(&path).unwrap()).unwrap();
+        (b, path)
+    }
+
+    fn cmd(command: &str) -> Dict {
+        Dict::new().with("command", Value::String(command.into()))
+    }
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn acquire_lima_and_leases_follow_the_connection() {
+        let (b, path) = start("leases", options(0));
+        let mut c = Client::connect(&path).unwrap();
+        let r = c.request(&cmd("acquire").with("network_name", Value::String("shared".into()))).unwrap();
+        assert_eq!(r.get_dict("network").unwrap().get_str("backend"), Some("hub"), "{r:?}");
+        // Lima style: serialization and the creator's configuration.
+        let mut lima = Client::connect(&path).unwrap();
+        let r = lima
+            .request(&Dict::new().with("Network", Value::String("shared".into())).with("Configuration", Value::Data(br#"{"mtu":9000}"#.to_vec())))
+            .unwrap();
+        assert!(r.get_dict("Serialization").is_some(), "{r:?}");
+        assert!(r.get_str("ConfigurationDifference").unwrap().contains("mtu: 1500 (live) vs 9000 (requested)"));
+        let creator: serde_json::Value = serde_json::from_slice(r.get_data("Configuration").unwrap()).unwrap();
+        assert_eq!(creator["mtu"], 1500);
+        let status = c.request(&cmd("status")).unwrap();
+        assert_eq!(status.get_dict("networks").unwrap().get_dict("shared").unwrap().get_int("leases"), Some(2));
+        drop(lima);
+        drop(c);
+        let mut probe = Client::connect(&path).unwrap();
+        wait_for("leases to be released", || probe.request(&cmd("status")).unwrap().get_dict("leases").unwrap().is_empty());
+        // idle_timeout 0: the idle network stays.
+        let status = probe.request(&cmd("status")).unwrap();
+        assert!(status.get_dict("networks").unwrap().get_dict("shared").unwrap().get_int("idle_s").is_some());
+        b.stop();
+    }
+
+    #[test]
+    fn errors_are_documented_and_serving_goes_on() {
+        let (b, path) = start("errors", options(0));
+        let mut c = Client::connect(&path).unwrap();
+        let acquire = |n: &str| cmd("acquire").with("network_name", Value::String(n.into()));
+        let r = c.request(&acquire("nope")).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::NOT_FOUND));
+        assert!(r.get_str("message").unwrap().contains("unknown network \"nope\""));
+        let r = c.request(&Dict::new().with("Network", Value::String("nope".into()))).unwrap();
+        assert!(r.get_str("Error").unwrap().contains("unknown network"), "{r:?}");
+        assert_eq!(r.len(), 1);
+        let r = c.request(&cmd("open").with("network", Value::String("shared".into())).with("fd_type", Value::String("carrier-pigeon".into()))).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::INVALID_REQUEST));
+        assert!(r.get_str("message").unwrap().contains("unknown fd_type \"carrier-pigeon\""));
+        let r = c.request(&Dict::new().with("Network", Value::String("shared".into())).with("FdType", Value::String("x".into()))).unwrap();
+        assert!(r.get_str("Error").unwrap().contains("unknown FdType"));
+        let r = c.request(&cmd("acquire").with("network_name", Value::Int(5))).unwrap();
+        assert_eq!(r.get_str("message"), Some("key \"network_name\" must be a string, got int64"));
+        let r = c.request(&Dict::new().with("command", Value::Bool(true))).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::INVALID_REQUEST));
+        let r = c.request(&cmd("frobnicate")).unwrap();
+        assert!(r.get_str("message").unwrap().contains("unknown command"));
+        let r = c.request(&Dict::new()).unwrap();
+        assert!(r.get_str("Error").is_some() && r.get_int("error") == Some(code::INVALID_REQUEST));
+        // Config mismatch: live network vs request, and broker config vs request.
+        assert!(c.request(&acquire("shared")).unwrap().get_dict("network").is_some());
+        let mismatch = acquire("shared").with("config", Value::Data(br#"{"mode":"shared","mtu":9000}"#.to_vec()));
+        let r = c.request(&mismatch).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::CONFIG_MISMATCH), "{r:?}");
+        assert!(r.get_str("message").unwrap().contains("mtu: 1500 (live) vs 9000 (requested)"));
+        let r = c.request(&mismatch.try_clone().unwrap().with("accept_existing", Value::Bool(true))).unwrap();
+        assert!(r.get_dict("network").is_some());
+        let r = c.request(&acquire("host").with("config", Value::Data(br#"{"mode":"host","dhcp":false}"#.to_vec()))).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::CONFIG_MISMATCH));
+        assert!(r.get_str("message").unwrap().contains("(broker)"), "{r:?}");
+        let r = c.request(&acquire("fresh").with("config", Value::Data(b"{\"colour\":1}".to_vec()))).unwrap();
+        assert!(r.get_str("message").unwrap().contains("colour"));
+        // A new network described by the client is created.
+        let r = c.request(&acquire("fresh").with("config", Value::Data(br#"{"mode":"host","subnet":"10.5.0.1/24"}"#.to_vec()))).unwrap();
+        assert_eq!(r.get_str("subnet"), Some("10.5.0.1/24"), "{r:?}");
+        assert!(c.request(&cmd("ping")).unwrap().get_bool("pong").unwrap());
+        let counters = c.request(&cmd("status")).unwrap();
+        assert!(counters.get_dict("counters").unwrap().get_int("errors").unwrap() >= 10);
+        b.stop();
+    }
+
+    #[test]
+    fn refused_user_gets_not_allowed_but_ping_works() {
+        let mut o = options(0);
+        o.settings.allowed_users.clear();
+        o.settings.allowed_groups.clear();
+        let (b, path) = start("refused", o);
+        let mut c = Client::connect(&path).unwrap();
+        let r = c.request(&cmd("status")).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::NOT_ALLOWED));
+        assert!(r.get_str("message").unwrap().contains("is not allowed to use the broker"));
+        let r = c.request(&Dict::new().with("Network", Value::String("shared".into()))).unwrap();
+        assert!(r.get_str("Error").unwrap().contains("not allowed"));
+        assert!(c.request(&cmd("ping")).unwrap().get_bool("pong").unwrap());
+        b.stop();
+    }
+
+    #[test]
+    fn release_and_vanished_networks() {
+        let (b, path) = start("release", options(0));
+        let mut c = Client::connect(&path).unwrap();
+        let acquire = cmd("acquire").with("network_name", Value::String("host".into()));
+        c.request(&acquire).unwrap();
+        c.request(&acquire).unwrap();
+        let r = c.request(&cmd("release").with("network", Value::String("host".into()))).unwrap();
+        assert_eq!(r.get_int("released"), Some(2));
+        let r = c.request(&cmd("release").with("network", Value::String("host".into()))).unwrap();
+        assert_eq!(r.get_int("error"), Some(code::NOT_FOUND));
+        // A network that disappears is released with its leases.
+        c.request(&acquire).unwrap();
+        assert!(testing::kill("host") >= 1);
+        wait_for("the dead network to go", || {
+            c.request(&cmd("status")).unwrap().get_dict("networks").unwrap().get_dict("host").is_none()
+        });
+        assert!(c.request(&cmd("status")).unwrap().get_dict("leases").unwrap().is_empty());
+        b.stop();
+    }
+
+    #[test]
+    fn idle_network_teardown_then_idle_exit() {
+        let (b, path) = start("idle", options(1));
+        {
+            let mut c = Client::connect(&path).unwrap();
+            c.request(&cmd("acquire").with("network_name", Value::String("shared".into()))).unwrap();
+        }
+        let reason = b.wait(Some(Duration::from_secs(30))).expect("the broker did not exit idle");
+        assert!(reason.starts_with("idle"), "{reason}");
+        assert!(b.core().lock_state().networks.is_empty());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn shutdown_command_stops_the_broker() {
+        let (b, path) = start("shutdown", options(0));
+        let mut c = Client::connect(&path).unwrap();
+        assert_eq!(c.request(&cmd("shutdown")).unwrap().get_bool("ok"), Some(true));
+        let reason = b.wait(Some(Duration::from_secs(30))).expect("no exit after shutdown");
+        assert!(reason.contains("shutdown requested"), "{reason}");
+    }
+}

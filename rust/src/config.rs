@@ -4,17 +4,104 @@
 //! module validates them again before any network is made, so a broker fed
 //! by any client (Lima sends its `networks.yaml` entry as JSON) applies the
 //! same rules. Field names are Lima's camelCase keys.
+//!
+//! The file format, as JSON or YAML (see `docs/config.md`):
+//! `{"vmnet": {<name>: <network>}, "broker": {...}}`; Lima's other top-level
+//! keys (`paths`, `group`, `networks`) are accepted and ignored, so Lima's
+//! `networks.yaml` reads unchanged. Absent network keys take Lima's defaults,
+//! and the built-in `shared` and `host` networks exist unless redefined.
+//!
+//! Invariants of a value returned by any `from_*` constructor here: every
+//! rule below holds, and strings are normalised (subnet as gateway/prefix,
+//! canonical IPv6, lower-case MACs), so two equal configurations compare
+//! equal and serialise to the same JSON. Pure code; any thread.
+//!
+//! Limits, and why:
+//! - subnet: an RFC 1918 range with a prefix length of 8..=29. A /29 is the
+//!   smallest that leaves, after the network, gateway and broadcast
+//!   addresses (vmnet also reserves those three), a DHCP range of five.
+//!   The network address (`.0`) is normalised to the first host (`.1`, the
+//!   gateway, which is what vmnet wants); any other host address is refused,
+//!   since vmnet always puts the gateway on the first host.
+//! - MTU: 1280..=9000. 1280 is the IPv6 minimum (RA and NAT66 are on by
+//!   default); 9000 is the usual jumbo frame, which Linux bridges and TAPs
+//!   carry and vmnet accepts. 0 means "unset" (Lima) and becomes 1500.
+//! - ipv6Prefix: a unique local (fc00::/7) /64, the only length SLAAC serves.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+mod addr;
+mod read;
+#[cfg(test)]
+mod tests;
+
+pub use addr::{format_mac, parse_mac, Ipv4Subnet, Ipv6Prefix};
+
+/// The MTU a network gets when none (or Lima's 0) is given.
+pub const DEFAULT_MTU: u32 = 1500;
+pub const MTU_MIN: u32 = 1280;
+pub const MTU_MAX: u32 = 9000;
+/// Shortest allowed IPv4 prefix length (largest subnet).
+pub const SUBNET_PREFIX_MIN: u8 = 8;
+/// Longest allowed IPv4 prefix length: a /29 leaves a DHCP range of five.
+pub const SUBNET_PREFIX_MAX: u8 = 29;
+pub const IPV6_PREFIX_LEN: u8 = 64;
+
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
+pub const DEFAULT_SOCKET: &str = "/run/vmnet-rs/broker.sock";
+pub const DEFAULT_MACH_SERVICE: &str = "io.github.vmnet-rs.broker";
+pub const DEFAULT_ALLOWED_USERS: &[&str] = &["root"];
+pub const DEFAULT_ALLOWED_GROUPS: &[&str] = &["vmnet-rs"];
+
+/// The keys of a network entry, in the order they are documented and printed.
+pub const NETWORK_KEYS: &[&str] = &[
+    "mode",
+    "dhcp",
+    "dnsProxy",
+    "mtu",
+    "nat44",
+    "nat66",
+    "routerAdvertisement",
+    "subnet",
+    "ipv6Prefix",
+    "portForwarding",
+    "dhcpReservations",
+    "externalInterface",
+    "isolation",
+    "offload",
+];
+pub const PORT_FORWARD_KEYS: &[&str] =
+    &["protocol", "externalPort", "internalAddress", "internalPort", "addressFamily"];
+pub const DHCP_RESERVATION_KEYS: &[&str] = &["mac", "address"];
+pub const BROKER_KEYS: &[&str] =
+    &["idleTimeout", "allowedUsers", "allowedGroups", "socket", "machService"];
+/// Top-level keys vmnet-rs reads.
+pub const TOP_KEYS: &[&str] = &["vmnet", "broker"];
+/// Top-level keys of Lima's `networks.yaml` that vmnet-rs accepts and ignores.
+pub const IGNORED_TOP_KEYS: &[&str] = &["paths", "group", "networks"];
 
 /// How a network reaches the outside world.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// NAT to the host's default route (vmnet `VMNET_SHARED_MODE`).
     Shared,
     /// VMs and the host only (vmnet `VMNET_HOST_MODE`).
     Host,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Shared => "shared",
+            Mode::Host => "host",
+        })
+    }
 }
 
 /// One network, with every default filled in.
@@ -50,18 +137,36 @@ pub struct NetworkConfig {
     pub offload: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressFamily {
     Ipv4,
     Ipv6,
+}
+
+impl fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressFamily::Ipv4 => "ipv4",
+            AddressFamily::Ipv6 => "ipv6",
+        })
+    }
 }
 
 /// A port on the host forwarded to an address and port inside the network.
@@ -99,9 +204,214 @@ pub struct BrokerSettings {
     pub mach_service: String,
 }
 
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT_SECS,
+            allowed_users: DEFAULT_ALLOWED_USERS.iter().map(|s| s.to_string()).collect(),
+            allowed_groups: DEFAULT_ALLOWED_GROUPS.iter().map(|s| s.to_string()).collect(),
+            socket: DEFAULT_SOCKET.to_string(),
+            mach_service: DEFAULT_MACH_SERVICE.to_string(),
+        }
+    }
+}
+
 /// A configuration that cannot be used, with where and why.
+///
+/// `message` holds one problem per line, each naming the source, the
+/// network, the key, what was wrong and what is allowed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{message}")]
 pub struct ConfigError {
     pub message: String,
+}
+
+impl ConfigError {
+    fn from_problems(problems: Vec<String>) -> Self {
+        ConfigError { message: problems.join("\n") }
+    }
+
+    /// The individual problems, one per line of `message`.
+    pub fn problems(&self) -> impl Iterator<Item = &str> {
+        self.message.lines()
+    }
+}
+
+fn parse_json(text: &str, source: &str) -> Result<Value, ConfigError> {
+    serde_json::from_str(text)
+        .map_err(|e| ConfigError { message: format!("{source}: not valid JSON: {e}") })
+}
+
+impl NetworkConfig {
+    /// Lima's defaults for an entry with no keys: shared mode, DHCP, DNS
+    /// proxy, NAT44, NAT66 and router advertisement on, MTU 1500, subnet and
+    /// IPv6 prefix chosen by the platform; no forwards, no reservations,
+    /// isolation and offload off.
+    pub fn lima_default() -> Self {
+        NetworkConfig {
+            mode: Mode::Shared,
+            dhcp: true,
+            dns_proxy: true,
+            mtu: DEFAULT_MTU,
+            nat44: true,
+            nat66: true,
+            router_advertisement: true,
+            subnet: None,
+            ipv6_prefix: None,
+            port_forwarding: Vec::new(),
+            dhcp_reservations: Vec::new(),
+            external_interface: None,
+            isolation: false,
+            offload: false,
+        }
+    }
+
+    /// The built-in `shared` network: Lima's, 192.168.107.0/24 with NAT.
+    pub fn builtin_shared() -> Self {
+        NetworkConfig { subnet: Some("192.168.107.1/24".into()), ..Self::lima_default() }
+    }
+
+    /// The built-in `host` network: Lima's, 192.168.108.0/24 host-only,
+    /// router advertisement off.
+    pub fn builtin_host() -> Self {
+        NetworkConfig {
+            mode: Mode::Host,
+            router_advertisement: false,
+            subnet: Some("192.168.108.1/24".into()),
+            ..Self::lima_default()
+        }
+    }
+
+    /// Reads one network entry (absent keys take Lima's defaults), validates
+    /// and normalises it. `source` and `name` only label error messages.
+    pub fn from_json(text: &str, source: &str, name: &str) -> Result<Self, ConfigError> {
+        Self::from_value(&parse_json(text, source)?, source, name)
+    }
+
+    pub fn from_value(value: &Value, source: &str, name: &str) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let cfg = read::read_network(&mut read::Scope::network(source, name, &mut problems), value);
+        match cfg {
+            Some(cfg) if problems.is_empty() => Ok(cfg),
+            _ => Err(ConfigError::from_problems(problems)),
+        }
+    }
+
+    /// Reads the `Configuration` JSON a Lima client sends (its
+    /// `networks.yaml` entry, Go `omitempty` style): besides absent keys,
+    /// `null`, an empty `mode` or `subnet`, and an `mtu` of 0 mean "unset"
+    /// and take Lima's defaults.
+    pub fn from_lima_json(text: &str, source: &str, name: &str) -> Result<Self, ConfigError> {
+        let mut value = parse_json(text, source)?;
+        if let Value::Object(map) = &mut value {
+            map.retain(|key, v| match (key.as_str(), &*v) {
+                (_, Value::Null) => false,
+                ("mode" | "subnet", Value::String(s)) => !s.is_empty(),
+                _ => true,
+            });
+        }
+        Self::from_value(&value, source, name)
+    }
+
+    /// Checks a configuration built in code, returning its normalised form.
+    pub fn validated(&self, source: &str, name: &str) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut cfg = self.clone();
+        read::check_network(&mut read::Scope::network(source, name, &mut problems), &mut cfg, read::Unreadable::default());
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::from_problems(problems))
+        }
+    }
+
+    /// Compact JSON with every key present (unset optional keys as `null`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a NetworkConfig always serialises")
+    }
+
+    /// One `key: mine != theirs` line per key that differs, values as JSON,
+    /// keys in documented order. Empty when the two are equal.
+    pub fn differences(&self, other: &NetworkConfig) -> Vec<String> {
+        let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+            (serde_json::to_value(self), serde_json::to_value(other))
+        else {
+            return vec!["configurations cannot be compared".to_string()];
+        };
+        NETWORK_KEYS
+            .iter()
+            .filter_map(|key| {
+                let (x, y) = (a.get(*key)?, b.get(*key)?);
+                (x != y).then(|| format!("{key}: {x} != {y}"))
+            })
+            .collect()
+    }
+
+    /// The subnet, parsed; `None` when the platform chooses it.
+    pub fn ipv4_subnet(&self) -> Option<Ipv4Subnet> {
+        Ipv4Subnet::parse(self.subnet.as_deref()?, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok()
+    }
+
+    /// The IPv6 prefix, parsed; `None` when the platform chooses it.
+    pub fn ipv6_prefix_parsed(&self) -> Option<Ipv6Prefix> {
+        Ipv6Prefix::parse(self.ipv6_prefix.as_deref()?).ok()
+    }
+
+    /// The DHCP reservations as parsed (MAC, address) pairs.
+    pub fn reservations(&self) -> Vec<([u8; 6], Ipv4Addr)> {
+        self.dhcp_reservations
+            .iter()
+            .filter_map(|r| Some((parse_mac(&r.mac)?, r.address.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// A whole configuration file: the broker's settings and every network,
+/// built-ins included. Serialises as `{"broker": ..., "vmnet": {...}}`, the
+/// same shape as the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub broker: BrokerSettings,
+    #[serde(rename = "vmnet")]
+    pub networks: BTreeMap<String, NetworkConfig>,
+}
+
+impl Default for FileConfig {
+    /// The embedded defaults: the broker's default settings and the built-in
+    /// `shared` and `host` networks.
+    fn default() -> Self {
+        let mut networks = BTreeMap::new();
+        networks.insert("shared".to_string(), NetworkConfig::builtin_shared());
+        networks.insert("host".to_string(), NetworkConfig::builtin_host());
+        FileConfig { broker: BrokerSettings::default(), networks }
+    }
+}
+
+impl FileConfig {
+    /// Reads a whole file given as JSON, validates it and fills in defaults
+    /// and built-ins. Every problem found is reported, one per line;
+    /// `source` (usually the file name) starts each.
+    pub fn from_json(text: &str, source: &str) -> Result<Self, ConfigError> {
+        Self::from_value(&parse_json(text, source)?, source)
+    }
+
+    pub fn from_value(value: &Value, source: &str) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let (broker, networks) = read::read_file(source, value, &mut problems);
+        if problems.is_empty() {
+            Ok(FileConfig { broker, networks })
+        } else {
+            Err(ConfigError::from_problems(problems))
+        }
+    }
+
+    /// Compact JSON in the file's shape, every default present.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a FileConfig always serialises")
+    }
+
+    pub fn network(&self, name: &str) -> Option<&NetworkConfig> {
+        self.networks.get(name)
+    }
 }

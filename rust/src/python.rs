@@ -8,10 +8,12 @@ use pyo3::prelude::*;
 
 mod config;
 mod errors;
+mod network;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     config::register(m)?;
+    network::register(m)?;
     Ok(())
 }

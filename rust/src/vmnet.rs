@@ -14,6 +14,7 @@ use crate::xpc::Dict;
 
 #[cfg(target_os = "macos")]
 pub mod apple;
+pub mod mapping;
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]
@@ -102,6 +103,33 @@ pub trait Network: Send + Sync {
     /// False once the network went away under us (a deleted bridge, a dead
     /// vmnet network).
     fn is_alive(&self) -> bool;
+
+    /// The DHCP leases the network handed out (Linux: dnsmasq's lease
+    /// file). Backends that cannot tell return an error saying so.
+    fn leases(&self) -> Result<Vec<Lease>, Error> {
+        Err(Error::Platform { op: format!("list leases of network {:?}", self.name()), detail: "this backend does not expose DHCP leases".into() })
+    }
+
+    /// Linux: a new TAP port on the network, for its fd to be handed to a VM
+    /// (QEMU `-netdev tap,fd=N`) instead of a relay. `vnet_hdr` opens it with
+    /// IFF_VNET_HDR (QEMU `vnet_hdr=on`). The port goes when the fd closes.
+    #[cfg(target_os = "linux")]
+    fn start_tap(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<tap::Tap, Error> {
+        let _ = (desc, vnet_hdr);
+        Err(Error::Platform { op: format!("start a TAP on network {:?}", self.name()), detail: "this backend has no TAP ports".into() })
+    }
+}
+
+/// One DHCP lease a network handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Lower-case `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    pub address: String,
+    /// The name the client sent, if any.
+    pub hostname: Option<String>,
+    /// Expiry, seconds since the Unix epoch (0: never).
+    pub expires: u64,
 }
 
 /// Why a network or interface operation failed.

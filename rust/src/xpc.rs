@@ -15,6 +15,10 @@ pub mod apple;
 #[cfg(target_os = "linux")]
 pub mod unix;
 
+/// The broker's Unix socket when neither `--socket` nor `$VMNET_RS_SOCKET`
+/// names another (Linux; `unix::socket_path` applies the precedence).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/vmnet-rs/broker.sock";
+
 /// One value in a message.
 #[derive(Debug)]
 pub enum Value {
@@ -165,6 +169,19 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The connection (session) ended; release what it held.
     fn disconnected(&self, peer: &Peer);
+
+    /// The reply to a message the transport could not decode (too large,
+    /// not an encoding it knows). The default answers in both protocol
+    /// styles: `Error` (string, Lima) and `error` (int64 4, invalid request)
+    /// with `message`.
+    fn malformed(&self, peer: &Peer, error: &Error) -> Dict {
+        let _ = peer;
+        let text = format!("bad request: {error}");
+        Dict::new()
+            .with("Error", Value::String(text.clone()))
+            .with("error", Value::Int(4))
+            .with("message", Value::String(text))
+    }
 }
 
 /// Why a message could not be sent, received or decoded.

@@ -1,14 +1,439 @@
-//! (placeholder until the backend lands)
+//! The Linux network backend: a network is a bridge with the gateway
+//! address, one nftables table (forwarding policy, NAT, port forwards) and
+//! one supervised dnsmasq (DHCP, DNS proxy, router advertisements); each VM
+//! port is a TAP enslaved to the bridge.
+//!
+//! Modules, one per concern: `naming` (link, table and file names), `plan`
+//! (the checked Linux view of a config), `links` (bridge, addresses, routes,
+//! sysctls through iproute2; why not a netlink crate is argued there), `nft`
+//! (the ruleset), `dnsmasq` (arguments, supervisor thread, leases), `record`
+//! (what was created, for crash recovery), `cmd` (running the tools).
+//!
+//! Threads: creation, interface starts and teardown run on the caller's
+//! thread and act on that thread's network namespace; each network has one
+//! dnsmasq supervisor thread. Needs CAP_NET_ADMIN.
+//!
+//! Invariants:
+//! - Creation is all-or-nothing: the configuration is checked completely
+//!   (including against the namespace's routes) before anything is created,
+//!   and a failure part-way deletes whatever was made.
+//! - A record naming the bridge, the table and dnsmasq's pid is on disk
+//!   before the first link exists and is removed only after teardown, so
+//!   [`cleanup_stale`] can always finish what a crashed run left.
+//! - TAPs are not persistent: a TAP disappears when the last fd on it
+//!   closes, so a client that dies never leaks one.
+//! - Dropping a [`LinuxNetwork`] tears it down (dnsmasq stopped, table and
+//!   bridge deleted, record removed).
 
-use super::{BackendOptions, Error, Network};
-use crate::config::NetworkConfig;
+mod cmd;
+mod dnsmasq;
+mod links;
+mod naming;
+mod nft;
+mod plan;
+mod record;
 
-pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
-    let _ = (name, config, options);
-    Err(Error::Platform { op: "create network".into(), detail: "backend not built yet".into() })
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::tap::Tap;
+use super::{BackendOptions, Error, Interface, InterfaceDesc, Lease, Network, NetworkState};
+use crate::config::{ConfigError, NetworkConfig};
+use crate::xpc::{Dict, Value};
+
+pub use dnsmasq::RESOLV_FILE_ENV;
+pub use naming::{bridge_name, table_name, tap_name};
+
+/// The state directory the broker uses unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/vmnet-rs/networks";
+/// Attempts to find a free TAP name before giving up.
+const TAP_NAME_ATTEMPTS: u32 = 64;
+
+impl From<cmd::Error> for Error {
+    fn from(e: cmd::Error) -> Self {
+        Error::Platform { op: "configure the host network".into(), detail: e.to_string() }
+    }
 }
 
+impl From<dnsmasq::Error> for Error {
+    fn from(e: dnsmasq::Error) -> Self {
+        Error::Platform { op: "start dnsmasq".into(), detail: e.to_string() }
+    }
+}
+
+impl From<plan::PlanError> for Error {
+    fn from(e: plan::PlanError) -> Self {
+        Error::Config(ConfigError { message: e.to_string() })
+    }
+}
+
+/// A live network on this host; see the module header.
+pub struct LinuxNetwork {
+    name: String,
+    config: NetworkConfig,
+    plan: plan::Plan,
+    bridge: String,
+    table: String,
+    files: dnsmasq::Files,
+    record_path: PathBuf,
+    record: Arc<Mutex<record::Record>>,
+    dnsmasq: Mutex<Option<dnsmasq::Supervisor>>,
+    next_tap: AtomicU32,
+    torn_down: AtomicBool,
+}
+
+/// Creates network `name`: see [`LinuxNetwork::create`].
+pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
+    Ok(Box::new(LinuxNetwork::create(name, config, options)?))
+}
+
+fn files_for(dir: &Path, name: &str) -> (PathBuf, dnsmasq::Files) {
+    let f = |ext: &str| dir.join(naming::state_file_name(name, ext));
+    (f("json"), dnsmasq::Files { leases: f("leases"), pid: f("dnsmasq.pid"), log: f("dnsmasq.log") })
+}
+
+impl LinuxNetwork {
+    /// Checks `config`, then creates the bridge, addresses, nftables table
+    /// and dnsmasq of network `name` in the calling thread's namespace.
+    pub fn create(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<LinuxNetwork, Error> {
+        // 1. Finish what a crashed run left of this network (its routes would
+        //    otherwise collide with the subnet), then check everything
+        //    before creating anything.
+        let bridge = naming::bridge_name(name);
+        let table = naming::table_name(name);
+        let dir = &options.state_dir;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create state directory {}", dir.display()), e))?;
+        let (record_path, files) = files_for(dir, name);
+        let netns = record::current_netns();
+        if record_path.exists() {
+            match record::read(&record_path) {
+                Ok(old) if old.netns != netns => {
+                    return Err(platform("create network", format!("{} records network {name:?} in another network namespace ({}); use another state directory per namespace", record_path.display(), old.netns)));
+                }
+                Ok(old) if old.owner_alive() => {
+                    return Err(platform("create network", format!("network {name:?} already exists (created by pid {}); stop it first", old.owner_pid)));
+                }
+                Ok(old) => {
+                    for line in remove_stale(&old, &record_path, &files) {
+                        log::info!("{line}");
+                    }
+                }
+                Err(e) => return Err(Error::io(format!("read the record of network {name:?}; remove it if it is damaged"), e)),
+            }
+        }
+        let routes = links::routes()?;
+        let subnet = match &config.subnet {
+            Some(s) => s.clone(),
+            None => plan::choose_subnet(&routes).ok_or_else(|| plan::PlanError {
+                network: name.into(),
+                message: "no free 192.168.64-254.0/24 subnet is left; set subnet explicitly".into(),
+            })?,
+        };
+        let plan = plan::Plan::new(name, config, &subnet, &routes)?;
+        if let Some(ext) = &plan.external_interface {
+            if links::link_index(ext).is_none() {
+                return Err(plan::PlanError { network: name.into(), message: format!("externalInterface {ext:?} does not exist in this network namespace") }.into());
+            }
+        }
+        if links::link_index(&bridge).is_some() {
+            return Err(platform("create network", format!("a link named {bridge} already exists and no record says it is a left-over of network {name:?}; remove it (ip link del {bridge}) or rename the network")));
+        }
+        if nft::table_exists(&table) {
+            return Err(platform("create network", format!("nftables table inet {table} already exists and no record says it is a left-over; remove it (nft delete table inet {table})")));
+        }
+
+        // 2. Record what is about to be made, then make it.
+        let me = std::process::id();
+        let rec = record::Record {
+            version: record::RECORD_VERSION,
+            name: name.into(),
+            bridge: bridge.clone(),
+            table: table.clone(),
+            netns,
+            owner_pid: me,
+            owner_start: record::process_start_time(me).unwrap_or(0),
+            dnsmasq_pid: None,
+        };
+        record::write(&record_path, &rec).map_err(|e| Error::io(format!("write {}", record_path.display()), e))?;
+        let net = LinuxNetwork {
+            name: name.into(),
+            config: config.clone(),
+            plan,
+            bridge,
+            table,
+            files,
+            record_path,
+            record: Arc::new(Mutex::new(rec)),
+            dnsmasq: Mutex::new(None),
+            next_tap: AtomicU32::new(0),
+            torn_down: AtomicBool::new(false),
+        };
+        // On error `net` drops here, which tears down whatever was made.
+        net.build()?;
+        Ok(net)
+    }
+
+    fn build(&self) -> Result<(), Error> {
+        let p = &self.plan;
+        let mac = naming::format_mac(&naming::derived_mac(&self.bridge));
+        links::create_bridge(&self.bridge, &mac, p.mtu)?;
+        links::add_address(&self.bridge, &p.v4.gateway_cidr())?;
+        if let Some(v6) = &p.v6 {
+            links::add_address(&self.bridge, &v6.gateway_cidr())?;
+        }
+        links::set_up(&self.bridge)?;
+        if p.forwards_out() {
+            links::write_sysctl("net/ipv4/ip_forward", "1").map_err(|e| Error::io("enable IPv4 forwarding (net.ipv4.ip_forward)", e))?;
+            if p.v6.is_some() {
+                links::write_sysctl("net/ipv6/conf/all/forwarding", "1").map_err(|e| Error::io("enable IPv6 forwarding (net.ipv6.conf.all.forwarding)", e))?;
+            }
+        }
+        nft::apply(&nft::ruleset(p, &self.bridge, &self.table))?;
+        if dnsmasq::needed(p) {
+            let resolv = std::env::var(RESOLV_FILE_ENV).ok().filter(|s| !s.is_empty());
+            let args = dnsmasq::args(p, &self.bridge, &self.files, resolv.as_deref());
+            let record = self.record.clone();
+            let path = self.record_path.clone();
+            let on_pid = Box::new(move |pid: u32| {
+                let mut r = record.lock().unwrap_or_else(|e| e.into_inner());
+                r.dnsmasq_pid = Some(pid);
+                if let Err(e) = record::write(&path, &r) {
+                    log::warn!("could not update {}: {e}", path.display());
+                }
+            });
+            let sup = dnsmasq::Supervisor::start(&self.bridge, args, self.files.clone(), on_pid)?;
+            *self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()) = Some(sup);
+        }
+        Ok(())
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The running dnsmasq's pid (`None` without dnsmasq or mid-restart).
+    pub fn dnsmasq_pid(&self) -> Option<u32> {
+        self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.pid()).filter(|p| *p != 0)
+    }
+
+    /// How many times dnsmasq was restarted after dying.
+    pub fn dnsmasq_restarts(&self) -> u32 {
+        self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |s| s.restarts())
+    }
+
+    /// Opens a new TAP port on the bridge (MTU of the network, isolated if
+    /// the network or `desc` asks) and returns it: as an [`Interface`] for
+    /// an adaptor, or for its fd to be handed to a VM (QEMU `tap,fd=`). The
+    /// port goes away when the last fd on the TAP closes.
+    pub fn open_tap_port(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Tap, Error> {
+        if !self.is_alive() {
+            return Err(platform("start interface", format!("network {:?} is gone (bridge {} no longer exists)", self.name, self.bridge)));
+        }
+        let mut last_err = None;
+        for _ in 0..TAP_NAME_ATTEMPTS {
+            let n = self.next_tap.fetch_add(1, Ordering::SeqCst);
+            let name = naming::tap_name(&self.name, n);
+            if links::link_index(&name).is_some() {
+                continue;
+            }
+            let tap = match Tap::create(&name, vnet_hdr) {
+                Ok(t) => t,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) => {
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(Error::io(format!("create TAP {name} (needs CAP_NET_ADMIN and /dev/net/tun)"), e)),
+            };
+            // On error the TAP drops, and with its only fd the device goes.
+            links::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)?;
+            // Re-read the device so the reported MTU is the one just set.
+            let mut tap = Tap::from_fd(tap.into_fd()).map_err(|e| Error::io(format!("reopen TAP {name}"), e))?;
+            let mac = desc.mac.unwrap_or_else(|| random_mac(&name));
+            tap.set_peer_mac(mac);
+            return Ok(tap);
+        }
+        Err(platform("start interface", format!("no free TAP name for network {:?} after {TAP_NAME_ATTEMPTS} tries (last error: {last_err:?})", self.name)))
+    }
+
+    /// Tears the network down now (also done on drop). Idempotent; returns
+    /// the first failure, having tried every step.
+    pub fn close(&self) -> Result<(), Error> {
+        if self.torn_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        if let Some(mut s) = self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            s.stop();
+        }
+        let mut first: Option<Error> = None;
+        if nft::table_exists(&self.table) {
+            if let Err(e) = nft::delete_table(&self.table) {
+                first.get_or_insert(e.into());
+            }
+        }
+        if links::link_index(&self.bridge).is_some() {
+            if let Err(e) = links::delete_link(&self.bridge) {
+                first.get_or_insert(e.into());
+            }
+        }
+        if first.is_none() {
+            for f in [&self.files.pid, &self.files.leases, &self.files.log, &self.record_path] {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn platform(op: &str, detail: String) -> Error {
+    Error::Platform { op: op.into(), detail }
+}
+
+/// A random locally administered MAC for a port whose VM asked for none.
+fn random_mac(seed: &str) -> [u8; 6] {
+    let mut bytes = [0u8; 4];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    naming::derived_mac(&format!("{seed}/{nanos}/{}/{bytes:?}", std::process::id()))
+}
+
+impl Drop for LinuxNetwork {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            log::warn!("tearing down network {:?}: {e}", self.name);
+        }
+    }
+}
+
+impl Network for LinuxNetwork {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    fn state(&self) -> NetworkState {
+        NetworkState { subnet: self.plan.v4.gateway_cidr(), ipv6_prefix: self.plan.v6.map(|p| p.cidr()), device: self.bridge.clone() }
+    }
+
+    fn serialization(&self) -> Result<Dict, Error> {
+        let mut d = Dict::new();
+        d.insert("backend", Value::String("linux-bridge".into()));
+        d.insert("name", Value::String(self.name.clone()));
+        d.insert("bridge", Value::String(self.bridge.clone()));
+        d.insert("subnet", Value::String(self.plan.v4.gateway_cidr()));
+        d.insert("mtu", Value::Int(i64::from(self.plan.mtu)));
+        if let Some(p) = &self.plan.v6 {
+            d.insert("ipv6Prefix", Value::String(p.cidr()));
+        }
+        Ok(d)
+    }
+
+    fn start_interface(&self, desc: &InterfaceDesc) -> Result<Box<dyn Interface>, Error> {
+        Ok(Box::new(self.open_tap_port(desc, desc.offload)?))
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.torn_down.load(Ordering::SeqCst) && links::link_index(&self.bridge).is_some()
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, Error> {
+        dnsmasq::read_leases(&self.files.leases).map_err(|e| Error::io(format!("read leases of network {:?}", self.name), e))
+    }
+
+    fn start_tap(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Tap, Error> {
+        self.open_tap_port(desc, vnet_hdr)
+    }
+}
+
+/// The leases of network `name` from its lease file in `options.state_dir`
+/// (for a reader that does not own the network, e.g. `vmnet-rs leases`).
+pub fn read_leases(name: &str, options: &BackendOptions) -> Result<Vec<Lease>, Error> {
+    let (record_path, files) = files_for(&options.state_dir, name);
+    if !record_path.exists() {
+        return Err(platform("read leases", format!("no network {name:?} is recorded in {}; is it running, and is that the broker's state directory?", options.state_dir.display())));
+    }
+    dnsmasq::read_leases(&files.leases).map_err(|e| Error::io(format!("read {}", files.leases.display()), e))
+}
+
+/// Removes what the records in `options.state_dir` name, for networks whose
+/// creating process is gone and that live in the calling thread's namespace.
 pub fn cleanup_stale(options: &BackendOptions) -> Result<Vec<String>, Error> {
-    let _ = options;
-    Ok(Vec::new())
+    let dir = &options.state_dir;
+    let paths = record::list(dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+    let netns = record::current_netns();
+    let mut done = Vec::new();
+    for path in paths {
+        let rec = match record::read(&path) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("skipping unreadable record: {e}");
+                continue;
+            }
+        };
+        if rec.netns != netns || rec.owner_alive() {
+            continue;
+        }
+        let (_, files) = files_for(dir, &rec.name);
+        done.extend(remove_stale(&rec, &path, &files));
+    }
+    Ok(done)
+}
+
+/// Removes one crashed network's leftovers; a line per thing removed.
+fn remove_stale(rec: &record::Record, path: &Path, files: &dnsmasq::Files) -> Vec<String> {
+    let mut done = Vec::new();
+    let mut failed = false;
+    let name = &rec.name;
+    let pid_file = std::fs::read_to_string(&files.pid).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    for pid in rec.dnsmasq_pid.into_iter().chain(pid_file) {
+        if record::is_our_dnsmasq(pid, &rec.bridge) {
+            // SAFETY: kill with a pid checked to be dnsmasq serving our bridge.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while record::is_our_dnsmasq(pid, &rec.bridge) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done.push(format!("stopped dnsmasq (pid {pid}) of network {name:?}"));
+        }
+    }
+    if nft::table_exists(&rec.table) {
+        match nft::delete_table(&rec.table) {
+            Ok(()) => done.push(format!("deleted nftables table inet {} of network {name:?}", rec.table)),
+            Err(e) => {
+                failed = true;
+                log::warn!("{e}");
+            }
+        }
+    }
+    if links::link_index(&rec.bridge).is_some() && links::is_bridge(&rec.bridge) {
+        match links::delete_link(&rec.bridge) {
+            Ok(()) => done.push(format!("deleted bridge {} of network {name:?}", rec.bridge)),
+            Err(e) => {
+                failed = true;
+                log::warn!("{e}");
+            }
+        }
+    }
+    if !failed {
+        for f in [&files.pid, &files.leases, &files.log] {
+            let _ = std::fs::remove_file(f);
+        }
+        if std::fs::remove_file(path).is_ok() {
+            done.push(format!("removed record {}", path.display()));
+        }
+    }
+    done
 }

@@ -1,0 +1,112 @@
+"""``vmnet-rs networks``: show the resolved networks; ``networks check``: validate files.
+
+Both read configuration through :mod:`vmnet_rs.config`, so they apply the
+same rules as the broker. Exit codes as in :mod:`vmnet_rs.cli`: an invalid
+configuration exits 2 with every problem printed, one per line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import click
+
+from .config import Config, NetworkConfig, config_search_path, load_config
+from .errors import ConfigError
+
+EXIT_INVALID = 2
+
+# The boolean keys shown in the table's ON column, in documented order.
+_FLAGS = ("dhcp", "dnsProxy", "nat44", "nat66", "routerAdvertisement", "isolation", "offload")
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Configuration file (default: $VMNET_RS_CONFIG, then the search path in docs/config.md).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the file's shape, every default filled in).")
+@click.pass_context
+def networks(ctx: click.Context, config_path: Optional[Path], as_json: bool) -> None:
+    """Show the networks the broker would serve, defaults filled in.
+
+    Without a subcommand, prints a table (or JSON with --json) of every
+    network: those in the configuration file plus the built-in "shared" and
+    "host" unless the file redefines them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = load_config(config_path)
+    if as_json:
+        click.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    click.echo(format_table(cfg))
+
+
+@networks.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def check(files: Tuple[Path, ...]) -> None:
+    """Validate configuration FILES; print every problem and exit 2 if any.
+
+    A valid file prints one line naming its networks (built-ins included).
+    """
+    failed = False
+    for path in files:
+        try:
+            cfg = load_config(path)
+        except ConfigError as e:
+            failed = True
+            for line in str(e).splitlines():
+                click.echo(line, err=True)
+            continue
+        names = ", ".join(sorted(cfg.networks))
+        click.echo(f"{path}: ok: {len(cfg.networks)} networks ({names})")
+    if failed:
+        raise click.exceptions.Exit(EXIT_INVALID)
+
+
+def format_table(cfg: Config) -> str:
+    """The networks as an aligned table, then one line per port forward,
+    reservation and external interface."""
+    if cfg.source is None:
+        searched = ", ".join(str(p) for p in config_search_path())
+        header = f"config: built-in defaults (no file at {searched})"
+    else:
+        header = f"config: {cfg.source}"
+    rows: List[List[str]] = [["NAME", "MODE", "SUBNET", "IPV6 PREFIX", "MTU", "ON"]]
+    details: List[str] = []
+    for name in sorted(cfg.networks):
+        net = cfg.networks[name]
+        rows.append([
+            name,
+            net.mode,
+            net.subnet or "auto",
+            net.ipv6_prefix or "auto",
+            str(net.mtu),
+            " ".join(k for k in _FLAGS if net.to_dict()[k]) or "-",
+        ])
+        details.extend(f"{name}: {d}" for d in _details(net))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [header]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if details:
+        lines.append("")
+        lines += details
+    return "\n".join(lines)
+
+
+def _details(net: NetworkConfig) -> List[str]:
+    out = []
+    if net.external_interface:
+        out.append(f"external interface {net.external_interface}")
+    for pf in net.port_forwarding:
+        target = f"[{pf.internal_address}]" if pf.address_family == "ipv6" else pf.internal_address
+        out.append(f"forward {pf.protocol}/{pf.address_family} host port {pf.external_port} -> {target}:{pf.internal_port}")
+    for r in net.dhcp_reservations:
+        out.append(f"reserve {r.address} for {r.mac}")
+    return out

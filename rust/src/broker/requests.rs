@@ -1,0 +1,497 @@
+//! Request handling: the Lima-compatible style (`Network`, `Configuration`,
+//! `FdType`, `InterfaceDesc`), vmnet-broker's `acquire`, and our own
+//! commands (docs/protocol.md). Runs on the transport's request threads;
+//! every request that touches networks holds the state lock throughout.
+
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use super::netconfig::{self, differences};
+use super::protocol::{check_network_name, code, format_mac, parse_mac, random_mac, Args, Failure, PROTOCOL_VERSION};
+use super::state::{FdType, NetEntry, Port, State};
+use super::{auth, Backend, Core};
+use crate::adaptor::{Adaptor, Options};
+use crate::config::NetworkConfig;
+use crate::vmnet::InterfaceDesc;
+use crate::xpc::{Dict, Error as XpcError, Handler, Peer, Value};
+
+/// Most leases one connection may hold (vmnet-broker allows 8 networks per
+/// peer; a VM wrapper with several NICs per network needs more).
+const MAX_LEASES_PER_CONNECTION: usize = 64;
+
+/// Every command this broker answers, for error messages.
+const COMMANDS: &str = "ping, version, list, status, acquire, open, release, shutdown";
+
+/// What the client asked for the configuration of a network.
+struct Wanted<'a> {
+    /// Parsed configuration and the bytes it came from, if the client sent one.
+    config: Option<(NetworkConfig, &'a [u8])>,
+    accept_existing: bool,
+    /// Lima's rule: a live network wins, the difference is only reported.
+    lima: bool,
+}
+
+/// A started port and what the client needs to use it.
+struct Opened {
+    port: Port,
+    fd: OwnedFd,
+    mac: [u8; 6],
+    mtu: u32,
+    offload: bool,
+}
+
+fn is_lima(msg: &Dict) -> bool {
+    !msg.contains_key("command") && ["Network", "Configuration", "FdType", "InterfaceDesc"].iter().any(|k| msg.contains_key(k))
+}
+
+impl Handler for Core {
+    fn request(&self, peer: &Peer, message: Dict) -> Dict {
+        let lima = is_lima(&message);
+        let result = if lima {
+            self.lima_request(peer, &message)
+        } else if !message.contains_key("command") {
+            let f = Failure::invalid("request has neither a command key (vmnet-rs, vmnet-broker) nor a Network key (Lima)");
+            let mut reply = f.command_reply();
+            reply.insert("Error", Value::String(f.message.clone()));
+            self.count(Some(&f));
+            return reply;
+        } else {
+            self.command_request(peer, &message)
+        };
+        self.count(result.as_ref().err());
+        match result {
+            Ok(reply) => reply,
+            Err(f) => {
+                log::info!("request from pid {} uid {} refused: {}", peer.pid, peer.uid, f.message);
+                if lima {
+                    f.lima_reply()
+                } else {
+                    f.command_reply()
+                }
+            }
+        }
+    }
+
+    fn disconnected(&self, peer: &Peer) {
+        let mut st = self.lock_state();
+        let n = st.release_where(|l| l.connection == peer.connection && l.bound_to_connection);
+        if n > 0 {
+            log::info!("connection {} (pid {}) closed: {n} lease(s) released", peer.connection, peer.pid);
+        }
+        st.last_activity = Instant::now();
+    }
+
+    fn malformed(&self, peer: &Peer, error: &XpcError) -> Dict {
+        {
+            let mut st = self.lock_state();
+            st.counters.malformed += 1;
+            st.counters.errors += 1;
+            st.last_activity = Instant::now();
+        }
+        let text = format!("bad request: {error}");
+        let _ = peer;
+        Dict::new()
+            .with("Error", Value::String(text.clone()))
+            .with("error", Value::Int(code::INVALID_REQUEST))
+            .with("message", Value::String(text))
+    }
+}
+
+impl Core {
+    fn count(&self, failure: Option<&Failure>) {
+        let mut st = self.lock_state();
+        st.counters.requests += 1;
+        st.last_activity = Instant::now();
+        if let Some(f) = failure {
+            st.counters.errors += 1;
+            if f.code == code::NOT_ALLOWED {
+                st.counters.refused += 1;
+            }
+        }
+    }
+
+    fn authorise(&self, peer: &Peer) -> Result<(), Failure> {
+        auth::check(&self.options.settings, peer).map_err(|m| Failure::new(code::NOT_ALLOWED, m))
+    }
+
+    fn lima_request(&self, peer: &Peer, msg: &Dict) -> Result<Dict, Failure> {
+        self.authorise(peer)?;
+        let args = Args(msg);
+        let name = args.required_str("Network", "the network name")?;
+        check_network_name(name)?;
+        let config = match args.json("Configuration")? {
+            Some(bytes) => Some((netconfig::parse_json(bytes).map_err(Failure::invalid)?, bytes)),
+            None => None,
+        };
+        let fd_type = match args.str("FdType")? {
+            Some(t) => Some(FdType::parse(t).ok_or_else(|| Failure::invalid(format!("unknown FdType {t:?} (known: {})", FdType::names())))?),
+            None => None,
+        };
+        let desc = args.dict("InterfaceDesc")?;
+        let mut st = self.lock_state();
+        let diffs = self.ensure_network(&mut st, name, &Wanted { config, accept_existing: true, lima: true })?;
+        let entry = &st.networks[name];
+        let mut reply = Dict::new()
+            .with("Configuration", Value::Data(entry.config_json.clone()))
+            .with("Serialization", Value::Dict(self.serialization(entry)?));
+        if !diffs.is_empty() {
+            reply.insert("ConfigurationDifference", Value::String(diffs.join("; ")));
+        }
+        match fd_type {
+            Some(kind) => {
+                let mac = desc.and_then(lima_desc_mac);
+                self.check_lease_limit(&st, peer)?;
+                let opened = self.start_port(&st, name, kind, mac, false)?;
+                let mac = format_mac(&opened.mac);
+                reply.insert("FileDescriptor", Value::Fd(opened.fd));
+                reply.insert("MACAddress", Value::String(mac.clone()));
+                st.grant(name, peer, false, Some(opened.port), Some(mac));
+            }
+            None => {
+                st.grant(name, peer, true, None, None);
+            }
+        }
+        Ok(reply)
+    }
+
+    fn command_request(&self, peer: &Peer, msg: &Dict) -> Result<Dict, Failure> {
+        let args = Args(msg);
+        let command = args.required_str("command", "what to do")?;
+        let ok = || Dict::new().with("ok", Value::Bool(true));
+        match command {
+            "ping" => return Ok(ok().with("pong", Value::Bool(true)).with("version", Value::String(crate::VERSION.into()))),
+            "version" => {
+                return Ok(ok()
+                    .with("version", Value::String(crate::VERSION.into()))
+                    .with("protocol", Value::Int(PROTOCOL_VERSION))
+                    .with("platform", Value::String(std::env::consts::OS.into())))
+            }
+            _ => {}
+        }
+        self.authorise(peer)?;
+        match command {
+            "acquire" => self.acquire(peer, &args),
+            "open" => self.open(peer, &args),
+            "list" => Ok(ok().with("networks", Value::Dict(self.list()))),
+            "status" => Ok(self.status()),
+            "release" => self.release(peer, &args),
+            "shutdown" => {
+                if !auth::may_shutdown(peer) {
+                    return Err(Failure::new(
+                        code::NOT_ALLOWED,
+                        format!("uid {} may not stop the broker: only root or the broker's own user may", peer.uid),
+                    ));
+                }
+                self.request_exit(&format!("shutdown requested by pid {} uid {}", peer.pid, peer.uid));
+                Ok(ok())
+            }
+            other => Err(Failure::invalid(format!("unknown command {other:?} (known: {COMMANDS})"))),
+        }
+    }
+
+    fn wanted<'a>(&self, args: &'a Args<'a>) -> Result<Wanted<'a>, Failure> {
+        let config = match args.json("config")? {
+            Some(bytes) => Some((netconfig::parse_json(bytes).map_err(Failure::invalid)?, bytes)),
+            None => None,
+        };
+        Ok(Wanted { config, accept_existing: args.bool("accept_existing")?.unwrap_or(false), lima: false })
+    }
+
+    fn acquire(&self, peer: &Peer, args: &Args<'_>) -> Result<Dict, Failure> {
+        let name = match args.str("network_name")? {
+            Some(n) => n,
+            None => args.required_str("network", "the network name (network_name)")?,
+        };
+        check_network_name(name)?;
+        let wanted = self.wanted(args)?;
+        let mut st = self.lock_state();
+        self.check_lease_limit(&st, peer)?;
+        self.ensure_network(&mut st, name, &wanted)?;
+        let entry = &st.networks[name];
+        let reply = Dict::new()
+            .with("network", Value::Dict(self.serialization(entry)?))
+            .with("config", Value::Data(netconfig::to_json(&entry.config)))
+            .with("subnet", Value::String(entry.network.state().subnet));
+        let lease = st.grant(name, peer, true, None, None);
+        let mut reply = reply;
+        reply.insert("lease", Value::Int(lease as i64));
+        Ok(reply)
+    }
+
+    fn open(&self, peer: &Peer, args: &Args<'_>) -> Result<Dict, Failure> {
+        let name = args.required_str("network", "the network name")?;
+        check_network_name(name)?;
+        let type_name = args.required_str("fd_type", FdType::names().as_str())?;
+        let fd_type = FdType::parse(type_name).ok_or_else(|| Failure::invalid(format!("unknown fd_type {type_name:?} (known: {})", FdType::names())))?;
+        let mac = args.str("mac")?.map(parse_mac).transpose()?;
+        let vnet_hdr = args.bool("vnet_hdr")?.unwrap_or(false);
+        if vnet_hdr && fd_type != FdType::Tap {
+            return Err(Failure::invalid(format!("vnet_hdr applies only to fd_type \"tap\", not {type_name:?}")));
+        }
+        let wanted = self.wanted(args)?;
+        let mut st = self.lock_state();
+        self.check_lease_limit(&st, peer)?;
+        self.ensure_network(&mut st, name, &wanted)?;
+        let opened = self.start_port(&st, name, fd_type, mac, vnet_hdr)?;
+        let entry = &st.networks[name];
+        let mac = format_mac(&opened.mac);
+        let mut reply = Dict::new()
+            .with("ok", Value::Bool(true))
+            .with("network", Value::String(name.into()))
+            .with("fd_type", Value::String(type_name.into()))
+            .with("mac", Value::String(mac.clone()))
+            .with("mtu", Value::Int(opened.mtu as i64))
+            .with("offload", Value::Bool(opened.offload))
+            .with("config", Value::Data(netconfig::to_json(&entry.config)))
+            .with("subnet", Value::String(entry.network.state().subnet))
+            .with("fd", Value::Fd(opened.fd));
+        let lease = st.grant(name, peer, true, Some(opened.port), Some(mac));
+        reply.insert("lease", Value::Int(lease as i64));
+        Ok(reply)
+    }
+
+    fn release(&self, peer: &Peer, args: &Args<'_>) -> Result<Dict, Failure> {
+        let network = args.str("network")?;
+        let lease = args.int("lease")?;
+        if network.is_none() && lease.is_none() {
+            return Err(Failure::invalid("release needs a network or a lease key"));
+        }
+        let mut st = self.lock_state();
+        let n = st.release_where(|l| {
+            l.connection == peer.connection
+                && l.bound_to_connection
+                && network.is_none_or(|n| l.network == n)
+                && lease.is_none_or(|id| l.id as i64 == id)
+        });
+        if n == 0 {
+            let what = match (network, lease) {
+                (Some(n), Some(l)) => format!("lease {l} on network {n}"),
+                (Some(n), None) => format!("network {n}"),
+                (None, Some(l)) => format!("lease {l}"),
+                (None, None) => unreachable!("checked above"),
+            };
+            return Err(Failure::new(code::NOT_FOUND, format!("this connection holds no {what}")));
+        }
+        Ok(Dict::new().with("ok", Value::Bool(true)).with("released", Value::Int(n as i64)))
+    }
+
+    fn check_lease_limit(&self, st: &State, peer: &Peer) -> Result<(), Failure> {
+        if st.leases_of(peer.connection) >= MAX_LEASES_PER_CONNECTION {
+            return Err(Failure::new(
+                code::LIMIT,
+                format!("this connection already holds {MAX_LEASES_PER_CONNECTION} leases; release some first"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn serialization(&self, entry: &NetEntry) -> Result<Dict, Failure> {
+        entry.network.serialization().map_err(|e| Failure::new(code::INTERNAL_ERROR, format!("network {}: serialization: {e}", entry.network.name())))
+    }
+
+    /// Makes sure network `name` is live, creating it if needed; returns the
+    /// differences between the live and the requested configuration (only
+    /// non-empty when they were accepted).
+    fn ensure_network(&self, st: &mut State, name: &str, wanted: &Wanted<'_>) -> Result<Vec<String>, Failure> {
+        if st.networks.get(name).is_some_and(|e| !e.network.is_alive()) {
+            st.drop_network(name, "it disappeared");
+        }
+        if let Some(entry) = st.networks.get(name) {
+            let Some((requested, _)) = &wanted.config else { return Ok(Vec::new()) };
+            let diffs = differences(&entry.config, requested);
+            if !diffs.is_empty() && !wanted.accept_existing && !wanted.lima {
+                return Err(Failure::new(
+                    code::CONFIG_MISMATCH,
+                    format!(
+                        "network {name} is live with a different configuration: {}; release it everywhere (or stop the broker) to change it, or ask with accept_existing to use the live one",
+                        diffs.join("; ")
+                    ),
+                ));
+            }
+            return Ok(diffs);
+        }
+        let configured = self.options.networks.get(name);
+        let (config, json, diffs) = match (&wanted.config, configured) {
+            (Some((req, bytes)), _) if wanted.lima => (req.clone(), bytes.to_vec(), Vec::new()),
+            (Some((req, _)), Some(conf)) => {
+                let diffs = differences(conf, req);
+                if !diffs.is_empty() && !wanted.accept_existing {
+                    return Err(Failure::new(
+                        code::CONFIG_MISMATCH,
+                        format!(
+                            "network {name} is configured differently in the broker's configuration: {}; change the broker's configuration, or ask with accept_existing to use it",
+                            diffs.join("; ").replace("(live)", "(broker)")
+                        ),
+                    ));
+                }
+                (conf.clone(), netconfig::to_json(conf), diffs)
+            }
+            (Some((req, bytes)), None) => (req.clone(), bytes.to_vec(), Vec::new()),
+            (None, Some(conf)) => (conf.clone(), netconfig::to_json(conf), Vec::new()),
+            (None, None) => {
+                let known: Vec<&str> = self.options.networks.keys().map(String::as_str).collect();
+                return Err(Failure::new(
+                    code::NOT_FOUND,
+                    format!(
+                        "unknown network {name:?}: the broker knows [{}]; add it to the broker's configuration or send its configuration with the request",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        };
+        let network = self
+            .create_network(name, &config)
+            .map_err(|e| Failure::new(code::CREATE_FAILURE, format!("could not create network {name}: {e}")))?;
+        log::info!("network {name} created ({})", network.state().subnet);
+        st.networks.insert(name.to_owned(), NetEntry { network, config, config_json: json, created: Instant::now(), idle_since: None });
+        st.counters.networks_created += 1;
+        st.refresh_idle();
+        Ok(diffs)
+    }
+
+    /// Starts a port on live network `name`.
+    fn start_port(&self, st: &State, name: &str, fd_type: FdType, mac: Option<[u8; 6]>, vnet_hdr: bool) -> Result<Opened, Failure> {
+        let entry = &st.networks[name];
+        let desc = InterfaceDesc { mac, isolation: entry.config.isolation, offload: entry.config.offload };
+        let create_failure = |what: &str, e: &dyn std::fmt::Display| Failure::new(code::CREATE_FAILURE, format!("network {name}: could not {what}: {e}"));
+        match fd_type {
+            FdType::Relay(kind) => {
+                let interface = entry.network.start_interface(&desc).map_err(|e| create_failure("start an interface", &e))?;
+                let info = interface.info().clone();
+                let (adaptor, fd) = Adaptor::start(interface, kind, &Options::default()).map_err(|e| create_failure("start the relay", &e))?;
+                let mac = mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(random_mac);
+                Ok(Opened { port: Port::Adaptor(adaptor), fd, mac, mtu: info.mtu, offload: info.offload })
+            }
+            FdType::Tap => self.start_tap(entry, &desc, vnet_hdr),
+        }
+    }
+
+    fn start_tap(&self, entry: &NetEntry, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Opened, Failure> {
+        let _ = (desc, vnet_hdr);
+        let why = match self.options.backend {
+            Backend::Hub => "the test hub backend has no TAP devices",
+            Backend::Platform if cfg!(target_os = "linux") => "this build's Linux backend cannot hand out TAP fds yet",
+            Backend::Platform => "TAP fds exist only on Linux",
+        };
+        Err(Failure::invalid(format!("network {}: fd_type \"tap\" is not available: {why}; use datagram, datagram_next or stream", entry.network.name())))
+    }
+
+    fn list(&self) -> Dict {
+        let st = self.lock_state();
+        let mut out = Dict::new();
+        let mut names: Vec<&String> = self.options.networks.keys().collect();
+        names.extend(st.networks.keys().filter(|n| !self.options.networks.contains_key(*n)));
+        for name in names {
+            let live = st.networks.get(name);
+            let config = live.map(|e| &e.config).or_else(|| self.options.networks.get(name));
+            let mut d = Dict::new()
+                .with("live", Value::Bool(live.is_some()))
+                .with("configured", Value::Bool(self.options.networks.contains_key(name)))
+                .with("leases", Value::Int(st.leases_on(name) as i64));
+            if let Some(c) = config {
+                d.insert("mode", Value::String(if c.mode == crate::config::Mode::Shared { "shared" } else { "host" }.into()));
+                d.insert("config", Value::Data(netconfig::to_json(c)));
+            }
+            let subnet = live.map(|e| e.network.state().subnet).or_else(|| config.and_then(|c| c.subnet.clone()));
+            if let Some(s) = subnet {
+                d.insert("subnet", Value::String(s));
+            }
+            out.insert(name.clone(), Value::Dict(d));
+        }
+        out
+    }
+
+    fn status(&self) -> Dict {
+        let networks_list = self.list();
+        let st = self.lock_state();
+        let mut networks = Dict::new();
+        for (name, e) in &st.networks {
+            let s = e.network.state();
+            let mut d = Dict::new()
+                .with("subnet", Value::String(s.subnet))
+                .with("device", Value::String(s.device))
+                .with("alive", Value::Bool(e.network.is_alive()))
+                .with("leases", Value::Int(st.leases_on(name) as i64))
+                .with("age_s", Value::Int(e.created.elapsed().as_secs() as i64))
+                .with("config", Value::Data(netconfig::to_json(&e.config)));
+            if let Some(p) = s.ipv6_prefix {
+                d.insert("ipv6_prefix", Value::String(p));
+            }
+            if let Some(t) = e.idle_since {
+                d.insert("idle_s", Value::Int(t.elapsed().as_secs() as i64));
+            }
+            networks.insert(name.clone(), Value::Dict(d));
+        }
+        let mut leases = Dict::new();
+        let mut adaptors = Dict::new();
+        for (id, l) in &st.leases {
+            let mut d = Dict::new()
+                .with("network", Value::String(l.network.clone()))
+                .with("connection", Value::Int(l.connection as i64))
+                .with("pid", Value::Int(l.pid as i64))
+                .with("uid", Value::Int(l.uid as i64))
+                .with("bound_to_connection", Value::Bool(l.bound_to_connection))
+                .with("age_s", Value::Int(l.created.elapsed().as_secs() as i64))
+                .with("fd_type", Value::String(l.port.as_ref().map(|p| p.fd_type()).unwrap_or("none").into()));
+            if let Some(m) = &l.mac {
+                d.insert("mac", Value::String(m.clone()));
+            }
+            match &l.port {
+                Some(Port::Adaptor(a)) => {
+                    let s = a.stats();
+                    let dir = |x: &crate::adaptor::DirectionStats| {
+                        Dict::new()
+                            .with("packets", Value::Int(x.packets as i64))
+                            .with("bytes", Value::Int(x.bytes as i64))
+                            .with("batches", Value::Int(x.batches as i64))
+                            .with("drops", Value::Int(x.drops as i64))
+                            .with("waits", Value::Int(x.waits as i64))
+                            .with("errors", Value::Int(x.errors as i64))
+                    };
+                    let ad = Dict::new()
+                        .with("lease", Value::Int(*id as i64))
+                        .with("network", Value::String(l.network.clone()))
+                        .with("kind", Value::String(a.kind().as_str().into()))
+                        .with("running", Value::Bool(a.is_running()))
+                        .with("host_to_vm", Value::Dict(dir(&s.host_to_vm)))
+                        .with("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
+                    adaptors.insert(id.to_string(), Value::Dict(ad));
+                }
+                Some(Port::Tap { name }) => {
+                    d.insert("tap", Value::String(name.clone()));
+                }
+                None => {}
+            }
+            leases.insert(id.to_string(), Value::Dict(d));
+        }
+        let c = st.counters;
+        let counters = Dict::new()
+            .with("requests", Value::Int(c.requests as i64))
+            .with("errors", Value::Int(c.errors as i64))
+            .with("refused", Value::Int(c.refused as i64))
+            .with("malformed", Value::Int(c.malformed as i64))
+            .with("networks_created", Value::Int(c.networks_created as i64))
+            .with("networks_released", Value::Int(c.networks_released as i64))
+            .with("leases_granted", Value::Int(c.leases_granted as i64))
+            .with("leases_released", Value::Int(c.leases_released as i64));
+        Dict::new()
+            .with("ok", Value::Bool(true))
+            .with("version", Value::String(crate::VERSION.into()))
+            .with("pid", Value::Int(std::process::id() as i64))
+            .with("uptime_s", Value::Int(self.started.elapsed().as_secs() as i64))
+            .with("endpoint", Value::String(self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+            .with("idle_timeout_s", Value::Int(self.options.settings.idle_timeout as i64))
+            .with("backend", Value::String(if self.options.backend == Backend::Hub { "hub" } else { "platform" }.into()))
+            .with("known", Value::Dict(networks_list))
+            .with("networks", Value::Dict(networks))
+            .with("leases", Value::Dict(leases))
+            .with("adaptors", Value::Dict(adaptors))
+            .with("counters", Value::Dict(counters))
+    }
+}
+
+/// The MAC in a Lima `InterfaceDesc` (vmnet's `vmnet_mac_address_key`,
+/// spelled as its string value `vmnet_mac_address`, or `mac`), if any.
+fn lima_desc_mac(desc: &Dict) -> Option<[u8; 6]> {
+    ["vmnet_mac_address", "mac_address", "mac"].iter().find_map(|k| desc.get_str(k)).and_then(|m| parse_mac(m).ok())
+}

@@ -1,0 +1,262 @@
+//! What the broker holds: the network cache, the leases, the ports (relays
+//! and TAPs) behind them, and the counters.
+//!
+//! One [`State`] lives behind the broker's single lock; every request that
+//! touches networks and the monitor's [`State::tick`] run under it, so
+//! network creation and teardown are serialised. Relays run on their own
+//! threads (inside [`Adaptor`]).
+//!
+//! Invariants: a lease names a network in `networks`; a network with no
+//! lease has `idle_since` set; dropping a lease drops its port (stops the
+//! relay) before any network it used can be dropped.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::adaptor::{Adaptor, Kind};
+use crate::config::NetworkConfig;
+use crate::vmnet::Network;
+
+/// What stands behind a lease that handed out an fd.
+pub enum Port {
+    /// A relay between an interface and the VM's socket.
+    Adaptor(Adaptor),
+    /// A TAP device whose fd went to the client (Linux); the broker keeps no
+    /// fd and watches for the link to disappear.
+    Tap { name: String },
+}
+
+impl Port {
+    pub fn fd_type(&self) -> &'static str {
+        match self {
+            Port::Adaptor(a) => a.kind().as_str(),
+            Port::Tap { .. } => "tap",
+        }
+    }
+
+    /// False once the VM side is gone (relay ended, TAP link deleted).
+    pub fn is_running(&self) -> bool {
+        match self {
+            Port::Adaptor(a) => a.is_running(),
+            Port::Tap { name } => link_exists(name),
+        }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        match self {
+            Port::Adaptor(a) => a.stop(),
+            Port::Tap { name } => delete_link(name),
+        }
+    }
+}
+
+/// Whether a link of that name exists in the broker's network namespace.
+pub fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes a link the broker made (a TAP whose lease ended while a client
+/// still held its fd). Best effort: a link already gone is fine.
+fn delete_link(name: &str) {
+    if !link_exists(name) {
+        return;
+    }
+    let status = std::process::Command::new("ip")
+        .args(["link", "delete", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) && link_exists(name) {
+        log::warn!("could not delete TAP {name} after its lease ended; delete it with `ip link delete {name}`");
+    }
+}
+
+pub struct Lease {
+    pub id: u64,
+    pub network: String,
+    pub connection: u64,
+    pub pid: i32,
+    pub uid: u32,
+    /// Released when the connection closes (our `open`/`acquire`, Lima's
+    /// serialization requests). Lima fd leases are not: Lima closes its
+    /// session right after the reply, so they last while the VM's socket
+    /// does.
+    pub bound_to_connection: bool,
+    pub port: Option<Port>,
+    pub mac: Option<String>,
+    pub created: Instant,
+}
+
+pub struct NetEntry {
+    pub network: Box<dyn Network>,
+    pub config: NetworkConfig,
+    /// The JSON the creator sent (Lima replies with the creator's bytes).
+    pub config_json: Vec<u8>,
+    pub created: Instant,
+    pub idle_since: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub requests: u64,
+    pub errors: u64,
+    pub refused: u64,
+    pub malformed: u64,
+    pub networks_created: u64,
+    pub networks_released: u64,
+    pub ports_started: u64,
+    pub leases_granted: u64,
+    pub leases_released: u64,
+}
+
+pub struct State {
+    pub networks: BTreeMap<String, NetEntry>,
+    pub leases: BTreeMap<u64, Lease>,
+    pub next_lease: u64,
+    pub counters: Counters,
+    pub last_activity: Instant,
+}
+
+impl State {
+    pub fn new() -> State {
+        State { networks: BTreeMap::new(), leases: BTreeMap::new(), next_lease: 1, counters: Counters::default(), last_activity: Instant::now() }
+    }
+
+    pub fn leases_on(&self, network: &str) -> usize {
+        self.leases.values().filter(|l| l.network == network).count()
+    }
+
+    pub fn leases_of(&self, connection: u64) -> usize {
+        self.leases.values().filter(|l| l.connection == connection && l.bound_to_connection).count()
+    }
+
+    /// Adds a lease and returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grant(&mut self, network: &str, peer: &crate::xpc::Peer, bound_to_connection: bool, port: Option<Port>, mac: Option<String>) -> u64 {
+        let id = self.next_lease;
+        self.next_lease += 1;
+        self.leases.insert(
+            id,
+            Lease {
+                id,
+                network: network.to_owned(),
+                connection: peer.connection,
+                pid: peer.pid,
+                uid: peer.uid,
+                bound_to_connection,
+                port,
+                mac,
+                created: Instant::now(),
+            },
+        );
+        self.counters.leases_granted += 1;
+        self.refresh_idle();
+        id
+    }
+
+    /// Drops the leases `which` selects (stopping their ports); returns how many.
+    pub fn release_where(&mut self, which: impl Fn(&Lease) -> bool) -> usize {
+        let ids: Vec<u64> = self.leases.values().filter(|l| which(l)).map(|l| l.id).collect();
+        for id in &ids {
+            if let Some(lease) = self.leases.remove(id) {
+                log::info!(
+                    "lease {} on {} ({}) released",
+                    lease.id,
+                    lease.network,
+                    lease.port.as_ref().map(|p| p.fd_type()).unwrap_or("network")
+                );
+                drop(lease);
+            }
+        }
+        self.counters.leases_released += ids.len() as u64;
+        self.refresh_idle();
+        ids.len()
+    }
+
+    /// Tears a network down now, with every lease on it.
+    pub fn drop_network(&mut self, name: &str, why: &str) {
+        self.release_where(|l| l.network == name);
+        if let Some(entry) = self.networks.remove(name) {
+            log::info!("network {name} torn down: {why}");
+            drop(entry);
+            self.counters.networks_released += 1;
+        }
+    }
+
+    /// Sets or clears each network's idle mark from its lease count.
+    pub fn refresh_idle(&mut self) {
+        let now = Instant::now();
+        let names: Vec<String> = self.networks.keys().cloned().collect();
+        for name in names {
+            let leased = self.leases_on(&name) > 0;
+            if let Some(entry) = self.networks.get_mut(&name) {
+                match (leased, entry.idle_since) {
+                    (true, _) => entry.idle_since = None,
+                    (false, None) => entry.idle_since = Some(now),
+                    (false, Some(_)) => {}
+                }
+            }
+        }
+    }
+
+    /// The monitor's periodic pass: releases leases whose VM side is gone,
+    /// networks that disappeared, and networks idle for `idle_timeout`
+    /// (`None`: never).
+    pub fn tick(&mut self, idle_timeout: Option<Duration>) {
+        let dead = self.release_where(|l| l.port.as_ref().is_some_and(|p| !p.is_running()));
+        if dead > 0 {
+            log::info!("{dead} lease(s) released: their VM socket or TAP closed");
+        }
+        let vanished: Vec<String> = self.networks.iter().filter(|(_, e)| !e.network.is_alive()).map(|(n, _)| n.clone()).collect();
+        for name in vanished {
+            log::warn!("network {name} disappeared under the broker; releasing it and its leases");
+            self.drop_network(&name, "it disappeared");
+        }
+        if let Some(timeout) = idle_timeout {
+            let idle: Vec<String> = self
+                .networks
+                .iter()
+                .filter(|(_, e)| e.idle_since.is_some_and(|t| t.elapsed() >= timeout))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in idle {
+                self.drop_network(&name, &format!("no lease for {}s", timeout.as_secs_f64()));
+            }
+        }
+    }
+
+    /// Releases everything (broker stop).
+    pub fn clear(&mut self) {
+        self.release_where(|_| true);
+        let names: Vec<String> = self.networks.keys().cloned().collect();
+        for name in names {
+            self.drop_network(&name, "the broker is stopping");
+        }
+    }
+}
+
+/// An adaptor kind or TAP, as named in requests (`FdType`, `fd_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdType {
+    Relay(Kind),
+    Tap,
+}
+
+impl FdType {
+    pub fn parse(name: &str) -> Option<FdType> {
+        if name == "tap" {
+            return Some(FdType::Tap);
+        }
+        Kind::parse(name).map(FdType::Relay)
+    }
+
+    pub fn names() -> String {
+        let mut v: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        if cfg!(target_os = "linux") {
+            v.push("tap");
+        }
+        v.join(", ")
+    }
+}

@@ -1,0 +1,290 @@
+//! Address types used by the configuration: IPv4 subnets, IPv6 prefixes and
+//! MAC addresses, parsed from and printed to the strings stored in
+//! `NetworkConfig`.
+//!
+//! Pure functions, no I/O; any thread. Parsers return `Err(reason)` where the
+//! reason is a short phrase the validator places after the offending value.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// An IPv4 subnet held as its gateway (first host) address and prefix length,
+/// the form vmnet's `vmnet_network_configuration_set_ipv4_subnet` wants.
+///
+/// Invariant: `prefix` is in `1..=30` and `gateway` is the network address + 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Subnet {
+    gateway: Ipv4Addr,
+    prefix: u8,
+}
+
+/// How a subnet string failed to parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubnetError {
+    /// Not `a.b.c.d/n` at all.
+    Syntax,
+    /// The prefix length is outside the allowed range.
+    Prefix(u8),
+    /// A host address other than the network address or the first host.
+    HostAddress { network: Ipv4Addr, prefix: u8 },
+}
+
+impl Ipv4Subnet {
+    /// Parses `a.b.c.d/n`. The network address (`.0/24`) is normalised to the
+    /// first host (`.1/24`); the first host is kept; any other host address
+    /// is refused, because vmnet always puts the gateway on the first host and
+    /// a user writing `.5/24` would get something other than they asked for.
+    pub fn parse(text: &str, min_prefix: u8, max_prefix: u8) -> Result<Self, SubnetError> {
+        let (addr, prefix) = text.split_once('/').ok_or(SubnetError::Syntax)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| SubnetError::Syntax)?;
+        if prefix.is_empty() || prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(SubnetError::Syntax);
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| SubnetError::Syntax)?;
+        if prefix > 32 {
+            return Err(SubnetError::Syntax);
+        }
+        if prefix < min_prefix || prefix > max_prefix || prefix > 30 || prefix == 0 {
+            return Err(SubnetError::Prefix(prefix));
+        }
+        let mask = mask_bits(prefix);
+        let network = u32::from(addr) & mask;
+        let first = network + 1;
+        let bits = u32::from(addr);
+        if bits != network && bits != first {
+            return Err(SubnetError::HostAddress { network: Ipv4Addr::from(network), prefix });
+        }
+        Ok(Ipv4Subnet { gateway: Ipv4Addr::from(first), prefix })
+    }
+
+    /// The gateway: the first host address, where the host sits.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix))
+    }
+
+    /// The network address (all host bits zero).
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway) - 1)
+    }
+
+    /// The broadcast address (all host bits one).
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !mask_bits(self.prefix))
+    }
+
+    /// The addresses a DHCP server may hand out: from the gateway + 1 to the
+    /// broadcast - 1, both inclusive.
+    pub fn dhcp_range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (
+            Ipv4Addr::from(u32::from(self.gateway) + 1),
+            Ipv4Addr::from(u32::from(self.broadcast()) - 1),
+        )
+    }
+
+    /// Whether `addr` lies inside the subnet (network and broadcast included).
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & mask_bits(self.prefix) == u32::from(self.network())
+    }
+
+    /// Whether the two subnets share any address.
+    pub fn overlaps(&self, other: &Ipv4Subnet) -> bool {
+        let shorter = self.prefix.min(other.prefix);
+        let mask = mask_bits(shorter);
+        u32::from(self.network()) & mask == u32::from(other.network()) & mask
+    }
+}
+
+impl fmt::Display for Ipv4Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.gateway, self.prefix)
+    }
+}
+
+fn mask_bits(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
+}
+
+/// Whether `addr` is in an RFC 1918 private range.
+pub fn is_private_v4(addr: Ipv4Addr) -> bool {
+    addr.is_private()
+}
+
+/// An IPv6 prefix, e.g. `fd00:1:2:3::/64`.
+///
+/// Invariant: no bits set after `len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Prefix {
+    addr: Ipv6Addr,
+    len: u8,
+}
+
+/// How an IPv6 prefix string failed to parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrefixError {
+    Syntax,
+    /// Bits set after the prefix length; carries the masked prefix.
+    HostBits(Ipv6Prefix),
+}
+
+impl Ipv6Prefix {
+    pub fn parse(text: &str) -> Result<Self, PrefixError> {
+        let (addr, len) = text.split_once('/').ok_or(PrefixError::Syntax)?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| PrefixError::Syntax)?;
+        if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(PrefixError::Syntax);
+        }
+        let len: u8 = len.parse().map_err(|_| PrefixError::Syntax)?;
+        if len > 128 {
+            return Err(PrefixError::Syntax);
+        }
+        let masked = Ipv6Prefix { addr: Ipv6Addr::from(u128::from(addr) & mask128(len)), len };
+        if masked.addr != addr {
+            return Err(PrefixError::HostBits(masked));
+        }
+        Ok(masked)
+    }
+
+    pub fn addr(&self) -> Ipv6Addr {
+        self.addr
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether the prefix is inside fc00::/7 (unique local addresses).
+    pub fn is_unique_local(&self) -> bool {
+        self.addr.segments()[0] & 0xfe00 == 0xfc00
+    }
+
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) & mask128(self.len) == u128::from(self.addr)
+    }
+
+    pub fn overlaps(&self, other: &Ipv6Prefix) -> bool {
+        let mask = mask128(self.len.min(other.len));
+        u128::from(self.addr) & mask == u128::from(other.addr) & mask
+    }
+}
+
+impl fmt::Display for Ipv6Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn mask128(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len))
+    }
+}
+
+/// Parses a MAC address written as six hex pairs separated by `:` or `-`
+/// (one separator kind throughout).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let sep = if text.contains('-') { '-' } else { ':' };
+    let mut out = [0u8; 6];
+    let mut parts = text.split(sep);
+    for byte in out.iter_mut() {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+/// Prints a MAC address the way it is stored: lower case, colon separated.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_address_becomes_first_host() {
+        let s = Ipv4Subnet::parse("192.168.107.0/24", 8, 29).unwrap();
+        assert_eq!(s.to_string(), "192.168.107.1/24");
+        assert_eq!(s.network(), Ipv4Addr::new(192, 168, 107, 0));
+        assert_eq!(s.broadcast(), Ipv4Addr::new(192, 168, 107, 255));
+        assert_eq!(s.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(
+            s.dhcp_range(),
+            (Ipv4Addr::new(192, 168, 107, 2), Ipv4Addr::new(192, 168, 107, 254))
+        );
+    }
+
+    #[test]
+    fn first_host_is_kept_other_hosts_refused() {
+        assert_eq!(Ipv4Subnet::parse("10.1.0.1/16", 8, 29).unwrap().to_string(), "10.1.0.1/16");
+        assert_eq!(
+            Ipv4Subnet::parse("192.168.107.5/24", 8, 29),
+            Err(SubnetError::HostAddress { network: Ipv4Addr::new(192, 168, 107, 0), prefix: 24 })
+        );
+    }
+
+    #[test]
+    fn bad_subnets() {
+        for bad in ["", "192.168.1.0", "192.168.1/24", "192.168.1.0/", "192.168.1.0/33", "x/24", "192.168.1.0/+4", "1.2.3.4/024"] {
+            assert_eq!(Ipv4Subnet::parse(bad, 8, 29), Err(SubnetError::Syntax), "{bad}");
+        }
+        assert_eq!(Ipv4Subnet::parse("192.168.1.0/30", 8, 29), Err(SubnetError::Prefix(30)));
+        assert_eq!(Ipv4Subnet::parse("10.0.0.0/7", 8, 29), Err(SubnetError::Prefix(7)));
+    }
+
+    #[test]
+    fn overlap_and_contains() {
+        let a = Ipv4Subnet::parse("192.168.0.0/16", 8, 29).unwrap();
+        let b = Ipv4Subnet::parse("192.168.107.0/24", 8, 29).unwrap();
+        let c = Ipv4Subnet::parse("192.168.108.0/24", 8, 29).unwrap();
+        assert!(a.overlaps(&b) && b.overlaps(&a));
+        assert!(!b.overlaps(&c));
+        assert!(b.contains(Ipv4Addr::new(192, 168, 107, 200)));
+        assert!(!b.contains(Ipv4Addr::new(192, 168, 108, 1)));
+    }
+
+    #[test]
+    fn ipv6_prefixes() {
+        let p = Ipv6Prefix::parse("fd00:0001:0002:0003::/64").unwrap();
+        assert_eq!(p.to_string(), "fd00:1:2:3::/64");
+        assert!(p.is_unique_local());
+        assert!(p.contains("fd00:1:2:3::42".parse().unwrap()));
+        assert!(!Ipv6Prefix::parse("2001:db8::/64").unwrap().is_unique_local());
+        assert!(matches!(Ipv6Prefix::parse("fd00::1/64"), Err(PrefixError::HostBits(m)) if m.to_string() == "fd00::/64"));
+        assert_eq!(Ipv6Prefix::parse("fd00::/129"), Err(PrefixError::Syntax));
+        assert_eq!(Ipv6Prefix::parse("fd00::"), Err(PrefixError::Syntax));
+        let a = Ipv6Prefix::parse("fd00::/8").unwrap();
+        assert!(!Ipv6Prefix::parse("fd00:1:2:4::/64").unwrap().overlaps(&p));
+        assert!(a.overlaps(&p));
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("52:54:00:AB:cd:01"), Some([0x52, 0x54, 0, 0xab, 0xcd, 1]));
+        assert_eq!(parse_mac("52-54-00-ab-cd-01"), Some([0x52, 0x54, 0, 0xab, 0xcd, 1]));
+        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "52:54:00:ab:cd:1", "52:54-00:ab:cd:01", "zz:54:00:ab:cd:01"] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        assert_eq!(format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 1]), "52:54:00:ab:cd:01");
+    }
+}

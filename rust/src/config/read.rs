@@ -1,0 +1,862 @@
+//! Reading configuration JSON into the typed model, and the checks that need
+//! the values themselves (ranges, addresses, cross-references).
+//!
+//! Every function here appends problems to a [`Scope`] instead of stopping at
+//! the first, so one run reports every mistake in a file. A problem reads
+//! `<source>: network "<name>": key "<key>": <value> is <what>; use <allowed>`;
+//! the Python loader (`vmnet_rs/config.py`) prints its own checks in the same
+//! shape and finds YAML line numbers by parsing that shape, so keep the two in
+//! step. Pure functions; any thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde_json::{Map, Value};
+
+use super::addr::{self, Ipv4Subnet, Ipv6Prefix, PrefixError, SubnetError};
+use super::{
+    AddressFamily, BrokerSettings, DhcpReservation, Mode, NetworkConfig, PortForward, Protocol,
+    BROKER_KEYS, DEFAULT_MTU, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
+    MTU_MIN, NETWORK_KEYS, PORT_FORWARD_KEYS, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN, TOP_KEYS,
+};
+
+/// Where problems are being found: a prefix such as `networks.yaml: network
+/// "shared": ` and the list they go to.
+pub(super) struct Scope<'p> {
+    prefix: String,
+    problems: &'p mut Vec<String>,
+}
+
+impl<'p> Scope<'p> {
+    pub(super) fn top(source: &str, problems: &'p mut Vec<String>) -> Self {
+        Scope { prefix: format!("{source}: "), problems }
+    }
+
+    pub(super) fn network(source: &str, name: &str, problems: &'p mut Vec<String>) -> Self {
+        Scope { prefix: format!("{source}: network {}: ", quote(name)), problems }
+    }
+
+    pub(super) fn broker(source: &str, problems: &'p mut Vec<String>) -> Self {
+        Scope { prefix: format!("{source}: broker: "), problems }
+    }
+
+    /// A problem with one key (`key` may be a path like `portForwarding[0].externalPort`).
+    pub(super) fn key(&mut self, key: &str, message: impl Display) {
+        self.problems.push(format!("{}key {}: {message}", self.prefix, quote(key)));
+    }
+
+    /// A problem with the scope as a whole.
+    pub(super) fn whole(&mut self, message: impl Display) {
+        self.problems.push(format!("{}{message}", self.prefix));
+    }
+
+    fn count(&self) -> usize {
+        self.problems.len()
+    }
+}
+
+/// A string in double quotes, escaped as JSON (the Python side uses `json.dumps`).
+pub(super) fn quote(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| format!("\"{text}\""))
+}
+
+/// A value as it appears in messages: compact JSON, cut at 60 characters.
+pub(super) fn show(value: &Value) -> String {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    if text.chars().count() > 60 {
+        let cut: String = text.chars().take(57).collect();
+        format!("{cut}...")
+    } else {
+        text
+    }
+}
+
+/// `a string`, `a decimal number`, ...
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a decimal number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// `"big" is a string`, `1.5 is a decimal number`, ...
+fn is_kind(value: &Value) -> String {
+    format!("{} is {}", show(value), kind(value))
+}
+
+/// The closest known key to an unknown one, if any is close. Keys are
+/// compared with case, `_` and `-` ignored; a key is close within an edit
+/// distance of a third of its length, or when it starts with the unknown
+/// key (three characters or more). The nearest wins, the first on a tie.
+/// `vmnet_rs/config.py` implements the same rule; keep them in step.
+pub(super) fn did_you_mean<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
+    let norm = |s: &str| -> Vec<char> {
+        s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
+    };
+    let u = norm(unknown);
+    let mut best: Option<(usize, &'k str)> = None;
+    for k in known {
+        let kn = norm(k);
+        let d = edit_distance(&u, &kn);
+        let score = if d <= (kn.len() / 3).max(1) {
+            d
+        } else if u.len() >= 3 && kn.starts_with(&u) {
+            1000 + kn.len() - u.len()
+        } else {
+            continue;
+        };
+        if best.map_or(true, |(b, _)| score < b) {
+            best = Some((score, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `unknown key (did you mean "mtu"?); allowed keys: mode, dhcp, ...`
+pub(super) fn unknown_key_message(key: &str, known: &[&str]) -> String {
+    let hint = match did_you_mean(key, known) {
+        Some(k) => format!(" (did you mean {}?)", quote(k)),
+        None => String::new(),
+    };
+    format!("unknown key{hint}; allowed keys: {}", known.join(", "))
+}
+
+/// Reports every key of `map` not in `known`; `path` prefixes nested keys.
+fn check_keys(scope: &mut Scope<'_>, map: &Map<String, Value>, known: &[&str], path: &str) {
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) {
+            scope.key(&format!("{path}{key}"), unknown_key_message(key, known));
+        }
+    }
+}
+
+/// A key's value; `null` counts as absent (so `subnet:` with no value in YAML
+/// means "not set", like leaving the key out).
+fn get<'v>(map: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+    map.get(key).filter(|v| !v.is_null())
+}
+
+fn read_bool(scope: &mut Scope<'_>, map: &Map<String, Value>, path: &str, key: &str, default: bool) -> bool {
+    match get(map, key) {
+        None => default,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            scope.key(&format!("{path}{key}"), format!("{}; use true or false", is_kind(v)));
+            default
+        }
+    }
+}
+
+fn read_string(scope: &mut Scope<'_>, map: &Map<String, Value>, path: &str, key: &str, allowed: &str) -> Option<String> {
+    match get(map, key) {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => {
+            scope.key(&format!("{path}{key}"), format!("{}; use {allowed}", is_kind(v)));
+            None
+        }
+    }
+}
+
+/// An integer in `0..=max`; other values are reported with `allowed`.
+fn read_uint(
+    scope: &mut Scope<'_>,
+    map: &Map<String, Value>,
+    path: &str,
+    key: &str,
+    max: u64,
+    allowed: &str,
+) -> Option<u64> {
+    let v = get(map, key)?;
+    match v {
+        Value::Number(n) if n.is_u64() && n.as_u64().is_some_and(|x| x <= max) => n.as_u64(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            scope.key(&format!("{path}{key}"), format!("{} is out of range; use {allowed}", show(v)));
+            None
+        }
+        _ => {
+            scope.key(&format!("{path}{key}"), format!("{}; use an integer in {allowed}", is_kind(v)));
+            None
+        }
+    }
+}
+
+fn read_list<'v>(scope: &mut Scope<'_>, map: &'v Map<String, Value>, key: &str, allowed: &str) -> &'v [Value] {
+    match get(map, key) {
+        None => &[],
+        Some(Value::Array(items)) => items,
+        Some(v) => {
+            scope.key(key, format!("{}; use a list of {allowed}", is_kind(v)));
+            &[]
+        }
+    }
+}
+
+const MTU_ALLOWED: &str = "1280..9000";
+const PORT_ALLOWED: &str = "1..65535";
+
+/// Reads one network entry, filling Lima's defaults for absent keys, then
+/// checks and normalises it. `None` if anything was wrong (all reported).
+pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<NetworkConfig> {
+    let before = scope.count();
+    let Value::Object(map) = value else {
+        scope.whole(format!("{}; use a mapping of settings such as mode and subnet", is_kind(value)));
+        return None;
+    };
+    check_keys(scope, map, NETWORK_KEYS, "");
+    let n = scope.count();
+    let mode = match get(map, "mode") {
+        None => Mode::Shared,
+        Some(Value::String(s)) if s == "shared" => Mode::Shared,
+        Some(Value::String(s)) if s == "host" => Mode::Host,
+        Some(v @ Value::String(_)) => {
+            scope.key("mode", format!("{} is not a mode vmnet-rs offers; use \"shared\" or \"host\"", show(v)));
+            Mode::Shared
+        }
+        Some(v) => {
+            scope.key("mode", format!("{}; use \"shared\" or \"host\"", is_kind(v)));
+            Mode::Shared
+        }
+    };
+    // Read in documented order, so problems come in the order of the docs.
+    let mut unreadable = Unreadable { mode: scope.count() > n, ..Unreadable::default() };
+    let n = scope.count();
+    let dhcp = read_bool(scope, map, "", "dhcp", true);
+    unreadable.dhcp = scope.count() > n;
+    let dns_proxy = read_bool(scope, map, "", "dnsProxy", true);
+    let mtu = read_uint(scope, map, "", "mtu", u64::from(u32::MAX), MTU_ALLOWED).map_or(DEFAULT_MTU, |m| m as u32);
+    let nat44 = read_bool(scope, map, "", "nat44", true);
+    let nat66 = read_bool(scope, map, "", "nat66", true);
+    let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", true);
+    let n = scope.count();
+    let subnet = read_string(scope, map, "", "subnet", "a network address and prefix length like \"192.168.107.0/24\"");
+    unreadable.subnet = scope.count() > n;
+    let n = scope.count();
+    let ipv6_prefix = read_string(scope, map, "", "ipv6Prefix", "a unique local /64 like \"fd00:1:2:3::/64\"");
+    unreadable.ipv6_prefix = scope.count() > n;
+    let external_interface = read_string(scope, map, "", "externalInterface", "a host interface name like \"en0\"");
+    let mut cfg = NetworkConfig {
+        mode,
+        dhcp,
+        dns_proxy,
+        mtu,
+        nat44,
+        nat66,
+        router_advertisement,
+        subnet,
+        ipv6_prefix,
+        port_forwarding: Vec::new(),
+        dhcp_reservations: Vec::new(),
+        external_interface,
+        isolation: read_bool(scope, map, "", "isolation", false),
+        offload: read_bool(scope, map, "", "offload", false),
+    };
+    let items = read_list(scope, map, "portForwarding", "mappings with protocol, externalPort, internalAddress and internalPort");
+    for (i, item) in items.iter().enumerate() {
+        if let Some(pf) = read_port_forward(scope, i, item) {
+            cfg.port_forwarding.push(pf);
+        }
+    }
+    let items = read_list(scope, map, "dhcpReservations", "mappings with mac and address");
+    for (i, item) in items.iter().enumerate() {
+        if let Some(r) = read_reservation(scope, i, item) {
+            cfg.dhcp_reservations.push(r);
+        }
+    }
+    check_network(scope, &mut cfg, unreadable);
+    (scope.count() == before).then_some(cfg)
+}
+
+/// Keys whose values could not be read, so checks that depend on them
+/// (and would only repeat the problem in other words) are skipped.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Unreadable {
+    pub mode: bool,
+    pub dhcp: bool,
+    pub subnet: bool,
+    pub ipv6_prefix: bool,
+}
+
+fn read_port_forward(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<PortForward> {
+    let path = format!("portForwarding[{i}].");
+    let Value::Object(map) = item else {
+        scope.key(&format!("portForwarding[{i}]"), format!("{}; use a mapping with protocol, externalPort, internalAddress and internalPort", is_kind(item)));
+        return None;
+    };
+    let before = scope.count();
+    check_keys(scope, map, PORT_FORWARD_KEYS, &path);
+    let protocol = match get(map, "protocol") {
+        Some(Value::String(s)) if s == "tcp" => Some(Protocol::Tcp),
+        Some(Value::String(s)) if s == "udp" => Some(Protocol::Udp),
+        Some(v @ Value::String(_)) => {
+            scope.key(&format!("{path}protocol"), format!("{} is not a protocol; use \"tcp\" or \"udp\"", show(v)));
+            None
+        }
+        Some(v) => {
+            scope.key(&format!("{path}protocol"), format!("{}; use \"tcp\" or \"udp\"", is_kind(v)));
+            None
+        }
+        None => {
+            scope.key(&format!("{path}protocol"), "missing; use \"tcp\" or \"udp\"");
+            None
+        }
+    };
+    let external = read_uint(scope, map, &path, "externalPort", 65535, PORT_ALLOWED);
+    if get(map, "externalPort").is_none() {
+        scope.key(&format!("{path}externalPort"), format!("missing; use the host port to forward, {PORT_ALLOWED}"));
+    }
+    let internal_address = read_string(scope, map, &path, "internalAddress", "the VM's address, like \"192.168.107.10\"");
+    if get(map, "internalAddress").is_none() {
+        scope.key(&format!("{path}internalAddress"), "missing; use the VM's address, like \"192.168.107.10\"");
+    }
+    let internal = read_uint(scope, map, &path, "internalPort", 65535, PORT_ALLOWED).or(external);
+    let family = match get(map, "addressFamily") {
+        None => None,
+        Some(Value::String(s)) if s == "ipv4" => Some(AddressFamily::Ipv4),
+        Some(Value::String(s)) if s == "ipv6" => Some(AddressFamily::Ipv6),
+        Some(v @ Value::String(_)) => {
+            scope.key(&format!("{path}addressFamily"), format!("{} is not an address family; use \"ipv4\" or \"ipv6\"", show(v)));
+            None
+        }
+        Some(v) => {
+            scope.key(&format!("{path}addressFamily"), format!("{}; use \"ipv4\" or \"ipv6\"", is_kind(v)));
+            None
+        }
+    };
+    if scope.count() > before {
+        return None;
+    }
+    let internal_address = internal_address?;
+    let address_family = family.unwrap_or(if internal_address.contains(':') {
+        AddressFamily::Ipv6
+    } else {
+        AddressFamily::Ipv4
+    });
+    Some(PortForward {
+        protocol: protocol?,
+        external_port: external? as u16,
+        internal_address,
+        internal_port: internal? as u16,
+        address_family,
+    })
+}
+
+fn read_reservation(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<DhcpReservation> {
+    let path = format!("dhcpReservations[{i}].");
+    let Value::Object(map) = item else {
+        scope.key(&format!("dhcpReservations[{i}]"), format!("{}; use a mapping with mac and address", is_kind(item)));
+        return None;
+    };
+    let before = scope.count();
+    check_keys(scope, map, DHCP_RESERVATION_KEYS, &path);
+    let mac = read_string(scope, map, &path, "mac", "a MAC address like \"52:54:00:12:34:56\"");
+    if get(map, "mac").is_none() {
+        scope.key(&format!("{path}mac"), "missing; use a MAC address like \"52:54:00:12:34:56\"");
+    }
+    let address = read_string(scope, map, &path, "address", "an IPv4 address inside the subnet");
+    if get(map, "address").is_none() {
+        scope.key(&format!("{path}address"), "missing; use an IPv4 address inside the subnet");
+    }
+    if scope.count() > before {
+        return None;
+    }
+    Some(DhcpReservation { mac: mac?, address: address? })
+}
+
+/// Checks the values of a typed network and normalises them in place: the
+/// subnet to its first host, the IPv6 prefix, MACs and addresses to their
+/// canonical spelling, an MTU of 0 (Lima's "unset") to the default.
+pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unreadable: Unreadable) {
+    if cfg.mtu == 0 {
+        cfg.mtu = DEFAULT_MTU;
+    }
+    if !(MTU_MIN..=MTU_MAX).contains(&cfg.mtu) {
+        scope.key("mtu", format!("{} is out of range; use {MTU_ALLOWED}", cfg.mtu));
+    }
+
+    let subnet = cfg.subnet.as_deref().and_then(|text| match Ipv4Subnet::parse(text, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX) {
+        Ok(s) if !addr::is_private_v4(s.network()) => {
+            scope.key("subnet", format!(
+                "{} is not a private (RFC 1918) range; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+                quote(text)
+            ));
+            None
+        }
+        Ok(s) if !addr::is_private_v4(s.broadcast()) => {
+            scope.key("subnet", format!(
+                "{} reaches outside the private (RFC 1918) ranges; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
+                quote(text)
+            ));
+            None
+        }
+        Ok(s) => Some(s),
+        Err(SubnetError::Syntax) => {
+            scope.key("subnet", format!(
+                "{} is not an IPv4 subnet; use a network address and prefix length like \"192.168.107.0/24\"",
+                quote(text)
+            ));
+            None
+        }
+        Err(SubnetError::Prefix(p)) if p > SUBNET_PREFIX_MAX => {
+            scope.key("subnet", format!(
+                "{} is too small: a /{p} leaves no room for the gateway, DHCP and VMs; use a prefix length of {SUBNET_PREFIX_MIN}..{SUBNET_PREFIX_MAX} (/24 is usual)",
+                quote(text)
+            ));
+            None
+        }
+        Err(SubnetError::Prefix(p)) => {
+            scope.key("subnet", format!(
+                "{} is too large: /{p}; use a prefix length of {SUBNET_PREFIX_MIN}..{SUBNET_PREFIX_MAX} (/24 is usual)",
+                quote(text)
+            ));
+            None
+        }
+        Err(SubnetError::HostAddress { network, prefix }) => {
+            scope.key("subnet", format!(
+                "{} is neither the network address nor its first host; use \"{network}/{prefix}\" (the gateway is then the first host)",
+                quote(text)
+            ));
+            None
+        }
+    });
+    if let Some(s) = subnet {
+        cfg.subnet = Some(s.to_string());
+    }
+
+    let prefix = cfg.ipv6_prefix.as_deref().and_then(|text| match Ipv6Prefix::parse(text) {
+        Ok(p) if p.prefix_len() != IPV6_PREFIX_LEN || !p.is_unique_local() => {
+            scope.key("ipv6Prefix", format!(
+                "{} is not a unique local /64; use a /64 inside fc00::/7, like \"fd00:1:2:3::/64\"",
+                quote(text)
+            ));
+            None
+        }
+        Ok(p) => Some(p),
+        Err(PrefixError::Syntax) => {
+            scope.key("ipv6Prefix", format!(
+                "{} is not an IPv6 prefix; use a unique local /64 like \"fd00:1:2:3::/64\"",
+                quote(text)
+            ));
+            None
+        }
+        Err(PrefixError::HostBits(masked)) => {
+            scope.key("ipv6Prefix", format!("{} has bits set after the prefix length; use \"{masked}\"", quote(text)));
+            None
+        }
+    });
+    if let Some(p) = prefix {
+        cfg.ipv6_prefix = Some(p.to_string());
+    }
+
+    if let Some(name) = &cfg.external_interface {
+        if cfg.mode != Mode::Shared && !unreadable.mode {
+            scope.key("externalInterface", format!(
+                "{} is set but mode is \"{}\"; externalInterface needs mode \"shared\" (remove it or change the mode)",
+                quote(name), cfg.mode
+            ));
+        } else if !valid_interface_name(name) {
+            scope.key("externalInterface", format!(
+                "{} is not an interface name; use 1 to 15 letters, digits, \"-\", \"_\" or \".\", like \"en0\"",
+                quote(name)
+            ));
+        }
+    }
+
+    if !cfg.port_forwarding.is_empty() && cfg.mode != Mode::Shared && !unreadable.mode {
+        scope.key("portForwarding", format!(
+            "is set but mode is \"{}\"; port forwarding needs mode \"shared\" (in host mode the host reaches VMs directly)",
+            cfg.mode
+        ));
+    }
+    let mut seen_ports: HashMap<(Protocol, AddressFamily, u16), usize> = HashMap::new();
+    for (i, pf) in cfg.port_forwarding.iter_mut().enumerate() {
+        let path = format!("portForwarding[{i}].");
+        for (key, port) in [("externalPort", pf.external_port), ("internalPort", pf.internal_port)] {
+            if port == 0 {
+                scope.key(&format!("{path}{key}"), format!("0 is out of range; use {PORT_ALLOWED}"));
+            }
+        }
+        if let Some(addr) = check_internal_address(scope, &path, pf, subnet.as_ref(), prefix.as_ref(), unreadable) {
+            pf.internal_address = addr.to_string();
+        }
+        let k = (pf.protocol, pf.address_family, pf.external_port);
+        if let Some(first) = seen_ports.get(&k) {
+            scope.key(&format!("{path}externalPort"), format!(
+                "{} {}/{} is already forwarded by portForwarding[{first}]; forward each host port once",
+                pf.external_port, pf.protocol, pf.address_family
+            ));
+        } else {
+            seen_ports.insert(k, i);
+        }
+    }
+
+    if !cfg.dhcp_reservations.is_empty() && !cfg.dhcp && !unreadable.dhcp {
+        scope.key("dhcpReservations", "is set but dhcp is false; reservations need dhcp: true");
+    }
+    let mut seen_macs: HashMap<[u8; 6], usize> = HashMap::new();
+    let mut seen_addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for (i, r) in cfg.dhcp_reservations.iter_mut().enumerate() {
+        let path = format!("dhcpReservations[{i}].");
+        match addr::parse_mac(&r.mac) {
+            None => scope.key(&format!("{path}mac"), format!(
+                "{} is not a MAC address; use six hex pairs like \"52:54:00:12:34:56\"",
+                quote(&r.mac)
+            )),
+            Some(mac) if mac[0] & 1 == 1 || mac == [0; 6] => scope.key(&format!("{path}mac"), format!(
+                "{} is not a unicast MAC address; use one whose first byte is even, like \"52:54:00:12:34:56\"",
+                quote(&r.mac)
+            )),
+            Some(mac) => {
+                r.mac = addr::format_mac(&mac);
+                if let Some(first) = seen_macs.get(&mac) {
+                    scope.key(&format!("{path}mac"), format!(
+                        "{} is already reserved by dhcpReservations[{first}]; give each MAC one reservation",
+                        quote(&r.mac)
+                    ));
+                } else {
+                    seen_macs.insert(mac, i);
+                }
+            }
+        }
+        let key = format!("{path}address");
+        let Ok(a) = r.address.parse::<Ipv4Addr>() else {
+            scope.key(&key, format!("{} is not an IPv4 address; use one inside the subnet", quote(&r.address)));
+            continue;
+        };
+        r.address = a.to_string();
+        match &subnet {
+            None if cfg.subnet.is_none() && !unreadable.subnet => scope.key(&key, format!(
+                "{} cannot be reserved: the network has no subnet; set \"subnet\" so the address range is fixed",
+                quote(&r.address)
+            )),
+            None => {} // the subnet itself is wrong, and already reported
+            Some(s) => {
+                if let Some(why) = host_address_problem(s, a) {
+                    scope.key(&key, format!("{} {why}; use an address from {} to {}", quote(&r.address), s.dhcp_range().0, s.dhcp_range().1));
+                } else if let Some(first) = seen_addrs.get(&a) {
+                    scope.key(&key, format!(
+                        "{} is already reserved by dhcpReservations[{first}]; give each reservation its own address",
+                        quote(&r.address)
+                    ));
+                } else {
+                    seen_addrs.insert(a, i);
+                }
+            }
+        }
+    }
+}
+
+/// Why `a` cannot be a VM's address in `s`, if it cannot.
+fn host_address_problem(s: &Ipv4Subnet, a: Ipv4Addr) -> Option<String> {
+    if !s.contains(a) {
+        Some(format!("is outside the subnet {s}"))
+    } else if a == s.gateway() {
+        Some("is the gateway (the host's own address)".to_string())
+    } else if a == s.network() {
+        Some("is the network address".to_string())
+    } else if a == s.broadcast() {
+        Some("is the broadcast address".to_string())
+    } else {
+        None
+    }
+}
+
+fn check_internal_address(
+    scope: &mut Scope<'_>,
+    path: &str,
+    pf: &PortForward,
+    subnet: Option<&Ipv4Subnet>,
+    prefix: Option<&Ipv6Prefix>,
+    unreadable: Unreadable,
+) -> Option<IpAddr> {
+    let key = format!("{path}internalAddress");
+    let text = &pf.internal_address;
+    match pf.address_family {
+        AddressFamily::Ipv4 => {
+            let Ok(a) = text.parse::<Ipv4Addr>() else {
+                scope.key(&key, format!("{} is not an IPv4 address; use a VM's address inside the subnet (or set addressFamily: ipv6)", quote(text)));
+                return None;
+            };
+            match subnet {
+                Some(s) => {
+                    if let Some(why) = host_address_problem(s, a) {
+                        scope.key(&key, format!("{} {why}; use a VM's address from {} to {}", quote(text), s.dhcp_range().0, s.dhcp_range().1));
+                        return None;
+                    }
+                }
+                None => {
+                    if !unreadable.subnet {
+                        scope.key(&key, format!(
+                            "{} cannot be checked: the network has no valid subnet; set \"subnet\" so VM addresses are fixed",
+                            quote(text)
+                        ));
+                    }
+                    return None;
+                }
+            }
+            Some(IpAddr::V4(a))
+        }
+        AddressFamily::Ipv6 => {
+            let Ok(a) = text.parse::<Ipv6Addr>() else {
+                scope.key(&key, format!("{} is not an IPv6 address; use a VM's address inside ipv6Prefix (or set addressFamily: ipv4)", quote(text)));
+                return None;
+            };
+            match prefix {
+                Some(p) if !p.contains(a) => {
+                    scope.key(&key, format!("{} is outside the ipv6Prefix {p}; use a VM's address inside it", quote(text)));
+                    None
+                }
+                Some(_) => Some(IpAddr::V6(a)),
+                None => {
+                    if !unreadable.ipv6_prefix {
+                        scope.key(&key, format!(
+                            "{} cannot be checked: the network has no valid ipv6Prefix; set \"ipv6Prefix\" so VM addresses are fixed",
+                            quote(text)
+                        ));
+                    }
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Network names: 1 to 63 letters, digits, `-`, `_`, `.`, starting with a
+/// letter or digit (they appear in socket paths, unit names and logs).
+pub(super) fn valid_network_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+pub(super) const NETWORK_NAME_RULE: &str =
+    "use 1 to 63 letters, digits, \"-\", \"_\" or \".\", starting with a letter or digit";
+
+/// Reads the `broker:` section, defaults filled in.
+pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> BrokerSettings {
+    let mut b = BrokerSettings::default();
+    let map = match value {
+        None | Some(Value::Null) => return b,
+        Some(Value::Object(map)) => map,
+        Some(v) => {
+            scope.whole(format!("{}; use a mapping with keys such as idleTimeout and socket", is_kind(v)));
+            return b;
+        }
+    };
+    check_keys(scope, map, BROKER_KEYS, "");
+    if let Some(t) = read_uint(scope, map, "", "idleTimeout", u64::from(u32::MAX), "1..4294967295 (seconds)") {
+        if t == 0 {
+            scope.key("idleTimeout", "0 is out of range; use 1..4294967295 (seconds)");
+        }
+        b.idle_timeout = t;
+    }
+    for (key, target) in [("allowedUsers", &mut b.allowed_users), ("allowedGroups", &mut b.allowed_groups)] {
+        let what = if key == "allowedUsers" { "user" } else { "group" };
+        let Some(v) = get(map, key) else { continue };
+        let Value::Array(items) = v else {
+            scope.key(key, format!("{}; use a list of {what} names or numeric ids", is_kind(v)));
+            continue;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Value::String(s) if valid_account_name(s) => out.push(s.clone()),
+                Value::Number(n) if n.as_u64().is_some_and(|x| x <= u64::from(u32::MAX)) => out.push(n.to_string()),
+                Value::String(s) => scope.key(&format!("{key}[{i}]"), format!(
+                    "{} is not a {what} name; use letters, digits, \"_\", \"-\" or \".\" (up to 32), or a numeric id",
+                    quote(s)
+                )),
+                other => scope.key(&format!("{key}[{i}]"), format!("{}; use a {what} name or numeric id", is_kind(other))),
+            }
+        }
+        *target = out;
+    }
+    if let Some(s) = read_string(scope, map, "", "socket", "an absolute path like \"/run/vmnet-rs/broker.sock\"") {
+        if !s.starts_with('/') || s.len() > 107 || s.contains('\0') {
+            scope.key("socket", format!(
+                "{} is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
+                quote(&s)
+            ));
+        }
+        b.socket = s;
+    }
+    if let Some(s) = read_string(scope, map, "", "machService", "a reverse-DNS name like \"io.github.vmnet-rs.broker\"") {
+        let ok = (1..=128).contains(&s.len())
+            && s.contains('.')
+            && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'_');
+        if !ok {
+            scope.key("machService", format!(
+                "{} is not a Mach service name; use a reverse-DNS name like \"io.github.vmnet-rs.broker\"",
+                quote(&s)
+            ));
+        }
+        b.mach_service = s;
+    }
+    b
+}
+
+fn valid_account_name(s: &str) -> bool {
+    (1..=32).contains(&s.len())
+        && !s.starts_with('-')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
+}
+
+/// Reads a whole file: `vmnet:` networks (built-ins added unless redefined),
+/// `broker:`, Lima's other top-level keys ignored; then checks what spans
+/// networks (overlapping subnets and prefixes, host ports forwarded twice).
+pub(super) fn read_file(
+    source: &str,
+    value: &Value,
+    problems: &mut Vec<String>,
+) -> (BrokerSettings, BTreeMap<String, NetworkConfig>) {
+    let mut networks = BTreeMap::new();
+    let Value::Object(top) = value else {
+        Scope::top(source, problems).whole(format!(
+            "the file holds {}; use a mapping with a \"vmnet\" section of networks (and optionally \"broker\")",
+            kind(value)
+        ));
+        return (BrokerSettings::default(), networks);
+    };
+    {
+        let mut scope = Scope::top(source, problems);
+        for key in top.keys() {
+            if !TOP_KEYS.contains(&key.as_str()) && !IGNORED_TOP_KEYS.contains(&key.as_str()) {
+                let hint = match did_you_mean(key, TOP_KEYS) {
+                    Some(k) => format!(" (did you mean {}?)", quote(k)),
+                    None => String::new(),
+                };
+                scope.key(key, format!(
+                    "unknown key{hint}; allowed keys: {} (Lima's {} are read and ignored)",
+                    TOP_KEYS.join(", "),
+                    IGNORED_TOP_KEYS.join(", ")
+                ));
+            }
+        }
+    }
+    let broker = read_broker(&mut Scope::broker(source, problems), top.get("broker"));
+    let mut defined = Vec::new();
+    match top.get("vmnet") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(entries)) => {
+            for (name, entry) in entries {
+                let mut scope = Scope::network(source, name, problems);
+                if !valid_network_name(name) {
+                    scope.whole(format!("invalid network name; {NETWORK_NAME_RULE}"));
+                    continue;
+                }
+                defined.push(name.clone());
+                if let Some(cfg) = read_network(&mut scope, entry) {
+                    networks.insert(name.clone(), cfg);
+                }
+            }
+        }
+        Some(v) => Scope::top(source, problems).key("vmnet", format!(
+            "{}; use a mapping of network names to their settings",
+            is_kind(v)
+        )),
+    }
+    for (name, cfg) in [("shared", NetworkConfig::builtin_shared()), ("host", NetworkConfig::builtin_host())] {
+        if !defined.iter().any(|d| d == name) {
+            networks.insert(name.to_string(), cfg);
+        }
+    }
+    check_across(source, &networks, &defined, problems);
+    (broker, networks)
+}
+
+/// Checks between networks: subnets and IPv6 prefixes must not overlap, and
+/// a host port (per protocol and family) may be forwarded by one network only.
+pub(super) fn check_across(
+    source: &str,
+    networks: &BTreeMap<String, NetworkConfig>,
+    defined: &[String],
+    problems: &mut Vec<String>,
+) {
+    let builtin = |n: &str| !defined.iter().any(|d| d == n);
+    let label = |n: &str| {
+        if builtin(n) {
+            format!("built-in network {} (redefine it under vmnet to move it)", quote(n))
+        } else {
+            format!("network {}", quote(n))
+        }
+    };
+    let list: Vec<(&String, &NetworkConfig)> = networks.iter().collect();
+    for (j, (name_b, b)) in list.iter().enumerate() {
+        for (name_a, a) in &list[..j] {
+            // Report on the network the user wrote; between two of theirs, on the later one.
+            let (here, there, here_cfg, there_cfg) = if builtin(name_b) && !builtin(name_a) {
+                (name_a, name_b, a, b)
+            } else {
+                (name_b, name_a, b, a)
+            };
+            if let (Some(x), Some(y)) = (subnet_of(here_cfg), subnet_of(there_cfg)) {
+                if x.overlaps(&y) {
+                    Scope::network(source, here, problems).key("subnet", format!(
+                        "{} overlaps {y} of {}; give each network its own subnet",
+                        quote(&x.to_string()),
+                        label(there)
+                    ));
+                }
+            }
+            if let (Some(x), Some(y)) = (prefix_of(here_cfg), prefix_of(there_cfg)) {
+                if x.overlaps(&y) {
+                    Scope::network(source, here, problems).key("ipv6Prefix", format!(
+                        "{} overlaps {y} of {}; give each network its own prefix",
+                        quote(&x.to_string()),
+                        label(there)
+                    ));
+                }
+            }
+        }
+    }
+    let mut seen: HashMap<(Protocol, AddressFamily, u16), (&str, usize)> = HashMap::new();
+    for (name, cfg) in networks {
+        for (i, pf) in cfg.port_forwarding.iter().enumerate() {
+            let k = (pf.protocol, pf.address_family, pf.external_port);
+            match seen.get(&k) {
+                Some((first, j)) if *first != name.as_str() => {
+                    Scope::network(source, name, problems).key(&format!("portForwarding[{i}].externalPort"), format!(
+                        "{} {}/{} is already forwarded by network {} portForwarding[{j}]; forward each host port once",
+                        pf.external_port, pf.protocol, pf.address_family, quote(first)
+                    ));
+                }
+                Some(_) => {} // within one network: reported by check_network
+                None => {
+                    seen.insert(k, (name.as_str(), i));
+                }
+            }
+        }
+    }
+}
+
+fn subnet_of(cfg: &NetworkConfig) -> Option<Ipv4Subnet> {
+    Ipv4Subnet::parse(cfg.subnet.as_deref()?, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok()
+}
+
+fn prefix_of(cfg: &NetworkConfig) -> Option<Ipv6Prefix> {
+    Ipv6Prefix::parse(cfg.ipv6_prefix.as_deref()?).ok()
+}

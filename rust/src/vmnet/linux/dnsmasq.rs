@@ -1,0 +1,432 @@
+//! The network's dnsmasq: DHCP, DNS proxy and router advertisements, one
+//! process per network, bound to the network's bridge only.
+//!
+//! Threads: a [`Supervisor`] owns one thread, named `dnsmasq-<bridge>`,
+//! which starts dnsmasq, restarts it if it dies (with a growing pause, so a
+//! dnsmasq that cannot start does not spin), and stops it when told. dnsmasq
+//! is started from that thread with `PR_SET_PDEATHSIG` = SIGTERM, so it dies
+//! with the thread, and so with the broker even on SIGKILL; the thread only
+//! ends after dnsmasq is stopped.
+//!
+//! Invariants: dnsmasq reads no configuration file but its arguments
+//! (`--conf-file=/dev/null`), answers only on the bridge
+//! (`--interface --bind-interfaces --except-interface=lo`), and has no
+//! upstream DNS server unless the operator names a resolv file
+//! ([`RESOLV_FILE_ENV`]). Its lease file and pid file live in the backend's
+//! state directory.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::plan::Plan;
+use crate::vmnet::Lease;
+
+/// The environment variable naming a resolv.conf-style file whose servers
+/// the DNS proxy forwards to (e.g. `/etc/resolv.conf`). Unset: no upstream,
+/// the proxy answers only what it knows (DHCP client names).
+pub const RESOLV_FILE_ENV: &str = "VMNET_RS_DNS_RESOLV_FILE";
+/// DHCP lease time handed to clients.
+pub const LEASE_TIME: &str = "1h";
+/// How long dnsmasq gets to write its pid file (it does so once its sockets
+/// are bound) before the start counts as failed. Generous: a loaded 2-core
+/// machine can take seconds to start a process.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the supervisor checks on dnsmasq.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// First pause before a restart; doubled per quick death, up to the max.
+const RESTART_DELAY_MIN: Duration = Duration::from_millis(500);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+/// A dnsmasq that ran this long before dying is restarted without delay growth.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How long a stopped dnsmasq gets between SIGTERM and SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not start dnsmasq: {0} (install dnsmasq, e.g. apt-get install dnsmasq-base)")]
+    Spawn(#[source] std::io::Error),
+    #[error("dnsmasq exited at start ({status}): {log}")]
+    Exited { status: String, log: String },
+    #[error("dnsmasq did not become ready within {0:?}; see {1}")]
+    NotReady(Duration, String),
+    #[error("could not start the dnsmasq supervisor thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Where dnsmasq keeps its files.
+#[derive(Clone, Debug)]
+pub struct Files {
+    pub leases: PathBuf,
+    pub pid: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Whether the network needs a dnsmasq at all.
+pub fn needed(plan: &Plan) -> bool {
+    plan.dhcp || plan.dns_proxy || (plan.router_advertisement && plan.v6.is_some())
+}
+
+/// dnsmasq's argv (without the program) for `plan` on `bridge`. `resolv_file`
+/// is the upstream server list, `None` for none.
+pub fn args(plan: &Plan, bridge: &str, files: &Files, resolv_file: Option<&str>) -> Vec<String> {
+    let mut a = vec![
+        "--keep-in-foreground".to_string(),
+        "--conf-file=/dev/null".into(),
+        "--log-facility=-".into(),
+        format!("--pid-file={}", files.pid.display()),
+        format!("--interface={bridge}"),
+        "--bind-interfaces".into(),
+        "--except-interface=lo".into(),
+        "--no-hosts".into(),
+    ];
+    if plan.dns_proxy {
+        match resolv_file {
+            Some(f) => a.push(format!("--resolv-file={f}")),
+            None => a.push("--no-resolv".into()),
+        }
+    } else {
+        a.push("--port=0".into());
+    }
+    if plan.dhcp {
+        let (start, end) = plan.v4.dhcp_range();
+        a.push(format!("--dhcp-range={start},{end},{},{LEASE_TIME}", plan.v4.mask()));
+        a.push(format!("--dhcp-leasefile={}", files.leases.display()));
+        a.push("--dhcp-authoritative".into());
+        a.push("--dhcp-no-override".into());
+        if plan.forwards_out() {
+            a.push(format!("--dhcp-option=option:router,{}", plan.v4.gateway));
+        } else {
+            // Host mode: the gateway leads nowhere; give no default route.
+            a.push("--dhcp-option=option:router".into());
+        }
+        if plan.dns_proxy {
+            a.push(format!("--dhcp-option=option:dns-server,{}", plan.v4.gateway));
+        } else {
+            a.push("--dhcp-option=option:dns-server".into());
+        }
+        if plan.mtu != 1500 {
+            a.push(format!("--dhcp-option=option:mtu,{}", plan.mtu));
+        }
+        for (mac, ip) in &plan.reservations {
+            a.push(format!("--dhcp-host={mac},{ip}"));
+        }
+    }
+    if let (true, Some(p)) = (plan.router_advertisement, &plan.v6) {
+        a.push("--enable-ra".into());
+        let kind = if plan.dhcp && plan.dns_proxy { "ra-stateless" } else { "ra-only" };
+        a.push(format!("--dhcp-range={},{kind},{}", p.network, p.prefix));
+        // Host mode: announce the prefix but not a default router.
+        let lifetime = if plan.forwards_out() { "" } else { ",0" };
+        a.push(format!("--ra-param={bridge},mtu:{},60{lifetime}", plan.mtu));
+    }
+    a
+}
+
+/// Parses a dnsmasq lease file (`expiry mac ip hostname client-id` lines;
+/// the `duid` line and DHCPv6 entries are skipped).
+pub fn parse_leases(text: &str) -> Vec<Lease> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[0] == "duid" || !f[2].contains('.') {
+                return None;
+            }
+            Some(Lease {
+                expires: f[0].parse().ok()?,
+                mac: f[1].to_ascii_lowercase(),
+                address: f[2].to_string(),
+                hostname: (f[3] != "*").then(|| f[3].to_string()),
+            })
+        })
+        .collect()
+}
+
+/// Reads `path`'s leases; a missing file means none yet.
+pub fn read_leases(path: &Path) -> std::io::Result<Vec<Lease>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(parse_leases(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keeps one dnsmasq running; see the module header.
+pub struct Supervisor {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    pid: Arc<AtomicU32>,
+    restarts: Arc<AtomicU32>,
+}
+
+impl Supervisor {
+    /// Starts dnsmasq with `args` and returns once it is ready (its pid file
+    /// written) or has failed. `on_pid` is called (from the supervisor
+    /// thread) with each new pid, first and after every restart.
+    pub fn start(name: &str, args: Vec<String>, files: Files, on_pid: Box<dyn Fn(u32) + Send>) -> Result<Supervisor, Error> {
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
+        let pid = Arc::new(AtomicU32::new(0));
+        let restarts = Arc::new(AtomicU32::new(0));
+        let (pid2, restarts2) = (pid.clone(), restarts.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("dnsmasq-{name}"))
+            .spawn(move || supervise(args, files, stop_rx, ready_tx, pid2, restarts2, on_pid))
+            .map_err(Error::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Supervisor { stop: Some(stop_tx), thread: Some(thread), pid, restarts }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(Error::Exited { status: "supervisor ended".into(), log: String::new() })
+            }
+        }
+    }
+
+    /// The pid of the running dnsmasq (0 while it is being restarted).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    /// How many times dnsmasq was restarted after dying.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Stops dnsmasq and the thread. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(args: &[String], files: &Files) -> Result<Child, Error> {
+    let _ = std::fs::remove_file(&files.pid);
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&files.log).map_err(Error::Spawn)?;
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone().map_err(Error::Spawn)?).stderr(log);
+    // SAFETY: the closure runs in the child between fork and exec and calls
+    // only prctl and getppid, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent thread may have gone between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited before dnsmasq started"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(Error::Spawn)
+}
+
+/// Waits for `child` to write its pid file.
+fn wait_ready(child: &mut Child, files: &Files) -> Result<(), Error> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let want = child.id().to_string();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Exited { status: status.to_string(), log: log_tail(&files.log) });
+        }
+        if std::fs::read_to_string(&files.pid).map(|s| s.trim() == want).unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            stop_child(child);
+            return Err(Error::NotReady(READY_TIMEOUT, files.log.display().to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let lines: Vec<&str> = s.lines().rev().take(3).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        format!("no output (see {})", path.display())
+    } else {
+        tail.join(" / ")
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    // SAFETY: kill with a pid we spawned and have not reaped yet.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn supervise(
+    args: Vec<String>,
+    files: Files,
+    stop: mpsc::Receiver<()>,
+    ready: mpsc::Sender<Result<(), Error>>,
+    pid: Arc<AtomicU32>,
+    restarts: Arc<AtomicU32>,
+    on_pid: Box<dyn Fn(u32) + Send>,
+) {
+    let start = || spawn(&args, &files).and_then(|mut c| wait_ready(&mut c, &files).map(|()| c));
+    let mut child = match start() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let first = child.as_ref().map(Child::id).unwrap_or(0);
+    pid.store(first, Ordering::SeqCst);
+    on_pid(first);
+    let _ = ready.send(Ok(()));
+    let mut started = Instant::now();
+    let mut delay = RESTART_DELAY_MIN;
+    let mut restart_at = Instant::now();
+    loop {
+        if stop.recv_timeout(POLL_INTERVAL) != Err(RecvTimeoutError::Timeout) {
+            if let Some(c) = child.as_mut() {
+                stop_child(c);
+            }
+            pid.store(0, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&files.pid);
+            return;
+        }
+        match child.as_mut() {
+            Some(c) => {
+                let Ok(Some(status)) = c.try_wait() else { continue };
+                child = None;
+                pid.store(0, Ordering::SeqCst);
+                if started.elapsed() >= HEALTHY_RUN {
+                    delay = RESTART_DELAY_MIN;
+                }
+                log::warn!("dnsmasq ({}) exited ({status}): {}; restarting in {delay:?}", files.log.display(), log_tail(&files.log));
+                restart_at = Instant::now() + delay;
+                delay = (delay * 2).min(RESTART_DELAY_MAX);
+            }
+            None if Instant::now() >= restart_at => match start() {
+                Ok(c) => {
+                    restarts.fetch_add(1, Ordering::SeqCst);
+                    pid.store(c.id(), Ordering::SeqCst);
+                    on_pid(c.id());
+                    child = Some(c);
+                    started = Instant::now();
+                }
+                Err(e) => {
+                    log::warn!("restarting dnsmasq failed: {e}; trying again in {delay:?}");
+                    restart_at = Instant::now() + delay;
+                    delay = (delay * 2).min(RESTART_DELAY_MAX);
+                }
+            },
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DhcpReservation, Mode};
+    use crate::vmnet::linux::plan::tests::config;
+
+    fn files() -> Files {
+        Files { leases: "/s/n.leases".into(), pid: "/s/n.pid".into(), log: "/s/n.log".into() }
+    }
+
+    fn plan(c: &crate::config::NetworkConfig) -> Plan {
+        Plan::new("t", c, c.subnet.as_deref().unwrap(), &[]).unwrap()
+    }
+
+    #[test]
+    fn shared_args() {
+        let mut c = config();
+        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:00:00:01".into(), address: "10.77.0.9".into() }];
+        let a = args(&plan(&c), "vmr-t", &files(), None);
+        for want in [
+            "--interface=vmr-t",
+            "--bind-interfaces",
+            "--except-interface=lo",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--dhcp-range=10.77.0.2,10.77.0.254,255.255.255.0,1h",
+            "--dhcp-leasefile=/s/n.leases",
+            "--dhcp-host=52:54:00:00:00:01,10.77.0.9",
+            "--dhcp-option=option:router,10.77.0.1",
+            "--pid-file=/s/n.pid",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.starts_with("--server") || x.starts_with("--port")), "{a:?}");
+        assert!(!a.iter().any(|x| x == "--enable-ra"), "no IPv6 prefix, no RA: {a:?}");
+    }
+
+    #[test]
+    fn switches_are_honoured() {
+        let mut c = config();
+        c.dns_proxy = false;
+        c.dhcp = false;
+        c.mode = Mode::Host;
+        c.ipv6_prefix = Some("fd00:5::/64".into());
+        let p = plan(&c);
+        assert!(needed(&p));
+        let a = args(&p, "vmr-t", &files(), None);
+        assert!(a.iter().any(|x| x == "--port=0"), "{a:?}");
+        assert!(!a.iter().any(|x| x.starts_with("--dhcp-range=10.")), "{a:?}");
+        assert!(a.iter().any(|x| x == "--enable-ra"), "{a:?}");
+        assert!(a.iter().any(|x| x == "--dhcp-range=fd00:5::,ra-only,64"), "{a:?}");
+        assert!(a.iter().any(|x| x == "--ra-param=vmr-t,mtu:1500,60,0"), "{a:?}");
+        c.router_advertisement = false;
+        assert!(!needed(&plan(&c)));
+    }
+
+    #[test]
+    fn resolv_file_is_used_only_when_given() {
+        let a = args(&plan(&config()), "vmr-t", &files(), Some("/etc/resolv.conf"));
+        assert!(a.iter().any(|x| x == "--resolv-file=/etc/resolv.conf"));
+        assert!(!a.iter().any(|x| x == "--no-resolv"));
+    }
+
+    #[test]
+    fn leases_parse() {
+        let text = "1764100000 52:54:00:AA:bb:01 10.77.0.50 vm1 01:52:54:00:aa:bb:01\n\
+                    1764100001 52:54:00:aa:bb:02 10.77.0.51 * *\n\
+                    duid 00:01:00:01:2c:aa\n\
+                    1764100002 1234 fd00::5 * 00:01\n\
+                    garbage\n";
+        let l = parse_leases(text);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0], Lease { expires: 1_764_100_000, mac: "52:54:00:aa:bb:01".into(), address: "10.77.0.50".into(), hostname: Some("vm1".into()) });
+        assert_eq!(l[1].hostname, None);
+    }
+}

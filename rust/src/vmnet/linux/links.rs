@@ -1,0 +1,138 @@
+//! Links, addresses, routes and sysctls of the current network namespace.
+//!
+//! Why `ip` (iproute2) and not a netlink crate: the only maintained
+//! high-level crate, rtnetlink, is async and would pull tokio into a broker
+//! that is otherwise plain threads (a heavy compile on the 2-core CI
+//! machines, and a runtime to own); neli is synchronous but low level, so
+//! the bridge, address and bridge-port attributes would be hand-assembled
+//! netlink messages that this crate would have to maintain and test. iproute2
+//! is the kernel's own reference netlink client, is already required (tests
+//! and users drive namespaces with it), has a stable command line and
+//! machine-readable output (`-j`), and these calls are rare: a handful per
+//! network, one per VM port. Lookups that are on every path use the libc
+//! call instead (`if_nametoindex`).
+//!
+//! Runs on the calling thread and acts on that thread's network namespace.
+//! Every function either does all it says or returns the tool's error.
+
+use std::ffi::CString;
+use std::net::IpAddr;
+
+use super::cmd::{self, run};
+use super::plan::Route;
+
+/// The ifindex of link `name` in this namespace, if it exists.
+pub fn link_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Creates bridge `name` with a fixed MAC (so the gateway's MAC does not
+/// change as ports come and go), STP off and no forwarding delay, down.
+pub fn create_bridge(name: &str, mac: &str, mtu: u32) -> Result<(), cmd::Error> {
+    let mtu = mtu.to_string();
+    run(&["ip", "link", "add", "name", name, "address", mac, "mtu", &mtu, "type", "bridge", "stp_state", "0", "forward_delay", "0"], None)?;
+    Ok(())
+}
+
+/// Adds `cidr` to `dev`; IPv6 addresses skip duplicate address detection so
+/// they are usable at once (the bridge is ours; nothing else has them).
+pub fn add_address(dev: &str, cidr: &str) -> Result<(), cmd::Error> {
+    if cidr.contains(':') {
+        run(&["ip", "-6", "addr", "add", cidr, "dev", dev, "nodad"], None)?;
+    } else {
+        run(&["ip", "addr", "add", cidr, "dev", dev], None)?;
+    }
+    Ok(())
+}
+
+pub fn set_up(dev: &str) -> Result<(), cmd::Error> {
+    run(&["ip", "link", "set", "dev", dev, "up"], None)?;
+    Ok(())
+}
+
+pub fn delete_link(name: &str) -> Result<(), cmd::Error> {
+    run(&["ip", "link", "del", "dev", name], None)?;
+    Ok(())
+}
+
+/// Makes `port` a port of `bridge` with `mtu`, isolated from the bridge's
+/// other isolated ports if asked, and brings it up.
+pub fn attach_port(port: &str, bridge: &str, mtu: u32, isolated: bool) -> Result<(), cmd::Error> {
+    let mtu = mtu.to_string();
+    run(&["ip", "link", "set", "dev", port, "mtu", &mtu, "master", bridge], None)?;
+    if isolated {
+        run(&["ip", "link", "set", "dev", port, "type", "bridge_slave", "isolated", "on"], None)?;
+    }
+    run(&["ip", "link", "set", "dev", port, "up"], None)?;
+    Ok(())
+}
+
+/// Whether `name` is a bridge (from `ip -j -d link show`).
+pub fn is_bridge(name: &str) -> bool {
+    let Ok(out) = run(&["ip", "-j", "-d", "link", "show", "dev", name], None) else { return false };
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v.get(0)?.get("linkinfo")?.get("info_kind")?.as_str().map(|k| k == "bridge"))
+        .unwrap_or(false)
+}
+
+/// The IPv4 and IPv6 routes of the main table.
+pub fn routes() -> Result<Vec<Route>, cmd::Error> {
+    let mut all = Vec::new();
+    for family in ["-4", "-6"] {
+        let out = run(&["ip", "-j", family, "route", "show", "table", "main"], None)?;
+        all.extend(parse_routes(&out));
+    }
+    Ok(all)
+}
+
+/// Parses `ip -j route` output; entries it cannot read are skipped.
+pub fn parse_routes(json: &str) -> Vec<Route> {
+    let Ok(serde_json::Value::Array(items)) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|r| {
+            let dst = r.get("dst")?.as_str()?;
+            let dev = r.get("dev").and_then(|d| d.as_str()).unwrap_or("?").to_string();
+            if dst == "default" {
+                return None;
+            }
+            let (addr, prefix) = match dst.split_once('/') {
+                Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+                None => {
+                    let a = dst.parse::<IpAddr>().ok()?;
+                    (a, if a.is_ipv4() { 32 } else { 128 })
+                }
+            };
+            Some(Route { dst: addr, prefix, dev })
+        })
+        .collect()
+}
+
+/// Writes a sysctl of this namespace (`net/ipv4/ip_forward` style path).
+pub fn write_sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/{key}"), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        let json = r#"[{"dst":"default","gateway":"10.0.2.2","dev":"eth0"},
+            {"dst":"10.0.0.0/16","dev":"eth9","protocol":"kernel"},
+            {"dst":"10.1.2.3","dev":"tun0"},
+            {"dst":"fd00::/64","dev":"br0"},
+            {"dst":"garbage"}]"#;
+        let r = parse_routes(json);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].describe(), "10.0.0.0/16 dev eth9");
+        assert_eq!(r[1].describe(), "10.1.2.3/32 dev tun0");
+        assert_eq!(r[2].describe(), "fd00::/64 dev br0");
+        assert!(parse_routes("not json").is_empty());
+    }
+}

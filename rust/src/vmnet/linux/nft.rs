@@ -1,0 +1,166 @@
+//! The network's nftables table: forwarding policy, NAT and port forwards.
+//!
+//! One table per network, family `inet`, named by
+//! [`naming::table_name`](super::naming::table_name) and owned by vmnet-rs
+//! alone: nothing else writes to it, and tearing the network down deletes
+//! the whole table, so no rule outlives its network. The ruleset is written
+//! as nft's own script language and applied with `nft -f -`, which the
+//! kernel commits as one transaction: either every rule is in or none is.
+//!
+//! Limits: a base chain's `accept` only ends evaluation in its own table; a
+//! `drop` in another table (a host firewall with a forward policy of drop)
+//! still drops. Such hosts need a rule of their own for the bridge. Bridged
+//! traffic between ports of the same bridge does not reach these chains
+//! (unless `br_netfilter` is loaded; a rule lets it through then), so
+//! isolation is done by the bridge itself (isolated ports).
+//!
+//! Runs on the thread that creates or tears down the network.
+
+use std::net::IpAddr;
+
+use super::cmd::{self, run};
+use super::plan::Plan;
+use crate::config::Protocol;
+
+/// The ruleset that creates table `table` for network `plan` on bridge
+/// `bridge`. Pure, so it is tested as text.
+pub fn ruleset(plan: &Plan, bridge: &str, table: &str) -> String {
+    let br = quote(bridge);
+    let mut forward = vec![format!("iifname {br} oifname {br} accept")];
+    if plan.forwards_out() {
+        forward.push(format!("iifname {br} ip saddr {} accept", plan.v4.cidr()));
+        if let Some(p) = &plan.v6 {
+            forward.push(format!("iifname {br} ip6 saddr {} accept", p.cidr()));
+        }
+        forward.push(format!("iifname {br} drop"));
+        forward.push(format!("oifname {br} ct state established,related accept"));
+        if !plan.forwards.is_empty() {
+            forward.push(format!("oifname {br} ct status dnat accept"));
+        }
+        forward.push(format!("oifname {br} drop"));
+    } else {
+        // Host mode: nothing leaves the network and nothing enters it by
+        // forwarding, even if the host forwards between its other links.
+        forward.push(format!("iifname {br} drop"));
+        forward.push(format!("oifname {br} drop"));
+    }
+
+    let mut postrouting = Vec::new();
+    let out_if = plan.external_interface.as_deref().map(|e| format!(" oifname {}", quote(e))).unwrap_or_default();
+    if plan.forwards_out() && plan.nat44 {
+        let net = plan.v4.cidr();
+        postrouting.push(format!("ip saddr {net} ip daddr != {net}{out_if} masquerade"));
+    }
+    if let (true, true, Some(p)) = (plan.forwards_out(), plan.nat66, &plan.v6) {
+        let net = p.cidr();
+        postrouting.push(format!("ip6 saddr {net} ip6 daddr != {net}{out_if} masquerade"));
+    }
+
+    let mut dnat = Vec::new();
+    for f in &plan.forwards {
+        let proto = match f.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let (family, target, lo) = match f.internal {
+            IpAddr::V4(ip) => ("ip", format!("{ip}:{}", f.internal_port), "127.0.0.0/8"),
+            IpAddr::V6(ip) => ("ip6", format!("[{ip}]:{}", f.internal_port), "::1"),
+        };
+        dnat.push(format!("{family} daddr != {lo} fib daddr type local {proto} dport {} dnat {family} to {target}", f.external_port));
+    }
+
+    let mut s = format!("table inet {table} {{\n");
+    s += &chain("forward", "type filter hook forward priority filter; policy accept;", &forward);
+    if !postrouting.is_empty() {
+        s += &chain("postrouting", "type nat hook postrouting priority srcnat; policy accept;", &postrouting);
+    }
+    if !dnat.is_empty() {
+        let inbound: Vec<String> = dnat.iter().map(|r| format!("iifname != {br} {r}")).collect();
+        s += &chain("prerouting", "type nat hook prerouting priority dstnat; policy accept;", &inbound);
+        // Connections the host itself opens to one of its addresses.
+        s += &chain("output", "type nat hook output priority -100; policy accept;", &dnat);
+    }
+    s += "}\n";
+    s
+}
+
+fn chain(name: &str, head: &str, rules: &[String]) -> String {
+    let mut s = format!("\tchain {name} {{\n\t\t{head}\n");
+    for r in rules {
+        s += &format!("\t\t{r}\n");
+    }
+    s += "\t}\n";
+    s
+}
+
+/// A quoted nft string (interface names are checked to hold no quote).
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', ""))
+}
+
+/// Applies `script` in one transaction.
+pub fn apply(script: &str) -> Result<(), cmd::Error> {
+    run(&["nft", "-f", "-"], Some(script))?;
+    Ok(())
+}
+
+pub fn table_exists(table: &str) -> bool {
+    run(&["nft", "list", "table", "inet", table], None).is_ok()
+}
+
+pub fn delete_table(table: &str) -> Result<(), cmd::Error> {
+    run(&["nft", "delete", "table", "inet", table], None)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AddressFamily, Mode, PortForward};
+    use crate::vmnet::linux::plan::{tests::config, Plan};
+
+    fn plan(c: &crate::config::NetworkConfig) -> Plan {
+        Plan::new("t", c, c.subnet.as_deref().unwrap(), &[]).unwrap()
+    }
+
+    #[test]
+    fn shared_ruleset_masquerades_and_forwards() {
+        let mut c = config();
+        c.ipv6_prefix = Some("fd00:1::/64".into());
+        c.external_interface = Some("eth0".into());
+        c.port_forwarding = vec![
+            PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.5".into(), internal_port: 80, address_family: AddressFamily::Ipv4 },
+            PortForward { protocol: Protocol::Udp, external_port: 5353, internal_address: "fd00:1::5".into(), internal_port: 53, address_family: AddressFamily::Ipv6 },
+        ];
+        let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
+        assert!(s.starts_with("table inet vmnet_rs_t {\n"), "{s}");
+        assert!(s.contains("iifname \"vmr-t\" ip saddr 10.77.0.0/24 accept"), "{s}");
+        assert!(s.contains("ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 oifname \"eth0\" masquerade"), "{s}");
+        assert!(s.contains("ip6 saddr fd00:1::/64 ip6 daddr != fd00:1::/64 oifname \"eth0\" masquerade"), "{s}");
+        assert!(s.contains("iifname != \"vmr-t\" ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat ip to 10.77.0.5:80"), "{s}");
+        assert!(s.contains("ip6 daddr != ::1 fib daddr type local udp dport 5353 dnat ip6 to [fd00:1::5]:53"), "{s}");
+        assert!(s.contains("oifname \"vmr-t\" ct status dnat accept"), "{s}");
+        // Every opened brace is closed.
+        assert_eq!(s.matches('{').count(), s.matches('}').count());
+    }
+
+    #[test]
+    fn nat_off_means_no_masquerade() {
+        let mut c = config();
+        c.nat44 = false;
+        let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
+        assert!(!s.contains("masquerade"), "{s}");
+        assert!(!s.contains("postrouting"), "{s}");
+    }
+
+    #[test]
+    fn host_ruleset_drops_all_forwarding() {
+        let mut c = config();
+        c.mode = Mode::Host;
+        let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
+        assert!(s.contains("iifname \"vmr-t\" drop"), "{s}");
+        assert!(s.contains("oifname \"vmr-t\" drop"), "{s}");
+        assert!(!s.contains("masquerade"), "{s}");
+        assert!(!s.contains("saddr"), "{s}");
+    }
+}

@@ -1,0 +1,454 @@
+//! The Linux view of a network configuration: addresses worked out and every
+//! Linux-specific rule checked before anything is created.
+//!
+//! Pure code, run by the thread that creates the network. A [`Plan`] is only
+//! built from a configuration it has fully checked, so everything after it
+//! (links, nftables, dnsmasq) can trust its addresses: the gateway is a host
+//! address of the subnet, the DHCP range lies inside the subnet and excludes
+//! the gateway, reservations and port-forward targets lie inside the subnet
+//! (or IPv6 prefix), and no two forwards claim the same external port.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::naming::{format_mac, parse_mac};
+use crate::config::{AddressFamily, Mode, NetworkConfig, Protocol};
+
+/// Smallest MTU accepted (IPv4 needs 68; dnsmasq and most guests need more).
+pub const MIN_MTU: u32 = 576;
+/// Smallest MTU with IPv6 (RFC 8200).
+pub const MIN_MTU_IPV6: u32 = 1280;
+/// Largest MTU a Linux bridge port takes.
+pub const MAX_MTU: u32 = 65_535;
+/// Subnets tried, in order, when the configuration leaves the choice to us:
+/// `192.168.<N>.1/24` for N in this range.
+pub const AUTO_SUBNET_THIRD_OCTETS: std::ops::RangeInclusive<u8> = 64..=254;
+
+/// Why a configuration cannot be realised on Linux.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("network {network:?}: {message}")]
+pub struct PlanError {
+    pub network: String,
+    pub message: String,
+}
+
+/// An IPv4 subnet given by its gateway (host) address and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V4Subnet {
+    pub gateway: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl V4Subnet {
+    pub fn parse(s: &str) -> Result<V4Subnet, String> {
+        let (addr, len) = s.split_once('/').ok_or_else(|| format!("subnet {s:?} needs a prefix length, e.g. 192.168.107.1/24"))?;
+        let gateway: Ipv4Addr = addr.parse().map_err(|_| format!("subnet {s:?}: {addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = len.parse().map_err(|_| format!("subnet {s:?}: {len:?} is not a prefix length"))?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("subnet {s:?}: prefix length must be 8 to 30 (room for a gateway and clients)"));
+        }
+        let net = V4Subnet { gateway, prefix };
+        if gateway == net.network() || gateway == net.broadcast() {
+            return Err(format!("subnet {s:?}: give the gateway (a host address such as {}), not the network or broadcast address", net.first_host()));
+        }
+        Ok(net)
+    }
+
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX << (32 - self.prefix))
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.gateway) & u32::from(self.mask()))
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.mask()))
+    }
+
+    pub fn first_host(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network()) + 1)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.mask()) == u32::from(self.network())
+    }
+
+    /// A usable client address: inside, not network, broadcast or gateway.
+    pub fn is_client_address(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip) && ip != self.network() && ip != self.broadcast() && ip != self.gateway
+    }
+
+    /// `10.0.0.0/24`
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network(), self.prefix)
+    }
+
+    /// `10.0.0.1/24`
+    pub fn gateway_cidr(&self) -> String {
+        format!("{}/{}", self.gateway, self.prefix)
+    }
+
+    /// The DHCP pool: the larger run of host addresses beside the gateway.
+    pub fn dhcp_range(&self) -> (Ipv4Addr, Ipv4Addr) {
+        let first = u32::from(self.network()) + 1;
+        let last = u32::from(self.broadcast()) - 1;
+        let gw = u32::from(self.gateway);
+        if last - gw >= gw - first {
+            (Ipv4Addr::from(gw + 1), Ipv4Addr::from(last))
+        } else {
+            (Ipv4Addr::from(first), Ipv4Addr::from(gw - 1))
+        }
+    }
+}
+
+/// An IPv6 prefix; the host side takes its `::1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct V6Prefix {
+    pub network: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl V6Prefix {
+    pub fn parse(s: &str) -> Result<V6Prefix, String> {
+        let (addr, len) = s.split_once('/').ok_or_else(|| format!("IPv6 prefix {s:?} needs a length, e.g. fd00:1:2:3::/64"))?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| format!("IPv6 prefix {s:?}: {addr:?} is not an IPv6 address"))?;
+        let prefix: u8 = len.parse().map_err(|_| format!("IPv6 prefix {s:?}: {len:?} is not a prefix length"))?;
+        if !(8..=126).contains(&prefix) {
+            return Err(format!("IPv6 prefix {s:?}: length must be 8 to 126"));
+        }
+        let p = V6Prefix { network: Ipv6Addr::from(u128::from(addr) & Self::mask_bits(prefix)), prefix };
+        if p.network != addr {
+            return Err(format!("IPv6 prefix {s:?} has host bits set; did you mean {}?", p.cidr()));
+        }
+        Ok(p)
+    }
+
+    fn mask_bits(prefix: u8) -> u128 {
+        u128::MAX << (128 - u32::from(prefix))
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & Self::mask_bits(self.prefix) == u128::from(self.network)
+    }
+
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.network) + 1)
+    }
+
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network, self.prefix)
+    }
+
+    pub fn gateway_cidr(&self) -> String {
+        format!("{}/{}", self.gateway(), self.prefix)
+    }
+}
+
+/// A route of the current namespace (from `ip -j route`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpAddr,
+    pub prefix: u8,
+    pub dev: String,
+}
+
+impl Route {
+    /// `10.0.0.0/16 dev eth9`
+    pub fn describe(&self) -> String {
+        format!("{}/{} dev {}", self.dst, self.prefix, self.dev)
+    }
+
+    fn overlaps_v4(&self, net: &V4Subnet) -> bool {
+        let IpAddr::V4(dst) = self.dst else { return false };
+        if self.prefix == 0 {
+            return false; // a default route overlaps everything by design
+        }
+        let p = self.prefix.min(net.prefix);
+        let mask = u32::MAX << (32 - u32::from(p));
+        u32::from(dst) & mask == u32::from(net.network()) & mask
+    }
+
+    fn overlaps_v6(&self, net: &V6Prefix) -> bool {
+        let IpAddr::V6(dst) = self.dst else { return false };
+        if self.prefix == 0 {
+            return false;
+        }
+        let p = self.prefix.min(net.prefix);
+        let mask = V6Prefix::mask_bits(p);
+        u128::from(dst) & mask == u128::from(net.network) & mask
+    }
+}
+
+/// One port forward, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub protocol: Protocol,
+    pub external_port: u16,
+    pub internal: IpAddr,
+    pub internal_port: u16,
+}
+
+/// Everything the backend needs, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub mode: Mode,
+    pub v4: V4Subnet,
+    pub v6: Option<V6Prefix>,
+    pub mtu: u32,
+    pub dhcp: bool,
+    pub dns_proxy: bool,
+    pub router_advertisement: bool,
+    pub nat44: bool,
+    pub nat66: bool,
+    pub isolation: bool,
+    pub external_interface: Option<String>,
+    /// `(mac, address)`, MAC in lower-case colon form.
+    pub reservations: Vec<(String, Ipv4Addr)>,
+    pub forwards: Vec<Forward>,
+}
+
+impl Plan {
+    /// Checks `config` (with `subnet` standing for `config.subnet`, so the
+    /// caller can fill in a chosen one) against Linux's rules and `routes`,
+    /// the routes of the namespace the network will live in.
+    pub fn new(name: &str, config: &NetworkConfig, subnet: &str, routes: &[Route]) -> Result<Plan, PlanError> {
+        let fail = |message: String| PlanError { network: name.to_string(), message };
+        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(fail("network names must be 1 to 64 characters without '/' or control characters".into()));
+        }
+        let v4 = V4Subnet::parse(subnet).map_err(fail)?;
+        let v6 = config.ipv6_prefix.as_deref().map(V6Prefix::parse).transpose().map_err(fail)?;
+        if !(MIN_MTU..=MAX_MTU).contains(&config.mtu) {
+            return Err(fail(format!("mtu {} is out of range {MIN_MTU} to {MAX_MTU}", config.mtu)));
+        }
+        if v6.is_some() && config.mtu < MIN_MTU_IPV6 {
+            return Err(fail(format!("mtu {} is below {MIN_MTU_IPV6}, the least IPv6 needs (ipv6Prefix is set)", config.mtu)));
+        }
+        if let (Some(p), true) = (&v6, config.router_advertisement && config.dhcp) {
+            if p.prefix != 64 {
+                return Err(fail(format!("router advertisements need a /64 prefix for address autoconfiguration; ipv6Prefix is {}", p.cidr())));
+            }
+        }
+        if config.mode == Mode::Host && config.external_interface.is_some() {
+            return Err(fail("externalInterface only applies to shared mode; remove it or use mode: shared".into()));
+        }
+        if let Some(ext) = &config.external_interface {
+            if ext.is_empty() || ext.len() > 15 || !ext.chars().all(|c| c.is_ascii_graphic() && c != '/' && c != '"') {
+                return Err(fail(format!("externalInterface {ext:?} is not a valid interface name")));
+            }
+        }
+
+        let mut reservations = Vec::new();
+        let mut macs = HashSet::new();
+        let mut addrs = HashSet::new();
+        for r in &config.dhcp_reservations {
+            let mac = parse_mac(&r.mac).ok_or_else(|| fail(format!("DHCP reservation MAC {:?} is not of the form aa:bb:cc:dd:ee:ff", r.mac)))?;
+            if mac[0] & 1 == 1 {
+                return Err(fail(format!("DHCP reservation MAC {} is a multicast address", r.mac)));
+            }
+            let ip: Ipv4Addr = r.address.parse().map_err(|_| fail(format!("DHCP reservation address {:?} is not an IPv4 address", r.address)))?;
+            if !v4.is_client_address(ip) {
+                return Err(fail(format!("DHCP reservation {} for {} is not a client address of subnet {}", ip, r.mac, v4.gateway_cidr())));
+            }
+            let mac = format_mac(&mac);
+            if !macs.insert(mac.clone()) {
+                return Err(fail(format!("MAC {mac} has two DHCP reservations")));
+            }
+            if !addrs.insert(ip) {
+                return Err(fail(format!("address {ip} is reserved for two MACs")));
+            }
+            reservations.push((mac, ip));
+        }
+
+        let mut forwards = Vec::new();
+        let mut ports = HashSet::new();
+        if config.mode == Mode::Host && !config.port_forwarding.is_empty() {
+            return Err(fail("port forwarding needs mode: shared (a host network does not forward)".into()));
+        }
+        for f in &config.port_forwarding {
+            let internal: IpAddr = f.internal_address.parse().map_err(|_| fail(format!("port forward {}: internal address {:?} is not an IP address", f.external_port, f.internal_address)))?;
+            match (f.address_family, internal) {
+                (AddressFamily::Ipv4, IpAddr::V4(ip)) => {
+                    if !v4.is_client_address(ip) {
+                        return Err(fail(format!("port forward {}: {} is not a client address of subnet {}", f.external_port, ip, v4.gateway_cidr())));
+                    }
+                }
+                (AddressFamily::Ipv6, IpAddr::V6(ip)) => match &v6 {
+                    Some(p) if p.contains(ip) && ip != p.gateway() => {}
+                    Some(p) => return Err(fail(format!("port forward {}: {} is not a client address of prefix {}", f.external_port, ip, p.cidr()))),
+                    None => return Err(fail(format!("port forward {}: an IPv6 forward needs ipv6Prefix", f.external_port))),
+                },
+                _ => return Err(fail(format!("port forward {}: internal address {} does not match addressFamily", f.external_port, internal))),
+            }
+            if f.external_port == 0 || f.internal_port == 0 {
+                return Err(fail(format!("port forward {} -> {}: ports must be 1 to 65535", f.external_port, f.internal_port)));
+            }
+            if !ports.insert((f.protocol == Protocol::Tcp, f.address_family == AddressFamily::Ipv4, f.external_port)) {
+                return Err(fail(format!("external port {} is forwarded twice", f.external_port)));
+            }
+            forwards.push(Forward { protocol: f.protocol, external_port: f.external_port, internal, internal_port: f.internal_port });
+        }
+
+        if let Some(route) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
+            return Err(fail(format!("subnet {} of network {name:?} overlaps route {}; choose another subnet", v4.gateway_cidr(), route.describe())));
+        }
+        if let Some(p) = &v6 {
+            if let Some(route) = routes.iter().find(|r| r.overlaps_v6(p)) {
+                return Err(fail(format!("ipv6Prefix {} of network {name:?} overlaps route {}; choose another prefix", p.cidr(), route.describe())));
+            }
+        }
+
+        Ok(Plan {
+            name: name.to_string(),
+            mode: config.mode,
+            v4,
+            v6,
+            mtu: config.mtu,
+            dhcp: config.dhcp,
+            dns_proxy: config.dns_proxy,
+            router_advertisement: config.router_advertisement,
+            nat44: config.nat44,
+            nat66: config.nat66,
+            isolation: config.isolation,
+            external_interface: config.external_interface.clone(),
+            reservations,
+            forwards,
+        })
+    }
+
+    /// Whether traffic is forwarded out of the network (shared mode).
+    pub fn forwards_out(&self) -> bool {
+        self.mode == Mode::Shared
+    }
+}
+
+/// The first `192.168.N.1/24` that overlaps none of `routes`.
+pub fn choose_subnet(routes: &[Route]) -> Option<String> {
+    AUTO_SUBNET_THIRD_OCTETS.map(|n| V4Subnet { gateway: Ipv4Addr::new(192, 168, n, 1), prefix: 24 }).find(|s| !routes.iter().any(|r| r.overlaps_v4(s))).map(|s| s.gateway_cidr())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::{DhcpReservation, PortForward};
+
+    pub fn config() -> NetworkConfig {
+        NetworkConfig {
+            mode: Mode::Shared,
+            dhcp: true,
+            dns_proxy: true,
+            mtu: 1500,
+            nat44: true,
+            nat66: true,
+            router_advertisement: true,
+            subnet: Some("10.77.0.1/24".into()),
+            ipv6_prefix: None,
+            port_forwarding: vec![],
+            dhcp_reservations: vec![],
+            external_interface: None,
+            isolation: false,
+            offload: false,
+        }
+    }
+
+    fn plan(c: &NetworkConfig) -> Result<Plan, PlanError> {
+        Plan::new("t", c, c.subnet.as_deref().unwrap(), &[])
+    }
+
+    fn route(s: &str, dev: &str) -> Route {
+        let (a, p) = s.split_once('/').unwrap();
+        Route { dst: a.parse().unwrap(), prefix: p.parse().unwrap(), dev: dev.into() }
+    }
+
+    #[test]
+    fn subnet_math() {
+        let s = V4Subnet::parse("10.0.0.1/24").unwrap();
+        assert_eq!(s.network(), Ipv4Addr::new(10, 0, 0, 0));
+        assert_eq!(s.broadcast(), Ipv4Addr::new(10, 0, 0, 255));
+        assert_eq!(s.mask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(s.dhcp_range(), (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 254)));
+        assert_eq!(s.cidr(), "10.0.0.0/24");
+        let high = V4Subnet::parse("10.0.0.254/24").unwrap();
+        assert_eq!(high.dhcp_range(), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 253)));
+        assert!(V4Subnet::parse("10.0.0.0/24").is_err());
+        assert!(V4Subnet::parse("10.0.0.255/24").is_err());
+        assert!(V4Subnet::parse("10.0.0.1/31").is_err());
+        assert!(V4Subnet::parse("10.0.0.1").is_err());
+        assert!(V4Subnet::parse("10.0.0/24").is_err());
+    }
+
+    #[test]
+    fn v6_prefix_math() {
+        let p = V6Prefix::parse("fd00:1:2:3::/64").unwrap();
+        assert_eq!(p.gateway_cidr(), "fd00:1:2:3::1/64");
+        assert!(p.contains("fd00:1:2:3::99".parse().unwrap()));
+        assert!(!p.contains("fd00:1:2:4::99".parse().unwrap()));
+        let e = V6Prefix::parse("fd00:1:2:3::5/64").unwrap_err();
+        assert!(e.contains("fd00:1:2:3::/64"), "{e}");
+    }
+
+    #[test]
+    fn good_config_plans() {
+        let mut c = config();
+        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:AA:BB:01".into(), address: "10.77.0.50".into() }];
+        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.50".into(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
+        let p = plan(&c).unwrap();
+        assert_eq!(p.reservations, vec![("52:54:00:aa:bb:01".to_string(), Ipv4Addr::new(10, 77, 0, 50))]);
+        assert_eq!(p.forwards.len(), 1);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_reasons() {
+        let mut c = config();
+        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:aa:bb:01".into(), address: "10.78.0.5".into() }];
+        assert!(plan(&c).unwrap_err().message.contains("not a client address"));
+        c.dhcp_reservations = vec![DhcpReservation { mac: "nonsense".into(), address: "10.77.0.5".into() }];
+        assert!(plan(&c).unwrap_err().message.contains("aa:bb:cc:dd:ee:ff"));
+        c.dhcp_reservations = vec![
+            DhcpReservation { mac: "52:54:00:aa:bb:01".into(), address: "10.77.0.5".into() },
+            DhcpReservation { mac: "52:54:00:AA:BB:01".into(), address: "10.77.0.6".into() },
+        ];
+        assert!(plan(&c).unwrap_err().message.contains("two DHCP reservations"));
+
+        let mut c = config();
+        let fwd = PortForward { protocol: Protocol::Tcp, external_port: 80, internal_address: "10.77.0.9".into(), internal_port: 80, address_family: AddressFamily::Ipv4 };
+        c.port_forwarding = vec![fwd.clone(), fwd.clone()];
+        assert!(plan(&c).unwrap_err().message.contains("forwarded twice"));
+        c.port_forwarding = vec![PortForward { address_family: AddressFamily::Ipv6, ..fwd.clone() }];
+        assert!(plan(&c).unwrap_err().message.contains("does not match"));
+        c.mode = Mode::Host;
+        c.port_forwarding = vec![fwd];
+        assert!(plan(&c).unwrap_err().message.contains("shared"));
+
+        let mut c = config();
+        c.mtu = 100;
+        assert!(plan(&c).unwrap_err().message.contains("mtu"));
+        c.mtu = 1000;
+        c.ipv6_prefix = Some("fd00::/64".into());
+        assert!(plan(&c).unwrap_err().message.contains("1280"));
+        c.mtu = 1500;
+        c.ipv6_prefix = Some("fd00::/48".into());
+        assert!(plan(&c).unwrap_err().message.contains("/64"));
+    }
+
+    #[test]
+    fn overlapping_route_is_named() {
+        let c = NetworkConfig { subnet: Some("10.0.0.1/24".into()), ..config() };
+        let routes = [route("0.0.0.0/0", "eth0"), route("192.168.1.0/24", "eth1"), route("10.0.0.0/16", "eth9")];
+        let e = Plan::new("x", &c, "10.0.0.1/24", &routes).unwrap_err();
+        assert_eq!(e.to_string(), "network \"x\": subnet 10.0.0.1/24 of network \"x\" overlaps route 10.0.0.0/16 dev eth9; choose another subnet");
+        // A more specific route inside the subnet overlaps too.
+        let e = Plan::new("x", &c, "10.0.0.1/24", &[route("10.0.0.128/25", "eth3")]).unwrap_err();
+        assert!(e.message.contains("10.0.0.128/25 dev eth3"));
+        assert!(Plan::new("x", &c, "10.0.0.1/24", &[route("10.0.1.0/24", "eth3")]).is_ok());
+    }
+
+    #[test]
+    fn auto_subnet_skips_used_ones() {
+        assert_eq!(choose_subnet(&[]).as_deref(), Some("192.168.64.1/24"));
+        assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).as_deref(), Some("192.168.66.1/24"));
+        assert_eq!(choose_subnet(&[route("192.168.0.0/16", "br0")]), None);
+    }
+}

@@ -1,0 +1,1238 @@
+//! Every decision the macOS backend makes that is not a foreign call, as
+//! plain data, so it is compiled and tested on every OS.
+//!
+//! - [`configuration_steps`]: a [`NetworkConfig`] becomes the ordered list of
+//!   `vmnet_network_configuration_*` calls ([`Step`]) that `vmnet/apple.rs`
+//!   replays one by one.
+//! - [`Status`]: `vmnet_return_t` as a Rust enum named after Apple's
+//!   constants, with a hint per code; [`status_error`] turns one into a
+//!   [`vmnet::Error`](super::Error) that says what was asked and what to do.
+//! - [`interface_desc_entries`] / [`parse_interface_params`]: the interface
+//!   description handed to `vmnet_interface_start_with_network` and the
+//!   parameters its start block returns, as plain maps.
+//! - [`network_state`]: what `vmnet_network_get_ipv4_subnet` /
+//!   `_get_ipv6_prefix` report, in the `NetworkState` form.
+//! - [`tag`] / [`untag`]: the XPC value kinds the message model has no
+//!   variant for (uint64, uuid, double, null, array), carried losslessly as a
+//!   tagged nested dictionary so a vmnet serialization survives a round trip
+//!   through [`Dict`](crate::xpc::Dict).
+//! - [`peer_from_audit_token`], [`parse_os_version`], [`cdhash_requirement`]:
+//!   small facts about the macOS peer checks.
+//!
+//! Pure functions, no threads, no state. Facts cited are from
+//! ../shared/docs/platform-facts.md §1 and §3.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::config::{AddressFamily, ConfigError, Mode, NetworkConfig, Protocol};
+use crate::xpc::{Dict, Peer, Value};
+
+use super::{InterfaceDesc, InterfaceInfo, NetworkState};
+
+// ---------------------------------------------------------------------------
+// Constants from the SDK (vmnet/vmnet.h, sys/socket.h, netinet/in.h on macOS).
+// They are plain numbers so the mapping can be tested anywhere.
+// ---------------------------------------------------------------------------
+
+/// `operating_modes_t` (vmnet/vmnet.h).
+pub const VMNET_HOST_MODE: u32 = 1000;
+pub const VMNET_SHARED_MODE: u32 = 1001;
+/// `interface_event_t` (vmnet/vmnet.h).
+pub const VMNET_INTERFACE_PACKETS_AVAILABLE: u32 = 1 << 0;
+/// `AF_INET` / `AF_INET6` on Darwin (sys/socket.h): `AF_INET6` is 30 there,
+/// not Linux's 10, so it is spelled out rather than taken from libc.
+pub const DARWIN_AF_INET: u8 = 2;
+pub const DARWIN_AF_INET6: u8 = 30;
+/// `IPPROTO_TCP` / `IPPROTO_UDP` (netinet/in.h).
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Frame size vmnet uses without TSO at MTU 1500 (14-byte Ethernet header).
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 1514;
+/// Used when the start parameters carry no read/write max packets (those keys
+/// exist from macOS 15.0). Small enough that vmnet never answers
+/// `VMNET_TOO_MANY_PACKETS`; 256 is the usual reported value [R].
+pub const FALLBACK_MAX_PACKETS: usize = 64;
+/// Upper bound on the batch we allocate descriptors for, whatever vmnet says.
+pub const MAX_PACKETS_CAP: usize = 1024;
+/// Largest frame we accept from the parameters: 65550 with TSO [R], plus
+/// room for a virtio header.
+pub const MAX_PACKET_BYTES_CAP: usize = 65_550 + 64;
+
+// ---------------------------------------------------------------------------
+// Errors.
+// ---------------------------------------------------------------------------
+
+/// Why a configuration, parameter set or tagged value cannot be mapped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("{field}: {problem}")]
+    Config { field: String, problem: String },
+    #[error("interface parameters: {0}")]
+    Params(String),
+    #[error("tagged XPC value: {0}")]
+    Tag(String),
+}
+
+impl Error {
+    fn config(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Config { field: field.into(), problem: problem.into() }
+    }
+}
+
+impl From<Error> for super::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config { .. } => super::Error::Config(ConfigError { message: e.to_string() }),
+            other => super::Error::Platform { op: "vmnet".into(), detail: other.to_string() },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// vmnet_return_t.
+// ---------------------------------------------------------------------------
+
+/// `vmnet_return_t` (vmnet/vmnet.h), named after Apple's constants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    Failure,
+    MemFailure,
+    InvalidArgument,
+    SetupIncomplete,
+    InvalidAccess,
+    PacketTooBig,
+    BufferExhausted,
+    TooManyPackets,
+    SharingServiceBusy,
+    NotAuthorized,
+    /// A code this build does not know (a newer SDK).
+    Unknown(u32),
+}
+
+impl Status {
+    pub const ALL: [Status; 11] = [
+        Status::Success,
+        Status::Failure,
+        Status::MemFailure,
+        Status::InvalidArgument,
+        Status::SetupIncomplete,
+        Status::InvalidAccess,
+        Status::PacketTooBig,
+        Status::BufferExhausted,
+        Status::TooManyPackets,
+        Status::SharingServiceBusy,
+        Status::NotAuthorized,
+    ];
+
+    pub fn from_raw(code: u32) -> Status {
+        match code {
+            1000 => Status::Success,
+            1001 => Status::Failure,
+            1002 => Status::MemFailure,
+            1003 => Status::InvalidArgument,
+            1004 => Status::SetupIncomplete,
+            1005 => Status::InvalidAccess,
+            1006 => Status::PacketTooBig,
+            1007 => Status::BufferExhausted,
+            1008 => Status::TooManyPackets,
+            1009 => Status::SharingServiceBusy,
+            1010 => Status::NotAuthorized,
+            other => Status::Unknown(other),
+        }
+    }
+
+    pub fn raw(self) -> u32 {
+        match self {
+            Status::Success => 1000,
+            Status::Failure => 1001,
+            Status::MemFailure => 1002,
+            Status::InvalidArgument => 1003,
+            Status::SetupIncomplete => 1004,
+            Status::InvalidAccess => 1005,
+            Status::PacketTooBig => 1006,
+            Status::BufferExhausted => 1007,
+            Status::TooManyPackets => 1008,
+            Status::SharingServiceBusy => 1009,
+            Status::NotAuthorized => 1010,
+            Status::Unknown(code) => code,
+        }
+    }
+
+    pub fn is_success(self) -> bool {
+        self == Status::Success
+    }
+
+    /// Apple's constant name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Success => "VMNET_SUCCESS",
+            Status::Failure => "VMNET_FAILURE",
+            Status::MemFailure => "VMNET_MEM_FAILURE",
+            Status::InvalidArgument => "VMNET_INVALID_ARGUMENT",
+            Status::SetupIncomplete => "VMNET_SETUP_INCOMPLETE",
+            Status::InvalidAccess => "VMNET_INVALID_ACCESS",
+            Status::PacketTooBig => "VMNET_PACKET_TOO_BIG",
+            Status::BufferExhausted => "VMNET_BUFFER_EXHAUSTED",
+            Status::TooManyPackets => "VMNET_TOO_MANY_PACKETS",
+            Status::SharingServiceBusy => "VMNET_SHARING_SERVICE_BUSY",
+            Status::NotAuthorized => "VMNET_NOT_AUTHORIZED",
+            Status::Unknown(_) => "VMNET_UNKNOWN_STATUS",
+        }
+    }
+
+    /// What the code means and what to do about it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Status::Success => "no error",
+            Status::Failure => "vmnet failed for an unspecified reason; check the system log (log show --predicate 'subsystem == \"com.apple.vmnet\"') and retry",
+            Status::MemFailure => "vmnet ran out of memory; free memory or stop other VMs and retry",
+            Status::InvalidArgument => "vmnet refused a value; check the network configuration (subnet, prefix, MTU, port forwards, reservations) against docs/macos.md",
+            Status::SetupIncomplete => "the interface or network is not fully set up yet; retry once the start has completed",
+            Status::InvalidAccess => "permission denied; run the broker from the entitled executable that `vmnet-rs install` signs",
+            Status::PacketTooBig => "a frame is larger than the interface's max packet size; lower the guest MTU or enable offload on the network",
+            Status::BufferExhausted => "vmnet's kernel buffers are full; the frame is dropped, retry later",
+            Status::TooManyPackets => "more packets than the interface's read/write max packets in one call",
+            Status::SharingServiceBusy => "another sharing service (Internet Sharing?) holds the network or its subnet; stop it or choose another subnet",
+            Status::NotAuthorized => "needs the com.apple.security.virtualization entitlement; run the broker from the executable signed by `vmnet-rs install`",
+            Status::Unknown(_) => "a status this build does not know; check the system log and update vmnet-rs",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.name(), self.raw(), self.hint())
+    }
+}
+
+/// The backend error for a vmnet call `op` that returned `status`.
+pub fn status_error(op: impl Into<String>, status: Status) -> super::Error {
+    super::Error::Platform { op: op.into(), detail: status.to_string() }
+}
+
+/// The same as an `io::Error` for the data path; buffer exhaustion is flow
+/// control (`WouldBlock`), everything else is an error naming the status.
+pub fn status_io_error(op: &str, status: Status) -> std::io::Error {
+    let kind = match status {
+        Status::BufferExhausted => std::io::ErrorKind::WouldBlock,
+        Status::InvalidArgument | Status::PacketTooBig | Status::TooManyPackets => std::io::ErrorKind::InvalidInput,
+        Status::InvalidAccess | Status::NotAuthorized => std::io::ErrorKind::PermissionDenied,
+        _ => std::io::ErrorKind::Other,
+    };
+    std::io::Error::new(kind, format!("{op} failed: {status}"))
+}
+
+// ---------------------------------------------------------------------------
+// Configuration -> steps.
+// ---------------------------------------------------------------------------
+
+/// One `vmnet_network_configuration_*` call, in the order it is made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `vmnet_network_configuration_create(mode, &status)`.
+    Create {
+        mode: u32,
+    },
+    /// `..._set_external_interface(name)`; shared mode only.
+    SetExternalInterface(String),
+    DisableNat44,
+    DisableNat66,
+    DisableDhcp,
+    DisableDnsProxy,
+    DisableRouterAdvertisement,
+    /// `..._set_ipv4_subnet(&first_host, &mask)`: the first host address
+    /// (x.y.z.1), never the network address (platform-facts §1.6 #1).
+    SetIpv4Subnet {
+        first_host: Ipv4Addr,
+        mask: Ipv4Addr,
+    },
+    /// `..._set_ipv6_prefix(&prefix, len)`.
+    SetIpv6Prefix {
+        prefix: Ipv6Addr,
+        len: u8,
+    },
+    /// `..._set_mtu(mtu)`.
+    SetMtu(u32),
+    /// `..._add_port_forwarding_rule(protocol, family, internal_port,
+    /// external_port, &internal_address)`: internal port first.
+    AddPortForwardingRule {
+        protocol: u8,
+        family: u8,
+        internal_port: u16,
+        external_port: u16,
+        internal_address: IpAddr,
+    },
+    /// `..._add_dhcp_reservation(&mac, &address)`.
+    AddDhcpReservation {
+        mac: [u8; 6],
+        address: Ipv4Addr,
+    },
+}
+
+impl Step {
+    /// The C function this step calls (for error messages).
+    pub fn function(&self) -> &'static str {
+        match self {
+            Step::Create { .. } => "vmnet_network_configuration_create",
+            Step::SetExternalInterface(_) => "vmnet_network_configuration_set_external_interface",
+            Step::DisableNat44 => "vmnet_network_configuration_disable_nat44",
+            Step::DisableNat66 => "vmnet_network_configuration_disable_nat66",
+            Step::DisableDhcp => "vmnet_network_configuration_disable_dhcp",
+            Step::DisableDnsProxy => "vmnet_network_configuration_disable_dns_proxy",
+            Step::DisableRouterAdvertisement => "vmnet_network_configuration_disable_router_advertisement",
+            Step::SetIpv4Subnet { .. } => "vmnet_network_configuration_set_ipv4_subnet",
+            Step::SetIpv6Prefix { .. } => "vmnet_network_configuration_set_ipv6_prefix",
+            Step::SetMtu(_) => "vmnet_network_configuration_set_mtu",
+            Step::AddPortForwardingRule { .. } => "vmnet_network_configuration_add_port_forwarding_rule",
+            Step::AddDhcpReservation { .. } => "vmnet_network_configuration_add_dhcp_reservation",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Create { mode } => write!(f, "{}({})", self.function(), mode_name(*mode)),
+            Step::SetExternalInterface(name) => write!(f, "{}({name:?})", self.function()),
+            Step::SetIpv4Subnet { first_host, mask } => write!(f, "{}({first_host}, {mask})", self.function()),
+            Step::SetIpv6Prefix { prefix, len } => write!(f, "{}({prefix}/{len})", self.function()),
+            Step::SetMtu(mtu) => write!(f, "{}({mtu})", self.function()),
+            Step::AddPortForwardingRule { protocol, internal_port, external_port, internal_address, .. } => write!(
+                f,
+                "{}({} host port {external_port} -> {internal_address} port {internal_port})",
+                self.function(),
+                if *protocol == IPPROTO_TCP { "tcp" } else { "udp" }
+            ),
+            Step::AddDhcpReservation { mac, address } => {
+                write!(f, "{}({} -> {address})", self.function(), format_mac(mac))
+            }
+            _ => write!(f, "{}()", self.function()),
+        }
+    }
+}
+
+fn mode_name(mode: u32) -> &'static str {
+    match mode {
+        VMNET_HOST_MODE => "VMNET_HOST_MODE",
+        VMNET_SHARED_MODE => "VMNET_SHARED_MODE",
+        _ => "unknown mode",
+    }
+}
+
+/// An IPv4 subnet as vmnet wants it: first host address plus mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Subnet {
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Subnet {
+    pub fn mask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(prefix_mask_v4(self.prefix_len))
+    }
+    pub fn first_host(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !prefix_mask_v4(self.prefix_len))
+    }
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & prefix_mask_v4(self.prefix_len) == u32::from(self.network)
+    }
+}
+
+fn prefix_mask_v4(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
+}
+
+/// Parses `a.b.c.d/len`. Any address inside the subnet is accepted (Lima
+/// normalises `.0/24` to `.1/24`); the prefix must leave room for the
+/// network, host, broadcast and at least one VM address.
+pub fn parse_ipv4_subnet(text: &str) -> Result<Ipv4Subnet, Error> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| Error::config("subnet", format!("{text:?} is not ADDRESS/PREFIX, e.g. 192.168.107.1/24")))?;
+    let addr: Ipv4Addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| Error::config("subnet", format!("{addr:?} in {text:?} is not an IPv4 address")))?;
+    let len: u8 = len
+        .trim()
+        .parse()
+        .map_err(|_| Error::config("subnet", format!("prefix length {len:?} in {text:?} is not a number")))?;
+    if !(8..=30).contains(&len) {
+        return Err(Error::config("subnet", format!("prefix length /{len} in {text:?} must be between /8 and /30")));
+    }
+    let network = Ipv4Addr::from(u32::from(addr) & prefix_mask_v4(len));
+    Ok(Ipv4Subnet { network, prefix_len: len })
+}
+
+/// Parses `prefix/len` for IPv6; host bits are cleared.
+pub fn parse_ipv6_prefix(text: &str) -> Result<(Ipv6Addr, u8), Error> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| Error::config("ipv6Prefix", format!("{text:?} is not PREFIX/LENGTH, e.g. fd00:1:2:3::/64")))?;
+    let addr: Ipv6Addr = addr
+        .trim()
+        .parse()
+        .map_err(|_| Error::config("ipv6Prefix", format!("{addr:?} in {text:?} is not an IPv6 address")))?;
+    let len: u8 = len
+        .trim()
+        .parse()
+        .map_err(|_| Error::config("ipv6Prefix", format!("prefix length {len:?} in {text:?} is not a number")))?;
+    if !(8..=64).contains(&len) {
+        return Err(Error::config(
+            "ipv6Prefix",
+            format!("prefix length /{len} in {text:?} must be between /8 and /64"),
+        ));
+    }
+    if addr.segments()[0] & 0xfe00 != 0xfc00 {
+        return Err(Error::config(
+            "ipv6Prefix",
+            format!("{text:?} is not a unique local (fc00::/7) prefix; vmnet only routes ULA prefixes"),
+        ));
+    }
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+    Ok((Ipv6Addr::from(u128::from(addr) & mask), len))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or `-` separated; one or two hex digits per
+/// octet, as vmnet prints them).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let sep = if text.contains('-') { '-' } else { ':' };
+    let mut out = [0u8; 6];
+    let mut parts = text.trim().split(sep);
+    for slot in out.iter_mut() {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        *slot = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(out)
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The vmnet calls that realise `config`, in order. Refuses, before any call
+/// is made, what vmnet cannot express.
+pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
+    let mode = match config.mode {
+        Mode::Shared => VMNET_SHARED_MODE,
+        Mode::Host => VMNET_HOST_MODE,
+    };
+    let mut steps = vec![Step::Create { mode }];
+
+    if let Some(name) = &config.external_interface {
+        if config.mode != Mode::Shared {
+            return Err(Error::config("externalInterface", "applies only to shared mode (host mode has no way out)"));
+        }
+        if name.is_empty() || name.len() > 15 || name.contains('\0') {
+            return Err(Error::config(
+                "externalInterface",
+                format!("{name:?} is not a host interface name (e.g. en0)"),
+            ));
+        }
+        steps.push(Step::SetExternalInterface(name.clone()));
+    }
+
+    if !config.nat44 {
+        steps.push(Step::DisableNat44);
+    }
+    if !config.nat66 {
+        steps.push(Step::DisableNat66);
+    }
+    if !config.dhcp {
+        steps.push(Step::DisableDhcp);
+    }
+    if !config.dns_proxy {
+        steps.push(Step::DisableDnsProxy);
+    }
+    if !config.router_advertisement {
+        steps.push(Step::DisableRouterAdvertisement);
+    }
+
+    let subnet = match &config.subnet {
+        Some(text) => {
+            let subnet = parse_ipv4_subnet(text)?;
+            steps.push(Step::SetIpv4Subnet { first_host: subnet.first_host(), mask: subnet.mask() });
+            Some(subnet)
+        }
+        None => None,
+    };
+
+    if let Some(text) = &config.ipv6_prefix {
+        let (prefix, len) = parse_ipv6_prefix(text)?;
+        steps.push(Step::SetIpv6Prefix { prefix, len });
+    }
+
+    if config.mtu != 0 {
+        if !(576..=16_384).contains(&config.mtu) {
+            return Err(Error::config("mtu", format!("{} is outside 576..=16384", config.mtu)));
+        }
+        steps.push(Step::SetMtu(config.mtu));
+    }
+
+    for (i, rule) in config.port_forwarding.iter().enumerate() {
+        let field = format!("portForwarding[{i}]");
+        let protocol = match rule.protocol {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        };
+        if rule.external_port == 0 || rule.internal_port == 0 {
+            return Err(Error::config(field, "ports must be 1..=65535"));
+        }
+        let internal_address: IpAddr = rule.internal_address.parse().map_err(|_| {
+            Error::config(&field, format!("internalAddress {:?} is not an IP address", rule.internal_address))
+        })?;
+        let family = match (rule.address_family, internal_address) {
+            (AddressFamily::Ipv4, IpAddr::V4(addr)) => {
+                if let Some(subnet) = subnet {
+                    if !subnet.contains(addr) {
+                        return Err(Error::config(
+                            field,
+                            format!(
+                                "internalAddress {addr} is outside the subnet {}/{}",
+                                subnet.network, subnet.prefix_len
+                            ),
+                        ));
+                    }
+                }
+                DARWIN_AF_INET
+            }
+            (AddressFamily::Ipv6, IpAddr::V6(_)) => DARWIN_AF_INET6,
+            (family, addr) => {
+                return Err(Error::config(
+                    field,
+                    format!("internalAddress {addr} does not match addressFamily {family:?}"),
+                ));
+            }
+        };
+        steps.push(Step::AddPortForwardingRule {
+            protocol,
+            family,
+            internal_port: rule.internal_port,
+            external_port: rule.external_port,
+            internal_address,
+        });
+    }
+
+    for (i, reservation) in config.dhcp_reservations.iter().enumerate() {
+        let field = format!("dhcpReservations[{i}]");
+        if !config.dhcp {
+            return Err(Error::config(field, "DHCP reservations need dhcp: true"));
+        }
+        let mac = parse_mac(&reservation.mac)
+            .ok_or_else(|| Error::config(&field, format!("mac {:?} is not aa:bb:cc:dd:ee:ff", reservation.mac)))?;
+        if mac[0] & 1 == 1 {
+            return Err(Error::config(&field, format!("mac {} is a multicast address", reservation.mac)));
+        }
+        let address: Ipv4Addr = reservation
+            .address
+            .parse()
+            .map_err(|_| Error::config(&field, format!("address {:?} is not an IPv4 address", reservation.address)))?;
+        if let Some(subnet) = subnet {
+            if !subnet.contains(address)
+                || address == subnet.network
+                || address == subnet.first_host()
+                || address == subnet.broadcast()
+            {
+                return Err(Error::config(
+                    field,
+                    format!(
+                        "address {address} is not assignable in {}/{} (network, gateway {} and broadcast are reserved)",
+                        subnet.network,
+                        subnet.prefix_len,
+                        subnet.first_host()
+                    ),
+                ));
+            }
+        }
+        steps.push(Step::AddDhcpReservation { mac, address });
+    }
+
+    Ok(steps)
+}
+
+/// What a live network reports, in `NetworkState` form: the gateway (first
+/// host) with its prefix length, and the IPv6 prefix if any.
+pub fn network_state(subnet: Ipv4Addr, mask: Ipv4Addr, ipv6: Option<(Ipv6Addr, u8)>) -> Result<NetworkState, Error> {
+    let mask_bits = u32::from(mask);
+    let prefix_len = mask_bits.leading_ones();
+    if mask_bits.count_ones() != prefix_len {
+        return Err(Error::Params(format!("vmnet reported a non-contiguous mask {mask}")));
+    }
+    let network = u32::from(subnet) & mask_bits;
+    let gateway = Ipv4Addr::from(network + 1);
+    let ipv6_prefix = match ipv6 {
+        Some((prefix, len)) if len > 0 && !prefix.is_unspecified() => Some(format!("{prefix}/{len}")),
+        _ => None,
+    };
+    Ok(NetworkState { subnet: format!("{gateway}/{prefix_len}"), ipv6_prefix, device: String::new() })
+}
+
+// ---------------------------------------------------------------------------
+// Interface description and parameters.
+// ---------------------------------------------------------------------------
+
+/// Interface description keys (vmnet/vmnet.h `vmnet_*_key`). The FFI side
+/// maps each to the exported key symbol; no key string is written here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DescKey {
+    AllocateMacAddress,
+    EnableIsolation,
+    EnableTso,
+    EnableChecksumOffload,
+}
+
+/// The description for `vmnet_interface_start_with_network`, as (key, bool)
+/// pairs. `network_offload` is the network's setting: every interface on one
+/// network must agree on TSO/checksum offload, or the whole network degrades
+/// (platform-facts §1.6 #3), so a mismatched request is refused.
+pub fn interface_desc_entries(
+    desc: &InterfaceDesc,
+    network_isolation: bool,
+    network_offload: bool,
+) -> Result<Vec<(DescKey, bool)>, Error> {
+    if desc.offload != network_offload {
+        return Err(Error::config(
+            "offload",
+            format!(
+                "the interface asks for offload {} but the network has offload {}; all interfaces on a network must agree (set offload in the network config)",
+                desc.offload, network_offload
+            ),
+        ));
+    }
+    Ok(vec![
+        // A caller-chosen MAC means vmnet must not allocate one; the guest
+        // uses its own (reported ignored on 26.2 [R/?], harmless).
+        (DescKey::AllocateMacAddress, desc.mac.is_none()),
+        (DescKey::EnableIsolation, desc.isolation || network_isolation),
+        (DescKey::EnableTso, network_offload),
+        (DescKey::EnableChecksumOffload, network_offload),
+    ])
+}
+
+/// Parameter keys the start block's `interface_param` dictionary carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ParamKey {
+    MacAddress,
+    Mtu,
+    MaxPacketSize,
+    ReadMaxPackets,
+    WriteMaxPackets,
+}
+
+/// A value copied out of `interface_param` (the dictionary is borrowed and
+/// only valid inside the block).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamValue {
+    String(String),
+    Uint(u64),
+}
+
+pub type Params = BTreeMap<ParamKey, ParamValue>;
+
+fn param_uint(params: &Params, key: ParamKey) -> Result<Option<u64>, Error> {
+    match params.get(&key) {
+        None => Ok(None),
+        Some(ParamValue::Uint(v)) => Ok(Some(*v)),
+        Some(ParamValue::String(s)) => Err(Error::Params(format!("{key:?} is the string {s:?}, expected a number"))),
+    }
+}
+
+/// Builds [`InterfaceInfo`] from the start parameters. A caller-chosen MAC
+/// wins over the parameters (vmnet does not allocate one then).
+pub fn parse_interface_params(params: &Params, desc: &InterfaceDesc) -> Result<InterfaceInfo, Error> {
+    let mac = match desc.mac {
+        Some(mac) => mac,
+        None => match params.get(&ParamKey::MacAddress) {
+            Some(ParamValue::String(s)) => parse_mac(s)
+                .ok_or_else(|| Error::Params(format!("vmnet returned the MAC {s:?}, which does not parse")))?,
+            Some(other) => return Err(Error::Params(format!("MacAddress is {other:?}, expected a string"))),
+            None => return Err(Error::Params("vmnet allocated no MAC address (vmnet_mac_address_key missing)".into())),
+        },
+    };
+    let mtu = param_uint(params, ParamKey::Mtu)?.unwrap_or(1500);
+    if !(68..=65_535).contains(&mtu) {
+        return Err(Error::Params(format!("MTU {mtu} is out of range")));
+    }
+    let max_frame_bytes = match param_uint(params, ParamKey::MaxPacketSize)? {
+        Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+        None => DEFAULT_MAX_PACKET_BYTES,
+    };
+    if !(60..=MAX_PACKET_BYTES_CAP).contains(&max_frame_bytes) {
+        return Err(Error::Params(format!("max packet size {max_frame_bytes} is outside 60..={MAX_PACKET_BYTES_CAP}")));
+    }
+    let batch = |key| -> Result<usize, Error> {
+        Ok(match param_uint(params, key)? {
+            Some(0) => return Err(Error::Params(format!("{key:?} is 0"))),
+            Some(v) => usize::try_from(v).unwrap_or(MAX_PACKETS_CAP).min(MAX_PACKETS_CAP),
+            None => FALLBACK_MAX_PACKETS,
+        })
+    };
+    Ok(InterfaceInfo {
+        mac,
+        mtu: mtu as u32,
+        max_frame_bytes,
+        read_max_frames: batch(ParamKey::ReadMaxPackets)?,
+        write_max_frames: batch(ParamKey::WriteMaxPackets)?,
+        offload: desc.offload,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// XPC values the message model has no variant for.
+// ---------------------------------------------------------------------------
+
+/// Key of a tagged value: a dictionary holding exactly this key (with the
+/// XPC type name) and [`TAG_VALUE_KEY`] stands for one XPC value of a kind
+/// `Value` lacks. `$` keeps it apart from vmnet's and the protocols' keys.
+pub const TAG_TYPE_KEY: &str = "$xpc_type";
+pub const TAG_VALUE_KEY: &str = "$value";
+
+/// An XPC value without a `Value` variant.
+#[derive(Debug)]
+pub enum Tagged {
+    /// `uint64`; carried as the same 64 bits in an `Int`.
+    Uint64(u64),
+    /// `uuid`; 16 bytes of data.
+    Uuid([u8; 16]),
+    /// `double`; the IEEE-754 bits in an `Int`.
+    Double(f64),
+    /// `null`.
+    Null,
+    /// `array`; items under keys "0", "1", ...
+    Array(Vec<Value>),
+}
+
+/// A tagged value as a `Value::Dict`.
+pub fn tag(value: Tagged) -> Value {
+    let (name, inner) = match value {
+        Tagged::Uint64(v) => ("uint64", Some(Value::Int(v as i64))),
+        Tagged::Uuid(bytes) => ("uuid", Some(Value::Data(bytes.to_vec()))),
+        Tagged::Double(v) => ("double", Some(Value::Int(v.to_bits() as i64))),
+        Tagged::Null => ("null", None),
+        Tagged::Array(items) => {
+            let mut d = Dict::new();
+            for (i, item) in items.into_iter().enumerate() {
+                d.insert(i.to_string(), item);
+            }
+            ("array", Some(Value::Dict(d)))
+        }
+    };
+    let mut d = Dict::new().with(TAG_TYPE_KEY, Value::String(name.into()));
+    if let Some(inner) = inner {
+        d.insert(TAG_VALUE_KEY, inner);
+    }
+    Value::Dict(d)
+}
+
+/// If `dict` is a tagged value, takes it apart; `Ok(Err(dict))` hands an
+/// ordinary dictionary back. Array items come in index order, as `Value`s.
+pub fn untag(mut dict: Dict) -> Result<Result<Tagged, Dict>, Error> {
+    let Some(name) = dict.get_str(TAG_TYPE_KEY).map(str::to_owned) else {
+        return Ok(Err(dict));
+    };
+    let extra = dict.len() - 1 - usize::from(dict.contains_key(TAG_VALUE_KEY));
+    if extra != 0 {
+        return Err(Error::Tag(format!("a {name} tag carries {extra} unexpected keys")));
+    }
+    let value = dict.remove(TAG_VALUE_KEY);
+    Ok(Ok(match (name.as_str(), value) {
+        ("uint64", Some(Value::Int(v))) => Tagged::Uint64(v as u64),
+        ("double", Some(Value::Int(v))) => Tagged::Double(f64::from_bits(v as u64)),
+        ("uuid", Some(Value::Data(bytes))) => Tagged::Uuid(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Tag(format!("a uuid tag holds {} bytes, not 16", bytes.len())))?,
+        ),
+        ("null", None) => Tagged::Null,
+        ("array", Some(Value::Dict(mut items))) => {
+            let n = items.len();
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                out.push(
+                    items
+                        .remove(&i.to_string())
+                        .ok_or_else(|| Error::Tag(format!("an array tag of {n} items lacks item {i}")))?,
+                );
+            }
+            Tagged::Array(out)
+        }
+        (name, value) => {
+            return Err(Error::Tag(format!("unknown tag {name:?} or wrong payload {:?}", value.map(|v| kind_of(&v)))))
+        }
+    }))
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "string",
+        Value::Int(_) => "int",
+        Value::Bool(_) => "bool",
+        Value::Data(_) => "data",
+        Value::Dict(_) => "dict",
+        Value::Fd(_) => "fd",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Peer checks.
+// ---------------------------------------------------------------------------
+
+/// A peer from an `audit_token_t` (8 × u32; bsm/libbsm.h: [0] auid,
+/// [1] euid, [2] egid, [3] ruid, [4] rgid, [5] pid, [6] asid, [7] pid
+/// version).
+pub fn peer_from_audit_token(token: &[u32; 8], connection: u64) -> Peer {
+    Peer { uid: token[1], gid: token[2], pid: token[5] as i32, connection }
+}
+
+/// `kern.osproductversion` ("26.1", "26.2.1") as (major, minor, patch).
+pub fn parse_os_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next().map(str::parse).transpose().ok()?.unwrap_or(0);
+    let patch = parts.next().map(str::parse).transpose().ok()?.unwrap_or(0);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((major, minor, patch))
+}
+
+/// Lima's rule (platform-facts §6.1): before macOS 26.2 a VZ client can only
+/// use a deserialized network if it is the same executable (same CDHash) as
+/// the creator, so serialization requests are accepted only from it.
+pub fn same_cdhash_rule_applies(os: (u32, u32, u32)) -> bool {
+    os < (26, 2, 0)
+}
+
+/// A code-signing requirement string that matches exactly one CDHash, for
+/// `xpc_listener_set_peer_code_signing_requirement` [?].
+pub fn cdhash_requirement(cdhash: &[u8; 20]) -> String {
+    let hex: String = cdhash.iter().map(|b| format!("{b:02X}")).collect();
+    format!("cdhash H\"{hex}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DhcpReservation, PortForward};
+
+    fn base() -> NetworkConfig {
+        NetworkConfig {
+            mode: Mode::Shared,
+            dhcp: true,
+            dns_proxy: true,
+            mtu: 0,
+            nat44: true,
+            nat66: true,
+            router_advertisement: true,
+            subnet: None,
+            ipv6_prefix: None,
+            port_forwarding: vec![],
+            dhcp_reservations: vec![],
+            external_interface: None,
+            isolation: false,
+            offload: false,
+        }
+    }
+
+    fn err_text(config: &NetworkConfig) -> String {
+        configuration_steps(config).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_one_create_call() {
+        assert_eq!(configuration_steps(&base()).unwrap(), vec![Step::Create { mode: VMNET_SHARED_MODE }]);
+        let host = NetworkConfig { mode: Mode::Host, ..base() };
+        assert_eq!(configuration_steps(&host).unwrap(), vec![Step::Create { mode: VMNET_HOST_MODE }]);
+    }
+
+    #[test]
+    fn each_false_flag_maps_to_its_disable_call() {
+        let cases: [(fn(&mut NetworkConfig), Step); 5] = [
+            (|c| c.nat44 = false, Step::DisableNat44),
+            (|c| c.nat66 = false, Step::DisableNat66),
+            (|c| c.dhcp = false, Step::DisableDhcp),
+            (|c| c.dns_proxy = false, Step::DisableDnsProxy),
+            (|c| c.router_advertisement = false, Step::DisableRouterAdvertisement),
+        ];
+        for (set, step) in cases {
+            let mut c = base();
+            set(&mut c);
+            assert_eq!(configuration_steps(&c).unwrap(), vec![Step::Create { mode: VMNET_SHARED_MODE }, step]);
+        }
+    }
+
+    #[test]
+    fn full_config_in_call_order() {
+        let c = NetworkConfig {
+            mtu: 9000,
+            nat66: false,
+            subnet: Some("192.168.107.0/24".into()),
+            ipv6_prefix: Some("fd00:1:2:3::/64".into()),
+            external_interface: Some("en0".into()),
+            port_forwarding: vec![PortForward {
+                protocol: Protocol::Tcp,
+                external_port: 2222,
+                internal_address: "192.168.107.10".into(),
+                internal_port: 22,
+                address_family: AddressFamily::Ipv4,
+            }],
+            dhcp_reservations: vec![DhcpReservation {
+                mac: "52:54:00:12:34:56".into(),
+                address: "192.168.107.20".into(),
+            }],
+            ..base()
+        };
+        let steps = configuration_steps(&c).unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                Step::Create { mode: VMNET_SHARED_MODE },
+                Step::SetExternalInterface("en0".into()),
+                Step::DisableNat66,
+                Step::SetIpv4Subnet {
+                    first_host: Ipv4Addr::new(192, 168, 107, 1),
+                    mask: Ipv4Addr::new(255, 255, 255, 0)
+                },
+                Step::SetIpv6Prefix { prefix: "fd00:1:2:3::".parse().unwrap(), len: 64 },
+                Step::SetMtu(9000),
+                Step::AddPortForwardingRule {
+                    protocol: IPPROTO_TCP,
+                    family: DARWIN_AF_INET,
+                    internal_port: 22,
+                    external_port: 2222,
+                    internal_address: "192.168.107.10".parse().unwrap(),
+                },
+                Step::AddDhcpReservation {
+                    mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                    address: Ipv4Addr::new(192, 168, 107, 20)
+                },
+            ]
+        );
+        assert_eq!(
+            steps[6].to_string(),
+            "vmnet_network_configuration_add_port_forwarding_rule(tcp host port 2222 -> 192.168.107.10 port 22)"
+        );
+    }
+
+    #[test]
+    fn subnet_is_normalised_to_first_host() {
+        for text in ["192.168.107.0/24", "192.168.107.1/24", "192.168.107.77/24"] {
+            let c = NetworkConfig { subnet: Some(text.into()), ..base() };
+            assert_eq!(
+                configuration_steps(&c).unwrap()[1],
+                Step::SetIpv4Subnet {
+                    first_host: Ipv4Addr::new(192, 168, 107, 1),
+                    mask: Ipv4Addr::new(255, 255, 255, 0)
+                },
+                "{text}"
+            );
+        }
+        let c = NetworkConfig { subnet: Some("10.20.0.0/16".into()), ..base() };
+        assert_eq!(
+            configuration_steps(&c).unwrap()[1],
+            Step::SetIpv4Subnet { first_host: Ipv4Addr::new(10, 20, 0, 1), mask: Ipv4Addr::new(255, 255, 0, 0) }
+        );
+    }
+
+    #[test]
+    fn bad_subnets_are_refused_with_the_field_named() {
+        for text in ["192.168.107.0", "192.168.107.0/31", "300.1.1.1/24", "192.168.1.0/x", "fd00::/64"] {
+            let e = err_text(&NetworkConfig { subnet: Some(text.into()), ..base() });
+            assert!(e.starts_with("subnet:"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn ipv6_prefix_rules() {
+        let c = NetworkConfig { ipv6_prefix: Some("fd12:3456:789a:1::5/64".into()), ..base() };
+        assert_eq!(
+            configuration_steps(&c).unwrap()[1],
+            Step::SetIpv6Prefix { prefix: "fd12:3456:789a:1::".parse().unwrap(), len: 64 }
+        );
+        for text in ["2001:db8::/64", "fd00::/96", "fd00::", "192.168.1.0/24"] {
+            let e = err_text(&NetworkConfig { ipv6_prefix: Some(text.into()), ..base() });
+            assert!(e.starts_with("ipv6Prefix:"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn external_interface_only_in_shared_mode() {
+        let c = NetworkConfig { mode: Mode::Host, external_interface: Some("en0".into()), ..base() };
+        assert!(err_text(&c).contains("only to shared mode"));
+        let c = NetworkConfig { external_interface: Some("".into()), ..base() };
+        assert!(err_text(&c).starts_with("externalInterface:"));
+    }
+
+    #[test]
+    fn mtu_range() {
+        assert!(err_text(&NetworkConfig { mtu: 100, ..base() }).starts_with("mtu:"));
+        assert_eq!(configuration_steps(&NetworkConfig { mtu: 1500, ..base() }).unwrap()[1], Step::SetMtu(1500));
+    }
+
+    #[test]
+    fn port_forward_v6_udp_and_mismatches() {
+        let rule = |family, addr: &str| PortForward {
+            protocol: Protocol::Udp,
+            external_port: 5353,
+            internal_address: addr.into(),
+            internal_port: 53,
+            address_family: family,
+        };
+        let c = NetworkConfig { port_forwarding: vec![rule(AddressFamily::Ipv6, "fd00::10")], ..base() };
+        assert_eq!(
+            configuration_steps(&c).unwrap()[1],
+            Step::AddPortForwardingRule {
+                protocol: IPPROTO_UDP,
+                family: DARWIN_AF_INET6,
+                internal_port: 53,
+                external_port: 5353,
+                internal_address: "fd00::10".parse().unwrap(),
+            }
+        );
+        let c = NetworkConfig { port_forwarding: vec![rule(AddressFamily::Ipv4, "fd00::10")], ..base() };
+        assert!(err_text(&c).starts_with("portForwarding[0]:"));
+        let c = NetworkConfig { port_forwarding: vec![rule(AddressFamily::Ipv4, "nope")], ..base() };
+        assert!(err_text(&c).contains("not an IP address"));
+        let c = NetworkConfig {
+            subnet: Some("192.168.107.0/24".into()),
+            port_forwarding: vec![rule(AddressFamily::Ipv4, "10.0.0.1")],
+            ..base()
+        };
+        assert!(err_text(&c).contains("outside the subnet"));
+        let mut zero = rule(AddressFamily::Ipv4, "192.168.107.5");
+        zero.external_port = 0;
+        assert!(err_text(&NetworkConfig { port_forwarding: vec![zero], ..base() }).contains("1..=65535"));
+    }
+
+    #[test]
+    fn reservations_are_checked() {
+        let res = |mac: &str, addr: &str| DhcpReservation { mac: mac.into(), address: addr.into() };
+        let with = |r, dhcp| NetworkConfig {
+            subnet: Some("192.168.107.1/24".into()),
+            dhcp,
+            dhcp_reservations: vec![r],
+            ..base()
+        };
+        assert!(err_text(&with(res("52:54:00:00:00:01", "192.168.107.1"), true)).contains("not assignable"));
+        assert!(err_text(&with(res("52:54:00:00:00:01", "192.168.107.255"), true)).contains("not assignable"));
+        assert!(err_text(&with(res("52:54:00:00:00:01", "192.168.108.3"), true)).contains("not assignable"));
+        assert!(err_text(&with(res("zz:54:00:00:00:01", "192.168.107.3"), true)).contains("is not aa:bb"));
+        assert!(err_text(&with(res("01:00:5e:00:00:01", "192.168.107.3"), true)).contains("multicast"));
+        assert!(err_text(&with(res("52:54:00:00:00:01", "192.168.107.3"), false)).contains("dhcp: true"));
+        let steps = configuration_steps(&with(res("52-54-00-00-00-0A", "192.168.107.3"), true)).unwrap();
+        assert_eq!(
+            steps.last().unwrap(),
+            &Step::AddDhcpReservation { mac: [0x52, 0x54, 0, 0, 0, 0x0a], address: Ipv4Addr::new(192, 168, 107, 3) }
+        );
+    }
+
+    #[test]
+    fn config_errors_become_backend_config_errors() {
+        let e: super::super::Error = configuration_steps(&NetworkConfig { mtu: 1, ..base() }).unwrap_err().into();
+        assert!(matches!(e, super::super::Error::Config(_)), "{e:?}");
+    }
+
+    #[test]
+    fn status_codes_round_trip_and_have_names_and_hints() {
+        for (i, status) in Status::ALL.iter().enumerate() {
+            assert_eq!(status.raw(), 1000 + i as u32);
+            assert_eq!(Status::from_raw(status.raw()), *status);
+            assert!(status.name().starts_with("VMNET_"));
+            assert!(!status.hint().is_empty());
+        }
+        assert_eq!(Status::from_raw(1009).name(), "VMNET_SHARING_SERVICE_BUSY");
+        assert!(Status::SharingServiceBusy.hint().contains("Internet Sharing"));
+        assert!(Status::NotAuthorized.hint().contains("com.apple.security.virtualization"));
+        assert!(Status::NotAuthorized.hint().contains("vmnet-rs install"));
+        assert_eq!(Status::from_raw(4242), Status::Unknown(4242));
+        assert_eq!(Status::Unknown(4242).raw(), 4242);
+        let e = status_error("vmnet_network_create", Status::SharingServiceBusy).to_string();
+        assert!(e.starts_with("vmnet_network_create failed: VMNET_SHARING_SERVICE_BUSY (1009)"), "{e}");
+        assert_eq!(status_io_error("vmnet_write", Status::BufferExhausted).kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!(status_io_error("vmnet_read", Status::NotAuthorized).kind(), std::io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn desc_entries_follow_the_request_and_the_network() {
+        let d = InterfaceDesc::default();
+        assert_eq!(
+            interface_desc_entries(&d, false, false).unwrap(),
+            vec![
+                (DescKey::AllocateMacAddress, true),
+                (DescKey::EnableIsolation, false),
+                (DescKey::EnableTso, false),
+                (DescKey::EnableChecksumOffload, false),
+            ]
+        );
+        let d = InterfaceDesc { mac: Some([2, 0, 0, 0, 0, 1]), isolation: false, offload: true };
+        assert_eq!(
+            interface_desc_entries(&d, true, true).unwrap(),
+            vec![
+                (DescKey::AllocateMacAddress, false),
+                (DescKey::EnableIsolation, true),
+                (DescKey::EnableTso, true),
+                (DescKey::EnableChecksumOffload, true),
+            ]
+        );
+        let e =
+            interface_desc_entries(&InterfaceDesc { offload: true, ..Default::default() }, false, false).unwrap_err();
+        assert!(e.to_string().contains("must agree"), "{e}");
+    }
+
+    #[test]
+    fn params_parse_into_info() {
+        let mut p = Params::new();
+        p.insert(ParamKey::MacAddress, ParamValue::String("be:d0:74:5c:e:5d".into()));
+        p.insert(ParamKey::Mtu, ParamValue::Uint(1500));
+        p.insert(ParamKey::MaxPacketSize, ParamValue::Uint(65550));
+        p.insert(ParamKey::ReadMaxPackets, ParamValue::Uint(256));
+        p.insert(ParamKey::WriteMaxPackets, ParamValue::Uint(100_000));
+        let desc = InterfaceDesc { offload: true, ..Default::default() };
+        let info = parse_interface_params(&p, &desc).unwrap();
+        assert_eq!(
+            info,
+            InterfaceInfo {
+                mac: [0xbe, 0xd0, 0x74, 0x5c, 0x0e, 0x5d],
+                mtu: 1500,
+                max_frame_bytes: 65550,
+                read_max_frames: 256,
+                write_max_frames: MAX_PACKETS_CAP,
+                offload: true,
+            }
+        );
+        // A caller-chosen MAC wins; absent sizes fall back.
+        let mut p2 = Params::new();
+        p2.insert(ParamKey::Mtu, ParamValue::Uint(9000));
+        let desc = InterfaceDesc { mac: Some([2, 1, 2, 3, 4, 5]), ..Default::default() };
+        let info = parse_interface_params(&p2, &desc).unwrap();
+        assert_eq!(info.mac, [2, 1, 2, 3, 4, 5]);
+        assert_eq!(info.mtu, 9000);
+        assert_eq!(info.max_frame_bytes, DEFAULT_MAX_PACKET_BYTES);
+        assert_eq!(info.read_max_frames, FALLBACK_MAX_PACKETS);
+    }
+
+    #[test]
+    fn bad_params_are_errors() {
+        let d = InterfaceDesc::default();
+        assert!(parse_interface_params(&Params::new(), &d).unwrap_err().to_string().contains("no MAC"));
+        let mut p = Params::new();
+        p.insert(ParamKey::MacAddress, ParamValue::String("nonsense".into()));
+        assert!(parse_interface_params(&p, &d).is_err());
+        p.insert(ParamKey::MacAddress, ParamValue::String("02:00:00:00:00:01".into()));
+        p.insert(ParamKey::ReadMaxPackets, ParamValue::Uint(0));
+        assert!(parse_interface_params(&p, &d).unwrap_err().to_string().contains("is 0"));
+        p.insert(ParamKey::ReadMaxPackets, ParamValue::Uint(8));
+        p.insert(ParamKey::MaxPacketSize, ParamValue::Uint(1 << 20));
+        assert!(parse_interface_params(&p, &d).is_err());
+        p.insert(ParamKey::MaxPacketSize, ParamValue::String("big".into()));
+        assert!(parse_interface_params(&p, &d).unwrap_err().to_string().contains("expected a number"));
+    }
+
+    #[test]
+    fn macs_parse_and_format() {
+        assert_eq!(parse_mac("0:1:a:ff:10:2"), Some([0, 1, 0xa, 0xff, 0x10, 2]));
+        assert_eq!(parse_mac("00:11:22:33:44"), None);
+        assert_eq!(parse_mac("00:11:22:33:44:55:66"), None);
+        assert_eq!(parse_mac("000:11:22:33:44:55"), None);
+        assert_eq!(format_mac(&[0, 1, 0xa, 0xff, 0x10, 2]), "00:01:0a:ff:10:02");
+    }
+
+    #[test]
+    fn state_reports_gateway_and_prefix() {
+        let s = network_state(Ipv4Addr::new(192, 168, 64, 1), Ipv4Addr::new(255, 255, 255, 0), None).unwrap();
+        assert_eq!(s.subnet, "192.168.64.1/24");
+        assert_eq!(s.ipv6_prefix, None);
+        let s = network_state(
+            Ipv4Addr::new(10, 1, 0, 0),
+            Ipv4Addr::new(255, 255, 0, 0),
+            Some(("fd9b:1:2:3::".parse().unwrap(), 64)),
+        )
+        .unwrap();
+        assert_eq!(s.subnet, "10.1.0.1/16");
+        assert_eq!(s.ipv6_prefix.as_deref(), Some("fd9b:1:2:3::/64"));
+        assert_eq!(
+            network_state(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(255, 0, 255, 0), None).unwrap_err().to_string(),
+            "interface parameters: vmnet reported a non-contiguous mask 255.0.255.0"
+        );
+        let s =
+            network_state(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(255, 0, 0, 0), Some((Ipv6Addr::UNSPECIFIED, 0)))
+                .unwrap();
+        assert_eq!(s.ipv6_prefix, None);
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        let originals = vec![
+            Tagged::Uint64(u64::MAX),
+            Tagged::Uuid([7; 16]),
+            Tagged::Double(-1.5),
+            Tagged::Null,
+            Tagged::Array(vec![Value::Int(1), Value::String("x".into()), tag(Tagged::Uint64(3))]),
+        ];
+        for original in originals {
+            let repr = format!("{original:?}");
+            let Value::Dict(d) = tag(original) else { panic!("tag is not a dict") };
+            let back = untag(d).unwrap().unwrap();
+            match back {
+                Tagged::Array(items) => {
+                    assert_eq!(items.len(), 3);
+                    assert!(matches!(items[0], Value::Int(1)));
+                    let Value::Dict(inner) = &items[2] else { panic!("nested tag lost") };
+                    assert!(matches!(untag(inner.try_clone().unwrap()).unwrap().unwrap(), Tagged::Uint64(3)));
+                }
+                other => assert_eq!(format!("{other:?}"), repr),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_dicts_are_not_tags_and_bad_tags_are_errors() {
+        let plain = Dict::new().with("networkSerialization", Value::Data(vec![1, 2]));
+        assert!(untag(plain).unwrap().is_err());
+        let bad =
+            Dict::new().with(TAG_TYPE_KEY, Value::String("uuid".into())).with(TAG_VALUE_KEY, Value::Data(vec![1]));
+        assert!(untag(bad).unwrap_err().to_string().contains("not 16"));
+        let bad = Dict::new().with(TAG_TYPE_KEY, Value::String("mach_send".into()));
+        assert!(untag(bad).unwrap_err().to_string().contains("unknown tag"));
+        let bad = Dict::new().with(TAG_TYPE_KEY, Value::String("null".into())).with("other", Value::Bool(true));
+        assert!(untag(bad).unwrap_err().to_string().contains("unexpected keys"));
+        let items = Dict::new().with("0", Value::Int(1)).with("2", Value::Int(2));
+        let bad = Dict::new().with(TAG_TYPE_KEY, Value::String("array".into())).with(TAG_VALUE_KEY, Value::Dict(items));
+        assert!(untag(bad).unwrap_err().to_string().contains("lacks item 1"));
+    }
+
+    #[test]
+    fn peer_facts() {
+        let token = [501, 502, 20, 503, 21, 4242, 100_001, 7];
+        assert_eq!(peer_from_audit_token(&token, 9), Peer { uid: 502, gid: 20, pid: 4242, connection: 9 });
+        assert_eq!(parse_os_version("26.1"), Some((26, 1, 0)));
+        assert_eq!(parse_os_version("26.2.1\n"), Some((26, 2, 1)));
+        assert_eq!(parse_os_version("26.x"), None);
+        assert_eq!(parse_os_version("1.2.3.4"), None);
+        assert!(same_cdhash_rule_applies((26, 1, 9)));
+        assert!(!same_cdhash_rule_applies((26, 2, 0)));
+        assert!(!same_cdhash_rule_applies((27, 0, 0)));
+        let mut hash = [0u8; 20];
+        hash[0] = 0xab;
+        hash[19] = 0x01;
+        assert_eq!(cdhash_requirement(&hash), "cdhash H\"AB00000000000000000000000000000000000001\"");
+    }
+}

@@ -1,0 +1,83 @@
+//! The client side of the Unix transport: one connection, one request at a
+//! time. Used by the Python `Client` and by tests; runs on the caller's
+//! thread (blocking).
+//!
+//! The connection is the client's identity for leases: whatever the broker
+//! hands out over it is released when it closes (explicitly, on drop, or
+//! when the process dies and the kernel closes the socket).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::codec::{self, MAX_MESSAGE_BYTES};
+use super::sys::{self, Received};
+use crate::xpc::{Dict, Error};
+
+pub struct Client {
+    fd: OwnedFd,
+    path: PathBuf,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the broker socket at `path`.
+    pub fn connect(path: &Path) -> Result<Client, Error> {
+        let fd = sys::seqpacket_socket().map_err(|source| Error::Io { op: "create a socket", source })?;
+        sys::connect(&fd, path).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED) => {
+                    "start one with `vmnet-rs broker` (or `vmnet-rs install`), or point --socket / VMNET_RS_SOCKET at a running one"
+                }
+                Some(libc::EACCES) | Some(libc::EPERM) => "the socket's permissions do not let this user connect",
+                _ => "check that the broker is running",
+            };
+            Error::Transport(format!("no broker answers on {}: {e}; {hint}", path.display()))
+        })?;
+        Ok(Client { fd, path: path.to_owned(), buf: vec![0; MAX_MESSAGE_BYTES + 1] })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bounds how long [`Client::request`] waits for a reply (None: forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        sys::set_recv_timeout(self.fd.as_raw_fd(), timeout).map_err(|source| Error::Io { op: "set the reply timeout", source })
+    }
+
+    /// Sends `message` and waits for the reply.
+    pub fn request(&mut self, message: &Dict) -> Result<Dict, Error> {
+        let (bytes, fds) = codec::encode(message)?;
+        self.request_raw(&bytes, &fds)
+    }
+
+    /// Sends an already-encoded record (tests send malformed ones) and waits
+    /// for the reply.
+    pub fn request_raw(&mut self, bytes: &[u8], fds: &[RawFd]) -> Result<Dict, Error> {
+        sys::send_record(self.fd.as_raw_fd(), bytes, fds).map_err(|source| Error::Io { op: "send the request to the broker", source })?;
+        self.receive()
+    }
+
+    fn receive(&mut self) -> Result<Dict, Error> {
+        match sys::recv_record(self.fd.as_raw_fd(), &mut self.buf) {
+            Ok(Received::Eof) => Err(Error::Transport(format!(
+                "the broker on {} closed the connection without replying (it stopped or crashed; see its log)",
+                self.path.display()
+            ))),
+            Ok(Received::Record { len, fds, truncated, fds_truncated }) => {
+                if truncated {
+                    return Err(Error::TooLarge { size: len, limit: MAX_MESSAGE_BYTES });
+                }
+                if fds_truncated {
+                    return Err(Error::Malformed(format!("the broker's reply carried more than {} fds", codec::MAX_FDS)));
+                }
+                codec::decode(&self.buf[..len], fds)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(Error::Transport(format!("the broker on {} did not reply in time", self.path.display())))
+            }
+            Err(source) => Err(Error::Io { op: "receive the broker's reply", source }),
+        }
+    }
+}

@@ -1,0 +1,74 @@
+"""Holds one Linux network for a test: run inside a namespace with
+``ip netns exec NS python network_holder.py NAME STATE_DIR`` and the
+configuration JSON on the first line of stdin.
+
+It creates the network, prints ``{"ok": true, "state": {...}}`` (or
+``{"ok": false, "error": ..., "type": ...}`` and exits 1), then answers one
+command per stdin line with one JSON line:
+
+* ``leases``: the DHCP leases
+* ``tap [MAC] [isolated]``: opens a TAP port, keeps its fd, answers its name
+* ``untap NAME``: closes that TAP's fd (the port goes away)
+* ``pid``: the dnsmasq pid from the record
+* ``close``: tears the network down and exits
+
+EOF on stdin tears the network down too, so a test that dies leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from vmnet_rs import VmnetError
+from vmnet_rs._native import Network
+
+
+def reply(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    name, state_dir = sys.argv[1], sys.argv[2]
+    config = sys.stdin.readline()
+    try:
+        net = Network(name, config, state_dir)
+    except VmnetError as e:
+        reply({"ok": False, "error": str(e), "type": type(e).__name__})
+        return 1
+    reply({"ok": True, "state": net.state()})
+    taps: dict[str, int] = {}
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        try:
+            if words[0] == "leases":
+                reply({"ok": True, "leases": net.leases()})
+            elif words[0] == "tap":
+                mac = words[1] if len(words) > 1 and words[1] != "-" else None
+                fd, tap = net.start_tap(mac=mac, isolation="isolated" in words[2:])
+                taps[tap] = fd
+                reply({"ok": True, "tap": tap})
+            elif words[0] == "untap":
+                os.close(taps.pop(words[1]))
+                reply({"ok": True})
+            elif words[0] == "alive":
+                reply({"ok": True, "alive": net.is_alive()})
+            elif words[0] == "close":
+                break
+            else:
+                reply({"ok": False, "error": f"unknown command {words[0]!r}"})
+        except VmnetError as e:
+            reply({"ok": False, "error": str(e), "type": type(e).__name__})
+    for fd in taps.values():
+        os.close(fd)
+    net.close()
+    reply({"ok": True, "closed": True})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

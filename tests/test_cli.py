@@ -1,0 +1,163 @@
+"""The command line through click's CliRunner: networks, networks check, help, exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from vmnet_rs import NetworkError, __version__
+from vmnet_rs import config as cfgmod
+from vmnet_rs.cli import EXIT_FAILED, EXIT_USAGE, cli, main, report_error
+from vmnet_rs.config import Config
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps stderr apart
+
+
+@pytest.fixture
+def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMNET_RS_CONFIG", raising=False)
+    monkeypatch.setattr(cfgmod, "config_search_path", lambda: [tmp_path / "absent.yaml"])
+
+
+def test_networks_prints_the_builtins(runner: CliRunner, no_config_file: None) -> None:
+    result = runner.invoke(cli, ["networks"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("config: built-in defaults")
+    assert lines[1].split() == ["NAME", "MODE", "SUBNET", "IPV6", "PREFIX", "MTU", "ON"]
+    assert lines[2].split() == ["host", "host", "192.168.108.1/24", "auto", "1500", "dhcp", "dnsProxy", "nat44", "nat66"]
+    assert lines[3].split()[:5] == ["shared", "shared", "192.168.107.1/24", "auto", "1500"]
+    assert "routerAdvertisement" in lines[3].split()
+
+
+def test_networks_json_is_the_resolved_config(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["networks", "--config", str(DATA / "full.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc == cfgmod.load_config(DATA / "full.yaml").to_dict()
+    assert sorted(doc["vmnet"]) == ["backplane", "host", "lab", "shared"]
+    # The JSON is itself a valid configuration.
+    assert Config.from_json(result.stdout).to_dict() == doc
+
+
+def test_networks_table_shows_forwards_and_reservations(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["networks", "--config", str(DATA / "full.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "lab: forward tcp/ipv4 host port 2222 -> 10.77.0.10:22" in result.stdout
+    assert "lab: forward udp/ipv6 host port 5353 -> [fd00:77::10]:5353" in result.stdout
+    assert "lab: reserve 10.77.0.10 for 52:54:00:aa:bb:01" in result.stdout
+    assert "lab: external interface en1" in result.stdout
+
+
+def test_networks_env_variable(runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMNET_RS_CONFIG", str(DATA / "lima-networks.yaml"))
+    result = runner.invoke(cli, ["networks", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "jumbo" in json.loads(result.stdout)["vmnet"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "networks.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_networks_with_a_bad_file_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    bad = write(tmp_path, "vmnet:\n  shared:\n    mtu: 70000\n")
+    result = runner.invoke(cli, ["networks", "--config", str(bad)])
+    assert result.exit_code == EXIT_USAGE
+    assert result.stdout == ""
+    assert result.stderr == f'vmnet-rs: {bad}:3: network "shared": key "mtu": 70000 is out of range; use 1280..9000\n'
+
+
+def test_check_ok(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["networks", "check", str(DATA / "lima-networks.yaml"), str(DATA / "full.yaml")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"{DATA / 'lima-networks.yaml'}: ok: 4 networks (host, jumbo, scratch, shared)",
+        f"{DATA / 'full.yaml'}: ok: 4 networks (backplane, host, lab, shared)",
+    ]
+
+
+def test_check_prints_every_problem_and_exits_2(runner: CliRunner, tmp_path: Path) -> None:
+    bad = write(tmp_path, "vmnet:\n  lab:\n    mtu: 1\n    subnet: 10.0.0.0/30\n    colour: red\n")
+    result = runner.invoke(cli, ["networks", "check", str(bad), str(DATA / "full.yaml")])
+    assert result.exit_code == 2
+    errors = result.stderr.splitlines()
+    assert [e.split(": ", 1)[0] for e in errors] == [f"{bad}:3", f"{bad}:4", f"{bad}:5"]
+    assert errors[0] == f'{bad}:3: network "lab": key "mtu": 1 is out of range; use 1280..9000'
+    # The good file after it is still checked.
+    assert result.stdout.startswith(f"{DATA / 'full.yaml'}: ok")
+
+
+def test_check_needs_a_file(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["networks", "check"])
+    assert result.exit_code == 2
+    assert "Missing argument" in result.stderr
+
+
+def commands(group: click.Group, prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[str, ...]]:
+    yield prefix
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from commands(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+@pytest.mark.parametrize("path", list(commands(cli)), ids=lambda p: " ".join(p) or "vmnet-rs")
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_on_every_command(runner: CliRunner, path: Tuple[str, ...], flag: str) -> None:
+    result = runner.invoke(cli, [*path, flag])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Usage: ")
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout == f"vmnet-rs, version {__version__}\n"
+
+
+@pytest.mark.parametrize("args, level", [([], logging.WARNING), (["-v"], logging.INFO), (["-vv"], logging.DEBUG)])
+def test_verbose_sets_the_log_level(runner: CliRunner, no_config_file: None, args: List[str], level: int) -> None:
+    result = runner.invoke(cli, [*args, "networks"])
+    assert result.exit_code == 0, result.output
+    assert logging.getLogger("vmnet_rs").level == level
+
+
+def run_main(args: List[str]) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    code = info.value.code
+    return code if isinstance(code, int) else 1
+
+
+def test_main_exit_codes(tmp_path: Path, no_config_file: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_main(["networks"]) == 0
+    assert run_main(["--version"]) == 0
+    assert run_main(["no-such-command"]) == EXIT_USAGE
+    bad = write(tmp_path, "vmnet: [1]\n")
+    assert run_main(["networks", "--config", str(bad)]) == EXIT_USAGE
+    assert run_main(["networks", "check", str(bad)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f'{bad}:1: key "vmnet": [1] is a list; use a mapping of network names to their settings' in err
+
+
+def test_other_errors_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_error(NetworkError("network \"lab\": bridge vmnet0 could not be created: busy")) == EXIT_FAILED
+    assert capsys.readouterr().err == 'vmnet-rs: network "lab": bridge vmnet0 could not be created: busy\n'

@@ -1,0 +1,433 @@
+"""Configuration loading: defaults, Lima's file, round trips, every error's exact message."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import List
+
+import pytest
+import yaml
+
+from vmnet_rs import ConfigError, _native
+from vmnet_rs import config as cfgmod
+from vmnet_rs.config import (
+    BrokerSettings,
+    Config,
+    DhcpReservation,
+    NetworkConfig,
+    PortForward,
+    load_config,
+    load_config_text,
+)
+
+DATA = Path(__file__).parent / "data"
+
+ALL_NETWORK_KEYS = (
+    "mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, "
+    "portForwarding, dhcpReservations, externalInterface, isolation, offload"
+)
+
+
+def problems(text: str, source: str = "networks.yaml") -> List[str]:
+    """The problems loading YAML text reports, one per line."""
+    with pytest.raises(ConfigError) as info:
+        load_config_text(textwrap.dedent(text), source)
+    return str(info.value).splitlines()
+
+
+def one(text: str) -> str:
+    p = problems(text)
+    assert len(p) == 1, p
+    return p[0]
+
+
+# --- defaults and Lima's file --------------------------------------------------------------
+
+
+def test_builtin_defaults() -> None:
+    cfg = Config.defaults()
+    assert sorted(cfg.networks) == ["host", "shared"]
+    assert cfg.networks["shared"] == NetworkConfig(subnet="192.168.107.1/24")
+    assert cfg.networks["host"] == NetworkConfig(mode="host", router_advertisement=False, subnet="192.168.108.1/24")
+    assert cfg.broker == BrokerSettings()
+    assert cfg.broker.idle_timeout == 120
+    assert cfg.broker.allowed_users == ("root",)
+    assert cfg.broker.allowed_groups == ("vmnet-rs",)
+    assert cfg.broker.socket == "/run/vmnet-rs/broker.sock"
+    assert cfg.broker.mach_service == "io.github.vmnet-rs.broker"
+    assert cfg.source is None
+
+
+def test_empty_file_is_the_defaults() -> None:
+    assert load_config_text("", "empty.yaml").to_json() == Config.defaults().to_json()
+    assert load_config_text("vmnet:\n", "empty.yaml").to_json() == Config.defaults().to_json()
+
+
+def test_lima_networks_yaml_gives_limas_values() -> None:
+    cfg = load_config(DATA / "lima-networks.yaml")
+    lima = dict(mode="shared", dhcp=True, dns_proxy=True, mtu=1500, nat44=True, nat66=True, router_advertisement=True)
+    # What Lima derives: the subnet normalised to its first host, absent keys at Lima's defaults.
+    assert cfg.networks["shared"] == NetworkConfig(**{**lima, "subnet": "192.168.107.1/24"})
+    assert cfg.networks["host"] == NetworkConfig(
+        **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.108.1/24"}
+    )
+    assert cfg.networks["scratch"] == NetworkConfig(**lima)
+    assert cfg.networks["scratch"].subnet is None
+    assert cfg.networks["jumbo"] == NetworkConfig(**{**lima, "nat66": False, "subnet": "192.168.109.1/24"})
+    # Lima's socket_vmnet "networks" (bridged, user-v2, ...) are not vmnet-rs networks.
+    assert sorted(cfg.networks) == ["host", "jumbo", "scratch", "shared"]
+
+
+def test_every_key_is_read() -> None:
+    cfg = load_config(DATA / "full.yaml")
+    assert cfg.broker == BrokerSettings(
+        idle_timeout=300,
+        allowed_users=("root", "alice", "1001"),
+        allowed_groups=("vmnet-rs", "staff"),
+        socket="/run/vmnet-rs/test.sock",
+        mach_service="io.github.vmnet-rs.test",
+    )
+    assert cfg.networks["lab"] == NetworkConfig(
+        mode="shared",
+        dhcp=True,
+        dns_proxy=False,
+        mtu=9000,
+        nat44=True,
+        nat66=False,
+        router_advertisement=False,
+        subnet="10.77.0.1/16",
+        ipv6_prefix="fd00:77::/64",
+        port_forwarding=(
+            PortForward("tcp", 2222, "10.77.0.10", 22, "ipv4"),
+            PortForward("udp", 5353, "fd00:77::10", 5353, "ipv6"),
+        ),
+        dhcp_reservations=(DhcpReservation("52:54:00:aa:bb:01", "10.77.0.10"),),
+        external_interface="en1",
+        isolation=True,
+        offload=True,
+    )
+    assert cfg.networks["backplane"].gateway == "172.20.0.1"
+    assert sorted(cfg.networks) == ["backplane", "host", "lab", "shared"]
+
+
+# --- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lima-networks.yaml", "full.yaml"])
+def test_round_trip_is_lossless(name: str) -> None:
+    cfg = load_config(DATA / name)
+    text = cfg.to_json()
+    # objects -> JSON -> Rust -> JSON: the native validator returns the very same text.
+    assert _native.validate_config(text, "again") == text
+    again = Config.from_json(text)
+    assert again.networks == cfg.networks and again.broker == cfg.broker
+    assert again.to_json() == text
+    # YAML of the resolved config reads back to the same thing.
+    assert load_config_text(yaml.safe_dump(cfg.to_dict()), "dumped.yaml").to_json() == text
+
+
+def test_network_json_round_trip_and_lima_request() -> None:
+    lab = load_config(DATA / "full.yaml").networks["lab"]
+    assert NetworkConfig.from_json(lab.to_json(), "lab") == lab
+    # A Lima client's Configuration: Go omitempty style, empty values mean unset.
+    host = NetworkConfig.from_json('{"mode":"host","subnet":"192.168.108.0/24","routerAdvertisement":false,"mtu":0}',
+                                   "host", "request", lima=True)
+    assert host == Config.defaults().networks["host"]
+    assert NetworkConfig.from_json('{"mode":"","subnet":""}', "x", lima=True) == NetworkConfig()
+
+
+def test_differences() -> None:
+    a = Config.defaults().networks["shared"]
+    assert a.differences(a) == []
+    b = NetworkConfig(mtu=9000, subnet="192.168.107.1/24", offload=True)
+    assert a.differences(b) == ["mtu: 1500 != 9000", "offload: false != true"]
+
+
+def test_unknown_network_name() -> None:
+    with pytest.raises(ConfigError, match=r'^the built-in defaults: no network named "nope"; known networks: host, shared$'):
+        Config.defaults().network("nope")
+
+
+# --- errors, each with its exact message ---------------------------------------------------
+
+
+def test_mtu_out_of_range() -> None:
+    assert one("""
+        vmnet:
+          shared:
+            mtu: 70000
+    """) == 'networks.yaml:4: network "shared": key "mtu": 70000 is out of range; use 1280..9000'
+
+
+def test_bad_cidr() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 192.168.50/24
+    """) == ('networks.yaml:4: network "lab": key "subnet": "192.168.50/24" is not an IPv4 subnet; '
+             'use a network address and prefix length like "192.168.107.0/24"')
+
+
+def test_subnet_too_small() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 192.168.50.0/30
+    """) == ('networks.yaml:4: network "lab": key "subnet": "192.168.50.0/30" is too small: a /30 leaves no room '
+             'for the gateway, DHCP and VMs; use a prefix length of 8..29 (/24 is usual)')
+
+
+def test_subnet_host_address() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 192.168.50.9/24
+    """) == ('networks.yaml:4: network "lab": key "subnet": "192.168.50.9/24" is neither the network address nor '
+             'its first host; use "192.168.50.0/24" (the gateway is then the first host)')
+
+
+def test_overlapping_subnets() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 192.168.107.128/25
+    """) == ('networks.yaml:4: network "lab": key "subnet": "192.168.107.129/25" overlaps 192.168.107.1/24 of '
+             'built-in network "shared" (redefine it under vmnet to move it); give each network its own subnet')
+    assert one("""
+        vmnet:
+          a:
+            subnet: 10.0.0.0/8
+          b:
+            subnet: 10.20.0.0/16
+    """) == ('networks.yaml:6: network "b": key "subnet": "10.20.0.1/16" overlaps 10.0.0.1/8 of network "a"; '
+             'give each network its own subnet')
+
+
+def test_reservation_outside_subnet_and_on_gateway() -> None:
+    assert problems("""
+        vmnet:
+          lab:
+            subnet: 10.1.0.0/24
+            dhcpReservations:
+              - mac: "52:54:00:00:00:01"
+                address: 10.2.0.5
+              - mac: "52:54:00:00:00:02"
+                address: 10.1.0.1
+    """) == [
+        'networks.yaml:7: network "lab": key "dhcpReservations[0].address": "10.2.0.5" is outside the subnet '
+        '10.1.0.1/24; use an address from 10.1.0.2 to 10.1.0.254',
+        'networks.yaml:9: network "lab": key "dhcpReservations[1].address": "10.1.0.1" is the gateway '
+        "(the host's own address); use an address from 10.1.0.2 to 10.1.0.254",
+    ]
+
+
+def test_bad_mac() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 10.1.0.0/24
+            dhcpReservations:
+              - {mac: "52:54:00:00:01", address: 10.1.0.5}
+    """) == ('networks.yaml:6: network "lab": key "dhcpReservations[0].mac": "52:54:00:00:01" is not a MAC '
+             'address; use six hex pairs like "52:54:00:12:34:56"')
+
+
+def test_duplicate_ports() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 10.1.0.0/24
+            portForwarding:
+              - {protocol: tcp, externalPort: 8080, internalAddress: 10.1.0.5}
+              - {protocol: tcp, externalPort: 8080, internalAddress: 10.1.0.6, internalPort: 80}
+    """) == ('networks.yaml:7: network "lab": key "portForwarding[1].externalPort": 8080 tcp/ipv4 is already '
+             'forwarded by portForwarding[0]; forward each host port once')
+
+
+def test_port_out_of_range() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 10.1.0.0/24
+            portForwarding:
+              - protocol: tcp
+                externalPort: 65536
+                internalAddress: 10.1.0.5
+    """) == 'networks.yaml:7: network "lab": key "portForwarding[0].externalPort": 65536 is out of range; use 1..65535'
+
+
+def test_external_interface_needs_shared_mode() -> None:
+    assert one("""
+        vmnet:
+          host:
+            mode: host
+            subnet: 192.168.108.0/24
+            externalInterface: en0
+    """) == ('networks.yaml:6: network "host": key "externalInterface": "en0" is set but mode is "host"; '
+             'externalInterface needs mode "shared" (remove it or change the mode)')
+
+
+def test_unknown_key_did_you_mean() -> None:
+    assert one("""
+        vmnet:
+          shared:
+            dnsproxy: false
+    """) == (f'networks.yaml:4: network "shared": key "dnsproxy": unknown key (did you mean "dnsProxy"?); '
+             f"allowed keys: {ALL_NETWORK_KEYS}")
+    assert one("vmnets: {}\n") == (
+        'networks.yaml:1: key "vmnets": unknown key (did you mean "vmnet"?); allowed keys: vmnet, broker '
+        "(Lima's paths, group, networks are read and ignored)"
+    )
+
+
+def test_wrong_types() -> None:
+    assert problems("""
+        vmnet:
+          shared:
+            dhcp: "yes"
+            mtu: big
+            portForwarding: none
+        broker:
+          idleTimeout: 1.5
+    """) == [
+        'networks.yaml:4: network "shared": key "dhcp": "yes" is a string; use true or false',
+        'networks.yaml:5: network "shared": key "mtu": "big" is a string; use an integer in 1280..9000',
+        'networks.yaml:6: network "shared": key "portForwarding": "none" is a string; use a list of mappings '
+        "with protocol, externalPort, internalAddress and internalPort",
+        'networks.yaml:8: broker: key "idleTimeout": 1.5 is a decimal number; use an integer in 1..4294967295 (seconds)',
+    ]
+
+
+def test_every_problem_is_reported_in_file_order() -> None:
+    p = problems("""
+        vmnet:
+          a:
+            mtu: 1
+            subnet: 8.8.8.0/24
+          b:
+            mode: bridged
+            colour: red
+    """)
+    assert [x.split(":")[1] for x in p] == ["4", "5", "7", "8"], p
+
+
+def test_duplicate_keys() -> None:
+    assert problems("""
+        vmnet:
+          lab:
+            mtu: 1500
+            mtu: 9000
+          lab: {}
+    """) == [
+        'networks.yaml:5: network "lab": key "mtu": given twice (first on line 4); keep one',
+        'networks.yaml:6: network "lab": defined twice (first on line 3); keep one',
+    ]
+
+
+def test_yaml_syntax_error() -> None:
+    assert one("vmnet:\n  shared: [\n") .startswith("networks.yaml:3: not valid YAML: ")
+
+
+def test_not_a_mapping() -> None:
+    assert one("- shared\n") == (
+        'networks.yaml: the file holds a list; use a mapping with a "vmnet" section of networks (and optionally "broker")'
+    )
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert str(info.value) == (f"{missing}: cannot read the configuration: No such file or directory; "
+                               "give a readable YAML file (or unset VMNET_RS_CONFIG)")
+
+
+def test_yaml_values_json_cannot_carry() -> None:
+    assert one("""
+        vmnet:
+          lab:
+            subnet: 2024-01-01
+    """) == ('networks.yaml:4: network "lab": key "subnet": "2024-01-01" is not an IPv4 subnet; use a network '
+             'address and prefix length like "192.168.107.0/24"')
+
+
+# --- the Python checks say exactly what the native ones say ------------------------------
+
+BAD_DOCUMENTS = [
+    {"vmnet": {"a": {"mtu": "x", "dhcp": 1, "mode": 5, "nat44": None, "offload": "on"}}},
+    {"vmnet": {"a": {"subnet": 24, "ipv6Prefix": [1], "externalInterface": {"x": 1}}}},
+    {"vmnet": {"a": {"portForwarding": [1, {"protocol": 6, "externalPort": "22", "internalAddress": 5,
+                                            "internalPort": True, "addressFamily": 4, "extra": 1}]}}},
+    {"vmnet": {"a": {"dhcpReservations": [{"mac": 1, "address": 2, "adress": 3}], "routerAdvertisment": True}}},
+    {"vmnet": {"a": "shared", "b": [], "c": None}},
+    {"vmnet": []},
+    {"vmnett": {}, "brokr": {}, "paths": {}},
+    {"broker": {"idleTimeout": "1", "allowedUsers": "root", "allowedGroups": [True], "socket": 1, "machService": 2}},
+    {"broker": []},
+    ["vmnet"],
+    "vmnet",
+]
+
+
+@pytest.mark.parametrize("doc", BAD_DOCUMENTS, ids=range(len(BAD_DOCUMENTS)))
+def test_python_checks_match_native_checks(doc: object) -> None:
+    py = list(cfgmod._check(doc, "f.yaml"))
+    assert py, "the Python checks should find something"
+    with pytest.raises(ConfigError) as info:
+        _native.validate_config(json.dumps(doc), "f.yaml")
+    native = str(info.value).splitlines()
+    missing = [p for p in py if p not in native]
+    assert not missing, f"Python says what Rust does not:\n{missing}\nRust:\n{native}"
+
+
+@pytest.mark.parametrize(
+    "typo, known, expected",
+    [("mtuu", "network", "mtu"), ("dns_proxy", "network", "dnsProxy"), ("idle", "broker", "idleTimeout"),
+     ("colour", "network", None), ("vmnett", "top", "vmnet"), ("adress", "dhcp_reservation", "address")],
+)
+def test_did_you_mean(typo: str, known: str, expected: object) -> None:
+    assert cfgmod.did_you_mean(typo, _native.config_keys()[known]) == expected
+
+
+# --- finding the file ----------------------------------------------------------------------
+
+
+def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = tmp_path / "explicit.yaml"
+    env = tmp_path / "env.yaml"
+    user = tmp_path / "xdg" / "vmnet-rs" / "networks.yaml"
+    for p in (explicit, env, user):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("vmnet: {}\n")
+    monkeypatch.setattr(cfgmod.sys, "platform", "linux")
+    monkeypatch.setattr(cfgmod.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("VMNET_RS_CONFIG", str(env))
+    assert cfgmod.find_config_file(explicit) == explicit
+    assert cfgmod.find_config_file() == env
+    monkeypatch.delenv("VMNET_RS_CONFIG")
+    assert cfgmod.config_search_path() == [user, cfgmod.SYSTEM_CONFIG]
+    assert cfgmod.find_config_file() == user
+    monkeypatch.setattr(cfgmod.os, "geteuid", lambda: 0)
+    assert cfgmod.config_search_path() == [cfgmod.SYSTEM_CONFIG]
+
+
+def test_macos_falls_back_to_limas_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lima = tmp_path / "lima" / "_config" / "networks.yaml"
+    lima.parent.mkdir(parents=True)
+    lima.write_bytes((DATA / "lima-networks.yaml").read_bytes())
+    monkeypatch.setattr(cfgmod.sys, "platform", "darwin")
+    monkeypatch.delenv("VMNET_RS_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "none"))
+    monkeypatch.setenv("LIMA_HOME", str(tmp_path / "lima"))
+    assert cfgmod.find_config_file() == lima
+    assert "jumbo" in load_config().networks
+
+
+def test_no_file_means_builtins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMNET_RS_CONFIG", raising=False)
+    monkeypatch.setattr(cfgmod, "config_search_path", lambda: [tmp_path / "absent.yaml"])
+    cfg = load_config()
+    assert cfg.source is None and cfg.to_json() == Config.defaults().to_json()

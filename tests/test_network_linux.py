@@ -1,0 +1,437 @@
+"""The Linux network backend, end to end: bridge, nftables, dnsmasq, TAPs.
+
+Each test makes its own namespaces: ``netns`` is the "host" the network is
+created in (by ``network_holder.py``, run inside it), endpoint namespaces are
+joined to the bridge by veth pairs and configured by busybox ``udhcpc``, and
+an "outside" namespace stands for the world beyond the host. Nothing touches
+the machine's own network; dnsmasq gets no upstream servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from netns import NetNs
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(sys.platform != "linux", reason="Linux backend")]
+
+HOLDER = Path(__file__).with_name("network_holder.py")
+TIMEOUT = 60  # seconds; generous for a loaded 2-core machine
+
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    if [ -n "$router" ]; then ip route replace default via "${router%% *}" dev "$interface"; fi
+    ;;
+esac
+exit 0
+"""
+
+
+def config(**over: object) -> dict:
+    c = {
+        "mode": "shared",
+        "dhcp": True,
+        "dnsProxy": True,
+        "mtu": 1500,
+        "nat44": True,
+        "nat66": True,
+        "routerAdvertisement": True,
+        "subnet": "10.91.0.1/24",
+    }
+    c.update(over)
+    return c
+
+
+class Holder:
+    """A network created and held by a process inside namespace ``ns``."""
+
+    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path) -> None:
+        self.ns, self.name, self.state_dir = ns, name, state_dir
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.pop("VMNET_RS_DNS_RESOLV_FILE", None)  # never an upstream resolver in tests
+        self.proc = ns.popen([sys.executable, str(HOLDER), name, str(state_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.first = self.call(json.dumps(cfg))
+        self.state = self.first.get("state")
+
+    def call(self, line: str) -> dict:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
+        assert ready, f"network holder did not answer {line!r} within {TIMEOUT}s"
+        out = self.proc.stdout.readline()
+        assert out, f"network holder exited ({self.proc.poll()}) on {line!r}"
+        return json.loads(out)
+
+    @property
+    def bridge(self) -> str:
+        return self.state["device"]
+
+    def record(self) -> dict:
+        return json.loads((self.state_dir / f"{self.name}.json").read_text())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("close")
+            finally:
+                self.proc.wait(timeout=TIMEOUT)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def namespaces():
+    """Makes extra namespaces on demand; deletes them all afterwards."""
+    made: list[NetNs] = []
+
+    def make(prefix: str = "vmre") -> NetNs:
+        ns = NetNs(prefix)
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in made:
+        ns.close()
+
+
+@pytest.fixture
+def holders():
+    made: list[Holder] = []
+
+    def make(*args) -> Holder:
+        h = Holder(*args)
+        made.append(h)
+        return h
+
+    yield made.append, make
+    for h in made:
+        try:
+            h.close()
+        except Exception:
+            h.kill()
+
+
+def veth_endpoint(host: NetNs, ep: NetNs, bridge: str, mac: str, mtu: int = 1500) -> str:
+    """Joins ``ep`` to ``bridge`` in ``host`` by a veth pair; ``eth0`` in ep."""
+    host_side = "ve" + uuid.uuid4().hex[:10]
+    host.run(["ip", "link", "add", host_side, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0", "netns", ep.name])
+    host.run(["ip", "link", "set", host_side, "master", bridge, "up"])
+    ep.run(["ip", "link", "set", "eth0", "address", mac, "mtu", str(mtu), "up"])
+    return host_side
+
+
+def dhcp(ep: NetNs, tmp_path: Path) -> str:
+    """Runs busybox udhcpc on ep's eth0; returns the address it got."""
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    ep.run(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "20", "-T", "2", "-s", str(script)], timeout=TIMEOUT)
+    addrs = json.loads(ep.run(["ip", "-j", "-4", "addr", "show", "dev", "eth0"]).stdout)
+    return addrs[0]["addr_info"][0]["local"]
+
+
+def ping(ns: NetNs, addr: str, count: int = 2) -> bool:
+    return ns.run(["busybox", "ping", "-c", str(count), "-W", "3", addr], check=False, timeout=TIMEOUT).returncode == 0
+
+
+def outside_link(host: NetNs, outside: NetNs, host_addr: str, out_addr: str) -> None:
+    """A /24 link between host and outside; outside routes everything to host."""
+    name = "vo" + uuid.uuid4().hex[:10]
+    host.run(["ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", outside.name])
+    host.run(["ip", "addr", "add", f"{host_addr}/24", "dev", name])
+    host.run(["ip", "link", "set", name, "up"])
+    outside.run(["ip", "addr", "add", f"{out_addr}/24", "dev", "eth0"])
+    outside.run(["ip", "link", "set", "eth0", "up"])
+    outside.run(["ip", "route", "add", "default", "via", host_addr])
+
+
+SERVER = textwrap.dedent(
+    """
+    import socket, sys
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[1])))
+    s.listen(4)
+    print("listening", flush=True)
+    while True:
+        c, peer = s.accept()
+        c.sendall((sys.argv[2] + " " + peer[0] + "\\n").encode())
+        c.close()
+    """
+)
+
+CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    print(c.makefile().readline().strip())
+    """
+)
+
+
+def serve(ns: NetNs, port: int, tag: str) -> subprocess.Popen:
+    p = ns.popen([sys.executable, "-c", SERVER, str(port), tag], stdout=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([p.stdout], [], [], TIMEOUT)
+    assert ready and p.stdout.readline().strip() == "listening"
+    return p
+
+
+def connect(ns: NetNs, addr: str, port: int) -> str | None:
+    r = ns.run([sys.executable, "-c", CLIENT, addr, str(port)], check=False, timeout=TIMEOUT)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def assert_clean(ns: NetNs, state_dir: Path, bridge: str) -> None:
+    links = ns.links()
+    assert bridge not in links, links
+    assert not [l for l in links if l.startswith(("vmr-", "vmt"))], links
+    assert "vmnet_rs" not in ns.run(["nft", "list", "tables"]).stdout
+    cmdlines = []
+    for pid in ns.pids():
+        try:
+            cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+        except FileNotFoundError:
+            pass
+    assert not [c for c in cmdlines if b"dnsmasq" in c], cmdlines
+    assert not list(state_dir.glob("*.json")), list(state_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_path):
+    state = tmp_path / "state"
+    cfg = config(
+        dhcpReservations=[{"mac": "52:54:00:91:00:50", "address": "10.91.0.50"}],
+        portForwarding=[{"protocol": "tcp", "externalPort": 8080, "internalAddress": "10.91.0.50", "internalPort": 80, "addressFamily": "ipv4"}],
+    )
+    _, make = holders
+    net = make(netns, "shared1", cfg, state)
+    assert net.first["ok"], net.first
+    assert net.state["subnet"] == "10.91.0.1/24"
+    ep1, ep2, outside = namespaces(), namespaces(), namespaces()
+    veth_endpoint(netns, ep1, net.bridge, "52:54:00:91:00:01")
+    veth_endpoint(netns, ep2, net.bridge, "52:54:00:91:00:50")
+    outside_link(netns, outside, "10.92.0.1", "10.92.0.2")
+
+    a1, a2 = dhcp(ep1, tmp_path), dhcp(ep2, tmp_path)
+    last = int(a1.split(".")[3])
+    assert a1.startswith("10.91.0.") and 2 <= last <= 254 and a1 != "10.91.0.50", a1
+    assert a2 == "10.91.0.50"
+    leases = {l["mac"]: l["address"] for l in net.call("leases")["leases"]}
+    assert leases == {"52:54:00:91:00:01": a1, "52:54:00:91:00:50": a2}
+
+    assert ping(ep1, a2) and ping(ep2, a1)
+    assert ping(ep1, "10.91.0.1") and ping(ep2, "10.91.0.1")
+
+    # The port forward: outside reaches ep2's listener through the host's address.
+    server = serve(ep2, 80, "ep2")
+    try:
+        assert connect(outside, "10.92.0.1", 8080) == "ep2 10.92.0.2"
+    finally:
+        server.kill()
+    # NAT44: outside sees ep1's connection coming from the host.
+    server = serve(outside, 9000, "outside")
+    try:
+        assert connect(ep1, "10.92.0.2", 9000) == "outside 10.92.0.1"
+    finally:
+        server.kill()
+
+    net.close()
+    assert_clean(netns, state, net.bridge)
+
+
+@pytest.mark.slow
+def test_host_mode_blocks_forwarding(netns, namespaces, holders, tmp_path):
+    state = tmp_path / "state"
+    _, make = holders
+    net = make(netns, "hostonly", config(mode="host", subnet="10.93.0.1/24"), state)
+    assert net.first["ok"], net.first
+    ep, outside = namespaces(), namespaces()
+    veth_endpoint(netns, ep, net.bridge, "52:54:00:93:00:01")
+    outside_link(netns, outside, "10.94.0.1", "10.94.0.2")
+    # The host forwards, so only the network's own rules can stop traffic.
+    netns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    addr = dhcp(ep, tmp_path)
+    assert addr.startswith("10.93.0.")
+    # A host network hands out no default route; add one by hand to try.
+    assert ep.run(["ip", "-j", "route", "show", "default"]).stdout.strip() in ("", "[]")
+    ep.run(["ip", "route", "add", "default", "via", "10.93.0.1"])
+    assert ping(ep, "10.93.0.1")
+    assert not ping(ep, "10.94.0.2", count=2)
+    assert not ping(outside, addr, count=2)
+    # Control: without the network's table the same traffic flows.
+    netns.run(["nft", "delete", "table", "inet", net.record()["table"]])
+    assert ping(ep, "10.94.0.2")
+    net.close()
+    assert_clean(netns, state, net.bridge)
+
+
+def arp_request(src_mac: bytes, src_ip: str, dst_ip: str) -> bytes:
+    eth = b"\xff" * 6 + src_mac + b"\x08\x06"
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, src_mac, socket.inet_aton(src_ip), b"\0" * 6, socket.inet_aton(dst_ip))
+    return eth + arp
+
+
+def read_frames(fd: int, seconds: float) -> list[bytes]:
+    frames, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            try:
+                frames.append(os.read(fd, 65536))
+            except BlockingIOError:
+                pass
+    return frames
+
+
+def is_arp_from(frame: bytes, ip: str) -> bool:
+    return len(frame) >= 42 and frame[12:14] == b"\x08\x06" and frame[28:32] == socket.inet_aton(ip)
+
+
+TAP_PROBE = textwrap.dedent(
+    """
+    # Runs inside the namespace: opens two TAP ports, sends an ARP request for
+    # the gateway from A, reports what A and B saw, and the ports' details.
+    import json, os, select, socket, struct, subprocess, sys, time
+    sys.path.insert(0, sys.argv[4])
+    from test_network_linux import arp_request, read_frames, is_arp_from
+    from vmnet_rs._native import Network
+    net = Network(sys.argv[1], sys.argv[2], sys.argv[3])
+    gw = net.state()["subnet"].split("/")[0]
+    mac_a, mac_b = bytes.fromhex("525400950001"), bytes.fromhex("525400950002")
+    fd_a, tap_a = net.start_tap(mac="52:54:00:95:00:01")
+    fd_b, tap_b = net.start_tap(mac="52:54:00:95:00:02")
+    details = {t: json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", "dev", t], capture_output=True, text=True).stdout)[0] for t in (tap_a, tap_b)}
+    time.sleep(0.5)
+    read_frames(fd_a, 0.2); read_frames(fd_b, 0.2)  # drop IPv6 chatter so far
+    client = gw.rsplit(".", 1)[0] + ".77"
+    os.write(fd_a, arp_request(mac_a, client, gw))
+    seen_a, seen_b = read_frames(fd_a, 3), read_frames(fd_b, 3)
+    os.close(fd_a); os.close(fd_b)
+    time.sleep(0.2)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    net.close()
+    print(json.dumps({
+        "gw_replied": any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a),
+        "b_saw_request": any(is_arp_from(f, client) for f in seen_b),
+        "details": details, "taps": [tap_a, tap_b], "links_after_close": links,
+    }))
+    """
+)
+
+
+def tap_probe(ns: NetNs, name: str, cfg: dict, state: Path) -> dict:
+    r = ns.run([sys.executable, "-c", TAP_PROBE, name, json.dumps(cfg), str(state), str(Path(__file__).parent)], timeout=TIMEOUT * 2)
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("isolation", [False, True])
+def test_tap_ports_and_isolation(netns, tmp_path, isolation):
+    state = tmp_path / "state"
+    out = tap_probe(netns, "taps", config(subnet="10.95.0.1/24", mtu=1400, isolation=isolation), state)
+    bridge = "vmr-taps"
+    for tap in out["taps"]:
+        d = out["details"][tap]
+        assert d["mtu"] == 1400
+        assert d["master"] == bridge
+        assert d["linkinfo"]["info_slave_data"].get("isolated", False) is isolation
+        assert tap not in out["links_after_close"], "TAP outlived its fd"
+    # The gateway answers an isolated port; the other port hears the
+    # broadcast only when ports are not isolated.
+    assert out["gw_replied"]
+    assert out["b_saw_request"] is (not isolation)
+    assert_clean(netns, state, bridge)
+
+
+def test_kill_then_cleanup_stale_and_recreate(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    _, make = holders
+    net = make(netns, "crashy", config(subnet="10.96.0.1/24"), state)
+    assert net.first["ok"], net.first
+    rec = net.record()
+    assert rec["dnsmasq_pid"] and rec["bridge"] == net.bridge
+    net.kill()  # SIGKILL: no teardown ran
+    assert net.bridge in netns.links()
+    assert rec["table"] in netns.run(["nft", "list", "tables"]).stdout
+    # A new run creating the same network takes over what the dead one left.
+    again = make(netns, "crashy", config(subnet="10.96.0.1/24"), state)
+    assert again.first["ok"], again.first
+    again.kill()
+    r = netns.run([sys.executable, "-c", f"from vmnet_rs._native import cleanup_stale_networks as c; print('\\n'.join(c({str(state)!r})))"])
+    lines = r.stdout
+    assert f"deleted bridge {net.bridge}" in lines and f"table inet {rec['table']}" in lines and "removed record" in lines, lines
+    assert_clean(netns, state, net.bridge)
+    # Nothing left to do the second time.
+    r = netns.run([sys.executable, "-c", f"from vmnet_rs._native import cleanup_stale_networks as c; print(len(c({str(state)!r})))"])
+    assert r.stdout.strip() == "0"
+
+
+def test_dnsmasq_is_restarted(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    _, make = holders
+    net = make(netns, "supervised", config(subnet="10.97.0.1/24"), state)
+    assert net.first["ok"], net.first
+    old = net.record()["dnsmasq_pid"]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + TIMEOUT
+    new = old
+    while time.monotonic() < deadline:
+        new = net.record().get("dnsmasq_pid")
+        if new and new != old and Path(f"/proc/{new}").exists():
+            break
+        time.sleep(0.2)
+    assert new != old and b"dnsmasq" in Path(f"/proc/{new}/cmdline").read_bytes()
+    net.close()
+    assert_clean(netns, state, net.bridge)
+
+
+def test_overlapping_subnet_refused_before_any_link(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    netns.run(["ip", "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p"])
+    netns.run(["ip", "addr", "add", "10.0.0.5/16", "dev", "eth9"])
+    netns.run(["ip", "link", "set", "eth9", "up"])
+    netns.run(["ip", "link", "set", "eth9p", "up"])
+    before = netns.links()
+    _, make = holders
+    net = make(netns, "x", config(subnet="10.0.0.1/24"), state)
+    assert not net.first["ok"]
+    assert net.first["type"] == "ConfigError"
+    assert 'subnet 10.0.0.1/24 of network "x" overlaps route 10.0.0.0/16 dev eth9' in net.first["error"]
+    bad = make(netns, "y", config(dhcpReservations=[{"mac": "52:54:00:00:00:01", "address": "10.50.0.9"}]), state)
+    assert not bad.first["ok"] and bad.first["type"] == "ConfigError", bad.first
+    assert netns.links() == before
+    assert_clean(netns, state, "vmr-x")
+
+
+def test_subnet_chosen_when_not_given(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    _, make = holders
+    cfg = config()
+    del cfg["subnet"]
+    a = make(netns, "auto-a", cfg, state)
+    b = make(netns, "auto-b", cfg, state)
+    assert a.first["ok"] and b.first["ok"], (a.first, b.first)
+    assert a.state["subnet"] == "192.168.64.1/24"
+    assert b.state["subnet"] == "192.168.65.1/24"
+    a.close()
+    b.close()
+    assert_clean(netns, state, a.bridge)

@@ -18,8 +18,10 @@ from .errors import (
     NotAuthorizedError,
     VmnetError,
 )
+from .adaptor import Adaptor
 
 __all__ = [
+    "Adaptor",
     "AdaptorError",
     "Broker",
     "Client",

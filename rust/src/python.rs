@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod adaptor;
 #[cfg(target_os = "linux")]
 mod broker;
 mod config;
@@ -16,6 +17,7 @@ mod network;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
+    adaptor::register(m)?;
     config::register(m)?;
     #[cfg(target_os = "linux")]
     broker::register(m)?;

@@ -15,7 +15,7 @@ from typing import Optional
 
 import click
 
-from .errors import ConfigError, VmnetError
+from .errors import ConfigError
 
 log = logging.getLogger("vmnet_rs")
 
@@ -50,10 +50,8 @@ def broker_command(
 
         run_plan(uninstall_plan("macos", mach_service, config_file), dry_run=False)
         return
-    if sys.platform == "darwin" or mach_service is not None:
-        if sys.platform != "darwin":
-            raise ConfigError("--mach-service: Mach services exist only on macOS; on Linux the broker serves --socket")
-        raise VmnetError("the macOS broker (XPC Mach service) is not available in this build; the Linux socket broker is")
+    if mach_service is not None and sys.platform != "darwin":
+        raise ConfigError("--mach-service: Mach services exist only on macOS; on Linux the broker serves --socket")
     from . import _native
     from .broker import Broker
 
@@ -66,7 +64,15 @@ def broker_command(
             raise ConfigError("--config: this build cannot read config files (vmnet_rs.config is missing)") from None
     else:
         config = load_config(config_file)
-    broker = Broker(config, socket=socket, idle_timeout=idle_timeout, backend=backend, state_dir=state_dir, monitor_interval=monitor_interval)
+    broker = Broker(
+        config,
+        socket=socket,
+        idle_timeout=idle_timeout,
+        backend=backend,
+        state_dir=state_dir,
+        monitor_interval=monitor_interval,
+        mach_service=mach_service,
+    )
     # systemd and launchd stop the broker with SIGTERM: tear the networks
     # down as for Ctrl-C instead of dying with them in place.
     def on_term(signum: int, frame: object) -> None:

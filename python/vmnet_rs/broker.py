@@ -262,7 +262,10 @@ class Broker:
     networks), or ``None`` for the built-in networks and default settings.
     ``socket`` overrides the socket path (Linux; else ``$VMNET_RS_SOCKET``,
     else the config's, else the default); ``mach_service`` the Mach service
-    (macOS; else the config's ``machService``); ``idle_timeout`` (seconds, 0 = never)
+    (macOS; else the config's ``machService``); ``code_signing_requirement``
+    (macOS) is a requirement every caller must satisfy, and
+    ``lima_serialization_rule`` (macOS) applies Lima's rule: before 26.2,
+    serialization requests only from callers with the broker's CDHash; ``idle_timeout`` (seconds, 0 = never)
     overrides the config's. ``backend="hub"`` uses the in-process test
     network instead of the platform's.
     """
@@ -276,6 +279,8 @@ class Broker:
         state_dir: Optional[str] = None,
         monitor_interval: float = 1.0,
         mach_service: Optional[str] = None,
+        code_signing_requirement: Optional[str] = None,
+        lima_serialization_rule: bool = False,
     ) -> None:
         config_json = None
         config_socket = None
@@ -287,7 +292,15 @@ class Broker:
         if idle_timeout is not None and idle_timeout < 0:
             raise ConfigError(f"idle timeout {idle_timeout} must be >= 0 seconds (0 = never exit)")
         self._native = _native.Broker(
-            socket_path(socket), config_json, idle_timeout, backend, state_dir, monitor_interval, mach_service
+            socket_path(socket),
+            config_json,
+            idle_timeout,
+            backend,
+            state_dir,
+            monitor_interval,
+            mach_service,
+            code_signing_requirement,
+            lima_serialization_rule,
         )
 
     @property

@@ -31,6 +31,8 @@ def _native_log_level() -> str:
 @click.option("--idle-timeout", type=click.IntRange(min=0), default=None, help="Seconds with nothing in use before networks go and the broker exits (0: never).")
 @click.option("--mach-service", "--mach-service-name", "mach_service", default=None, help="macOS: the Mach service to serve (as launchd starts it).")
 @click.option("--unregister-mach-service", is_flag=True, help="macOS: remove the LaunchAgent (as `vmnet-rs uninstall`) and exit.")
+@click.option("--code-signing-requirement", default=None, help="macOS: a code-signing requirement every caller must satisfy.")
+@click.option("--lima-cdhash-rule", is_flag=True, help="macOS before 26.2: serialization only for callers with the broker's CDHash (Lima's rule).")
 @click.option("--backend", type=click.Choice(["platform", "hub"]), default="platform", hidden=True, help="hub: in-process test network.")
 @click.option("--state-dir", default=None, hidden=True, help="Linux backend records (default /run/vmnet-rs/state).")
 @click.option("--monitor-interval", type=float, default=1.0, hidden=True, help="Seconds between lease checks.")
@@ -40,6 +42,8 @@ def broker_command(
     idle_timeout: Optional[int],
     mach_service: Optional[str],
     unregister_mach_service: bool,
+    code_signing_requirement: Optional[str],
+    lima_cdhash_rule: bool,
     backend: str,
     state_dir: Optional[str],
     monitor_interval: float,
@@ -72,6 +76,8 @@ def broker_command(
         state_dir=state_dir,
         monitor_interval=monitor_interval,
         mach_service=mach_service,
+        code_signing_requirement=code_signing_requirement,
+        lima_serialization_rule=lima_cdhash_rule,
     )
     # systemd and launchd stop the broker with SIGTERM: tear the networks
     # down as for Ctrl-C instead of dying with them in place.

@@ -102,9 +102,12 @@ impl PyBroker {
     /// None: the built-ins); idle_timeout overrides the settings' (seconds,
     /// 0 = never); backend: "platform" or "hub" (test double); state_dir:
     /// the Linux backend's records; mach_service (macOS): the service to
-    /// serve (None: the settings' `machService`).
+    /// serve (None: the settings' `machService`); code_signing_requirement
+    /// (macOS): a requirement every caller must satisfy;
+    /// lima_serialization_rule (macOS): before 26.2, serialization only for
+    /// callers with the broker's own CDHash.
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -115,6 +118,8 @@ impl PyBroker {
         state_dir: Option<PathBuf>,
         monitor_interval: f64,
         mach_service: Option<String>,
+        code_signing_requirement: Option<String>,
+        lima_serialization_rule: bool,
     ) -> PyResult<Self> {
         let mut options = BrokerOptions::new();
         if let Some(text) = config_json {
@@ -134,6 +139,8 @@ impl PyBroker {
             return Err(errors::raise(py, "ConfigError", format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
         }
         options.monitor_interval = Duration::from_secs_f64(monitor_interval);
+        options.code_signing_requirement = code_signing_requirement;
+        options.lima_serialization_rule = lima_serialization_rule;
         #[cfg(target_os = "linux")]
         let endpoint = {
             let _ = mach_service;

@@ -217,12 +217,11 @@ impl Core {
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted)?;
         let entry = &st.networks[name];
-        let reply = Dict::new()
+        let mut reply = Dict::new()
             .with("network", Value::Dict(self.serialization(entry)?))
             .with("config", Value::Data(netconfig::to_json(&entry.config)))
             .with("subnet", Value::String(entry.network.state().subnet));
         let lease = st.grant(name, peer, true, None, None);
-        let mut reply = reply;
         reply.insert("lease", Value::Int(lease as i64));
         Ok(reply)
     }
@@ -269,8 +268,8 @@ impl Core {
         let n = st.release_where(|l| {
             l.connection == peer.connection
                 && l.bound_to_connection
-                && network.is_none_or(|n| l.network == n)
-                && lease.is_none_or(|id| l.id as i64 == id)
+                && network.map_or(true, |n| l.network == n)
+                && lease.map_or(true, |id| l.id as i64 == id)
         });
         if n == 0 {
             let what = match (network, lease) {

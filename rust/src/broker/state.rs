@@ -121,6 +121,12 @@ pub struct State {
     pub connections: std::collections::BTreeSet<u64>,
 }
 
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl State {
     pub fn new() -> State {
         State {
@@ -142,7 +148,6 @@ impl State {
     }
 
     /// Adds a lease and returns its id.
-    #[allow(clippy::too_many_arguments)]
     pub fn grant(&mut self, network: &str, peer: &crate::xpc::Peer, bound_to_connection: bool, port: Option<Port>, mac: Option<String>) -> u64 {
         let id = self.next_lease;
         self.next_lease += 1;

@@ -311,10 +311,7 @@ impl PyClient {
     fn with_client<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Conn) -> Result<T, xpc::Error> + Send) -> PyResult<T> {
         let result = py.detach(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.as_mut() {
-                Some(c) => Some(f(c)),
-                None => None,
-            }
+            guard.as_mut().map(f)
         });
         match result {
             None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),

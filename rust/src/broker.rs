@@ -488,6 +488,32 @@ mod tests {
     }
 
     #[test]
+    fn fds_sent_in_requests_are_closed() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let (b, path) = start("fds-in", options(0));
+        let mut c = Client::connect(&path).unwrap();
+        let mut p = [0; 2];
+        // SAFETY: p holds two fds.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        // SAFETY: pipe2 made both; we own them.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        for msg in [
+            cmd("ping").with("junk", Value::Fd(w.try_clone().unwrap())),
+            cmd("acquire").with("network_name", Value::Fd(w.try_clone().unwrap())),
+            Dict::new().with("Network", Value::String("nope".into())).with("x", Value::Fd(w.try_clone().unwrap())),
+        ] {
+            let reply = c.request(&msg).unwrap();
+            assert!(reply.iter().all(|(_, v)| !matches!(v, Value::Fd(_))), "{reply:?}");
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 0, "the broker still holds an fd a request carried");
+        b.stop();
+    }
+
+    #[test]
     fn shutdown_command_stops_the_broker() {
         let (b, path) = start("shutdown", options(0));
         let mut c = Client::connect(&path).unwrap();

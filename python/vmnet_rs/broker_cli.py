@@ -52,6 +52,8 @@ def broker_command(
     if unregister_mach_service:
         from .install import run_plan, uninstall_plan
 
+        if sys.platform != "darwin":
+            raise ConfigError("--unregister-mach-service: Mach services exist only on macOS; on Linux use `vmnet-rs uninstall`")
         run_plan(uninstall_plan("macos", mach_service, config_file), dry_run=False)
         return
     if mach_service is not None and sys.platform != "darwin":

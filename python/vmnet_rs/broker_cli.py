@@ -60,16 +60,10 @@ def broker_command(
         raise ConfigError("--mach-service: Mach services exist only on macOS; on Linux the broker serves --socket")
     from . import _native
     from .broker import Broker
+    from .config import load_config
 
     _native.set_log_level(_native_log_level())
-    config = None
-    try:
-        from .config import load_config  # type: ignore[attr-defined]
-    except ImportError:
-        if config_file is not None:
-            raise ConfigError("--config: this build cannot read config files (vmnet_rs.config is missing)") from None
-    else:
-        config = load_config(config_file)
+    config = load_config(config_file)
     broker = Broker(
         config,
         socket=socket,

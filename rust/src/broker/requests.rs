@@ -486,6 +486,8 @@ impl Core {
                         .with("network", Value::String(l.network.clone()))
                         .with("kind", Value::String(a.kind().as_str().into()))
                         .with("running", Value::Bool(a.is_running()))
+                        .with("send_buffer_bytes", Value::Int(a.socket_buffers().send_bytes as i64))
+                        .with("recv_buffer_bytes", Value::Int(a.socket_buffers().recv_bytes as i64))
                         .with("host_to_vm", Value::Dict(dir(&s.host_to_vm)))
                         .with("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
                     adaptors.insert(id.to_string(), Value::Dict(ad));

@@ -350,8 +350,15 @@ TAP_PROBE = textwrap.dedent(
     time.sleep(0.5)
     read_frames(fd_a, 0.2); read_frames(fd_b, 0.2)  # drop IPv6 chatter so far
     client = gw.rsplit(".", 1)[0] + ".77"
-    os.write(fd_a, arp_request(mac_a, client, gw))
-    seen_a, seen_b = read_frames(fd_a, 3), read_frames(fd_b, 3)
+    # Ask like an ARP client: again each second until the gateway answers;
+    # B listens the whole time.
+    seen_a, seen_b = [], []
+    for _ in range(10):
+        os.write(fd_a, arp_request(mac_a, client, gw))
+        seen_a += read_frames(fd_a, 1)
+        if any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a):
+            break
+    seen_b = read_frames(fd_b, 1)
     os.close(fd_a); os.close(fd_b)
     time.sleep(0.2)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -260,7 +260,11 @@ def run_command(networks: tuple[str, ...], macs: tuple[str, ...], name: str | No
 
 def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[str], name: str | None,
                socket: str | None) -> Plan:
-    """The plan ``--print-args`` shows: fds 3, 4, ... and derived MACs; the broker only if the text needs it."""
+    """The plan ``--print-args`` shows: fds 3, 4, ... and derived MACs.
+
+    The broker is asked (for its network list, which leases nothing) only when
+    the text depends on it: krunkit's ``offloading=on`` and ``{mtuN}``.
+    """
     p = plan(command, networks, macs, name)
     if not needs_broker_for_args(p, command):
         return p
@@ -272,11 +276,13 @@ def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[s
         click.echo(f"vmnet-rs: {e}; assuming the networks have no offload", err=True)
         return p
     try:
+        known = {info.get("name"): info for info in client.networks()}
         offload: dict[str, bool] = {}
         mtus: dict[int, int] = {}
         for nic in p.nics:
-            info = client.acquire(nic.network)
-            cfg = info.get("config", info) if isinstance(info, dict) else {}
+            if nic.network not in known:
+                raise ConfigError(f"unknown network {nic.network!r}; the broker knows: {', '.join(sorted(map(str, known)))}")
+            cfg = known[nic.network].get("config") or {}
             offload[nic.network] = bool(cfg.get("offload", False))
             if cfg.get("mtu"):
                 mtus[nic.index] = int(cfg["mtu"])

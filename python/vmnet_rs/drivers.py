@@ -342,11 +342,14 @@ def has_placeholders(args: Sequence[str]) -> bool:
     return any(_PLACEHOLDER_RE.search(a) for a in args)
 
 
-def substitute(args: Sequence[str], nics: Sequence[Nic], mtus: Mapping[int, int] | None = None) -> list[str]:
+def substitute(args: Sequence[str], nics: Sequence[Nic], mtus: Mapping[int, int] | None = None,
+               keep_unknown_mtu: bool = False) -> list[str]:
     """``args`` with ``{fdN}``, ``{macN}``, ``{networkN}``, ``{mtuN}``, ``{fdtypeN}`` filled in.
 
-    Raises ConfigError for a placeholder whose NIC does not exist (or whose
-    MTU is unknown). Text that is not a placeholder is left alone.
+    Raises ConfigError for a placeholder whose NIC does not exist, or whose
+    MTU is unknown unless ``keep_unknown_mtu`` (then ``{mtuN}`` stays as it
+    is, for checking a command line before the broker is asked). Text that
+    is not a placeholder is left alone.
     """
 
     def value(m: re.Match[str]) -> str:
@@ -363,6 +366,8 @@ def substitute(args: Sequence[str], nics: Sequence[Nic], mtus: Mapping[int, int]
         if kind == "fdtype":
             return nic.backend.fd_type
         if mtus is None or idx not in mtus:
+            if keep_unknown_mtu:
+                return m.group(0)
             raise ConfigError(f"placeholder {m.group(0)} needs the network's MTU, which is known only from the broker")
         return str(mtus[idx])
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from . import drivers
-from .errors import BrokerUnavailableError, ConfigError, VmnetError
+from .errors import BrokerError, BrokerUnavailableError, ConfigError, VmnetError
 
 EXIT_NOT_FOUND = 127
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -119,8 +119,13 @@ def plan(
     offload: dict[str, bool] | None = None,
     mtus: dict[int, int] | None = None,
     platform: str = sys.platform,
+    check_only: bool = False,
 ) -> Plan:
-    """Builds the final command line; touches nothing (no broker, no processes)."""
+    """Builds the final command line; touches nothing (no broker, no processes).
+
+    ``check_only`` validates a command line whose ``{mtuN}`` values are not
+    known yet (they stay unfilled).
+    """
     if not command:
         raise ConfigError("no program given; usage: vmnet-rs run [OPTIONS] -- PROGRAM [ARGS]...")
     program = command[0]
@@ -129,7 +134,8 @@ def plan(
     nics = drivers.plan_nics(nets, engine, vm_name(name, command), macs, platform, offload)
     args = list(command[1:])
     if drivers.has_placeholders(args):
-        return Plan(program, [program, *drivers.substitute(args, nics, mtus)], engine, nics, True)
+        filled = drivers.substitute(args, nics, mtus, keep_unknown_mtu=check_only)
+        return Plan(program, [program, *filled], engine, nics, True)
     return Plan(program, [program, *args, *drivers.engine_args(engine, nics, program)], engine, nics, False)
 
 
@@ -172,7 +178,7 @@ def run_vm(
     if not command:
         raise ConfigError("no program given; usage: vmnet-rs run [OPTIONS] -- PROGRAM [ARGS]...")
     path = resolve_program(command[0])
-    first = plan(command, networks, macs, name)  # validate everything before the broker
+    first = plan(command, networks, macs, name, check_only=True)  # validate everything before the broker
     client = client_factory(socket)
     high: list[int] = []
     try:
@@ -265,7 +271,7 @@ def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[s
     The broker is asked (for its network list, which leases nothing) only when
     the text depends on it: krunkit's ``offloading=on`` and ``{mtuN}``.
     """
-    p = plan(command, networks, macs, name)
+    p = plan(command, networks, macs, name, check_only=True)
     if not needs_broker_for_args(p, command):
         return p
     try:
@@ -281,7 +287,7 @@ def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[s
         mtus: dict[int, int] = {}
         for nic in p.nics:
             if nic.network not in known:
-                raise ConfigError(f"unknown network {nic.network!r}; the broker knows: {', '.join(sorted(map(str, known)))}")
+                raise BrokerError(f"unknown network {nic.network!r}; the broker knows: {', '.join(sorted(map(str, known)))}")
             cfg = known[nic.network].get("config") or {}
             offload[nic.network] = bool(cfg.get("offload", False))
             if cfg.get("mtu"):

@@ -18,6 +18,7 @@ pub mod netconfig;
 pub mod protocol;
 mod requests;
 pub mod state;
+#[cfg(target_os = "linux")]
 pub mod testing;
 
 use std::collections::BTreeMap;
@@ -82,15 +83,9 @@ impl Default for BrokerOptions {
     }
 }
 
-/// The default broker settings.
+/// The default broker settings (`config.rs`).
 pub fn default_settings() -> BrokerSettings {
-    BrokerSettings {
-        idle_timeout: 120,
-        allowed_users: vec!["root".into()],
-        allowed_groups: vec![auth::DEFAULT_GROUP.into()],
-        socket: crate::xpc::DEFAULT_SOCKET_PATH.into(),
-        mach_service: "io.github.vmnet-rs.broker".into(),
-    }
+    BrokerSettings::default()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +162,13 @@ impl Core {
     fn create_network(&self, name: &str, config: &NetworkConfig) -> Result<Box<dyn Network>, crate::vmnet::Error> {
         match self.options.backend {
             Backend::Platform => crate::vmnet::create_network(name, config, &self.options.backend_options),
+            #[cfg(target_os = "linux")]
             Backend::Hub => Ok(Box::new(testing::HubNetwork::create(name, config)?)),
+            #[cfg(not(target_os = "linux"))]
+            Backend::Hub => Err(crate::vmnet::Error::Platform {
+                op: format!("create network {name:?}"),
+                detail: "the test hub backend exists only on Linux".into(),
+            }),
         }
     }
 
@@ -339,7 +340,7 @@ mod tests {
             .request(&Dict::new().with("Network", Value::String("shared".into())).with("Configuration", Value::Data(br#"{"mtu":9000}"#.to_vec())))
             .unwrap();
         assert!(r.get_dict("Serialization").is_some(), "{r:?}");
-        assert!(r.get_str("ConfigurationDifference").unwrap().contains("mtu: 1500 (live) vs 9000 (requested)"));
+        assert!(r.get_str("ConfigurationDifference").unwrap().contains("mtu: 1500 != 9000"), "{r:?}");
         let creator: serde_json::Value = serde_json::from_slice(r.get_data("Configuration").unwrap()).unwrap();
         assert_eq!(creator["mtu"], 1500);
         let status = c.request(&cmd("status")).unwrap();
@@ -383,12 +384,12 @@ mod tests {
         let mismatch = acquire("shared").with("config", Value::Data(br#"{"mode":"shared","mtu":9000}"#.to_vec()));
         let r = c.request(&mismatch).unwrap();
         assert_eq!(r.get_int("error"), Some(code::CONFIG_MISMATCH), "{r:?}");
-        assert!(r.get_str("message").unwrap().contains("mtu: 1500 (live) vs 9000 (requested)"));
+        assert!(r.get_str("message").unwrap().contains("(live != requested): mtu: 1500 != 9000"), "{r:?}");
         let r = c.request(&mismatch.try_clone().unwrap().with("accept_existing", Value::Bool(true))).unwrap();
         assert!(r.get_dict("network").is_some());
         let r = c.request(&acquire("host").with("config", Value::Data(br#"{"mode":"host","dhcp":false}"#.to_vec()))).unwrap();
         assert_eq!(r.get_int("error"), Some(code::CONFIG_MISMATCH));
-        assert!(r.get_str("message").unwrap().contains("(broker)"), "{r:?}");
+        assert!(r.get_str("message").unwrap().contains("(broker != requested): dhcp: true != false"), "{r:?}");
         let r = c.request(&acquire("fresh").with("config", Value::Data(b"{\"colour\":1}".to_vec()))).unwrap();
         assert!(r.get_str("message").unwrap().contains("colour"));
         // A new network described by the client is created.

@@ -6,14 +6,22 @@
 
 use pyo3::prelude::*;
 
+mod adaptor;
+#[cfg(target_os = "linux")]
+mod broker;
 mod config;
 mod errors;
+mod log;
 mod network;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
+    adaptor::register(m)?;
     config::register(m)?;
+    #[cfg(target_os = "linux")]
+    broker::register(m)?;
+    log::register(m)?;
     network::register(m)?;
     Ok(())
 }

@@ -117,11 +117,20 @@ pub struct State {
     pub next_lease: u64,
     pub counters: Counters,
     pub last_activity: Instant,
+    /// Connections that sent a request and have not closed.
+    pub connections: std::collections::BTreeSet<u64>,
 }
 
 impl State {
     pub fn new() -> State {
-        State { networks: BTreeMap::new(), leases: BTreeMap::new(), next_lease: 1, counters: Counters::default(), last_activity: Instant::now() }
+        State {
+            networks: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            next_lease: 1,
+            counters: Counters::default(),
+            last_activity: Instant::now(),
+            connections: Default::default(),
+        }
     }
 
     pub fn leases_on(&self, network: &str) -> usize {

@@ -10,7 +10,7 @@
 use std::ffi::CStr;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::{Error, Interface, InterfaceInfo};
@@ -67,6 +67,24 @@ impl Tap {
         }
         let fd = OwnedFd::from(file);
         Tap::from_configured_fd(fd, vnet_hdr)
+    }
+
+    /// Like [`Tap::create`], but inside the network namespace at `netns` (a
+    /// path such as `/var/run/netns/NAME`, or a bare `ip netns` name). A
+    /// short-lived thread enters the namespace, creates the TAP and exits;
+    /// the device stays in that namespace and the calling thread never
+    /// leaves its own. Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
+    pub fn create_in_netns(netns: &str, name: &str, vnet_hdr: bool) -> io::Result<Tap> {
+        let path = netns_path(netns);
+        let name = name.to_string();
+        std::thread::Builder::new()
+            .name("tap-in-netns".into())
+            .spawn(move || {
+                enter_netns(&path)?;
+                Tap::create(&name, vnet_hdr)
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the thread creating the TAP panicked"))?
     }
 
     /// Wraps an fd already attached to a TAP device (from `/dev/net/tun` after
@@ -137,9 +155,52 @@ impl Tap {
     }
 }
 
-/// The MTU of a link, from sysfs.
+/// `/var/run/netns/NAME` for a bare name; paths are kept as given.
+pub fn netns_path(netns: &str) -> String {
+    if netns.contains('/') {
+        netns.to_string()
+    } else {
+        format!("/var/run/netns/{netns}")
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &str) -> io::Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("open network namespace {path}: {e}")))?;
+    // SAFETY: setns on an open namespace fd; it changes only this thread's
+    // network namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("enter network namespace {path}: {e}")));
+    }
+    Ok(())
+}
+
+/// The MTU of a link in the calling thread's network namespace
+/// (SIOCGIFMTU; sysfs would show the namespace /sys was mounted in).
 pub fn link_mtu(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu")).ok()?.trim().parse().ok()
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    // SAFETY: creates a plain datagram socket used only for the ioctl below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return None;
+    }
+    // SAFETY: sock was just created and is owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(sock) };
+    // SAFETY: ifreq is plain data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the name and writes ifru_mtu of one ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+        return None;
+    }
+    // SAFETY: after SIOCGIFMTU the union holds ifru_mtu.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).ok()
 }
 
 impl Interface for Tap {

@@ -1,0 +1,400 @@
+"""``vmnet-rs bench``: how fast the adaptors move frames, beside baselines.
+
+Everything happens in network namespaces this command creates and deletes
+(as root); the machine's own network is never touched. One run measures:
+
+* per path and frame size (64 and 1514 bytes), delivered frames/s and Gbit/s
+  through ``generator -> socket -> adaptor -> TAP -> bridge -> TAP -> adaptor
+  -> socket -> sink``, for the three adaptor kinds, and two baselines in the
+  same run: ``kernel`` (the generator writes TAP A, the sink reads TAP B) and
+  ``per_frame`` (a relay doing one read and one write per frame on two
+  blocking threads, socket_vmnet's design);
+* the same with 2 and 4 pairs at once (64-byte frames), for scaling;
+* a TCP iperf3 run between two namespaces attached through adaptors, next to
+  the same run over a plain veth pair.
+
+Generators and sinks are native threads (``_native.bench_flows``); the
+generator sends as fast as its socket accepts, so what is reported is the
+*delivered* rate, with loss (sent but never received) and CPU time beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from typing import Any, Dict, List, Optional, Tuple
+
+import click
+
+from . import _native
+from .adaptor import Adaptor
+from .errors import VmnetError
+
+KINDS = ["datagram", "datagram_next", "stream"]
+BASELINES = ["kernel", "per_frame"]
+PATHS = BASELINES + KINDS
+SIZES = [64, 1514]
+PAIRS = [1, 2, 4]
+FRAMING = {"datagram": "datagram", "datagram_next": "datagram", "stream": "stream"}
+
+
+class BenchError(VmnetError):
+    """The benchmark could not set up or run."""
+
+
+def _run(cmd: List[str], check: bool = True, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+class Namespace:
+    """A private network namespace (``ip netns``), deleted on close."""
+
+    def __init__(self, tag: str) -> None:
+        self.name = f"vmrs-bench-{tag}-{uuid.uuid4().hex[:6]}"
+        _run(["ip", "netns", "add", self.name])
+        self.ip("link set lo up")
+        for key in ("all", "default"):
+            # No IPv6 chatter (router solicitations, MLD) on the links.
+            self.exec(["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"], check=False)
+
+    def exec(self, cmd: List[str], **kw: Any) -> subprocess.CompletedProcess:
+        return _run(["ip", "netns", "exec", self.name, *cmd], **kw)
+
+    def ip(self, *lines: str) -> None:
+        """Runs ``ip`` commands (one per line) inside the namespace, in one batch."""
+        _run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(lines) + "\n")
+
+    def bridge_fdb(self, *lines: str) -> None:
+        _run(["bridge", "-n", self.name, "-batch", "-"], input="\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        r = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
+        for pid in r.stdout.split():
+            try:
+                os.kill(int(pid), 9)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def _mac(pair: int, side: int) -> str:
+    return f"02:00:00:00:{pair:02x}:{side:02x}"
+
+
+class Bench:
+    def __init__(self, seconds: float, iperf_seconds: float, log=None) -> None:
+        self.seconds = seconds
+        self.iperf_seconds = iperf_seconds
+        self.log = log or (lambda msg: None)
+
+    # --- frame paths --------------------------------------------------------------
+
+    def run_case(self, ns: Namespace, path: str, size: int, pairs: int) -> Dict[str, Any]:
+        with ExitStack() as stack:
+            flows: List[Tuple[int, str, int, str, str, str]] = []
+            adaptors: List[Adaptor] = []
+            relays: List[Any] = []
+            links: List[str] = []
+            fdb: List[str] = []
+            for p in range(pairs):
+                a_name, b_name = f"ba{p}", f"bb{p}"
+                mac_a, mac_b = _mac(p, 1), _mac(p, 2)
+                if path in BASELINES:
+                    fds = []
+                    for name in (a_name, b_name):
+                        fd = _native.bench_open_tap(ns.name, name)
+                        stack.callback(os.close, fd)
+                        fds.append(fd)
+                    if path == "kernel":
+                        flows.append((fds[0], "tap", fds[1], "tap", mac_a, mac_b))
+                    else:
+                        ra, rb = _native.BenchPerFrameRelay(fds[0]), _native.BenchPerFrameRelay(fds[1])
+                        stack.callback(rb.close)
+                        stack.callback(ra.close)
+                        relays += [ra, rb]
+                        flows.append((ra.fileno(), "datagram", rb.fileno(), "datagram", mac_a, mac_b))
+                else:
+                    a = Adaptor(path, tap=a_name, netns=ns.name, mac=mac_a)
+                    stack.callback(a.close)
+                    b = Adaptor(path, tap=b_name, netns=ns.name, mac=mac_b)
+                    stack.callback(b.close)
+                    adaptors += [a, b]
+                    flows.append((a.fileno(), FRAMING[path], b.fileno(), FRAMING[path], mac_a, mac_b))
+                for name in (a_name, b_name):
+                    links += [f"link set {name} master br0", f"link set {name} up"]
+                fdb += [f"fdb replace {mac_a} dev {a_name} master static", f"fdb replace {mac_b} dev {b_name} master static"]
+            ns.ip(*links)
+            ns.bridge_fdb(*fdb)
+            r = _native.bench_flows(flows, size, self.seconds)
+            drops = sum(x.stats()[d]["drops"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            waits = sum(x.stats()[d]["waits"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            running = all(x.running for x in adaptors)
+        window = r["window_s"]
+        fl = r["flows"]
+        sent = sum(f["sent"] for f in fl)
+        received = sum(f["received"] for f in fl)
+        in_window = sum(f["received_in_window"] for f in fl)
+        gen_cpu = sum(f["generator_cpu_s"] for f in fl)
+        sink_cpu = sum(f["sink_cpu_s"] for f in fl)
+        return {
+            "path": path,
+            "frame_bytes": size,
+            "pairs": pairs,
+            "window_s": round(window, 3),
+            "frames_per_s": round(in_window / window),
+            "gbit_per_s": round(sum(f["bytes_in_window"] for f in fl) * 8 / window / 1e9, 3),
+            "sent": sent,
+            "received": received,
+            "loss": round(1 - received / sent, 4) if sent else None,
+            "reordered": sum(f["reordered"] for f in fl),
+            "adaptor_drops": drops,
+            "adaptor_waits": waits,
+            "adaptors_ran_throughout": running,
+            "cpu_s": round(r["process_cpu_s"], 3),
+            "cpu_cores": round(r["process_cpu_s"] / window, 2),
+            "generator_cpu_s": round(gen_cpu, 3),
+            "sink_cpu_s": round(sink_cpu, 3),
+            "relay_cpu_s": round(max(0.0, r["process_cpu_s"] - gen_cpu - sink_cpu), 3),
+        }
+
+    def frame_cases(self) -> List[Dict[str, Any]]:
+        ns = Namespace("sw")
+        try:
+            ns.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
+            cases = []
+            plan = [(path, size, 1) for size in SIZES for path in PATHS]
+            plan += [(path, 64, pairs) for pairs in PAIRS[1:] for path in PATHS]
+            for path, size, pairs in plan:
+                c = self.run_case(ns, path, size, pairs)
+                self.log(f"{path:>13} {size:>5} B x{pairs}: {c['frames_per_s']:>9} frames/s  loss {c['loss']}")
+                cases.append(c)
+            return cases
+        finally:
+            ns.close()
+
+    # --- iperf3 -----------------------------------------------------------------
+
+    def _iperf(self, client: Namespace, server: Namespace, server_ip: str) -> Dict[str, Any]:
+        srv = subprocess.Popen(["ip", "netns", "exec", server.name, "iperf3", "-s", "-1", "-B", server_ip],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 15
+            while ":5201" not in server.exec(["ss", "-Hltn"], check=False).stdout:
+                if srv.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"iperf3 server in {server.name} did not start listening")
+                time.sleep(0.05)
+            cpu0 = _own_cpu()
+            r = client.exec(["iperf3", "-c", server_ip, "-t", str(self.iperf_seconds), "-J", "--connect-timeout", "3000"],
+                            check=False, timeout=self.iperf_seconds + 60)
+            try:
+                data = json.loads(r.stdout)
+            except ValueError:
+                data = {"error": r.stderr.strip() or "no JSON output"}
+            if r.returncode != 0 or "error" in data:
+                raise BenchError(f"iperf3 from {client.name} to {server_ip} failed: {data.get('error')}")
+            cpu = _own_cpu() - cpu0
+            end = data["end"]
+            return {
+                "gbit_per_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3),
+                "retransmits": end.get("sum_sent", {}).get("retransmits"),
+                "seconds": self.iperf_seconds,
+                "relay_cpu_s": round(cpu, 3),
+            }
+        finally:
+            srv.kill()
+            srv.wait()
+
+    def iperf_veth(self) -> Dict[str, Any]:
+        a, b = Namespace("ia"), Namespace("ib")
+        try:
+            veth = f"bv{uuid.uuid4().hex[:6]}"
+            a.ip(f"link add {veth}a type veth peer name {veth}b netns {b.name}",
+                 f"addr add 10.77.0.1/24 dev {veth}a", f"link set {veth}a up")
+            b.ip(f"addr add 10.77.0.2/24 dev {veth}b", f"link set {veth}b up")
+            return self._iperf(a, b, "10.77.0.2")
+        finally:
+            a.close()
+            b.close()
+
+    def iperf_adaptor(self, kind: str) -> Dict[str, Any]:
+        """Two namespaces, each a "VM": its TAP joined by an adaptor (playing
+        the VM's NIC) to the socket of an adaptor on the bridge's TAP."""
+        sw, a, b = Namespace("sw"), Namespace("ia"), Namespace("ib")
+        try:
+            with ExitStack() as stack:
+                sw.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
+                for i, (vm_ns, ip) in enumerate(((a, "10.77.0.1"), (b, "10.77.0.2"))):
+                    port = Adaptor(kind, tap=f"sp{i}", netns=sw.name)
+                    stack.callback(port.close)
+                    nic = Adaptor(kind, tap="eth0", netns=vm_ns.name, vm_socket_fd=port.fileno())
+                    stack.callback(nic.close)
+                    sw.ip(f"link set sp{i} master br0", f"link set sp{i} up")
+                    vm_ns.ip(f"addr add {ip}/24 dev eth0", "link set eth0 up")
+                return self._iperf(a, b, "10.77.0.2")
+        finally:
+            for ns in (sw, a, b):
+                ns.close()
+
+    def iperf_cases(self) -> Dict[str, Any]:
+        if shutil.which("iperf3") is None:
+            return {"skipped": "iperf3 is not installed (scripts/install-deps installs it)"}
+        out: Dict[str, Any] = {"veth": self.iperf_veth()}
+        self.log(f"iperf3 veth: {out['veth']['gbit_per_s']} Gbit/s")
+        for kind in KINDS:
+            out[kind] = self.iperf_adaptor(kind)
+            self.log(f"iperf3 {kind}: {out[kind]['gbit_per_s']} Gbit/s")
+        out["note"] = ("adaptor path: namespace TAP -> adaptor -> socket -> adaptor -> TAP -> bridge -> TAP -> adaptor "
+                       "-> socket -> adaptor -> namespace TAP, MTU 1500, no offload through the sockets; "
+                       "veth: a plain veth pair with the kernel's default offloads (TSO/GSO)")
+        return out
+
+
+def _own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _find(cases: List[Dict[str, Any]], path: str, size: int, pairs: int) -> Optional[Dict[str, Any]]:
+    for c in cases:
+        if c["path"] == path and c["frame_bytes"] == size and c["pairs"] == pairs:
+            return c
+    return None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per path: frames/s at each size and pairs, and the ratios the goals name."""
+    out: Dict[str, Any] = {}
+    for path in PATHS:
+        fps = {str(s): (_find(cases, path, s, 1) or {}).get("frames_per_s") for s in SIZES}
+        pairs = {str(p): (_find(cases, path, 64, p) or {}).get("frames_per_s") for p in PAIRS}
+        entry: Dict[str, Any] = {"frames_per_s": fps, "frames_per_s_64B_by_pairs": pairs}
+        ratios: Dict[str, Any] = {"scaling_4_vs_1": _ratio(pairs["4"], pairs["1"])}
+        if path in KINDS:
+            ratios["vs_per_frame"] = {str(s): _ratio(fps[str(s)], (_find(cases, "per_frame", s, 1) or {}).get("frames_per_s")) for s in SIZES}
+            ratios["vs_kernel"] = {str(s): _ratio(fps[str(s)], (_find(cases, "kernel", s, 1) or {}).get("frames_per_s")) for s in SIZES}
+        entry["ratios"] = ratios
+        out[path] = entry
+    return out
+
+
+def run(quick: bool, seconds: Optional[float] = None, log=None) -> Dict[str, Any]:
+    if os.geteuid() != 0:
+        raise BenchError("the benchmark creates network namespaces and TAP devices: run it as root")
+    if not sys.platform.startswith("linux"):
+        raise BenchError("the benchmark runs on Linux (TAP devices and network namespaces)")
+    secs = seconds if seconds is not None else (0.3 if quick else 3.0)
+    bench = Bench(secs, iperf_seconds=1 if quick else 5, log=log)
+    t0 = time.monotonic()
+    cases = bench.frame_cases()
+    iperf = bench.iperf_cases()
+    try:
+        qlen = int(open("/proc/sys/net/unix/max_dgram_qlen").read())
+    except OSError:
+        qlen = None
+    return {
+        "mode": "quick" if quick else "full",
+        "seconds_per_case": secs,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "unix_max_dgram_qlen": qlen},
+        "cases": cases,
+        "paths": summarise(cases),
+        "kinds": {k: v for k, v in summarise(cases).items() if k in KINDS},
+        "iperf3": iperf,
+    }
+
+
+def table(result: Dict[str, Any]) -> str:
+    lines = [f"vmnet-rs bench ({result['mode']}, {result['seconds_per_case']} s per case, "
+             f"{result['machine']['cpus']} CPUs, Linux {result['machine']['kernel']})", ""]
+    head = f"{'path':<14}{'frame':>6}{'pairs':>6}{'frames/s':>11}{'Gbit/s':>8}{'loss':>8}{'CPU cores':>10}{'relay CPU s':>12}"
+    lines += [head, "-" * len(head)]
+    for c in result["cases"]:
+        loss = "-" if c["loss"] is None else f"{c['loss'] * 100:.1f}%"
+        lines.append(f"{c['path']:<14}{c['frame_bytes']:>6}{c['pairs']:>6}{c['frames_per_s']:>11,}{c['gbit_per_s']:>8.2f}"
+                     f"{loss:>8}{c['cpu_cores']:>10.2f}{c['relay_cpu_s']:>12.2f}")
+    lines += ["", f"{'kind':<14}{'vs per_frame 64/1514':>22}{'vs kernel 64/1514':>20}{'4 vs 1 pairs':>14}"]
+    for k, v in result["kinds"].items():
+        r = v["ratios"]
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        lines.append(f"{k:<14}{fmt(r['vs_per_frame']['64']) + ' / ' + fmt(r['vs_per_frame']['1514']):>22}"
+                     f"{fmt(r['vs_kernel']['64']) + ' / ' + fmt(r['vs_kernel']['1514']):>20}{fmt(r['scaling_4_vs_1']):>14}")
+    ip = result["iperf3"]
+    lines.append("")
+    if "skipped" in ip:
+        lines.append(f"iperf3: skipped ({ip['skipped']})")
+    else:
+        lines.append("iperf3 TCP, one stream: " + ", ".join(f"{k} {v['gbit_per_s']:.2f} Gbit/s" for k, v in ip.items() if isinstance(v, dict)))
+    return "\n".join(lines)
+
+
+def chart(result: Dict[str, Any], path: str) -> Optional[str]:
+    """Writes a PNG; returns a note instead if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart written (pip install matplotlib)"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, size in zip(axes[:2], SIZES):
+        vals = [(_find(result["cases"], p, size, 1) or {}).get("frames_per_s", 0) / 1e3 for p in PATHS]
+        ax.bar(PATHS, vals, color=["#888", "#bbb", "#4a7", "#27a", "#a52"])
+        ax.set_title(f"{size}-byte frames, 1 pair")
+        ax.set_ylabel("delivered kframes/s")
+        ax.tick_params(axis="x", rotation=30)
+    ax = axes[2]
+    for p in PATHS:
+        ys = [(_find(result["cases"], p, 64, n) or {}).get("frames_per_s", 0) / 1e3 for n in PAIRS]
+        ax.plot(PAIRS, ys, marker="o", label=p)
+    ax.set_title("64-byte frames, aggregate over pairs")
+    ax.set_xlabel("pairs")
+    ax.set_xticks(PAIRS)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"vmnet-rs bench ({result['mode']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+@click.command("bench")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--quick", is_flag=True, help="A short run (under a minute), for CI.")
+@click.option("--png", "png", type=click.Path(dir_okay=False), help="Also write a chart to this PNG file.")
+@click.option("--seconds", type=float, default=None, help="Seconds per case (default 3, or 0.3 with --quick).")
+def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[float]) -> None:
+    """Measure the adaptors against kernel-only and per-frame baselines (root; own namespaces)."""
+    log = (lambda m: click.echo(m, err=True)) if not as_json else None
+    result = run(quick, seconds, log=log)
+    if png:
+        note = chart(result, png)
+        result["png"] = note or png
+        if note:
+            click.echo(f"vmnet-rs bench: {note}", err=True)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(table(result))
+
+
+if __name__ == "__main__":
+    bench()

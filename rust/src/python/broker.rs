@@ -1,0 +1,255 @@
+//! Bindings for `broker.rs` and the Unix transport client: `_native.Broker`
+//! (an in-process broker on native threads) and `_native.Client` (one
+//! connection). Every call that can wait releases the GIL. The Python
+//! wrappers with the public API are in `vmnet_rs/broker.py`.
+
+use std::os::fd::IntoRawFd;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
+
+use super::errors;
+use crate::broker::{self, Backend, BrokerOptions};
+use crate::config::FileConfig;
+use crate::xpc::{self, Dict, Value};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyBroker>()?;
+    m.add_class::<PyClient>()?;
+    m.add("DEFAULT_SOCKET", xpc::DEFAULT_SOCKET_PATH)?;
+    Ok(())
+}
+
+fn broker_error(py: Python<'_>, message: String) -> PyErr {
+    errors::raise(py, "BrokerError", message)
+}
+
+fn transport_error(py: Python<'_>, e: xpc::Error) -> PyErr {
+    match e {
+        xpc::Error::Transport(m) if m.starts_with("no broker answers") => errors::raise(py, "BrokerUnavailableError", m),
+        other => broker_error(py, other.to_string()),
+    }
+}
+
+/// Python `dict` -> message. Values: str, bool, int (int64), bytes, dict.
+fn to_dict(d: &Bound<'_, PyDict>, depth: usize) -> PyResult<Dict> {
+    if depth > 8 {
+        return Err(PyTypeError::new_err("message nested deeper than 8 dictionaries"));
+    }
+    let mut out = Dict::new();
+    for (k, v) in d.iter() {
+        let key: String = k.extract().map_err(|_| PyTypeError::new_err("message keys must be str"))?;
+        let value = if v.is_instance_of::<PyBool>() {
+            Value::Bool(v.extract()?)
+        } else if v.is_instance_of::<PyInt>() {
+            Value::Int(v.extract().map_err(|_| PyTypeError::new_err(format!("{key}: int does not fit in int64")))?)
+        } else if v.is_instance_of::<PyString>() {
+            Value::String(v.extract()?)
+        } else if let Ok(b) = v.cast::<PyBytes>() {
+            Value::Data(b.as_bytes().to_vec())
+        } else if let Ok(sub) = v.cast::<PyDict>() {
+            Value::Dict(to_dict(sub, depth + 1)?)
+        } else {
+            return Err(PyTypeError::new_err(format!("{key}: cannot send a {} in a message", v.get_type().name()?)));
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// Message -> Python `dict`; fds become ints the caller owns.
+fn from_dict<'py>(py: Python<'py>, d: Dict) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    let entries: Vec<(String, Value)> = {
+        let mut d = d;
+        let keys: Vec<String> = d.iter().map(|(k, _)| k.clone()).collect();
+        keys.into_iter().filter_map(|k| d.remove(&k).map(|v| (k, v))).collect()
+    };
+    for (k, v) in entries {
+        match v {
+            Value::String(s) => out.set_item(k, s)?,
+            Value::Int(i) => out.set_item(k, i)?,
+            Value::Bool(b) => out.set_item(k, b)?,
+            Value::Data(b) => out.set_item(k, PyBytes::new(py, &b))?,
+            Value::Dict(sub) => out.set_item(k, from_dict(py, sub)?)?,
+            Value::Fd(fd) => out.set_item(k, fd.into_raw_fd())?,
+        }
+    }
+    Ok(out)
+}
+
+/// An in-process broker serving a Unix socket.
+#[pyclass(name = "Broker", module = "vmnet_rs._native", frozen)]
+pub struct PyBroker {
+    options: BrokerOptions,
+    socket: PathBuf,
+    running: Mutex<Option<broker::Broker>>,
+}
+
+#[pymethods]
+impl PyBroker {
+    /// socket: path (None: $VMNET_RS_SOCKET, else the default); config_json:
+    /// the whole configuration in the file's shape (`{"broker": {...},
+    /// "vmnet": {...}}`, as `vmnet_rs.config.Config.to_json()` writes it;
+    /// None: the built-ins); idle_timeout overrides the settings' (seconds,
+    /// 0 = never); backend: "platform" or "hub" (test double); state_dir:
+    /// the Linux backend's records.
+    #[new]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0))]
+    fn new(
+        py: Python<'_>,
+        socket: Option<PathBuf>,
+        config_json: Option<&str>,
+        idle_timeout: Option<u64>,
+        backend: &str,
+        state_dir: Option<PathBuf>,
+        monitor_interval: f64,
+    ) -> PyResult<Self> {
+        let mut options = BrokerOptions::new();
+        if let Some(text) = config_json {
+            let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(py, e))?;
+            options.settings = file.broker;
+            options.networks = file.networks;
+        }
+        if let Some(t) = idle_timeout {
+            options.settings.idle_timeout = t;
+        }
+        options.backend = Backend::parse(backend)
+            .ok_or_else(|| errors::raise(py, "ConfigError", format!("unknown backend {backend:?} (platform or hub)")))?;
+        if let Some(d) = state_dir {
+            options.backend_options.state_dir = d;
+        }
+        if !(monitor_interval > 0.0 && monitor_interval < 3600.0) {
+            return Err(errors::raise(py, "ConfigError", format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
+        }
+        options.monitor_interval = Duration::from_secs_f64(monitor_interval);
+        let socket = xpc::unix::socket_path(socket.as_deref());
+        Ok(PyBroker { options, socket, running: Mutex::new(None) })
+    }
+
+    /// Binds the socket (or takes systemd's) and starts serving. Raises
+    /// BrokerError if it is already running or the socket is taken.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.as_ref().is_some_and(|b| b.core().exit_reason().is_none()) {
+            return Err(broker_error(py, "the broker is already running".into()));
+        }
+        let options = self.options.clone();
+        let path = self.socket.clone();
+        let b = py
+            .detach(move || -> Result<broker::Broker, broker::Error> {
+                let socket = xpc::unix::Socket::open(&path)?;
+                broker::Broker::start_unix(options, socket)
+            })
+            .map_err(|e| broker_error(py, e.to_string()))?;
+        *running = Some(b);
+        Ok(())
+    }
+
+    /// Stops serving and releases every network. Idempotent.
+    fn stop(&self, py: Python<'_>) {
+        let b = self.running.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(b) = b {
+            py.detach(move || b.stop());
+        }
+    }
+
+    /// Waits up to `timeout` seconds (None: forever) for the broker to stop
+    /// by itself (idle, shutdown command); returns why, or None if it is
+    /// still running (or was never started).
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> Option<String> {
+        let core = self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.core().clone())?;
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        py.detach(move || core.wait(timeout))
+    }
+
+    /// True between start() and the broker stopping.
+    #[getter]
+    fn running(&self) -> bool {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|b| b.core().exit_reason().is_none())
+    }
+
+    #[getter]
+    fn socket(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    #[getter]
+    fn idle_timeout(&self) -> u64 {
+        self.options.settings.idle_timeout
+    }
+}
+
+/// One connection to a broker.
+#[pyclass(name = "Client", module = "vmnet_rs._native", frozen)]
+pub struct PyClient {
+    inner: Mutex<Option<xpc::unix::Client>>,
+    socket: String,
+}
+
+#[pymethods]
+impl PyClient {
+    /// Connects to `socket` (None: $VMNET_RS_SOCKET, else the default).
+    /// Raises BrokerUnavailableError when nothing answers.
+    #[new]
+    #[pyo3(signature = (socket=None, timeout=None))]
+    fn new(py: Python<'_>, socket: Option<PathBuf>, timeout: Option<f64>) -> PyResult<Self> {
+        let path = xpc::unix::socket_path(socket.as_deref());
+        let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(py, e))?;
+        if let Some(t) = timeout {
+            client.set_timeout(Some(Duration::from_secs_f64(t.max(0.001)))).map_err(|e| transport_error(py, e))?;
+        }
+        Ok(PyClient { inner: Mutex::new(Some(client)), socket: path.display().to_string() })
+    }
+
+    /// Sends a message (dict of str/int/bool/bytes/dict) and returns the
+    /// reply; fds in the reply are ints the caller owns.
+    fn request<'py>(&self, py: Python<'py>, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+        let msg = to_dict(message, 1)?;
+        let reply = self.with_client(py, move |c| c.request(&msg))?;
+        from_dict(py, reply)
+    }
+
+    /// Sends raw bytes as one record (for testing the broker's decoder).
+    fn request_raw<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyDict>> {
+        let reply = self.with_client(py, move |c| c.request_raw(&data, &[]))?;
+        from_dict(py, reply)
+    }
+
+    /// Closes the connection (the broker releases its leases). Idempotent.
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    #[getter]
+    fn socket(&self) -> String {
+        self.socket.clone()
+    }
+}
+
+impl PyClient {
+    fn with_client<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut xpc::unix::Client) -> Result<T, xpc::Error> + Send) -> PyResult<T> {
+        let result = py.detach(|| {
+            let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_mut() {
+                Some(c) => Some(f(c)),
+                None => None,
+            }
+        });
+        match result {
+            None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(transport_error(py, e)),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+"""Adaptors on real TAP devices, in private network namespaces.
+
+Two (or three) adaptors sit on TAPs enslaved to one bridge inside a fresh
+namespace; the test plays both VMs on the adaptors' sockets. Frames carry an
+experimental EtherType (0x88B5) and a sequence number, so anything else the
+kernel may emit is ignored and loss or reordering is visible.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from vmnet_rs import Adaptor, AdaptorError, ConfigError, NetworkError
+
+ETHERTYPE = 0x88B5
+MAX_FRAME = 1514
+BATCH = 64
+PATIENCE = 30.0  # seconds; the test machine is small and shared
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes(int(p, 16) for p in mac.split(":"))
+
+
+def frame(seq: int, dst: str, src: str, size: int) -> bytes:
+    """An Ethernet frame of ``size`` bytes (>= 18) carrying ``seq``."""
+    head = mac_bytes(dst) + mac_bytes(src) + struct.pack("!HI", ETHERTYPE, seq)
+    body = bytes((seq * 7 + i) & 0xFF for i in range(size - len(head)))
+    return head + body
+
+
+def sizes(n: int) -> List[int]:
+    # Minimum this test can tag (header + seq), maximum, and sizes between.
+    cycle = [18, MAX_FRAME, 60, 64, 1000, 1513, 19, 333]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+class Vm:
+    """The VM side of an adaptor: its socket, framed per kind."""
+
+    def __init__(self, adaptor: Adaptor) -> None:
+        self.kind = adaptor.kind
+        self.sock = adaptor.socket()
+        self.sock.settimeout(0.2)
+        self.mac = adaptor.info["mac"]
+        self._buf = b""
+
+    def send(self, data: bytes) -> None:
+        if self.kind == "stream":
+            self.sock.sendall(struct.pack("!I", len(data)) + data)
+        else:
+            self.sock.send(data)
+
+    def recv(self) -> Optional[bytes]:
+        """One frame of ours, or None after a short timeout."""
+        while True:
+            try:
+                if self.kind != "stream":
+                    data = self.sock.recv(65536)
+                else:
+                    while not (len(self._buf) >= 4 and len(self._buf) >= 4 + struct.unpack("!I", self._buf[:4])[0]):
+                        chunk = self.sock.recv(262144)
+                        if not chunk:
+                            raise EOFError("stream closed")
+                        self._buf += chunk
+                    n = struct.unpack("!I", self._buf[:4])[0]
+                    data, self._buf = self._buf[4:4 + n], self._buf[4 + n:]
+            except socket.timeout:
+                return None
+            if len(data) >= 14 and struct.unpack("!H", data[12:14])[0] == ETHERTYPE:
+                return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def make_bridge(ns) -> None:
+    ns.run("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
+    ns.run("sysctl -qw net.ipv6.conf.default.disable_ipv6=1")
+    ns.run("ip link add br0 type bridge forward_delay 0 stp_state 0")
+    ns.run("ip link set br0 up")
+
+
+def attach(ns, adaptor: Adaptor) -> None:
+    dev = adaptor.info["device"]
+    ns.run(f"ip link set {dev} master br0")
+    ns.run(f"ip link set {dev} up")
+    # Static entries: the bridge never floods our frames to the wrong port.
+    ns.run(f"bridge fdb replace {adaptor.info['mac']} dev {dev} master static")
+
+
+def tap_adaptors(ns, kind: str, n: int = 2) -> List[Adaptor]:
+    adaptors = []
+    for i in range(n):
+        a = Adaptor(kind, tap=f"vt{i}", netns=ns.name, mac=f"02:00:00:00:00:{i + 1:02x}")
+        adaptors.append(a)
+        attach(ns, a)
+    return adaptors
+
+
+def check_in_order(got: List[bytes], expected: List[bytes], drops: int) -> None:
+    """``got`` is an in-order, bit-exact subsequence of ``expected`` missing exactly ``drops``."""
+    index = {f[14:18]: i for i, f in enumerate(expected)}
+    last = -1
+    for f in got:
+        i = index.get(f[14:18])
+        assert i is not None, f"unexpected frame {f[:18].hex()}"
+        assert i > last, f"frame {i} out of order after {last}"
+        assert f == expected[i], f"frame {i} corrupted"
+        last = i
+    assert len(got) + drops == len(expected), f"received {len(got)} + dropped {drops} != sent {len(expected)}"
+
+
+def receive(vm: Vm, adaptor: Adaptor, total: int) -> List[bytes]:
+    """Reads until every one of ``total`` frames was received or counted as dropped."""
+    got: List[bytes] = []
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        f = vm.recv()
+        if f is not None:
+            got.append(f)
+        if len(got) + adaptor.stats()["host_to_vm"]["drops"] >= total:
+            return got
+        assert time.monotonic() < deadline, f"received {len(got)} of {total}; stats {adaptor.stats()}"
+
+
+# --- without privileges ------------------------------------------------------------
+
+
+def test_bad_arguments_are_config_errors():
+    with pytest.raises(ConfigError, match="not one of"):
+        Adaptor("tap", tap="x")
+    with pytest.raises(ConfigError, match="exactly one"):
+        Adaptor("stream")
+    with pytest.raises(ConfigError, match="exactly one"):
+        Adaptor("stream", tap="x", tap_fd=3)
+    with pytest.raises(ConfigError, match="MAC"):
+        Adaptor("stream", tap="x", mac="nope")
+
+
+def test_a_non_tap_fd_is_refused():
+    r, w = os.pipe()
+    try:
+        with pytest.raises(NetworkError, match="not a usable TAP"):
+            Adaptor("stream", tap_fd=r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# --- on TAPs, in namespaces ------------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["datagram", "datagram_next", "stream"])
+def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
+    make_bridge(netns)
+    a, b = tap_adaptors(netns, kind)
+    va, vb = Vm(a), Vm(b)
+    try:
+        assert a.info["max_frame_bytes"] == MAX_FRAME and a.info["mtu"] == 1500
+        assert a.info["send_buffer_bytes"] > 0 and a.info["recv_buffer_bytes"] > 0
+        burst = 3 * BATCH + 17
+        for src, dst, dst_ad, label in ((va, vb, b, "a->b"), (vb, va, a, "b->a")):
+            frames = [frame(i, dst.mac, src.mac, s) for i, s in enumerate(sizes(burst))]
+            sender = threading.Thread(target=lambda: [src.send(f) for f in frames])
+            sender.start()
+            got = receive(dst, dst_ad, len(frames))
+            sender.join()
+            drops = dst_ad.stats()["host_to_vm"]["drops"]
+            check_in_order(got, frames, drops)
+            if kind == "stream":
+                assert drops == 0, label
+        sa, sb = a.stats(), b.stats()
+        assert sa["vm_to_host"]["packets"] == burst and sb["vm_to_host"]["packets"] == burst
+        assert sa["vm_to_host"]["errors"] == 0 and sb["vm_to_host"]["errors"] == 0
+        assert a.running and b.running
+    finally:
+        va.close()
+        vb.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["datagram_next", "stream"])
+def test_a_slow_reader_causes_counted_drops_and_no_stall(netns, kind):
+    make_bridge(netns)
+    a, b = tap_adaptors(netns, kind)
+    va, vb = Vm(a), Vm(b)
+    try:
+        # b's VM reads nothing while a's VM floods it.
+        stop = threading.Event()
+        sent = [0]
+
+        def flood() -> None:
+            f = frame(0, vb.mac, va.mac, MAX_FRAME)
+            while not stop.is_set():
+                va.send(f)
+                sent[0] += 1
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        try:
+            deadline = time.monotonic() + PATIENCE
+            while b.stats()["host_to_vm"]["drops"] == 0:
+                assert time.monotonic() < deadline, f"no drops counted: {b.stats()}"
+                time.sleep(0.01)
+            # The other direction still flows: b's VM sends, a's VM receives.
+            frames = [frame(i, va.mac, vb.mac, 100) for i in range(20)]
+            for f in frames:
+                vb.send(f)
+            got = []
+            while len(got) < len(frames):
+                f = va.recv()
+                if f is not None:
+                    got.append(f)
+                assert time.monotonic() < deadline, f"b->a stalled: {len(got)} of {len(frames)}"
+            assert got == frames
+        finally:
+            stop.set()
+            flooder.join()
+        s = b.stats()["host_to_vm"]
+        assert s["drops"] > 0 and s["waits"] > 0
+        assert a.running and b.running
+    finally:
+        va.close()
+        vb.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.root
+def test_a_peer_closing_mid_frame_ends_only_that_adaptor(netns):
+    make_bridge(netns)
+    victim, b, c = tap_adaptors(netns, "stream", 3)
+    vb, vc = Vm(b), Vm(c)
+    try:
+        s = victim.detach()
+        s.sendall(struct.pack("!I", 1000) + b"\x00" * 400)
+        s.close()
+        assert victim.wait(PATIENCE), "the adaptor did not end"
+        assert not victim.running
+        assert "closed" in victim.end_reason
+        assert victim.stats()["vm_to_host"]["errors"] == 1
+        # Its TAP went with it; the others still relay.
+        deadline = time.monotonic() + PATIENCE
+        while "vt0" in netns.links():
+            assert time.monotonic() < deadline, "the victim's TAP remained"
+            time.sleep(0.05)
+        f = frame(1, vc.mac, vb.mac, 200)
+        vb.send(f)
+        got = None
+        while got is None:
+            got = vc.recv()
+            assert time.monotonic() < deadline, "the other adaptors stopped relaying"
+        assert got == f
+        assert b.running and c.running
+    finally:
+        vb.close()
+        vc.close()
+        victim.close()
+        b.close()
+        c.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("kind", ["datagram", "stream"])
+def test_no_fd_or_tap_remains_after_close(netns, kind):
+    make_bridge(netns)
+    before = fd_count()
+    for _ in range(3):
+        adaptors = tap_adaptors(netns, kind)
+        sockets = [x.socket() for x in adaptors]
+        assert {"vt0", "vt1"} <= set(netns.links())
+        for s in sockets:
+            s.close()
+        for x in adaptors:
+            x.close()
+            x.close()  # idempotent
+            with pytest.raises(AdaptorError):
+                x.fileno()
+    assert fd_count() == before
+    assert not {"vt0", "vt1"} & set(netns.links())
+
+
+@pytest.mark.root
+def test_an_existing_tap_fd_is_used_and_released(netns):
+    """tap_fd=: the adaptor works on a dup of the caller's TAP fd and closes only its own."""
+    netns.run("ip tuntap add dev pt0 mode tap")
+    script = textwrap.dedent("""
+        import fcntl, os, struct
+        from vmnet_rs import Adaptor
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"pt0", 0x0002 | 0x1000))  # TUNSETIFF, IFF_TAP|IFF_NO_PI
+        before = len(os.listdir("/proc/self/fd"))
+        a = Adaptor("datagram", tap_fd=fd)
+        assert a.info["device"] == "pt0", a.info
+        assert a.running
+        a.close()
+        assert len(os.listdir("/proc/self/fd")) == before, "the adaptor leaked an fd"
+        os.fstat(fd)  # ours is still open
+        os.close(fd)
+        print("ok")
+    """)
+    r = netns.run([sys.executable, "-c", script], check=False, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+    assert "pt0" in netns.links()  # a persistent device outlives its fds
+
+
+@pytest.mark.root
+def test_the_interface_going_away_ends_the_adaptor(netns):
+    make_bridge(netns)
+    (a,) = tap_adaptors(netns, "datagram_next", 1)
+    try:
+        netns.run("ip link del vt0")
+        assert a.wait(PATIENCE), "the adaptor did not notice its TAP was deleted"
+        assert "interface" in a.end_reason
+    finally:
+        a.close()
+
+
+@pytest.mark.root
+def test_broker_free_network_path(netns, tmp_path):
+    """Adaptor(network=...) creates the network and a port, keeps it alive and tears it down."""
+    script = textwrap.dedent(f"""
+        import json, subprocess
+        from vmnet_rs import Adaptor
+        config = {{"mode": "host", "subnet": "192.168.123.1/24", "dhcp": False, "dnsProxy": False}}
+        with Adaptor("stream", network="bt", config=config, state_dir={str(tmp_path)!r}) as a:
+            info = a.info
+            links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+            print(json.dumps({{"info": info, "links": links, "running": a.running}}))
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        print(json.dumps({{"after": links}}))
+    """)
+    r = netns.run([sys.executable, "-c", script], check=False, timeout=120)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    first, second = [json.loads(line) for line in r.stdout.strip().splitlines()[-2:]]
+    assert first["running"]
+    assert first["info"]["subnet"] == "192.168.123.1/24"
+    assert first["info"]["network"] == "bt"
+    assert first["info"]["max_frame_bytes"] >= 1514
+    bridge_lines = [line for line in first["links"].splitlines() if "bt" in line]
+    assert bridge_lines, first["links"]
+    assert not [line for line in second["after"].splitlines() if "bt" in line.split(":")[1]], second["after"]

@@ -8,10 +8,11 @@ runs: it holds the broker connection (so the leases, adaptors and TAPs live
 exactly as long as the VM), forwards SIGINT, SIGTERM and SIGHUP to the VM,
 and exits with the VM's status (128 + N when the VM dies of signal N).
 
-Runs on the main thread only. Invariant: every fd obtained from the broker is
-closed in this process once the child has been spawned (or on any error), and
-the child inherits only stdio and the network fds (everything else is
-close-on-exec).
+Runs on the main thread only. Invariants: every fd obtained from the broker is
+closed in this process once the child has been spawned (or on any error); the
+child gets the network fds at 3, 4, ... (replacing whatever the caller had
+there) and, as with ``exec``, whatever else the caller let it inherit;
+nothing vmnet-rs opens itself (the broker connection included) leaks into it.
 
 Exit codes: the VM's own; 1 when the broker refused or is missing; 2 for bad
 usage; 127 when the program is not found.

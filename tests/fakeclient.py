@@ -147,6 +147,11 @@ class FakeClient:
         offload, mtu = self._info()
         return {"network": network, "config": {"offload": offload, "mtu": mtu}}
 
+    def networks(self):
+        _journal(op="networks")
+        offload, mtu = self._info()
+        return [{"name": n, "live": False, "config": {"offload": offload, "mtu": mtu}} for n in NETWORKS]
+
     def close(self):
         _journal(op="close")
         for s in self._keep:

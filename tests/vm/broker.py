@@ -10,6 +10,7 @@ to a second namespace that has no route back, so only NAT can carry a reply.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,10 @@ class BrokerProcess:
     def __init__(self, ns: NetNs, workdir: Path, config: Path | None = None) -> None:
         self.ns = ns
         self.socket = str(workdir / "broker.sock")
-        argv = [*VMNET_RS, "broker", "--socket", self.socket]
+        # Its own state directory (records of what it created) and no idle
+        # exit: the test decides when it ends.
+        self.state_dir = workdir / "state"
+        argv = [*VMNET_RS, "broker", "--socket", self.socket, "--state-dir", str(self.state_dir), "--idle-timeout", "0"]
         if config is not None:
             argv += ["--config", str(config)]
         self.log = workdir / "broker.log"
@@ -49,7 +53,8 @@ class BrokerProcess:
 
     def close(self) -> int | None:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            # SIGINT is the broker's orderly stop (it tears its networks down).
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -56,7 +56,12 @@ else
   echo "VMNET-NOLEASE"
 fi
 echo "VMNET-READY"
-exec setsid cttyhack sh -c 'stty -echo; PS1= exec sh'
+# PID 1 must never exit (the kernel would panic): the test's shell runs as a
+# child, restarted if it ends.
+while true; do
+  setsid cttyhack sh -c 'stty -echo; set +m; PS1= exec sh +m'
+  echo "VMNET-SHELL-EXITED"
+done
 """
 
 UDHCPC_SCRIPT = r"""#!/bin/sh

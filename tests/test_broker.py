@@ -62,6 +62,10 @@ def assert_no_new_fds(b: BrokerProcess, baseline: list) -> None:
         raise AssertionError(f"leaked fds: {dict(extra())}") from None
 
 
+class FdRef(int):
+    """An fd value in :func:`encode`: its index in the record's SCM_RIGHTS array."""
+
+
 def encode(d: dict) -> bytes:
     """The wire encoding (docs/protocol.md), written independently of the Rust codec."""
 
@@ -71,7 +75,9 @@ def encode(d: dict) -> bytes:
             v = x[k]
             kb = k.encode()
             out += struct.pack(">B", len(kb)) + kb
-            if isinstance(v, bool):
+            if isinstance(v, FdRef):
+                out += b"\x06" + struct.pack(">B", int(v))
+            elif isinstance(v, bool):
                 out += b"\x03" + (b"\x01" if v else b"\x00")
             elif isinstance(v, int):
                 out += b"\x02" + struct.pack(">q", v)
@@ -538,4 +544,34 @@ def test_killed_client_with_relays_leaks_nothing(hub: BrokerProcess, tmp_path: P
             victim.stdout.close()
         wait_until("the victim's leases to go", lambda: len(watcher.status()["leases"]) == 1)
         assert not watcher.status()["adaptors"]
+        assert_no_new_fds(hub, baseline)
+
+
+def test_fds_attached_to_bad_records_are_closed(hub: BrokerProcess) -> None:
+    """Raw records with too many or unreferenced fds: answered, and the
+    broker keeps none of the fds (checked through a pipe's write end)."""
+    import array
+
+    with Client(str(hub.socket)) as watcher:
+        baseline = settled_fds(hub)
+        r, w = os.pipe()
+        s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_SEQPACKET)
+        s.connect(str(hub.socket))
+        s.settimeout(30)
+        for count, text in [(12, b"more than 8 fds"), (2, b"not referenced"), (1, b"magic")]:
+            fds = array.array("i", [w] * count)
+            payload = encode({"command": "ping"}) if text != b"magic" else b"junk"
+            s.sendmsg([payload], [(pysocket.SOL_SOCKET, pysocket.SCM_RIGHTS, fds)])
+            reply = s.recv(65536)
+            assert text in reply, reply
+        # A valid request carrying an fd is answered and its fd dropped too.
+        fds = array.array("i", [w])
+        s.sendmsg([encode({"command": "ping", "x": FdRef(0)})], [(pysocket.SOL_SOCKET, pysocket.SCM_RIGHTS, fds)])
+        assert b"pong" in s.recv(65536)
+        s.close()
+        os.close(w)
+        os.set_blocking(r, False)
+        wait_until("every copy of the pipe's write end to be closed", lambda: os.read(r, 1) == b"")
+        os.close(r)
+        assert watcher.ping()
         assert_no_new_fds(hub, baseline)

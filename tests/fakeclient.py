@@ -6,14 +6,20 @@ line in the file named by ``VMNET_FAKE_JOURNAL``, so a test can see what the
 wrapper asked for and that it closed the connection (ending its leases).
 
 ``VMNET_FAKE_MODE``: ``ok`` (default), ``unavailable`` (no broker answers),
-``offload`` (networks report offload and MTU 9000).
+``offload`` (networks report offload and MTU 9000), ``lan`` (every network
+is the bridge named by ``VMNET_FAKE_BRIDGE``: ``tap`` fds are TAPs on it,
+socket fds are relayed to TAPs on it by threads here, a slow stand-in for
+the broker's adaptors that lets real QEMU prove each backend's wiring).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+import struct
+import subprocess
 import threading
 
 from vmnet_rs.errors import BrokerError, BrokerUnavailableError
@@ -47,6 +53,62 @@ def _echo(sock: socket.socket) -> None:
         return
 
 
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+_tap_count = 0
+
+
+def open_tap_on_bridge(bridge: str, vnet_hdr: bool = False) -> int:
+    """A new (non-persistent) TAP enslaved to ``bridge``; gone when its last fd closes."""
+    global _tap_count
+    _tap_count += 1
+    name = f"ft{os.getpid() % 100000}x{_tap_count}"
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+    subprocess.run(["ip", "link", "set", name, "master", bridge, "up"], check=True)
+    return fd
+
+
+def _tap_to_socket(tap: int, sock: socket.socket, stream: bool) -> None:
+    try:
+        while True:
+            frame = os.read(tap, 65536)
+            if stream:
+                sock.sendall(struct.pack(">I", len(frame)) + frame)
+            else:
+                sock.send(frame)
+    except OSError:
+        return
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _socket_to_tap(sock: socket.socket, tap: int, stream: bool) -> None:
+    try:
+        while True:
+            if stream:
+                (length,) = struct.unpack(">I", _recv_exact(sock, 4))
+                frame = _recv_exact(sock, length)
+            else:
+                frame = sock.recv(65536)
+                if not frame:
+                    return
+            os.write(tap, frame)
+    except (OSError, EOFError):
+        return
+
+
 class FakeClient:
     def __init__(self, socket_path=None):
         self.mode = os.environ.get("VMNET_FAKE_MODE", "ok")
@@ -60,12 +122,21 @@ class FakeClient:
 
     def open(self, network, fd_type, mac=None, vnet_hdr=False):
         _journal(op="open", network=network, fd_type=fd_type, mac=mac, vnet_hdr=vnet_hdr)
-        if network not in NETWORKS:
+        if network not in NETWORKS and self.mode != "lan":
             raise BrokerError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
+        if self.mode == "lan" and fd_type == "tap":
+            offload, mtu = self._info()
+            return Opened(open_tap_on_bridge(os.environ["VMNET_FAKE_BRIDGE"], vnet_hdr), fd_type, mac, network, offload, mtu)
         kind = socket.SOCK_STREAM if fd_type == "stream" else socket.SOCK_DGRAM
         ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
         self._keep.append(ours)
-        threading.Thread(target=_echo, args=(ours,), daemon=True).start()
+        if self.mode == "lan":
+            tap = open_tap_on_bridge(os.environ["VMNET_FAKE_BRIDGE"])
+            stream = kind == socket.SOCK_STREAM
+            threading.Thread(target=_tap_to_socket, args=(tap, ours, stream), daemon=True).start()
+            threading.Thread(target=_socket_to_tap, args=(ours, tap, stream), daemon=True).start()
+        else:
+            threading.Thread(target=_echo, args=(ours,), daemon=True).start()
         offload, mtu = self._info()
         return Opened(theirs.detach(), fd_type, mac, network, offload, mtu)
 
@@ -75,6 +146,11 @@ class FakeClient:
             raise BrokerError(f"unknown network {network!r}")
         offload, mtu = self._info()
         return {"network": network, "config": {"offload": offload, "mtu": mtu}}
+
+    def networks(self):
+        _journal(op="networks")
+        offload, mtu = self._info()
+        return [{"name": n, "live": False, "config": {"offload": offload, "mtu": mtu}} for n in NETWORKS]
 
     def close(self):
         _journal(op="close")

@@ -88,7 +88,7 @@ def test_check_ok(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["networks", "check", str(DATA / "lima-networks.yaml"), str(DATA / "full.yaml")])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        f"{DATA / 'lima-networks.yaml'}: ok: 4 networks (host, jumbo, scratch, shared)",
+        f"{DATA / 'lima-networks.yaml'}: ok: 5 networks (host, jumbo, lab-host, scratch, shared)",
         f"{DATA / 'full.yaml'}: ok: 4 networks (backplane, host, lab, shared)",
     ]
 

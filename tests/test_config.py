@@ -73,11 +73,14 @@ def test_lima_networks_yaml_gives_limas_values() -> None:
     assert cfg.networks["host"] == NetworkConfig(
         **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.108.1/24"}
     )
+    assert cfg.networks["lab-host"] == NetworkConfig(
+        **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.110.1/24"}
+    )
     assert cfg.networks["scratch"] == NetworkConfig(**lima)
     assert cfg.networks["scratch"].subnet is None
     assert cfg.networks["jumbo"] == NetworkConfig(**{**lima, "nat66": False, "subnet": "192.168.109.1/24"})
     # Lima's socket_vmnet "networks" (bridged, user-v2, ...) are not vmnet-rs networks.
-    assert sorted(cfg.networks) == ["host", "jumbo", "scratch", "shared"]
+    assert sorted(cfg.networks) == ["host", "jumbo", "lab-host", "scratch", "shared"]
 
 
 def test_every_key_is_read() -> None:
@@ -296,7 +299,7 @@ def test_wrong_types() -> None:
         'networks.yaml:5: network "shared": key "mtu": "big" is a string; use an integer in 1280..9000',
         'networks.yaml:6: network "shared": key "portForwarding": "none" is a string; use a list of mappings '
         "with protocol, externalPort, internalAddress and internalPort",
-        'networks.yaml:8: broker: key "idleTimeout": 1.5 is a decimal number; use an integer in 1..4294967295 (seconds)',
+        'networks.yaml:8: broker: key "idleTimeout": 1.5 is a decimal number; use an integer in 0..4294967295 (seconds; 0 never times out)',
     ]
 
 

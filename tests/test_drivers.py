@@ -127,7 +127,7 @@ def test_engine_for(program, engine):
 
 
 @pytest.mark.parametrize("engine,platform,expected", [
-    ("qemu", "linux", "tap"), ("qemu", "darwin", "tap"),
+    ("qemu", "linux", "tap_next"), ("qemu", "darwin", "tap"),
     ("krunkit", "darwin", "stream"), ("vfkit", "darwin", "datagram"),
     ("generic", "linux", "datagram"),
 ])
@@ -198,7 +198,7 @@ def test_plan_nics_fds_macs_and_occurrences():
     nics = drivers.plan_nics([("shared", "stream"), ("host", None), ("shared", "dgram")], "qemu", "vm1",
                              macs=["52:54:00:00:00:01"], platform="linux", offload={"host": True})
     assert [n.fd for n in nics] == [3, 4, 5]
-    assert [n.backend.name for n in nics] == ["stream", "tap", "dgram"]
+    assert [n.backend.name for n in nics] == ["stream", "tap_next", "dgram"]
     assert [n.offload for n in nics] == [False, True, False]
     assert nics[0].mac == "52:54:00:00:00:01"
     assert nics[1].mac == drivers.derive_mac("vm1", "host")

@@ -9,6 +9,11 @@ never asserted (TCG makes them low; compare backends, not absolutes).
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 
 from vm.checks import check_pair, record_rate
@@ -38,3 +43,151 @@ def test_baseline_two_vms_on_a_hand_made_bridge(netns, tmp_path):
         for g in guests:
             g.close()
         lan.close()
+
+
+QEMU_BACKENDS = ["tap", "tap_next", "socket", "stream", "dgram", "dgram_next"]
+
+
+def test_run_wires_every_qemu_backend_into_real_qemu(netns, tmp_path):
+    """``vmnet-rs run`` with a stand-in broker (tests/fakeclient.py, ``lan``
+    mode: TAP fds, or Python relays to TAPs on a hand-made bridge): one VM per
+    QEMU backend, all at once; each gets a lease and reaches the gateway and
+    the next VM. Proves the generated QEMU arguments and the fd inheritance."""
+    from vm.broker import run_guest_with_fake_broker
+    from vmnet_rs import drivers
+
+    lan = Lan(netns, tmp_path)
+    guests: list[Guest] = []
+    try:
+        for backend in QEMU_BACKENDS:
+            guests.append(run_guest_with_fake_broker(netns, lan.bridge, f"fake-{backend}", [f"lan:{backend}"], tmp_path))
+        for g in guests:
+            g.wait_ready(timeout=400)
+            assert g.mac == drivers.derive_mac(g.name, "lan")
+        for g, nxt in zip(guests, guests[1:] + guests[:1]):
+            assert g.router == lan.gateway
+            g.check(f"ping -c 1 -W 10 {lan.gateway}", timeout=60)
+            g.check(f"ping -c 1 -W 10 {nxt.ip}", timeout=60)
+        # Only tap_next carries the virtio-net header, so only there does the
+        # guest see checksum offload (feature bit 0, VIRTIO_NET_F_CSUM).
+        csum = {b: g.check("cat /sys/class/net/eth0/device/features").strip()[0] for b, g in zip(QEMU_BACKENDS, guests)}
+        assert csum == {b: "1" if b == "tap_next" else "0" for b in QEMU_BACKENDS}
+    finally:
+        for g in guests:
+            g.close()
+        lan.close()
+
+
+# --- through vmnet-rs ----------------------------------------------------------
+SUBNETS = {"shared": "192.168.107.0/24", "host": "192.168.108.0/24"}
+GATEWAYS = {"shared": "192.168.107.1", "host": "192.168.108.1"}
+
+
+@pytest.fixture
+def broker(netns, tmp_path):
+    from vm.broker import BrokerProcess, add_outside
+    import vmnet_rs
+
+    if not hasattr(vmnet_rs, "Client"):
+        pytest.skip("this build has no broker client (vmnet_rs.Client)")
+    outside = add_outside(netns)
+    b = BrokerProcess(netns, tmp_path)
+    b.outside = outside
+    try:
+        yield b
+    finally:
+        b.close()
+        outside.close()
+
+
+def wrapped_qemu_pid(guest: Guest) -> int:
+    """The QEMU process under a ``vmnet-rs run`` wrapper (its only child)."""
+    children = Path(f"/proc/{guest.proc.pid}/task/{guest.proc.pid}/children").read_text().split()
+    assert len(children) == 1, f"wrapper {guest.proc.pid} has children {children}"
+    return int(children[0])
+
+
+def pair_on(netns, broker, tmp_path, network: str, backend: str) -> tuple[Guest, Guest]:
+    from vm.broker import run_guest
+
+    guests = [run_guest(netns, broker, f"{network}-{backend}-{i}", [f"{network}:{backend}"], tmp_path)
+              for i in range(2)]
+    try:
+        for g in guests:
+            g.wait_ready()
+    except BaseException:
+        for g in guests:
+            g.close()
+        raise
+    return guests[0], guests[1]
+
+
+@pytest.mark.parametrize("backend", QEMU_BACKENDS)
+def test_two_vms_on_shared(netns, broker, tmp_path, backend):
+    from vm.broker import OUTSIDE_ADDR
+    from vmnet_rs import drivers
+
+    a, b = pair_on(netns, broker, tmp_path, "shared", backend)
+    try:
+        assert a.mac == drivers.derive_mac(a.name, "shared")
+        rate = check_pair(a, b, GATEWAYS["shared"], prefix=SUBNETS["shared"])
+        record_rate(f"shared {backend}", rate)
+        # NAT: the outside namespace has no route back to the VM subnet.
+        a.check(f"ping -c 2 -W 5 {OUTSIDE_ADDR}", timeout=60)
+        leases, adaptors = broker_view(broker)
+        assert set(leases) == {a.mac, b.mac}
+        assert {leases[m]["fd_type"] for m in leases} == {drivers.resolve_backend("qemu", backend).fd_type}
+        relayed = backend not in ("tap", "tap_next")
+        assert len(adaptors) == (2 if relayed else 0)
+        if relayed:  # the traffic above went through the adaptors
+            assert all(ad["vm_to_host"]["packets"] > 0 and ad["host_to_vm"]["packets"] > 0 for ad in adaptors.values())
+        links = set(netns.links())
+        # Killing a VM ends its wrapper, which releases the lease: the VM's
+        # TAP (and adaptor) go away; the other VM keeps working.
+        os.kill(wrapped_qemu_pid(a), signal.SIGKILL)
+        assert a.proc.wait(60) == 128 + signal.SIGKILL
+        gone = wait_until(lambda: links - set(netns.links()), 30)
+        assert len(gone) == 1, f"links removed after killing a VM: {gone}"
+        leases, adaptors = broker_view(broker)
+        assert set(leases) == {b.mac}
+        assert len(adaptors) == (1 if relayed else 0)
+        b.check(f"ping -c 1 -W 5 {GATEWAYS['shared']}", timeout=60)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("backend", ["tap", "dgram_next"])
+def test_two_vms_on_host_have_no_way_out(netns, broker, tmp_path, backend):
+    from vm.broker import OUTSIDE_ADDR
+
+    a, b = pair_on(netns, broker, tmp_path, "host", backend)
+    try:
+        # A host-only network may or may not announce a router; the host's
+        # address answers either way.
+        rate = check_pair(a, b, GATEWAYS["host"], prefix=SUBNETS["host"], routers=(GATEWAYS["host"], None))
+        record_rate(f"host {backend}", rate)
+        # Even with a default route through the host, nothing gets out.
+        a.check(f"ip route replace default via {GATEWAYS['host']} dev eth0")
+        rc, out = a.sh(f"ping -c 2 -W 2 {OUTSIDE_ADDR}", timeout=60)
+        assert rc != 0, f"a host-only VM reached the outside:\n{out}"
+    finally:
+        a.close()
+        b.close()
+
+
+def broker_view(broker) -> tuple[dict, dict]:
+    """The broker's leases (by MAC) and adaptors, from its status."""
+    with broker.client() as c:
+        status = c.status()
+    leases = {str(lease.get("mac", "")).lower(): lease for lease in status["leases"].values()}
+    return leases, dict(status["adaptors"])
+
+
+def wait_until(fn, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)

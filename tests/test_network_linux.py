@@ -61,9 +61,11 @@ def config(**over: object) -> dict:
 class Holder:
     """A network created and held by a process inside namespace ``ns``."""
 
-    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path) -> None:
+    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path, path_prefix: Path | None = None) -> None:
         self.ns, self.name, self.state_dir = ns, name, state_dir
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if path_prefix:
+            env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
         env.pop("VMNET_RS_DNS_RESOLV_FILE", None)  # never an upstream resolver in tests
         self.proc = ns.popen([sys.executable, str(HOLDER), name, str(state_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.first = self.call(json.dumps(cfg))
@@ -123,7 +125,7 @@ def holders():
         made.append(h)
         return h
 
-    yield made.append, make
+    yield make
     for h in made:
         try:
             h.close()
@@ -140,14 +142,38 @@ def veth_endpoint(host: NetNs, ep: NetNs, bridge: str, mac: str, mtu: int = 1500
     return host_side
 
 
-def dhcp(ep: NetNs, tmp_path: Path) -> str:
-    """Runs busybox udhcpc on ep's eth0; returns the address it got."""
+def dhcp(ep: NetNs, tmp_path: Path, hostname: str | None = None, tries: int = 20) -> str | None:
+    """Runs busybox udhcpc on ep's eth0; returns the address it got (None if none)."""
     script = tmp_path / "udhcpc.sh"
     script.write_text(UDHCPC_SCRIPT)
     script.chmod(0o755)
-    ep.run(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "20", "-T", "2", "-s", str(script)], timeout=TIMEOUT)
+    extra = ["-x", f"hostname:{hostname}"] if hostname else []
+    r = ep.run(["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", str(tries), "-T", "2", "-s", str(script), *extra], check=False, timeout=TIMEOUT)
+    if r.returncode != 0:
+        return None
     addrs = json.loads(ep.run(["ip", "-j", "-4", "addr", "show", "dev", "eth0"]).stdout)
     return addrs[0]["addr_info"][0]["local"]
+
+
+def dnsmasq_pids(ns: NetNs) -> list[int]:
+    found = []
+    for pid in ns.pids():
+        try:
+            if b"dnsmasq" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def wait_for(predicate, what: str, timeout: float = TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ping(ns: NetNs, addr: str, count: int = 2) -> bool:
@@ -206,13 +232,7 @@ def assert_clean(ns: NetNs, state_dir: Path, bridge: str) -> None:
     assert bridge not in links, links
     assert not [l for l in links if l.startswith(("vmr-", "vmt"))], links
     assert "vmnet_rs" not in ns.run(["nft", "list", "tables"]).stdout
-    cmdlines = []
-    for pid in ns.pids():
-        try:
-            cmdlines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
-        except FileNotFoundError:
-            pass
-    assert not [c for c in cmdlines if b"dnsmasq" in c], cmdlines
+    assert not dnsmasq_pids(ns)
     assert not list(state_dir.glob("*.json")), list(state_dir.iterdir())
 
 
@@ -223,7 +243,7 @@ def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_pa
         dhcpReservations=[{"mac": "52:54:00:91:00:50", "address": "10.91.0.50"}],
         portForwarding=[{"protocol": "tcp", "externalPort": 8080, "internalAddress": "10.91.0.50", "internalPort": 80, "addressFamily": "ipv4"}],
     )
-    _, make = holders
+    make = holders
     net = make(netns, "shared1", cfg, state)
     assert net.first["ok"], net.first
     assert net.state["subnet"] == "10.91.0.1/24"
@@ -238,6 +258,10 @@ def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_pa
     assert a2 == "10.91.0.50"
     leases = {l["mac"]: l["address"] for l in net.call("leases")["leases"]}
     assert leases == {"52:54:00:91:00:01": a1, "52:54:00:91:00:50": a2}
+    # The CLI reads the same file from outside the owning process.
+    r = subprocess.run([sys.executable, "-m", "vmnet_rs", "leases", "shared1", "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert {l["mac"]: l["address"] for l in json.loads(r.stdout)} == leases
 
     assert ping(ep1, a2) and ping(ep2, a1)
     assert ping(ep1, "10.91.0.1") and ping(ep2, "10.91.0.1")
@@ -246,6 +270,8 @@ def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_pa
     server = serve(ep2, 80, "ep2")
     try:
         assert connect(outside, "10.92.0.1", 8080) == "ep2 10.92.0.2"
+        # ... and so does the host itself, through one of its own addresses.
+        assert connect(netns, "10.92.0.1", 8080) == "ep2 10.92.0.1"
     finally:
         server.kill()
     # NAT44: outside sees ep1's connection coming from the host.
@@ -262,7 +288,7 @@ def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_pa
 @pytest.mark.slow
 def test_host_mode_blocks_forwarding(netns, namespaces, holders, tmp_path):
     state = tmp_path / "state"
-    _, make = holders
+    make = holders
     net = make(netns, "hostonly", config(mode="host", subnet="10.93.0.1/24"), state)
     assert net.first["ok"], net.first
     ep, outside = namespaces(), namespaces()
@@ -283,6 +309,33 @@ def test_host_mode_blocks_forwarding(netns, namespaces, holders, tmp_path):
     assert ping(ep, "10.94.0.2")
     net.close()
     assert_clean(netns, state, net.bridge)
+
+
+def test_external_interface_limits_where_traffic_leaves(netns, namespaces, holders, tmp_path):
+    state = tmp_path / "state"
+    ep, out1, out2 = namespaces(), namespaces(), namespaces()
+    outside_link(netns, out1, "10.105.0.1", "10.105.0.2")
+    outside_link(netns, out2, "10.106.0.1", "10.106.0.2")
+    external = [l for l in netns.links() if l.startswith("vo")]
+    via_out1 = json.loads(netns.run(["ip", "-j", "route", "get", "10.105.0.2"]).stdout)[0]["dev"]
+    assert via_out1 in external
+    net = holders(netns, "ext", config(subnet="10.107.0.1/24", externalInterface=via_out1), state)
+    assert net.first["ok"], net.first
+    veth_endpoint(netns, ep, net.bridge, "52:54:00:a7:00:01")
+    assert dhcp(ep, tmp_path)
+    assert ping(ep, "10.105.0.2")  # out through the external interface, NATed
+    assert not ping(ep, "10.106.0.2", count=2)  # not through any other
+    net.close()
+    assert_clean(netns, state, net.bridge)
+
+
+def test_missing_external_interface_is_refused(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    before = netns.links()
+    net = holders(netns, "noext", config(subnet="10.108.0.1/24", externalInterface="eth7"), state)
+    assert not net.first["ok"] and net.first["type"] == "ConfigError", net.first
+    assert "eth7" in net.first["error"]
+    assert netns.links() == before
 
 
 def arp_request(src_mac: bytes, src_ip: str, dst_ip: str) -> bytes:
@@ -320,12 +373,23 @@ TAP_PROBE = textwrap.dedent(
     mac_a, mac_b = bytes.fromhex("525400950001"), bytes.fromhex("525400950002")
     fd_a, tap_a = net.start_tap(mac="52:54:00:95:00:01")
     fd_b, tap_b = net.start_tap(mac="52:54:00:95:00:02")
+    import fcntl
+    fd_v, tap_v = net.start_tap(vnet_hdr=True)
+    hdr = struct.unpack("i", fcntl.ioctl(fd_v, 0x800454D7, b"\\0" * 4))[0]  # TUNGETVNETHDRSZ
+    os.close(fd_v)
     details = {t: json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", "dev", t], capture_output=True, text=True).stdout)[0] for t in (tap_a, tap_b)}
     time.sleep(0.5)
     read_frames(fd_a, 0.2); read_frames(fd_b, 0.2)  # drop IPv6 chatter so far
     client = gw.rsplit(".", 1)[0] + ".77"
-    os.write(fd_a, arp_request(mac_a, client, gw))
-    seen_a, seen_b = read_frames(fd_a, 3), read_frames(fd_b, 3)
+    # Ask like an ARP client: again each second until the gateway answers;
+    # B listens the whole time.
+    seen_a, seen_b = [], []
+    for _ in range(10):
+        os.write(fd_a, arp_request(mac_a, client, gw))
+        seen_a += read_frames(fd_a, 1)
+        if any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a):
+            break
+    seen_b = read_frames(fd_b, 1)
     os.close(fd_a); os.close(fd_b)
     time.sleep(0.2)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -333,7 +397,7 @@ TAP_PROBE = textwrap.dedent(
     print(json.dumps({
         "gw_replied": any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a),
         "b_saw_request": any(is_arp_from(f, client) for f in seen_b),
-        "details": details, "taps": [tap_a, tap_b], "links_after_close": links,
+        "details": details, "taps": [tap_a, tap_b], "links_after_close": links, "vnet_hdr_bytes": hdr,
     }))
     """
 )
@@ -358,13 +422,14 @@ def test_tap_ports_and_isolation(netns, tmp_path, isolation):
     # The gateway answers an isolated port; the other port hears the
     # broadcast only when ports are not isolated.
     assert out["gw_replied"]
+    assert out["vnet_hdr_bytes"] == 12
     assert out["b_saw_request"] is (not isolation)
     assert_clean(netns, state, bridge)
 
 
 def test_kill_then_cleanup_stale_and_recreate(netns, holders, tmp_path):
     state = tmp_path / "state"
-    _, make = holders
+    make = holders
     net = make(netns, "crashy", config(subnet="10.96.0.1/24"), state)
     assert net.first["ok"], net.first
     rec = net.record()
@@ -387,7 +452,7 @@ def test_kill_then_cleanup_stale_and_recreate(netns, holders, tmp_path):
 
 def test_dnsmasq_is_restarted(netns, holders, tmp_path):
     state = tmp_path / "state"
-    _, make = holders
+    make = holders
     net = make(netns, "supervised", config(subnet="10.97.0.1/24"), state)
     assert net.first["ok"], net.first
     old = net.record()["dnsmasq_pid"]
@@ -400,6 +465,13 @@ def test_dnsmasq_is_restarted(netns, holders, tmp_path):
             break
         time.sleep(0.2)
     assert new != old and b"dnsmasq" in Path(f"/proc/{new}/cmdline").read_bytes()
+    # A bridge deleted under the network: it reports itself dead, refuses
+    # new ports, and still tears down the rest.
+    assert net.call("alive")["alive"] is True
+    netns.run(["ip", "link", "del", net.bridge])
+    assert net.call("alive")["alive"] is False
+    refused = net.call("tap")
+    assert not refused["ok"] and "no longer exists" in refused["error"], refused
     net.close()
     assert_clean(netns, state, net.bridge)
 
@@ -411,7 +483,7 @@ def test_overlapping_subnet_refused_before_any_link(netns, holders, tmp_path):
     netns.run(["ip", "link", "set", "eth9", "up"])
     netns.run(["ip", "link", "set", "eth9p", "up"])
     before = netns.links()
-    _, make = holders
+    make = holders
     net = make(netns, "x", config(subnet="10.0.0.1/24"), state)
     assert not net.first["ok"]
     assert net.first["type"] == "ConfigError"
@@ -424,7 +496,7 @@ def test_overlapping_subnet_refused_before_any_link(netns, holders, tmp_path):
 
 def test_subnet_chosen_when_not_given(netns, holders, tmp_path):
     state = tmp_path / "state"
-    _, make = holders
+    make = holders
     cfg = config()
     del cfg["subnet"]
     a = make(netns, "auto-a", cfg, state)
@@ -435,3 +507,90 @@ def test_subnet_chosen_when_not_given(netns, holders, tmp_path):
     a.close()
     b.close()
     assert_clean(netns, state, a.bridge)
+
+
+def global_v6(ns: NetNs, prefix: str) -> str | None:
+    """ns's eth0 address in ``prefix`` once it is usable (not tentative)."""
+    info = json.loads(ns.run(["ip", "-j", "-6", "addr", "show", "dev", "eth0"]).stdout)
+    for a in info[0]["addr_info"] if info else []:
+        if a["local"].startswith(prefix) and not a.get("tentative"):
+            return a["local"]
+    return None
+
+
+@pytest.mark.slow
+def test_ipv6_router_advertisement_nat66_and_dns(netns, namespaces, holders, tmp_path):
+    state = tmp_path / "state"
+    net = holders(netns, "six", config(subnet="10.98.0.1/24", ipv6Prefix="fd00:98::/64"), state)
+    assert net.first["ok"], net.first
+    assert net.state["ipv6_prefix"] == "fd00:98::/64"
+    ep, outside = namespaces(), namespaces()
+    veth_endpoint(netns, ep, net.bridge, "52:54:00:98:00:01")
+    # IPv6 link to the outside; outside has no route back to fd00:98::/64,
+    # so only NAT66 lets replies reach the endpoint.
+    outside_link(netns, outside, "10.99.0.1", "10.99.0.2")
+    host_side = [l for l in netns.links() if l.startswith("vo")][0]
+    netns.run(["ip", "-6", "addr", "add", "fd00:99::1/64", "dev", host_side, "nodad"])
+    outside.run(["ip", "-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"])
+
+    addr4 = dhcp(ep, tmp_path, hostname="vm-six")
+    assert addr4 and addr4.startswith("10.98.0.")
+    addr6 = wait_for(lambda: global_v6(ep, "fd00:98:"), "a SLAAC address from the router advertisement")
+    assert ep.run(["ip", "-6", "route", "show", "default"]).stdout.strip(), "RA gave no default route"
+    assert ping(ep, "fd00:98::1")
+    assert ping(ep, "fd00:99::2")  # NAT66 (outside has no route to the prefix)
+    assert addr6
+
+    # The DNS proxy knows the DHCP client's name (no upstream servers, so
+    # the AAAA half of busybox's query is refused; the A answer is there).
+    r = ep.run(["busybox", "nslookup", "vm-six", "10.98.0.1"], check=False)
+    assert f"Address: {addr4}" in r.stdout, r.stdout + r.stderr
+    net.close()
+    assert_clean(netns, state, net.bridge)
+
+
+def test_dhcp_and_dns_switches_are_honoured(netns, namespaces, holders, tmp_path):
+    state = tmp_path / "state"
+    # Nothing for dnsmasq to do: no dnsmasq at all.
+    off = holders(netns, "off", config(subnet="10.100.0.1/24", dhcp=False, dnsProxy=False), state)
+    assert off.first["ok"], off.first
+    assert not dnsmasq_pids(netns)
+    ep = namespaces()
+    veth_endpoint(netns, ep, off.bridge, "52:54:00:a0:00:01")
+    assert dhcp(ep, tmp_path, tries=2) is None
+    off.close()
+    # DNS without DHCP: a listener on the gateway's port 53, still no lease.
+    dns = holders(netns, "dnsonly", config(subnet="10.101.0.1/24", dhcp=False), state)
+    assert dns.first["ok"], dns.first
+    assert dnsmasq_pids(netns)
+    listeners = netns.run(["ss", "-Hlun"]).stdout
+    assert "10.101.0.1:53" in listeners, listeners
+    ep2 = namespaces()
+    veth_endpoint(netns, ep2, dns.bridge, "52:54:00:a1:00:01")
+    assert dhcp(ep2, tmp_path, tries=2) is None
+    # DHCP without DNS: a lease, and nothing on port 53.
+    dns.close()
+    dhcp_only = holders(netns, "dhcponly", config(subnet="10.102.0.1/24", dnsProxy=False), state)
+    assert dhcp_only.first["ok"], dhcp_only.first
+    assert ":53 " not in netns.run(["ss", "-Hlun"]).stdout
+    ep3 = namespaces()
+    veth_endpoint(netns, ep3, dhcp_only.bridge, "52:54:00:a2:00:01")
+    assert (dhcp(ep3, tmp_path) or "").startswith("10.102.0.")
+    dhcp_only.close()
+    assert_clean(netns, state, dhcp_only.bridge)
+
+
+def test_failure_part_way_undoes_everything(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "dnsmasq").write_text("#!/bin/sh\necho 'dnsmasq: failed to create listening socket: fake failure' >&2\nexit 2\n")
+    (fake / "dnsmasq").chmod(0o755)
+    before = netns.links()
+    net = holders(netns, "halfway", config(subnet="10.103.0.1/24"), state, fake)
+    assert not net.first["ok"]
+    assert net.first["type"] == "NetworkError"
+    assert "fake failure" in net.first["error"], net.first
+    # The bridge, addresses and table made before dnsmasq failed are gone.
+    assert netns.links() == before
+    assert_clean(netns, state, "vmr-halfway")

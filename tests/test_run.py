@@ -213,3 +213,32 @@ def test_vm_name_default_is_stable_per_command():
     assert a == run.vm_name(None, ["krunkit", "--cpus", "2"])
     assert a != run.vm_name(None, ["krunkit", "--cpus", "4"])
     assert a.startswith("krunkit-")
+
+
+def test_mtu_placeholder_is_filled_from_the_broker(tmp_path):
+    out_file = tmp_path / "out"
+    p = wrapper(["-n", "shared:stream", "--", "/bin/sh", "-c", f"echo {{fd0}} {{mtu0}} {{fdtype0}} > {out_file}"],
+                tmp_path, mode="offload")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out_file.read_text() == "3 9000 stream\n"
+
+
+def test_print_args_mtu_placeholder_asks_the_broker_list_only(monkeypatch, tmp_path):
+    sys.path.insert(0, str(TESTS))
+    import fakeclient
+
+    monkeypatch.setenv("VMNET_FAKE_JOURNAL", str(tmp_path / "journal"))
+    monkeypatch.setattr(run, "client_factory", fakeclient.FakeClient)
+    r = invoke(["--print-args", "-n", "host", "--", "my-vmm", "--fd={fd0}", "--mtu={mtu0}"])
+    assert r.output == "my-vmm --fd=3 --mtu=1500\n"
+    assert [o["op"] for o in journal(tmp_path)] == ["connect", "networks", "close"]  # nothing leased
+
+
+def test_print_args_unknown_network_from_the_broker(monkeypatch):
+    sys.path.insert(0, str(TESTS))
+    import fakeclient
+
+    monkeypatch.setattr(run, "client_factory", fakeclient.FakeClient)
+    r = invoke(["--print-args", "-n", "nosuch", "--", "krunkit"])
+    assert (r.exit_code, r.output) == (1, "vmnet-rs: unknown network 'nosuch'; the broker knows: host, shared\n")

@@ -8,6 +8,7 @@ relay (an adaptor) joins to the network (QEMU, krunkit, vfkit).
 from __future__ import annotations
 
 from ._native import __version__
+from .broker import Broker, Client, Opened
 from .errors import (
     AdaptorError,
     BrokerError,
@@ -22,6 +23,9 @@ from .adaptor import Adaptor
 __all__ = [
     "Adaptor",
     "AdaptorError",
+    "Broker",
+    "Client",
+    "Opened",
     "BrokerError",
     "BrokerUnavailableError",
     "ConfigError",

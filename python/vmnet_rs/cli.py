@@ -8,7 +8,11 @@ Exit codes (also in the README):
 * 0: success
 * 1: the operation failed (a :class:`vmnet_rs.VmnetError`, printed as one line)
 * 2: bad usage or invalid configuration (every problem printed, one per line)
+* 127: ``run`` only: the VM program was not found
 * 130: interrupted
+
+``vmnet-rs run`` otherwise exits with the VM's own status (128 + N for death
+by signal N).
 """
 
 from __future__ import annotations
@@ -91,3 +95,11 @@ cli.add_command(bench)
 
 if __name__ == "__main__":
     main()
+
+from .broker_cli import broker_command  # noqa: E402
+from .install import install_command, status_command, uninstall_command  # noqa: E402
+
+cli.add_command(broker_command)
+cli.add_command(install_command)
+cli.add_command(uninstall_command)
+cli.add_command(status_command)

@@ -226,7 +226,7 @@ class Config:
     """
 
     broker: BrokerSettings = field(default_factory=BrokerSettings)
-    networks: Mapping[str, NetworkConfig] = field(default_factory=dict)
+    networks: Mapping[str, NetworkConfig] = field(default_factory=dict, hash=False)
     source: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -650,7 +650,7 @@ def _check_broker(broker: Any, source: str) -> Iterator[str]:
             yield f"{p}key {_q(str(key))}: {_unknown_key(str(key), known)}"
     v = broker.get("idleTimeout")
     if v is not None and not _is_int(v):
-        yield f'{p}key "idleTimeout": {_is_kind(v)}; use an integer in 1..4294967295 (seconds)'
+        yield f'{p}key "idleTimeout": {_is_kind(v)}; use an integer in 0..4294967295 (seconds; 0 never times out)'
     for key, what in (("allowedUsers", "user"), ("allowedGroups", "group")):
         v = broker.get(key)
         if v is None:

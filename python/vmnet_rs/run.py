@@ -8,10 +8,11 @@ runs: it holds the broker connection (so the leases, adaptors and TAPs live
 exactly as long as the VM), forwards SIGINT, SIGTERM and SIGHUP to the VM,
 and exits with the VM's status (128 + N when the VM dies of signal N).
 
-Runs on the main thread only. Invariant: every fd obtained from the broker is
-closed in this process once the child has been spawned (or on any error), and
-the child inherits only stdio and the network fds (everything else is
-close-on-exec).
+Runs on the main thread only. Invariants: every fd obtained from the broker is
+closed in this process once the child has been spawned (or on any error); the
+child gets the network fds at 3, 4, ... (replacing whatever the caller had
+there) and, as with ``exec``, whatever else the caller let it inherit;
+nothing vmnet-rs opens itself (the broker connection included) leaks into it.
 
 Exit codes: the VM's own; 1 when the broker refused or is missing; 2 for bad
 usage; 127 when the program is not found.
@@ -32,7 +33,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from . import drivers
-from .errors import BrokerUnavailableError, ConfigError, VmnetError
+from .errors import BrokerError, BrokerUnavailableError, ConfigError, VmnetError
 
 EXIT_NOT_FOUND = 127
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -119,8 +120,13 @@ def plan(
     offload: dict[str, bool] | None = None,
     mtus: dict[int, int] | None = None,
     platform: str = sys.platform,
+    check_only: bool = False,
 ) -> Plan:
-    """Builds the final command line; touches nothing (no broker, no processes)."""
+    """Builds the final command line; touches nothing (no broker, no processes).
+
+    ``check_only`` validates a command line whose ``{mtuN}`` values are not
+    known yet (they stay unfilled).
+    """
     if not command:
         raise ConfigError("no program given; usage: vmnet-rs run [OPTIONS] -- PROGRAM [ARGS]...")
     program = command[0]
@@ -129,7 +135,8 @@ def plan(
     nics = drivers.plan_nics(nets, engine, vm_name(name, command), macs, platform, offload)
     args = list(command[1:])
     if drivers.has_placeholders(args):
-        return Plan(program, [program, *drivers.substitute(args, nics, mtus)], engine, nics, True)
+        filled = drivers.substitute(args, nics, mtus, keep_unknown_mtu=check_only)
+        return Plan(program, [program, *filled], engine, nics, True)
     return Plan(program, [program, *args, *drivers.engine_args(engine, nics, program)], engine, nics, False)
 
 
@@ -172,7 +179,7 @@ def run_vm(
     if not command:
         raise ConfigError("no program given; usage: vmnet-rs run [OPTIONS] -- PROGRAM [ARGS]...")
     path = resolve_program(command[0])
-    first = plan(command, networks, macs, name)  # validate everything before the broker
+    first = plan(command, networks, macs, name, check_only=True)  # validate everything before the broker
     client = client_factory(socket)
     high: list[int] = []
     try:
@@ -260,8 +267,12 @@ def run_command(networks: tuple[str, ...], macs: tuple[str, ...], name: str | No
 
 def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[str], name: str | None,
                socket: str | None) -> Plan:
-    """The plan ``--print-args`` shows: fds 3, 4, ... and derived MACs; the broker only if the text needs it."""
-    p = plan(command, networks, macs, name)
+    """The plan ``--print-args`` shows: fds 3, 4, ... and derived MACs.
+
+    The broker is asked (for its network list, which leases nothing) only when
+    the text depends on it: krunkit's ``offloading=on`` and ``{mtuN}``.
+    """
+    p = plan(command, networks, macs, name, check_only=True)
     if not needs_broker_for_args(p, command):
         return p
     try:
@@ -272,11 +283,13 @@ def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[s
         click.echo(f"vmnet-rs: {e}; assuming the networks have no offload", err=True)
         return p
     try:
+        known = {info.get("name"): info for info in client.networks()}
         offload: dict[str, bool] = {}
         mtus: dict[int, int] = {}
         for nic in p.nics:
-            info = client.acquire(nic.network)
-            cfg = info.get("config", info) if isinstance(info, dict) else {}
+            if nic.network not in known:
+                raise BrokerError(f"unknown network {nic.network!r}; the broker knows: {', '.join(sorted(map(str, known)))}")
+            cfg = known[nic.network].get("config") or {}
             offload[nic.network] = bool(cfg.get("offload", False))
             if cfg.get("mtu"):
                 mtus[nic.index] = int(cfg["mtu"])

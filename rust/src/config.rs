@@ -248,14 +248,21 @@ impl NetworkConfig {
     /// IPv6 prefix chosen by the platform; no forwards, no reservations,
     /// isolation and offload off.
     pub fn lima_default() -> Self {
+        Self::lima_default_for(Mode::Shared)
+    }
+
+    /// Lima's defaults for an entry that gives only its mode: as
+    /// [`lima_default`](Self::lima_default), with router advertisement off
+    /// in host mode (Lima's `host`; vmnet ignores it there anyway).
+    pub fn lima_default_for(mode: Mode) -> Self {
         NetworkConfig {
-            mode: Mode::Shared,
+            mode,
             dhcp: true,
             dns_proxy: true,
             mtu: DEFAULT_MTU,
             nat44: true,
             nat66: true,
-            router_advertisement: true,
+            router_advertisement: mode == Mode::Shared,
             subnet: None,
             ipv6_prefix: None,
             port_forwarding: Vec::new(),
@@ -274,12 +281,7 @@ impl NetworkConfig {
     /// The built-in `host` network: Lima's, 192.168.108.0/24 host-only,
     /// router advertisement off.
     pub fn builtin_host() -> Self {
-        NetworkConfig {
-            mode: Mode::Host,
-            router_advertisement: false,
-            subnet: Some("192.168.108.1/24".into()),
-            ..Self::lima_default()
-        }
+        NetworkConfig { subnet: Some("192.168.108.1/24".into()), ..Self::lima_default_for(Mode::Host) }
     }
 
     /// Reads one network entry (absent keys take Lima's defaults), validates

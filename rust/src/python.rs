@@ -7,8 +7,11 @@
 use pyo3::prelude::*;
 
 mod adaptor;
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+mod broker;
 mod config;
 mod errors;
+mod log;
 mod network;
 
 #[pymodule]
@@ -16,6 +19,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     adaptor::register(m)?;
     config::register(m)?;
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    broker::register(m)?;
+    log::register(m)?;
     network::register(m)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ pub mod unix;
 
 /// The broker's Unix socket when neither `--socket` nor `$VMNET_RS_SOCKET`
 /// names another (Linux; `unix::socket_path` applies the precedence).
-pub const DEFAULT_SOCKET_PATH: &str = "/run/vmnet-rs/broker.sock";
+pub const DEFAULT_SOCKET_PATH: &str = crate::config::DEFAULT_SOCKET;
 
 /// One value in a message.
 #[derive(Debug)]

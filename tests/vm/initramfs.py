@@ -50,13 +50,18 @@ i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set eth0 up
 echo "VMNET-MAC $(cat /sys/class/net/eth0/address)"
-if udhcpc -i eth0 -n -q -t 10 -T 2 -s /etc/udhcpc.script; then
+if udhcpc -i eth0 -n -q -t 30 -T 3 -s /etc/udhcpc.script; then
   echo "VMNET-LEASE $(cat /run/lease)"
 else
   echo "VMNET-NOLEASE"
 fi
 echo "VMNET-READY"
-exec setsid cttyhack sh -c 'stty -echo; PS1= exec sh'
+# PID 1 must never exit (the kernel would panic): the test's shell runs as a
+# child, restarted if it ends.
+while true; do
+  setsid cttyhack sh -c 'stty -echo; set +m; PS1= exec sh +m'
+  echo "VMNET-SHELL-EXITED"
+done
 """
 
 UDHCPC_SCRIPT = r"""#!/bin/sh

@@ -29,7 +29,7 @@ class Lan:
         ns.run(["ip", "link", "set", bridge, "up"])
         self.dnsmasq = ns.popen([
             "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-            "--port=0", "--user=root", "--bind-interfaces", f"--interface={bridge}", "--except-interface=lo",
+            "--port=0", "--no-ping", "--user=root", "--bind-interfaces", f"--interface={bridge}", "--except-interface=lo",
             f"--dhcp-range={subnet}.50,{subnet}.150,255.255.255.0,1h",
             f"--dhcp-leasefile={workdir / 'dnsmasq.leases'}", "--pid-file=",
             "--log-facility=-", "--log-dhcp",

@@ -29,7 +29,7 @@ def qemu_base_argv(name: str, memory_mb: int = 256, extra_append: str = "") -> l
     """A QEMU command line for a test VM, without any network device."""
     kernel = kernel_path()
     initrd = build_initramfs(kernel)
-    append = f"console=ttyS0 panic=-1 quiet loglevel=1 {extra_append}".strip()
+    append = f"console=ttyS0 panic=-1 no_timer_check quiet loglevel=1 {extra_append}".strip()
     return [
         "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mb), "-smp", "1",
         "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",

@@ -8,6 +8,7 @@
 //! user, so the broker's own user and root are allowed.
 //! Runs on the request thread; reads the passwd/group databases only.
 
+#[cfg(not(target_os = "macos"))]
 use std::ffi::{CStr, CString};
 
 use crate::config::BrokerSettings;
@@ -17,15 +18,20 @@ use crate::xpc::Peer;
 pub const DEFAULT_GROUP: &str = "vmnet-rs";
 
 /// Whether `peer` may use the broker; `Err` says why not and what to do.
+#[cfg(target_os = "macos")]
 pub fn check(settings: &BrokerSettings, peer: &Peer) -> Result<(), String> {
-    if cfg!(target_os = "macos") {
-        // SAFETY: getuid cannot fail.
-        let me = unsafe { libc::getuid() };
-        if peer.uid == me || peer.uid == 0 {
-            return Ok(());
-        }
-        return Err(format!("uid {} may not use the broker of uid {me}", peer.uid));
+    let _ = settings;
+    // SAFETY: getuid cannot fail.
+    let me = unsafe { libc::getuid() };
+    if peer.uid == me || peer.uid == 0 {
+        return Ok(());
     }
+    Err(format!("uid {} may not use the broker of uid {me} (it is a per-user LaunchAgent)", peer.uid))
+}
+
+/// Whether `peer` may use the broker; `Err` says why not and what to do.
+#[cfg(not(target_os = "macos"))]
+pub fn check(settings: &BrokerSettings, peer: &Peer) -> Result<(), String> {
     if settings.allowed_users.iter().any(|u| user_matches(u, peer.uid)) {
         return Ok(());
     }
@@ -50,6 +56,7 @@ pub fn may_shutdown(peer: &Peer) -> bool {
     peer.uid == 0 || peer.uid == unsafe { libc::getuid() }
 }
 
+#[cfg(not(target_os = "macos"))]
 fn user_matches(spec: &str, uid: u32) -> bool {
     match spec.parse::<u32>() {
         Ok(n) => n == uid,
@@ -57,6 +64,7 @@ fn user_matches(spec: &str, uid: u32) -> bool {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
 fn user_id(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: passwd is plain old data; getpwnam_r fills it and points its
@@ -72,6 +80,7 @@ fn user_id(name: &str) -> Option<u32> {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
 fn user_name(uid: u32) -> Option<String> {
     // SAFETY: as in user_id, with getpwuid_r.
     unsafe {
@@ -85,6 +94,7 @@ fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
 fn group_id(spec: &str) -> Option<u32> {
     if let Ok(n) = spec.parse::<u32>() {
         return Some(n);
@@ -103,6 +113,7 @@ fn group_id(spec: &str) -> Option<u32> {
     }
 }
 
+#[cfg(not(target_os = "macos"))]
 /// The primary gid plus every group the user is a member of.
 fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     let mut out = vec![gid];
@@ -120,7 +131,7 @@ fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_os = "macos")))]
 mod tests {
     use super::*;
 

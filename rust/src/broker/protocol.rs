@@ -158,10 +158,10 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 
 /// A random locally administered unicast MAC.
 pub fn random_mac() -> [u8; 6] {
+    use std::io::Read;
     let mut mac = [0u8; 6];
-    // SAFETY: getrandom writes at most 6 bytes into mac.
-    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), 6, 0) };
-    if n != 6 {
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut mac)).is_ok();
+    if !ok {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         mac.copy_from_slice(&t.to_le_bytes()[..6]);
     }

@@ -46,7 +46,15 @@ fn is_lima(msg: &Dict) -> bool {
 
 impl Handler for Core {
     fn request(&self, peer: &Peer, message: Dict) -> Dict {
+        self.lock_state().connections.insert(peer.connection);
         let lima = is_lima(&message);
+        log::debug!(
+            "connection {} (pid {} uid {}): {}",
+            peer.connection,
+            peer.pid,
+            peer.uid,
+            message.get_str("command").or(message.get_str("Network").map(|_| "Lima request")).unwrap_or("request")
+        );
         let result = if lima {
             self.lima_request(peer, &message)
         } else if !message.contains_key("command") {
@@ -74,6 +82,7 @@ impl Handler for Core {
 
     fn disconnected(&self, peer: &Peer) {
         let mut st = self.lock_state();
+        st.connections.remove(&peer.connection);
         let n = st.release_where(|l| l.connection == peer.connection && l.bound_to_connection);
         if n > 0 {
             log::info!("connection {} (pid {}) closed: {n} lease(s) released", peer.connection, peer.pid);
@@ -120,7 +129,7 @@ impl Core {
         let name = args.required_str("Network", "the network name")?;
         check_network_name(name)?;
         let config = match args.json("Configuration")? {
-            Some(bytes) => Some((netconfig::parse_json(bytes).map_err(Failure::invalid)?, bytes)),
+            Some(bytes) => Some((netconfig::parse_json(bytes, name, true).map_err(Failure::invalid)?, bytes)),
             None => None,
         };
         let fd_type = match args.str("FdType")? {
@@ -189,9 +198,9 @@ impl Core {
         }
     }
 
-    fn wanted<'a>(&self, args: &'a Args<'a>) -> Result<Wanted<'a>, Failure> {
+    fn wanted<'a>(&self, args: &'a Args<'a>, name: &str) -> Result<Wanted<'a>, Failure> {
         let config = match args.json("config")? {
-            Some(bytes) => Some((netconfig::parse_json(bytes).map_err(Failure::invalid)?, bytes)),
+            Some(bytes) => Some((netconfig::parse_json(bytes, name, false).map_err(Failure::invalid)?, bytes)),
             None => None,
         };
         Ok(Wanted { config, accept_existing: args.bool("accept_existing")?.unwrap_or(false), lima: false })
@@ -203,17 +212,16 @@ impl Core {
             None => args.required_str("network", "the network name (network_name)")?,
         };
         check_network_name(name)?;
-        let wanted = self.wanted(args)?;
+        let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted)?;
         let entry = &st.networks[name];
-        let reply = Dict::new()
+        let mut reply = Dict::new()
             .with("network", Value::Dict(self.serialization(entry)?))
             .with("config", Value::Data(netconfig::to_json(&entry.config)))
             .with("subnet", Value::String(entry.network.state().subnet));
         let lease = st.grant(name, peer, true, None, None);
-        let mut reply = reply;
         reply.insert("lease", Value::Int(lease as i64));
         Ok(reply)
     }
@@ -228,7 +236,7 @@ impl Core {
         if vnet_hdr && fd_type != FdType::Tap {
             return Err(Failure::invalid(format!("vnet_hdr applies only to fd_type \"tap\", not {type_name:?}")));
         }
-        let wanted = self.wanted(args)?;
+        let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted)?;
@@ -260,8 +268,8 @@ impl Core {
         let n = st.release_where(|l| {
             l.connection == peer.connection
                 && l.bound_to_connection
-                && network.is_none_or(|n| l.network == n)
-                && lease.is_none_or(|id| l.id as i64 == id)
+                && network.map_or(true, |n| l.network == n)
+                && lease.map_or(true, |id| l.id as i64 == id)
         });
         if n == 0 {
             let what = match (network, lease) {
@@ -298,12 +306,14 @@ impl Core {
         }
         if let Some(entry) = st.networks.get(name) {
             let Some((requested, _)) = &wanted.config else { return Ok(Vec::new()) };
+            // Compare with what the network really got (a subnet the
+            // platform chose), as the client would see it.
             let diffs = differences(&entry.config, requested);
             if !diffs.is_empty() && !wanted.accept_existing && !wanted.lima {
                 return Err(Failure::new(
                     code::CONFIG_MISMATCH,
                     format!(
-                        "network {name} is live with a different configuration: {}; release it everywhere (or stop the broker) to change it, or ask with accept_existing to use the live one",
+                        "network {name} is live with a different configuration (live != requested): {}; release it everywhere (or stop the broker) to change it, or ask with accept_existing to use the live one",
                         diffs.join("; ")
                     ),
                 ));
@@ -319,8 +329,8 @@ impl Core {
                     return Err(Failure::new(
                         code::CONFIG_MISMATCH,
                         format!(
-                            "network {name} is configured differently in the broker's configuration: {}; change the broker's configuration, or ask with accept_existing to use it",
-                            diffs.join("; ").replace("(live)", "(broker)")
+                            "network {name} is configured differently in the broker's configuration (broker != requested): {}; change the broker's configuration, or ask with accept_existing to use it",
+                            diffs.join("; ")
                         ),
                     ));
                 }
@@ -366,14 +376,25 @@ impl Core {
         }
     }
 
+    #[cfg(target_os = "linux")]
+    fn start_tap(&self, entry: &NetEntry, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Opened, Failure> {
+        use crate::vmnet::Interface;
+        let tap = entry.network.start_tap(desc, vnet_hdr).map_err(|e| {
+            Failure::new(code::CREATE_FAILURE, format!("network {}: could not start a TAP: {e}; use datagram, datagram_next or stream", entry.network.name()))
+        })?;
+        let info = tap.info().clone();
+        let name = tap.name().to_owned();
+        let mac = desc.mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(random_mac);
+        Ok(Opened { port: Port::Tap { name }, fd: tap.into_fd(), mac, mtu: info.mtu, offload: vnet_hdr })
+    }
+
+    #[cfg(not(target_os = "linux"))]
     fn start_tap(&self, entry: &NetEntry, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Opened, Failure> {
         let _ = (desc, vnet_hdr);
-        let why = match self.options.backend {
-            Backend::Hub => "the test hub backend has no TAP devices",
-            Backend::Platform if cfg!(target_os = "linux") => "this build's Linux backend cannot hand out TAP fds yet",
-            Backend::Platform => "TAP fds exist only on Linux",
-        };
-        Err(Failure::invalid(format!("network {}: fd_type \"tap\" is not available: {why}; use datagram, datagram_next or stream", entry.network.name())))
+        Err(Failure::invalid(format!(
+            "network {}: fd_type \"tap\" exists only on Linux; use datagram, datagram_next or stream",
+            entry.network.name()
+        )))
     }
 
     fn list(&self) -> Dict {
@@ -420,6 +441,18 @@ impl Core {
             if let Some(t) = e.idle_since {
                 d.insert("idle_s", Value::Int(t.elapsed().as_secs() as i64));
             }
+            // DHCP leases, where the backend can tell (Linux: dnsmasq).
+            if let Ok(dhcp) = e.network.leases() {
+                let mut by_mac = Dict::new();
+                for l in dhcp {
+                    let mut x = Dict::new().with("address", Value::String(l.address)).with("expires", Value::Int(l.expires as i64));
+                    if let Some(h) = l.hostname {
+                        x.insert("hostname", Value::String(h));
+                    }
+                    by_mac.insert(l.mac, Value::Dict(x));
+                }
+                d.insert("dhcp_leases", Value::Dict(by_mac));
+            }
             networks.insert(name.clone(), Value::Dict(d));
         }
         let mut leases = Dict::new();
@@ -453,6 +486,8 @@ impl Core {
                         .with("network", Value::String(l.network.clone()))
                         .with("kind", Value::String(a.kind().as_str().into()))
                         .with("running", Value::Bool(a.is_running()))
+                        .with("send_buffer_bytes", Value::Int(a.socket_buffers().send_bytes as i64))
+                        .with("recv_buffer_bytes", Value::Int(a.socket_buffers().recv_bytes as i64))
                         .with("host_to_vm", Value::Dict(dir(&s.host_to_vm)))
                         .with("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
                     adaptors.insert(id.to_string(), Value::Dict(ad));
@@ -481,6 +516,7 @@ impl Core {
             .with("uptime_s", Value::Int(self.started.elapsed().as_secs() as i64))
             .with("endpoint", Value::String(self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()))
             .with("idle_timeout_s", Value::Int(self.options.settings.idle_timeout as i64))
+            .with("connections", Value::Int(st.connections.len() as i64))
             .with("backend", Value::String(if self.options.backend == Backend::Hub { "hub" } else { "platform" }.into()))
             .with("known", Value::Dict(networks_list))
             .with("networks", Value::Dict(networks))

@@ -246,7 +246,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
     let mtu = read_uint(scope, map, "", "mtu", u64::from(u32::MAX), MTU_ALLOWED).map_or(DEFAULT_MTU, |m| m as u32);
     let nat44 = read_bool(scope, map, "", "nat44", true);
     let nat66 = read_bool(scope, map, "", "nat66", true);
-    let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", true);
+    let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", mode == Mode::Shared);
     let n = scope.count();
     let subnet = read_string(scope, map, "", "subnet", "a network address and prefix length like \"192.168.107.0/24\"");
     unreadable.subnet = scope.count() > n;
@@ -668,10 +668,7 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
         }
     };
     check_keys(scope, map, BROKER_KEYS, "");
-    if let Some(t) = read_uint(scope, map, "", "idleTimeout", u64::from(u32::MAX), "1..4294967295 (seconds)") {
-        if t == 0 {
-            scope.key("idleTimeout", "0 is out of range; use 1..4294967295 (seconds)");
-        }
+    if let Some(t) = read_uint(scope, map, "", "idleTimeout", u64::from(u32::MAX), "0..4294967295 (seconds; 0 never times out)") {
         b.idle_timeout = t;
     }
     for (key, target) in [("allowedUsers", &mut b.allowed_users), ("allowedGroups", &mut b.allowed_groups)] {

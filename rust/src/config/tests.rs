@@ -34,6 +34,14 @@ fn empty_entry_gets_lima_defaults() {
 }
 
 #[test]
+fn host_mode_defaults_to_no_router_advertisement() {
+    let cfg = net(json!({"mode": "host"})).unwrap();
+    assert_eq!(cfg, NetworkConfig::lima_default_for(Mode::Host));
+    assert!(!cfg.router_advertisement);
+    assert!(net(json!({"mode": "host", "routerAdvertisement": true})).unwrap().router_advertisement);
+}
+
+#[test]
 fn builtins_and_defaults() {
     let f = file(json!({})).unwrap();
     assert_eq!(f, FileConfig::default());
@@ -444,11 +452,12 @@ fn broker_settings() {
         socket: "/tmp/b.sock".into(),
         mach_service: "com.example.vmnet".into(),
     });
-    let err = file(json!({"broker": {"idleTimeout": 0, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
+    assert_eq!(file(json!({"broker": {"idleTimeout": 0}})).unwrap().broker.idle_timeout, 0);
+    let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
     let p: Vec<&str> = err.problems().collect();
     assert_eq!(p, vec![
         "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, socket, machService",
-        "networks.yaml: broker: key \"idleTimeout\": 0 is out of range; use 1..4294967295 (seconds)",
+        "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
         "networks.yaml: broker: key \"allowedUsers\": \"root\" is a string; use a list of user names or numeric ids",
         "networks.yaml: broker: key \"socket\": \"relative.sock\" is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
         "networks.yaml: broker: key \"machService\": \"no spaces allowed\" is not a Mach service name; use a reverse-DNS name like \"io.github.vmnet-rs.broker\"",
@@ -515,4 +524,69 @@ fn did_you_mean_only_when_close() {
     assert_eq!(read::did_you_mean("sbnet", NETWORK_KEYS), Some("subnet"));
     assert_eq!(read::did_you_mean("NAT44", NETWORK_KEYS), Some("nat44"));
     assert_eq!(read::did_you_mean("zzz", NETWORK_KEYS), None);
+}
+
+/// A small deterministic generator of JSON values built from the config's
+/// own keys and plausible-but-wrong values, for the no-panic test below.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+
+    fn value(&mut self, depth: u32) -> Value {
+        const STRINGS: &[&str] = &[
+            "", "shared", "host", "tcp", "udp", "ipv4", "ipv6", "192.168.1.0/24", "10.0.0.1/8", "10.0.0.7",
+            "192.168.1.300", "fd00::/64", "fd00::1", "::/0", "0.0.0.0/0", "255.255.255.255/32", "52:54:00:00:00:01",
+            "ff:ff:ff:ff:ff:ff", "en0", "/run/x.sock", "a.b", "\u{0}", "é",
+        ];
+        let all_keys: Vec<&str> = NETWORK_KEYS
+            .iter()
+            .chain(PORT_FORWARD_KEYS)
+            .chain(DHCP_RESERVATION_KEYS)
+            .chain(BROKER_KEYS)
+            .chain(TOP_KEYS)
+            .copied()
+            .collect();
+        match self.next() % if depth == 0 { 5 } else { 7 } {
+            0 => Value::Null,
+            1 => Value::Bool(self.next() % 2 == 0),
+            2 => json!([0i64, 1, 22, 1280, 1500, 9000, 65535, 65536, -1, i64::MAX][(self.next() % 10) as usize]),
+            3 => json!(self.next() as f64 / 7.0),
+            4 => Value::String(self.pick(STRINGS).to_string()),
+            5 => Value::Array((0..self.next() % 4).map(|_| self.value(depth - 1)).collect()),
+            _ => Value::Object(
+                (0..self.next() % 6).map(|_| (self.pick(&all_keys).to_string(), self.value(depth - 1))).collect(),
+            ),
+        }
+    }
+}
+
+#[test]
+fn arbitrary_input_never_panics_and_accepted_input_is_stable() {
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let network = g.value(3);
+        if let Ok(cfg) = NetworkConfig::from_value(&network, SRC, "n") {
+            accepted += 1;
+            let again = NetworkConfig::from_json(&cfg.to_json(), SRC, "n").expect("normalised output reads back");
+            assert_eq!(again, cfg);
+        }
+        let _ = NetworkConfig::from_lima_json(&network.to_string(), SRC, "n");
+        let doc = json!({"vmnet": {"a": network, "b": g.value(3)}, "broker": g.value(2)});
+        if let Ok(f) = FileConfig::from_value(&doc, SRC) {
+            assert_eq!(FileConfig::from_json(&f.to_json(), SRC).unwrap(), f);
+        }
+    }
+    assert!(accepted > 0, "the generator should produce some valid networks");
 }

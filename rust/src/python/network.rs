@@ -50,12 +50,12 @@ impl PyNetwork {
 
 #[pymethods]
 impl PyNetwork {
-    /// Creates network `name` from `config_json` (a complete network
-    /// configuration, Lima's camelCase keys), recording what it creates in
+    /// Creates network `name` from `config_json` (one network entry, Lima's
+    /// camelCase keys; absent keys take Lima's defaults), recording what it creates in
     /// `state_dir`.
     #[new]
     fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf) -> PyResult<Self> {
-        let config: NetworkConfig = serde_json::from_str(config_json).map_err(|e| errors::raise(py, "ConfigError", format!("network {name:?}: configuration JSON: {e}")))?;
+        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::raise(py, "ConfigError", e.message))?;
         let options = BackendOptions { state_dir };
         let n = name.clone();
         let inner = py.detach(move || vmnet::create_network(&n, &config, &options)).map_err(|e| network_error(py, e))?;
@@ -98,7 +98,7 @@ impl PyNetwork {
     fn start_tap(&self, py: Python<'_>, mac: Option<&str>, isolation: bool, vnet_hdr: bool) -> PyResult<(i32, String)> {
         use std::os::fd::IntoRawFd;
         let mac = match mac {
-            Some(m) => Some(parse_mac(m).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {m:?} is not of the form aa:bb:cc:dd:ee:ff")))?),
+            Some(m) => Some(vmnet::linux::parse_mac(m).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {m:?} is not of the form aa:bb:cc:dd:ee:ff")))?),
             None => None,
         };
         let desc = vmnet::InterfaceDesc { mac, isolation, offload: vnet_hdr };
@@ -130,22 +130,6 @@ impl PyNetwork {
             None => format!("<Network {:?} closed>", self.name),
         }
     }
-}
-
-#[cfg(target_os = "linux")]
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (d, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *d = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
 }
 
 /// Removes what crashed earlier runs left (networks recorded in `state_dir`

@@ -1,13 +1,258 @@
-//! (placeholder until the backend lands)
+//! The macOS backend: a [`Network`] is a `vmnet_network_ref` (macOS 26), an
+//! [`Interface`](super::Interface) is a vmnet interface started on it.
+//!
+//! `create_network` replays the steps `mapping::configuration_steps` derives
+//! from the config, calls `vmnet_network_create`, copies the serialization
+//! and reads back the subnet and IPv6 prefix vmnet chose. Interfaces
+//! (`apple/interface.rs`) start on a fresh network object deserialized from
+//! that serialization, so stopping one never releases the broker's own.
+//! `apple/vz.rs` builds a Virtualization.framework attachment for clients.
+//!
+//! Threads: network creation runs on the caller's thread (the broker's
+//! serial request queue); vmnet itself runs its blocks on the serial
+//! dispatch queues each interface owns. Ownership: every CF ref is released
+//! once by [`CfRef`], every XPC object once by `xpc::apple::object::Object`.
 
-use super::{BackendOptions, Error, Network};
+mod ffi;
+mod interface;
+pub mod vz;
+
+use std::ffi::{c_void, CString};
+use std::net::IpAddr;
+use std::ptr::NonNull;
+
+use super::mapping::{self, Status, Step};
+use super::{BackendOptions, Error, Interface, InterfaceDesc, Network, NetworkState};
 use crate::config::NetworkConfig;
+use crate::xpc::apple::object::{self, Object};
+use crate::xpc::Dict;
 
-pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
-    let _ = (name, config, options);
-    Err(Error::Platform { op: "create network".into(), detail: "backend not built yet".into() })
+pub use interface::VmnetInterface;
+
+/// One owned reference to a CoreFoundation-style vmnet object
+/// (configuration or network), released with `CFRelease` exactly once.
+pub(crate) struct CfRef<T>(NonNull<T>);
+
+impl<T> CfRef<T> {
+    /// # Safety
+    /// `ptr` must be NULL or a +1 CF reference the caller owns.
+    pub(crate) unsafe fn from_owned(ptr: *mut T) -> Option<CfRef<T>> {
+        NonNull::new(ptr).map(CfRef)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
 }
 
+impl<T> Drop for CfRef<T> {
+    fn drop(&mut self) {
+        // SAFETY: we own exactly one reference (type invariant).
+        unsafe { ffi::CFRelease(self.0.as_ptr() as *const c_void) }
+    }
+}
+
+// SAFETY: vmnet network and configuration objects are CF objects with atomic
+// reference counts; a network is read-only after creation (its getters and
+// `create_with_serialization` may be called from any thread [?]), and a
+// configuration is only used by the thread that created it.
+unsafe impl<T> Send for CfRef<T> {}
+// SAFETY: see `Send`.
+unsafe impl<T> Sync for CfRef<T> {}
+
+fn in_addr(addr: std::net::Ipv4Addr) -> libc::in_addr {
+    libc::in_addr { s_addr: u32::from(addr).to_be() }
+}
+
+fn in6_addr(addr: std::net::Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr { s6_addr: addr.octets() }
+}
+
+fn check(step: &Step, raw: ffi::vmnet_return_t) -> Result<(), Error> {
+    let status = Status::from_raw(raw);
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(mapping::status_error(step.to_string(), status))
+    }
+}
+
+/// Makes one configuration call.
+fn apply_step(v: &ffi::Vmnet, cfg: &CfRef<ffi::vmnet_network_configuration>, step: &Step) -> Result<(), Error> {
+    let c = cfg.as_ptr();
+    // SAFETY: (all calls) `c` is a live configuration; pointers passed point
+    // to locals that outlive the call.
+    unsafe {
+        match step {
+            Step::Create { .. } => Ok(()),
+            Step::SetExternalInterface(name) => {
+                let name = CString::new(name.as_str())
+                    .map_err(|_| Error::Platform { op: step.to_string(), detail: "name contains a NUL byte".into() })?;
+                check(step, (v.f.vmnet_network_configuration_set_external_interface)(c, name.as_ptr()))
+            }
+            Step::DisableNat44 => {
+                (v.f.vmnet_network_configuration_disable_nat44)(c);
+                Ok(())
+            }
+            Step::DisableNat66 => {
+                (v.f.vmnet_network_configuration_disable_nat66)(c);
+                Ok(())
+            }
+            Step::DisableDhcp => {
+                (v.f.vmnet_network_configuration_disable_dhcp)(c);
+                Ok(())
+            }
+            Step::DisableDnsProxy => {
+                (v.f.vmnet_network_configuration_disable_dns_proxy)(c);
+                Ok(())
+            }
+            Step::DisableRouterAdvertisement => {
+                (v.f.vmnet_network_configuration_disable_router_advertisement)(c);
+                Ok(())
+            }
+            Step::SetIpv4Subnet { first_host, mask } => {
+                let (a, m) = (in_addr(*first_host), in_addr(*mask));
+                check(step, (v.f.vmnet_network_configuration_set_ipv4_subnet)(c, &a, &m))
+            }
+            Step::SetIpv6Prefix { prefix, len } => {
+                let p = in6_addr(*prefix);
+                check(step, (v.f.vmnet_network_configuration_set_ipv6_prefix)(c, &p, *len))
+            }
+            Step::SetMtu(mtu) => check(step, (v.f.vmnet_network_configuration_set_mtu)(c, *mtu)),
+            Step::AddPortForwardingRule { protocol, family, internal_port, external_port, internal_address } => {
+                let (v4, v6);
+                let addr: *const c_void = match internal_address {
+                    IpAddr::V4(a) => {
+                        v4 = in_addr(*a);
+                        &v4 as *const libc::in_addr as *const c_void
+                    }
+                    IpAddr::V6(a) => {
+                        v6 = in6_addr(*a);
+                        &v6 as *const libc::in6_addr as *const c_void
+                    }
+                };
+                check(
+                    step,
+                    (v.f.vmnet_network_configuration_add_port_forwarding_rule)(
+                        c,
+                        *protocol,
+                        *family,
+                        *internal_port,
+                        *external_port,
+                        addr,
+                    ),
+                )
+            }
+            Step::AddDhcpReservation { mac, address } => {
+                let (e, a) = (ffi::ether_addr { octet: *mac }, in_addr(*address));
+                check(step, (v.f.vmnet_network_configuration_add_dhcp_reservation)(c, &e, &a))
+            }
+        }
+    }
+}
+
+/// A live `vmnet_network_ref` and what was learnt about it at creation.
+pub struct VmnetNetwork {
+    name: String,
+    config: NetworkConfig,
+    network: CfRef<ffi::vmnet_network>,
+    serialization: Object,
+    state: NetworkState,
+}
+
+impl VmnetNetwork {
+    /// The raw serialization, for callers that pass it on as XPC (the
+    /// broker's reply) without going through [`Dict`].
+    pub fn serialization_object(&self) -> &Object {
+        &self.serialization
+    }
+}
+
+/// Creates the network described by `config`. All-or-nothing: on any error
+/// every object made so far is released.
+pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
+    let _ = options;
+    let steps = mapping::configuration_steps(config)?;
+    let v = ffi::vmnet()?;
+    let Some(Step::Create { mode }) = steps.first() else {
+        return Err(Error::Platform { op: "plan vmnet configuration".into(), detail: "no create step".into() });
+    };
+
+    let mut raw_status: ffi::vmnet_return_t = 0;
+    // SAFETY: plain mode value and a valid status out-pointer; +1 or NULL.
+    let cfg = unsafe { CfRef::from_owned((v.f.vmnet_network_configuration_create)(*mode, &mut raw_status)) }
+        .ok_or_else(|| mapping::status_error(steps[0].to_string(), Status::from_raw(raw_status)))?;
+    for step in &steps[1..] {
+        apply_step(v, &cfg, step)?;
+    }
+
+    let mut raw_status: ffi::vmnet_return_t = 0;
+    // SAFETY: `cfg` is live; +1 or NULL.
+    let network = unsafe { CfRef::from_owned((v.f.vmnet_network_create)(cfg.as_ptr(), &mut raw_status)) }
+        .ok_or_else(|| mapping::status_error(format!("vmnet_network_create({name})"), Status::from_raw(raw_status)))?;
+    drop(cfg);
+
+    let mut raw_status: ffi::vmnet_return_t = 0;
+    // SAFETY: `network` is live; the result is a +1 XPC object or NULL.
+    let serialization =
+        unsafe { Object::from_owned((v.f.vmnet_network_copy_serialization)(network.as_ptr(), &mut raw_status)) }
+            .ok_or_else(|| mapping::status_error("vmnet_network_copy_serialization", Status::from_raw(raw_status)))?;
+
+    let state = read_state(v, &network)?;
+    log::info!("vmnet network {name} created: {} {:?}", state.subnet, state.ipv6_prefix);
+    Ok(Box::new(VmnetNetwork { name: name.to_owned(), config: config.clone(), network, serialization, state }))
+}
+
+fn read_state(v: &ffi::Vmnet, network: &CfRef<ffi::vmnet_network>) -> Result<NetworkState, Error> {
+    let mut subnet = libc::in_addr { s_addr: 0 };
+    let mut mask = libc::in_addr { s_addr: 0 };
+    let mut prefix = libc::in6_addr { s6_addr: [0; 16] };
+    let mut prefix_len: u8 = 0;
+    // SAFETY: `network` is live; the out-pointers are valid locals.
+    unsafe {
+        (v.f.vmnet_network_get_ipv4_subnet)(network.as_ptr(), &mut subnet, &mut mask);
+        (v.f.vmnet_network_get_ipv6_prefix)(network.as_ptr(), &mut prefix, &mut prefix_len);
+    }
+    let v4 = |a: libc::in_addr| std::net::Ipv4Addr::from(u32::from_be(a.s_addr));
+    let v6 = std::net::Ipv6Addr::from(prefix.s6_addr);
+    Ok(mapping::network_state(v4(subnet), v4(mask), Some((v6, prefix_len)))?)
+}
+
+impl Network for VmnetNetwork {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    fn state(&self) -> NetworkState {
+        self.state.clone()
+    }
+
+    fn serialization(&self) -> Result<Dict, Error> {
+        // SAFETY: the serialization is a live XPC object owned by `self`.
+        unsafe { object::from_xpc(self.serialization.as_ptr()) }.map_err(|e| Error::Platform {
+            op: format!("convert the serialization of {}", self.name),
+            detail: e.to_string(),
+        })
+    }
+
+    fn start_interface(&self, desc: &InterfaceDesc) -> Result<Box<dyn Interface>, Error> {
+        VmnetInterface::start(&self.name, &self.serialization, desc, &self.config)
+            .map(|i| Box::new(i) as Box<dyn Interface>)
+    }
+
+    /// vmnet offers no liveness query for a network; the object this process
+    /// created stays valid until released, so this is always true.
+    fn is_alive(&self) -> bool {
+        !self.network.as_ptr().is_null()
+    }
+}
+
+/// Nothing to clean up on macOS: vmnet networks die with the process that
+/// created them.
 pub fn cleanup_stale(options: &BackendOptions) -> Result<Vec<String>, Error> {
     let _ = options;
     Ok(Vec::new())

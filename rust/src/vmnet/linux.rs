@@ -43,10 +43,11 @@ use crate::config::{ConfigError, NetworkConfig};
 use crate::xpc::{Dict, Value};
 
 pub use dnsmasq::RESOLV_FILE_ENV;
-pub use naming::{bridge_name, table_name, tap_name};
+pub use naming::{bridge_name, format_mac, parse_mac, table_name, tap_name};
 
-/// The state directory the broker uses unless told otherwise.
-pub const DEFAULT_STATE_DIR: &str = "/run/vmnet-rs/networks";
+/// The state directory the broker uses unless told otherwise (the broker's
+/// `BackendOptions` default and `vmnet-rs leases` agree on it).
+pub const DEFAULT_STATE_DIR: &str = "/run/vmnet-rs/state";
 /// Attempts to find a free TAP name before giving up.
 const TAP_NAME_ATTEMPTS: u32 = 64;
 
@@ -97,6 +98,8 @@ impl LinuxNetwork {
     /// Checks `config`, then creates the bridge, addresses, nftables table
     /// and dnsmasq of network `name` in the calling thread's namespace.
     pub fn create(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<LinuxNetwork, Error> {
+        // The portable rules first (config.rs), then Linux's own (plan.rs).
+        let config = &config.validated("network configuration", name)?;
         // 1. Finish what a crashed run left of this network (its routes would
         //    otherwise collide with the subnet), then check everything
         //    before creating anything.
@@ -250,6 +253,9 @@ impl LinuxNetwork {
                 Err(e) => return Err(Error::io(format!("create TAP {name} (needs CAP_NET_ADMIN and /dev/net/tun)"), e)),
             };
             // On error the TAP drops, and with its only fd the device goes.
+            if vnet_hdr {
+                set_vnet_hdr_size(&tap).map_err(|e| Error::io(format!("set the virtio-net header size of TAP {name}"), e))?;
+            }
             links::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)?;
             // Re-read the device so the reported MTU is the one just set.
             let mut tap = Tap::from_fd(tap.into_fd()).map_err(|e| Error::io(format!("reopen TAP {name}"), e))?;
@@ -290,6 +296,22 @@ impl LinuxNetwork {
             None => Ok(()),
         }
     }
+}
+
+/// `TUNSETVNETHDRSZ`, `_IOW('T', 216, int)` (linux/if_tun.h).
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+
+/// Makes the kernel use the header size the relay expects
+/// ([`VNET_HDR_BYTES`](super::tap::VNET_HDR_BYTES), `virtio_net_hdr_v1`)
+/// instead of its default of 10 bytes. A VM given the fd may set its own.
+fn set_vnet_hdr_size(tap: &Tap) -> std::io::Result<()> {
+    let size: libc::c_int = super::tap::VNET_HDR_BYTES as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is
+    // valid for the duration of the call; the fd is an open TAP.
+    if unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ, &size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn platform(op: &str, detail: String) -> Error {
@@ -436,4 +458,108 @@ fn remove_stale(rec: &record::Record, path: &Path, files: &dnsmasq::Files) -> Ve
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_record(dir: &Path, name: &str, netns: String, owner_pid: u32, owner_start: u64) -> PathBuf {
+        let rec = record::Record {
+            version: record::RECORD_VERSION,
+            name: name.into(),
+            bridge: naming::bridge_name(name),
+            table: naming::table_name(name),
+            netns,
+            owner_pid,
+            owner_start,
+            dnsmasq_pid: None,
+        };
+        let (path, _) = files_for(dir, name);
+        record::write(&path, &rec).unwrap();
+        path
+    }
+
+    /// Records of live owners and of other namespaces are left alone (and
+    /// nothing on the host is queried for them).
+    #[test]
+    fn cleanup_skips_live_owners_and_other_namespaces() {
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-cleanup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let live = write_record(&dir, "live", record::current_netns(), me, record::process_start_time(me).unwrap());
+        let elsewhere = write_record(&dir, "elsewhere", "net:[1]".into(), 0, 0);
+        let done = cleanup_stale(&BackendOptions { state_dir: dir.clone() }).unwrap();
+        assert!(done.is_empty(), "{done:?}");
+        assert!(live.exists() && elsewhere.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A state directory that does not exist yet holds nothing stale.
+        assert!(cleanup_stale(&BackendOptions { state_dir: dir }).unwrap().is_empty());
+    }
+
+    #[test]
+    fn leases_of_an_unknown_network_say_where_they_looked() {
+        let dir = std::env::temp_dir().join("vmnet-rs-no-such-dir");
+        let e = read_leases("lab", &BackendOptions { state_dir: dir }).unwrap_err().to_string();
+        assert!(e.contains("\"lab\"") && e.contains("vmnet-rs-no-such-dir"), "{e}");
+    }
+
+    /// Root only (CI runs as root): in a fresh network namespace of this
+    /// test's thread, a shared network answers an ARP request written to one
+    /// of its ports through the `Interface` trait, and teardown on drop
+    /// leaves no bridge or record.
+    #[test]
+    fn interface_port_reaches_gateway_in_private_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root for a network namespace");
+            return;
+        }
+        // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a new,
+        // empty network namespace; the host's network is never touched.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
+        cmd::run(&["ip", "link", "set", "lo", "up"], None).unwrap();
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-iface-{}", std::process::id()));
+        let config = NetworkConfig { subnet: Some("10.123.0.1/24".into()), ..NetworkConfig::lima_default() };
+        let net = create_network("rustport", &config, &BackendOptions { state_dir: dir.clone() }).unwrap();
+        assert!(net.is_alive());
+        assert_eq!(net.state().subnet, "10.123.0.1/24");
+        let mac = [0x52, 0x54, 0, 0x12, 0x30, 0x01];
+        let mut port = net.start_interface(&InterfaceDesc { mac: Some(mac), ..Default::default() }).unwrap();
+        assert_eq!(port.info().mac, mac);
+        // An ARP request for the gateway from 10.123.0.50.
+        let mut frame = vec![0xff; 6];
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        frame.extend_from_slice(&mac);
+        frame.extend_from_slice(&[10, 123, 0, 50, 0, 0, 0, 0, 0, 0, 10, 123, 0, 1]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut buf = vec![0u8; port.info().max_frame_bytes];
+        let mut replied = false;
+        let mut next_send = std::time::Instant::now();
+        while !replied && std::time::Instant::now() < deadline {
+            // Like any ARP client, ask again each second (a port that has
+            // only just come up may miss the first request).
+            if std::time::Instant::now() >= next_send {
+                assert_eq!(port.write_frames(&[&frame]).unwrap(), 1);
+                next_send += std::time::Duration::from_secs(1);
+            }
+            let mut lens = [0usize; 1];
+            let n = port.read_frames(&mut [&mut buf[..]], &mut lens).unwrap();
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            let f = &buf[..lens[0]];
+            // An ARP reply (op 2) from the gateway, to our MAC.
+            replied = f.len() >= 42 && f[..6] == mac && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == [10, 123, 0, 1];
+        }
+        assert!(replied, "no ARP reply from the gateway within 20 s");
+        drop(port);
+        let bridge = net.state().device;
+        drop(net);
+        assert!(links::link_index(&bridge).is_none(), "bridge outlived its network");
+        assert!(record::list(&dir).unwrap().is_empty(), "record outlived its network");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -695,6 +695,107 @@ pub fn parse_interface_params(params: &Params, desc: &InterfaceDesc) -> Result<I
 }
 
 // ---------------------------------------------------------------------------
+// Packet descriptors for vmnet_read / vmnet_write.
+// ---------------------------------------------------------------------------
+
+/// `struct vmpktdesc` (vmnet/vmnet.h): 24 bytes on LP64, fields at 0, 8, 16
+/// and 20. Declared here, not in the Apple FFI module, so its layout and the
+/// batch logic below are tested on every OS (`iovec` has the same layout on
+/// Linux and macOS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct VmPktDesc {
+    pub vm_pkt_size: usize,
+    pub vm_pkt_iov: *mut libc::iovec,
+    pub vm_pkt_iovcnt: u32,
+    pub vm_flags: u32,
+}
+
+/// Scratch descriptors for one `vmnet_read` / `vmnet_write` call: one iovec
+/// per packet (multi-iovec packets fail with `VMNET_INVALID_ARGUMENT`,
+/// platform-facts §1.6 #8), sizes reset to each buffer's full capacity
+/// before every read, flags zero.
+///
+/// Invariant: after a `prepare_*` call, `descs[i].vm_pkt_iov` points at
+/// `iovs[i]`, which points at the caller's buffer `i`; the pointers are only
+/// valid until the caller's buffers go away, so they are used for exactly
+/// one vmnet call and rebuilt by the next `prepare_*`.
+#[derive(Debug, Default)]
+pub struct PacketBatch {
+    iovs: Vec<libc::iovec>,
+    descs: Vec<VmPktDesc>,
+}
+
+impl PacketBatch {
+    pub fn with_capacity(packets: usize) -> PacketBatch {
+        PacketBatch { iovs: Vec::with_capacity(packets), descs: Vec::with_capacity(packets) }
+    }
+
+    fn link(&mut self) {
+        self.descs.clear();
+        for iov in self.iovs.iter_mut() {
+            self.descs.push(VmPktDesc { vm_pkt_size: iov.iov_len, vm_pkt_iov: iov, vm_pkt_iovcnt: 1, vm_flags: 0 });
+        }
+    }
+
+    /// Describes up to `limit` of `bufs` for a read; every buffer must hold
+    /// `max_frame` bytes. Returns how many descriptors are ready.
+    pub fn prepare_read(&mut self, bufs: &mut [&mut [u8]], max_frame: usize, limit: usize) -> std::io::Result<usize> {
+        let n = bufs.len().min(limit);
+        self.iovs.clear();
+        for buf in bufs[..n].iter_mut() {
+            if buf.len() < max_frame {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("read buffer of {} bytes is smaller than the max frame {max_frame}", buf.len()),
+                ));
+            }
+            self.iovs.push(libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() });
+        }
+        self.link();
+        Ok(n)
+    }
+
+    /// Describes up to `limit` of `frames` for a write; each must be
+    /// 1..=`max_frame` bytes. Returns how many descriptors are ready.
+    pub fn prepare_write(&mut self, frames: &[&[u8]], max_frame: usize, limit: usize) -> std::io::Result<usize> {
+        let n = frames.len().min(limit);
+        self.iovs.clear();
+        for frame in &frames[..n] {
+            if frame.is_empty() || frame.len() > max_frame {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("frame of {} bytes is outside 1..={max_frame}", frame.len()),
+                ));
+            }
+            // vmnet only reads through this pointer on a write.
+            self.iovs.push(libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() });
+        }
+        self.link();
+        Ok(n)
+    }
+
+    /// The descriptor array for the vmnet call.
+    pub fn as_mut_ptr(&mut self) -> *mut VmPktDesc {
+        self.descs.as_mut_ptr()
+    }
+
+    pub fn descs(&self) -> &[VmPktDesc] {
+        &self.descs
+    }
+
+    /// After a read: clamps vmnet's packet count to what was prepared
+    /// (0 is a normal answer, not an error) and copies the sizes out.
+    pub fn finish_read(&self, count: i32, lens: &mut [usize]) -> usize {
+        let count = (count.max(0) as usize).min(self.descs.len()).min(lens.len());
+        for (len, desc) in lens.iter_mut().zip(&self.descs[..count]) {
+            *len = desc.vm_pkt_size;
+        }
+        count
+    }
+}
+
+// ---------------------------------------------------------------------------
 // XPC values the message model has no variant for.
 // ---------------------------------------------------------------------------
 
@@ -802,6 +903,35 @@ pub fn peer_from_audit_token(token: &[u32; 8], connection: u64) -> Peer {
     Peer { uid: token[1], gid: token[2], pid: token[5] as i32, connection }
 }
 
+/// The uids a per-user broker serves: the configured ones, or else its own
+/// euid and root.
+pub fn allowed_uids(configured: &[u32], own_euid: u32) -> Vec<u32> {
+    if configured.is_empty() {
+        vec![own_euid, 0]
+    } else {
+        configured.to_vec()
+    }
+}
+
+/// `None` if `peer` may call; else the refusal text for the reply.
+pub fn uid_refusal(peer: &Peer, allowed: &[u32]) -> Option<String> {
+    if allowed.contains(&peer.uid) {
+        return None;
+    }
+    Some(format!(
+        "refused: uid {} (pid {}) may not use this broker (allowed uids: {allowed:?}); run the client as that user or add the uid to the broker's allowed users",
+        peer.uid, peer.pid
+    ))
+}
+
+/// Whether a request asks for a network serialization (the VZ path): Lima's
+/// form names a `Network` and no `FdType`; vmnet-broker's is
+/// `{command: "acquire"}`.
+pub fn is_serialization_request(message: &Dict) -> bool {
+    (message.contains_key("Network") && !message.contains_key("FdType"))
+        || message.get_str("command") == Some("acquire")
+}
+
 /// `kern.osproductversion` ("26.1", "26.2.1") as (major, minor, patch).
 pub fn parse_os_version(text: &str) -> Option<(u32, u32, u32)> {
     let mut parts = text.trim().split('.');
@@ -865,7 +995,8 @@ mod tests {
 
     #[test]
     fn each_false_flag_maps_to_its_disable_call() {
-        let cases: [(fn(&mut NetworkConfig), Step); 5] = [
+        type Case = (fn(&mut NetworkConfig), Step);
+        let cases: [Case; 5] = [
             (|c| c.nat44 = false, Step::DisableNat44),
             (|c| c.nat66 = false, Step::DisableNat66),
             (|c| c.dhcp = false, Step::DisableDhcp),
@@ -1234,5 +1365,113 @@ mod tests {
         hash[0] = 0xab;
         hash[19] = 0x01;
         assert_eq!(cdhash_requirement(&hash), "cdhash H\"AB00000000000000000000000000000000000001\"");
+    }
+
+    #[test]
+    fn vmpktdesc_has_the_sdk_layout() {
+        assert_eq!(std::mem::size_of::<VmPktDesc>(), 24);
+        assert_eq!(std::mem::offset_of!(VmPktDesc, vm_pkt_size), 0);
+        assert_eq!(std::mem::offset_of!(VmPktDesc, vm_pkt_iov), 8);
+        assert_eq!(std::mem::offset_of!(VmPktDesc, vm_pkt_iovcnt), 16);
+        assert_eq!(std::mem::offset_of!(VmPktDesc, vm_flags), 20);
+    }
+
+    #[test]
+    fn read_batch_points_each_descriptor_at_its_buffer() {
+        let mut storage = vec![vec![0u8; 2048]; 4];
+        let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let addrs: Vec<usize> = bufs.iter_mut().map(|b| b.as_mut_ptr() as usize).collect();
+        let mut batch = PacketBatch::with_capacity(4);
+        assert_eq!(batch.prepare_read(&mut bufs, 1514, 3).unwrap(), 3);
+        assert_eq!(batch.descs().len(), 3);
+        for (i, d) in batch.descs().iter().enumerate() {
+            assert_eq!(d.vm_pkt_size, 2048);
+            assert_eq!((d.vm_pkt_iovcnt, d.vm_flags), (1, 0));
+            // SAFETY: the descriptor points into the batch's own iovecs.
+            let iov = unsafe { &*d.vm_pkt_iov };
+            assert_eq!(iov.iov_base as usize, addrs[i]);
+            assert_eq!(iov.iov_len, 2048);
+        }
+        // Simulate vmnet shrinking sizes; the next prepare resets them.
+        let ptr = batch.as_mut_ptr();
+        // SAFETY: three prepared descriptors.
+        unsafe { (*ptr.add(1)).vm_pkt_size = 60 };
+        let mut lens = [0usize; 4];
+        assert_eq!(batch.finish_read(2, &mut lens), 2);
+        assert_eq!(&lens[..2], &[2048, 60]);
+        assert_eq!(batch.finish_read(0, &mut lens), 0);
+        assert_eq!(batch.finish_read(-1, &mut lens), 0);
+        assert_eq!(batch.finish_read(99, &mut lens), 3);
+        batch.prepare_read(&mut bufs, 1514, 8).unwrap();
+        assert!(batch.descs().iter().all(|d| d.vm_pkt_size == 2048));
+        assert_eq!(batch.descs().len(), 4);
+    }
+
+    #[test]
+    fn batches_refuse_bad_sizes() {
+        let mut small = vec![0u8; 100];
+        let mut bufs: Vec<&mut [u8]> = vec![small.as_mut_slice()];
+        let mut batch = PacketBatch::default();
+        assert_eq!(batch.prepare_read(&mut bufs, 1514, 8).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+        let big = vec![0u8; 2000];
+        let frames: Vec<&[u8]> = vec![&[1, 2, 3], big.as_slice()];
+        assert!(batch.prepare_write(&frames, 1514, 8).is_err());
+        assert!(batch.prepare_write(&[&[][..]], 1514, 8).is_err());
+        assert_eq!(batch.prepare_write(&frames, 1514, 1).unwrap(), 1);
+        assert_eq!(batch.descs()[0].vm_pkt_size, 3);
+        assert_eq!(batch.prepare_write(&frames, 4096, 8).unwrap(), 2);
+        assert_eq!(batch.descs()[1].vm_pkt_size, 2000);
+    }
+
+    #[test]
+    fn authorisation_decisions() {
+        assert_eq!(allowed_uids(&[], 501), vec![501, 0]);
+        assert_eq!(allowed_uids(&[600, 601], 501), vec![600, 601]);
+        let peer = |uid| Peer { uid, gid: 20, pid: 77, connection: 1 };
+        assert_eq!(uid_refusal(&peer(501), &[501, 0]), None);
+        assert_eq!(uid_refusal(&peer(0), &[501, 0]), None);
+        let text = uid_refusal(&peer(502), &[501, 0]).unwrap();
+        assert!(text.contains("uid 502 (pid 77)") && text.contains("[501, 0]"), "{text}");
+        let lima_vz = Dict::new().with("Network", Value::String("shared".into()));
+        let lima_fd =
+            Dict::new().with("Network", Value::String("shared".into())).with("FdType", Value::String("stream".into()));
+        let acquire = Dict::new().with("command", Value::String("acquire".into()));
+        let status = Dict::new().with("command", Value::String("status".into()));
+        assert!(is_serialization_request(&lima_vz));
+        assert!(!is_serialization_request(&lima_fd));
+        assert!(is_serialization_request(&acquire));
+        assert!(!is_serialization_request(&status));
+    }
+
+    #[test]
+    fn steps_describe_themselves_for_error_messages() {
+        let cases = [
+            (Step::Create { mode: VMNET_HOST_MODE }, "vmnet_network_configuration_create(VMNET_HOST_MODE)"),
+            (Step::SetExternalInterface("en0".into()), "vmnet_network_configuration_set_external_interface(\"en0\")"),
+            (Step::DisableDhcp, "vmnet_network_configuration_disable_dhcp()"),
+            (
+                Step::SetIpv4Subnet { first_host: Ipv4Addr::new(10, 0, 0, 1), mask: Ipv4Addr::new(255, 0, 0, 0) },
+                "vmnet_network_configuration_set_ipv4_subnet(10.0.0.1, 255.0.0.0)",
+            ),
+            (
+                Step::SetIpv6Prefix { prefix: "fd00::".parse().unwrap(), len: 64 },
+                "vmnet_network_configuration_set_ipv6_prefix(fd00::/64)",
+            ),
+            (Step::SetMtu(9000), "vmnet_network_configuration_set_mtu(9000)"),
+            (
+                Step::AddDhcpReservation { mac: [2, 0, 0, 0, 0, 1], address: Ipv4Addr::new(10, 0, 0, 9) },
+                "vmnet_network_configuration_add_dhcp_reservation(02:00:00:00:00:01 -> 10.0.0.9)",
+            ),
+        ];
+        for (step, text) in cases {
+            assert_eq!(step.to_string(), text);
+        }
+        let e = status_error(Step::SetMtu(9000).to_string(), Status::InvalidArgument).to_string();
+        assert!(
+            e.starts_with("vmnet_network_configuration_set_mtu(9000) failed: VMNET_INVALID_ARGUMENT (1003)"),
+            "{e}"
+        );
+        assert_eq!(status_io_error("vmnet_write", Status::PacketTooBig).kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(status_io_error("vmnet_read", Status::Failure).kind(), std::io::ErrorKind::Other);
     }
 }

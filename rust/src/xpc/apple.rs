@@ -1,0 +1,25 @@
+//! The macOS transport: the broker's XPC Mach service and its client.
+//!
+//! - [`serve`] starts an `xpc_listener` on a Mach service; each peer session
+//!   calls the portable [`Handler`](crate::xpc::Handler) on one serial queue
+//!   (`listener.rs`). [`ServeOptions`] picks who may call: allowed uids, a
+//!   code-signing requirement, "same CDHash only", and Lima's pre-26.2 rule.
+//! - [`Client`] holds one session to the service and sends requests.
+//! - `object.rs` converts XPC dictionaries to and from [`Dict`](crate::xpc::Dict)
+//!   (what is refused is listed there); `peer.rs` identifies callers and
+//!   reads this executable's CDHash; `ffi.rs` holds the raw declarations.
+//!
+//! Everything here is `cfg(target_os = "macos")`; the decisions that are
+//! not FFI (tags, audit tokens, OS version rules) are in
+//! `vmnet::mapping` and tested on every OS.
+
+mod client;
+pub(crate) mod dynamic;
+pub(crate) mod ffi;
+mod listener;
+pub(crate) mod object;
+mod peer;
+
+pub use client::Client;
+pub use listener::{serve, Listener, ServeOptions};
+pub use peer::{os_version, own_cdhash};

@@ -52,6 +52,9 @@ mod tests {
             if message.get_str("panic").is_some() {
                 panic!("asked to");
             }
+            if let Some(ms) = message.get_int("sleep_ms") {
+                std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+            }
             message.insert("uid", Value::Int(peer.uid as i64));
             message.insert("connection", Value::Int(peer.connection as i64));
             message
@@ -155,6 +158,19 @@ mod tests {
         listener.stop();
         assert_eq!(echo.disconnected.lock().unwrap().len(), 3);
         assert!(clients[0].request(&Dict::new()).is_err());
+    }
+
+    #[test]
+    fn a_timed_out_connection_is_not_reused() {
+        let path = temp_socket("timeout");
+        let listener = Listener::start(Socket::bind(&path).unwrap(), Arc::new(Echo::default())).unwrap();
+        let mut client = Client::connect(&path).unwrap();
+        client.set_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+        let err = client.request(&Dict::new().with("sleep_ms", Value::Int(500))).unwrap_err().to_string();
+        assert!(err.contains("did not reply in time"), "{err}");
+        let err = client.request(&Dict::new()).unwrap_err().to_string();
+        assert!(err.contains("cannot be used again"), "{err}");
+        listener.stop();
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn is_our_dnsmasq(pid: u32, bridge: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let want = format!("--interface={bridge}");
-    args.first().is_some_and(|a| a.ends_with(b"dnsmasq")) && args.iter().any(|a| *a == want.as_bytes())
+    args.first().is_some_and(|a| a.ends_with(b"dnsmasq")) && args.contains(&want.as_bytes())
 }
 
 #[cfg(test)]

@@ -18,6 +18,9 @@ pub struct Client {
     fd: OwnedFd,
     path: PathBuf,
     buf: Vec<u8>,
+    /// A request timed out: its reply may still arrive and would be taken
+    /// for the next request's, so the connection is not used again.
+    broken: bool,
 }
 
 impl Client {
@@ -34,7 +37,7 @@ impl Client {
             };
             Error::Transport(format!("no broker answers on {}: {e}; {hint}", path.display()))
         })?;
-        Ok(Client { fd, path: path.to_owned(), buf: vec![0; MAX_MESSAGE_BYTES + 1] })
+        Ok(Client { fd, path: path.to_owned(), buf: vec![0; MAX_MESSAGE_BYTES + 1], broken: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -55,6 +58,12 @@ impl Client {
     /// Sends an already-encoded record (tests send malformed ones) and waits
     /// for the reply.
     pub fn request_raw(&mut self, bytes: &[u8], fds: &[RawFd]) -> Result<Dict, Error> {
+        if self.broken {
+            return Err(Error::Transport(format!(
+                "the connection to the broker on {} timed out earlier and cannot be used again; connect anew",
+                self.path.display()
+            )));
+        }
         sys::send_record(self.fd.as_raw_fd(), bytes, fds).map_err(|source| Error::Io { op: "send the request to the broker", source })?;
         self.receive()
     }
@@ -75,6 +84,7 @@ impl Client {
                 codec::decode(&self.buf[..len], fds)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.broken = true;
                 Err(Error::Transport(format!("the broker on {} did not reply in time", self.path.display())))
             }
             Err(source) => Err(Error::Io { op: "receive the broker's reply", source }),

@@ -1,0 +1,359 @@
+"""The broker and its clients (protocol: ``docs/protocol.md``).
+
+:class:`Broker` runs a broker inside this process on native threads (the
+``vmnet-rs broker`` command is ``Broker(...).serve_forever()``).
+:class:`Client` is one connection to a broker: everything it opens or
+acquires is leased to that connection and released when it closes, also when
+the process dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+from . import _native
+from .errors import BrokerError, BrokerUnavailableError, ConfigError, NotAuthorizedError
+
+#: Where the broker listens unless ``--socket`` or ``$VMNET_RS_SOCKET`` say otherwise.
+DEFAULT_SOCKET = "/run/vmnet-rs/broker.sock"
+#: The environment variable naming the broker socket (broker and clients alike).
+SOCKET_ENV = "VMNET_RS_SOCKET"
+#: macOS: the broker's Mach service unless ``mach_service`` or this variable say otherwise.
+DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
+MACH_SERVICE_ENV = "VMNET_RS_MACH_SERVICE"
+
+#: Error codes of replies (``error`` key); 3-7 are vmnet-broker's.
+NOT_ALLOWED = 3
+INVALID_REQUEST = 4
+NOT_FOUND = 5
+CREATE_FAILURE = 6
+INTERNAL_ERROR = 7
+CONFIG_MISMATCH = 8
+LIMIT = 9
+
+#: The kinds of fd a client can open; ``tap`` only on Linux.
+FD_TYPES = ("datagram", "datagram_next", "stream", "tap")
+
+
+def socket_path(socket: Optional[Union[str, "os.PathLike[str]"]] = None) -> str:
+    """``socket`` if given, else ``$VMNET_RS_SOCKET`` if set, else the default."""
+    if socket is not None:
+        return os.fspath(socket)
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+class RequestError(BrokerError):
+    """The broker answered with an error; ``code`` is the protocol's error code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RequestNotAuthorizedError(RequestError, NotAuthorizedError):
+    """The broker refused the caller (code 3)."""
+
+
+def _raise_for(reply: Mapping[str, Any], asked: str) -> None:
+    if "error" not in reply:
+        return
+    code = int(reply["error"])
+    message = str(reply.get("message") or f"error code {code}")
+    text = f"{asked}: {message}"
+    if code == NOT_ALLOWED:
+        raise RequestNotAuthorizedError(text, code)
+    raise RequestError(text, code)
+
+
+def _decode_configs(value: Any) -> Any:
+    """Replaces JSON ``config`` bytes in a reply with dicts, recursively."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in ("config", "Configuration") and isinstance(v, bytes):
+                try:
+                    out[k] = json.loads(v)
+                    continue
+                except ValueError:
+                    pass
+            out[k] = _decode_configs(v)
+        return out
+    return value
+
+
+@dataclass
+class Opened:
+    """An fd on a network, from :meth:`Client.open`.
+
+    ``fd`` belongs to the caller: pass it to the VM (``subprocess`` with
+    ``pass_fds`` makes it inheritable in the child) and close it here. The
+    adaptor or TAP behind it lives while the client's connection is open and
+    the VM holds its end.
+    """
+
+    fd: int
+    fd_type: str
+    mac: str
+    mtu: int
+    offload: bool
+    network: str
+    config: Dict[str, Any]
+    subnet: str
+    lease: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Closes this process's copy of the fd (idempotent)."""
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+    def __enter__(self) -> "Opened":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client:
+    """One connection to the broker; it holds the leases.
+
+    ``Client(socket=None)`` connects to ``socket``, else ``$VMNET_RS_SOCKET``,
+    else ``/run/vmnet-rs/broker.sock``; raises :class:`BrokerUnavailableError`
+    when no broker answers. ``timeout`` bounds each request (seconds).
+    """
+
+    def __init__(
+        self,
+        socket: Optional[Union[str, "os.PathLike[str]"]] = None,
+        timeout: Optional[float] = None,
+        mach_service: Optional[str] = None,
+    ) -> None:
+        # macOS: a session to the Mach service (`mach_service`, else
+        # $VMNET_RS_MACH_SERVICE, else the default); `socket` is for Linux.
+        if sys.platform == "darwin":
+            mach_service = mach_service or os.environ.get(MACH_SERVICE_ENV) or DEFAULT_MACH_SERVICE
+        self.socket = socket_path(socket) if sys.platform != "darwin" else str(mach_service)
+        try:
+            self._conn = _native.Client(self.socket if sys.platform != "darwin" else None, timeout, mach_service)
+        except BrokerUnavailableError as e:
+            # One clear line; the native message says what to do.
+            raise BrokerUnavailableError(str(e)) from None
+
+    # -- raw -----------------------------------------------------------------------
+
+    def request(self, message: Mapping[str, Any]) -> Dict[str, Any]:
+        """Sends one message and returns the reply as it came (no error check)."""
+        return dict(self._conn.request(dict(message)))
+
+    def _command(self, command: str, asked: str, **args: Any) -> Dict[str, Any]:
+        msg: Dict[str, Any] = {"command": command}
+        msg.update({k: v for k, v in args.items() if v is not None})
+        reply = self.request(msg)
+        _raise_for(reply, asked)
+        return reply
+
+    # -- commands ------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        return bool(self._command("ping", "ping the broker").get("pong"))
+
+    def version(self) -> Dict[str, Any]:
+        return self._command("version", "ask the broker's version")
+
+    def open(
+        self,
+        network: str,
+        fd_type: str,
+        mac: Optional[str] = None,
+        vnet_hdr: bool = False,
+        config: Optional[Mapping[str, Any]] = None,
+        accept_existing: bool = False,
+    ) -> Opened:
+        """Opens an fd of ``fd_type`` (datagram, datagram_next, stream, tap) on ``network``.
+
+        ``config`` (the network's configuration as a dict) must match the
+        live network unless ``accept_existing``; otherwise
+        :class:`RequestError` with code ``CONFIG_MISMATCH`` names both.
+        """
+        reply = self._command(
+            "open",
+            f"open a {fd_type} fd on network {network}",
+            network=network,
+            fd_type=fd_type,
+            mac=mac,
+            vnet_hdr=True if vnet_hdr else None,
+            config=json.dumps(dict(config)).encode() if config is not None else None,
+            accept_existing=True if accept_existing else None,
+        )
+        reply = _decode_configs(reply)
+        known = {"ok", "fd", "fd_type", "mac", "mtu", "offload", "network", "config", "subnet", "lease"}
+        return Opened(
+            fd=int(reply["fd"]),
+            fd_type=str(reply["fd_type"]),
+            mac=str(reply["mac"]),
+            mtu=int(reply["mtu"]),
+            offload=bool(reply["offload"]),
+            network=str(reply["network"]),
+            config=dict(reply.get("config") or {}),
+            subnet=str(reply.get("subnet", "")),
+            lease=int(reply.get("lease", 0)),
+            extra={k: v for k, v in reply.items() if k not in known},
+        )
+
+    def acquire(self, network: str, config: Optional[Mapping[str, Any]] = None, accept_existing: bool = False) -> Dict[str, Any]:
+        """Leases ``network`` and returns its serialization (what a
+        Virtualization.framework VM attaches to; a description on Linux)."""
+        reply = self._command(
+            "acquire",
+            f"acquire network {network}",
+            network_name=network,
+            config=json.dumps(dict(config)).encode() if config is not None else None,
+            accept_existing=True if accept_existing else None,
+        )
+        return dict(reply["network"])
+
+    def status(self) -> Dict[str, Any]:
+        """Networks, leases, adaptors (with counters) and broker counters."""
+        return _decode_configs(self._command("status", "ask the broker's status"))
+
+    def networks(self) -> List[Dict[str, Any]]:
+        """Every network the broker knows or runs, each a dict with ``name``."""
+        reply = _decode_configs(self._command("list", "list the broker's networks"))
+        return [dict(info, name=name) for name, info in sorted(reply["networks"].items())]
+
+    def release(self, network: Optional[str] = None, lease: Optional[int] = None) -> int:
+        """Releases this connection's leases on ``network`` (or one ``lease``); returns how many."""
+        what = f"network {network}" if network is not None else f"lease {lease}"
+        return int(self._command("release", f"release {what}", network=network, lease=lease)["released"])
+
+    def shutdown(self) -> None:
+        """Asks the broker to stop (root or the broker's own user only)."""
+        self._command("shutdown", "stop the broker")
+
+    # -- lifetime ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes the connection: the broker releases everything it leased to it."""
+        self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._conn.closed)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Broker:
+    """A broker running in this process on native threads.
+
+    ``config`` is a :class:`vmnet_rs.config.Config` (its broker settings and
+    networks), or ``None`` for the built-in networks and default settings.
+    ``socket`` overrides the socket path (Linux; else ``$VMNET_RS_SOCKET``,
+    else the config's, else the default); ``mach_service`` the Mach service
+    (macOS; else the config's ``machService``); ``code_signing_requirement``
+    (macOS) is a requirement every caller must satisfy, and
+    ``lima_serialization_rule`` (macOS) applies Lima's rule: before 26.2,
+    serialization requests only from callers with the broker's CDHash; ``idle_timeout`` (seconds, 0 = never)
+    overrides the config's. ``backend="hub"`` uses the in-process test
+    network instead of the platform's.
+    """
+
+    def __init__(
+        self,
+        config: Any = None,
+        socket: Optional[Union[str, "os.PathLike[str]"]] = None,
+        idle_timeout: Optional[int] = None,
+        backend: str = "platform",
+        state_dir: Optional[str] = None,
+        monitor_interval: float = 1.0,
+        mach_service: Optional[str] = None,
+        code_signing_requirement: Optional[str] = None,
+        lima_serialization_rule: bool = False,
+    ) -> None:
+        config_json = None
+        config_socket = None
+        if config is not None:
+            config_json = config.to_json()
+            config_socket = config.broker.socket
+        if socket is None and not os.environ.get(SOCKET_ENV) and config_socket:
+            socket = config_socket
+        if idle_timeout is not None and idle_timeout < 0:
+            raise ConfigError(f"idle timeout {idle_timeout} must be >= 0 seconds (0 = never exit)")
+        self._native = _native.Broker(
+            socket_path(socket),
+            config_json,
+            idle_timeout,
+            backend,
+            state_dir,
+            monitor_interval,
+            mach_service,
+            code_signing_requirement,
+            lima_serialization_rule,
+        )
+
+    @property
+    def socket(self) -> str:
+        return str(self._native.socket)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._native.running)
+
+    def start(self) -> "Broker":
+        """Binds the socket (or takes the one systemd passed) and serves."""
+        self._native.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving and tears down every network. Idempotent."""
+        self._native.stop()
+
+    def wait(self, timeout: Optional[float] = None) -> Optional[str]:
+        """Waits for the broker to stop by itself; returns why, or ``None`` on timeout."""
+        return self._native.wait(timeout)
+
+    def serve_forever(self) -> str:
+        """Starts (if needed) and serves until idle exit, a shutdown request
+        or Ctrl-C; returns why it stopped. Always stops the broker."""
+        if not self.running:
+            self.start()
+        try:
+            while True:
+                reason = self._native.wait(0.25)
+                if reason is not None:
+                    return reason
+        except KeyboardInterrupt:
+            return "interrupted (signal)"
+        finally:
+            self.stop()
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = [
+    "Broker",
+    "BrokerUnavailableError",
+    "Client",
+    "Opened",
+    "RequestError",
+    "DEFAULT_SOCKET",
+    "SOCKET_ENV",
+    "FD_TYPES",
+    "socket_path",
+]

@@ -1,0 +1,90 @@
+"""``vmnet-rs broker``: run the broker in the foreground until it is idle.
+
+Lima's spellings work: ``--mach-service NAME`` (macOS: serve that Mach
+service, as launchd starts it) and ``--unregister-mach-service`` (boot the
+LaunchAgent out and delete its files, then exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Optional
+
+import click
+
+from .errors import ConfigError
+
+log = logging.getLogger("vmnet_rs")
+
+
+def _native_log_level() -> str:
+    level = logging.getLogger("vmnet_rs").getEffectiveLevel()
+    return "debug" if level <= logging.DEBUG else "info" if level <= logging.INFO else "warning"
+
+
+@click.command("broker")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Networks and broker settings (YAML).")
+@click.option("--socket", "socket", default=None, help="Linux: the socket to serve (default: $VMNET_RS_SOCKET or /run/vmnet-rs/broker.sock).")
+@click.option("--idle-timeout", type=click.IntRange(min=0), default=None, help="Seconds with nothing in use before networks go and the broker exits (0: never).")
+@click.option("--mach-service", "--mach-service-name", "mach_service", default=None, help="macOS: the Mach service to serve (as launchd starts it).")
+@click.option("--unregister-mach-service", is_flag=True, help="macOS: remove the LaunchAgent (as `vmnet-rs uninstall`) and exit.")
+@click.option("--code-signing-requirement", default=None, help="macOS: a code-signing requirement every caller must satisfy.")
+@click.option("--lima-cdhash-rule", is_flag=True, help="macOS before 26.2: serialization only for callers with the broker's CDHash (Lima's rule).")
+@click.option("--backend", type=click.Choice(["platform", "hub"]), default="platform", hidden=True, help="hub: in-process test network.")
+@click.option("--state-dir", default=None, hidden=True, help="Linux backend records (default /run/vmnet-rs/state).")
+@click.option("--monitor-interval", type=float, default=1.0, hidden=True, help="Seconds between lease checks.")
+def broker_command(
+    config_file: Optional[str],
+    socket: Optional[str],
+    idle_timeout: Optional[int],
+    mach_service: Optional[str],
+    unregister_mach_service: bool,
+    code_signing_requirement: Optional[str],
+    lima_cdhash_rule: bool,
+    backend: str,
+    state_dir: Optional[str],
+    monitor_interval: float,
+) -> None:
+    """Run the broker in the foreground; it exits when idle (launchd or systemd start it again)."""
+    if unregister_mach_service:
+        from .install import run_plan, uninstall_plan
+
+        if sys.platform != "darwin":
+            raise ConfigError("--unregister-mach-service: Mach services exist only on macOS; on Linux use `vmnet-rs uninstall`")
+        run_plan(uninstall_plan("macos", mach_service, config_file), dry_run=False)
+        return
+    if mach_service is not None and sys.platform != "darwin":
+        raise ConfigError("--mach-service: Mach services exist only on macOS; on Linux the broker serves --socket")
+    from . import _native
+    from .broker import Broker
+    from .config import load_config
+
+    _native.set_log_level(_native_log_level())
+    config = load_config(config_file)
+    broker = Broker(
+        config,
+        socket=socket,
+        idle_timeout=idle_timeout,
+        backend=backend,
+        state_dir=state_dir,
+        monitor_interval=monitor_interval,
+        mach_service=mach_service,
+        code_signing_requirement=code_signing_requirement,
+        lima_serialization_rule=lima_cdhash_rule,
+    )
+    # systemd and launchd stop the broker with SIGTERM: tear the networks
+    # down as for Ctrl-C instead of dying with them in place.
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        broker.start()
+        click.echo(f"vmnet-rs: broker pid {os.getpid()} serving {broker.socket}", err=True)
+        reason = broker.serve_forever()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(f"vmnet-rs: broker stopped: {reason}", err=True)

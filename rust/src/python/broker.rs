@@ -1,0 +1,322 @@
+//! Bindings for `broker.rs` and the transport clients: `_native.Broker` (an
+//! in-process broker on native threads, serving the Unix socket on Linux or
+//! a Mach service on macOS) and `_native.Client` (one connection or XPC
+//! session). Every call that can wait releases the GIL. The Python wrappers
+//! with the public API are in `vmnet_rs/broker.py`.
+
+use std::os::fd::IntoRawFd;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
+
+use super::errors;
+use crate::broker::{self, Backend, BrokerOptions};
+use crate::config::FileConfig;
+use crate::xpc::{self, Dict, Value};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyBroker>()?;
+    m.add_class::<PyClient>()?;
+    m.add("DEFAULT_SOCKET", xpc::DEFAULT_SOCKET_PATH)?;
+    Ok(())
+}
+
+fn broker_error(py: Python<'_>, message: String) -> PyErr {
+    errors::raise(py, "BrokerError", message)
+}
+
+fn transport_error(py: Python<'_>, e: xpc::Error) -> PyErr {
+    match e {
+        xpc::Error::Transport(m) if m.starts_with("no broker answers") || m.starts_with("cannot open a session") => {
+            errors::raise(py, "BrokerUnavailableError", m)
+        }
+        other => broker_error(py, other.to_string()),
+    }
+}
+
+/// Python `dict` -> message. Values: str, bool, int (int64), bytes, dict.
+fn to_dict(d: &Bound<'_, PyDict>, depth: usize) -> PyResult<Dict> {
+    if depth > 8 {
+        return Err(PyTypeError::new_err("message nested deeper than 8 dictionaries"));
+    }
+    let mut out = Dict::new();
+    for (k, v) in d.iter() {
+        let key: String = k.extract().map_err(|_| PyTypeError::new_err("message keys must be str"))?;
+        let value = if v.is_instance_of::<PyBool>() {
+            Value::Bool(v.extract()?)
+        } else if v.is_instance_of::<PyInt>() {
+            Value::Int(v.extract().map_err(|_| PyTypeError::new_err(format!("{key}: int does not fit in int64")))?)
+        } else if v.is_instance_of::<PyString>() {
+            Value::String(v.extract()?)
+        } else if let Ok(b) = v.cast::<PyBytes>() {
+            Value::Data(b.as_bytes().to_vec())
+        } else if let Ok(sub) = v.cast::<PyDict>() {
+            Value::Dict(to_dict(sub, depth + 1)?)
+        } else {
+            return Err(PyTypeError::new_err(format!("{key}: cannot send a {} in a message", v.get_type().name()?)));
+        };
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+/// Message -> Python `dict`; fds become ints the caller owns.
+fn from_dict<'py>(py: Python<'py>, d: Dict) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    let entries: Vec<(String, Value)> = {
+        let mut d = d;
+        let keys: Vec<String> = d.iter().map(|(k, _)| k.clone()).collect();
+        keys.into_iter().filter_map(|k| d.remove(&k).map(|v| (k, v))).collect()
+    };
+    for (k, v) in entries {
+        match v {
+            Value::String(s) => out.set_item(k, s)?,
+            Value::Int(i) => out.set_item(k, i)?,
+            Value::Bool(b) => out.set_item(k, b)?,
+            Value::Data(b) => out.set_item(k, PyBytes::new(py, &b))?,
+            Value::Dict(sub) => out.set_item(k, from_dict(py, sub)?)?,
+            Value::Fd(fd) => out.set_item(k, fd.into_raw_fd())?,
+        }
+    }
+    Ok(out)
+}
+
+/// An in-process broker serving a Unix socket.
+#[pyclass(name = "Broker", module = "vmnet_rs._native", frozen)]
+pub struct PyBroker {
+    options: BrokerOptions,
+    /// Linux: the socket path; macOS: the Mach service name.
+    endpoint: String,
+    running: Mutex<Option<broker::Broker>>,
+}
+
+#[pymethods]
+impl PyBroker {
+    /// socket: path (None: $VMNET_RS_SOCKET, else the default); config_json:
+    /// the whole configuration in the file's shape (`{"broker": {...},
+    /// "vmnet": {...}}`, as `vmnet_rs.config.Config.to_json()` writes it;
+    /// None: the built-ins); idle_timeout overrides the settings' (seconds,
+    /// 0 = never); backend: "platform" or "hub" (test double); state_dir:
+    /// the Linux backend's records; mach_service (macOS): the service to
+    /// serve (None: the settings' `machService`); code_signing_requirement
+    /// (macOS): a requirement every caller must satisfy;
+    /// lima_serialization_rule (macOS): before 26.2, serialization only for
+    /// callers with the broker's own CDHash.
+    #[new]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        socket: Option<PathBuf>,
+        config_json: Option<&str>,
+        idle_timeout: Option<u64>,
+        backend: &str,
+        state_dir: Option<PathBuf>,
+        monitor_interval: f64,
+        mach_service: Option<String>,
+        code_signing_requirement: Option<String>,
+        lima_serialization_rule: bool,
+    ) -> PyResult<Self> {
+        let mut options = BrokerOptions::new();
+        if let Some(text) = config_json {
+            let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(py, e))?;
+            options.settings = file.broker;
+            options.networks = file.networks;
+        }
+        if let Some(t) = idle_timeout {
+            options.settings.idle_timeout = t;
+        }
+        options.backend = Backend::parse(backend)
+            .ok_or_else(|| errors::raise(py, "ConfigError", format!("unknown backend {backend:?} (platform or hub)")))?;
+        if let Some(d) = state_dir {
+            options.backend_options.state_dir = d;
+        }
+        if !(monitor_interval > 0.0 && monitor_interval < 3600.0) {
+            return Err(errors::raise(py, "ConfigError", format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
+        }
+        options.monitor_interval = Duration::from_secs_f64(monitor_interval);
+        options.code_signing_requirement = code_signing_requirement;
+        options.lima_serialization_rule = lima_serialization_rule;
+        #[cfg(target_os = "linux")]
+        let endpoint = {
+            let _ = mach_service;
+            xpc::unix::socket_path(socket.as_deref()).display().to_string()
+        };
+        #[cfg(target_os = "macos")]
+        let endpoint = {
+            let _ = socket;
+            mach_service.unwrap_or_else(|| options.settings.mach_service.clone())
+        };
+        Ok(PyBroker { options, endpoint, running: Mutex::new(None) })
+    }
+
+    /// Binds the socket (or takes systemd's) and starts serving. Raises
+    /// BrokerError if it is already running or the socket is taken.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.as_ref().is_some_and(|b| b.core().exit_reason().is_none()) {
+            return Err(broker_error(py, "the broker is already running".into()));
+        }
+        let options = self.options.clone();
+        let endpoint = self.endpoint.clone();
+        let b = py
+            .detach(move || -> Result<broker::Broker, broker::Error> {
+                #[cfg(target_os = "linux")]
+                return broker::Broker::start_unix(options, xpc::unix::Socket::open(std::path::Path::new(&endpoint))?);
+                #[cfg(target_os = "macos")]
+                return broker::Broker::start_mach(options, &endpoint);
+            })
+            .map_err(|e| broker_error(py, e.to_string()))?;
+        *running = Some(b);
+        Ok(())
+    }
+
+    /// Stops serving and releases every network. Idempotent.
+    fn stop(&self, py: Python<'_>) {
+        let b = self.running.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(b) = b {
+            py.detach(move || b.stop());
+        }
+    }
+
+    /// Waits up to `timeout` seconds (None: forever) for the broker to stop
+    /// by itself (idle, shutdown command); returns why, or None if it is
+    /// still running (or was never started).
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> Option<String> {
+        let core = self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.core().clone())?;
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        py.detach(move || core.wait(timeout))
+    }
+
+    /// True between start() and the broker stopping.
+    #[getter]
+    fn running(&self) -> bool {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|b| b.core().exit_reason().is_none())
+    }
+
+    /// The socket path (Linux) or Mach service (macOS) served.
+    #[getter]
+    fn socket(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    #[getter]
+    fn idle_timeout(&self) -> u64 {
+        self.options.settings.idle_timeout
+    }
+}
+
+/// One connection to a broker.
+#[pyclass(name = "Client", module = "vmnet_rs._native", frozen)]
+pub struct PyClient {
+    inner: Mutex<Option<Conn>>,
+    socket: String,
+}
+
+/// One connection, by platform.
+enum Conn {
+    #[cfg(target_os = "linux")]
+    Unix(xpc::unix::Client),
+    #[cfg(target_os = "macos")]
+    Mach(xpc::apple::Client),
+}
+
+impl Conn {
+    fn request(&mut self, message: &Dict) -> Result<Dict, xpc::Error> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Conn::Unix(c) => c.request(message),
+            #[cfg(target_os = "macos")]
+            Conn::Mach(c) => c.request(message),
+        }
+    }
+
+    fn request_raw(&mut self, data: &[u8]) -> Result<Dict, xpc::Error> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Conn::Unix(c) => c.request_raw(data, &[]),
+            #[cfg(target_os = "macos")]
+            Conn::Mach(_) => {
+                let _ = data;
+                Err(xpc::Error::Transport("raw records exist only on the Unix socket transport".into()))
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl PyClient {
+    /// Connects to `socket` (Linux; None: $VMNET_RS_SOCKET, else the
+    /// default) or opens a session to `mach_service` (macOS; None: the
+    /// default service). Raises BrokerUnavailableError when nothing answers.
+    #[new]
+    #[pyo3(signature = (socket=None, timeout=None, mach_service=None))]
+    fn new(py: Python<'_>, socket: Option<PathBuf>, timeout: Option<f64>, mach_service: Option<String>) -> PyResult<Self> {
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.001)));
+        #[cfg(target_os = "linux")]
+        let (conn, endpoint) = {
+            let _ = mach_service;
+            let path = xpc::unix::socket_path(socket.as_deref());
+            let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(py, e))?;
+            client.set_timeout(timeout).map_err(|e| transport_error(py, e))?;
+            (Conn::Unix(client), path.display().to_string())
+        };
+        #[cfg(target_os = "macos")]
+        let (conn, endpoint) = {
+            let _ = socket;
+            let service = mach_service.unwrap_or_else(|| crate::config::DEFAULT_MACH_SERVICE.to_owned());
+            let client = py.detach(|| xpc::apple::Client::connect(&service, false)).map_err(|e| transport_error(py, e))?;
+            client.set_timeout(timeout).map_err(|e| transport_error(py, e))?;
+            (Conn::Mach(client), service)
+        };
+        Ok(PyClient { inner: Mutex::new(Some(conn)), socket: endpoint })
+    }
+
+    /// Sends a message (dict of str/int/bool/bytes/dict) and returns the
+    /// reply; fds in the reply are ints the caller owns.
+    fn request<'py>(&self, py: Python<'py>, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+        let msg = to_dict(message, 1)?;
+        let reply = self.with_client(py, move |c| c.request(&msg))?;
+        from_dict(py, reply)
+    }
+
+    /// Sends raw bytes as one record (for testing the broker's decoder).
+    fn request_raw<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyDict>> {
+        let reply = self.with_client(py, move |c| c.request_raw(&data))?;
+        from_dict(py, reply)
+    }
+
+    /// Closes the connection (the broker releases its leases). Idempotent.
+    fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    #[getter]
+    fn socket(&self) -> String {
+        self.socket.clone()
+    }
+}
+
+impl PyClient {
+    fn with_client<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Conn) -> Result<T, xpc::Error> + Send) -> PyResult<T> {
+        let result = py.detach(|| {
+            let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_mut().map(f)
+        });
+        match result {
+            None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(transport_error(py, e)),
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The broker's side of the Mach service: an `xpc_listener` whose peer
+//! sessions call the portable [`Handler`].
+//!
+//! Threads: everything here runs on one serial dispatch queue, the
+//! listener's target queue, which every peer session is also pointed at
+//! (`xpc_session_set_target_queue`): incoming sessions, requests and
+//! cancellations are delivered one at a time, in order. [`Listener`] is
+//! owned by whoever called [`serve`]; dropping it cancels the listener.
+//!
+//! Invariants: each session gets a connection id unique for the life of the
+//! process; each accepted session is retained until its cancel handler runs; `Handler::disconnected` is called exactly once per session that
+//! sent at least one accepted message; a message that is not a dictionary
+//! cancels its session (as Lima does); no panic leaves a block.
+
+use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use block2::RcBlock;
+use dispatch2::{DispatchQueue, DispatchRetained};
+
+use super::ffi;
+use super::object::{fill, from_xpc, take_rich_error, Object};
+use super::peer::{identify, os_version, own_cdhash, SameCdhash};
+use crate::vmnet::mapping;
+use crate::xpc::{Dict, Error, Handler, Peer, Value};
+
+/// How many times a reply is re-sent while XPC says the failure is
+/// retryable (Lima re-sends while `can_retry` holds; bounded here).
+const REPLY_SEND_ATTEMPTS: usize = 3;
+
+/// Which callers a listener accepts.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Effective uids allowed to call. Empty: only the broker's own euid
+    /// (a per-user LaunchAgent serves its user) and root.
+    pub allowed_uids: Vec<u32>,
+    /// A code-signing requirement string every peer must satisfy, set with
+    /// `xpc_listener_set_peer_code_signing_requirement` (macOS 14.4), e.g.
+    /// `anchor apple generic and certificate leaf[subject.OU] = "TEAMID"`.
+    pub code_signing_requirement: Option<String>,
+    /// Only executables with this process's CDHash may connect at all
+    /// (`xpc_listener_set_peer_requirement` with an LWCR, macOS 26.0).
+    pub require_same_cdhash: bool,
+    /// Lima's rule: before macOS 26.2, requests for which
+    /// `is_serialization_request` returns true are answered only for callers
+    /// with this process's CDHash (a VZ client must be the same executable
+    /// there). From 26.2 on it does nothing.
+    pub same_cdhash_for_serialization_before_26_2: bool,
+    /// Tells a serialization request from others (the protocol knows; the
+    /// transport does not). Default: `mapping::is_serialization_request`
+    /// (Lima without `FdType`, or vmnet-broker's `acquire`).
+    pub is_serialization_request: fn(&Dict) -> bool,
+    /// Reply key for refusals and transport errors (Lima's `Error`).
+    pub error_key: String,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            allowed_uids: Vec::new(),
+            code_signing_requirement: None,
+            require_same_cdhash: false,
+            same_cdhash_for_serialization_before_26_2: false,
+            is_serialization_request: mapping::is_serialization_request,
+            error_key: "Error".into(),
+        }
+    }
+}
+
+/// A running Mach-service listener. Dropping it cancels the listener; peer
+/// sessions already open finish on their own.
+pub struct Listener {
+    x: &'static ffi::Xpc,
+    listener: Object,
+    service: String,
+    shared: Arc<Shared>,
+    cancelled: AtomicBool,
+    _queue: DispatchRetained<DispatchQueue>,
+    _block: RcBlock<dyn Fn(ffi::xpc_session_t)>,
+}
+
+// SAFETY: the listener object is thread-safe (xpc/listener.h: cancellation
+// is asynchronous and may come from any thread). The block is only kept
+// alive here, never called or mutated (libxpc calls its own copy), and what
+// it captures (`Shared`, a queue) is `Send + Sync`.
+unsafe impl Send for Listener {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Listener {}
+
+impl Listener {
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Peer sessions accepted and not yet cancelled (the broker's idle
+    /// check, as `unix::Listener::connection_count`).
+    pub fn connection_count(&self) -> usize {
+        self.shared.live_sessions.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting sessions. Idempotent; open sessions end on their own.
+    pub fn stop(&self) {
+        if !self.cancelled.swap(true, Ordering::AcqRel) {
+            // SAFETY: the listener is live (we hold a reference).
+            unsafe { (self.x.xpc_listener_cancel)(self.listener.as_ptr()) };
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Shared {
+    x: &'static ffi::Xpc,
+    handler: Arc<dyn Handler>,
+    options: ServeOptions,
+    allowed_uids: Vec<u32>,
+    /// Set when Lima's rule is on and this macOS is older than 26.2.
+    serialization_requirement: Option<SameCdhash>,
+    next_connection: AtomicU64,
+    live_sessions: AtomicUsize,
+}
+
+/// Per session: its id, the peer seen on its first accepted message, and
+/// our reference to the session, held from acceptance to cancellation.
+struct Session {
+    connection: u64,
+    peer: Mutex<Option<Peer>>,
+    retained: Mutex<Option<Object>>,
+}
+
+/// Listens on the Mach service `service` (which launchd must advertise for
+/// this job, `MachServices` in its plist) and answers each request with
+/// `handler`. Returns once the listener is active.
+pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) -> Result<Listener, Error> {
+    let x = ffi::xpc()?;
+    let c_service = CString::new(service)
+        .map_err(|_| Error::Transport(format!("Mach service name {service:?} contains a NUL byte")))?;
+
+    // SAFETY: getuid/geteuid cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    let allowed_uids = mapping::allowed_uids(&options.allowed_uids, own_uid);
+
+    let serialization_requirement = if options.same_cdhash_for_serialization_before_26_2 {
+        let os = os_version().ok_or_else(|| Error::Transport("cannot read kern.osproductversion".into()))?;
+        if mapping::same_cdhash_rule_applies(os) {
+            Some(SameCdhash::new(&own_cdhash()?)?)
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    let listener_requirement = if options.require_same_cdhash { Some(SameCdhash::new(&own_cdhash()?)?) } else { None };
+    let code_signing_requirement = options
+        .code_signing_requirement
+        .as_deref()
+        .map(|r| CString::new(r).map_err(|_| Error::Transport("code signing requirement contains a NUL byte".into())))
+        .transpose()?;
+
+    let shared = Arc::new(Shared {
+        x,
+        handler,
+        options,
+        allowed_uids,
+        serialization_requirement,
+        next_connection: AtomicU64::new(1),
+        live_sessions: AtomicUsize::new(0),
+    });
+    let queue = DispatchQueue::new("vmnet-rs.broker.listener", None);
+
+    let session_queue = queue.clone();
+    let in_block = Arc::clone(&shared);
+    let incoming = RcBlock::new(move |peer: ffi::xpc_session_t| {
+        let result = catch_unwind(AssertUnwindSafe(|| accept_session(peer, &in_block, &session_queue)));
+        if result.is_err() {
+            // SAFETY: `peer` is the live session handed to this block; a
+            // session without a message handler must be cancelled.
+            unsafe { (in_block.x.xpc_session_cancel)(peer) };
+        }
+    });
+
+    let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+    // SAFETY: the name is a C string, the queue and block are live (the block
+    // is copied by libxpc; we keep ours until drop); the result is +1 or NULL
+    // with a +1 error.
+    let raw = unsafe {
+        (x.xpc_listener_create)(c_service.as_ptr(), &*queue, ffi::XPC_LISTENER_CREATE_INACTIVE, &incoming, &mut err)
+    };
+    // SAFETY: `raw` is NULL or ours.
+    let Some(listener) = (unsafe { Object::from_owned(raw) }) else {
+        // SAFETY: `err` is NULL or ours.
+        let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
+        return Err(Error::Transport(format!(
+            "xpc_listener_create({service}) failed: {text}; is the service advertised in the launchd plist (vmnet-rs install)?"
+        )));
+    };
+
+    // From here on, dropping `this` on an error cancels, then releases, the
+    // listener (releasing an inactive listener without cancelling it is
+    // undefined, xpc/listener.h).
+    let this = Listener {
+        x,
+        listener,
+        service: service.to_owned(),
+        shared,
+        cancelled: AtomicBool::new(false),
+        _queue: queue,
+        _block: incoming,
+    };
+    if let Some(req) = &code_signing_requirement {
+        // SAFETY: the listener is inactive and live; `req` is a C string.
+        let rc = unsafe { (x.xpc_listener_set_peer_code_signing_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+        if rc != 0 {
+            return Err(Error::Transport(format!(
+                "the code signing requirement {req:?} was refused (error {rc}); check its syntax (csreq(1))"
+            )));
+        }
+    }
+    if let Some(req) = &listener_requirement {
+        // SAFETY: the listener is inactive and live; called at most once; it
+        // retains the requirement, ours is released when `req` drops.
+        unsafe { (x.xpc_listener_set_peer_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+    }
+
+    let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+    // SAFETY: the listener is live and inactive.
+    if !unsafe { (x.xpc_listener_activate)(this.listener.as_ptr(), &mut err) } {
+        // SAFETY: `err` is NULL or ours.
+        let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
+        return Err(Error::Transport(format!("xpc_listener_activate({service}) failed: {text}")));
+    }
+    log::info!("listening on Mach service {service}");
+    Ok(this)
+}
+
+/// In the incoming-session block: give the session its handlers (required
+/// before the block returns) on the listener's queue.
+fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &DispatchRetained<DispatchQueue>) {
+    // SAFETY: `peer` is the live session handed to the incoming block; the
+    // reference taken here is released by the cancel handler, which breaks
+    // the session -> block -> session cycle a captured reference would make.
+    let retained = unsafe {
+        ffi::xpc_retain(peer);
+        Object::from_owned(peer)
+    };
+    let session = Arc::new(Session {
+        connection: shared.next_connection.fetch_add(1, Ordering::Relaxed),
+        peer: Mutex::new(None),
+        retained: Mutex::new(retained),
+    });
+
+    // The blocks capture the session's address; it stays valid while they
+    // can run (the session is retained until its cancel handler).
+    let peer_addr = peer as usize;
+    let (s1, sess1) = (Arc::clone(shared), Arc::clone(&session));
+    let on_message = RcBlock::new(move |message: ffi::xpc_object_t| {
+        let peer = peer_addr as ffi::xpc_session_t;
+        if catch_unwind(AssertUnwindSafe(|| handle_message(peer, message, &s1, &sess1))).is_err() {
+            log::error!("connection {}: request handler panicked; session cancelled", sess1.connection);
+            // SAFETY: the session is live while its handler runs.
+            unsafe { (s1.x.xpc_session_cancel)(peer) };
+        }
+    });
+    let (s2, sess2) = (Arc::clone(shared), Arc::clone(&session));
+    let on_cancel = RcBlock::new(move |_error: ffi::xpc_rich_error_t| {
+        s2.live_sessions.fetch_sub(1, Ordering::AcqRel);
+        let seen = sess2.peer.lock().map(|mut p| p.take()).unwrap_or(None);
+        if let Some(peer) = seen {
+            let handler = Arc::clone(&s2.handler);
+            if catch_unwind(AssertUnwindSafe(|| handler.disconnected(&peer))).is_err() {
+                log::error!("connection {}: disconnect handler panicked", peer.connection);
+            }
+        }
+        // Our reference goes last; libxpc holds its own while this runs.
+        let ours = sess2.retained.lock().map(|mut r| r.take()).unwrap_or(None);
+        drop(ours);
+    });
+    shared.live_sessions.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: `peer` is the inactive session handed to the incoming block;
+    // libxpc copies the blocks; the queue is live.
+    unsafe {
+        (shared.x.xpc_session_set_target_queue)(peer, &**queue);
+        (shared.x.xpc_session_set_incoming_message_handler)(peer, &on_message);
+        (shared.x.xpc_session_set_cancel_handler)(peer, &on_cancel);
+    }
+}
+
+fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: &Shared, session: &Session) {
+    // SAFETY: `message` is live for this call.
+    let is_dict = unsafe { super::object::is_type(message, std::ptr::addr_of!(ffi::_xpc_type_dictionary)) };
+    if !is_dict {
+        log::warn!("connection {}: a message that is not a dictionary; session cancelled", session.connection);
+        // SAFETY: the session is live while its handler runs.
+        unsafe { (shared.x.xpc_session_cancel)(peer) };
+        return;
+    }
+    let key = &shared.options.error_key;
+    // SAFETY: `message` is a live dictionary from this peer.
+    let Some(who) = (unsafe { identify(message, session.connection) }) else {
+        reply(
+            shared.x,
+            peer,
+            message,
+            key,
+            &Dict::new().with(key, Value::String("refused: cannot identify the caller".into())),
+        );
+        return;
+    };
+    if let Some(text) = mapping::uid_refusal(&who, &shared.allowed_uids) {
+        log::warn!("connection {}: {text}", who.connection);
+        reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(text)));
+        return;
+    }
+    // SAFETY: `message` is a live dictionary.
+    let request = match unsafe { from_xpc(message) } {
+        Ok(d) => d,
+        Err(e) => {
+            reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(e.to_string())));
+            return;
+        }
+    };
+    if let Some(req) = &shared.serialization_requirement {
+        if (shared.options.is_serialization_request)(&request) {
+            // SAFETY: `message` is a live dictionary from this peer.
+            if let Err(why) = unsafe { req.matches(message) } {
+                let text = format!(
+                    "refused: before macOS 26.2 a network serialization only works in the same executable as the broker ({why})"
+                );
+                reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(text)));
+                return;
+            }
+        }
+    }
+    if let Ok(mut seen) = session.peer.lock() {
+        seen.get_or_insert_with(|| who.clone());
+    }
+    let answer = shared.handler.request(&who, request);
+    reply(shared.x, peer, message, key, &answer);
+}
+
+/// Sends `answer` as the reply to `message`, if one is expected.
+fn reply(x: &ffi::Xpc, peer: ffi::xpc_session_t, message: ffi::xpc_object_t, key: &str, answer: &Dict) {
+    // SAFETY: `message` is live; the result is +1 or NULL (no reply wanted).
+    let Some(out) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
+        return;
+    };
+    if let Err(e) = fill(&out, answer, 0) {
+        // A reply the transport cannot carry becomes an error reply.
+        // SAFETY: `message` is live.
+        let Some(fallback) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
+            return;
+        };
+        let text = format!("the broker's reply could not be encoded: {e}");
+        if fill(&fallback, &Dict::new().with(key, Value::String(text)), 0).is_ok() {
+            send(x, peer, &fallback);
+        }
+        return;
+    }
+    send(x, peer, &out);
+}
+
+fn send(x: &ffi::Xpc, peer: ffi::xpc_session_t, out: &Object) {
+    for attempt in 1..=REPLY_SEND_ATTEMPTS {
+        // SAFETY: the session is live while its handler runs; `out` is live.
+        let err = unsafe { (x.xpc_session_send_message)(peer, out.as_ptr()) };
+        // SAFETY: `err` is NULL or ours.
+        match unsafe { take_rich_error(err) } {
+            None => return,
+            Some((text, retry)) if retry && attempt < REPLY_SEND_ATTEMPTS => {
+                log::debug!("reply send failed ({text}); retrying");
+            }
+            Some((text, _)) => {
+                log::warn!("reply could not be sent: {text}");
+                return;
+            }
+        }
+    }
+}

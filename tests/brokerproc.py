@@ -1,0 +1,116 @@
+"""Brokers run as subprocesses for tests: the real ``vmnet-rs broker``
+command, optionally inside a network namespace, with helpers to wait for its
+socket, count its open fds and stop it (also when a test fails)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from vmnet_rs.broker import Client
+from vmnet_rs.errors import BrokerUnavailableError
+
+
+def wait_until(what: str, predicate, timeout: float = 30.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class BrokerProcess:
+    """``python -m vmnet_rs broker ...`` in a subprocess."""
+
+    def __init__(
+        self,
+        socket: Path,
+        args: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+        env: Optional[dict] = None,
+        log: Optional[Path] = None,
+    ) -> None:
+        self.socket = socket
+        self.log = log or socket.with_suffix(".log")
+        argv: List[str] = [*prefix, sys.executable, "-m", "vmnet_rs", "-vv", "broker", "--socket", str(socket), *args]
+        self._log_file = open(self.log, "wb")
+        full_env = dict(os.environ)
+        full_env.pop("LISTEN_FDS", None)
+        full_env.pop("LISTEN_PID", None)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env)
+        self._pid: Optional[int] = None
+
+    def wait_ready(self, timeout: float = 60.0) -> "BrokerProcess":
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited {self.proc.returncode} before serving:\n{self.log_text()}")
+            try:
+                with Client(str(self.socket), timeout=10) as c:
+                    return c.ping()
+            except BrokerUnavailableError:
+                return False
+
+        wait_until(f"the broker on {self.socket}", ready, timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The broker's own pid (differs from proc.pid under `ip netns exec`)."""
+        if self._pid is None:
+            with Client(str(self.socket), timeout=10) as c:
+                self._pid = int(c.status()["pid"])
+        return self._pid
+
+    def fds(self) -> List[str]:
+        """Where the broker's open fds point (readlink of /proc/PID/fd/*)."""
+        out = []
+        base = Path(f"/proc/{self.pid}/fd")
+        for entry in base.iterdir():
+            try:
+                out.append(os.readlink(entry))
+            except OSError:
+                pass
+        return sorted(out)
+
+    def log_text(self) -> str:
+        self._log_file.flush()
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        self._log_file.close()
+
+    def __enter__(self) -> "BrokerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def config_file(path: Path, broker: dict, vmnet: Optional[dict] = None) -> Path:
+    """Writes a broker config (JSON is YAML) and returns its path."""
+    import json
+
+    doc = {"broker": broker}
+    if vmnet is not None:
+        doc["vmnet"] = vmnet
+    path.write_text(json.dumps(doc))
+    return path

@@ -45,18 +45,27 @@ const WINDOW_STALL: Duration = Duration::from_millis(2);
 struct Window<'a> {
     delivered: &'a AtomicU64,
     stop: &'a AtomicBool,
+    /// Frames written off as lost: after a stall they would otherwise
+    /// count as in flight for ever and throttle the generator.
+    lost: std::cell::Cell<u64>,
 }
 
 impl Window<'_> {
+    fn in_flight(&self, sent: u64) -> u64 {
+        sent.saturating_sub(self.delivered.load(Ordering::Relaxed)).saturating_sub(self.lost.get())
+    }
+
     fn wait(&self, sent: u64) {
         let mut seen = self.delivered.load(Ordering::Relaxed);
         let mut since = Instant::now();
-        while sent.saturating_sub(self.delivered.load(Ordering::Relaxed)) >= WINDOW_FRAMES && !self.stop.load(Ordering::Relaxed) {
+        while self.in_flight(sent) >= WINDOW_FRAMES && !self.stop.load(Ordering::Relaxed) {
             let now = self.delivered.load(Ordering::Relaxed);
             if now != seen {
                 seen = now;
                 since = Instant::now();
             } else if since.elapsed() >= WINDOW_STALL {
+                // Nothing arrived for a while: what is still out is lost.
+                self.lost.set(sent.saturating_sub(now));
                 return;
             }
             std::thread::sleep(Duration::from_micros(20));
@@ -367,7 +376,7 @@ pub fn run_flows(flows: Vec<Flow>, frame_bytes: usize, window: Duration) -> io::
         gens.push(std::thread::Builder::new().name("bench-gen".into()).spawn(move || {
             barrier_g.wait();
             let c0 = thread_cpu();
-            let window = Window { delivered: &delivered_g, stop: &stop_g };
+            let window = Window { delivered: &delivered_g, stop: &stop_g, lost: std::cell::Cell::new(0) };
             let sent = generate(source.as_raw_fd(), source_framing, frame_bytes, src_mac, dst_mac, &stop_g, &window);
             (sent, thread_cpu() - c0)
         })?);

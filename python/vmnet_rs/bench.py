@@ -148,6 +148,8 @@ class Bench:
             r = _native.bench_flows(flows, size, self.seconds)
             drops = sum(x.stats()[d]["drops"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
             waits = sum(x.stats()[d]["waits"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            moved = sum(x.stats()[d]["packets"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            batches = sum(x.stats()[d]["batches"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
             running = all(x.running for x in adaptors)
         window = r["window_s"]
         fl = r["flows"]
@@ -169,6 +171,7 @@ class Bench:
             "reordered": sum(f["reordered"] for f in fl),
             "adaptor_drops": drops,
             "adaptor_waits": waits,
+            "adaptor_frames_per_batch": round(moved / batches, 1) if batches else None,
             "adaptors_ran_throughout": running,
             "cpu_s": round(r["process_cpu_s"], 3),
             "cpu_cores": round(r["process_cpu_s"] / window, 2),

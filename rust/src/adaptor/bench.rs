@@ -37,9 +37,11 @@ const DRAIN_MAX: Duration = Duration::from_secs(2);
 /// keeps every stage busy (one batch in each of the queues on the way).
 const WINDOW_FRAMES: u64 = 256;
 /// A generator waits for its window at most this long without the sink
-/// making progress, then sends anyway (frames were lost, and would never
-/// be counted).
-const WINDOW_STALL: Duration = Duration::from_millis(2);
+/// making progress, then writes the missing frames off as lost and sends
+/// on. Long enough that a sink merely descheduled on a busy machine (a few
+/// ms) is not mistaken for loss, which would let the generator overrun the
+/// TAP queue.
+const WINDOW_STALL: Duration = Duration::from_millis(50);
 
 /// Holds a generator to [`WINDOW_FRAMES`] in flight.
 struct Window<'a> {

@@ -547,6 +547,24 @@ mod tests {
     }
 
     #[test]
+    fn runt_frames_from_the_interface_are_counted_and_never_reach_the_vm() {
+        for kind in Kind::ALL {
+            let (adaptor, vm, network, _handles) = start(kind);
+            let mut vm = Vm::new(kind, vm);
+            send_to_network(&network, &[1u8; MIN_FRAME_BYTES - 1]);
+            send_to_network(&network, &frame(5));
+            let mut got = None;
+            wait_until("the valid frame reaches the VM", || {
+                got = vm.recv();
+                got.is_some()
+            });
+            assert_eq!(got.unwrap(), frame(5), "{kind:?}");
+            assert_eq!(adaptor.stats().host_to_vm.errors, 1);
+            assert!(adaptor.is_running());
+        }
+    }
+
+    #[test]
     fn a_peer_closing_mid_frame_ends_only_that_adaptor() {
         let (a, a_vm, _a_net, a_handles) = start(Kind::Stream);
         let (b, b_vm, _b_net, b_handles) = start(Kind::Stream);

@@ -273,6 +273,10 @@ fn read_each(fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Resul
             }
             return Err(err);
         }
+        if r == 0 {
+            // No frame (a TAP never returns an empty one); never pass one on.
+            break;
+        }
         lens[n] = r as usize;
         n += 1;
     }
@@ -308,16 +312,15 @@ fn read_uring(ring: &mut uring::Uring, want: &mut usize, fd: RawFd, bufs: &mut [
     // SAFETY: every buffer is a live &mut slice of the caller's for the call.
     unsafe { ring.run(fd, &ops, &mut res)? };
     let mut n = 0;
-    for i in 0..count {
-        let r = res[i];
-        if r >= 0 {
+    for (i, &r) in res.iter().enumerate() {
+        if r > 0 {
             if i != n {
                 let (dst, src) = bufs.split_at_mut(i);
                 dst[n][..r as usize].copy_from_slice(&src[0][..r as usize]);
             }
             lens[n] = r as usize;
             n += 1;
-        } else if r != -libc::EAGAIN && n == 0 && i == 0 {
+        } else if r < 0 && r != -libc::EAGAIN && n == 0 && i == 0 {
             return Err(io::Error::from_raw_os_error(-r));
         }
     }

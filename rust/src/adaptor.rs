@@ -28,7 +28,9 @@
 //! Files: `relay.rs` (the loop), `vm_datagram.rs` and `vm_stream.rs` (the
 //! VM-side wire formats), `batch_io.rs` (`recvmmsg`/`sendmmsg`,
 //! `recvmsg_x`/`sendmsg_x` with per-frame fallback), `socket.rs` (socketpair,
-//! buffer sizes, poll, wake pipe), `counters.rs`.
+//! buffer sizes, poll, wake pipe), `counters.rs`, `bench.rs` (the
+//! benchmark's generators, sinks and per-frame baseline relay; Linux),
+//! `testing.rs` (a socketpair test double for `Interface`).
 //!
 //! Known limit: a unix datagram socket reports nothing when its peer closes
 //! (no EOF, no POLLHUP; Linux and macOS alike). A datagram adaptor notices a

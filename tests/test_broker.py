@@ -220,40 +220,54 @@ def test_refused_user_gets_not_allowed_and_the_broker_keeps_serving(sock: Path, 
             assert c.ping()
 
 
+def as_nobody(action) -> str:
+    """Runs `action()` in a forked child dropped to uid/gid 65534 (nobody) and
+    returns what it returned. The child uses the already-loaded module, so it
+    needs no access to this checkout."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                msg = str(action())
+            except Exception as e:  # reported to the parent
+                msg = f"{type(e).__name__}: {e}"
+            os.write(w, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
 @pytest.mark.root
 def test_refused_uid_of_another_user(tmp_path: Path) -> None:
-    """A real second user (nobody) against a broker that allows only root."""
+    """A real second user (nobody): refused by a broker that allows only
+    root; allowed by one that lists it, but still not allowed to stop it."""
     d = Path(tempfile.mkdtemp(prefix="vmnet-rs-auth-", dir="/tmp"))
     os.chmod(d, 0o755)
     sock = d / "broker.sock"
     try:
-        with BrokerProcess(sock, ["--backend", "hub"], log=tmp_path / "broker.log") as b:
+        root_only = config_file(tmp_path / "root.yaml", {"allowedUsers": ["root"], "allowedGroups": ["vmnet-rs"]})
+        with BrokerProcess(sock, ["--backend", "hub", "--config", str(root_only)], log=tmp_path / "a.log") as b:
             b.wait_ready()
-            # Fork and drop to nobody: the child uses the already-loaded
-            # module, so it needs no access to this checkout.
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.close(r)
-                    os.setgroups([])
-                    os.setgid(65534)
-                    os.setuid(65534)
-                    try:
-                        Client(str(sock)).acquire("shared")
-                        msg = "allowed"
-                    except NotAuthorizedError as e:
-                        msg = f"refused: {e}"
-                    os.write(w, msg.encode())
-                finally:
-                    os._exit(0)
-            os.close(w)
-            with os.fdopen(r) as f:
-                out = f.read()
-            os.waitpid(pid, 0)
-            assert out.startswith("refused:") and "uid 65534" in out, out
+            out = as_nobody(lambda: Client(str(sock)).acquire("shared"))
+            assert out.startswith("RequestNotAuthorizedError") and "uid 65534" in out, out
             with Client(str(sock)) as c:
                 assert c.status()["counters"]["refused"] == 1
+        listed = config_file(tmp_path / "listed.yaml", {"allowedUsers": ["root", "65534"], "allowedGroups": []})
+        with BrokerProcess(sock, ["--backend", "hub", "--config", str(listed)], log=tmp_path / "b.log") as b:
+            b.wait_ready()
+            assert as_nobody(lambda: Client(str(sock)).acquire("shared")["network"]) == "shared"
+            out = as_nobody(lambda: Client(str(sock)).shutdown())
+            assert out.startswith("RequestNotAuthorizedError") and "may not stop the broker" in out, out
+            assert b.proc.poll() is None
     finally:
         for p in d.iterdir():
             p.unlink()

@@ -130,6 +130,10 @@ def test_two_vms_on_shared(netns, broker, tmp_path, backend):
     a, b = pair_on(netns, broker, tmp_path, "shared", backend)
     try:
         assert a.mac == drivers.derive_mac(a.name, "shared")
+        # Offload reaches the guest only through tap_next's virtio-net header
+        # (feature bit 0, VIRTIO_NET_F_CSUM).
+        csum = a.check("cat /sys/class/net/eth0/device/features").strip()[0]
+        assert csum == ("1" if backend == "tap_next" else "0")
         rate = check_pair(a, b, GATEWAYS["shared"], prefix=SUBNETS["shared"])
         record_rate(f"shared {backend}", rate)
         # NAT: the outside namespace has no route back to the VM subnet.

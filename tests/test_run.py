@@ -242,3 +242,9 @@ def test_print_args_unknown_network_from_the_broker(monkeypatch):
     monkeypatch.setattr(run, "client_factory", fakeclient.FakeClient)
     r = invoke(["--print-args", "-n", "nosuch", "--", "krunkit"])
     assert (r.exit_code, r.output) == (1, "vmnet-rs: unknown network 'nosuch'; the broker knows: host, shared\n")
+
+
+def test_print_args_refuses_a_clashing_qemu_netdev(no_broker):
+    r = invoke(["--print-args", "--", "qemu-system-x86_64", "-netdev", "user,id=net1"])
+    assert r.exit_code == 2
+    assert "already has a netdev with id=net1" in r.output

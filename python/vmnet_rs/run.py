@@ -137,6 +137,8 @@ def plan(
     if drivers.has_placeholders(args):
         filled = drivers.substitute(args, nics, mtus, keep_unknown_mtu=check_only)
         return Plan(program, [program, *filled], engine, nics, True)
+    if engine == drivers.QEMU:
+        drivers.check_qemu_ids(args, nics)
     return Plan(program, [program, *args, *drivers.engine_args(engine, nics, program)], engine, nics, False)
 
 

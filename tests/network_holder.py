@@ -9,7 +9,9 @@ command per stdin line with one JSON line:
 * ``leases``: the DHCP leases
 * ``tap [MAC] [isolated]``: opens a TAP port, keeps its fd, answers its name
 * ``untap NAME``: closes that TAP's fd (the port goes away)
-* ``pid``: the dnsmasq pid from the record
+* ``tapsock PATH [vnet_hdr]``: serves TAP fds on a Unix socket at PATH, one
+  per connection, for the MAC the client sends (see ``tap_launcher.py``)
+* ``alive``: whether the network is alive
 * ``close``: tears the network down and exits
 
 EOF on stdin tears the network down too, so a test that dies leaves nothing.
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import threading
 
 from vmnet_rs import VmnetError
 from vmnet_rs._native import Network
@@ -28,6 +32,28 @@ from vmnet_rs._native import Network
 def reply(obj: object) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
+
+
+def serve_taps(net: Network, path: str, vnet_hdr: bool) -> None:
+    """Hands a new TAP fd to each client of the socket at ``path``."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+
+    def loop() -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                mac = conn.makefile().readline().strip() or None
+                try:
+                    fd, tap = net.start_tap(mac=mac, vnet_hdr=vnet_hdr)
+                except VmnetError as e:
+                    conn.sendall(str(e).encode()[:200])
+                    continue
+                socket.send_fds(conn, [tap.encode()], [fd])
+                os.close(fd)  # the client holds the TAP now
+
+    threading.Thread(target=loop, daemon=True).start()
 
 
 def main() -> int:
@@ -54,6 +80,9 @@ def main() -> int:
                 reply({"ok": True, "tap": tap})
             elif words[0] == "untap":
                 os.close(taps.pop(words[1]))
+                reply({"ok": True})
+            elif words[0] == "tapsock":
+                serve_taps(net, words[1], "vnet_hdr" in words[2:])
                 reply({"ok": True})
             elif words[0] == "alive":
                 reply({"ok": True, "alive": net.is_alive()})

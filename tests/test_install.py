@@ -108,6 +108,8 @@ def test_lima_unregister_spelling_and_mach_service_on_linux(tmp_path: Path) -> N
     if sys.platform != "darwin":
         assert out.returncode == 2
         assert "Mach services exist only on macOS" in out.stderr
+        out = run_cli("broker", "--unregister-mach-service", home=tmp_path)
+        assert out.returncode == 2 and "vmnet-rs uninstall" in out.stderr
 
 
 def test_status_without_broker(tmp_path: Path) -> None:

@@ -258,6 +258,10 @@ def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_pa
     assert a2 == "10.91.0.50"
     leases = {l["mac"]: l["address"] for l in net.call("leases")["leases"]}
     assert leases == {"52:54:00:91:00:01": a1, "52:54:00:91:00:50": a2}
+    # The CLI reads the same file from outside the owning process.
+    r = subprocess.run([sys.executable, "-m", "vmnet_rs", "leases", "shared1", "--state-dir", str(state), "--json"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert {l["mac"]: l["address"] for l in json.loads(r.stdout)} == leases
 
     assert ping(ep1, a2) and ping(ep2, a1)
     assert ping(ep1, "10.91.0.1") and ping(ep2, "10.91.0.1")
@@ -307,6 +311,33 @@ def test_host_mode_blocks_forwarding(netns, namespaces, holders, tmp_path):
     assert_clean(netns, state, net.bridge)
 
 
+def test_external_interface_limits_where_traffic_leaves(netns, namespaces, holders, tmp_path):
+    state = tmp_path / "state"
+    ep, out1, out2 = namespaces(), namespaces(), namespaces()
+    outside_link(netns, out1, "10.105.0.1", "10.105.0.2")
+    outside_link(netns, out2, "10.106.0.1", "10.106.0.2")
+    external = [l for l in netns.links() if l.startswith("vo")]
+    via_out1 = json.loads(netns.run(["ip", "-j", "route", "get", "10.105.0.2"]).stdout)[0]["dev"]
+    assert via_out1 in external
+    net = holders(netns, "ext", config(subnet="10.107.0.1/24", externalInterface=via_out1), state)
+    assert net.first["ok"], net.first
+    veth_endpoint(netns, ep, net.bridge, "52:54:00:a7:00:01")
+    assert dhcp(ep, tmp_path)
+    assert ping(ep, "10.105.0.2")  # out through the external interface, NATed
+    assert not ping(ep, "10.106.0.2", count=2)  # not through any other
+    net.close()
+    assert_clean(netns, state, net.bridge)
+
+
+def test_missing_external_interface_is_refused(netns, holders, tmp_path):
+    state = tmp_path / "state"
+    before = netns.links()
+    net = holders(netns, "noext", config(subnet="10.108.0.1/24", externalInterface="eth7"), state)
+    assert not net.first["ok"] and net.first["type"] == "ConfigError", net.first
+    assert "eth7" in net.first["error"]
+    assert netns.links() == before
+
+
 def arp_request(src_mac: bytes, src_ip: str, dst_ip: str) -> bytes:
     eth = b"\xff" * 6 + src_mac + b"\x08\x06"
     arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, src_mac, socket.inet_aton(src_ip), b"\0" * 6, socket.inet_aton(dst_ip))
@@ -350,8 +381,15 @@ TAP_PROBE = textwrap.dedent(
     time.sleep(0.5)
     read_frames(fd_a, 0.2); read_frames(fd_b, 0.2)  # drop IPv6 chatter so far
     client = gw.rsplit(".", 1)[0] + ".77"
-    os.write(fd_a, arp_request(mac_a, client, gw))
-    seen_a, seen_b = read_frames(fd_a, 3), read_frames(fd_b, 3)
+    # Ask like an ARP client: again each second until the gateway answers;
+    # B listens the whole time.
+    seen_a, seen_b = [], []
+    for _ in range(10):
+        os.write(fd_a, arp_request(mac_a, client, gw))
+        seen_a += read_frames(fd_a, 1)
+        if any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a):
+            break
+    seen_b = read_frames(fd_b, 1)
     os.close(fd_a); os.close(fd_b)
     time.sleep(0.2)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

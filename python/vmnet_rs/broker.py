@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -21,6 +22,9 @@ from .errors import BrokerError, BrokerUnavailableError, ConfigError, NotAuthori
 DEFAULT_SOCKET = "/run/vmnet-rs/broker.sock"
 #: The environment variable naming the broker socket (broker and clients alike).
 SOCKET_ENV = "VMNET_RS_SOCKET"
+#: macOS: the broker's Mach service unless ``mach_service`` or this variable say otherwise.
+DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
+MACH_SERVICE_ENV = "VMNET_RS_MACH_SERVICE"
 
 #: Error codes of replies (``error`` key); 3-7 are vmnet-broker's.
 NOT_ALLOWED = 3
@@ -126,10 +130,19 @@ class Client:
     when no broker answers. ``timeout`` bounds each request (seconds).
     """
 
-    def __init__(self, socket: Optional[Union[str, "os.PathLike[str]"]] = None, timeout: Optional[float] = None) -> None:
-        self.socket = socket_path(socket)
+    def __init__(
+        self,
+        socket: Optional[Union[str, "os.PathLike[str]"]] = None,
+        timeout: Optional[float] = None,
+        mach_service: Optional[str] = None,
+    ) -> None:
+        # macOS: a session to the Mach service (`mach_service`, else
+        # $VMNET_RS_MACH_SERVICE, else the default); `socket` is for Linux.
+        if sys.platform == "darwin":
+            mach_service = mach_service or os.environ.get(MACH_SERVICE_ENV) or DEFAULT_MACH_SERVICE
+        self.socket = socket_path(socket) if sys.platform != "darwin" else str(mach_service)
         try:
-            self._conn = _native.Client(self.socket, timeout)
+            self._conn = _native.Client(self.socket if sys.platform != "darwin" else None, timeout, mach_service)
         except BrokerUnavailableError as e:
             # One clear line; the native message says what to do.
             raise BrokerUnavailableError(str(e)) from None
@@ -247,8 +260,12 @@ class Broker:
 
     ``config`` is a :class:`vmnet_rs.config.Config` (its broker settings and
     networks), or ``None`` for the built-in networks and default settings.
-    ``socket`` overrides the socket path (else ``$VMNET_RS_SOCKET``, else
-    the config's, else the default); ``idle_timeout`` (seconds, 0 = never)
+    ``socket`` overrides the socket path (Linux; else ``$VMNET_RS_SOCKET``,
+    else the config's, else the default); ``mach_service`` the Mach service
+    (macOS; else the config's ``machService``); ``code_signing_requirement``
+    (macOS) is a requirement every caller must satisfy, and
+    ``lima_serialization_rule`` (macOS) applies Lima's rule: before 26.2,
+    serialization requests only from callers with the broker's CDHash; ``idle_timeout`` (seconds, 0 = never)
     overrides the config's. ``backend="hub"`` uses the in-process test
     network instead of the platform's.
     """
@@ -261,6 +278,9 @@ class Broker:
         backend: str = "platform",
         state_dir: Optional[str] = None,
         monitor_interval: float = 1.0,
+        mach_service: Optional[str] = None,
+        code_signing_requirement: Optional[str] = None,
+        lima_serialization_rule: bool = False,
     ) -> None:
         config_json = None
         config_socket = None
@@ -272,7 +292,15 @@ class Broker:
         if idle_timeout is not None and idle_timeout < 0:
             raise ConfigError(f"idle timeout {idle_timeout} must be >= 0 seconds (0 = never exit)")
         self._native = _native.Broker(
-            socket_path(socket), config_json, idle_timeout, backend, state_dir, monitor_interval
+            socket_path(socket),
+            config_json,
+            idle_timeout,
+            backend,
+            state_dir,
+            monitor_interval,
+            mach_service,
+            code_signing_requirement,
+            lima_serialization_rule,
         )
 
     @property

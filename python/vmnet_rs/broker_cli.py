@@ -15,7 +15,7 @@ from typing import Optional
 
 import click
 
-from .errors import ConfigError, VmnetError
+from .errors import ConfigError
 
 log = logging.getLogger("vmnet_rs")
 
@@ -31,6 +31,8 @@ def _native_log_level() -> str:
 @click.option("--idle-timeout", type=click.IntRange(min=0), default=None, help="Seconds with nothing in use before networks go and the broker exits (0: never).")
 @click.option("--mach-service", "--mach-service-name", "mach_service", default=None, help="macOS: the Mach service to serve (as launchd starts it).")
 @click.option("--unregister-mach-service", is_flag=True, help="macOS: remove the LaunchAgent (as `vmnet-rs uninstall`) and exit.")
+@click.option("--code-signing-requirement", default=None, help="macOS: a code-signing requirement every caller must satisfy.")
+@click.option("--lima-cdhash-rule", is_flag=True, help="macOS before 26.2: serialization only for callers with the broker's CDHash (Lima's rule).")
 @click.option("--backend", type=click.Choice(["platform", "hub"]), default="platform", hidden=True, help="hub: in-process test network.")
 @click.option("--state-dir", default=None, hidden=True, help="Linux backend records (default /run/vmnet-rs/state).")
 @click.option("--monitor-interval", type=float, default=1.0, hidden=True, help="Seconds between lease checks.")
@@ -40,6 +42,8 @@ def broker_command(
     idle_timeout: Optional[int],
     mach_service: Optional[str],
     unregister_mach_service: bool,
+    code_signing_requirement: Optional[str],
+    lima_cdhash_rule: bool,
     backend: str,
     state_dir: Optional[str],
     monitor_interval: float,
@@ -48,25 +52,29 @@ def broker_command(
     if unregister_mach_service:
         from .install import run_plan, uninstall_plan
 
+        if sys.platform != "darwin":
+            raise ConfigError("--unregister-mach-service: Mach services exist only on macOS; on Linux use `vmnet-rs uninstall`")
         run_plan(uninstall_plan("macos", mach_service, config_file), dry_run=False)
         return
-    if sys.platform == "darwin" or mach_service is not None:
-        if sys.platform != "darwin":
-            raise ConfigError("--mach-service: Mach services exist only on macOS; on Linux the broker serves --socket")
-        raise VmnetError("the macOS broker (XPC Mach service) is not available in this build; the Linux socket broker is")
+    if mach_service is not None and sys.platform != "darwin":
+        raise ConfigError("--mach-service: Mach services exist only on macOS; on Linux the broker serves --socket")
     from . import _native
     from .broker import Broker
+    from .config import load_config
 
     _native.set_log_level(_native_log_level())
-    config = None
-    try:
-        from .config import load_config  # type: ignore[attr-defined]
-    except ImportError:
-        if config_file is not None:
-            raise ConfigError("--config: this build cannot read config files (vmnet_rs.config is missing)") from None
-    else:
-        config = load_config(config_file)
-    broker = Broker(config, socket=socket, idle_timeout=idle_timeout, backend=backend, state_dir=state_dir, monitor_interval=monitor_interval)
+    config = load_config(config_file)
+    broker = Broker(
+        config,
+        socket=socket,
+        idle_timeout=idle_timeout,
+        backend=backend,
+        state_dir=state_dir,
+        monitor_interval=monitor_interval,
+        mach_service=mach_service,
+        code_signing_requirement=code_signing_requirement,
+        lima_serialization_rule=lima_cdhash_rule,
+    )
     # systemd and launchd stop the broker with SIGTERM: tear the networks
     # down as for Ctrl-C instead of dying with them in place.
     def on_term(signum: int, frame: object) -> None:

@@ -350,10 +350,8 @@ def linux_uninstall_plan(unit_dir: Path = SYSTEMD_DIR) -> Plan:
 
 def _load_settings(config: Optional[str]) -> Dict[str, Any]:
     """Broker settings from the config file (or defaults)."""
-    try:
-        from .config import load_config  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
+    from .config import load_config
+
     return dict(load_config(config).broker.to_dict())
 
 

@@ -61,6 +61,11 @@ pub struct BrokerOptions {
     pub backend_options: BackendOptions,
     /// How often the monitor looks at leases and networks.
     pub monitor_interval: Duration,
+    /// macOS: a code-signing requirement every caller must satisfy.
+    pub code_signing_requirement: Option<String>,
+    /// macOS: Lima's rule, before 26.2 serialization requests only from
+    /// callers with the broker's own CDHash.
+    pub lima_serialization_rule: bool,
 }
 
 impl BrokerOptions {
@@ -73,6 +78,8 @@ impl BrokerOptions {
             backend: Backend::Platform,
             backend_options: BackendOptions { state_dir: PathBuf::from("/run/vmnet-rs/state") },
             monitor_interval: Duration::from_secs(1),
+            code_signing_requirement: None,
+            lima_serialization_rule: false,
         }
     }
 }
@@ -159,6 +166,17 @@ impl Core {
         self.lock_lifecycle().exit.clone()
     }
 
+    /// Records where the broker serves and removes what a crashed run left.
+    fn prepare(&self, endpoint: &str) {
+        *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint.to_owned();
+        if self.options.backend == Backend::Platform {
+            match crate::vmnet::cleanup_stale(&self.options.backend_options) {
+                Ok(lines) => lines.iter().for_each(|l| log::info!("cleaned up after an earlier run: {l}")),
+                Err(e) => log::warn!("could not clean up after an earlier run: {e}"),
+            }
+        }
+    }
+
     fn create_network(&self, name: &str, config: &NetworkConfig) -> Result<Box<dyn Network>, crate::vmnet::Error> {
         match self.options.backend {
             Backend::Platform => crate::vmnet::create_network(name, config, &self.options.backend_options),
@@ -239,24 +257,42 @@ impl Broker {
     pub fn start_unix(options: BrokerOptions, socket: crate::xpc::unix::Socket) -> Result<Broker, Error> {
         let core = Core::new(options);
         let endpoint = socket.path().display().to_string();
-        *core.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint.clone();
-        if core.options.backend == Backend::Platform {
-            match crate::vmnet::cleanup_stale(&core.options.backend_options) {
-                Ok(lines) => lines.iter().for_each(|l| log::info!("cleaned up after an earlier run: {l}")),
-                Err(e) => log::warn!("could not clean up after an earlier run: {e}"),
-            }
-        }
+        core.prepare(&endpoint);
         let activated = socket.activated();
         let listener = Arc::new(crate::xpc::unix::Listener::start(socket, core.clone())?);
         log::info!("broker listening on {endpoint}{}", if activated { " (socket activation)" } else { "" });
+        let l2 = Arc::clone(&listener);
+        Broker::with_monitor(core, endpoint, Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))
+    }
+
+    /// Serves the Mach service `service` on macOS (launchd must advertise it
+    /// for this job: `MachServices` in the LaunchAgent's plist).
+    #[cfg(target_os = "macos")]
+    pub fn start_mach(options: BrokerOptions, service: &str) -> Result<Broker, Error> {
+        let serve = crate::xpc::apple::ServeOptions {
+            code_signing_requirement: options.code_signing_requirement.clone(),
+            same_cdhash_for_serialization_before_26_2: options.lima_serialization_rule,
+            ..Default::default()
+        };
+        let core = Core::new(options);
+        core.prepare(service);
+        let listener = Arc::new(crate::xpc::apple::serve(service, core.clone(), serve)?);
+        log::info!("broker serving the Mach service {service}");
+        let l2 = Arc::clone(&listener);
+        Broker::with_monitor(core, service.to_owned(), Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))
+    }
+
+    fn with_monitor(
+        core: Arc<Core>,
+        endpoint: String,
+        connections: Box<dyn Fn() -> usize + Send>,
+        stop_transport: Box<dyn Fn() + Send>,
+    ) -> Result<Broker, Error> {
         let monitor = {
             let core = Arc::clone(&core);
             std::thread::Builder::new()
                 .name("vmnet-rs-monitor".into())
-                .spawn(move || {
-                    let l2 = Arc::clone(&listener);
-                    core.run_monitor(&move || l2.connection_count(), &move || listener.stop());
-                })
+                .spawn(move || core.run_monitor(&*connections, &*stop_transport))
                 .map_err(|e| Error::Start(format!("could not start the monitor thread: {e}")))?
         };
         Ok(Broker { core, monitor: Mutex::new(Some(monitor)), endpoint })
@@ -449,6 +485,32 @@ mod tests {
         assert!(reason.starts_with("idle"), "{reason}");
         assert!(b.core().lock_state().networks.is_empty());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn fds_sent_in_requests_are_closed() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let (b, path) = start("fds-in", options(0));
+        let mut c = Client::connect(&path).unwrap();
+        let mut p = [0; 2];
+        // SAFETY: p holds two fds.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        // SAFETY: pipe2 made both; we own them.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+        for msg in [
+            cmd("ping").with("junk", Value::Fd(w.try_clone().unwrap())),
+            cmd("acquire").with("network_name", Value::Fd(w.try_clone().unwrap())),
+            Dict::new().with("Network", Value::String("nope".into())).with("x", Value::Fd(w.try_clone().unwrap())),
+        ] {
+            let reply = c.request(&msg).unwrap();
+            assert!(reply.iter().all(|(_, v)| !matches!(v, Value::Fd(_))), "{reply:?}");
+        }
+        drop(w);
+        let mut byte = [0u8; 1];
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(r.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 0, "the broker still holds an fd a request carried");
+        b.stop();
     }
 
     #[test]

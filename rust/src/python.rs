@@ -7,7 +7,7 @@
 use pyo3::prelude::*;
 
 mod adaptor;
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 mod broker;
 mod config;
 mod errors;
@@ -19,7 +19,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     adaptor::register(m)?;
     config::register(m)?;
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     broker::register(m)?;
     log::register(m)?;
     network::register(m)?;

@@ -112,7 +112,8 @@ pub trait Network: Send + Sync {
 
     /// Linux: a new TAP port on the network, for its fd to be handed to a VM
     /// (QEMU `-netdev tap,fd=N`) instead of a relay. `vnet_hdr` opens it with
-    /// IFF_VNET_HDR (QEMU `vnet_hdr=on`). The port goes when the fd closes.
+    /// IFF_VNET_HDR (QEMU then enables it by itself; it refuses `vnet_hdr=`
+    /// beside `fd=`). The port goes when the fd closes.
     #[cfg(target_os = "linux")]
     fn start_tap(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<tap::Tap, Error> {
         let _ = (desc, vnet_hdr);

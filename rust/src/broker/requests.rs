@@ -217,12 +217,11 @@ impl Core {
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted)?;
         let entry = &st.networks[name];
-        let reply = Dict::new()
+        let mut reply = Dict::new()
             .with("network", Value::Dict(self.serialization(entry)?))
             .with("config", Value::Data(netconfig::to_json(&entry.config)))
             .with("subnet", Value::String(entry.network.state().subnet));
         let lease = st.grant(name, peer, true, None, None);
-        let mut reply = reply;
         reply.insert("lease", Value::Int(lease as i64));
         Ok(reply)
     }
@@ -269,8 +268,8 @@ impl Core {
         let n = st.release_where(|l| {
             l.connection == peer.connection
                 && l.bound_to_connection
-                && network.is_none_or(|n| l.network == n)
-                && lease.is_none_or(|id| l.id as i64 == id)
+                && network.map_or(true, |n| l.network == n)
+                && lease.map_or(true, |id| l.id as i64 == id)
         });
         if n == 0 {
             let what = match (network, lease) {
@@ -487,6 +486,8 @@ impl Core {
                         .with("network", Value::String(l.network.clone()))
                         .with("kind", Value::String(a.kind().as_str().into()))
                         .with("running", Value::Bool(a.is_running()))
+                        .with("send_buffer_bytes", Value::Int(a.socket_buffers().send_bytes as i64))
+                        .with("recv_buffer_bytes", Value::Int(a.socket_buffers().recv_bytes as i64))
                         .with("host_to_vm", Value::Dict(dir(&s.host_to_vm)))
                         .with("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
                     adaptors.insert(id.to_string(), Value::Dict(ad));

@@ -121,6 +121,12 @@ pub struct State {
     pub connections: std::collections::BTreeSet<u64>,
 }
 
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl State {
     pub fn new() -> State {
         State {
@@ -142,7 +148,6 @@ impl State {
     }
 
     /// Adds a lease and returns its id.
-    #[allow(clippy::too_many_arguments)]
     pub fn grant(&mut self, network: &str, peer: &crate::xpc::Peer, bound_to_connection: bool, port: Option<Port>, mac: Option<String>) -> u64 {
         let id = self.next_lease;
         self.next_lease += 1;
@@ -214,10 +219,19 @@ impl State {
     /// networks that disappeared, and networks idle for `idle_timeout`
     /// (`None`: never).
     pub fn tick(&mut self, idle_timeout: Option<Duration>) {
-        let dead = self.release_where(|l| l.port.as_ref().is_some_and(|p| !p.is_running()));
-        if dead > 0 {
-            log::info!("{dead} lease(s) released: their VM socket or TAP closed");
+        for l in self.leases.values() {
+            match &l.port {
+                Some(Port::Adaptor(a)) if !a.is_running() => {
+                    let why = a.end_reason().map(|r| r.to_string()).unwrap_or_else(|| "ended".into());
+                    log::info!("lease {} on {} (pid {}): relay ended: {why}", l.id, l.network, l.pid);
+                }
+                Some(Port::Tap { name }) if !link_exists(name) => {
+                    log::info!("lease {} on {} (pid {}): TAP {name} is gone", l.id, l.network, l.pid);
+                }
+                _ => {}
+            }
         }
+        self.release_where(|l| l.port.as_ref().is_some_and(|p| !p.is_running()));
         let vanished: Vec<String> = self.networks.iter().filter(|(_, e)| !e.network.is_alive()).map(|(n, _)| n.clone()).collect();
         for name in vanished {
             log::warn!("network {name} disappeared under the broker; releasing it and its leases");

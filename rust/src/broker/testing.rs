@@ -149,6 +149,10 @@ fn run_hub(inner: &HubInner) {
             // SAFETY: reads 8 bytes into v.
             unsafe { libc::read(inner.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
         }
+        // Forward to the ports as they are now: one added while we slept
+        // (its wake-up and a frame arriving together) must get that frame.
+        let targets: Vec<(u64, RawFd)> =
+            inner.ports.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(&id, fd)| (id, fd.as_raw_fd())).collect();
         let mut gone = Vec::new();
         for (i, &(id, fd)) in ports.iter().enumerate() {
             if pfds[i].revents == 0 {
@@ -168,7 +172,7 @@ fn run_hub(inner: &HubInner) {
                     }
                     break;
                 }
-                for &(other, ofd) in &ports {
+                for &(other, ofd) in &targets {
                     if other != id {
                         // SAFETY: sends n bytes of buf; a full peer drops the frame.
                         if unsafe { libc::send(ofd, buf.as_ptr().cast(), n as usize, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) } > 0 {

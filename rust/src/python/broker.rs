@@ -1,7 +1,8 @@
-//! Bindings for `broker.rs` and the Unix transport client: `_native.Broker`
-//! (an in-process broker on native threads) and `_native.Client` (one
-//! connection). Every call that can wait releases the GIL. The Python
-//! wrappers with the public API are in `vmnet_rs/broker.py`.
+//! Bindings for `broker.rs` and the transport clients: `_native.Broker` (an
+//! in-process broker on native threads, serving the Unix socket on Linux or
+//! a Mach service on macOS) and `_native.Client` (one connection or XPC
+//! session). Every call that can wait releases the GIL. The Python wrappers
+//! with the public API are in `vmnet_rs/broker.py`.
 
 use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
@@ -30,7 +31,9 @@ fn broker_error(py: Python<'_>, message: String) -> PyErr {
 
 fn transport_error(py: Python<'_>, e: xpc::Error) -> PyErr {
     match e {
-        xpc::Error::Transport(m) if m.starts_with("no broker answers") => errors::raise(py, "BrokerUnavailableError", m),
+        xpc::Error::Transport(m) if m.starts_with("no broker answers") || m.starts_with("cannot open a session") => {
+            errors::raise(py, "BrokerUnavailableError", m)
+        }
         other => broker_error(py, other.to_string()),
     }
 }
@@ -86,7 +89,8 @@ fn from_dict<'py>(py: Python<'py>, d: Dict) -> PyResult<Bound<'py, PyDict>> {
 #[pyclass(name = "Broker", module = "vmnet_rs._native", frozen)]
 pub struct PyBroker {
     options: BrokerOptions,
-    socket: PathBuf,
+    /// Linux: the socket path; macOS: the Mach service name.
+    endpoint: String,
     running: Mutex<Option<broker::Broker>>,
 }
 
@@ -97,9 +101,14 @@ impl PyBroker {
     /// "vmnet": {...}}`, as `vmnet_rs.config.Config.to_json()` writes it;
     /// None: the built-ins); idle_timeout overrides the settings' (seconds,
     /// 0 = never); backend: "platform" or "hub" (test double); state_dir:
-    /// the Linux backend's records.
+    /// the Linux backend's records; mach_service (macOS): the service to
+    /// serve (None: the settings' `machService`); code_signing_requirement
+    /// (macOS): a requirement every caller must satisfy;
+    /// lima_serialization_rule (macOS): before 26.2, serialization only for
+    /// callers with the broker's own CDHash.
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         socket: Option<PathBuf>,
@@ -108,6 +117,9 @@ impl PyBroker {
         backend: &str,
         state_dir: Option<PathBuf>,
         monitor_interval: f64,
+        mach_service: Option<String>,
+        code_signing_requirement: Option<String>,
+        lima_serialization_rule: bool,
     ) -> PyResult<Self> {
         let mut options = BrokerOptions::new();
         if let Some(text) = config_json {
@@ -127,8 +139,19 @@ impl PyBroker {
             return Err(errors::raise(py, "ConfigError", format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
         }
         options.monitor_interval = Duration::from_secs_f64(monitor_interval);
-        let socket = xpc::unix::socket_path(socket.as_deref());
-        Ok(PyBroker { options, socket, running: Mutex::new(None) })
+        options.code_signing_requirement = code_signing_requirement;
+        options.lima_serialization_rule = lima_serialization_rule;
+        #[cfg(target_os = "linux")]
+        let endpoint = {
+            let _ = mach_service;
+            xpc::unix::socket_path(socket.as_deref()).display().to_string()
+        };
+        #[cfg(target_os = "macos")]
+        let endpoint = {
+            let _ = socket;
+            mach_service.unwrap_or_else(|| options.settings.mach_service.clone())
+        };
+        Ok(PyBroker { options, endpoint, running: Mutex::new(None) })
     }
 
     /// Binds the socket (or takes systemd's) and starts serving. Raises
@@ -139,11 +162,13 @@ impl PyBroker {
             return Err(broker_error(py, "the broker is already running".into()));
         }
         let options = self.options.clone();
-        let path = self.socket.clone();
+        let endpoint = self.endpoint.clone();
         let b = py
             .detach(move || -> Result<broker::Broker, broker::Error> {
-                let socket = xpc::unix::Socket::open(&path)?;
-                broker::Broker::start_unix(options, socket)
+                #[cfg(target_os = "linux")]
+                return broker::Broker::start_unix(options, xpc::unix::Socket::open(std::path::Path::new(&endpoint))?);
+                #[cfg(target_os = "macos")]
+                return broker::Broker::start_mach(options, &endpoint);
             })
             .map_err(|e| broker_error(py, e.to_string()))?;
         *running = Some(b);
@@ -174,9 +199,10 @@ impl PyBroker {
         self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|b| b.core().exit_reason().is_none())
     }
 
+    /// The socket path (Linux) or Mach service (macOS) served.
     #[getter]
     fn socket(&self) -> String {
-        self.socket.display().to_string()
+        self.endpoint.clone()
     }
 
     #[getter]
@@ -188,23 +214,67 @@ impl PyBroker {
 /// One connection to a broker.
 #[pyclass(name = "Client", module = "vmnet_rs._native", frozen)]
 pub struct PyClient {
-    inner: Mutex<Option<xpc::unix::Client>>,
+    inner: Mutex<Option<Conn>>,
     socket: String,
+}
+
+/// One connection, by platform.
+enum Conn {
+    #[cfg(target_os = "linux")]
+    Unix(xpc::unix::Client),
+    #[cfg(target_os = "macos")]
+    Mach(xpc::apple::Client),
+}
+
+impl Conn {
+    fn request(&mut self, message: &Dict) -> Result<Dict, xpc::Error> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Conn::Unix(c) => c.request(message),
+            #[cfg(target_os = "macos")]
+            Conn::Mach(c) => c.request(message),
+        }
+    }
+
+    fn request_raw(&mut self, data: &[u8]) -> Result<Dict, xpc::Error> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Conn::Unix(c) => c.request_raw(data, &[]),
+            #[cfg(target_os = "macos")]
+            Conn::Mach(_) => {
+                let _ = data;
+                Err(xpc::Error::Transport("raw records exist only on the Unix socket transport".into()))
+            }
+        }
+    }
 }
 
 #[pymethods]
 impl PyClient {
-    /// Connects to `socket` (None: $VMNET_RS_SOCKET, else the default).
-    /// Raises BrokerUnavailableError when nothing answers.
+    /// Connects to `socket` (Linux; None: $VMNET_RS_SOCKET, else the
+    /// default) or opens a session to `mach_service` (macOS; None: the
+    /// default service). Raises BrokerUnavailableError when nothing answers.
     #[new]
-    #[pyo3(signature = (socket=None, timeout=None))]
-    fn new(py: Python<'_>, socket: Option<PathBuf>, timeout: Option<f64>) -> PyResult<Self> {
-        let path = xpc::unix::socket_path(socket.as_deref());
-        let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(py, e))?;
-        if let Some(t) = timeout {
-            client.set_timeout(Some(Duration::from_secs_f64(t.max(0.001)))).map_err(|e| transport_error(py, e))?;
-        }
-        Ok(PyClient { inner: Mutex::new(Some(client)), socket: path.display().to_string() })
+    #[pyo3(signature = (socket=None, timeout=None, mach_service=None))]
+    fn new(py: Python<'_>, socket: Option<PathBuf>, timeout: Option<f64>, mach_service: Option<String>) -> PyResult<Self> {
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.001)));
+        #[cfg(target_os = "linux")]
+        let (conn, endpoint) = {
+            let _ = mach_service;
+            let path = xpc::unix::socket_path(socket.as_deref());
+            let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(py, e))?;
+            client.set_timeout(timeout).map_err(|e| transport_error(py, e))?;
+            (Conn::Unix(client), path.display().to_string())
+        };
+        #[cfg(target_os = "macos")]
+        let (conn, endpoint) = {
+            let _ = socket;
+            let service = mach_service.unwrap_or_else(|| crate::config::DEFAULT_MACH_SERVICE.to_owned());
+            let client = py.detach(|| xpc::apple::Client::connect(&service, false)).map_err(|e| transport_error(py, e))?;
+            client.set_timeout(timeout).map_err(|e| transport_error(py, e))?;
+            (Conn::Mach(client), service)
+        };
+        Ok(PyClient { inner: Mutex::new(Some(conn)), socket: endpoint })
     }
 
     /// Sends a message (dict of str/int/bool/bytes/dict) and returns the
@@ -217,7 +287,7 @@ impl PyClient {
 
     /// Sends raw bytes as one record (for testing the broker's decoder).
     fn request_raw<'py>(&self, py: Python<'py>, data: Vec<u8>) -> PyResult<Bound<'py, PyDict>> {
-        let reply = self.with_client(py, move |c| c.request_raw(&data, &[]))?;
+        let reply = self.with_client(py, move |c| c.request_raw(&data))?;
         from_dict(py, reply)
     }
 
@@ -238,13 +308,10 @@ impl PyClient {
 }
 
 impl PyClient {
-    fn with_client<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut xpc::unix::Client) -> Result<T, xpc::Error> + Send) -> PyResult<T> {
+    fn with_client<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut Conn) -> Result<T, xpc::Error> + Send) -> PyResult<T> {
         let result = py.detach(|| {
             let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.as_mut() {
-                Some(c) => Some(f(c)),
-                None => None,
-            }
+            guard.as_mut().map(f)
         });
         match result {
             None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),

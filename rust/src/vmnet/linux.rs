@@ -533,11 +533,17 @@ mod tests {
         frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
         frame.extend_from_slice(&mac);
         frame.extend_from_slice(&[10, 123, 0, 50, 0, 0, 0, 0, 0, 0, 10, 123, 0, 1]);
-        assert_eq!(port.write_frames(&[&frame]).unwrap(), 1);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let mut buf = vec![0u8; port.info().max_frame_bytes];
         let mut replied = false;
+        let mut next_send = std::time::Instant::now();
         while !replied && std::time::Instant::now() < deadline {
+            // Like any ARP client, ask again each second (a port that has
+            // only just come up may miss the first request).
+            if std::time::Instant::now() >= next_send {
+                assert_eq!(port.write_frames(&[&frame]).unwrap(), 1);
+                next_send += std::time::Duration::from_secs(1);
+            }
             let mut lens = [0usize; 1];
             let n = port.read_frames(&mut [&mut buf[..]], &mut lens).unwrap();
             if n == 0 {

@@ -27,10 +27,12 @@ use crate::config::Protocol;
 pub fn ruleset(plan: &Plan, bridge: &str, table: &str) -> String {
     let br = quote(bridge);
     let mut forward = vec![format!("iifname {br} oifname {br} accept")];
+    let out_if = plan.external_interface.as_deref().map(|e| format!(" oifname {}", quote(e))).unwrap_or_default();
     if plan.forwards_out() {
-        forward.push(format!("iifname {br} ip saddr {} accept", plan.v4.cidr()));
+        // With externalInterface, traffic leaves through that link only.
+        forward.push(format!("iifname {br}{out_if} ip saddr {} accept", plan.v4.cidr()));
         if let Some(p) = &plan.v6 {
-            forward.push(format!("iifname {br} ip6 saddr {} accept", p.cidr()));
+            forward.push(format!("iifname {br}{out_if} ip6 saddr {} accept", p.cidr()));
         }
         forward.push(format!("iifname {br} drop"));
         forward.push(format!("oifname {br} ct state established,related accept"));
@@ -46,7 +48,6 @@ pub fn ruleset(plan: &Plan, bridge: &str, table: &str) -> String {
     }
 
     let mut postrouting = Vec::new();
-    let out_if = plan.external_interface.as_deref().map(|e| format!(" oifname {}", quote(e))).unwrap_or_default();
     if plan.forwards_out() && plan.nat44 {
         let net = plan.v4.cidr();
         postrouting.push(format!("ip saddr {net} ip daddr != {net}{out_if} masquerade"));
@@ -134,7 +135,7 @@ mod tests {
         ];
         let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
         assert!(s.starts_with("table inet vmnet_rs_t {\n"), "{s}");
-        assert!(s.contains("iifname \"vmr-t\" ip saddr 10.77.0.0/24 accept"), "{s}");
+        assert!(s.contains("iifname \"vmr-t\" oifname \"eth0\" ip saddr 10.77.0.0/24 accept"), "{s}");
         assert!(s.contains("ip saddr 10.77.0.0/24 ip daddr != 10.77.0.0/24 oifname \"eth0\" masquerade"), "{s}");
         assert!(s.contains("ip6 saddr fd00:1::/64 ip6 daddr != fd00:1::/64 oifname \"eth0\" masquerade"), "{s}");
         assert!(s.contains("iifname != \"vmr-t\" ip daddr != 127.0.0.0/8 fib daddr type local tcp dport 8080 dnat ip to 10.77.0.5:80"), "{s}");

@@ -226,7 +226,7 @@ impl Plan {
         if v6.is_some() && config.mtu < MIN_MTU_IPV6 {
             return Err(fail(format!("mtu {} is below {MIN_MTU_IPV6}, the least IPv6 needs (ipv6Prefix is set)", config.mtu)));
         }
-        if let (Some(p), true) = (&v6, config.router_advertisement && config.dhcp) {
+        if let (Some(p), true) = (&v6, config.router_advertisement) {
             if p.prefix != 64 {
                 return Err(fail(format!("router advertisements need a /64 prefix for address autoconfiguration; ipv6Prefix is {}", p.cidr())));
             }

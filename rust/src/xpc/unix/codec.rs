@@ -444,7 +444,7 @@ mod tests {
                 let r = next();
                 let pos = if b.is_empty() { 0 } else { (r >> 8) as usize % b.len() };
                 match r % 6 {
-                    0 if !b.is_empty() => b[pos] ^= 1 << (r >> 40) % 8,
+                    0 if !b.is_empty() => b[pos] ^= 1 << ((r >> 40) % 8),
                     1 if !b.is_empty() => b[pos] = (r >> 32) as u8,
                     2 => b.insert(pos.min(b.len()), (r >> 32) as u8),
                     3 if !b.is_empty() => {

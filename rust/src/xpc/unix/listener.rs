@@ -31,6 +31,10 @@ use crate::xpc::{Dict, Error, Handler, Peer, Value};
 const LISTEN_FDS_START: RawFd = 3;
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: i32 = 64;
+/// Most connections served at once (a thread each); more are closed at
+/// once, so a local client opening connections in a loop cannot exhaust
+/// the broker's threads. Far above any real use (one per VM wrapper).
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Only the first socket-activated start may take fd 3; later starts in the
 /// same process (a Python `Broker` started twice) bind their own socket.
@@ -282,6 +286,10 @@ fn accept_loop(shared: &Arc<Shared>, listen_fd: RawFd) {
             }
         };
         failures = 0;
+        if lock(&shared.connections).len() >= MAX_CONNECTIONS {
+            log::warn!("refused a connection: {MAX_CONNECTIONS} connections are open already");
+            continue;
+        }
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
         let peer = match sys::peer_credentials(conn.as_raw_fd()) {
             Ok(c) => Peer { uid: c.uid, gid: c.gid, pid: c.pid, connection: id },

@@ -71,7 +71,8 @@ def test_explicit_mac_and_linux_tap_next_asks_for_vnet_hdr(tmp_path):
     assert opens == [{"op": "open", "network": "shared", "fd_type": "tap", "mac": "52:54:00:aa:bb:cc", "vnet_hdr": True}]
 
 
-def test_sigterm_is_forwarded_and_the_vm_status_returned(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signals_are_forwarded_and_the_vm_status_returned(tmp_path, sig):
     p = wrapper(["-n", "shared", "--", sys.executable, CHILD, "wait", "{fd0}", "{mac0}", "{fdtype0}"], tmp_path)
     try:
         assert p.stdout is not None
@@ -84,10 +85,10 @@ def test_sigterm_is_forwarded_and_the_vm_status_returned(tmp_path):
                 break
         assert "ready\n" in lines, "".join(lines) + p.stderr.read()
         assert [o["op"] for o in journal(tmp_path)] == ["connect", "open"]  # leases held while the VM runs
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=60)
-        assert "got-signal 15" in out
-        assert p.returncode == 42, err
+        assert f"got-signal {int(sig)}" in out
+        assert p.returncode == 100 + sig, err
         assert journal(tmp_path)[-1]["op"] == "close"
     finally:
         p.kill()

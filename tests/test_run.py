@@ -249,3 +249,17 @@ def test_print_args_refuses_a_clashing_qemu_netdev(no_broker):
     r = invoke(["--print-args", "--", "qemu-system-x86_64", "-netdev", "user,id=net1"])
     assert r.exit_code == 2
     assert "already has a netdev with id=net1" in r.output
+
+
+def test_program_that_cannot_be_executed_is_one_line_126(tmp_path):
+    not_exec = tmp_path / "vm.sh"
+    not_exec.write_text("#!/bin/sh\n")
+    not_exec.chmod(0o644)
+    line = one_line_error(wrapper(["--", str(not_exec), "{fd0}"], tmp_path), 126)
+    assert line == f"vmnet-rs: program is not executable: {not_exec}"
+    bad_format = tmp_path / "garbage"
+    bad_format.write_bytes(b"\x00\x01not an executable")
+    bad_format.chmod(0o755)
+    line = one_line_error(wrapper(["--", str(bad_format), "{fd0}"], tmp_path), 126)
+    assert line == f"vmnet-rs: cannot run {bad_format}: Exec format error"
+    assert journal(tmp_path)[-1]["op"] == "close"  # the broker fds were given back

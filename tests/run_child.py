@@ -1,8 +1,8 @@
 """The 'VM' the run tests start: reports its fds, talks over fd 3, exits as told.
 
 argv: EXIT_CODE FD MAC FDTYPE [FD MAC FDTYPE]...
-On SIGTERM it prints "got-signal 15" and exits 42. With EXIT_CODE "wait" it
-prints "ready" and waits for a signal.
+On SIGTERM, SIGINT or SIGHUP it prints "got-signal N" and exits 100 + N.
+With EXIT_CODE "wait" it prints "ready" and waits for a signal.
 """
 
 import json
@@ -13,12 +13,13 @@ import sys
 import time
 
 
-def on_term(signum, frame):
+def on_signal(signum, frame):
     print(f"got-signal {signum}", flush=True)
-    sys.exit(42)
+    sys.exit(100 + signum)
 
 
-signal.signal(signal.SIGTERM, on_term)
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, on_signal)
 code, rest = sys.argv[1], sys.argv[2:]
 listing = os.listdir("/proc/self/fd")
 open_fds = sorted(int(f) for f in listing if os.path.exists(f"/proc/self/fd/{f}") and "/fd" not in os.readlink(f"/proc/self/fd/{f}"))

@@ -240,3 +240,10 @@ def test_vz_network_returns_the_acquire_reply():
             return {"network": network, "serialization": b"x"}
 
     assert drivers.vz_network(FakeClient(), "shared") == {"network": "shared", "serialization": b"x"}
+
+
+def test_qemu_netdev_id_clash_is_refused():
+    nics = [nic("qemu", "stream"), nic("qemu", "dgram", index=1, mac="52:54:00:00:00:02")]
+    drivers.check_qemu_ids(["-netdev", "user,id=net0", "-nic", "user,id=mine"], nics)
+    with pytest.raises(ConfigError, match=r"already has a netdev with id=net2, which vmnet-rs adds for --network shared"):
+        drivers.check_qemu_ids(["-m", "256", "-netdev", "user,id=net2,hostfwd=tcp::2222-:22"], nics)

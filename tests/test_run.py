@@ -71,7 +71,8 @@ def test_explicit_mac_and_linux_tap_next_asks_for_vnet_hdr(tmp_path):
     assert opens == [{"op": "open", "network": "shared", "fd_type": "tap", "mac": "52:54:00:aa:bb:cc", "vnet_hdr": True}]
 
 
-def test_sigterm_is_forwarded_and_the_vm_status_returned(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signals_are_forwarded_and_the_vm_status_returned(tmp_path, sig):
     p = wrapper(["-n", "shared", "--", sys.executable, CHILD, "wait", "{fd0}", "{mac0}", "{fdtype0}"], tmp_path)
     try:
         assert p.stdout is not None
@@ -84,10 +85,10 @@ def test_sigterm_is_forwarded_and_the_vm_status_returned(tmp_path):
                 break
         assert "ready\n" in lines, "".join(lines) + p.stderr.read()
         assert [o["op"] for o in journal(tmp_path)] == ["connect", "open"]  # leases held while the VM runs
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(sig)
         out, err = p.communicate(timeout=60)
-        assert "got-signal 15" in out
-        assert p.returncode == 42, err
+        assert f"got-signal {int(sig)}" in out
+        assert p.returncode == 100 + sig, err
         assert journal(tmp_path)[-1]["op"] == "close"
     finally:
         p.kill()
@@ -242,3 +243,23 @@ def test_print_args_unknown_network_from_the_broker(monkeypatch):
     monkeypatch.setattr(run, "client_factory", fakeclient.FakeClient)
     r = invoke(["--print-args", "-n", "nosuch", "--", "krunkit"])
     assert (r.exit_code, r.output) == (1, "vmnet-rs: unknown network 'nosuch'; the broker knows: host, shared\n")
+
+
+def test_print_args_refuses_a_clashing_qemu_netdev(no_broker):
+    r = invoke(["--print-args", "--", "qemu-system-x86_64", "-netdev", "user,id=net1"])
+    assert r.exit_code == 2
+    assert "already has a netdev with id=net1" in r.output
+
+
+def test_program_that_cannot_be_executed_is_one_line_126(tmp_path):
+    not_exec = tmp_path / "vm.sh"
+    not_exec.write_text("#!/bin/sh\n")
+    not_exec.chmod(0o644)
+    line = one_line_error(wrapper(["--", str(not_exec), "{fd0}"], tmp_path), 126)
+    assert line == f"vmnet-rs: program is not executable: {not_exec}"
+    bad_format = tmp_path / "garbage"
+    bad_format.write_bytes(b"\x00\x01not an executable")
+    bad_format.chmod(0o755)
+    line = one_line_error(wrapper(["--", str(bad_format), "{fd0}"], tmp_path), 126)
+    assert line == f"vmnet-rs: cannot run {bad_format}: Exec format error"
+    assert journal(tmp_path)[-1]["op"] == "close"  # the broker fds were given back

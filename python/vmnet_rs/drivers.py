@@ -295,6 +295,26 @@ def qemu_args(nics: Sequence[Nic], program: str = "qemu-system-x86_64") -> list[
     return args
 
 
+def check_qemu_ids(args: Sequence[str], nics: Sequence[Nic]) -> None:
+    """Raises ConfigError if ``args`` already define a netdev id that :func:`qemu_args` would add."""
+    ours = {f"net{nic.index + 1}" for nic in nics}
+    for flag, value in zip(args, args[1:]):
+        if flag.lstrip("-") not in ("netdev", "nic"):
+            continue
+        for part in value.split(","):
+            key, _, ident = part.partition("=")
+            if key == "id" and ident in ours:
+                raise ConfigError(
+                    f"the QEMU command line already has a netdev with id={ident}, which vmnet-rs adds for "
+                    f"--network {nic_for(nics, ident).network}; rename yours, or wire vmnet-rs in yourself with "
+                    "placeholders ({fd0}, {mac0})"
+                )
+
+
+def nic_for(nics: Sequence[Nic], netdev_id: str) -> Nic:
+    return next(n for n in nics if f"net{n.index + 1}" == netdev_id)
+
+
 def krunkit_args(nics: Sequence[Nic]) -> list[str]:
     """The krunkit arguments: ``--device virtio-net,type=unixgram|unixstream,fd=N,mac=M[,offloading=on]``."""
     args: list[str] = []

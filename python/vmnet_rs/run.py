@@ -15,7 +15,7 @@ there) and, as with ``exec``, whatever else the caller let it inherit;
 nothing vmnet-rs opens itself (the broker connection included) leaks into it.
 
 Exit codes: the VM's own; 1 when the broker refused or is missing; 2 for bad
-usage; 127 when the program is not found.
+usage; 126 when the program cannot be executed; 127 when it is not found.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from . import drivers
 from .errors import BrokerError, BrokerUnavailableError, ConfigError, VmnetError
 
 EXIT_NOT_FOUND = 127
+EXIT_CANNOT_RUN = 126
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Broker fds are first moved up to here, so that placing them at 3, 4, ...
 # in the child can never overwrite one another.
@@ -58,7 +59,11 @@ client_factory: Callable[[str | None], Any] = connect
 
 
 class ProgramNotFound(VmnetError):
-    """The VM program is not on PATH or not executable."""
+    """The VM program is not on PATH (exit 127)."""
+
+
+class ProgramNotRunnable(VmnetError):
+    """The VM program exists but cannot be executed (exit 126)."""
 
 
 @dataclass
@@ -92,7 +97,7 @@ def resolve_program(program: str) -> str:
             raise ProgramNotFound(f"program not found on PATH: {program}")
         path = found
     if not os.access(path, os.X_OK):
-        raise ProgramNotFound(f"program is not executable: {path}")
+        raise ProgramNotRunnable(f"program is not executable: {path}")
     return path
 
 
@@ -137,6 +142,8 @@ def plan(
     if drivers.has_placeholders(args):
         filled = drivers.substitute(args, nics, mtus, keep_unknown_mtu=check_only)
         return Plan(program, [program, *filled], engine, nics, True)
+    if engine == drivers.QEMU:
+        drivers.check_qemu_ids(args, nics)
     return Plan(program, [program, *args, *drivers.engine_args(engine, nics, program)], engine, nics, False)
 
 
@@ -223,7 +230,10 @@ def _supervise(path: str, argv: Sequence[str], fds: list[int]) -> int:
             return 128 + pending[0]
         # Exec resets the handlers installed above to the default in the child;
         # signals this process ignores (nohup, background job) stay ignored.
-        child.append(spawn(path, argv, fds))
+        try:
+            child.append(spawn(path, argv, fds))
+        except OSError as e:
+            raise ProgramNotRunnable(f"cannot run {path}: {e.strerror or e}") from None
         for fd in fds:
             os.close(fd)
         fds.clear()
@@ -262,6 +272,9 @@ def run_command(networks: tuple[str, ...], macs: tuple[str, ...], name: str | No
     except ProgramNotFound as e:
         click.echo(f"vmnet-rs: {e}", err=True)
         sys.exit(EXIT_NOT_FOUND)
+    except ProgramNotRunnable as e:
+        click.echo(f"vmnet-rs: {e}", err=True)
+        sys.exit(EXIT_CANNOT_RUN)
     sys.exit(status)
 
 

@@ -3,7 +3,9 @@
 This is the baseline the vmnet-rs networks are compared with, and the proof
 that the VM harness itself works without vmnet-rs. Everything lives inside
 the :class:`netns.NetNs` it is given; dnsmasq serves DHCP only (``--port=0``
-turns DNS off) and has no upstream servers.
+turns DNS off) and has no upstream servers. ``--no-ping`` skips dnsmasq's
+address-in-use probe before each offer: nothing else is on the bridge, and
+with several TCG guests booting at once the probes only delay the offers.
 """
 
 from __future__ import annotations

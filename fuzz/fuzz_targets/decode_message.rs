@@ -1,0 +1,131 @@
+//! Fuzz target: the Linux wire decoder (`xpc::unix::codec::decode`).
+//!
+//! Input: the first byte chooses how many fds arrive with the record (0 to
+//! `MAX_FDS + 1`, so the too-many-fds refusal is reached too); the rest is
+//! the record. Each attached fd is a copy of the write end of a fresh pipe.
+//! Checked on every input, from the codec's documented invariants:
+//! - `decode` returns (a panic is a crash libFuzzer reports);
+//! - a decoded message re-encodes to exactly the input bytes, with the
+//!   attached fds in the same order (the encoding is canonical);
+//! - no fd leaks: once the message (or the error) is dropped, the pipe's
+//!   read end sees end-of-file, i.e. every copy of the write end is closed.
+//!
+//! Seeds: with `VMNET_RS_FUZZ_WRITE_SEEDS=DIR` set, the target writes valid
+//! encodings made by the encoder into DIR once at start-up (before libFuzzer
+//! reads its corpus directories), so the seed corpus always matches the
+//! current encoding and nothing generated is committed. Runs on libFuzzer's
+//! one thread.
+
+#![no_main]
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use _native::xpc::unix::codec::{decode, encode, MAX_FDS};
+use _native::xpc::{Dict, Value};
+use libfuzzer_sys::fuzz_target;
+
+/// A pipe: its read end, and `n` copies of its write end (the original is
+/// closed), so the read end sees EOF exactly when all `n` are closed.
+fn tracked(n: usize) -> (OwnedFd, Vec<OwnedFd>) {
+    let mut p = [0; 2];
+    // SAFETY: p has room for the two fds pipe2 writes.
+    let rc = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert_eq!(rc, 0, "pipe2 failed: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    let copies = (0..n)
+        .map(|_| w.try_clone().expect("dup of a pipe end"))
+        .collect();
+    (r, copies)
+}
+
+/// Whether every copy of the pipe's write end is closed (EOF on the read
+/// end; a leaked copy makes the non-blocking read fail with EAGAIN instead).
+fn all_closed(read_end: &OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: reads at most one byte into b.
+    unsafe { libc::read(read_end.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 0 }
+}
+
+/// Valid messages of every value type, with and without fds, and the
+/// shapes of real requests; `fd` makes a fresh descriptor for fd values.
+fn seed_messages(fd: &dyn Fn() -> OwnedFd) -> Vec<(&'static str, Dict)> {
+    let nested = || {
+        Dict::new().with("x", Value::Int(-7)).with(
+            "deep",
+            Value::Dict(Dict::new().with("b", Value::Bool(false))),
+        )
+    };
+    let every_type = || {
+        Dict::new()
+            .with("command", Value::String("open".into()))
+            .with("n", Value::Int(i64::MIN))
+            .with("yes", Value::Bool(true))
+            .with("blob", Value::Data(vec![0, 1, 2, 255]))
+            .with("inner", Value::Dict(nested()))
+    };
+    vec![
+        ("empty", Dict::new()),
+        ("every-type", every_type()),
+        ("every-type-fd", every_type().with("fd", Value::Fd(fd()))),
+        (
+            "lima-request",
+            Dict::new()
+                .with("Network", Value::String("shared".into()))
+                .with(
+                    "Configuration",
+                    Value::Data(br#"{"mode":"shared","subnet":"192.168.105.0/24"}"#.to_vec()),
+                )
+                .with("FdType", Value::String("datagram".into())),
+        ),
+        (
+            "acquire",
+            Dict::new()
+                .with("command", Value::String("acquire".into()))
+                .with("network", Value::String("shared".into())),
+        ),
+        (
+            "reply-two-fds",
+            Dict::new().with("FileDescriptor", Value::Fd(fd())).with(
+                "extra",
+                Value::Dict(Dict::new().with("second", Value::Fd(fd()))),
+            ),
+        ),
+    ]
+}
+
+/// Writes each seed as `<name>`: one byte with its fd count, then its bytes.
+fn write_seeds(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir)
+        .unwrap_or_else(|e| panic!("cannot create seed directory {}: {e}", dir.display()));
+    let devnull = || OwnedFd::from(std::fs::File::open("/dev/null").expect("open /dev/null"));
+    for (name, message) in seed_messages(&devnull) {
+        let (bytes, fds) =
+            encode(&message).unwrap_or_else(|e| panic!("seed {name} does not encode: {e}"));
+        let mut input = vec![fds.len() as u8];
+        input.extend_from_slice(&bytes);
+        let path = dir.join(format!("seed-{name}"));
+        std::fs::write(&path, input)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
+
+fuzz_target!(
+    init: {
+        if let Some(dir) = std::env::var_os("VMNET_RS_FUZZ_WRITE_SEEDS") {
+            write_seeds(std::path::Path::new(&dir));
+        }
+    },
+    |data: &[u8]| {
+        let Some((&count, bytes)) = data.split_first() else { return };
+        let n = count as usize % (MAX_FDS + 2);
+        let (read_end, fds) = tracked(n);
+        let sent: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        if let Ok(message) = decode(bytes, fds) {
+            let (again, again_fds) = encode(&message).expect("a decoded message must encode again");
+            assert_eq!(again, bytes, "decoded message re-encodes to different bytes");
+            assert_eq!(again_fds, sent, "decoded message re-encodes with its fds in another order");
+        }
+        assert!(all_closed(&read_end), "the decoder leaked one of {n} attached fds");
+    }
+);

@@ -62,6 +62,10 @@ def assert_no_new_fds(b: BrokerProcess, baseline: list) -> None:
         raise AssertionError(f"leaked fds: {dict(extra())}") from None
 
 
+class FdRef(int):
+    """An fd value in :func:`encode`: its index in the record's SCM_RIGHTS array."""
+
+
 def encode(d: dict) -> bytes:
     """The wire encoding (docs/protocol.md), written independently of the Rust codec."""
 
@@ -71,7 +75,9 @@ def encode(d: dict) -> bytes:
             v = x[k]
             kb = k.encode()
             out += struct.pack(">B", len(kb)) + kb
-            if isinstance(v, bool):
+            if isinstance(v, FdRef):
+                out += b"\x06" + struct.pack(">B", int(v))
+            elif isinstance(v, bool):
                 out += b"\x03" + (b"\x01" if v else b"\x00")
             elif isinstance(v, int):
                 out += b"\x02" + struct.pack(">q", v)
@@ -220,40 +226,54 @@ def test_refused_user_gets_not_allowed_and_the_broker_keeps_serving(sock: Path, 
             assert c.ping()
 
 
+def as_nobody(action) -> str:
+    """Runs `action()` in a forked child dropped to uid/gid 65534 (nobody) and
+    returns what it returned. The child uses the already-loaded module, so it
+    needs no access to this checkout."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                msg = str(action())
+            except Exception as e:  # reported to the parent
+                msg = f"{type(e).__name__}: {e}"
+            os.write(w, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    return out
+
+
 @pytest.mark.root
 def test_refused_uid_of_another_user(tmp_path: Path) -> None:
-    """A real second user (nobody) against a broker that allows only root."""
+    """A real second user (nobody): refused by a broker that allows only
+    root; allowed by one that lists it, but still not allowed to stop it."""
     d = Path(tempfile.mkdtemp(prefix="vmnet-rs-auth-", dir="/tmp"))
     os.chmod(d, 0o755)
     sock = d / "broker.sock"
     try:
-        with BrokerProcess(sock, ["--backend", "hub"], log=tmp_path / "broker.log") as b:
+        root_only = config_file(tmp_path / "root.yaml", {"allowedUsers": ["root"], "allowedGroups": ["vmnet-rs"]})
+        with BrokerProcess(sock, ["--backend", "hub", "--config", str(root_only)], log=tmp_path / "a.log") as b:
             b.wait_ready()
-            # Fork and drop to nobody: the child uses the already-loaded
-            # module, so it needs no access to this checkout.
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.close(r)
-                    os.setgroups([])
-                    os.setgid(65534)
-                    os.setuid(65534)
-                    try:
-                        Client(str(sock)).acquire("shared")
-                        msg = "allowed"
-                    except NotAuthorizedError as e:
-                        msg = f"refused: {e}"
-                    os.write(w, msg.encode())
-                finally:
-                    os._exit(0)
-            os.close(w)
-            with os.fdopen(r) as f:
-                out = f.read()
-            os.waitpid(pid, 0)
-            assert out.startswith("refused:") and "uid 65534" in out, out
+            out = as_nobody(lambda: Client(str(sock)).acquire("shared"))
+            assert out.startswith("RequestNotAuthorizedError") and "uid 65534" in out, out
             with Client(str(sock)) as c:
                 assert c.status()["counters"]["refused"] == 1
+        listed = config_file(tmp_path / "listed.yaml", {"allowedUsers": ["root", "65534"], "allowedGroups": []})
+        with BrokerProcess(sock, ["--backend", "hub", "--config", str(listed)], log=tmp_path / "b.log") as b:
+            b.wait_ready()
+            assert as_nobody(lambda: Client(str(sock)).acquire("shared")["network"]) == "shared"
+            out = as_nobody(lambda: Client(str(sock)).shutdown())
+            assert out.startswith("RequestNotAuthorizedError") and "may not stop the broker" in out, out
+            assert b.proc.poll() is None
     finally:
         for p in d.iterdir():
             p.unlink()
@@ -525,3 +545,47 @@ def test_killed_client_with_relays_leaks_nothing(hub: BrokerProcess, tmp_path: P
         wait_until("the victim's leases to go", lambda: len(watcher.status()["leases"]) == 1)
         assert not watcher.status()["adaptors"]
         assert_no_new_fds(hub, baseline)
+
+
+def test_fds_attached_to_bad_records_are_closed(hub: BrokerProcess) -> None:
+    """Raw records with too many or unreferenced fds: answered, and the
+    broker keeps none of the fds (checked through a pipe's write end)."""
+    import array
+
+    with Client(str(hub.socket)) as watcher:
+        baseline = settled_fds(hub)
+        r, w = os.pipe()
+        s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_SEQPACKET)
+        s.connect(str(hub.socket))
+        s.settimeout(30)
+        for count, text in [(12, b"more than 8 fds"), (2, b"not referenced"), (1, b"magic")]:
+            fds = array.array("i", [w] * count)
+            payload = encode({"command": "ping"}) if text != b"magic" else b"junk"
+            s.sendmsg([payload], [(pysocket.SOL_SOCKET, pysocket.SCM_RIGHTS, fds)])
+            reply = s.recv(65536)
+            assert text in reply, reply
+        # A valid request carrying an fd is answered and its fd dropped too.
+        fds = array.array("i", [w])
+        s.sendmsg([encode({"command": "ping", "x": FdRef(0)})], [(pysocket.SOL_SOCKET, pysocket.SCM_RIGHTS, fds)])
+        assert b"pong" in s.recv(65536)
+        s.close()
+        os.close(w)
+        os.set_blocking(r, False)
+        wait_until("every copy of the pipe's write end to be closed", lambda: os.read(r, 1) == b"")
+        os.close(r)
+        assert watcher.ping()
+        assert_no_new_fds(hub, baseline)
+
+
+def test_broker_command_defaults_dns_upstream_to_host_resolvers(monkeypatch):
+    from vmnet_rs import broker_cli
+
+    monkeypatch.setattr(broker_cli.sys, "platform", "linux")
+    monkeypatch.delenv(broker_cli.DNS_RESOLV_FILE_ENV, raising=False)
+    monkeypatch.setattr(broker_cli.os.path, "exists", lambda p: p == broker_cli.HOST_RESOLV_FILE)
+    broker_cli.default_dns_upstream()
+    assert os.environ[broker_cli.DNS_RESOLV_FILE_ENV] == "/etc/resolv.conf"
+    # An explicit choice, even "none" (empty), is kept.
+    monkeypatch.setenv(broker_cli.DNS_RESOLV_FILE_ENV, "")
+    broker_cli.default_dns_upstream()
+    assert os.environ[broker_cli.DNS_RESOLV_FILE_ENV] == ""

@@ -94,10 +94,18 @@ def _mac(pair: int, side: int) -> str:
 
 
 class Bench:
-    def __init__(self, seconds: float, iperf_seconds: float, log=None) -> None:
+    def __init__(self, seconds: float, iperf_seconds: float, dgram_qlen: Optional[int], log=None) -> None:
         self.seconds = seconds
         self.iperf_seconds = iperf_seconds
+        self.dgram_qlen = dgram_qlen
         self.log = log or (lambda msg: None)
+
+    def namespace(self, tag: str) -> Namespace:
+        ns = Namespace(tag)
+        if self.dgram_qlen is not None:
+            # Per namespace: sockets made in it (relays are started there) get it.
+            ns.exec(["sysctl", "-qw", f"net.unix.max_dgram_qlen={self.dgram_qlen}"])
+        return ns
 
     # --- frame paths --------------------------------------------------------------
 
@@ -120,7 +128,7 @@ class Bench:
                     if path == "kernel":
                         flows.append((fds[0], "tap", fds[1], "tap", mac_a, mac_b))
                     else:
-                        ra, rb = _native.BenchPerFrameRelay(fds[0]), _native.BenchPerFrameRelay(fds[1])
+                        ra, rb = _native.BenchPerFrameRelay(fds[0], ns.name), _native.BenchPerFrameRelay(fds[1], ns.name)
                         stack.callback(rb.close)
                         stack.callback(ra.close)
                         relays += [ra, rb]
@@ -140,6 +148,8 @@ class Bench:
             r = _native.bench_flows(flows, size, self.seconds)
             drops = sum(x.stats()[d]["drops"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
             waits = sum(x.stats()[d]["waits"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            moved = sum(x.stats()[d]["packets"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            batches = sum(x.stats()[d]["batches"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
             running = all(x.running for x in adaptors)
         window = r["window_s"]
         fl = r["flows"]
@@ -161,26 +171,31 @@ class Bench:
             "reordered": sum(f["reordered"] for f in fl),
             "adaptor_drops": drops,
             "adaptor_waits": waits,
+            "adaptor_frames_per_batch": round(moved / batches, 1) if batches else None,
             "adaptors_ran_throughout": running,
             "cpu_s": round(r["process_cpu_s"], 3),
             "cpu_cores": round(r["process_cpu_s"] / window, 2),
             "generator_cpu_s": round(gen_cpu, 3),
             "sink_cpu_s": round(sink_cpu, 3),
             "relay_cpu_s": round(max(0.0, r["process_cpu_s"] - gen_cpu - sink_cpu), 3),
+            # CPU per delivered frame: steadier than frames/s on a shared machine.
+            "cpu_us_per_frame": round(r["process_cpu_s"] / in_window * 1e6, 2) if in_window else None,
+            "relay_cpu_us_per_frame": round(max(0.0, r["process_cpu_s"] - gen_cpu - sink_cpu) / in_window * 1e6, 2) if in_window else None,
         }
 
-    def frame_cases(self) -> List[Dict[str, Any]]:
-        ns = Namespace("sw")
+    def frame_cases(self, paths: List[str], sizes: List[int], pairs_list: List[int]) -> Tuple[List[Dict[str, Any]], Optional[int]]:
+        ns = self.namespace("sw")
         try:
+            qlen = int(ns.exec(["sysctl", "-n", "net.unix.max_dgram_qlen"]).stdout.strip())
             ns.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
             cases = []
-            plan = [(path, size, 1) for size in SIZES for path in PATHS]
-            plan += [(path, 64, pairs) for pairs in PAIRS[1:] for path in PATHS]
+            plan = [(path, size, 1) for size in sizes for path in paths if 1 in pairs_list]
+            plan += [(path, 64, pairs) for pairs in pairs_list if pairs != 1 for path in paths]
             for path, size, pairs in plan:
                 c = self.run_case(ns, path, size, pairs)
                 self.log(f"{path:>13} {size:>5} B x{pairs}: {c['frames_per_s']:>9} frames/s  loss {c['loss']}")
                 cases.append(c)
-            return cases
+            return cases, qlen
         finally:
             ns.close()
 
@@ -231,7 +246,7 @@ class Bench:
     def iperf_adaptor(self, kind: str) -> Dict[str, Any]:
         """Two namespaces, each a "VM": its TAP joined by an adaptor (playing
         the VM's NIC) to the socket of an adaptor on the bridge's TAP."""
-        sw, a, b = Namespace("sw"), Namespace("ia"), Namespace("ib")
+        sw, a, b = self.namespace("sw"), self.namespace("ia"), self.namespace("ib")
         try:
             with ExitStack() as stack:
                 sw.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
@@ -295,41 +310,57 @@ def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def run(quick: bool, seconds: Optional[float] = None, log=None) -> Dict[str, Any]:
+DEFAULT_DGRAM_QLEN = 512
+
+
+def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Optional[List[str]] = None,
+        sizes: Optional[List[int]] = None, pairs: Optional[List[int]] = None, iperf: bool = True,
+        dgram_qlen: Optional[int] = DEFAULT_DGRAM_QLEN, tap_uring: bool = True) -> Dict[str, Any]:
     if os.geteuid() != 0:
         raise BenchError("the benchmark creates network namespaces and TAP devices: run it as root")
     if not sys.platform.startswith("linux"):
         raise BenchError("the benchmark runs on Linux (TAP devices and network namespaces)")
     secs = seconds if seconds is not None else (0.3 if quick else 3.0)
-    bench = Bench(secs, iperf_seconds=1 if quick else 5, log=log)
+    os.environ["VMNET_RS_TAP_URING"] = "1" if tap_uring else "0"
+    bench = Bench(secs, iperf_seconds=1 if quick else 5, dgram_qlen=dgram_qlen, log=log)
     t0 = time.monotonic()
-    cases = bench.frame_cases()
-    iperf = bench.iperf_cases()
+    cases, qlen = bench.frame_cases(paths or PATHS, sizes or SIZES, pairs or PAIRS)
+    iperf_result = bench.iperf_cases() if iperf else {"skipped": "not asked for (--no-iperf)"}
     try:
-        qlen = int(open("/proc/sys/net/unix/max_dgram_qlen").read())
+        host_qlen: Optional[int] = int(open("/proc/sys/net/unix/max_dgram_qlen").read())
     except OSError:
-        qlen = None
+        host_qlen = None
     return {
         "mode": "quick" if quick else "full",
         "seconds_per_case": secs,
         "elapsed_s": round(time.monotonic() - t0, 1),
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "unix_max_dgram_qlen": qlen},
+        "settings": {
+            "unix_max_dgram_qlen": qlen,
+            "host_unix_max_dgram_qlen": host_qlen,
+            "tap_io_uring": tap_uring,
+            "generator_window_frames": 256,
+        },
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_before": list(os.getloadavg())},
         "cases": cases,
         "paths": summarise(cases),
         "kinds": {k: v for k, v in summarise(cases).items() if k in KINDS},
-        "iperf3": iperf,
+        "iperf3": iperf_result,
     }
 
 
 def table(result: Dict[str, Any]) -> str:
+    st = result["settings"]
     lines = [f"vmnet-rs bench ({result['mode']}, {result['seconds_per_case']} s per case, "
-             f"{result['machine']['cpus']} CPUs, Linux {result['machine']['kernel']})", ""]
-    head = f"{'path':<14}{'frame':>6}{'pairs':>6}{'frames/s':>11}{'Gbit/s':>8}{'loss':>8}{'CPU cores':>10}{'relay CPU s':>12}"
+             f"{result['machine']['cpus']} CPUs, Linux {result['machine']['kernel']}; "
+             f"unix dgram qlen {st['unix_max_dgram_qlen']}, TAP io_uring {'on' if st['tap_io_uring'] else 'off'})", ""]
+    head = (f"{'path':<14}{'frame':>6}{'pairs':>6}{'frames/s':>11}{'Gbit/s':>8}{'loss':>8}{'CPU cores':>10}"
+            f"{'CPU us/frame':>13}{'relay us/frame':>15}")
     lines += [head, "-" * len(head)]
     for c in result["cases"]:
         loss = "-" if c["loss"] is None else f"{c['loss'] * 100:.1f}%"
+        us = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
         lines.append(f"{c['path']:<14}{c['frame_bytes']:>6}{c['pairs']:>6}{c['frames_per_s']:>11,}{c['gbit_per_s']:>8.2f}"
-                     f"{loss:>8}{c['cpu_cores']:>10.2f}{c['relay_cpu_s']:>12.2f}")
+                     f"{loss:>8}{c['cpu_cores']:>10.2f}{us(c['cpu_us_per_frame']):>13}{us(c['relay_cpu_us_per_frame']):>15}")
     lines += ["", f"{'kind':<14}{'vs per_frame 64/1514':>22}{'vs kernel 64/1514':>20}{'4 vs 1 pairs':>14}"]
     for k, v in result["kinds"].items():
         r = v["ratios"]
@@ -381,10 +412,29 @@ def chart(result: Dict[str, Any], path: str) -> Optional[str]:
 @click.option("--quick", is_flag=True, help="A short run (under a minute), for CI.")
 @click.option("--png", "png", type=click.Path(dir_okay=False), help="Also write a chart to this PNG file.")
 @click.option("--seconds", type=float, default=None, help="Seconds per case (default 3, or 0.3 with --quick).")
-def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[float]) -> None:
+@click.option("--paths", default=",".join(PATHS), show_default=True, help="Comma-separated paths to measure.")
+@click.option("--sizes", default="64,1514", show_default=True, help="Comma-separated frame sizes (bytes).")
+@click.option("--pairs", default="1,2,4", show_default=True, help="Comma-separated numbers of pairs (more than 1: 64-byte frames).")
+@click.option("--iperf/--no-iperf", default=True, show_default=True, help="Run the iperf3 TCP comparison.")
+@click.option("--dgram-qlen", default=str(DEFAULT_DGRAM_QLEN), show_default=True,
+              help="net.unix.max_dgram_qlen in the benchmark namespaces (systemd sets 512; the kernel default is 10), or 'host' to keep the host's.")
+@click.option("--tap-uring/--no-tap-uring", default=True, show_default=True, help="Batch TAP reads and writes with io_uring.")
+def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[float], paths: str, sizes: str, pairs: str,
+          iperf: bool, dgram_qlen: str, tap_uring: bool) -> None:
     """Measure the adaptors against kernel-only and per-frame baselines (root; own namespaces)."""
     log = (lambda m: click.echo(m, err=True)) if not as_json else None
-    result = run(quick, seconds, log=log)
+    path_list = [p for p in paths.split(",") if p]
+    unknown = [p for p in path_list if p not in PATHS]
+    if unknown:
+        raise click.BadParameter(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS)}", param_hint="--paths")
+    try:
+        size_list = [int(x) for x in sizes.split(",") if x]
+        pair_list = [int(x) for x in pairs.split(",") if x]
+        qlen = None if dgram_qlen == "host" else int(dgram_qlen)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    result = run(quick, seconds, log=log, paths=path_list, sizes=size_list, pairs=pair_list, iperf=iperf,
+                 dgram_qlen=qlen, tap_uring=tap_uring)
     if png:
         note = chart(result, png)
         result["png"] = note or png

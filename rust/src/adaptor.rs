@@ -28,7 +28,9 @@
 //! Files: `relay.rs` (the loop), `vm_datagram.rs` and `vm_stream.rs` (the
 //! VM-side wire formats), `batch_io.rs` (`recvmmsg`/`sendmmsg`,
 //! `recvmsg_x`/`sendmsg_x` with per-frame fallback), `socket.rs` (socketpair,
-//! buffer sizes, poll, wake pipe), `counters.rs`.
+//! buffer sizes, poll, wake pipe), `counters.rs`, `bench.rs` (the
+//! benchmark's generators, sinks and per-frame baseline relay; Linux),
+//! `testing.rs` (a socketpair test double for `Interface`).
 //!
 //! Known limit: a unix datagram socket reports nothing when its peer closes
 //! (no EOF, no POLLHUP; Linux and macOS alike). A datagram adaptor notices a
@@ -542,6 +544,24 @@ mod tests {
             wait_until("the valid frame arrives", || handles.written.lock().unwrap().len() == 1);
             assert_eq!(handles.written.lock().unwrap()[0], frame(3));
             wait_until("three errors are counted", || adaptor.stats().vm_to_host.errors == 3);
+            assert!(adaptor.is_running());
+        }
+    }
+
+    #[test]
+    fn runt_frames_from_the_interface_are_counted_and_never_reach_the_vm() {
+        for kind in Kind::ALL {
+            let (adaptor, vm, network, _handles) = start(kind);
+            let mut vm = Vm::new(kind, vm);
+            send_to_network(&network, &[1u8; MIN_FRAME_BYTES - 1]);
+            send_to_network(&network, &frame(5));
+            let mut got = None;
+            wait_until("the valid frame reaches the VM", || {
+                got = vm.recv();
+                got.is_some()
+            });
+            assert_eq!(got.unwrap(), frame(5), "{kind:?}");
+            assert_eq!(adaptor.stats().host_to_vm.errors, 1);
             assert!(adaptor.is_running());
         }
     }

@@ -305,7 +305,20 @@ impl Relay {
                     }
                 };
                 // A zero-frame read (vmnet may return 0) just waits for the next poll.
-                h2v.count = n.min(h2v.bufs.len());
+                let n = n.min(h2v.bufs.len());
+                // Never pass on an empty or header-less frame (a stream peer
+                // would take a zero length as a protocol error).
+                let mut kept = 0;
+                for i in 0..n {
+                    if h2v.lens[i] >= super::MIN_FRAME_BYTES {
+                        h2v.bufs.swap(i, kept);
+                        h2v.lens.swap(i, kept);
+                        kept += 1;
+                    } else {
+                        self.shared.host_to_vm.add_error();
+                    }
+                }
+                h2v.count = kept;
                 h2v.next = 0;
                 h2v.stalls = 0;
             }

@@ -196,6 +196,7 @@ impl PyAdaptor {
             None => None,
         };
         let network_name = network.clone();
+        let netns_for_socket = netns.clone();
         let started = py
             .detach(move || open_interface(tap, tap_fd, netns, network, config_json, state_dir, mac, vnet_hdr))
             .map_err(|(class, msg)| errors::raise(py, class, msg))?;
@@ -203,8 +204,19 @@ impl PyAdaptor {
         let options = Options { send_buffer_bytes, recv_buffer_bytes };
         let (adaptor, vm) = match vm_socket_fd {
             None => {
-                let (a, vm) = Adaptor::start(started.interface, k, &options)
-                    .map_err(|e| errors::raise(py, "AdaptorError", format!("start a {kind} adaptor: {e}")))?;
+                let interface = started.interface;
+                let start = move || Adaptor::start(interface, k, &options);
+                // With netns, the socketpair is made inside the namespace too,
+                // so it gets that namespace's unix socket settings
+                // (net.unix.max_dgram_qlen).
+                let result = match &netns_for_socket {
+                    #[cfg(target_os = "linux")]
+                    Some(ns) => py
+                        .detach(|| vmnet::tap::in_netns(ns, start))
+                        .map_err(|e| errors::raise(py, "AdaptorError", format!("start a {kind} adaptor in network namespace {ns}: {e}")))?,
+                    _ => start(),
+                };
+                let (a, vm) = result.map_err(|e| errors::raise(py, "AdaptorError", format!("start a {kind} adaptor: {e}")))?;
                 (a, Some(vm))
             }
             Some(fd) => {
@@ -350,10 +362,17 @@ mod bench {
 
     #[pymethods]
     impl PyPerFrameRelay {
+        /// `netns`: make the socketpair inside that namespace (its unix
+        /// socket settings apply), as `Adaptor(netns=...)` does.
         #[new]
-        fn new(py: Python<'_>, tap_fd: i32) -> PyResult<Self> {
+        #[pyo3(signature = (tap_fd, netns=None))]
+        fn new(py: Python<'_>, tap_fd: i32, netns: Option<String>) -> PyResult<Self> {
             let tap = dup_fd(tap_fd).map_err(|e| errors::raise(py, "AdaptorError", format!("duplicate tap_fd {tap_fd}: {e}")))?;
-            let (relay, vm) = PerFrameRelay::start(tap).map_err(|e| errors::raise(py, "AdaptorError", format!("start the per-frame relay: {e}")))?;
+            let started = match netns {
+                Some(ns) => py.detach(move || vmnet::tap::in_netns(&ns, move || PerFrameRelay::start(tap))).and_then(|r| r),
+                None => PerFrameRelay::start(tap),
+            };
+            let (relay, vm) = started.map_err(|e| errors::raise(py, "AdaptorError", format!("start the per-frame relay: {e}")))?;
             Ok(PyPerFrameRelay { relay: Some(relay), vm: Some(vm) })
         }
 

@@ -15,6 +15,8 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::{Error, Interface, InterfaceInfo};
 
+mod uring;
+
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
@@ -39,7 +41,25 @@ pub struct Tap {
     name: String,
     vnet_hdr: bool,
     info: InterfaceInfo,
+    batch: Batch,
 }
+
+/// How frames are batched on the TAP fd.
+#[derive(Debug)]
+enum Batch {
+    /// io_uring not tried yet (set up on first use, on the relay's thread).
+    Untried,
+    /// Many reads or writes per `io_uring_enter`. `read_want` adapts the
+    /// number of reads submitted to what the last call found, so a quiet
+    /// TAP costs few failed reads and a busy one gets whole batches.
+    Uring { ring: uring::Uring, read_want: usize },
+    /// One `read`/`write` per frame (io_uring missing, forbidden or turned
+    /// off with `VMNET_RS_TAP_URING=0`).
+    PerFrame,
+}
+
+/// Set to `0` to make TAPs use one syscall per frame (for comparison).
+pub const URING_ENV: &str = "VMNET_RS_TAP_URING";
 
 impl Tap {
     /// Creates (or attaches to) the TAP device `name` (at most 15 bytes; an
@@ -75,16 +95,8 @@ impl Tap {
     /// the device stays in that namespace and the calling thread never
     /// leaves its own. Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
     pub fn create_in_netns(netns: &str, name: &str, vnet_hdr: bool) -> io::Result<Tap> {
-        let path = netns_path(netns);
         let name = name.to_string();
-        std::thread::Builder::new()
-            .name("tap-in-netns".into())
-            .spawn(move || {
-                enter_netns(&path)?;
-                Tap::create(&name, vnet_hdr)
-            })?
-            .join()
-            .map_err(|_| io::Error::other("the thread creating the TAP panicked"))?
+        in_netns(netns, move || Tap::create(&name, vnet_hdr))?
     }
 
     /// Wraps an fd already attached to a TAP device (from `/dev/net/tun` after
@@ -124,7 +136,7 @@ impl Tap {
             write_max_frames: 64,
             offload: vnet_hdr,
         };
-        Ok(Tap { fd, name, vnet_hdr, info })
+        Ok(Tap { fd, name, vnet_hdr, info, batch: Batch::Untried })
     }
 
     pub fn name(&self) -> &str {
@@ -162,6 +174,21 @@ pub fn netns_path(netns: &str) -> String {
     } else {
         format!("/var/run/netns/{netns}")
     }
+}
+
+/// Runs `f` on a short-lived thread inside network namespace `netns` (a
+/// path or an `ip netns` name) and returns its result; sockets and devices
+/// it creates belong to that namespace. The caller's thread stays put.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let path = netns_path(netns);
+    std::thread::Builder::new()
+        .name("in-netns".into())
+        .spawn(move || -> io::Result<T> {
+            enter_netns(&path)?;
+            Ok(f())
+        })?
+        .join()
+        .map_err(|_| io::Error::other(format!("the thread working in network namespace {netns} panicked")))?
 }
 
 /// Moves the calling thread into the network namespace at `path`.
@@ -203,6 +230,127 @@ pub fn link_mtu(name: &str) -> Option<u32> {
     u32::try_from(mtu).ok()
 }
 
+impl Tap {
+    /// The io_uring to batch with, set up on first use; `None` means one
+    /// syscall per frame.
+    fn batching(&mut self) -> Option<(&mut uring::Uring, &mut usize)> {
+        if let Batch::Untried = self.batch {
+            let off = std::env::var(URING_ENV).is_ok_and(|v| v == "0");
+            self.batch = if off {
+                Batch::PerFrame
+            } else {
+                match uring::Uring::new(self.info.read_max_frames.max(self.info.write_max_frames) as u32) {
+                    Ok(ring) => Batch::Uring { ring, read_want: 1 },
+                    Err(e) => {
+                        log::info!("TAP {}: io_uring unavailable ({e}); one syscall per frame", self.name);
+                        Batch::PerFrame
+                    }
+                }
+            };
+        }
+        match &mut self.batch {
+            Batch::Uring { ring, read_want } => Some((ring, read_want)),
+            _ => None,
+        }
+    }
+
+    /// Whether reads and writes are batched through io_uring (known after
+    /// the first read or write).
+    pub fn batched(&self) -> bool {
+        matches!(self.batch, Batch::Uring { .. })
+    }
+}
+
+fn read_each(fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < bufs.len() {
+        // SAFETY: bufs[n] is a valid writable buffer of its length.
+        let r = unsafe { libc::read(fd, bufs[n].as_mut_ptr().cast(), bufs[n].len()) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock || n > 0 {
+                break;
+            }
+            return Err(err);
+        }
+        if r == 0 {
+            // No frame (a TAP never returns an empty one); never pass one on.
+            break;
+        }
+        lens[n] = r as usize;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn write_each(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let mut n = 0;
+    for frame in frames {
+        // SAFETY: frame is a valid readable buffer of its length.
+        let r = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if n > 0 {
+                break;
+            }
+            return Err(err);
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Submits `want` reads at once. Reads run in order, each taking the head
+/// of the TAP's queue, so successful ones are frames in arrival order; a
+/// would-block read in between (a frame arriving mid-batch) leaves a gap
+/// that is closed by moving later frames down.
+fn read_uring(ring: &mut uring::Uring, want: &mut usize, fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+    let max = bufs.len().min(ring.capacity());
+    let count = (*want).clamp(1, max.max(1));
+    let ops: Vec<uring::Op> = bufs[..count].iter_mut().map(|b| uring::Op::Read { buf: b.as_mut_ptr(), len: b.len() }).collect();
+    let mut res = vec![0i32; count];
+    // SAFETY: every buffer is a live &mut slice of the caller's for the call.
+    unsafe { ring.run(fd, &ops, &mut res)? };
+    let mut n = 0;
+    for (i, &r) in res.iter().enumerate() {
+        if r > 0 {
+            if i != n {
+                let (dst, src) = bufs.split_at_mut(i);
+                dst[n][..r as usize].copy_from_slice(&src[0][..r as usize]);
+            }
+            lens[n] = r as usize;
+            n += 1;
+        } else if r < 0 && r != -libc::EAGAIN && n == 0 && i == 0 {
+            return Err(io::Error::from_raw_os_error(-r));
+        }
+    }
+    // All found: ask for twice as many next time; else as many as came, plus one.
+    *want = if n == count { (count * 2).min(max) } else { n + 1 };
+    Ok(n)
+}
+
+/// Submits all frames at once. Writes run in order; one refused in the
+/// middle (a malformed frame) does not stop the ones after it, which are
+/// already on their way, so all are reported taken unless the first fails.
+fn write_uring(ring: &mut uring::Uring, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let count = frames.len().min(ring.capacity());
+    let ops: Vec<uring::Op> = frames[..count].iter().map(|f| uring::Op::Write { buf: f.as_ptr(), len: f.len() }).collect();
+    let mut res = vec![0i32; count];
+    // SAFETY: every frame is a live slice of the caller's for the call.
+    unsafe { ring.run(fd, &ops, &mut res)? };
+    if res[0] < 0 {
+        let first_ok = res.iter().position(|r| *r >= 0);
+        if first_ok.is_none() {
+            return Err(io::Error::from_raw_os_error(-res[0]));
+        }
+    }
+    let failed = res.iter().filter(|r| **r < 0).count();
+    if failed > 0 {
+        log::debug!("TAP write: {failed} of {count} frames refused");
+    }
+    Ok(count)
+}
+
 impl Interface for Tap {
     fn info(&self) -> &InterfaceInfo {
         &self.info
@@ -213,38 +361,36 @@ impl Interface for Tap {
     }
 
     fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < bufs.len() {
-            // SAFETY: bufs[n] is a valid writable buffer of its length.
-            let r = unsafe { libc::read(self.fd.as_raw_fd(), bufs[n].as_mut_ptr().cast(), bufs[n].len()) };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::WouldBlock || n > 0 {
-                    break;
-                }
-                return Err(err);
+        let fd = self.fd.as_raw_fd();
+        let result = match self.batching() {
+            Some((ring, want)) => read_uring(ring, want, fd, bufs, lens),
+            None => return read_each(fd, bufs, lens),
+        };
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                log::info!("TAP {}: no non-blocking io_uring reads ({e}); one syscall per frame", self.name);
+                self.batch = Batch::PerFrame;
+                read_each(fd, bufs, lens)
             }
-            lens[n] = r as usize;
-            n += 1;
+            other => other,
         }
-        Ok(n)
     }
 
     fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
-        let mut n = 0;
-        for frame in frames {
-            // SAFETY: frame is a valid readable buffer of its length.
-            let r = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if n > 0 {
-                    break;
-                }
-                return Err(err);
+        let fd = self.fd.as_raw_fd();
+        let result = match self.batching() {
+            // A single frame gains nothing from the ring.
+            Some((ring, _)) if frames.len() > 1 => write_uring(ring, fd, frames),
+            _ => return write_each(fd, frames),
+        };
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                log::info!("TAP {}: no non-blocking io_uring writes ({e}); one syscall per frame", self.name);
+                self.batch = Batch::PerFrame;
+                write_each(fd, frames)
             }
-            n += 1;
+            other => other,
         }
-        Ok(n)
     }
 
     fn stop(&mut self) -> Result<(), Error> {

@@ -11,8 +11,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::naming::{format_mac, parse_mac};
-use crate::config::{AddressFamily, Mode, NetworkConfig, Protocol};
+use crate::config::{format_mac, parse_mac, AddressFamily, Mode, NetworkConfig, Protocol};
 
 /// Smallest MTU accepted (IPv4 needs 68; dnsmasq and most guests need more).
 pub const MIN_MTU: u32 = 576;

@@ -962,22 +962,7 @@ mod tests {
     use crate::config::{DhcpReservation, PortForward};
 
     fn base() -> NetworkConfig {
-        NetworkConfig {
-            mode: Mode::Shared,
-            dhcp: true,
-            dns_proxy: true,
-            mtu: 0,
-            nat44: true,
-            nat66: true,
-            router_advertisement: true,
-            subnet: None,
-            ipv6_prefix: None,
-            port_forwarding: vec![],
-            dhcp_reservations: vec![],
-            external_interface: None,
-            isolation: false,
-            offload: false,
-        }
+        NetworkConfig { mtu: 0, ..NetworkConfig::lima_default() }
     }
 
     fn err_text(config: &NetworkConfig) -> String {

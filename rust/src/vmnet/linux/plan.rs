@@ -334,22 +334,7 @@ pub(crate) mod tests {
     use crate::config::{DhcpReservation, PortForward};
 
     pub fn config() -> NetworkConfig {
-        NetworkConfig {
-            mode: Mode::Shared,
-            dhcp: true,
-            dns_proxy: true,
-            mtu: 1500,
-            nat44: true,
-            nat66: true,
-            router_advertisement: true,
-            subnet: Some("10.77.0.1/24".into()),
-            ipv6_prefix: None,
-            port_forwarding: vec![],
-            dhcp_reservations: vec![],
-            external_interface: None,
-            isolation: false,
-            offload: false,
-        }
+        NetworkConfig { subnet: Some("10.77.0.1/24".into()), ..NetworkConfig::lima_default() }
     }
 
     fn plan(c: &NetworkConfig) -> Result<Plan, PlanError> {

@@ -10,6 +10,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from netns import NetNs  # noqa: E402
 
+# dnsmasq in tests never gets an upstream DNS server: every broker and network
+# a test starts inherits this (an empty resolv file means none).
+os.environ["VMNET_RS_DNS_RESOLV_FILE"] = ""
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:

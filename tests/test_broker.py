@@ -575,3 +575,17 @@ def test_fds_attached_to_bad_records_are_closed(hub: BrokerProcess) -> None:
         os.close(r)
         assert watcher.ping()
         assert_no_new_fds(hub, baseline)
+
+
+def test_broker_command_defaults_dns_upstream_to_host_resolvers(monkeypatch):
+    from vmnet_rs import broker_cli
+
+    monkeypatch.setattr(broker_cli.sys, "platform", "linux")
+    monkeypatch.delenv(broker_cli.DNS_RESOLV_FILE_ENV, raising=False)
+    monkeypatch.setattr(broker_cli.os.path, "exists", lambda p: p == broker_cli.HOST_RESOLV_FILE)
+    broker_cli.default_dns_upstream()
+    assert os.environ[broker_cli.DNS_RESOLV_FILE_ENV] == "/etc/resolv.conf"
+    # An explicit choice, even "none" (empty), is kept.
+    monkeypatch.setenv(broker_cli.DNS_RESOLV_FILE_ENV, "")
+    broker_cli.default_dns_upstream()
+    assert os.environ[broker_cli.DNS_RESOLV_FILE_ENV] == ""

@@ -66,7 +66,7 @@ class Holder:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if path_prefix:
             env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
-        env.pop("VMNET_RS_DNS_RESOLV_FILE", None)  # never an upstream resolver in tests
+        env["VMNET_RS_DNS_RESOLV_FILE"] = ""  # never an upstream resolver in tests
         self.proc = ns.popen([sys.executable, str(HOLDER), name, str(state_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.first = self.call(json.dumps(cfg))
         self.state = self.first.get("state")

@@ -19,6 +19,20 @@ from .errors import ConfigError
 
 log = logging.getLogger("vmnet_rs")
 
+#: Linux: the resolv.conf-style file whose servers each network's DNS proxy
+#: (dnsmasq) forwards to. The library's default is none; the broker command
+#: defaults to the host's own resolvers, as VM users expect of a DNS proxy.
+#: Set it to an empty string for a proxy that answers only local names
+#: (the test suite does).
+DNS_RESOLV_FILE_ENV = "VMNET_RS_DNS_RESOLV_FILE"
+HOST_RESOLV_FILE = "/etc/resolv.conf"
+
+
+def default_dns_upstream() -> None:
+    """Points the DNS proxy at the host's resolvers unless the environment chose."""
+    if sys.platform.startswith("linux") and DNS_RESOLV_FILE_ENV not in os.environ and os.path.exists(HOST_RESOLV_FILE):
+        os.environ[DNS_RESOLV_FILE_ENV] = HOST_RESOLV_FILE
+
 
 def _native_log_level() -> str:
     level = logging.getLogger("vmnet_rs").getEffectiveLevel()
@@ -63,6 +77,7 @@ def broker_command(
     from .config import load_config
 
     _native.set_log_level(_native_log_level())
+    default_dns_upstream()
     config = load_config(config_file)
     broker = Broker(
         config,

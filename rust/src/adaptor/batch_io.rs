@@ -99,11 +99,10 @@ pub(crate) fn send_batch(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
 mod mmsg {
     use super::*;
 
-    pub(super) fn recv(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], truncated: &mut [bool]) -> io::Result<usize> {
-        let mut iovs: Vec<libc::iovec> =
-            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
+    /// One message header per iovec, each over that iovec alone; the
+    /// headers point into `iovs`, which must outlive the call they serve.
+    fn headers(iovs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+        iovs.iter_mut()
             .map(|iov| {
                 // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
                 let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -111,7 +110,13 @@ mod mmsg {
                 m.msg_hdr.msg_iovlen = 1;
                 m
             })
-            .collect();
+            .collect()
+    }
+
+    pub(super) fn recv(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], truncated: &mut [bool]) -> io::Result<usize> {
+        let mut iovs: Vec<libc::iovec> =
+            bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let mut msgs = headers(&mut iovs);
         // SAFETY: msgs holds msgs.len() headers, each with one iovec over a
         // live buffer of its length; no name or control buffers.
         let r = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
@@ -129,16 +134,7 @@ mod mmsg {
     pub(super) fn send(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> =
             frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }).collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
+        let mut msgs = headers(&mut iovs);
         // SAFETY: msgs holds msgs.len() headers, each with one iovec over a
         // live frame; sendmmsg only reads the frames.
         let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, SEND_FLAGS) };

@@ -14,28 +14,10 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::config::mac_arg;
 use super::errors;
 use crate::adaptor::{Adaptor, DirectionStats, Kind, Options};
 use crate::vmnet::{self, InterfaceInfo, Network};
-
-fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (d, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *d = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
-}
 
 /// A random locally administered unicast MAC (for a VM behind a bare TAP).
 #[cfg(target_os = "linux")]
@@ -191,10 +173,7 @@ impl PyAdaptor {
         if netns.is_some() && tap.is_none() {
             return Err(errors::raise(py, "ConfigError", "netns= applies only with tap=NAME".into()));
         }
-        let mac = match mac {
-            Some(m) => Some(parse_mac(m).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {m:?} is not of the form aa:bb:cc:dd:ee:ff")))?),
-            None => None,
-        };
+        let mac = mac.map(|m| mac_arg(py, m)).transpose()?;
         let network_name = network.clone();
         let netns_for_socket = netns.clone();
         let started = py
@@ -261,7 +240,7 @@ impl PyAdaptor {
     /// "batched"}`.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("mac", format_mac(&self.info.mac))?;
+        d.set_item("mac", crate::config::format_mac(&self.info.mac))?;
         d.set_item("mtu", self.info.mtu)?;
         d.set_item("max_frame_bytes", self.info.max_frame_bytes)?;
         d.set_item("offload", self.info.offload)?;
@@ -410,15 +389,14 @@ mod bench {
         let mut specs = Vec::new();
         for (src, src_framing, dst, dst_framing, src_mac, dst_mac) in flows {
             let framing = |s: &str| Framing::parse(s).ok_or_else(|| errors::raise(py, "ConfigError", format!("framing {s:?} is not datagram, stream or tap")));
-            let mac = |s: &str| parse_mac(s).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {s:?} is not of the form aa:bb:cc:dd:ee:ff")));
             let fd = |f: i32| dup_fd(f).map_err(|e| errors::raise(py, "AdaptorError", format!("duplicate fd {f}: {e}")));
             specs.push(Flow {
                 source: fd(src)?,
                 source_framing: framing(&src_framing)?,
                 sink: fd(dst)?,
                 sink_framing: framing(&dst_framing)?,
-                src_mac: mac(&src_mac)?,
-                dst_mac: mac(&dst_mac)?,
+                src_mac: mac_arg(py, &src_mac)?,
+                dst_mac: mac_arg(py, &dst_mac)?,
             });
         }
         let window = Duration::from_secs_f64(seconds.max(0.01));

@@ -13,6 +13,12 @@ use pyo3::prelude::*;
 use super::errors;
 use crate::config::{self, FileConfig, NetworkConfig};
 
+/// Parses a MAC address argument with the configuration's rules
+/// ([`config::parse_mac`]); anything else raises `ConfigError`.
+pub fn mac_arg(py: Python<'_>, text: &str) -> PyResult<[u8; 6]> {
+    config::parse_mac(text).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff")))
+}
+
 /// Validates a whole configuration document (the file's shape, as JSON) and
 /// returns it normalised, with defaults and the built-in networks filled in.
 #[pyfunction]

@@ -97,10 +97,7 @@ impl PyNetwork {
     #[pyo3(signature = (mac=None, isolation=false, vnet_hdr=false))]
     fn start_tap(&self, py: Python<'_>, mac: Option<&str>, isolation: bool, vnet_hdr: bool) -> PyResult<(i32, String)> {
         use std::os::fd::IntoRawFd;
-        let mac = match mac {
-            Some(m) => Some(vmnet::linux::parse_mac(m).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {m:?} is not of the form aa:bb:cc:dd:ee:ff")))?),
-            None => None,
-        };
+        let mac = mac.map(|m| super::config::mac_arg(py, m)).transpose()?;
         let desc = vmnet::InterfaceDesc { mac, isolation, offload: vnet_hdr };
         let net = self.live(py)?;
         let tap = py.detach(|| net.start_tap(&desc, vnet_hdr)).map_err(|e| network_error(py, e))?;

@@ -43,7 +43,7 @@ use crate::config::{ConfigError, NetworkConfig};
 use crate::xpc::{Dict, Value};
 
 pub use dnsmasq::RESOLV_FILE_ENV;
-pub use naming::{bridge_name, format_mac, parse_mac, table_name, tap_name};
+pub use naming::{bridge_name, table_name, tap_name};
 
 /// The state directory the broker uses unless told otherwise (the broker's
 /// `BackendOptions` default and `vmnet-rs leases` agree on it).
@@ -179,7 +179,7 @@ impl LinuxNetwork {
 
     fn build(&self) -> Result<(), Error> {
         let p = &self.plan;
-        let mac = naming::format_mac(&naming::derived_mac(&self.bridge));
+        let mac = crate::config::format_mac(&naming::derived_mac(&self.bridge));
         links::create_bridge(&self.bridge, &mac, p.mtu)?;
         links::add_address(&self.bridge, &p.v4.gateway_cidr())?;
         if let Some(v6) = &p.v6 {

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::{AddressFamily, ConfigError, Mode, NetworkConfig, Protocol};
+use crate::config::{format_mac, AddressFamily, ConfigError, Mode, NetworkConfig, Protocol};
 use crate::xpc::{Dict, Peer, Value};
 
 use super::{InterfaceDesc, InterfaceInfo, NetworkState};
@@ -405,7 +405,9 @@ pub fn parse_ipv6_prefix(text: &str) -> Result<(Ipv6Addr, u8), Error> {
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff` (or `-` separated; one or two hex digits per
-/// octet, as vmnet prints them).
+/// octet, as vmnet prints them). More lenient than
+/// [`config::parse_mac`](crate::config::parse_mac), which checks what a user
+/// wrote.
 pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let sep = if text.contains('-') { '-' } else { ':' };
     let mut out = [0u8; 6];
@@ -421,10 +423,6 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
         return None;
     }
     Some(out)
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The vmnet calls that realise `config`, in order. Refuses, before any call
@@ -964,22 +962,7 @@ mod tests {
     use crate::config::{DhcpReservation, PortForward};
 
     fn base() -> NetworkConfig {
-        NetworkConfig {
-            mode: Mode::Shared,
-            dhcp: true,
-            dns_proxy: true,
-            mtu: 0,
-            nat44: true,
-            nat66: true,
-            router_advertisement: true,
-            subnet: None,
-            ipv6_prefix: None,
-            port_forwarding: vec![],
-            dhcp_reservations: vec![],
-            external_interface: None,
-            isolation: false,
-            offload: false,
-        }
+        NetworkConfig { mtu: 0, ..NetworkConfig::lima_default() }
     }
 
     fn err_text(config: &NetworkConfig) -> String {

@@ -319,7 +319,7 @@ impl VmnetInterface {
         };
         log::info!(
             "{name} started: mac {} mtu {} max frame {}",
-            mapping::format_mac(&info.mac),
+            crate::config::format_mac(&info.mac),
             info.mtu,
             info.max_frame_bytes
         );

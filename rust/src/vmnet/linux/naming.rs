@@ -89,27 +89,6 @@ pub fn derived_mac(seed: &str) -> [u8; 6] {
     [0x52, 0x54, a[0] ^ b[3], a[1], a[2], a[3] ^ b[0]]
 }
 
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`), case-insensitive.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let mut mac = [0u8; 6];
-    for (dst, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return None;
-        }
-        *dst = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(mac)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +142,7 @@ mod tests {
 
     #[test]
     fn macs_round_trip() {
+        use crate::config::{format_mac, parse_mac};
         let mac = derived_mac("vmr-shared");
         assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
         assert_eq!(parse_mac(&format_mac(&mac)), Some(mac));

@@ -11,8 +11,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::naming::{format_mac, parse_mac};
-use crate::config::{AddressFamily, Mode, NetworkConfig, Protocol};
+use crate::config::{format_mac, parse_mac, AddressFamily, Mode, NetworkConfig, Protocol};
 
 /// Smallest MTU accepted (IPv4 needs 68; dnsmasq and most guests need more).
 pub const MIN_MTU: u32 = 576;
@@ -335,22 +334,7 @@ pub(crate) mod tests {
     use crate::config::{DhcpReservation, PortForward};
 
     pub fn config() -> NetworkConfig {
-        NetworkConfig {
-            mode: Mode::Shared,
-            dhcp: true,
-            dns_proxy: true,
-            mtu: 1500,
-            nat44: true,
-            nat66: true,
-            router_advertisement: true,
-            subnet: Some("10.77.0.1/24".into()),
-            ipv6_prefix: None,
-            port_forwarding: vec![],
-            dhcp_reservations: vec![],
-            external_interface: None,
-            isolation: false,
-            offload: false,
-        }
+        NetworkConfig { subnet: Some("10.77.0.1/24".into()), ..NetworkConfig::lima_default() }
     }
 
     fn plan(c: &NetworkConfig) -> Result<Plan, PlanError> {

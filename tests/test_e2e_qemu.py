@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from vm.broker import OUTSIDE_ADDR, BrokerProcess, add_outside, run_guest, run_guest_with_fake_broker
 from vm.checks import check_pair, record_rate
 from vm.lan import Lan
 from vm.qemu import Guest, qemu_base_argv
+from vmnet_rs import drivers
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -53,8 +55,6 @@ def test_run_wires_every_qemu_backend_into_real_qemu(netns, tmp_path):
     mode: TAP fds, or Python relays to TAPs on a hand-made bridge): one VM per
     QEMU backend, all at once; each gets a lease and reaches the gateway and
     the next VM. Proves the generated QEMU arguments and the fd inheritance."""
-    from vm.broker import run_guest_with_fake_broker
-    from vmnet_rs import drivers
 
     lan = Lan(netns, tmp_path)
     guests: list[Guest] = []
@@ -85,11 +85,6 @@ GATEWAYS = {"shared": "192.168.107.1", "host": "192.168.108.1"}
 
 @pytest.fixture
 def broker(netns, tmp_path):
-    from vm.broker import BrokerProcess, add_outside
-    import vmnet_rs
-
-    if not hasattr(vmnet_rs, "Client"):
-        pytest.skip("this build has no broker client (vmnet_rs.Client)")
     outside = add_outside(netns)
     b = BrokerProcess(netns, tmp_path)
     b.outside = outside
@@ -108,8 +103,6 @@ def wrapped_qemu_pid(guest: Guest) -> int:
 
 
 def pair_on(netns, broker, tmp_path, network: str, backend: str) -> tuple[Guest, Guest]:
-    from vm.broker import run_guest
-
     guests = [run_guest(netns, broker, f"{network}-{backend}-{i}", [f"{network}:{backend}"], tmp_path)
               for i in range(2)]
     try:
@@ -124,8 +117,6 @@ def pair_on(netns, broker, tmp_path, network: str, backend: str) -> tuple[Guest,
 
 @pytest.mark.parametrize("backend", QEMU_BACKENDS)
 def test_two_vms_on_shared(netns, broker, tmp_path, backend):
-    from vm.broker import OUTSIDE_ADDR
-    from vmnet_rs import drivers
 
     a, b = pair_on(netns, broker, tmp_path, "shared", backend)
     try:
@@ -167,7 +158,6 @@ def test_two_vms_on_shared(netns, broker, tmp_path, backend):
 
 @pytest.mark.parametrize("backend", ["tap", "dgram_next"])
 def test_two_vms_on_host_have_no_way_out(netns, broker, tmp_path, backend):
-    from vm.broker import OUTSIDE_ADDR
 
     a, b = pair_on(netns, broker, tmp_path, "host", backend)
     try:

@@ -121,8 +121,8 @@ def backends(engine: str, platform: str = sys.platform) -> dict[str, Backend]:
 # - qemu on Linux: tap_next hands QEMU the TAP fd itself (no relay at all)
 #   with IFF_VNET_HDR, so the guest gets checksum offload and TSO. In the
 #   VM-to-VM iperf3 e2e measurement (two TCG guests, tests/test_e2e_qemu.py)
-#   it was 3-4x ahead of every other backend in each of three runs (first
-#   run: 1324 Mbit/s; the others 316-381, tap 377; README has the table).
+#   it was 2.5-4x ahead of every other backend in every run and as fast as
+#   a hand-made bridge + TAP (tests/vm/bench.py; README has the table).
 # - qemu on macOS: tap (a datagram socketpair), Lima's default and fastest
 #   in Lima's ranking (tap > socket = stream > dgram > dgram_next > tap_next).
 # - krunkit: stream. Datagram is reported slightly faster, but under

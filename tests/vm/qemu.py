@@ -12,6 +12,7 @@ slow) and :meth:`Guest.close` always ends the process.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import threading
@@ -62,7 +63,7 @@ class Guest:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         while True:
-            chunk = self.proc.stdout.read1(4096)
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
             if not chunk:
                 break
             text = chunk.decode("utf-8", "replace").replace("\r", "")

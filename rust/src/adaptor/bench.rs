@@ -528,12 +528,7 @@ mod tests {
     #[test]
     fn the_per_frame_relay_moves_frames_to_its_tap_side() {
         // A seqpacket pair stands in for the TAP: one frame per read/write.
-        let mut fds = [-1; 2];
-        // SAFETY: socketpair writes two descriptors into the array.
-        assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) }, 0);
-        use std::os::fd::FromRawFd;
-        // SAFETY: both fds were just created and are owned by nobody else.
-        let (tap, net) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (tap, net) = crate::adaptor::testing::seqpacket_pair();
         let (mut relay, vm) = PerFrameRelay::start(tap).unwrap();
         let flow = Flow { source: vm, source_framing: Framing::Datagram, sink: net, sink_framing: Framing::Tap, src_mac: MAC_A, dst_mac: MAC_B };
         let r = run_flows(vec![flow], 64, Duration::from_millis(200)).unwrap();

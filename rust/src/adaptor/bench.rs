@@ -28,8 +28,10 @@ const BENCH_BATCH: usize = 64;
 /// How long an idle generator or sink sleeps in poll before re-checking its flag.
 const POLL_SLICE_MS: libc::c_int = 20;
 /// After the window closes, sinks keep counting until this long passes
-/// without a frame (in-flight frames are then not counted as lost).
-const DRAIN_QUIET: Duration = Duration::from_millis(150);
+/// without a frame (in-flight frames are then not counted as lost). 150 ms
+/// proved too short on a loaded 2-core machine, where a sink thread can go
+/// unscheduled that long and frames still in a socket were counted as lost.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
 const DRAIN_MAX: Duration = Duration::from_secs(2);
 /// Most frames a generator keeps in flight (sent, not yet counted by its
 /// sink). Without a cap a generator outruns the path and burns the CPU the

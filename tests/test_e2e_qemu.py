@@ -86,12 +86,13 @@ GATEWAYS = {"shared": "192.168.107.1", "host": "192.168.108.1"}
 @pytest.fixture
 def broker(netns, tmp_path):
     outside = add_outside(netns)
-    b = BrokerProcess(netns, tmp_path)
-    b.outside = outside
     try:
-        yield b
+        b = BrokerProcess(netns, tmp_path)
+        try:
+            yield b
+        finally:
+            b.close()
     finally:
-        b.close()
         outside.close()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from socket import socket as Socket  # the class's `socket` method hides the module in annotations
 from typing import Any, Dict, Mapping, Optional, Union
 
 from . import _native
@@ -61,7 +62,7 @@ class Adaptor:
         netns: Optional[str] = None,
         network: Optional[str] = None,
         config: ConfigLike = None,
-        state_dir: Optional[Union[str, os.PathLike]] = None,
+        state_dir: Optional[Union[str, os.PathLike[str]]] = None,
         mac: Optional[str] = None,
         vnet_hdr: bool = False,
         send_buffer_bytes: Optional[int] = None,
@@ -100,11 +101,11 @@ class Adaptor:
         with ``pass_fds``, or :func:`os.dup` it)."""
         return self._live().fileno()
 
-    def socket(self) -> socket.socket:
+    def socket(self) -> Socket:
         """A new Python socket object on a duplicate of the VM end."""
         return socket.socket(fileno=os.dup(self.fileno()))
 
-    def detach(self) -> socket.socket:
+    def detach(self) -> Socket:
         """Hands the VM end over as a socket object the caller now owns; the
         adaptor stops holding it, so the relay ends when the VM (every
         holder of the fd) closes it. :meth:`fileno` is unusable afterwards."""

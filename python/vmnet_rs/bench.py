@@ -146,10 +146,13 @@ class Bench:
             ns.ip(*links)
             ns.bridge_fdb(*fdb)
             r = _native.bench_flows(flows, size, self.seconds)
-            drops = sum(x.stats()[d]["drops"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
-            waits = sum(x.stats()[d]["waits"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
-            moved = sum(x.stats()[d]["packets"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
-            batches = sum(x.stats()[d]["batches"] for x in adaptors for d in ("host_to_vm", "vm_to_host"))
+            # One snapshot per adaptor, so the totals agree with each other.
+            snapshots = [x.stats() for x in adaptors]
+
+            def total(counter: str) -> int:
+                return sum(s[d][counter] for s in snapshots for d in ("host_to_vm", "vm_to_host"))
+
+            drops, waits, moved, batches = total("drops"), total("waits"), total("packets"), total("batches")
             running = all(x.running for x in adaptors)
         window = r["window_s"]
         fl = r["flows"]

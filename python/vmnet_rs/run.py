@@ -14,6 +14,11 @@ child gets the network fds at 3, 4, ... (replacing whatever the caller had
 there) and, as with ``exec``, whatever else the caller let it inherit;
 nothing vmnet-rs opens itself (the broker connection included) leaks into it.
 
+Known limit: the leases belong to this process's broker connection, so if
+the wrapper itself is killed with SIGKILL the VM keeps running without its
+network (nothing forwards SIGKILL; posix_spawn cannot set a parent-death
+signal).
+
 Exit codes: the VM's own; 1 when the broker refused or is missing; 2 for bad
 usage; 126 when the program cannot be executed; 127 when it is not found.
 """

@@ -43,6 +43,8 @@ class BrokerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"broker exited {self.proc.returncode}:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
                 raise AssertionError(f"broker socket {self.socket} did not appear:\n{self.log.read_text()}")
             time.sleep(0.1)
 

@@ -26,6 +26,11 @@ use super::vm_stream::{StreamEnd, StreamReader, StreamWriter};
 use super::{EndReason, Kind, Stats, BATCH_FRAMES, RETRY_BUDGET, RETRY_DELAY_US};
 use crate::vmnet::Interface;
 
+/// Receives at most this many times from a VM end found closed while
+/// sending (each receive takes up to a batch): enough for any socket buffer
+/// these relays set, and a bound on the work done for a dead peer.
+const DRAIN_RECEIVES_MAX: usize = 64;
+
 /// State shared between the relay thread and its [`super::Adaptor`].
 pub(crate) struct Shared {
     pub(crate) host_to_vm: Counters,
@@ -324,8 +329,26 @@ impl Relay {
             }
             if h2v.has_pending() {
                 if let Err(end) = self.write_to_vm(&mut h2v) {
+                    if matches!(end, EndReason::VmClosed) {
+                        self.drain_closed_vm(&mut reader, write_batch, &mut v2h_stalls);
+                    }
                     return end;
                 }
+            }
+        }
+    }
+
+    /// The VM's end was found closed while sending to it: what it sent
+    /// before closing is still queued. Passes on its whole frames and counts
+    /// a frame cut short by the close as an error, as when the close is seen
+    /// on the read side first. Bounded: the queue ends at the close.
+    fn drain_closed_vm(&mut self, reader: &mut VmReader, write_batch: usize, stalls: &mut u32) {
+        for _ in 0..DRAIN_RECEIVES_MAX {
+            if !reader.has_pending() && self.receive_from_vm(reader).is_err() {
+                return;
+            }
+            if self.write_to_interface(reader, write_batch, stalls).is_err() {
+                return;
             }
         }
     }

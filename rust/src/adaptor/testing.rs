@@ -41,14 +41,20 @@ impl PairInterface {
     }
 }
 
-/// Makes the interface and the test's end ("the network"), blocking.
-pub(crate) fn pair_interface(max_frame_bytes: usize) -> (PairInterface, OwnedFd) {
+/// A blocking, close-on-exec SOCK_SEQPACKET pair: one frame per read or
+/// write, as on a TAP fd. Panics if the pair cannot be made.
+pub(crate) fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
     let mut fds = [-1; 2];
     // SAFETY: socketpair writes two descriptors into the array.
     let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
     assert_eq!(r, 0, "socketpair: {}", io::Error::last_os_error());
     // SAFETY: both fds were just created and are owned by nobody else.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Makes the interface and the test's end ("the network"), blocking.
+pub(crate) fn pair_interface(max_frame_bytes: usize) -> (PairInterface, OwnedFd) {
+    let (ours, theirs) = seqpacket_pair();
     crate::adaptor::socket::set_nonblocking(&ours).unwrap();
     crate::adaptor::socket::set_buffers(&ours, 4 << 20, 4 << 20).unwrap();
     crate::adaptor::socket::set_buffers(&theirs, 4 << 20, 4 << 20).unwrap();

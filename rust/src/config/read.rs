@@ -393,75 +393,46 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
         scope.key("mtu", format!("{} is out of range; use {MTU_ALLOWED}", cfg.mtu));
     }
 
-    let subnet = cfg.subnet.as_deref().and_then(|text| match Ipv4Subnet::parse(text, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX) {
-        Ok(s) if !addr::is_private_v4(s.network()) => {
-            scope.key("subnet", format!(
-                "{} is not a private (RFC 1918) range; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
-                quote(text)
-            ));
-            None
-        }
-        Ok(s) if !addr::is_private_v4(s.broadcast()) => {
-            scope.key("subnet", format!(
-                "{} reaches outside the private (RFC 1918) ranges; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16",
-                quote(text)
-            ));
-            None
-        }
-        Ok(s) => Some(s),
-        Err(SubnetError::Syntax) => {
-            scope.key("subnet", format!(
-                "{} is not an IPv4 subnet; use a network address and prefix length like \"192.168.107.0/24\"",
-                quote(text)
-            ));
-            None
-        }
-        Err(SubnetError::Prefix(p)) if p > SUBNET_PREFIX_MAX => {
-            scope.key("subnet", format!(
-                "{} is too small: a /{p} leaves no room for the gateway, DHCP and VMs; use a prefix length of {SUBNET_PREFIX_MIN}..{SUBNET_PREFIX_MAX} (/24 is usual)",
-                quote(text)
-            ));
-            None
-        }
-        Err(SubnetError::Prefix(p)) => {
-            scope.key("subnet", format!(
-                "{} is too large: /{p}; use a prefix length of {SUBNET_PREFIX_MIN}..{SUBNET_PREFIX_MAX} (/24 is usual)",
-                quote(text)
-            ));
-            None
-        }
-        Err(SubnetError::HostAddress { network, prefix }) => {
-            scope.key("subnet", format!(
-                "{} is neither the network address nor its first host; use \"{network}/{prefix}\" (the gateway is then the first host)",
-                quote(text)
-            ));
-            None
-        }
+    let subnet = cfg.subnet.as_deref().and_then(|text| {
+        let problem = match Ipv4Subnet::parse(text, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX) {
+            Ok(s) if !addr::is_private_v4(s.network()) => {
+                "is not a private (RFC 1918) range; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16".to_string()
+            }
+            Ok(s) if !addr::is_private_v4(s.broadcast()) => {
+                "reaches outside the private (RFC 1918) ranges; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16".to_string()
+            }
+            Ok(s) => return Some(s),
+            Err(SubnetError::Syntax) => {
+                "is not an IPv4 subnet; use a network address and prefix length like \"192.168.107.0/24\"".to_string()
+            }
+            Err(SubnetError::Prefix(p)) if p > SUBNET_PREFIX_MAX => format!(
+                "is too small: a /{p} leaves no room for the gateway, DHCP and VMs; use a prefix length of {SUBNET_PREFIX_MIN}..{SUBNET_PREFIX_MAX} (/24 is usual)"
+            ),
+            Err(SubnetError::Prefix(p)) => {
+                format!("is too large: /{p}; use a prefix length of {SUBNET_PREFIX_MIN}..{SUBNET_PREFIX_MAX} (/24 is usual)")
+            }
+            Err(SubnetError::HostAddress { network, prefix }) => format!(
+                "is neither the network address nor its first host; use \"{network}/{prefix}\" (the gateway is then the first host)"
+            ),
+        };
+        scope.key("subnet", format!("{} {problem}", quote(text)));
+        None
     });
     if let Some(s) = subnet {
         cfg.subnet = Some(s.to_string());
     }
 
-    let prefix = cfg.ipv6_prefix.as_deref().and_then(|text| match Ipv6Prefix::parse(text) {
-        Ok(p) if p.prefix_len() != IPV6_PREFIX_LEN || !p.is_unique_local() => {
-            scope.key("ipv6Prefix", format!(
-                "{} is not a unique local /64; use a /64 inside fc00::/7, like \"fd00:1:2:3::/64\"",
-                quote(text)
-            ));
-            None
-        }
-        Ok(p) => Some(p),
-        Err(PrefixError::Syntax) => {
-            scope.key("ipv6Prefix", format!(
-                "{} is not an IPv6 prefix; use a unique local /64 like \"fd00:1:2:3::/64\"",
-                quote(text)
-            ));
-            None
-        }
-        Err(PrefixError::HostBits(masked)) => {
-            scope.key("ipv6Prefix", format!("{} has bits set after the prefix length; use \"{masked}\"", quote(text)));
-            None
-        }
+    let prefix = cfg.ipv6_prefix.as_deref().and_then(|text| {
+        let problem = match Ipv6Prefix::parse(text) {
+            Ok(p) if p.prefix_len() != IPV6_PREFIX_LEN || !p.is_unique_local() => {
+                "is not a unique local /64; use a /64 inside fc00::/7, like \"fd00:1:2:3::/64\"".to_string()
+            }
+            Ok(p) => return Some(p),
+            Err(PrefixError::Syntax) => "is not an IPv6 prefix; use a unique local /64 like \"fd00:1:2:3::/64\"".to_string(),
+            Err(PrefixError::HostBits(masked)) => format!("has bits set after the prefix length; use \"{masked}\""),
+        };
+        scope.key("ipv6Prefix", format!("{} {problem}", quote(text)));
+        None
     });
     if let Some(p) = prefix {
         cfg.ipv6_prefix = Some(p.to_string());

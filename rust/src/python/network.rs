@@ -16,7 +16,7 @@ use crate::vmnet::{self, BackendOptions, Lease, Network};
 
 fn network_error(py: Python<'_>, err: vmnet::Error) -> PyErr {
     match err {
-        vmnet::Error::Config(e) => errors::raise(py, "ConfigError", e.message),
+        vmnet::Error::Config(e) => errors::config_error(py, e),
         other => errors::raise(py, "NetworkError", other.to_string()),
     }
 }
@@ -55,7 +55,7 @@ impl PyNetwork {
     /// `state_dir`.
     #[new]
     fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf) -> PyResult<Self> {
-        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::raise(py, "ConfigError", e.message))?;
+        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::config_error(py, e))?;
         let options = BackendOptions { state_dir };
         let n = name.clone();
         let inner = py.detach(move || vmnet::create_network(&n, &config, &options)).map_err(|e| network_error(py, e))?;

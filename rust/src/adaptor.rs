@@ -126,6 +126,21 @@ pub struct DirectionStats {
     pub errors: u64,
 }
 
+impl DirectionStats {
+    /// Every counter with its name, in one order, for reports (broker
+    /// status, the Python `stats()` dict).
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("packets", self.packets),
+            ("bytes", self.bytes),
+            ("batches", self.batches),
+            ("drops", self.drops),
+            ("waits", self.waits),
+            ("errors", self.errors),
+        ]
+    }
+}
+
 /// Counters for both directions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

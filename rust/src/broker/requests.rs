@@ -473,13 +473,7 @@ impl Core {
                 Some(Port::Adaptor(a)) => {
                     let s = a.stats();
                     let dir = |x: &crate::adaptor::DirectionStats| {
-                        Dict::new()
-                            .with("packets", Value::Int(x.packets as i64))
-                            .with("bytes", Value::Int(x.bytes as i64))
-                            .with("batches", Value::Int(x.batches as i64))
-                            .with("drops", Value::Int(x.drops as i64))
-                            .with("waits", Value::Int(x.waits as i64))
-                            .with("errors", Value::Int(x.errors as i64))
+                        x.named().into_iter().fold(Dict::new(), |d, (name, value)| d.with(name, Value::Int(value as i64)))
                     };
                     let ad = Dict::new()
                         .with("lease", Value::Int(*id as i64))

@@ -50,12 +50,9 @@ fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
 
 fn stats_dict<'py>(py: Python<'py>, s: &DirectionStats) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("packets", s.packets)?;
-    d.set_item("bytes", s.bytes)?;
-    d.set_item("batches", s.batches)?;
-    d.set_item("drops", s.drops)?;
-    d.set_item("waits", s.waits)?;
-    d.set_item("errors", s.errors)?;
+    for (name, value) in s.named() {
+        d.set_item(name, value)?;
+    }
     Ok(d)
 }
 

@@ -183,3 +183,30 @@ pub fn cleanup_stale(options: &BackendOptions) -> Result<Vec<String>, Error> {
         Ok(Vec::new())
     };
 }
+
+/// Reads up to `bufs.len()` frames from a non-blocking fd that yields one
+/// frame per `read` (a TAP, a SOCK_SEQPACKET socket), one syscall each.
+/// Stops at the first would-block or empty read; an error after some frames
+/// ends the batch and is seen again on the next call.
+#[cfg(target_os = "linux")]
+pub(crate) fn read_each(fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < bufs.len() {
+        // SAFETY: bufs[n] is a valid writable buffer of its length.
+        let r = unsafe { libc::read(fd, bufs[n].as_mut_ptr().cast(), bufs[n].len()) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock || n > 0 {
+                break;
+            }
+            return Err(err);
+        }
+        if r == 0 {
+            // No frame (a TAP never returns an empty one); never pass one on.
+            break;
+        }
+        lens[n] = r as usize;
+        n += 1;
+    }
+    Ok(n)
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::NetworkConfig;
-use crate::vmnet::{Error, Interface, InterfaceDesc, InterfaceInfo, Network, NetworkState};
+use crate::vmnet::{read_each, Error, Interface, InterfaceDesc, InterfaceInfo, Network, NetworkState};
 use crate::xpc::{Dict, Value};
 
 /// Largest frame a hub port carries.
@@ -252,21 +252,8 @@ impl Interface for HubPort {
     }
 
     fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < bufs.len() {
-            // SAFETY: reads into bufs[n], within its length.
-            let r = unsafe { libc::recv(self.fd.as_raw_fd(), bufs[n].as_mut_ptr().cast(), bufs[n].len(), libc::MSG_DONTWAIT) };
-            if r <= 0 {
-                let err = io::Error::last_os_error();
-                if r == 0 || err.kind() == io::ErrorKind::WouldBlock || n > 0 {
-                    break;
-                }
-                return Err(err);
-            }
-            lens[n] = r as usize;
-            n += 1;
-        }
-        Ok(n)
+        // The port's end of the pair is non-blocking: one frame per read.
+        read_each(self.fd.as_raw_fd(), bufs, lens)
     }
 
     fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {

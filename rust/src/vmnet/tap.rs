@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::{Error, Interface, InterfaceInfo};
+use super::{read_each, Error, Interface, InterfaceInfo};
 
 mod uring;
 
@@ -259,28 +259,6 @@ impl Tap {
     pub fn batched(&self) -> bool {
         matches!(self.batch, Batch::Uring { .. })
     }
-}
-
-fn read_each(fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < bufs.len() {
-        // SAFETY: bufs[n] is a valid writable buffer of its length.
-        let r = unsafe { libc::read(fd, bufs[n].as_mut_ptr().cast(), bufs[n].len()) };
-        if r < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::WouldBlock || n > 0 {
-                break;
-            }
-            return Err(err);
-        }
-        if r == 0 {
-            // No frame (a TAP never returns an empty one); never pass one on.
-            break;
-        }
-        lens[n] = r as usize;
-        n += 1;
-    }
-    Ok(n)
 }
 
 fn write_each(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {

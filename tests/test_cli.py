@@ -161,3 +161,18 @@ def test_main_exit_codes(tmp_path: Path, no_config_file: None, capsys: pytest.Ca
 def test_other_errors_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert report_error(NetworkError("network \"lab\": bridge vmnet0 could not be created: busy")) == EXIT_FAILED
     assert capsys.readouterr().err == 'vmnet-rs: network "lab": bridge vmnet0 could not be created: busy\n'
+
+
+def test_python_m_cli_registers_every_command() -> None:
+    """`python -m vmnet_rs.cli` and `python -m vmnet_rs` offer the same commands."""
+    import subprocess
+    import sys
+
+    outs = [subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60) for mod in ("vmnet_rs.cli", "vmnet_rs")]
+    for out in outs:
+        assert out.returncode == 0, out.stderr
+    commands = sorted(cli.commands)
+    assert commands == ["bench", "broker", "install", "leases", "networks", "run", "status", "uninstall"]
+    for out in outs:
+        listed = out.stdout.split("Commands:")[1].split()
+        assert [name for name in commands if name in listed] == commands

@@ -87,19 +87,18 @@ from .leases import leases  # noqa: E402
 from .networks_cli import networks  # noqa: E402
 from .run import run_command  # noqa: E402
 from .bench import bench  # noqa: E402
+from .broker_cli import broker_command  # noqa: E402
+from .install import install_command, uninstall_command  # noqa: E402
+from .status_cli import status_command  # noqa: E402
 
 cli.add_command(networks)
 cli.add_command(leases)
 cli.add_command(run_command)
 cli.add_command(bench)
-
-if __name__ == "__main__":
-    main()
-
-from .broker_cli import broker_command  # noqa: E402
-from .install import install_command, status_command, uninstall_command  # noqa: E402
-
 cli.add_command(broker_command)
 cli.add_command(install_command)
 cli.add_command(uninstall_command)
 cli.add_command(status_command)
+
+if __name__ == "__main__":
+    main()

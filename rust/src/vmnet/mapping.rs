@@ -19,8 +19,8 @@
 //! - [`peer_from_audit_token`], [`parse_os_version`], [`cdhash_requirement`]:
 //!   small facts about the macOS peer checks.
 //!
-//! Pure functions, no threads, no state. Facts cited are from
-//! ../shared/docs/platform-facts.md §1 and §3.
+//! Pure functions, no threads, no state. The Apple facts behind them are
+//! described in docs/macos.md.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -5,8 +5,21 @@
 //!
 //! Invariant shared by all paths: a receive returns how many datagrams it
 //! took (0 is never returned: "nothing now" is `WouldBlock`), with each
-//! length and whether it was truncated to its buffer; a send returns how many
+//! length and whether it was cut to its buffer; a send returns how many
 //! leading frames the kernel took, or the error of the first one.
+//!
+//! Oversized datagrams: XNU's `recvmsg_x` clears each message's `msg_flags`
+//! and cuts `msg_datalen` to the buffer (`bsd/kern/uipc_syscalls.c`), so no
+//! per-message `MSG_TRUNC` ever reaches us there. Every path therefore also
+//! treats a datagram that fills its whole buffer as cut, and callers size
+//! each buffer [`receive_buffer_len`]: one byte more than the largest frame.
+//!
+//! Batched sends on macOS: `sendmsg_x` fails the whole call with `EMSGSIZE`
+//! when the datagrams add up to more than the socket's send high-water mark
+//! (XNU `bsd/sys/socket_private.h`), so each call is capped by bytes
+//! (`SO_SNDBUF`, which reads that mark) as well as by count
+//! ([`send_chunk_len`]), and a refused chunk is re-sent one frame per call
+//! ([`send_chunked`]) so an error names the frame that caused it.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -15,6 +28,81 @@ use std::os::fd::RawFd;
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 #[cfg(not(target_os = "linux"))]
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+
+/// Length of a receive buffer for frames of at most `max_frame` bytes: one
+/// byte more, so a datagram that fills it is known to be oversized.
+pub(crate) fn receive_buffer_len(max_frame: usize) -> usize {
+    max_frame + 1
+}
+
+/// Whether a received datagram of `len` bytes in a buffer of `capacity`
+/// bytes must be treated as cut: the kernel said so, or it filled the buffer
+/// (which a frame no larger than the buffer minus one byte never does).
+fn is_cut(len: usize, capacity: usize, kernel_says_truncated: bool) -> bool {
+    kernel_says_truncated || len >= capacity
+}
+
+/// How many leading `frames` one batched send may carry: at most
+/// `max_count`, and no more than `max_bytes` in all. Always at least one
+/// (when `frames` is not empty): a frame larger than `max_bytes` goes alone,
+/// so its own error names it.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+pub(crate) fn send_chunk_len(frames: &[&[u8]], max_count: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for frame in frames.iter().take(max_count.max(1)) {
+        bytes = bytes.saturating_add(frame.len());
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Sends `frames` in chunks of [`send_chunk_len`]: `batch` makes one batched
+/// call for a chunk of two or more (returning how many it took), `single`
+/// sends one frame per call (a lone frame, or a chunk `batch` refused with
+/// `EMSGSIZE`, so the refusal lands on the frame that caused it and never
+/// costs the frames around it). Returns how many leading frames were taken,
+/// or the error of the first one.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+pub(crate) fn send_chunked(
+    frames: &[&[u8]],
+    max_count: usize,
+    max_bytes: usize,
+    mut batch: impl FnMut(&[&[u8]]) -> io::Result<usize>,
+    mut single: impl FnMut(&[&[u8]]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < frames.len() {
+        let rest = &frames[sent..];
+        let n = send_chunk_len(rest, max_count, max_bytes);
+        let chunk = &rest[..n];
+        let result = if n == 1 {
+            single(chunk)
+        } else {
+            match batch(chunk) {
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => single(chunk),
+                other => other,
+            }
+        };
+        match result {
+            Ok(taken) => {
+                let taken = taken.min(n);
+                sent += taken;
+                if taken < n {
+                    break;
+                }
+            }
+            Err(e) if sent == 0 => return Err(e),
+            // What was sent stands; the error comes back on the next call,
+            // with its frame first.
+            Err(_) => break,
+        }
+    }
+    Ok(sent)
+}
 
 /// Whether batched calls are used on this platform (Linux always; macOS when
 /// `recvmsg_x`/`sendmsg_x` resolve).
@@ -47,7 +135,7 @@ pub(crate) fn recv_each(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], tru
             return Err(err);
         }
         lens[n] = r as usize;
-        truncated[n] = msg.msg_flags & libc::MSG_TRUNC != 0;
+        truncated[n] = is_cut(r as usize, bufs[n].len(), msg.msg_flags & libc::MSG_TRUNC != 0);
         n += 1;
     }
     Ok(n)
@@ -126,7 +214,7 @@ mod mmsg {
         let n = r as usize;
         for (i, m) in msgs.iter().take(n).enumerate() {
             lens[i] = m.msg_len as usize;
-            truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            truncated[i] = is_cut(lens[i], bufs[i].len(), m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0);
         }
         Ok(n)
     }
@@ -172,8 +260,11 @@ mod msg_x {
     const _: () = assert!(std::mem::size_of::<msghdr_x>() == 56);
 
     /// `ssize_t recvmsg_x(int s, const struct msghdr_x *msgp, u_int cnt, int flags)`
-    /// and `sendmsg_x` with the same parameters.
-    type MsgXFn = unsafe extern "C" fn(libc::c_int, *const msghdr_x, libc::c_uint, libc::c_int) -> libc::ssize_t;
+    /// and `sendmsg_x` with the same parameters (socket_private.h). The
+    /// pointer is declared `*mut`: `recvmsg_x` writes `msg_datalen` and
+    /// `msg_flags` back into the array despite the `const`, so callers must
+    /// pass a pointer they may write through.
+    type MsgXFn = unsafe extern "C" fn(libc::c_int, *mut msghdr_x, libc::c_uint, libc::c_int) -> libc::ssize_t;
 
     #[derive(Clone, Copy)]
     pub(super) struct Functions {
@@ -215,10 +306,14 @@ mod msg_x {
     pub(super) fn recv(f: Functions, fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], truncated: &mut [bool]) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> =
             bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
-        let msgs: Vec<msghdr_x> = iovs.iter_mut().map(header).collect();
+        // The kernel writes msg_datalen (and msg_flags) back into this array,
+        // so it is passed through a mutable pointer even though the prototype
+        // says `const`.
+        let mut msgs: Vec<msghdr_x> = iovs.iter_mut().map(header).collect();
         // SAFETY: msgs holds msgs.len() headers with zeroed flags/datalen, no
-        // name or control, one iovec each over a live buffer of its length.
-        let r = unsafe { (f.recv)(fd, msgs.as_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        // name or control, one iovec each over a live buffer of its length;
+        // the array is writable for the call.
+        let r = unsafe { (f.recv)(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -227,19 +322,39 @@ mod msg_x {
         }
         let n = r as usize;
         for (i, m) in msgs.iter().take(n).enumerate() {
+            // XNU never reports MSG_TRUNC here (it clears msg_flags and cuts
+            // msg_datalen to the buffer); a full buffer is the only sign.
             lens[i] = m.msg_datalen;
-            truncated[i] = m.msg_flags & libc::MSG_TRUNC != 0;
+            truncated[i] = is_cut(m.msg_datalen, bufs[i].len(), m.msg_flags & libc::MSG_TRUNC != 0);
         }
         Ok(n)
     }
 
-    pub(super) fn send(f: Functions, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+    /// The socket's send high-water mark (`SO_SNDBUF` reads `sb_hiwat` on
+    /// XNU); unknown means no byte cap, and the kernel's `EMSGSIZE` then
+    /// sends the chunk frame by frame.
+    fn send_high_water(fd: RawFd) -> usize {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&mut value as *mut libc::c_int).cast(), &mut len)
+        };
+        if r == 0 && value > 0 {
+            value as usize
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// One `sendmsg_x` call over `frames`.
+    fn send_call(f: Functions, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> =
             frames.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
-        let msgs: Vec<msghdr_x> = iovs.iter_mut().map(header).collect();
+        let mut msgs: Vec<msghdr_x> = iovs.iter_mut().map(header).collect();
         // SAFETY: msgs holds msgs.len() headers with one iovec each over a
         // live frame; sendmsg_x only reads them.
-        let r = unsafe { (f.send)(fd, msgs.as_ptr(), msgs.len() as libc::c_uint, SEND_FLAGS) };
+        let r = unsafe { (f.send)(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, SEND_FLAGS) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -247,6 +362,11 @@ mod msg_x {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(r as usize)
+    }
+
+    /// Sends in calls capped by count and by the send high-water mark.
+    pub(super) fn send(f: Functions, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+        send_chunked(frames, frames.len(), send_high_water(fd), |chunk| send_call(f, fd, chunk), |one| send_each(fd, one))
     }
 }
 
@@ -295,5 +415,143 @@ mod tests {
         assert!(trunc[0]);
         assert_eq!(recv_batch(b.as_raw_fd(), &mut bufs, &mut lens, &mut trunc).unwrap(), 1);
         assert!(trunc[0]);
+    }
+
+    #[test]
+    fn a_datagram_that_fills_its_buffer_is_cut_without_msg_trunc() {
+        // The kernel sets no MSG_TRUNC for a datagram exactly as long as the
+        // buffer; it must still count as cut (recvmsg_x never reports
+        // MSG_TRUNC at all), and one byte less must pass.
+        let (a, b) = pair();
+        let max_frame = 60;
+        let cap = receive_buffer_len(max_frame);
+        let mut bufs = vec![vec![0u8; cap]; 2];
+        let (mut lens, mut trunc) = ([0usize; 2], [false; 2]);
+        for recv in [recv_each as fn(RawFd, &mut [Vec<u8>], &mut [usize], &mut [bool]) -> io::Result<usize>, recv_batch] {
+            send_each(a.as_raw_fd(), &[&[1u8; 61], &[2u8; 60]]).unwrap();
+            assert_eq!(recv(b.as_raw_fd(), &mut bufs, &mut lens, &mut trunc).unwrap(), 2);
+            assert_eq!((lens[0], trunc[0]), (61, true), "a frame one byte over the largest is cut");
+            assert_eq!((lens[1], trunc[1]), (60, false), "the largest frame passes");
+            assert_eq!(&bufs[1][..60], &[2u8; 60][..]);
+        }
+    }
+
+    #[test]
+    fn chunks_are_capped_by_count_and_bytes() {
+        let f = |n: usize| vec![0u8; n];
+        let (a, b, c, d) = (f(1000), f(1000), f(3000), f(10));
+        let frames: Vec<&[u8]> = vec![&a, &b, &c, &d];
+        assert_eq!(send_chunk_len(&frames, 64, usize::MAX), 4);
+        assert_eq!(send_chunk_len(&frames, 3, usize::MAX), 3);
+        assert_eq!(send_chunk_len(&frames, 64, 2000), 2, "exactly at the cap fits");
+        assert_eq!(send_chunk_len(&frames, 64, 1999), 1);
+        assert_eq!(send_chunk_len(&frames[2..], 64, 2000), 1, "a lone frame over the cap still goes, alone");
+        assert_eq!(send_chunk_len(&frames, 0, 2000), 1, "a zero count still sends one");
+        assert_eq!(send_chunk_len(&[], 64, 2000), 0);
+    }
+
+    /// A model of XNU's sendmsg_x: EMSGSIZE when the datagrams of one call
+    /// add up to more than `hiwat`, and a per-frame send that refuses only
+    /// frames larger than `hiwat`.
+    struct Kernel {
+        hiwat: usize,
+        delivered: Vec<usize>,
+        batch_calls: usize,
+        single_calls: usize,
+    }
+
+    impl Kernel {
+        fn batch(&mut self, chunk: &[&[u8]]) -> io::Result<usize> {
+            self.batch_calls += 1;
+            if chunk.iter().map(|f| f.len()).sum::<usize>() > self.hiwat {
+                return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+            }
+            self.delivered.extend(chunk.iter().map(|f| f[0] as usize));
+            Ok(chunk.len())
+        }
+
+        fn single(&mut self, chunk: &[&[u8]]) -> io::Result<usize> {
+            for (i, f) in chunk.iter().enumerate() {
+                self.single_calls += 1;
+                if f.len() > self.hiwat {
+                    return if i > 0 { Ok(i) } else { Err(io::Error::from_raw_os_error(libc::EMSGSIZE)) };
+                }
+                self.delivered.push(f[0] as usize);
+            }
+            Ok(chunk.len())
+        }
+    }
+
+    fn run(kernel: &mut Kernel, frames: &[&[u8]], cap: usize) -> io::Result<usize> {
+        let k = std::cell::RefCell::new(kernel);
+        send_chunked(frames, 64, cap, |c| k.borrow_mut().batch(c), |c| k.borrow_mut().single(c))
+    }
+
+    #[test]
+    fn large_batches_go_out_in_byte_capped_calls_without_losing_a_frame() {
+        // 64 TSO-sized frames (~4 MiB) against a 1 MiB send buffer.
+        let frames: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 65_000]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let mut k = Kernel { hiwat: 1 << 20, delivered: Vec::new(), batch_calls: 0, single_calls: 0 };
+        assert_eq!(run(&mut k, &refs, 1 << 20).unwrap(), 64);
+        assert_eq!(k.delivered, (0..64).collect::<Vec<_>>());
+        assert_eq!(k.batch_calls, 4, "16 frames of 65000 bytes fit under 1 MiB per call");
+        assert_eq!(k.single_calls, 0);
+    }
+
+    #[test]
+    fn an_emsgsize_from_a_stale_cap_resends_the_chunk_frame_by_frame() {
+        // The cap we read (1 MiB) is larger than what the kernel enforces
+        // (100 000 bytes): the chunk is refused and sent one frame per call.
+        let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 60_000]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let mut k = Kernel { hiwat: 100_000, delivered: Vec::new(), batch_calls: 0, single_calls: 0 };
+        assert_eq!(run(&mut k, &refs, 1 << 20).unwrap(), 8);
+        assert_eq!(k.delivered, (0..8).collect::<Vec<_>>());
+        assert_eq!((k.batch_calls, k.single_calls), (1, 8));
+    }
+
+    #[test]
+    fn only_the_frame_too_large_for_the_socket_fails() {
+        // Frame 2 alone exceeds the high-water mark: frames 0 and 1 go, the
+        // next call fails with frame 2 first (the relay drops it), and the
+        // call after that carries frames 3 and 4.
+        let sizes = [100usize, 100, 5000, 100, 100];
+        let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let mut k = Kernel { hiwat: 4096, delivered: Vec::new(), batch_calls: 0, single_calls: 0 };
+        assert_eq!(run(&mut k, &refs, 4096).unwrap(), 2);
+        let err = run(&mut k, &refs[2..], 4096).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+        assert_eq!(run(&mut k, &refs[3..], 4096).unwrap(), 2);
+        assert_eq!(k.delivered, vec![0, 1, 3, 4]);
+    }
+
+    #[test]
+    fn chunked_sends_on_a_real_socket_arrive_whole_and_in_order() {
+        let (a, b) = pair();
+        let frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100 + i as usize]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let mut calls = 0;
+        let sent = send_chunked(
+            &refs,
+            64,
+            500,
+            |c| {
+                calls += 1;
+                send_batch(a.as_raw_fd(), c)
+            },
+            |c| send_each(a.as_raw_fd(), c),
+        )
+        .unwrap();
+        assert_eq!(sent, 20);
+        assert_eq!(calls, 5, "about four frames of ~110 bytes per 500-byte call");
+        let mut bufs = vec![vec![0u8; receive_buffer_len(200)]; 32];
+        let (mut lens, mut trunc) = ([0usize; 32], [false; 32]);
+        assert_eq!(recv_batch(b.as_raw_fd(), &mut bufs, &mut lens, &mut trunc).unwrap(), 20);
+        for i in 0..20 {
+            assert_eq!(&bufs[i][..lens[i]], frames[i].as_slice());
+            assert!(!trunc[i]);
+        }
     }
 }

@@ -34,7 +34,7 @@ impl DatagramReader {
     pub(crate) fn new(batched: bool, batch_frames: usize, max_frame_bytes: usize) -> Self {
         DatagramReader {
             batched,
-            bufs: vec![vec![0u8; max_frame_bytes]; batch_frames],
+            bufs: vec![vec![0u8; batch_io::receive_buffer_len(max_frame_bytes)]; batch_frames],
             lens: vec![0; batch_frames],
             truncated: vec![false; batch_frames],
             valid: Vec::with_capacity(batch_frames),

@@ -3,7 +3,10 @@
 //!
 //! `create_network` replays the steps `mapping::configuration_steps` derives
 //! from the config, calls `vmnet_network_create`, copies the serialization
-//! and reads back the subnet and IPv6 prefix vmnet chose. Interfaces
+//! and reads back the subnet and IPv6 prefix vmnet chose. The serialization
+//! is handed to clients as the XPC object vmnet returned: `serialization()`
+//! gives a tag naming it (`xpc::apple::object::Kept`), which the transport
+//! replaces with the object itself. Interfaces
 //! (`apple/interface.rs`) start on a fresh network object deserialized from
 //! that serialization, so stopping one never releases the broker's own.
 //! `apple/vz.rs` builds a Virtualization.framework attachment for clients.
@@ -24,7 +27,7 @@ use std::ptr::NonNull;
 use super::mapping::{self, Status, Step};
 use super::{BackendOptions, Error, Interface, InterfaceDesc, Network, NetworkState};
 use crate::config::NetworkConfig;
-use crate::xpc::apple::object::{self, Object};
+use crate::xpc::apple::object::{self, Kept, Object};
 use crate::xpc::Dict;
 
 pub use interface::VmnetInterface;
@@ -157,12 +160,13 @@ pub struct VmnetNetwork {
     config: NetworkConfig,
     network: CfRef<ffi::vmnet_network>,
     serialization: Object,
+    /// The serialization kept for the transport while the network lives.
+    kept: Kept,
     state: NetworkState,
 }
 
 impl VmnetNetwork {
-    /// The raw serialization, for callers that pass it on as XPC (the
-    /// broker's reply) without going through [`Dict`].
+    /// The raw serialization, for callers in this process that use it as XPC.
     pub fn serialization_object(&self) -> &Object {
         &self.serialization
     }
@@ -181,7 +185,7 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: plain mode value and a valid status out-pointer; +1 or NULL.
     let cfg = unsafe { CfRef::from_owned((v.f.vmnet_network_configuration_create)(*mode, &mut raw_status)) }
-        .ok_or_else(|| mapping::status_error(steps[0].to_string(), Status::from_raw(raw_status)))?;
+        .ok_or_else(|| mapping::network_create_error(steps[0].to_string(), Status::from_raw(raw_status)))?;
     for step in &steps[1..] {
         apply_step(v, &cfg, step)?;
     }
@@ -189,7 +193,7 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: `cfg` is live; +1 or NULL.
     let network = unsafe { CfRef::from_owned((v.f.vmnet_network_create)(cfg.as_ptr(), &mut raw_status)) }
-        .ok_or_else(|| mapping::status_error(format!("vmnet_network_create({name})"), Status::from_raw(raw_status)))?;
+        .ok_or_else(|| mapping::network_create_error(format!("vmnet_network_create({name})"), Status::from_raw(raw_status)))?;
     drop(cfg);
 
     let mut raw_status: ffi::vmnet_return_t = 0;
@@ -200,7 +204,16 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
 
     let state = read_state(v, &network)?;
     log::info!("vmnet network {name} created: {} {:?}", state.subnet, state.ipv6_prefix);
-    Ok(Box::new(VmnetNetwork { name: name.to_owned(), config: config.clone(), network, serialization, state }))
+    // The broker passes the object itself on; whether its Dict form would
+    // rebuild it unchanged matters only to clients that rebuild it.
+    // SAFETY: the serialization is a live XPC object.
+    match unsafe { object::round_trips(serialization.as_ptr()) } {
+        Ok(true) => log::debug!("vmnet network {name}: the serialization survives a round trip through Dict"),
+        Ok(false) => log::warn!("vmnet network {name}: the serialization changes in a round trip through Dict; clients that rebuild it may fail"),
+        Err(e) => log::warn!("vmnet network {name}: the serialization cannot be converted to Dict ({e}); clients that rebuild it will fail"),
+    }
+    let kept = Kept::new(&serialization);
+    Ok(Box::new(VmnetNetwork { name: name.to_owned(), config: config.clone(), network, serialization, kept, state }))
 }
 
 fn read_state(v: &ffi::Vmnet, network: &CfRef<ffi::vmnet_network>) -> Result<NetworkState, Error> {
@@ -231,12 +244,11 @@ impl Network for VmnetNetwork {
         self.state.clone()
     }
 
+    /// A tag naming the kept serialization: converted to XPC (the broker's
+    /// reply), it becomes the object vmnet returned, unchanged. Valid in this
+    /// process while the network lives.
     fn serialization(&self) -> Result<Dict, Error> {
-        // SAFETY: the serialization is a live XPC object owned by `self`.
-        unsafe { object::from_xpc(self.serialization.as_ptr()) }.map_err(|e| Error::Platform {
-            op: format!("convert the serialization of {}", self.name),
-            detail: e.to_string(),
-        })
+        Ok(self.kept.tag())
     }
 
     fn start_interface(&self, desc: &InterfaceDesc) -> Result<Box<dyn Interface>, Error> {

@@ -12,12 +12,17 @@
 //!   parameters its start block returns, as plain maps.
 //! - [`network_state`]: what `vmnet_network_get_ipv4_subnet` /
 //!   `_get_ipv6_prefix` report, in the `NetworkState` form.
+//! - [`network_create_error`]: `VMNET_MEM_FAILURE` at network creation read
+//!   as the missing virtualization entitlement; [`start_outcome`]: whether a
+//!   failed interface start left an object to stop.
 //! - [`tag`] / [`untag`]: the XPC value kinds the message model has no
 //!   variant for (uint64, uuid, double, null, array), carried losslessly as a
-//!   tagged nested dictionary so a vmnet serialization survives a round trip
-//!   through [`Dict`](crate::xpc::Dict).
-//! - [`peer_from_audit_token`], [`parse_os_version`], [`cdhash_requirement`]:
-//!   small facts about the macOS peer checks.
+//!   tagged nested dictionary, and [`object_tag`], a handle to an XPC object
+//!   kept as it is in this process (the broker's vmnet serialization).
+//! - [`peer_from_audit_token`], [`parse_os_version`], [`cdhash_requirement`],
+//!   [`listener_requirement`]: the macOS peer checks (one requirement per
+//!   listener).
+//! - [`SessionSlot`]: the client's session, replaced after an error.
 //!
 //! Pure functions, no threads, no state. The Apple facts behind them are
 //! described in docs/macos.md.
@@ -189,15 +194,15 @@ impl Status {
         match self {
             Status::Success => "no error",
             Status::Failure => "vmnet failed for an unspecified reason; check the system log (log show --predicate 'subsystem == \"com.apple.vmnet\"') and retry",
-            Status::MemFailure => "vmnet ran out of memory; free memory or stop other VMs and retry",
+            Status::MemFailure => "vmnet ran out of memory, or (when creating a network) this process lacks the com.apple.security.virtualization entitlement; see the entitlement check in docs/macos.md",
             Status::InvalidArgument => "vmnet refused a value; check the network configuration (subnet, prefix, MTU, port forwards, reservations) against docs/macos.md",
             Status::SetupIncomplete => "the interface or network is not fully set up yet; retry once the start has completed",
-            Status::InvalidAccess => "permission denied; run the broker from the entitled executable that `vmnet-rs install` signs",
+            Status::InvalidAccess => "permission denied; run the broker as the `vmnet-rs-broker` binary that `vmnet-rs install` signs with the virtualization entitlement",
             Status::PacketTooBig => "a frame is larger than the interface's max packet size; lower the guest MTU or enable offload on the network",
             Status::BufferExhausted => "vmnet's kernel buffers are full; the frame is dropped, retry later",
             Status::TooManyPackets => "more packets than the interface's read/write max packets in one call",
             Status::SharingServiceBusy => "another sharing service (Internet Sharing?) holds the network or its subnet; stop it or choose another subnet",
-            Status::NotAuthorized => "needs the com.apple.security.virtualization entitlement; run the broker from the executable signed by `vmnet-rs install`",
+            Status::NotAuthorized => "needs the com.apple.security.virtualization entitlement; run the broker as the `vmnet-rs-broker` binary that `vmnet-rs install` signs",
             Status::Unknown(_) => "a status this build does not know; check the system log and update vmnet-rs",
         }
     }
@@ -212,6 +217,50 @@ impl fmt::Display for Status {
 /// The backend error for a vmnet call `op` that returned `status`.
 pub fn status_error(op: impl Into<String>, status: Status) -> super::Error {
     super::Error::Platform { op: op.into(), detail: status.to_string() }
+}
+
+/// What to do when vmnet refuses to create a network for want of the
+/// entitlement.
+pub const MISSING_ENTITLEMENT: &str = "this process lacks the com.apple.security.virtualization entitlement \
+(without it vmnet answers VMNET_MEM_FAILURE, not VMNET_NOT_AUTHORIZED); run the broker as the signed \
+`vmnet-rs-broker` binary: `vmnet-rs install` signs it, and `codesign -d --entitlements - \"$(command -v vmnet-rs-broker)\"` \
+must list the entitlement";
+
+/// The error for `vmnet_network_configuration_create` / `vmnet_network_create`
+/// (`op`) returning `status`. Without `com.apple.security.virtualization`
+/// vmnet answers `VMNET_MEM_FAILURE` (1002) there, not
+/// `VMNET_NOT_AUTHORIZED` (measured on macOS 26.3), so at creation both
+/// codes are reported as the missing entitlement.
+pub fn network_create_error(op: impl Into<String>, status: Status) -> super::Error {
+    match status {
+        Status::MemFailure | Status::NotAuthorized => super::Error::Platform {
+            op: op.into(),
+            detail: format!("{} ({}): {MISSING_ENTITLEMENT}", status.name(), status.raw()),
+        },
+        other => status_error(op, other),
+    }
+}
+
+/// What to do after `vmnet_interface_start_with_network` completed with
+/// `status`, having returned an interface object or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    /// The start failed but vmnet handed back an interface object: stop it
+    /// (`vmnet_stop_interface`) rather than forget it.
+    FailedStop(Status),
+    /// The start failed and there is nothing to stop.
+    Failed(Status),
+}
+
+pub fn start_outcome(status: Status, returned_interface: bool) -> StartOutcome {
+    match (status.is_success(), returned_interface) {
+        (true, true) => StartOutcome::Started,
+        // Success without an object is a failure vmnet did not name.
+        (true, false) => StartOutcome::Failed(Status::Failure),
+        (false, true) => StartOutcome::FailedStop(status),
+        (false, false) => StartOutcome::Failed(status),
+    }
 }
 
 /// The same as an `io::Error` for the data path; buffer exhaustion is flow
@@ -245,7 +294,8 @@ pub enum Step {
     DisableDnsProxy,
     DisableRouterAdvertisement,
     /// `..._set_ipv4_subnet(&first_host, &mask)`: the first host address
-    /// (x.y.z.1), never the network address (platform-facts §1.6 #1).
+    /// (x.y.z.1), never the network address (`.0` is accepted at first but
+/// breaks VZ and DHCP later; docs/macos.md).
     SetIpv4Subnet {
         first_host: Ipv4Addr,
         mask: Ipv4Addr,
@@ -599,7 +649,8 @@ pub enum DescKey {
 /// The description for `vmnet_interface_start_with_network`, as (key, bool)
 /// pairs. `network_offload` is the network's setting: every interface on one
 /// network must agree on TSO/checksum offload, or the whole network degrades
-/// (platform-facts §1.6 #3), so a mismatched request is refused.
+/// (one member without TSO disables it bridge-wide; docs/macos.md), so a
+/// mismatched request is refused.
 pub fn interface_desc_entries(
     desc: &InterfaceDesc,
     network_isolation: bool,
@@ -710,9 +761,9 @@ pub struct VmPktDesc {
 }
 
 /// Scratch descriptors for one `vmnet_read` / `vmnet_write` call: one iovec
-/// per packet (multi-iovec packets fail with `VMNET_INVALID_ARGUMENT`,
-/// platform-facts §1.6 #8), sizes reset to each buffer's full capacity
-/// before every read, flags zero.
+/// per packet (multi-iovec packets fail with `VMNET_INVALID_ARGUMENT`, as
+/// QEMU reports), sizes reset to each buffer's full capacity before every
+/// read, flags zero.
 ///
 /// Invariant: after a `prepare_*` call, `descs[i].vm_pkt_iov` points at
 /// `iovs[i]`, which points at the caller's buffer `i`; the pointers are only
@@ -816,6 +867,10 @@ pub enum Tagged {
     Null,
     /// `array`; items under keys "0", "1", ...
     Array(Vec<Value>),
+    /// An XPC object kept as it is in this process (`xpc::apple::object`
+    /// holds it), named by a process-local handle: how the broker hands a
+    /// vmnet serialization to the transport without rebuilding it.
+    Object(u64),
 }
 
 /// A tagged value as a `Value::Dict`.
@@ -825,6 +880,7 @@ pub fn tag(value: Tagged) -> Value {
         Tagged::Uuid(bytes) => ("uuid", Some(Value::Data(bytes.to_vec()))),
         Tagged::Double(v) => ("double", Some(Value::Int(v.to_bits() as i64))),
         Tagged::Null => ("null", None),
+        Tagged::Object(handle) => ("object", Some(Value::Int(handle as i64))),
         Tagged::Array(items) => {
             let mut d = Dict::new();
             for (i, item) in items.into_iter().enumerate() {
@@ -838,6 +894,15 @@ pub fn tag(value: Tagged) -> Value {
         d.insert(TAG_VALUE_KEY, inner);
     }
     Value::Dict(d)
+}
+
+/// The tag standing for the kept XPC object `handle`, as the dictionary a
+/// `Network::serialization` returns.
+pub fn object_tag(handle: u64) -> Dict {
+    match tag(Tagged::Object(handle)) {
+        Value::Dict(d) => d,
+        _ => Dict::new(),
+    }
 }
 
 /// If `dict` is a tagged value, takes it apart; `Ok(Err(dict))` hands an
@@ -861,6 +926,7 @@ pub fn untag(mut dict: Dict) -> Result<Result<Tagged, Dict>, Error> {
                 .map_err(|_| Error::Tag(format!("a uuid tag holds {} bytes, not 16", bytes.len())))?,
         ),
         ("null", None) => Tagged::Null,
+        ("object", Some(Value::Int(handle))) => Tagged::Object(handle as u64),
         ("array", Some(Value::Dict(mut items))) => {
             let n = items.len();
             let mut out = Vec::with_capacity(n);
@@ -942,7 +1008,7 @@ pub fn parse_os_version(text: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-/// Lima's rule (platform-facts §6.1): before macOS 26.2 a VZ client can only
+/// Lima's rule: before macOS 26.2 a VZ client can only
 /// use a deserialized network if it is the same executable (same CDHash) as
 /// the creator, so serialization requests are accepted only from it.
 pub fn same_cdhash_rule_applies(os: (u32, u32, u32)) -> bool {
@@ -950,10 +1016,91 @@ pub fn same_cdhash_rule_applies(os: (u32, u32, u32)) -> bool {
 }
 
 /// A code-signing requirement string that matches exactly one CDHash, for
-/// `xpc_listener_set_peer_code_signing_requirement` [?].
+/// `xpc_listener_set_peer_code_signing_requirement` (the `cdhash` keyword of
+/// Apple's Code Signing Requirement Language).
 pub fn cdhash_requirement(cdhash: &[u8; 20]) -> String {
     let hex: String = cdhash.iter().map(|b| format!("{b:02X}")).collect();
     format!("cdhash H\"{hex}\"")
+}
+
+/// The one peer requirement a listener gets. Apple documents a second
+/// `xpc_listener_set_peer_*_requirement` call on one listener as a
+/// programming error (a crash), so the options are combined here first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerRequirement {
+    /// `xpc_listener_set_peer_code_signing_requirement` (macOS 14.4) with
+    /// this SecRequirement string.
+    CodeSigning(String),
+    /// `xpc_listener_set_peer_requirement` with the LWCR `{cdhash: <own>}`
+    /// (macOS 26.0).
+    SameCdhash([u8; 20]),
+}
+
+/// Combines a code-signing requirement and "same CDHash only" into at most
+/// one requirement: both become one code-signing requirement,
+/// `(<requirement>) and cdhash H"<own>"`. An empty requirement is refused.
+pub fn listener_requirement(
+    code_signing: Option<&str>,
+    same_cdhash: Option<&[u8; 20]>,
+) -> Result<Option<ListenerRequirement>, String> {
+    let code_signing = match code_signing.map(str::trim) {
+        Some("") => {
+            return Err("the code signing requirement is empty; give a requirement (csreq(1) syntax) or leave it unset".into())
+        }
+        other => other,
+    };
+    Ok(match (code_signing, same_cdhash) {
+        (None, None) => None,
+        (None, Some(hash)) => Some(ListenerRequirement::SameCdhash(*hash)),
+        (Some(req), None) => Some(ListenerRequirement::CodeSigning(req.to_owned())),
+        (Some(req), Some(hash)) => {
+            Some(ListenerRequirement::CodeSigning(format!("({req}) and {}", cdhash_requirement(hash))))
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Client sessions.
+// ---------------------------------------------------------------------------
+
+/// A client's current session, replaced after an error: libxpc cancels a
+/// client session for good once a request on it fails, so the next request
+/// opens a new session instead of failing like every request since.
+/// Thread-safe; requests on one session run concurrently (the lock is held
+/// only to take or replace it).
+pub struct SessionSlot<T> {
+    current: std::sync::Mutex<Option<std::sync::Arc<T>>>,
+}
+
+impl<T> SessionSlot<T> {
+    pub fn new(first: T) -> Self {
+        SessionSlot { current: std::sync::Mutex::new(Some(std::sync::Arc::new(first))) }
+    }
+
+    /// The current session, or a new one from `open` if the last was
+    /// discarded; `true` when it was just opened.
+    pub fn get_or_open<E>(&self, open: impl FnOnce() -> Result<T, E>) -> Result<(std::sync::Arc<T>, bool), E> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(session) = current.as_ref() {
+            return Ok((std::sync::Arc::clone(session), false));
+        }
+        let session = std::sync::Arc::new(open()?);
+        *current = Some(std::sync::Arc::clone(&session));
+        Ok((session, true))
+    }
+
+    /// Discards `session` after an error on it, if it is still the current
+    /// one (another thread may have replaced it already). The session itself
+    /// goes when its last user drops it.
+    pub fn discard(&self, session: &std::sync::Arc<T>) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|c| std::sync::Arc::ptr_eq(c, session)) {
+            *current = None;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1176,12 +1323,78 @@ mod tests {
         assert!(Status::SharingServiceBusy.hint().contains("Internet Sharing"));
         assert!(Status::NotAuthorized.hint().contains("com.apple.security.virtualization"));
         assert!(Status::NotAuthorized.hint().contains("vmnet-rs install"));
+        assert!(Status::NotAuthorized.hint().contains("vmnet-rs-broker"));
+        assert!(Status::MemFailure.hint().contains("entitlement"));
         assert_eq!(Status::from_raw(4242), Status::Unknown(4242));
         assert_eq!(Status::Unknown(4242).raw(), 4242);
         let e = status_error("vmnet_network_create", Status::SharingServiceBusy).to_string();
         assert!(e.starts_with("vmnet_network_create failed: VMNET_SHARING_SERVICE_BUSY (1009)"), "{e}");
         assert_eq!(status_io_error("vmnet_write", Status::BufferExhausted).kind(), std::io::ErrorKind::WouldBlock);
         assert_eq!(status_io_error("vmnet_read", Status::NotAuthorized).kind(), std::io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn mem_failure_at_network_creation_is_reported_as_the_missing_entitlement() {
+        for status in [Status::MemFailure, Status::NotAuthorized] {
+            let e = network_create_error("vmnet_network_create(shared)", status).to_string();
+            assert!(e.starts_with(&format!("vmnet_network_create(shared) failed: {} ({})", status.name(), status.raw())), "{e}");
+            assert!(e.contains("lacks the com.apple.security.virtualization entitlement"), "{e}");
+            assert!(e.contains("vmnet-rs-broker") && e.contains("vmnet-rs install") && e.contains("codesign -d"), "{e}");
+            assert!(!e.contains("out of memory"), "{e}");
+        }
+        let e = network_create_error("vmnet_network_create(shared)", Status::SharingServiceBusy).to_string();
+        assert!(e.contains("Internet Sharing") && !e.contains("entitlement"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_start_that_returned_an_interface_is_stopped() {
+        assert_eq!(start_outcome(Status::Success, true), StartOutcome::Started);
+        assert_eq!(start_outcome(Status::Success, false), StartOutcome::Failed(Status::Failure));
+        assert_eq!(start_outcome(Status::InvalidArgument, true), StartOutcome::FailedStop(Status::InvalidArgument));
+        assert_eq!(start_outcome(Status::Failure, false), StartOutcome::Failed(Status::Failure));
+    }
+
+    #[test]
+    fn a_session_that_failed_is_replaced_by_the_next_request() {
+        let opened = std::cell::Cell::new(1u32);
+        let open = || -> Result<u32, String> {
+            opened.set(opened.get() + 1);
+            Ok(opened.get())
+        };
+        let slot = SessionSlot::new(1u32);
+        let (first, fresh) = slot.get_or_open(open).unwrap();
+        assert_eq!((*first, fresh), (1, false), "the first session is kept while it works");
+        assert_eq!(*slot.get_or_open(open).unwrap().0, 1);
+        assert!(slot.discard(&first), "an error discards the session");
+        assert!(!slot.discard(&first), "a second error on the same session changes nothing");
+        let (second, fresh) = slot.get_or_open(open).unwrap();
+        assert_eq!((*second, fresh), (2, true), "the next request opens a new session");
+        assert!(!slot.discard(&first), "a late error on the old session leaves the new one");
+        assert_eq!(*slot.get_or_open(open).unwrap().0, 2);
+        assert!(slot.discard(&second));
+        let failing = || -> Result<u32, String> { Err("no service".into()) };
+        assert_eq!(slot.get_or_open(failing).unwrap_err(), "no service");
+        assert_eq!(*slot.get_or_open(open).unwrap().0, 3, "a failed open is retried by the next request");
+    }
+
+    #[test]
+    fn a_listener_gets_at_most_one_requirement() {
+        let hash = [0xabu8; 20];
+        assert_eq!(listener_requirement(None, None).unwrap(), None);
+        assert_eq!(listener_requirement(None, Some(&hash)).unwrap(), Some(ListenerRequirement::SameCdhash(hash)));
+        assert_eq!(
+            listener_requirement(Some("anchor apple generic"), None).unwrap(),
+            Some(ListenerRequirement::CodeSigning("anchor apple generic".into()))
+        );
+        let both = listener_requirement(Some("anchor apple generic or identifier \"x\""), Some(&hash)).unwrap();
+        assert_eq!(
+            both,
+            Some(ListenerRequirement::CodeSigning(format!(
+                "(anchor apple generic or identifier \"x\") and cdhash H\"{}\"",
+                "AB".repeat(20)
+            )))
+        );
+        assert!(listener_requirement(Some("  "), Some(&hash)).unwrap_err().contains("empty"));
     }
 
     #[test]
@@ -1299,6 +1512,8 @@ mod tests {
             Tagged::Uuid([7; 16]),
             Tagged::Double(-1.5),
             Tagged::Null,
+            Tagged::Object(u64::MAX - 1),
+            Tagged::Object(7),
             Tagged::Array(vec![Value::Int(1), Value::String("x".into()), tag(Tagged::Uint64(3))]),
         ];
         for original in originals {
@@ -1315,6 +1530,13 @@ mod tests {
                 other => assert_eq!(format!("{other:?}"), repr),
             }
         }
+    }
+
+    #[test]
+    fn an_object_tag_names_its_handle() {
+        let d = object_tag(42);
+        assert_eq!(d.get_str(TAG_TYPE_KEY), Some("object"));
+        assert!(matches!(untag(d).unwrap().unwrap(), Tagged::Object(42)));
     }
 
     #[test]

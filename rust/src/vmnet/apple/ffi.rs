@@ -1,8 +1,7 @@
 //! Raw vmnet.framework and CoreFoundation declarations.
 //!
-//! Written from the macOS 26 SDK header `vmnet/vmnet.h` (signatures as in
-//! platform-facts §1, checked against the 26.1 SDK header, and Apple's vmnet
-//! reference; symbol names checked against MacOSX26.0.sdk `vmnet.tbd`) and
+//! Written from the macOS 26 SDK header `vmnet/vmnet.h` (checked against
+//! the 26.1 SDK header and Apple's vmnet reference; symbol names checked against MacOSX26.0.sdk `vmnet.tbd`) and
 //! `CoreFoundation/CFBase.h`. Only public API is declared: the `.tbd`
 //! exports more (`vmnet_network_get_mode`, `_get_mtu`, ...) that are private
 //! and not used. vmnet is not linked: its functions and keys are resolved
@@ -36,7 +35,8 @@ pub struct vmnet_interface {
 }
 
 // SAFETY: `vmnet_network_ref` is a pointer to the C struct `vmnet_network`,
-// whose Objective-C type encoding is `^{vmnet_network=}` (platform-facts §2):
+// whose Objective-C type encoding is `^{vmnet_network=}` (VZ header
+// `VZVmnetNetworkDeviceAttachment.h` takes a `vmnet_network_ref`):
 // needed to pass it to `-[VZVmnetNetworkDeviceAttachment initWithNetwork:]`.
 unsafe impl RefEncode for vmnet_network {
     const ENCODING_REF: Encoding = Encoding::Pointer(&Encoding::Struct("vmnet_network", &[]));

@@ -30,7 +30,7 @@ use dispatch2::{DispatchQueue, DispatchRetained};
 use super::ffi;
 use super::CfRef;
 use crate::config::NetworkConfig;
-use crate::vmnet::mapping::{self, DescKey, PacketBatch, ParamKey, ParamValue, Params, Status};
+use crate::vmnet::mapping::{self, DescKey, PacketBatch, ParamKey, ParamValue, Params, StartOutcome, Status};
 use crate::vmnet::{Error, Interface, InterfaceDesc, InterfaceInfo};
 use crate::xpc::apple::ffi as xffi;
 use crate::xpc::apple::object::{is_type, Object};
@@ -39,7 +39,7 @@ use crate::xpc::apple::object::{is_type, Object};
 /// under a second; a busy machine gets room.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for the stop block (Lima raised its VZ stop wait from
-/// 5 s to 15 s; platform-facts §1.6 #9).
+/// 5 s to 15 s: shutdown is slower on macOS 26; docs/macos.md).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Wakes the relay: the write end of the pipe and a flag that coalesces
@@ -237,10 +237,8 @@ impl VmnetInterface {
             )
         })?;
 
-        // SAFETY: returns a +1 dictionary.
-        let xdesc = unsafe { Object::from_owned(xffi::xpc_dictionary_create_empty()) }.ok_or_else(|| {
-            Error::Platform { op: name.clone(), detail: "xpc_dictionary_create_empty returned NULL".into() }
-        })?;
+        let xdesc = Object::empty_dictionary()
+            .map_err(|e| Error::Platform { op: name.clone(), detail: e.to_string() })?;
         for (key, value) in entries {
             // SAFETY: a live dictionary and a key symbol exported by vmnet.
             unsafe { xffi::xpc_dictionary_set_bool(xdesc.as_ptr(), desc_key(&v.keys, key), value) };
@@ -279,11 +277,19 @@ impl VmnetInterface {
                 });
             }
         };
-        let status = Status::from_raw(raw);
-        if !status.is_success() || iface.is_null() {
-            // A failed start leaves nothing to stop [?].
-            let status = if status.is_success() { Status::Failure } else { status };
-            return Err(mapping::status_error(format!("vmnet_interface_start_with_network({network_name})"), status));
+        match mapping::start_outcome(Status::from_raw(raw), !iface.is_null()) {
+            StartOutcome::Started => {}
+            StartOutcome::FailedStop(status) => {
+                // vmnet handed back an interface object although the start
+                // failed: stop it rather than leave it behind.
+                if let Err(e) = stop_raw(v, iface, &queue, &name) {
+                    log::warn!("{name}: stopping after the failed start: {e}");
+                }
+                return Err(mapping::status_error(format!("vmnet_interface_start_with_network({network_name})"), status));
+            }
+            StartOutcome::Failed(status) => {
+                return Err(mapping::status_error(format!("vmnet_interface_start_with_network({network_name})"), status));
+            }
         }
 
         let finish = || -> Result<EventParts, Error> {
@@ -306,6 +312,9 @@ impl VmnetInterface {
             if !status.is_success() {
                 return Err(mapping::status_error("vmnet_interface_set_event_callback", status));
             }
+            // Read once now: packets queued before the callback was set
+            // raised no event and would otherwise wait for the next arrival.
+            wakeup.notify();
             Ok((info, read_end, wakeup, event_queue, event_block))
         };
         let (info, read_end, wakeup, event_queue, event_block) = match finish() {

@@ -3,7 +3,8 @@
 //!
 //! objc2-virtualization skips `initWithNetwork:`, so the class is looked up
 //! at run time and the initializer sent with `msg_send!`, passing the
-//! network as an opaque `^{vmnet_network=}` pointer (platform-facts §2).
+//! network as an opaque `^{vmnet_network=}` pointer (the encoding of a
+//! pointer to the C struct `vmnet_network`, see `ffi.rs`).
 //! Runs on the caller's thread (where the VM configuration is built); the
 //! result is not `Send`.
 //!
@@ -18,7 +19,7 @@ use super::ffi;
 use super::CfRef;
 use crate::vmnet::mapping::{self, Status};
 use crate::vmnet::Error;
-use crate::xpc::apple::object::to_xpc;
+use crate::xpc::apple::object::{value_to_xpc_object, Object};
 use crate::xpc::Dict;
 
 /// The attachment and the process-local network it was made from (kept
@@ -37,10 +38,18 @@ impl VmnetAttachment {
 }
 
 /// Builds a `VZVmnetNetworkDeviceAttachment` from `serialization` (the
-/// broker reply's `Serialization`).
+/// broker reply's `Serialization` as a `Dict`: rebuilt through the tags of
+/// `xpc::apple::object`, or, in the broker's own process, the tag of the
+/// kept object itself).
 pub fn attachment_from_serialization(serialization: &Dict) -> Result<VmnetAttachment, Error> {
-    let xser = to_xpc(serialization)
+    let xser = value_to_xpc_object(serialization)
         .map_err(|e| Error::Platform { op: "convert the network serialization".into(), detail: e.to_string() })?;
+    attachment_from_xpc(&xser)
+}
+
+/// Builds a `VZVmnetNetworkDeviceAttachment` from the serialization as the
+/// XPC object it arrived as.
+pub fn attachment_from_xpc(xser: &Object) -> Result<VmnetAttachment, Error> {
     let v = ffi::vmnet()?;
     let mut raw_status: ffi::vmnet_return_t = 0;
     // SAFETY: `xser` is a live XPC dictionary; +1 or NULL.

@@ -1,6 +1,13 @@
-//! The client side: one XPC session to the broker's Mach service, kept for
-//! the client's life (the broker leases networks to the session, so closing
-//! it releases them).
+//! The client side: one XPC session to the broker's Mach service, kept while
+//! it works (the broker leases networks to the session, so closing it
+//! releases them).
+//!
+//! libxpc cancels a client session for good once a request on it fails
+//! (the broker exited or restarted, the connection broke): every later
+//! request on that session would fail too. So an error discards the session
+//! (`mapping::SessionSlot`), the failing request reports it, and the next
+//! request opens a new session. Leases held by the old session are gone
+//! with it; the error says so.
 //!
 //! Threads: `request` blocks the calling thread until the reply arrives (or
 //! the timeout passes) and must not run on a dispatch queue the session
@@ -10,30 +17,26 @@
 
 use std::ffi::CString;
 use std::sync::mpsc::sync_channel;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use block2::RcBlock;
 
 use super::ffi;
 use super::object::{from_xpc, take_rich_error, to_xpc, Object};
+use crate::vmnet::mapping::SessionSlot;
 use crate::xpc::{Dict, Error};
 
-/// A session to a Mach service.
-pub struct Client {
-    session: Object,
-    service: String,
+/// One `xpc_session`; cancelled, then released, when the last user drops it.
+struct Session {
     x: &'static ffi::Xpc,
-    timeout: Mutex<Option<Duration>>,
+    session: Object,
 }
 
-impl Client {
-    /// Opens a session to `service`. `privileged`: the service is a
-    /// LaunchDaemon in the system domain rather than a per-user LaunchAgent.
-    pub fn connect(service: &str, privileged: bool) -> Result<Client, Error> {
+impl Session {
+    fn open(x: &'static ffi::Xpc, service: &str, privileged: bool) -> Result<Session, Error> {
         let c = CString::new(service)
             .map_err(|_| Error::Transport(format!("Mach service name {service:?} contains a NUL byte")))?;
-        let x = ffi::xpc()?;
         let flags = if privileged { ffi::XPC_SESSION_CREATE_MACH_PRIVILEGED } else { ffi::XPC_SESSION_CREATE_NONE };
         let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
         // SAFETY: a valid C string, the default queue (NULL), and an error
@@ -44,7 +47,7 @@ impl Client {
             Some(session) => {
                 // SAFETY: `err` is NULL or ours.
                 unsafe { take_rich_error(err) };
-                Ok(Client { session, service: service.to_owned(), x, timeout: Mutex::new(None) })
+                Ok(Session { x, session })
             }
             None => {
                 // SAFETY: `err` is NULL or ours.
@@ -54,6 +57,39 @@ impl Client {
                 )))
             }
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // SAFETY: the session is live; cancelling an already cancelled
+        // session is allowed (xpc/session.h); `Object` then releases it.
+        unsafe { (self.x.xpc_session_cancel)(self.session.as_ptr()) };
+    }
+}
+
+/// A session to a Mach service, reopened after an error.
+pub struct Client {
+    slot: SessionSlot<Session>,
+    service: String,
+    privileged: bool,
+    x: &'static ffi::Xpc,
+    timeout: Mutex<Option<Duration>>,
+}
+
+impl Client {
+    /// Opens a session to `service`. `privileged`: the service is a
+    /// LaunchDaemon in the system domain rather than a per-user LaunchAgent.
+    pub fn connect(service: &str, privileged: bool) -> Result<Client, Error> {
+        let x = ffi::xpc()?;
+        let first = Session::open(x, service, privileged)?;
+        Ok(Client {
+            slot: SessionSlot::new(first),
+            service: service.to_owned(),
+            privileged,
+            x,
+            timeout: Mutex::new(None),
+        })
     }
 
     pub fn service(&self) -> &str {
@@ -67,71 +103,92 @@ impl Client {
         Ok(())
     }
 
-    /// Sends `message` and waits for the reply.
+    /// Sends `message` and waits for the reply. After a transport error the
+    /// session is dropped and the next call opens a new one.
     pub fn request(&self, message: &Dict) -> Result<Dict, Error> {
         let msg = to_xpc(message)?;
-        if let Some(timeout) = *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) {
-            return self.request_within(&msg, timeout);
+        let (session, fresh) = self.slot.get_or_open(|| Session::open(self.x, &self.service, self.privileged))?;
+        if fresh {
+            log::info!("opened a new session to {} (the previous one failed)", self.service);
         }
-        let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
-        // SAFETY: the session and message are live; not called on the
-        // session's target queue (see module doc). The reply is +1 or NULL
-        // with a +1 error.
-        let raw =
-            unsafe { (self.x.xpc_session_send_message_with_reply_sync)(self.session.as_ptr(), msg.as_ptr(), &mut err) };
-        // SAFETY: `raw` is NULL or ours.
-        let Some(reply) = (unsafe { Object::from_owned(raw) }) else {
-            // SAFETY: `err` is NULL or ours.
-            let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
-            return Err(Error::Transport(format!("request to {} failed: {text}", self.service)));
+        let timeout = *self.timeout.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match timeout {
+            Some(timeout) => self.request_within(&session, &msg, timeout),
+            None => self.request_sync(&session, &msg),
         };
-        // SAFETY: `err` is NULL or ours.
-        unsafe { take_rich_error(err) };
-        // SAFETY: `reply` is live for the call.
-        unsafe { from_xpc(reply.as_ptr()) }
-    }
-}
-
-impl Client {
-    fn request_within(&self, msg: &Object, timeout: Duration) -> Result<Dict, Error> {
-        let (tx, rx) = sync_channel::<Result<Dict, Error>>(1);
-        let tx = Mutex::new(Some(tx));
-        let handler = RcBlock::new(move |reply: ffi::xpc_object_t, err: ffi::xpc_rich_error_t| {
-            let result = if reply.is_null() {
-                // SAFETY: the error is borrowed for the block's duration;
-                // retain it so `take_rich_error` can release its own reference.
-                let text = unsafe { take_rich_error(if err.is_null() { err } else { ffi::xpc_retain(err) }) }
-                    .map(|(t, _)| t)
-                    .unwrap_or_else(|| "no reply".into());
-                Err(Error::Transport(text))
-            } else {
-                // SAFETY: the reply is live for the block's duration; it is
-                // copied out.
-                unsafe { from_xpc(reply) }
-            };
-            if let Some(tx) = tx.lock().ok().and_then(|mut g| g.take()) {
-                let _ = tx.try_send(result);
+        match outcome {
+            Outcome::Reply(result) => result,
+            Outcome::SessionFailed(text) => {
+                self.slot.discard(&session);
+                Err(Error::Transport(format!(
+                    "request to {} failed: {text}; the session is closed (networks leased on it are released) and the next request opens a new one",
+                    self.service
+                )))
             }
-        });
-        // SAFETY: session and message are live; libxpc copies the block.
-        unsafe { (self.x.xpc_session_send_message_with_reply_async)(self.session.as_ptr(), msg.as_ptr(), &handler) };
-        match rx.recv_timeout(timeout) {
-            Ok(result) => result.map_err(|e| match e {
-                Error::Transport(t) => Error::Transport(format!("request to {} failed: {t}", self.service)),
-                other => other,
-            }),
-            Err(_) => Err(Error::Transport(format!(
+            Outcome::TimedOut(after) => Err(Error::Transport(format!(
                 "no reply from {} within {:.1} s; is the broker busy or stuck? (vmnet-rs status)",
                 self.service,
-                timeout.as_secs_f64()
+                after.as_secs_f64()
             ))),
         }
     }
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        // SAFETY: the session is live and active; `Object` then releases it.
-        unsafe { (self.x.xpc_session_cancel)(self.session.as_ptr()) };
+/// How one request ended.
+enum Outcome {
+    /// A reply arrived (converted, or why it could not be).
+    Reply(Result<Dict, Error>),
+    /// libxpc reported an error: the session is cancelled for good.
+    SessionFailed(String),
+    /// No reply within the timeout; the session may still be fine.
+    TimedOut(Duration),
+}
+
+impl Client {
+    fn request_sync(&self, session: &Arc<Session>, msg: &Object) -> Outcome {
+        let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+        // SAFETY: the session and message are live; not called on the
+        // session's target queue (see module doc). The reply is +1 or NULL
+        // with a +1 error.
+        let raw = unsafe {
+            (self.x.xpc_session_send_message_with_reply_sync)(session.session.as_ptr(), msg.as_ptr(), &mut err)
+        };
+        // SAFETY: `raw` is NULL or ours.
+        let Some(reply) = (unsafe { Object::from_owned(raw) }) else {
+            // SAFETY: `err` is NULL or ours.
+            let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_else(|| "no reply".into());
+            return Outcome::SessionFailed(text);
+        };
+        // SAFETY: `err` is NULL or ours.
+        unsafe { take_rich_error(err) };
+        // SAFETY: `reply` is live for the call.
+        Outcome::Reply(unsafe { from_xpc(reply.as_ptr()) })
+    }
+
+    fn request_within(&self, session: &Arc<Session>, msg: &Object, timeout: Duration) -> Outcome {
+        let (tx, rx) = sync_channel::<Outcome>(1);
+        let tx = Mutex::new(Some(tx));
+        let handler = RcBlock::new(move |reply: ffi::xpc_object_t, err: ffi::xpc_rich_error_t| {
+            let outcome = if reply.is_null() {
+                // SAFETY: the error is borrowed for the block's duration;
+                // retain it so `take_rich_error` can release its own reference.
+                let text = unsafe { take_rich_error(if err.is_null() { err } else { ffi::xpc_retain(err) }) }
+                    .map(|(t, _)| t)
+                    .unwrap_or_else(|| "no reply".into());
+                Outcome::SessionFailed(text)
+            } else {
+                // SAFETY: the reply is live for the block's duration; it is
+                // copied out.
+                Outcome::Reply(unsafe { from_xpc(reply) })
+            };
+            if let Some(tx) = tx.lock().ok().and_then(|mut g| g.take()) {
+                let _ = tx.try_send(outcome);
+            }
+        });
+        // SAFETY: session and message are live; libxpc copies the block.
+        unsafe {
+            (self.x.xpc_session_send_message_with_reply_async)(session.session.as_ptr(), msg.as_ptr(), &handler)
+        };
+        rx.recv_timeout(timeout).unwrap_or(Outcome::TimedOut(timeout))
     }
 }

@@ -52,13 +52,17 @@ pub const XPC_LISTENER_CREATE_INACTIVE: u64 = 1 << 0;
 pub const XPC_SESSION_CREATE_NONE: u64 = 0;
 pub const XPC_SESSION_CREATE_MACH_PRIVILEGED: u64 = 1 << 1;
 
-// xpc/base.h, xpc/xpc.h: object lifetime, types, values.
+// xpc/base.h, xpc/xpc.h: object lifetime, types, values. Only calls from
+// macOS 10.7 are linked directly, so the library loads whatever deployment
+// target it was built for; newer ones (`xpc_type_get_name`, 10.15) are
+// resolved at run time.
 extern "C" {
     pub fn xpc_retain(object: xpc_object_t) -> xpc_object_t;
     pub fn xpc_release(object: xpc_object_t);
     pub fn xpc_get_type(object: xpc_object_t) -> xpc_type_t;
-    pub fn xpc_type_get_name(type_: xpc_type_t) -> *const c_char;
     pub fn xpc_copy_description(object: xpc_object_t) -> *mut c_char;
+    /// Deep comparison of two objects of the same type (10.7).
+    pub fn xpc_equal(object1: xpc_object_t, object2: xpc_object_t) -> bool;
 
     pub static _xpc_type_dictionary: xpc_type_s;
     pub static _xpc_type_string: xpc_type_s;
@@ -95,12 +99,16 @@ extern "C" {
     /// A new fd the caller owns, or -1.
     pub fn xpc_fd_dup(xfd: xpc_object_t) -> c_int;
 
-    pub fn xpc_array_create_empty() -> xpc_object_t;
+    /// `xpc_array_create(objects, count)` (10.7); with NULL and 0 it is
+    /// what `xpc_array_create_empty` (11.0) makes, without needing 11.0.
+    pub fn xpc_array_create(objects: *const xpc_object_t, count: usize) -> xpc_object_t;
     pub fn xpc_array_append_value(xarray: xpc_object_t, value: xpc_object_t);
     pub fn xpc_array_get_count(xarray: xpc_object_t) -> usize;
     pub fn xpc_array_apply(xarray: xpc_object_t, applier: &ArrayApplier<'_>) -> bool;
 
-    pub fn xpc_dictionary_create_empty() -> xpc_object_t;
+    /// `xpc_dictionary_create(keys, values, count)` (10.7); with NULL, NULL
+    /// and 0 it is what `xpc_dictionary_create_empty` (11.0) makes.
+    pub fn xpc_dictionary_create(keys: *const *const c_char, values: *const xpc_object_t, count: usize) -> xpc_object_t;
     /// NULL when `original` expects no reply.
     pub fn xpc_dictionary_create_reply(original: xpc_object_t) -> xpc_object_t;
     /// Retains `value`.
@@ -173,6 +181,10 @@ crate::xpc::apple::dynamic::dynamic_functions! {
         ) -> xpc_listener_t;
         fn xpc_listener_activate(listener: xpc_listener_t, error_out: *mut xpc_rich_error_t) -> bool;
         fn xpc_listener_cancel(listener: xpc_listener_t);
+        /// Rejects (and so cancels) a peer session handed to the
+        /// incoming-session handler; the only way to refuse one there
+        /// (cancelling the still inactive session aborts on macOS 26).
+        fn xpc_listener_reject_peer(peer: xpc_session_t, reason: *const c_char);
         /// 0 on success.
         fn xpc_listener_set_peer_code_signing_requirement(listener: xpc_listener_t, requirement: *const c_char) -> c_int;
         fn xpc_listener_set_peer_requirement(listener: xpc_listener_t, requirement: xpc_peer_requirement_t);
@@ -197,12 +209,16 @@ pub fn xpc() -> Result<&'static Xpc, crate::xpc::Error> {
 }
 
 // Private, declared from the XNU source (bsd/sys/codesign.h `csops`,
-// `CS_OPS_CDHASH`); exported by libSystem (platform-facts §3.2).
+// `CS_OPS_CDHASH`); exported by libSystem.
 extern "C" {
     pub fn csops(pid: libc::pid_t, ops: u32, useraddr: *mut c_void, usersize: usize) -> c_int;
 }
 pub const CS_OPS_CDHASH: u32 = 5;
 pub const CDHASH_LEN: usize = 20;
+
+/// `const char *xpc_type_get_name(xpc_type_t type)` (xpc/xpc.h, macOS
+/// 10.15), looked up at run time.
+pub type TypeGetName = unsafe extern "C" fn(type_: xpc_type_t) -> *const c_char;
 
 /// The private `xpc_dictionary_get_audit_token(xdict, audit_token_t *)`,
 /// looked up at run time (it is not in the public headers); the fallback

@@ -10,7 +10,11 @@
 //! Invariants: each session gets a connection id unique for the life of the
 //! process; each accepted session is retained until its cancel handler runs; `Handler::disconnected` is called exactly once per session that
 //! sent at least one accepted message; a message that is not a dictionary
-//! cancels its session (as Lima does); no panic leaves a block.
+//! cancels its session (as Lima does); no panic leaves a block; a peer is
+//! refused inside the incoming-session handler only with
+//! `xpc_listener_reject_peer` (the session is still inactive there, and
+//! cancelling it aborts the process on macOS 26); the listener gets at most
+//! one peer requirement (a second one is a programming error to libxpc).
 
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -41,7 +45,9 @@ pub struct ServeOptions {
     /// `anchor apple generic and certificate leaf[subject.OU] = "TEAMID"`.
     pub code_signing_requirement: Option<String>,
     /// Only executables with this process's CDHash may connect at all
-    /// (`xpc_listener_set_peer_requirement` with an LWCR, macOS 26.0).
+    /// (`xpc_listener_set_peer_requirement` with an LWCR, macOS 26.0). With a
+    /// `code_signing_requirement` too, both become one code-signing
+    /// requirement (`mapping::listener_requirement`).
     pub require_same_cdhash: bool,
     /// Lima's rule: before macOS 26.2, requests for which
     /// `is_serialization_request` returns true are answered only for callers
@@ -156,12 +162,10 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     } else {
         None
     };
-    let listener_requirement = if options.require_same_cdhash { Some(SameCdhash::new(&own_cdhash()?)?) } else { None };
-    let code_signing_requirement = options
-        .code_signing_requirement
-        .as_deref()
-        .map(|r| CString::new(r).map_err(|_| Error::Transport("code signing requirement contains a NUL byte".into())))
-        .transpose()?;
+    let own_hash = if options.require_same_cdhash { Some(own_cdhash()?) } else { None };
+    let listener_requirement =
+        mapping::listener_requirement(options.code_signing_requirement.as_deref(), own_hash.as_ref())
+            .map_err(Error::Transport)?;
 
     let shared = Arc::new(Shared {
         x,
@@ -179,9 +183,10 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     let incoming = RcBlock::new(move |peer: ffi::xpc_session_t| {
         let result = catch_unwind(AssertUnwindSafe(|| accept_session(peer, &in_block, &session_queue)));
         if result.is_err() {
-            // SAFETY: `peer` is the live session handed to this block; a
-            // session without a message handler must be cancelled.
-            unsafe { (in_block.x.xpc_session_cancel)(peer) };
+            log::error!("accepting a peer session panicked; the peer is rejected");
+            // SAFETY: `peer` is the (still inactive) session handed to this
+            // block; rejecting is the way to refuse it here (xpc/listener.h).
+            unsafe { (in_block.x.xpc_listener_reject_peer)(peer, c"vmnet-rs broker: internal error accepting the session".as_ptr()) };
         }
     });
 
@@ -213,19 +218,28 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
         _queue: queue,
         _block: incoming,
     };
-    if let Some(req) = &code_signing_requirement {
-        // SAFETY: the listener is inactive and live; `req` is a C string.
-        let rc = unsafe { (x.xpc_listener_set_peer_code_signing_requirement)(this.listener.as_ptr(), req.as_ptr()) };
-        if rc != 0 {
-            return Err(Error::Transport(format!(
-                "the code signing requirement {req:?} was refused (error {rc}); check its syntax (csreq(1))"
-            )));
+    // Exactly one requirement setter, or none (xpc/listener.h: a second call
+    // is a programming error).
+    match &listener_requirement {
+        None => {}
+        Some(mapping::ListenerRequirement::CodeSigning(text)) => {
+            let req = CString::new(text.as_str())
+                .map_err(|_| Error::Transport("code signing requirement contains a NUL byte".into()))?;
+            // SAFETY: the listener is inactive and live; `req` is a C string.
+            let rc =
+                unsafe { (x.xpc_listener_set_peer_code_signing_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+            if rc != 0 {
+                return Err(Error::Transport(format!(
+                    "the code signing requirement {text:?} was refused (error {rc}); check its syntax (csreq(1))"
+                )));
+            }
         }
-    }
-    if let Some(req) = &listener_requirement {
-        // SAFETY: the listener is inactive and live; called at most once; it
-        // retains the requirement, ours is released when `req` drops.
-        unsafe { (x.xpc_listener_set_peer_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+        Some(mapping::ListenerRequirement::SameCdhash(hash)) => {
+            let req = SameCdhash::new(hash)?;
+            // SAFETY: the listener is inactive and live; this is its only
+            // requirement; it retains it, ours is released when `req` drops.
+            unsafe { (x.xpc_listener_set_peer_requirement)(this.listener.as_ptr(), req.as_ptr()) };
+        }
     }
 
     let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();

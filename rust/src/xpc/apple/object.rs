@@ -14,11 +14,20 @@
 //! (date, shmem, mach send/receive rights, endpoints, connections, errors),
 //! strings that are not UTF-8, keys with NUL bytes, nesting deeper than
 //! [`MAX_DEPTH`].
+//!
+//! [`Kept`]: an XPC object passed through a `Dict` untouched. The broker
+//! hands out a vmnet serialization as the very object vmnet returned (as
+//! Lima does), not rebuilt from its conversion: the network keeps the object
+//! under a handle, its `Dict` form is a `Tagged::Object` tag naming the
+//! handle, and `to_xpc`/`fill` put the kept object itself into the reply.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::{addr_of, NonNull};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use block2::StackBlock;
 
@@ -52,6 +61,82 @@ impl Object {
     pub fn as_ptr(&self) -> ffi::xpc_object_t {
         self.0.as_ptr()
     }
+
+    /// A second reference to the same object.
+    pub fn retained(&self) -> Object {
+        // SAFETY: the object is live (type invariant); the new reference is
+        // owned by the returned `Object`.
+        unsafe { ffi::xpc_retain(self.0.as_ptr()) };
+        Object(self.0)
+    }
+
+    /// A new, empty XPC dictionary (`xpc_dictionary_create(NULL, NULL, 0)`,
+    /// macOS 10.7, rather than `xpc_dictionary_create_empty`, 11.0).
+    pub fn empty_dictionary() -> Result<Object, Error> {
+        // SAFETY: no keys or values; the result is +1 or NULL.
+        created(unsafe { ffi::xpc_dictionary_create(std::ptr::null(), std::ptr::null(), 0) }, "dictionary")
+    }
+
+    /// A new, empty XPC array (`xpc_array_create(NULL, 0)`, 10.7).
+    pub fn empty_array() -> Result<Object, Error> {
+        // SAFETY: no objects; the result is +1 or NULL.
+        created(unsafe { ffi::xpc_array_create(std::ptr::null(), 0) }, "array")
+    }
+}
+
+/// XPC objects passed through `Dict`s as they are, by handle.
+fn kept_objects() -> &'static Mutex<BTreeMap<u64, Object>> {
+    static KEPT: OnceLock<Mutex<BTreeMap<u64, Object>>> = OnceLock::new();
+    KEPT.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+/// One XPC object kept under a process-local handle for as long as this
+/// value lives (a vmnet network keeps its serialization so). Its [`Kept::tag`]
+/// stands for the object in a `Dict`; converting that `Dict` to XPC puts the
+/// object itself there, so it reaches the peer exactly as it was.
+pub struct Kept {
+    handle: u64,
+}
+
+impl Kept {
+    pub fn new(object: &Object) -> Kept {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let handle = NEXT.fetch_add(1, Ordering::Relaxed);
+        kept_objects().lock().unwrap_or_else(|e| e.into_inner()).insert(handle, object.retained());
+        Kept { handle }
+    }
+
+    /// The `Dict` form: a `Tagged::Object` tag naming the handle.
+    pub fn tag(&self) -> Dict {
+        mapping::object_tag(self.handle)
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let removed = kept_objects().lock().unwrap_or_else(|e| e.into_inner()).remove(&self.handle);
+        drop(removed);
+    }
+}
+
+/// The kept object behind `handle` (a new reference), if it is still kept.
+fn kept(handle: u64) -> Option<Object> {
+    kept_objects().lock().unwrap_or_else(|e| e.into_inner()).get(&handle).map(Object::retained)
+}
+
+/// Whether `object` (a dictionary) survives the conversion to `Dict` and
+/// back unchanged (`xpc_equal`). The broker never relies on it (it passes
+/// the kept object on); it is logged, because clients that rebuild a
+/// serialization from its `Dict` form (the VZ path through Python) do.
+///
+/// # Safety
+/// `object` must be a live XPC object.
+pub unsafe fn round_trips(object: ffi::xpc_object_t) -> Result<bool, Error> {
+    // SAFETY: caller's contract.
+    let dict = unsafe { from_xpc(object) }?;
+    let back = to_xpc(&dict)?;
+    // SAFETY: both objects are live.
+    Ok(unsafe { ffi::xpc_equal(object, back.as_ptr()) })
 }
 
 impl Drop for Object {
@@ -68,12 +153,26 @@ pub unsafe fn is_type(obj: ffi::xpc_object_t, ty: ffi::xpc_type_t) -> bool {
     unsafe { ffi::xpc_get_type(obj) == ty }
 }
 
+/// `xpc_type_get_name` (10.15), looked up once.
+fn type_get_name() -> Option<ffi::TypeGetName> {
+    static FN: OnceLock<Option<ffi::TypeGetName>> = OnceLock::new();
+    *FN.get_or_init(|| {
+        // SAFETY: RTLD_DEFAULT and a NUL-terminated name.
+        let sym = unsafe { super::dynamic::symbol(libc::RTLD_DEFAULT, c"xpc_type_get_name") }?;
+        // SAFETY: the symbol is libxpc's function of this signature (xpc/xpc.h).
+        Some(unsafe { std::mem::transmute::<*mut c_void, ffi::TypeGetName>(sym) })
+    })
+}
+
 /// # Safety
 /// `obj` must be a live XPC object.
 unsafe fn type_name(obj: ffi::xpc_object_t) -> String {
+    let Some(get_name) = type_get_name() else {
+        return "unknown".into();
+    };
     // SAFETY: caller's contract; the name is a static C string.
     unsafe {
-        let name = ffi::xpc_type_get_name(ffi::xpc_get_type(obj));
+        let name = get_name(ffi::xpc_get_type(obj));
         if name.is_null() {
             "unknown".into()
         } else {
@@ -123,11 +222,19 @@ fn c_key(key: &str) -> Result<CString, Error> {
 
 /// A new XPC dictionary holding `dict` (fds are dup'ed; `dict` keeps its own).
 pub fn to_xpc(dict: &Dict) -> Result<Object, Error> {
-    // SAFETY: `xpc_dictionary_create_empty` returns +1.
-    let out = unsafe { Object::from_owned(ffi::xpc_dictionary_create_empty()) }
-        .ok_or_else(|| Error::Transport("xpc_dictionary_create_empty returned NULL".into()))?;
+    let out = Object::empty_dictionary()?;
     fill(&out, dict, 0)?;
     Ok(out)
+}
+
+/// The XPC object `dict` stands for: the tagged value when `dict` is a tag
+/// (e.g. a kept serialization), else a dictionary as [`to_xpc`] makes.
+pub fn value_to_xpc_object(dict: &Dict) -> Result<Object, Error> {
+    if dict.contains_key(TAG_TYPE_KEY) {
+        let owned = dict.try_clone().map_err(|source| Error::Io { op: "duplicate fd in tagged value", source })?;
+        return value_to_xpc(&Value::Dict(owned), 0);
+    }
+    to_xpc(dict)
 }
 
 /// Sets every entry of `dict` into the existing XPC dictionary `target`
@@ -180,7 +287,7 @@ fn value_to_xpc(value: &Value, depth: usize) -> Result<Object, Error> {
                 }
             }
             Value::Dict(d) => {
-                let out = created(ffi::xpc_dictionary_create_empty(), "dictionary")?;
+                let out = Object::empty_dictionary()?;
                 fill(&out, d, depth)?;
                 Ok(out)
             }
@@ -205,8 +312,11 @@ fn tagged_to_xpc(tagged: Tagged, depth: usize) -> Result<Object, Error> {
             Tagged::Double(v) => created(ffi::xpc_double_create(v), "double"),
             Tagged::Uuid(bytes) => created(ffi::xpc_uuid_create(bytes.as_ptr()), "uuid"),
             Tagged::Null => created(ffi::xpc_null_create(), "null"),
+            Tagged::Object(handle) => kept(handle).ok_or_else(|| {
+                Error::Malformed(format!("kept XPC object {handle} is gone (its network was removed meanwhile)"))
+            }),
             Tagged::Array(items) => {
-                let out = created(ffi::xpc_array_create_empty(), "array")?;
+                let out = Object::empty_array()?;
                 for item in &items {
                     let v = value_to_xpc(item, depth + 1)?;
                     // Retains `v`; our reference drops at the end of the loop.

@@ -13,7 +13,8 @@
 //! Refused with `Error::Malformed` naming the key and type: everything else
 //! (date, shmem, mach send/receive rights, endpoints, connections, errors),
 //! strings that are not UTF-8, keys with NUL bytes, nesting deeper than
-//! [`MAX_DEPTH`].
+//! [`MAX_DEPTH`], and the reserved tag key itself in an incoming dictionary
+//! (so a peer cannot forge a tag).
 //!
 //! [`Kept`]: an XPC object passed through a `Dict` untouched. The broker
 //! hands out a vmnet serialization as the very object vmnet returned (as
@@ -358,6 +359,12 @@ unsafe fn dict_from_xpc(obj: ffi::xpc_object_t, depth: usize) -> Result<Dict, Er
         // SAFETY: libxpc passes a valid C string key and a live value for the
         // duration of this call.
         let key = unsafe { CStr::from_ptr(key) }.to_string_lossy().into_owned();
+        if key == TAG_TYPE_KEY {
+            // Only this module makes tags; one arriving from a peer could
+            // otherwise name a kept object (another network's serialization).
+            *failure.borrow_mut() = Some(Error::Malformed(format!("key {TAG_TYPE_KEY:?} is reserved")));
+            return 0;
+        }
         // SAFETY: as above.
         match unsafe { value_from_xpc(value, depth + 1) } {
             Ok(v) => {

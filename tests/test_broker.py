@@ -281,7 +281,8 @@ def test_refused_uid_of_another_user(tmp_path: Path) -> None:
 
 
 def test_idle_exit(sock: Path) -> None:
-    with BrokerProcess(sock, ["--backend", "hub", "--idle-timeout", "1", "--monitor-interval", "0.1"]) as b:
+    # Endpoint sockets the broker bound itself would keep it alive (docs/endpoints.md).
+    with BrokerProcess(sock, ["--backend", "hub", "--no-endpoints", "--idle-timeout", "1", "--monitor-interval", "0.1"]) as b:
         b.wait_ready()
         with Client(str(sock)) as c:
             c.acquire("shared")
@@ -331,7 +332,7 @@ def test_socket_activated_restart(sock: Path, tmp_path: Path) -> None:
     script = tmp_path / "activator.py"
     script.write_text(ACTIVATOR)
     log = open(tmp_path / "activator.log", "wb")
-    cmd = [sys.executable, "-m", "vmnet_rs", "-v", "broker", "--backend", "hub", "--idle-timeout", "1", "--monitor-interval", "0.1"]
+    cmd = [sys.executable, "-m", "vmnet_rs", "-v", "broker", "--backend", "hub", "--no-endpoints", "--idle-timeout", "1", "--monitor-interval", "0.1"]
     env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "VMNET_RS_SOCKET")}
     act = subprocess.Popen([sys.executable, str(script), str(sock), str(pids), *cmd], stdout=subprocess.PIPE, stderr=log, env=env)
     try:

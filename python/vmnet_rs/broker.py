@@ -267,7 +267,10 @@ class Broker:
     ``lima_serialization_rule`` (macOS) applies Lima's rule: before 26.2,
     serialization requests only from callers with the broker's CDHash; ``idle_timeout`` (seconds, 0 = never)
     overrides the config's. ``backend="hub"`` uses the in-process test
-    network instead of the platform's.
+    network instead of the platform's. ``endpoints=True`` serves each
+    configured network's socket paths (``docs/endpoints.md``) under
+    ``endpoint_dir`` (else the config's ``endpointDir``, else the platform
+    default); a broker that bound them itself never exits when idle.
     """
 
     def __init__(
@@ -281,6 +284,8 @@ class Broker:
         mach_service: Optional[str] = None,
         code_signing_requirement: Optional[str] = None,
         lima_serialization_rule: bool = False,
+        endpoints: bool = False,
+        endpoint_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> None:
         config_json = None
         config_socket = None
@@ -301,11 +306,18 @@ class Broker:
             mach_service,
             code_signing_requirement,
             lima_serialization_rule,
+            endpoints,
+            None if endpoint_dir is None else os.fspath(endpoint_dir),
         )
 
     @property
     def socket(self) -> str:
         return str(self._native.socket)
+
+    @property
+    def endpoints(self) -> Dict[str, Dict[str, str]]:
+        """Network -> ``{"stream": path, "datagram": path}`` of the endpoints served."""
+        return dict(self._native.endpoints)
 
     @property
     def running(self) -> bool:

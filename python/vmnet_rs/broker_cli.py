@@ -47,6 +47,10 @@ def _native_log_level() -> str:
 @click.option("--unregister-mach-service", is_flag=True, help="macOS: remove the LaunchAgent (as `vmnet-rs uninstall`) and exit.")
 @click.option("--code-signing-requirement", default=None, help="macOS: a code-signing requirement every caller must satisfy.")
 @click.option("--lima-cdhash-rule", is_flag=True, help="macOS before 26.2: serialization only for callers with the broker's CDHash (Lima's rule).")
+@click.option("--endpoint-dir", default=None, type=click.Path(file_okay=False),
+              help="Where each network's stream and datagram socket paths go (default: the config's endpointDir, else "
+                   "the broker socket's directory on Linux, ~/Library/Application Support/vmnet-rs/endpoints on macOS).")
+@click.option("--no-endpoints", is_flag=True, help="Serve no per-network socket paths (docs/endpoints.md).")
 @click.option("--backend", type=click.Choice(["platform", "hub"]), default="platform", hidden=True, help="hub: in-process test network.")
 @click.option("--state-dir", default=None, hidden=True, help="Linux backend records (default /run/vmnet-rs/state).")
 @click.option("--monitor-interval", type=float, default=1.0, hidden=True, help="Seconds between lease checks.")
@@ -58,6 +62,8 @@ def broker_command(
     unregister_mach_service: bool,
     code_signing_requirement: Optional[str],
     lima_cdhash_rule: bool,
+    endpoint_dir: Optional[str],
+    no_endpoints: bool,
     backend: str,
     state_dir: Optional[str],
     monitor_interval: float,
@@ -79,6 +85,8 @@ def broker_command(
     _native.set_log_level(_native_log_level())
     default_dns_upstream()
     config = load_config(config_file)
+    if no_endpoints and endpoint_dir is not None:
+        raise ConfigError("--endpoint-dir and --no-endpoints contradict each other: give one")
     broker = Broker(
         config,
         socket=socket,
@@ -89,6 +97,8 @@ def broker_command(
         mach_service=mach_service,
         code_signing_requirement=code_signing_requirement,
         lima_serialization_rule=lima_cdhash_rule,
+        endpoints=not no_endpoints,
+        endpoint_dir=endpoint_dir,
     )
     # systemd and launchd stop the broker with SIGTERM: tear the networks
     # down as for Ctrl-C instead of dying with them in place.
@@ -99,6 +109,8 @@ def broker_command(
     try:
         broker.start()
         click.echo(f"vmnet-rs: broker pid {os.getpid()} serving {broker.socket}", err=True)
+        for network, paths in sorted(broker.endpoints.items()):
+            click.echo(f"vmnet-rs: network {network}: " + ", ".join(f"{k} {p}" for k, p in sorted(paths.items(), reverse=True)), err=True)
         reason = broker.serve_forever()
     finally:
         signal.signal(signal.SIGTERM, previous)

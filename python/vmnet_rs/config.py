@@ -129,6 +129,8 @@ class NetworkConfig:
     external_interface: Optional[str] = None
     isolation: bool = False
     offload: bool = False
+    #: The socket paths the broker offers for the network (``docs/endpoints.md``).
+    endpoints: Tuple[str, ...] = ("stream", "datagram")
 
     def to_dict(self) -> Dict[str, Any]:
         """The camelCase mapping, keys in documented order."""
@@ -147,6 +149,7 @@ class NetworkConfig:
             "externalInterface": self.external_interface,
             "isolation": self.isolation,
             "offload": self.offload,
+            "endpoints": list(self.endpoints),
         }
 
     @classmethod
@@ -167,6 +170,7 @@ class NetworkConfig:
             external_interface=d.get("externalInterface"),
             isolation=d.get("isolation", False),
             offload=d.get("offload", False),
+            endpoints=tuple(d.get("endpoints", ("stream", "datagram"))),
         )
 
     def to_json(self) -> str:
@@ -197,6 +201,8 @@ class BrokerSettings:
     allowed_groups: Tuple[str, ...] = ("vmnet-rs",)
     socket: str = "/run/vmnet-rs/broker.sock"
     mach_service: str = "io.github.vmnet-rs.broker"
+    #: Where the per-network endpoint sockets go; "" means the platform default.
+    endpoint_dir: str = ""
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -205,6 +211,7 @@ class BrokerSettings:
             "allowedGroups": list(self.allowed_groups),
             "socket": self.socket,
             "machService": self.mach_service,
+            "endpointDir": self.endpoint_dir,
         }
 
     @classmethod
@@ -215,6 +222,7 @@ class BrokerSettings:
             allowed_groups=tuple(d["allowedGroups"]),
             socket=d["socket"],
             mach_service=d["machService"],
+            endpoint_dir=d.get("endpointDir", ""),
         )
 
 
@@ -578,6 +586,14 @@ def _check_network(entry: Any, source: str, name: str) -> Iterator[str]:
             yield f"{p}key {_q(key)}: {_is_kind(v)}; use {_STRING_KEYS[key]}"
     for key in ("isolation", "offload"):
         yield from _check_bool(p, entry, key)
+    endpoints = entry.get("endpoints")
+    if endpoints is not None:
+        if not isinstance(endpoints, list):
+            yield f'{p}key "endpoints": {_is_kind(endpoints)}; use a list of "stream" and "datagram" (or [] for none)'
+        else:
+            for i, item in enumerate(endpoints):
+                if not isinstance(item, str):
+                    yield f'{p}key {_q(f"endpoints[{i}]")}: {_is_kind(item)}; use "stream" or "datagram"'
     yield from _check_items(p, entry, "portForwarding", _KEYS["port_forward"],
                             "mappings with protocol, externalPort, internalAddress and internalPort",
                             "a mapping with protocol, externalPort, internalAddress and internalPort",
@@ -667,6 +683,9 @@ def _check_broker(broker: Any, source: str) -> Iterator[str]:
     v = broker.get("machService")
     if v is not None and not isinstance(v, str):
         yield f'{p}key "machService": {_is_kind(v)}; use a reverse-DNS name like "io.github.vmnet-rs.broker"'
+    v = broker.get("endpointDir")
+    if v is not None and not isinstance(v, str):
+        yield f'{p}key "endpointDir": {_is_kind(v)}; use an absolute directory like "/run/vmnet-rs"'
 
 
 # --- line numbers ------------------------------------------------------------------------

@@ -245,6 +245,11 @@ impl Adaptor {
         self.shared.stats()
     }
 
+    /// The source MAC of the first frame the VM sent, once one was passed on.
+    pub fn vm_mac(&self) -> Option<[u8; 6]> {
+        self.shared.vm_mac()
+    }
+
     /// False once the relay ended (the VM closed its end, the interface went
     /// away, or a protocol error closed the link).
     pub fn is_running(&self) -> bool {

@@ -14,6 +14,7 @@
 //! unauthorised one, and keeps serving afterwards.
 
 pub mod auth;
+pub mod endpoints;
 pub mod netconfig;
 pub mod protocol;
 mod requests;
@@ -66,6 +67,10 @@ pub struct BrokerOptions {
     /// macOS: Lima's rule, before 26.2 serialization requests only from
     /// callers with the broker's own CDHash.
     pub lima_serialization_rule: bool,
+    /// Where the per-network endpoint sockets go (docs/endpoints.md);
+    /// `None`: no endpoints. `vmnet-rs broker` sets it unless told
+    /// `--no-endpoints` (see [`endpoints::default_dir`]).
+    pub endpoint_dir: Option<PathBuf>,
 }
 
 impl BrokerOptions {
@@ -80,6 +85,7 @@ impl BrokerOptions {
             monitor_interval: Duration::from_secs(1),
             code_signing_requirement: None,
             lima_serialization_rule: false,
+            endpoint_dir: None,
         }
     }
 }
@@ -87,6 +93,30 @@ impl BrokerOptions {
 impl Default for BrokerOptions {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// How endpoint files are made (docs/endpoints.md). Linux: directory 0755;
+/// sockets 0660 with the first allowed group that exists when every
+/// allowed user is root or the broker's own user, else 0666 (each peer is
+/// still checked by its credentials). macOS: the user's own 0700 folder,
+/// sockets 0600.
+pub fn endpoint_access(settings: &BrokerSettings) -> endpoints::Access {
+    #[cfg(target_os = "macos")]
+    {
+        let _ = settings;
+        endpoints::Access { dir_mode: 0o700, file_mode: 0o600, group: None }
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        let group = settings.allowed_groups.iter().find_map(|g| auth::group_id(g));
+        let users_only_owner = settings.allowed_users.iter().all(|u| auth::is_root_or_self(u));
+        let file_mode = match (users_only_owner, group) {
+            (true, Some(_)) => 0o660,
+            (true, None) => 0o600,
+            (false, _) => 0o666,
+        };
+        endpoints::Access { dir_mode: 0o755, file_mode, group: if file_mode == 0o660 { group } else { None } }
     }
 }
 
@@ -119,6 +149,13 @@ pub struct Core {
     changed: Condvar,
     started: Instant,
     endpoint: Mutex<String>,
+    /// The per-network endpoint sockets, once started.
+    endpoints: Mutex<Option<endpoints::Endpoints>>,
+    /// Network -> kind -> path of the endpoints served (for status).
+    endpoint_paths: Mutex<BTreeMap<String, BTreeMap<crate::config::EndpointKind, PathBuf>>>,
+    /// An endpoint socket was bound here (not handed over by a service
+    /// manager): the broker then never exits when idle.
+    endpoints_bound_here: std::sync::atomic::AtomicBool,
 }
 
 impl Core {
@@ -130,6 +167,9 @@ impl Core {
             changed: Condvar::new(),
             started: Instant::now(),
             endpoint: Mutex::new(String::new()),
+            endpoints: Mutex::new(None),
+            endpoint_paths: Mutex::new(BTreeMap::new()),
+            endpoints_bound_here: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -190,11 +230,49 @@ impl Core {
         }
     }
 
+    /// Opens the endpoints of every configured network that has any, under
+    /// `options.endpoint_dir` (nothing when it is `None`).
+    fn start_endpoints(self: &Arc<Self>) -> Result<(), Error> {
+        let Some(dir) = self.options.endpoint_dir.clone() else { return Ok(()) };
+        let wanted: BTreeMap<String, Vec<crate::config::EndpointKind>> = self
+            .options
+            .networks
+            .iter()
+            .filter(|(_, c)| !c.endpoints.is_empty())
+            .map(|(n, c)| (n.clone(), c.endpoints.clone()))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let access = endpoint_access(&self.options.settings);
+        let e = endpoints::Endpoints::start(self, &dir, &wanted, &access).map_err(|e| Error::Start(e.to_string()))?;
+        *self.endpoint_paths.lock().unwrap_or_else(|e| e.into_inner()) = e.paths().clone();
+        self.endpoints_bound_here.store(e.bound_here(), std::sync::atomic::Ordering::SeqCst);
+        *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        Ok(())
+    }
+
+    fn stop_endpoints(&self) {
+        let taken = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut e) = taken {
+            e.stop();
+        }
+    }
+
+    /// Network -> kind -> path of the endpoint sockets served.
+    pub fn endpoint_paths(&self) -> BTreeMap<String, BTreeMap<crate::config::EndpointKind, PathBuf>> {
+        self.endpoint_paths.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// One monitor pass; returns true when the broker should exit idle.
     fn monitor_pass(&self, connections: usize) -> bool {
         let idle = self.idle_timeout();
         let mut st = self.lock_state();
         st.tick(idle);
+        if self.endpoints_bound_here.load(std::sync::atomic::Ordering::SeqCst) {
+            // Its paths would stop answering: idle networks still go (tick).
+            return false;
+        }
         match idle {
             Some(t) => st.networks.is_empty() && st.leases.is_empty() && connections == 0 && st.last_activity.elapsed() >= t,
             None => false,
@@ -218,6 +296,7 @@ impl Core {
             }
         }
         stop_transport();
+        self.stop_endpoints();
         self.lock_state().clear();
         self.lock_lifecycle().finished = true;
         self.changed.notify_all();
@@ -260,6 +339,10 @@ impl Broker {
         core.prepare(&endpoint);
         let activated = socket.activated();
         let listener = Arc::new(crate::xpc::unix::Listener::start(socket, core.clone())?);
+        if let Err(e) = core.start_endpoints() {
+            listener.stop();
+            return Err(e);
+        }
         log::info!("broker listening on {endpoint}{}", if activated { " (socket activation)" } else { "" });
         let l2 = Arc::clone(&listener);
         Broker::with_monitor(core, endpoint, Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))
@@ -277,6 +360,10 @@ impl Broker {
         let core = Core::new(options);
         core.prepare(service);
         let listener = Arc::new(crate::xpc::apple::serve(service, core.clone(), serve)?);
+        if let Err(e) = core.start_endpoints() {
+            listener.stop();
+            return Err(e);
+        }
         log::info!("broker serving the Mach service {service}");
         let l2 = Arc::clone(&listener);
         Broker::with_monitor(core, service.to_owned(), Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))

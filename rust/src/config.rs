@@ -74,12 +74,13 @@ pub const NETWORK_KEYS: &[&str] = &[
     "externalInterface",
     "isolation",
     "offload",
+    "endpoints",
 ];
 pub const PORT_FORWARD_KEYS: &[&str] =
     &["protocol", "externalPort", "internalAddress", "internalPort", "addressFamily"];
 pub const DHCP_RESERVATION_KEYS: &[&str] = &["mac", "address"];
 pub const BROKER_KEYS: &[&str] =
-    &["idleTimeout", "allowedUsers", "allowedGroups", "socket", "machService"];
+    &["idleTimeout", "allowedUsers", "allowedGroups", "socket", "machService", "endpointDir"];
 /// Top-level keys vmnet-rs reads.
 pub const TOP_KEYS: &[&str] = &["vmnet", "broker"];
 /// Top-level keys of Lima's `networks.yaml` that vmnet-rs accepts and ignores.
@@ -135,6 +136,49 @@ pub struct NetworkConfig {
     /// TSO and checksum offload for every interface on the network.
     #[serde(default)]
     pub offload: bool,
+    /// The socket paths the broker offers for this network
+    /// (docs/endpoints.md); a broker-side setting, never a difference
+    /// between two configurations of one network.
+    #[serde(default = "EndpointKind::all")]
+    pub endpoints: Vec<EndpointKind>,
+}
+
+/// A kind of socket path a network is offered on (docs/endpoints.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// SOCK_STREAM, 4-byte big-endian length + frame (QEMU `-netdev stream`, socket_vmnet).
+    Stream,
+    /// SOCK_DGRAM, one frame per datagram (vfkit, krunkit `unixgram`, QEMU `-netdev dgram`).
+    Datagram,
+}
+
+impl EndpointKind {
+    pub const ALL: [EndpointKind; 2] = [EndpointKind::Stream, EndpointKind::Datagram];
+
+    /// Both kinds, the default of the `endpoints` key.
+    pub fn all() -> Vec<EndpointKind> {
+        Self::ALL.to_vec()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Stream => "stream",
+            EndpointKind::Datagram => "datagram",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EndpointKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The socket file's suffix and the activation name's: `stream`, `dgram`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            EndpointKind::Stream => "stream",
+            EndpointKind::Datagram => "dgram",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -202,6 +246,11 @@ pub struct BrokerSettings {
     pub socket: String,
     /// macOS: the broker's Mach service name.
     pub mach_service: String,
+    /// Where the per-network endpoint sockets go (docs/endpoints.md);
+    /// empty: the platform default (Linux: the broker socket's directory;
+    /// macOS: `~/Library/Application Support/vmnet-rs/endpoints`).
+    #[serde(default)]
+    pub endpoint_dir: String,
 }
 
 impl Default for BrokerSettings {
@@ -212,6 +261,7 @@ impl Default for BrokerSettings {
             allowed_groups: DEFAULT_ALLOWED_GROUPS.iter().map(|s| s.to_string()).collect(),
             socket: DEFAULT_SOCKET.to_string(),
             mach_service: DEFAULT_MACH_SERVICE.to_string(),
+            endpoint_dir: String::new(),
         }
     }
 }
@@ -270,6 +320,7 @@ impl NetworkConfig {
             external_interface: None,
             isolation: false,
             offload: false,
+            endpoints: EndpointKind::all(),
         }
     }
 
@@ -342,6 +393,7 @@ impl NetworkConfig {
         };
         NETWORK_KEYS
             .iter()
+            .filter(|key| **key != "endpoints")
             .filter_map(|key| {
                 let (x, y) = (a.get(*key)?, b.get(*key)?);
                 (x != y).then(|| format!("{key}: {x} != {y}"))

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+pub mod activation;
 #[cfg(target_os = "macos")]
 pub mod apple;
 #[cfg(target_os = "linux")]

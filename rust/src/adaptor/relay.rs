@@ -15,7 +15,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) host_to_vm: Counters,
     pub(crate) vm_to_host: Counters,
     pub(crate) running: AtomicBool,
+    /// The source MAC of the first frame the VM sent, with bit 48 set once
+    /// known (0: none seen yet).
+    vm_mac: AtomicU64,
     end: Mutex<Option<EndReason>>,
     ended: Condvar,
 }
@@ -46,6 +49,7 @@ impl Default for Shared {
             host_to_vm: Counters::default(),
             vm_to_host: Counters::default(),
             running: AtomicBool::new(true),
+            vm_mac: AtomicU64::new(0),
             end: Mutex::new(None),
             ended: Condvar::new(),
         }
@@ -55,6 +59,24 @@ impl Default for Shared {
 impl Shared {
     pub(crate) fn stats(&self) -> Stats {
         Stats { host_to_vm: self.host_to_vm.snapshot(), vm_to_host: self.vm_to_host.snapshot() }
+    }
+
+    /// The VM's MAC, once a frame from it was passed on.
+    pub(crate) fn vm_mac(&self) -> Option<[u8; 6]> {
+        let v = self.vm_mac.load(Ordering::Relaxed);
+        (v != 0).then(|| {
+            let b = v.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
+    }
+
+    /// Records the source MAC of `frame` (an Ethernet frame) if none is yet.
+    fn note_vm_mac(&self, frame: &[u8]) {
+        if self.vm_mac.load(Ordering::Relaxed) == 0 && frame.len() >= 12 {
+            let mut b = [0u8; 8];
+            b[2..].copy_from_slice(&frame[6..12]);
+            self.vm_mac.store(u64::from_be_bytes(b) | 1 << 48, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn end_reason(&self) -> Option<EndReason> {
@@ -403,6 +425,7 @@ impl Relay {
                 Ok(n) if n > 0 => {
                     let n = n.min(frames.len());
                     let bytes: usize = frames[..n].iter().map(|f| f.len()).sum();
+                    self.shared.note_vm_mac(frames[0]);
                     counters.add_batch(n as u64, bytes as u64);
                     reader.consume(n);
                     *stalls = 0;

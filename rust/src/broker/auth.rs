@@ -94,8 +94,17 @@ fn user_name(uid: u32) -> Option<String> {
     }
 }
 
+/// Whether an allowedUsers entry names root or the broker's own user.
 #[cfg(not(target_os = "macos"))]
-fn group_id(spec: &str) -> Option<u32> {
+pub fn is_root_or_self(spec: &str) -> bool {
+    // SAFETY: getuid cannot fail.
+    let me = unsafe { libc::getuid() };
+    user_matches(spec, 0) || user_matches(spec, me)
+}
+
+/// The gid of a group name or number, if it exists.
+#[cfg(not(target_os = "macos"))]
+pub fn group_id(spec: &str) -> Option<u32> {
     if let Ok(n) = spec.parse::<u32>() {
         return Some(n);
     }
@@ -142,6 +151,7 @@ mod tests {
             allowed_groups: groups.iter().map(|s| s.to_string()).collect(),
             socket: String::new(),
             mach_service: String::new(),
+            endpoint_dir: String::new(),
         }
     }
 

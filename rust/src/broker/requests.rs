@@ -23,12 +23,12 @@ const MAX_LEASES_PER_CONNECTION: usize = 64;
 const COMMANDS: &str = "ping, version, list, status, acquire, open, release, shutdown";
 
 /// What the client asked for the configuration of a network.
-struct Wanted<'a> {
+pub(super) struct Wanted<'a> {
     /// Parsed configuration and the bytes it came from, if the client sent one.
-    config: Option<(NetworkConfig, &'a [u8])>,
-    accept_existing: bool,
+    pub(super) config: Option<(NetworkConfig, &'a [u8])>,
+    pub(super) accept_existing: bool,
     /// Lima's rule: a live network wins, the difference is only reported.
-    lima: bool,
+    pub(super) lima: bool,
 }
 
 /// A started port and what the client needs to use it.
@@ -119,7 +119,7 @@ impl Core {
         }
     }
 
-    fn authorise(&self, peer: &Peer) -> Result<(), Failure> {
+    pub(super) fn authorise(&self, peer: &Peer) -> Result<(), Failure> {
         auth::check(&self.options.settings, peer).map_err(|m| Failure::new(code::NOT_ALLOWED, m))
     }
 
@@ -300,7 +300,7 @@ impl Core {
     /// Makes sure network `name` is live, creating it if needed; returns the
     /// differences between the live and the requested configuration (only
     /// non-empty when they were accepted).
-    fn ensure_network(&self, st: &mut State, name: &str, wanted: &Wanted<'_>) -> Result<Vec<String>, Failure> {
+    pub(super) fn ensure_network(&self, st: &mut State, name: &str, wanted: &Wanted<'_>) -> Result<Vec<String>, Failure> {
         if st.networks.get(name).is_some_and(|e| !e.network.is_alive()) {
             st.drop_network(name, "it disappeared");
         }
@@ -398,6 +398,7 @@ impl Core {
     }
 
     fn list(&self) -> Dict {
+        let endpoint_paths = self.endpoint_paths();
         let st = self.lock_state();
         let mut out = Dict::new();
         let mut names: Vec<&String> = self.options.networks.keys().collect();
@@ -417,13 +418,17 @@ impl Core {
             if let Some(s) = subnet {
                 d.insert("subnet", Value::String(s));
             }
+            if let Some(kinds) = endpoint_paths.get(name.as_str()) {
+                d.insert("endpoints", Value::Dict(endpoint_path_dict(kinds)));
+            }
             out.insert(name.clone(), Value::Dict(d));
         }
         out
     }
 
-    fn status(&self) -> Dict {
+    pub(super) fn status(&self) -> Dict {
         let networks_list = self.list();
+        let endpoint_paths = self.endpoint_paths();
         let st = self.lock_state();
         let mut networks = Dict::new();
         for (name, e) in &st.networks {
@@ -469,6 +474,14 @@ impl Core {
             if let Some(m) = &l.mac {
                 d.insert("mac", Value::String(m.clone()));
             }
+            if let Some(via) = l.via {
+                d.insert("via", Value::String(via.as_str().into()));
+            }
+            if let Some(Port::Adaptor(a)) = &l.port {
+                if let Some(m) = a.vm_mac() {
+                    d.insert("vm_mac", Value::String(format_mac(&m)));
+                }
+            }
             match &l.port {
                 Some(Port::Adaptor(a)) => {
                     let s = a.stats();
@@ -493,6 +506,33 @@ impl Core {
             }
             leases.insert(id.to_string(), Value::Dict(d));
         }
+        let mut endpoints = Dict::new();
+        for (network, kinds) in &endpoint_paths {
+            let mut d = endpoint_path_dict(kinds);
+            let mut ports = Dict::new();
+            for (id, l) in st.leases.iter().filter(|(_, l)| &l.network == network && l.via.is_some()) {
+                let mut p = Dict::new()
+                    .with("via", Value::String(l.via.map(|v| v.as_str()).unwrap_or_default().into()))
+                    .with("pid", Value::Int(l.pid as i64))
+                    .with("uid", Value::Int(l.uid as i64))
+                    .with("age_s", Value::Int(l.created.elapsed().as_secs() as i64));
+                if let Some(Port::Adaptor(a)) = &l.port {
+                    if let Some(m) = a.vm_mac() {
+                        p.insert("mac", Value::String(format_mac(&m)));
+                    }
+                    let s = a.stats();
+                    let dir = |x: &crate::adaptor::DirectionStats| {
+                        x.named().into_iter().fold(Dict::new(), |d, (name, value)| d.with(name, Value::Int(value as i64)))
+                    };
+                    p.insert("running", Value::Bool(a.is_running()));
+                    p.insert("host_to_vm", Value::Dict(dir(&s.host_to_vm)));
+                    p.insert("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
+                }
+                ports.insert(id.to_string(), Value::Dict(p));
+            }
+            d.insert("ports", Value::Dict(ports));
+            endpoints.insert(network.clone(), Value::Dict(d));
+        }
         let c = st.counters;
         let counters = Dict::new()
             .with("requests", Value::Int(c.requests as i64))
@@ -516,8 +556,14 @@ impl Core {
             .with("networks", Value::Dict(networks))
             .with("leases", Value::Dict(leases))
             .with("adaptors", Value::Dict(adaptors))
+            .with("endpoints", Value::Dict(endpoints))
             .with("counters", Value::Dict(counters))
     }
+}
+
+/// `{stream: PATH, datagram: PATH}` for one network's endpoints.
+fn endpoint_path_dict(kinds: &std::collections::BTreeMap<crate::config::EndpointKind, std::path::PathBuf>) -> Dict {
+    kinds.iter().fold(Dict::new(), |d, (k, p)| d.with(k.as_str(), Value::String(p.display().to_string())))
 }
 
 /// The MAC in a Lima `InterfaceDesc` (vmnet's `vmnet_mac_address_key`,

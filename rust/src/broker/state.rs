@@ -87,6 +87,8 @@ pub struct Lease {
     pub port: Option<Port>,
     pub mac: Option<String>,
     pub created: Instant,
+    /// The endpoint the VM came through (docs/endpoints.md), if it did.
+    pub via: Option<crate::config::EndpointKind>,
 }
 
 pub struct NetEntry {
@@ -163,6 +165,7 @@ impl State {
                 port,
                 mac,
                 created: Instant::now(),
+                via: None,
             },
         );
         self.counters.leases_granted += 1;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::addr::{self, Ipv4Subnet, Ipv6Prefix, PrefixError, SubnetError};
 use super::{
-    AddressFamily, BrokerSettings, DhcpReservation, Mode, NetworkConfig, PortForward, Protocol,
+    AddressFamily, BrokerSettings, DhcpReservation, EndpointKind, Mode, NetworkConfig, PortForward, Protocol,
     BROKER_KEYS, DEFAULT_MTU, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
     MTU_MIN, NETWORK_KEYS, PORT_FORWARD_KEYS, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN, TOP_KEYS,
 };
@@ -269,6 +269,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         external_interface,
         isolation: read_bool(scope, map, "", "isolation", false),
         offload: read_bool(scope, map, "", "offload", false),
+        endpoints: read_endpoints(scope, map),
     };
     let items = read_list(scope, map, "portForwarding", "mappings with protocol, externalPort, internalAddress and internalPort");
     for (i, item) in items.iter().enumerate() {
@@ -284,6 +285,31 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
     }
     check_network(scope, &mut cfg, unreadable);
     (scope.count() == before).then_some(cfg)
+}
+
+const ENDPOINTS_ALLOWED: &str = "a list of \"stream\" and \"datagram\" (or [] for none)";
+
+/// The `endpoints` list: each kind at most once, in the order of
+/// [`EndpointKind::ALL`]; absent means both.
+fn read_endpoints(scope: &mut Scope<'_>, map: &Map<String, Value>) -> Vec<EndpointKind> {
+    let Some(v) = get(map, "endpoints") else { return EndpointKind::all() };
+    let Value::Array(items) = v else {
+        scope.key("endpoints", format!("{}; use {ENDPOINTS_ALLOWED}", is_kind(v)));
+        return EndpointKind::all();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::String(s) => match EndpointKind::parse(s) {
+                Some(k) if out.contains(&k) => scope.key(&format!("endpoints[{i}]"), format!("{} is listed twice; list each kind once", quote(s))),
+                Some(k) => out.push(k),
+                None => scope.key(&format!("endpoints[{i}]"), format!("{} is not an endpoint kind; use \"stream\" or \"datagram\"", quote(s))),
+            },
+            other => scope.key(&format!("endpoints[{i}]"), format!("{}; use \"stream\" or \"datagram\"", is_kind(other))),
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Keys whose values could not be read, so checks that depend on them
@@ -683,6 +709,15 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
             ));
         }
         b.mach_service = s;
+    }
+    if let Some(s) = read_string(scope, map, "", "endpointDir", "an absolute directory like \"/run/vmnet-rs\"") {
+        if !s.is_empty() && (!s.starts_with('/') || s.len() > 90 || s.contains('\0')) {
+            scope.key("endpointDir", format!(
+                "{} is not an absolute path of at most 90 bytes (socket paths under it are limited to 104); use one like \"/run/vmnet-rs\", or leave it out for the default",
+                quote(&s)
+            ));
+        }
+        b.endpoint_dir = s;
     }
     b
 }

@@ -157,7 +157,7 @@ fn wrong_types() {
 
 #[test]
 fn unknown_keys_suggest_the_closest() {
-    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, externalInterface, isolation, offload";
+    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, externalInterface, isolation, offload, endpoints";
     assert_eq!(one(json!({"mtuu": 1500})), format!("{PFX}key \"mtuu\": unknown key (did you mean \"mtu\"?); {all}"));
     assert_eq!(one(json!({"dns_proxy": true})), format!("{PFX}key \"dns_proxy\": unknown key (did you mean \"dnsProxy\"?); {all}"));
     assert_eq!(one(json!({"routerAdvertisment": true})), format!("{PFX}key \"routerAdvertisment\": unknown key (did you mean \"routerAdvertisement\"?); {all}"));
@@ -451,12 +451,13 @@ fn broker_settings() {
         allowed_groups: vec![],
         socket: "/tmp/b.sock".into(),
         mach_service: "com.example.vmnet".into(),
+        endpoint_dir: String::new(),
     });
     assert_eq!(file(json!({"broker": {"idleTimeout": 0}})).unwrap().broker.idle_timeout, 0);
     let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
     let p: Vec<&str> = err.problems().collect();
     assert_eq!(p, vec![
-        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, socket, machService",
+        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, socket, machService, endpointDir",
         "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
         "networks.yaml: broker: key \"allowedUsers\": \"root\" is a string; use a list of user names or numeric ids",
         "networks.yaml: broker: key \"socket\": \"relative.sock\" is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
@@ -589,4 +590,25 @@ fn arbitrary_input_never_panics_and_accepted_input_is_stable() {
         }
     }
     assert!(accepted > 0, "the generator should produce some valid networks");
+}
+
+#[test]
+fn endpoints_key_and_endpoint_dir() {
+    assert_eq!(NetworkConfig::builtin_shared().endpoints, vec![EndpointKind::Stream, EndpointKind::Datagram]);
+    let f = file(json!({"vmnet": {"lab": {"endpoints": ["datagram"]}, "off": {"endpoints": []}}, "broker": {"endpointDir": "/run/x"}})).unwrap();
+    assert_eq!(f.networks["lab"].endpoints, vec![EndpointKind::Datagram]);
+    assert!(f.networks["off"].endpoints.is_empty());
+    assert_eq!(f.broker.endpoint_dir, "/run/x");
+    // Not a difference between two configurations of one network.
+    assert!(f.networks["off"].differences(&NetworkConfig { endpoints: EndpointKind::all(), ..f.networks["off"].clone() }).is_empty());
+    let err = file(json!({"vmnet": {"lab": {"endpoints": ["stream", "stream", "tcp", 1]}}, "broker": {"endpointDir": "relative"}})).unwrap_err();
+    let p: Vec<&str> = err.problems().collect();
+    assert_eq!(p, vec![
+        "networks.yaml: broker: key \"endpointDir\": \"relative\" is not an absolute path of at most 90 bytes (socket paths under it are limited to 104); use one like \"/run/vmnet-rs\", or leave it out for the default",
+        "networks.yaml: network \"lab\": key \"endpoints[1]\": \"stream\" is listed twice; list each kind once",
+        "networks.yaml: network \"lab\": key \"endpoints[2]\": \"tcp\" is not an endpoint kind; use \"stream\" or \"datagram\"",
+        "networks.yaml: network \"lab\": key \"endpoints[3]\": 1 is an integer; use \"stream\" or \"datagram\"",
+    ]);
+    let err = file(json!({"vmnet": {"lab": {"endpoints": "stream"}}})).unwrap_err();
+    assert_eq!(err.message, "networks.yaml: network \"lab\": key \"endpoints\": \"stream\" is a string; use a list of \"stream\" and \"datagram\" (or [] for none)");
 }

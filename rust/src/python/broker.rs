@@ -105,9 +105,12 @@ impl PyBroker {
     /// serve (None: the settings' `machService`); code_signing_requirement
     /// (macOS): a requirement every caller must satisfy;
     /// lima_serialization_rule (macOS): before 26.2, serialization only for
-    /// callers with the broker's own CDHash.
+    /// callers with the broker's own CDHash; endpoints: serve each
+    /// configured network's socket paths (docs/endpoints.md) under
+    /// endpoint_dir (None: the config's `endpointDir`, else the platform
+    /// default).
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -120,6 +123,8 @@ impl PyBroker {
         mach_service: Option<String>,
         code_signing_requirement: Option<String>,
         lima_serialization_rule: bool,
+        endpoints: bool,
+        endpoint_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let mut options = BrokerOptions::new();
         if let Some(text) = config_json {
@@ -151,6 +156,16 @@ impl PyBroker {
             let _ = socket;
             mach_service.unwrap_or_else(|| options.settings.mach_service.clone())
         };
+        if endpoints {
+            let configured = Some(PathBuf::from(&options.settings.endpoint_dir)).filter(|p| !p.as_os_str().is_empty());
+            #[cfg(target_os = "linux")]
+            let default = broker::endpoints::default_dir(std::path::Path::new(&endpoint));
+            #[cfg(target_os = "macos")]
+            let default = broker::endpoints::default_dir(std::path::Path::new(""));
+            options.endpoint_dir = Some(endpoint_dir.or(configured).unwrap_or(default));
+        } else if endpoint_dir.is_some() {
+            return Err(errors::raise(py, "ConfigError", "endpoint_dir given with endpoints=False: turn endpoints on or leave the directory out".into()));
+        }
         Ok(PyBroker { options, endpoint, running: Mutex::new(None) })
     }
 
@@ -203,6 +218,20 @@ impl PyBroker {
     #[getter]
     fn socket(&self) -> String {
         self.endpoint.clone()
+    }
+
+    /// Network -> {"stream": path, "datagram": path} of the endpoints served
+    /// (empty before start or without endpoints).
+    #[getter]
+    fn endpoints(&self) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+        let core = self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.core().clone());
+        core.map(|c| {
+            c.endpoint_paths()
+                .into_iter()
+                .map(|(n, kinds)| (n, kinds.into_iter().map(|(k, p)| (k.as_str().to_owned(), p.display().to_string())).collect()))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     #[getter]

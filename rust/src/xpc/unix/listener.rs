@@ -27,18 +27,12 @@ use super::codec::{self, MAX_MESSAGE_BYTES};
 use super::sys::{self, Received};
 use crate::xpc::{Dict, Error, Handler, Peer, Value};
 
-/// First fd systemd passes (SD_LISTEN_FDS_START).
-const LISTEN_FDS_START: RawFd = 3;
 /// Pending connections the kernel queues before `accept`.
 const LISTEN_BACKLOG: i32 = 64;
 /// Most connections served at once (a thread each); more are closed at
 /// once, so a local client opening connections in a loop cannot exhaust
 /// the broker's threads. Far above any real use (one per VM wrapper).
 pub const MAX_CONNECTIONS: usize = 512;
-
-/// Only the first socket-activated start may take fd 3; later starts in the
-/// same process (a Python `Broker` started twice) bind their own socket.
-static ACTIVATION_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// A listening socket, not yet served.
 #[derive(Debug)]
@@ -55,27 +49,20 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// The socket systemd passed (LISTEN_PID is us and LISTEN_FDS >= 1), if any.
+    /// The broker socket systemd passed (LISTEN_PID is us; the fd named
+    /// `broker` in LISTEN_FDNAMES, else the first one not named as an
+    /// endpoint; see `xpc/activation.rs`), if any.
     pub fn from_systemd() -> Result<Option<Socket>, Error> {
-        let pid_matches = std::env::var("LISTEN_PID").ok().and_then(|p| p.trim().parse::<u32>().ok()) == Some(std::process::id());
-        let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.trim().parse::<u32>().ok()).unwrap_or(0);
-        if !pid_matches || count == 0 || ACTIVATION_TAKEN.swap(true, Ordering::SeqCst) {
-            return Ok(None);
-        }
-        let fd = LISTEN_FDS_START;
-        let ty = sys::socket_int_option(fd, libc::SO_TYPE).map_err(|source| Error::Io { op: "inspect the socket systemd passed (fd 3)", source })?;
-        let domain = sys::socket_int_option(fd, libc::SO_DOMAIN).map_err(|source| Error::Io { op: "inspect the socket systemd passed (fd 3)", source })?;
+        let Some(fd) = crate::xpc::activation::take_systemd_broker() else { return Ok(None) };
+        let raw = fd.as_raw_fd();
+        let ty = sys::socket_int_option(raw, libc::SO_TYPE).map_err(|source| Error::Io { op: "inspect the broker socket systemd passed", source })?;
+        let domain = sys::socket_int_option(raw, libc::SO_DOMAIN).map_err(|source| Error::Io { op: "inspect the broker socket systemd passed", source })?;
         if ty != libc::SOCK_SEQPACKET || domain != libc::AF_UNIX {
-            return Err(Error::Transport(
-                "the socket systemd passed (fd 3) is not an AF_UNIX SOCK_SEQPACKET socket: set ListenSequentialPacket= in vmnet-rs.socket".into(),
-            ));
+            return Err(Error::Transport(format!(
+                "the broker socket systemd passed (fd {raw}) is not an AF_UNIX SOCK_SEQPACKET socket: set ListenSequentialPacket= and FileDescriptorName=broker in vmnet-rs.socket"
+            )));
         }
-        // SAFETY: systemd handed fd 3 to this process for us to own; the
-        // ACTIVATION_TAKEN swap above guarantees we wrap it only once.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: plain fcntl on our fd: keep it out of children.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-        let path = local_path(fd.as_raw_fd()).unwrap_or_default();
+        let path = local_path(raw).unwrap_or_default();
         Ok(Some(Socket { fd, path, owns_path: false, unlinked: AtomicBool::new(false), activated: true }))
     }
 

@@ -1,9 +1,12 @@
 """A fake broker client for ``vmnet-rs run`` tests, used inside the wrapper process.
 
 It hands out real socketpair ends (stream or datagram, as asked) whose far
-ends echo whatever the VM side writes, and it records every call as a JSON
-line in the file named by ``VMNET_FAKE_JOURNAL``, so a test can see what the
-wrapper asked for and that it closed the connection (ending its leases).
+ends, held by a separate "server" process as the broker would hold them,
+echo whatever the VM side writes. It records every call as a JSON line in
+the file named by ``VMNET_FAKE_JOURNAL``, so a test can see what the wrapper
+asked for and when the connection ended (``close``, written by the server:
+the leases end then), and kill the server (``server_pid`` in ``connect``) to
+play a broker that crashes.
 
 ``VMNET_FAKE_MODE``: ``ok`` (default), ``unavailable`` (no broker answers),
 ``offload`` (networks report offload and MTU 9000), ``lan`` (every network
@@ -20,6 +23,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 
 from vmnet_rs.errors import BrokerError, BrokerUnavailableError
@@ -110,34 +114,45 @@ def _socket_to_tap(sock: socket.socket, tap: int, stream: bool) -> None:
 
 
 class FakeClient:
+    """Stands in for :class:`vmnet_rs.Client`. Like the broker, a separate
+    process (this file run as a script) holds the far ends of the fds it
+    hands out and serves them (echo, or relays in ``lan`` mode) for as long
+    as the connection to it stays open; it journals ``close`` when the
+    connection ends, whoever held it (the wrapper, or the VM it exec'd)."""
+
     def __init__(self, socket_path=None):
         self.mode = os.environ.get("VMNET_FAKE_MODE", "ok")
         if self.mode == "unavailable":
             raise BrokerUnavailableError(f"no broker answers on {socket_path or '/run/vmnet-rs.sock'}; start it with: vmnet-rs broker")
-        self._keep: list[socket.socket] = []
-        _journal(op="connect", socket=socket_path)
+        self.socket = socket_path or "/run/vmnet-rs/broker.sock"
+        self._conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._server = subprocess.Popen([sys.executable, __file__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        _journal(op="connect", socket=socket_path, server_pid=self._server.pid)
 
     def _info(self):
         return (True, 9000) if self.mode == "offload" else (False, 1500)
+
+    def _serve(self, job: str, fds: list, stream: bool = False) -> None:
+        socket.send_fds(self._conn, [json.dumps({"job": job, "stream": stream}).encode()], fds)
+        for fd in fds:
+            os.close(fd)
 
     def open(self, network, fd_type, mac=None, vnet_hdr=False):
         _journal(op="open", network=network, fd_type=fd_type, mac=mac, vnet_hdr=vnet_hdr)
         if network not in NETWORKS and self.mode != "lan":
             raise BrokerError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")
+        offload, mtu = self._info()
         if self.mode == "lan" and fd_type == "tap":
-            offload, mtu = self._info()
             return Opened(open_tap_on_bridge(os.environ["VMNET_FAKE_BRIDGE"], vnet_hdr), fd_type, mac, network, offload, mtu)
         kind = socket.SOCK_STREAM if fd_type == "stream" else socket.SOCK_DGRAM
         ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
-        self._keep.append(ours)
         if self.mode == "lan":
-            tap = open_tap_on_bridge(os.environ["VMNET_FAKE_BRIDGE"])
-            stream = kind == socket.SOCK_STREAM
-            threading.Thread(target=_tap_to_socket, args=(tap, ours, stream), daemon=True).start()
-            threading.Thread(target=_socket_to_tap, args=(ours, tap, stream), daemon=True).start()
+            self._serve("relay", [ours.detach(), open_tap_on_bridge(os.environ["VMNET_FAKE_BRIDGE"])], kind == socket.SOCK_STREAM)
         else:
-            threading.Thread(target=_echo, args=(ours,), daemon=True).start()
-        offload, mtu = self._info()
+            self._serve("echo", [ours.detach()])
         return Opened(theirs.detach(), fd_type, mac, network, offload, mtu)
 
     def acquire(self, network):
@@ -152,13 +167,37 @@ class FakeClient:
         offload, mtu = self._info()
         return [{"name": n, "live": False, "config": {"offload": offload, "mtu": mtu}} for n in NETWORKS]
 
+    def fileno(self):
+        return self._conn.fileno()
+
+    def detach(self):
+        return self._conn.detach()
+
     def close(self):
-        _journal(op="close")
-        for s in self._keep:
-            s.close()
+        self._conn.close()
+
+
+def serve(conn: socket.socket) -> None:
+    """The fake broker's side: serves the fds it is sent until the connection ends."""
+    while True:
+        msg, fds, _, _ = socket.recv_fds(conn, 4096, 4)
+        if not msg:
+            _journal(op="close")
+            os._exit(0)
+        job = json.loads(msg)
+        if job["job"] == "echo":
+            threading.Thread(target=_echo, args=(socket.socket(fileno=fds[0]),), daemon=True).start()
+        else:
+            sock, tap, stream = socket.socket(fileno=fds[0]), fds[1], job["stream"]
+            threading.Thread(target=_tap_to_socket, args=(tap, sock, stream), daemon=True).start()
+            threading.Thread(target=_socket_to_tap, args=(sock, tap, stream), daemon=True).start()
 
 
 def install() -> None:
     import vmnet_rs.run
 
     vmnet_rs.run.client_factory = FakeClient
+
+
+if __name__ == "__main__":
+    serve(socket.socket(fileno=int(sys.argv[1])))

@@ -23,7 +23,7 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
 code, rest = sys.argv[1], sys.argv[2:]
 listing = os.listdir("/proc/self/fd")
 open_fds = sorted(int(f) for f in listing if os.path.exists(f"/proc/self/fd/{f}") and "/fd" not in os.readlink(f"/proc/self/fd/{f}"))
-report = {"open_fds": open_fds, "nics": []}
+report = {"open_fds": open_fds, "nics": [], "pid": os.getpid(), "broker_fd": os.environ.get("VMNET_RS_BROKER_FD")}
 for i in range(0, len(rest), 3):
     fd, mac, fd_type = int(rest[i]), rest[i + 1], rest[i + 2]
     s = socket.socket(fileno=fd)

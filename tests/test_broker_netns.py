@@ -129,6 +129,35 @@ def test_deleted_bridge_is_noticed_and_released(broker: BrokerProcess) -> None:
         assert c.status()["networks"]["lab"]["alive"] is True
 
 
+def link_info(b: BrokerProcess, name: str) -> dict:
+    import json
+
+    return json.loads(b.netns.run(["ip", "-j", "link", "show", "dev", name]).stdout)[0]
+
+
+def test_a_tap_released_while_held_is_unplugged_and_goes_with_its_fd(broker: BrokerProcess) -> None:
+    with Client(str(broker.socket)) as c:
+        nic = c.open("lab", "tap")
+        status = c.status()
+        (lease,) = status["leases"].values()
+        tap, bridge = lease["tap"], status["networks"]["lab"]["device"]
+        assert link_info(broker, tap).get("master") == bridge
+    # The lease ended with the connection, but the VM still holds the TAP:
+    # it is taken off the bridge and set down, not deleted under the VM.
+    try:
+        info = wait_until("the TAP to leave the bridge",
+                          lambda: (lambda i: i if "master" not in i and "UP" not in i["flags"] else None)(link_info(broker, tap)))
+        assert info["ifname"] == tap
+        # The VM's fd is still attached to its TAP (TUNGETIFF fails with EBADFD once a TAP is deleted).
+        import fcntl
+
+        ifr = fcntl.ioctl(nic.fd, 0x800454D2, bytes(40))  # TUNGETIFF, linux/if_tun.h
+        assert ifr[:16].rstrip(b"\0").decode() == tap
+    finally:
+        nic.close()
+    wait_until("the kernel to remove the TAP with its last fd", lambda: tap not in broker.netns.links())
+
+
 def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
     with Client(str(broker.socket)) as c:
         c.acquire("lab")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import random
+import shlex
+from pathlib import Path
 
 import pytest
+import yaml
 
 from vmnet_rs import drivers
 from vmnet_rs.drivers import Backend, Nic
@@ -247,3 +250,71 @@ def test_qemu_netdev_id_clash_is_refused():
     drivers.check_qemu_ids(["-netdev", "user,id=net0", "-nic", "user,id=mine"], nics)
     with pytest.raises(ConfigError, match=r"already has a netdev with id=net2, which vmnet-rs adds for --network shared"):
         drivers.check_qemu_ids(["-m", "256", "-netdev", "user,id=net2,hostfwd=tcp::2222-:22"], nics)
+
+
+# --- path endpoints (docs/engines.md) -------------------------------------------
+
+ENGINES_DOC = (Path(__file__).resolve().parent.parent / "docs" / "engines.md").read_text()
+LINUX_EP = drivers.endpoint_paths("/run/vmnet-rs", "shared")
+MACOS_EP = drivers.endpoint_paths("/Users/me/Library/Application Support/vmnet-rs/endpoints", "shared")
+
+
+def test_endpoint_paths():
+    assert LINUX_EP == {"stream": "/run/vmnet-rs/shared.stream.sock", "datagram": "/run/vmnet-rs/shared.dgram.sock"}
+
+
+def test_qemu_stream_path_args():
+    assert drivers.qemu_stream_path_args(LINUX_EP["stream"], MAC) == [
+        "-netdev", "stream,id=net1,server=off,addr.type=unix,addr.path=/run/vmnet-rs/shared.stream.sock,reconnect-ms=500",
+        "-device", f"virtio-net-pci,netdev=net1,mac={MAC}",
+    ]
+    old_qemu = drivers.qemu_stream_path_args("/a,b/x.stream.sock", MAC, index=1, reconnect_ms=None, program="qemu-system-s390x")
+    assert old_qemu == ["-netdev", "stream,id=net2,server=off,addr.type=unix,addr.path=/a,,b/x.stream.sock",
+                        "-device", f"virtio-net-ccw,netdev=net2,mac={MAC}"]
+
+
+def test_qemu_dgram_path_args():
+    assert drivers.qemu_dgram_path_args(LINUX_EP["datagram"], "/tmp/vm1/net.sock", MAC) == [
+        "-netdev", "dgram,id=net1,local.type=unix,local.path=/tmp/vm1/net.sock,"
+                   "remote.type=unix,remote.path=/run/vmnet-rs/shared.dgram.sock",
+        "-device", f"virtio-net-pci,netdev=net1,mac={MAC}",
+    ]
+
+
+def test_krunkit_vfkit_lima_socket_vmnet_client_path_args():
+    assert drivers.krunkit_path_args(MACOS_EP["stream"], MAC) == [
+        "--device", f"virtio-net,type=unixstream,path={MACOS_EP['stream']},mac={MAC}"]
+    assert drivers.krunkit_path_args(MACOS_EP["datagram"], MAC, offload=True) == [
+        "--device", f"virtio-net,type=unixgram,path={MACOS_EP['datagram']},mac={MAC},offloading=on"]
+    assert drivers.vfkit_path_args(MACOS_EP["datagram"], MAC) == [
+        "--device", f"virtio-net,unixSocketPath={MACOS_EP['datagram']},mac={MAC}"]
+    assert drivers.lima_networks(MACOS_EP["stream"]) == [{"socket": MACOS_EP["stream"]}]
+    assert drivers.socket_vmnet_client_argv(MACOS_EP["stream"], MAC) == [
+        "socket_vmnet_client", MACOS_EP["stream"], "qemu-system-x86_64", "-netdev", "socket,id=net1,fd=3",
+        "-device", f"virtio-net-pci,netdev=net1,mac={MAC}"]
+
+
+@pytest.mark.parametrize("call,why", [
+    (lambda: drivers.vfkit_path_args(MACOS_EP["stream"], MAC), "vfkit joins a datagram endpoint"),
+    (lambda: drivers.lima_networks(MACOS_EP["datagram"]), "Lima's `socket:` network is a stream socket"),
+    (lambda: drivers.socket_vmnet_client_argv(MACOS_EP["datagram"], MAC), "socket_vmnet_client connects to a stream"),
+    (lambda: drivers.qemu_stream_path_args(LINUX_EP["stream"], "01:00:00:00:00:01"), "multicast"),
+])
+def test_path_builders_refuse_the_wrong_socket_kind_or_mac(call, why):
+    with pytest.raises(ConfigError, match=why):
+        call()
+
+
+def test_engines_doc_shows_exactly_what_the_builders_give():
+    """Every engine snippet in docs/engines.md is the builders' output, word for word."""
+    lines = [
+        shlex.join(drivers.qemu_stream_path_args(LINUX_EP["stream"], MAC)),
+        shlex.join(drivers.qemu_dgram_path_args(LINUX_EP["datagram"], "/tmp/vm1/net.sock", MAC)),
+        "krunkit ... " + shlex.join(drivers.krunkit_path_args(MACOS_EP["stream"], MAC)),
+        "krunkit ... " + shlex.join(drivers.krunkit_path_args(MACOS_EP["datagram"], MAC)),
+        "vfkit ... " + shlex.join(drivers.vfkit_path_args(MACOS_EP["datagram"], MAC)),
+        shlex.join(drivers.socket_vmnet_client_argv(MACOS_EP["stream"], MAC)),
+        yaml.safe_dump({"networks": drivers.lima_networks(MACOS_EP["stream"])}, sort_keys=False).strip(),
+    ]
+    for line in lines:
+        assert line in ENGINES_DOC, f"docs/engines.md lacks:\n{line}"

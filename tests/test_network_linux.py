@@ -450,6 +450,29 @@ def test_kill_then_cleanup_stale_and_recreate(netns, holders, tmp_path):
     assert r.stdout.strip() == "0"
 
 
+def test_dhcp_leases_survive_teardown_crash_and_cleanup(netns, namespaces, holders, tmp_path):
+    """The lease file outlives the network, so its next dnsmasq gives a guest its address back."""
+    state, mac = tmp_path / "state", "52:54:00:97:00:01"
+    cfg = config(subnet="10.97.0.1/24")
+    net = holders(netns, "keep", cfg, state)
+    ep = namespaces()
+    host_side = veth_endpoint(netns, ep, net.bridge, mac)
+    first = dhcp(ep, tmp_path)
+    assert first and first.startswith("10.97.0."), first
+    net.close()  # orderly teardown
+    assert mac in (state / "keep.leases").read_text()
+    again = holders(netns, "keep", cfg, state)
+    assert {l["mac"]: l["address"] for l in again.call("leases")["leases"]} == {mac: first}  # dnsmasq took it over
+    again.kill()  # crash, then the clean-up a restarted broker runs
+    netns.run([sys.executable, "-c", f"from vmnet_rs._native import cleanup_stale_networks as c; c({str(state)!r})"])
+    assert mac in (state / "keep.leases").read_text()
+    third = holders(netns, "keep", cfg, state)
+    netns.run(["ip", "link", "set", host_side, "master", third.bridge, "up"])
+    ep.run(["ip", "addr", "flush", "dev", "eth0"])
+    assert dhcp(ep, tmp_path) == first
+    third.close()
+
+
 def test_dnsmasq_is_restarted(netns, holders, tmp_path):
     state = tmp_path / "state"
     make = holders

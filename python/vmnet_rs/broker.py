@@ -244,6 +244,21 @@ class Client:
         """Closes the connection: the broker releases everything it leased to it."""
         self._conn.close()
 
+    def fileno(self) -> Optional[int]:
+        """The connection's socket fd on Linux (to poll for the broker going away); None on macOS."""
+        fd = self._conn.fileno()
+        return None if fd is None else int(fd)
+
+    def detach(self) -> int:
+        """Hands the connection's socket fd to the caller, who then holds the leases.
+
+        The fd is close-on-exec; a process that clears that flag and execs
+        passes the leases to the program it runs (``vmnet-rs run``). This
+        client is closed afterwards. Linux only: on macOS the connection is
+        an XPC session and :class:`BrokerError` is raised.
+        """
+        return int(self._conn.detach())
+
     @property
     def closed(self) -> bool:
         return bool(self._conn.closed)

@@ -349,6 +349,90 @@ def engine_args(engine: str, nics: Sequence[Nic], program: str) -> list[str]:
     )
 
 
+# --- path endpoints (docs/engines.md) ----------------------------------------
+#
+# The broker also listens, per network, on two socket paths that VM engines
+# connect to by themselves, with no `vmnet-rs run` in between:
+# `<endpointDir>/<network>.stream.sock` (4-byte big-endian length + frame, one
+# connection per VM) and `<endpointDir>/<network>.dgram.sock` (one frame per
+# datagram; each client binds its own path). The builders below give each
+# engine's arguments for them; docs/engines.md shows them in use and
+# tests/test_drivers.py pins them.
+
+STREAM_SUFFIX = ".stream.sock"
+DGRAM_SUFFIX = ".dgram.sock"
+# QEMU's stream client retries a lost connection this often (QEMU >= 9.2), so
+# a VM gets its network back by itself when the broker restarts (Lima's value).
+RECONNECT_MS = 500
+
+
+def endpoint_paths(endpoint_dir: str, network: str) -> dict[str, str]:
+    """The ``stream`` and ``datagram`` endpoint paths of ``network`` under ``endpoint_dir``."""
+    base = os.path.join(endpoint_dir, network)
+    return {STREAM: base + STREAM_SUFFIX, DATAGRAM: base + DGRAM_SUFFIX}
+
+
+def qemu_stream_path_args(path: str, mac: str, index: int = 0, reconnect_ms: int | None = RECONNECT_MS,
+                          program: str = "qemu-system-x86_64") -> list[str]:
+    """QEMU joined to a stream endpoint: ``-netdev stream,server=off,addr.type=unix,addr.path=PATH``.
+
+    ``reconnect_ms`` (QEMU >= 9.2; None leaves it out) makes QEMU connect
+    again after the broker restarts.
+    """
+    netdev = f"stream,id=net{index + 1},server=off,addr.type=unix,addr.path={_qemu_value(path)}"
+    if reconnect_ms is not None:
+        netdev += f",reconnect-ms={int(reconnect_ms)}"
+    return ["-netdev", netdev, "-device", f"{qemu_nic_model(program)},netdev=net{index + 1},mac={normalize_mac(mac)}"]
+
+
+def qemu_dgram_path_args(path: str, local_path: str, mac: str, index: int = 0,
+                         program: str = "qemu-system-x86_64") -> list[str]:
+    """QEMU joined to a datagram endpoint: it binds ``local_path`` and sends to ``path``.
+
+    QEMU does not remove ``local_path`` when it exits, and refuses to start
+    if it exists: pick a fresh one per run (e.g. in a per-VM directory).
+    """
+    netdev = (f"dgram,id=net{index + 1},local.type=unix,local.path={_qemu_value(local_path)},"
+              f"remote.type=unix,remote.path={_qemu_value(path)}")
+    return ["-netdev", netdev, "-device", f"{qemu_nic_model(program)},netdev=net{index + 1},mac={normalize_mac(mac)}"]
+
+
+def krunkit_path_args(path: str, mac: str, offload: bool = False) -> list[str]:
+    """krunkit joined to an endpoint: ``type=unixstream`` for ``*.stream.sock``, else ``type=unixgram``."""
+    kind = "unixstream" if path.endswith(STREAM_SUFFIX) else "unixgram"
+    value = f"virtio-net,type={kind},path={path},mac={normalize_mac(mac)}"
+    if offload:
+        value += ",offloading=on"
+    return ["--device", value]
+
+
+def vfkit_path_args(path: str, mac: str) -> list[str]:
+    """vfkit joined to a datagram endpoint (``unixSocketPath=``; vfkit sends its ``VFKT`` greeting first)."""
+    if not path.endswith(DGRAM_SUFFIX):
+        raise ConfigError(f"vfkit joins a datagram endpoint (*{DGRAM_SUFFIX}); {path} is not one")
+    return ["--device", f"virtio-net,unixSocketPath={path},mac={normalize_mac(mac)}"]
+
+
+def lima_networks(path: str) -> list[dict[str, str]]:
+    """The ``networks:`` entry of a Lima instance (``limactl start`` YAML) for a stream endpoint."""
+    if not path.endswith(STREAM_SUFFIX):
+        raise ConfigError(f"Lima's `socket:` network is a stream socket (*{STREAM_SUFFIX}); {path} is not one")
+    return [{"socket": path}]
+
+
+def socket_vmnet_client_argv(path: str, mac: str, program: str = "qemu-system-x86_64") -> list[str]:
+    """``socket_vmnet_client PATH QEMU ... -netdev socket,fd=3``: the client connects, then execs QEMU with the socket at fd 3."""
+    if not path.endswith(STREAM_SUFFIX):
+        raise ConfigError(f"socket_vmnet_client connects to a stream socket (*{STREAM_SUFFIX}); {path} is not one")
+    return ["socket_vmnet_client", path, program, "-netdev", f"socket,id=net1,fd={FIRST_FD}",
+            "-device", f"{qemu_nic_model(program)},netdev=net1,mac={normalize_mac(mac)}"]
+
+
+def _qemu_value(text: str) -> str:
+    """``text`` as one QEMU option value (a comma doubled, as QEMU's option parser wants)."""
+    return text.replace(",", ",,")
+
+
 # --- placeholders for other programs -----------------------------------------
 
 # {fdN} fd number, {macN} MAC, {networkN} network name, {mtuN} MTU (needs the

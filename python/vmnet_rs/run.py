@@ -1,23 +1,27 @@
 """``vmnet-rs run``: run a VM with its network fds wired in.
 
-The wrapper asks the broker for one fd per ``--network``, makes the VM
+The command asks the broker for one fd per ``--network``, makes the VM
 program inherit them at fixed numbers (3, 4, ...), appends the arguments its
 engine needs (:mod:`vmnet_rs.drivers`) or fills placeholders such as
-``{fd0}`` in the given arguments, and runs it. It stays alive while the VM
-runs: it holds the broker connection (so the leases, adaptors and TAPs live
-exactly as long as the VM), forwards SIGINT, SIGTERM and SIGHUP to the VM,
-and exits with the VM's status (128 + N when the VM dies of signal N).
+``{fd0}`` in the given arguments, and then either
+
+- **exec** (default on Linux): replaces itself with the VM program, which
+  also inherits the broker connection (at a high fd, named in
+  ``$VMNET_RS_BROKER_FD``), as ``socket_vmnet_client`` does. The connection
+  holds the leases, so the leases, adaptors and TAPs end exactly when the VM
+  process does, however it ends, and no wrapper process is left; or
+- **supervise** (``--supervise``; default on macOS, where the broker
+  connection is an XPC session that exec cannot pass on): stays alive as the
+  VM's parent holding the connection, forwards SIGINT, SIGTERM and SIGHUP,
+  prints one line if the broker connection drops, and exits with the VM's
+  status (128 + N when the VM dies of signal N). Known limit: SIGKILL to the
+  wrapper leaves the VM running without its network.
 
 Runs on the main thread only. Invariants: every fd obtained from the broker is
-closed in this process once the child has been spawned (or on any error); the
-child gets the network fds at 3, 4, ... (replacing whatever the caller had
-there) and, as with ``exec``, whatever else the caller let it inherit;
-nothing vmnet-rs opens itself (the broker connection included) leaks into it.
-
-Known limit: the leases belong to this process's broker connection, so if
-the wrapper itself is killed with SIGKILL the VM keeps running without its
-network (nothing forwards SIGKILL; posix_spawn cannot set a parent-death
-signal).
+closed in this process once the child has been spawned or exec failed (or on
+any error); the VM gets the network fds at 3, 4, ... (replacing whatever the
+caller had there) and, as with ``exec``, whatever else the caller let it
+inherit; nothing else vmnet-rs opens itself leaks into it.
 
 Exit codes: the VM's own; 1 when the broker refused or is missing; 2 for bad
 usage; 126 when the program cannot be executed; 127 when it is not found.
@@ -30,8 +34,10 @@ import hashlib
 import os
 import shlex
 import shutil
+import select
 import signal
 import sys
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -46,6 +52,12 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Broker fds are first moved up to here, so that placing them at 3, 4, ...
 # in the child can never overwrite one another.
 HIGH_FD_BASE = 100
+# The environment variable that tells an exec'd VM program which fd is its
+# broker connection (it holds the leases; the program must not close it).
+BROKER_FD_ENV = "VMNET_RS_BROKER_FD"
+EXEC = "exec"
+SUPERVISE = "supervise"
+_RESTORED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n))
 
 
 def connect(socket: str | None) -> Any:
@@ -180,18 +192,32 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def default_mode(platform: str = sys.platform) -> str:
+    """``exec`` where the broker connection is a socket the VM can inherit (Linux), else ``supervise``."""
+    return SUPERVISE if platform == "darwin" else EXEC
+
+
 def run_vm(
     command: Sequence[str],
     networks: Sequence[str],
     macs: Sequence[str] = (),
     name: str | None = None,
     socket: str | None = None,
+    mode: str | None = None,
 ) -> int:
-    """Opens the networks, runs the VM to its end and returns its exit status."""
+    """Opens the networks, then execs the VM program (``exec``: returns only
+    on failure) or runs it to its end (``supervise``) and returns its status."""
     if not command:
         raise ConfigError("no program given; usage: vmnet-rs run [OPTIONS] -- PROGRAM [ARGS]...")
+    mode = mode or default_mode()
+    if mode not in (EXEC, SUPERVISE):
+        raise ConfigError(f"unknown run mode {mode!r}; use {EXEC} or {SUPERVISE}")
+    if mode == EXEC and sys.platform == "darwin":
+        raise ConfigError("--exec needs a broker connection the VM can inherit; on macOS it is an XPC session: use --supervise")
     path = resolve_program(command[0])
     first = plan(command, networks, macs, name, check_only=True)  # validate everything before the broker
+    if len(first.nics) > HIGH_FD_BASE - drivers.FIRST_FD - 1:
+        raise ConfigError(f"{len(first.nics)} networks are too many for one VM; at most {HIGH_FD_BASE - drivers.FIRST_FD - 1}")
     client = client_factory(socket)
     high: list[int] = []
     try:
@@ -205,7 +231,9 @@ def run_vm(
             if mtu:
                 mtus[nic.index] = int(mtu)
         final = plan(command, networks, macs, name, offload=offload, mtus=mtus)
-        return _supervise(path, final.argv, high)
+        if mode == EXEC:
+            _exec(path, final.argv, high, client)  # returns only when exec failed
+        return _supervise(path, final.argv, high, client)
     finally:
         for fd in high:
             try:
@@ -215,8 +243,43 @@ def run_vm(
         client.close()
 
 
-def _supervise(path: str, argv: Sequence[str], fds: list[int]) -> int:
-    """Spawns the VM, forwards signals to it, waits for it, returns its status."""
+def _exec(path: str, argv: Sequence[str], fds: list[int], client: Any) -> None:
+    """Replaces this process with the VM program, which inherits the network
+    fds at 3, 4, ... and the broker connection at a high fd (its number in
+    ``$VMNET_RS_BROKER_FD``): the leases then end exactly when the VM does.
+
+    Returns only if exec failed (raising :class:`ProgramNotRunnable`); the
+    broker connection is then closed, which gives the leases back.
+    """
+    conn = client.detach()
+    inherited = fcntl.fcntl(conn, fcntl.F_DUPFD, HIGH_FD_BASE)  # F_DUPFD: the copy is not close-on-exec
+    os.close(conn)
+    try:
+        for i, fd in enumerate(fds):
+            os.dup2(fd, drivers.FIRST_FD + i, inheritable=True)
+        env = dict(os.environ, **{BROKER_FD_ENV: str(inherited)})
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        # Python ignores SIGPIPE and SIGXFSZ for itself; the VM gets the
+        # defaults (as subprocess does). Handlers reset to default on exec;
+        # signals the caller ignored (nohup) stay ignored.
+        restored = {s: signal.signal(s, signal.SIG_DFL) for s in _RESTORED_SIGNALS}
+        try:
+            os.execve(path, list(argv), env)
+        except OSError as e:
+            for s, h in restored.items():
+                signal.signal(s, h)
+            raise ProgramNotRunnable(f"cannot run {path}: {e.strerror or e}") from None
+    finally:
+        os.close(inherited)
+
+
+def _supervise(path: str, argv: Sequence[str], fds: list[int], client: Any) -> int:
+    """Spawns the VM, forwards signals to it, waits for it, returns its status.
+
+    Says once on stderr if the broker connection drops while the VM runs
+    (the VM keeps running without its network).
+    """
     child: list[int] = []
     pending: list[int] = []
 
@@ -242,11 +305,49 @@ def _supervise(path: str, argv: Sequence[str], fds: list[int]) -> int:
         for fd in fds:
             os.close(fd)
         fds.clear()
-        _, status = os.waitpid(child[0], 0)
+        stop_watching = watch_broker(client, child[0])
+        try:
+            _, status = os.waitpid(child[0], 0)
+        finally:
+            stop_watching()
         return exit_status(status)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def watch_broker(client: Any, vm_pid: int) -> Callable[[], None]:
+    """Starts a daemon thread that prints one line when the broker connection
+    drops (the broker stopped or crashed) and returns a function that stops
+    it. Nothing is watched where the connection has no fd (macOS XPC
+    sessions)."""
+    fileno = getattr(client, "fileno", None)
+    fd = fileno() if fileno else None
+    if fd is None:
+        return lambda: None
+    where = getattr(client, "socket", None) or "its socket"
+    wake_r, wake_w = os.pipe()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0))
+        poller.register(wake_r, select.POLLIN)
+        events = dict(poller.poll())
+        # The broker sends nothing unasked: any event on its connection is its end.
+        if wake_r not in events and events.get(fd, 0) & ~select.POLLNVAL:
+            click.echo(f"vmnet-rs: the broker on {where} went away; VM pid {vm_pid} has lost its network "
+                       "(it keeps running; restart the broker, then the VM)", err=True)
+
+    thread = threading.Thread(target=watch, name="vmnet-rs-broker-watch", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        os.write(wake_w, b"x")
+        thread.join(5)
+        os.close(wake_w)
+        os.close(wake_r)
+
+    return stop
 
 
 @click.command(
@@ -254,26 +355,45 @@ def _supervise(path: str, argv: Sequence[str], fds: list[int]) -> int:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("-n", "--network", "networks", multiple=True, metavar="NAME[:BACKEND]",
-              help="Network to join, repeatable (default: shared). BACKEND per engine, see the README.")
+              help="Network to join, repeatable (default: shared). BACKEND per engine: listed below.")
 @click.option("--mac", "macs", multiple=True, metavar="MAC",
               help="MAC for the n-th --network (default: derived from the VM name and network).")
 @click.option("--name", default=None, help="VM name for stable MACs (default: QEMU -name, else from the command).")
 @click.option("--socket", default=None, metavar="PATH", help="Broker socket (default: the system broker).")
-@click.option("--print-args", is_flag=True, help="Print the final command line and exit without running it.")
+@click.option("--exec/--supervise", "exec_mode", default=None,
+              help="--exec (default on Linux): become the VM program, which inherits the broker connection, so "
+                   "its leases, adaptors and TAPs end exactly when the VM process ends, however it ends; no "
+                   "wrapper process stays. --supervise (default on macOS, whose XPC broker connection cannot be "
+                   "inherited): a wrapper holds the connection, forwards SIGINT/SIGTERM/SIGHUP, says when the "
+                   "broker goes away and exits with the VM's status; SIGKILL to it leaves the VM without a network.")
+@click.option("--print-args", is_flag=True,
+              help="Print the final command line and exit without running it; checks the networks with the "
+                   "broker (leasing nothing), or says it could not ask it.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- PROGRAM [ARGS]...")
 def run_command(networks: tuple[str, ...], macs: tuple[str, ...], name: str | None, socket: str | None,
-                print_args: bool, command: tuple[str, ...]) -> None:
+                exec_mode: bool | None, print_args: bool, command: tuple[str, ...]) -> None:
     """Run a VM (qemu-system-*, krunkit, vfkit, or any program) on vmnet-rs networks.
 
     The network fds are inherited at 3, 4, ...; known engines get the right
     arguments appended, other programs take placeholders in ARGS:
     {fd0} {mac0} {network0} {fdtype0} {mtu0} (0 = first --network).
+    With --exec the broker connection is inherited too, at the fd named by
+    $VMNET_RS_BROKER_FD; the program must keep it open.
+
+    \b
+    Backends (NAME:BACKEND; the first is the default):
+      qemu-system-*  Linux: tap_next, tap, stream, socket, dgram, dgram_next
+                     macOS: tap, tap_next, stream, socket, dgram, dgram_next
+      krunkit        stream, datagram, datagram_next
+      vfkit          datagram, datagram_next
+      other          datagram, datagram_next, stream (Linux also tap, tap_next)
     """
+    mode = None if exec_mode is None else (EXEC if exec_mode else SUPERVISE)
     try:
         if print_args:
             click.echo(shlex.join(print_plan(command, networks, macs, name, socket).argv))
             return
-        status = run_vm(command, networks, macs, name, socket)
+        status = run_vm(command, networks, macs, name, socket, mode)
     except ProgramNotFound as e:
         click.echo(f"vmnet-rs: {e}", err=True)
         sys.exit(EXIT_NOT_FOUND)
@@ -287,18 +407,21 @@ def print_plan(command: Sequence[str], networks: Sequence[str], macs: Sequence[s
                socket: str | None) -> Plan:
     """The plan ``--print-args`` shows: fds 3, 4, ... and derived MACs.
 
-    The broker is asked (for its network list, which leases nothing) only when
-    the text depends on it: krunkit's ``offloading=on`` and ``{mtuN}``.
+    Everything a real run would check before starting the VM is checked:
+    the command line and backends here, the networks with the broker (its
+    network list, which leases nothing), which also gives krunkit's
+    ``offloading=on`` and ``{mtuN}``. When no broker answers, the line is
+    still printed with a warning that the networks were not checked, except
+    where the text needs the broker (``{mtuN}``).
     """
     p = plan(command, networks, macs, name, check_only=True)
-    if not needs_broker_for_args(p, command):
-        return p
     try:
         client = client_factory(socket)
     except BrokerUnavailableError as e:
         if any("{mtu" in a for a in command[1:]):
             raise
-        click.echo(f"vmnet-rs: {e}; assuming the networks have no offload", err=True)
+        assumed = "; assuming the networks have no offload" if needs_broker_for_args(p, command) else ""
+        click.echo(f"vmnet-rs: could not ask the broker, so the networks are not checked: {e}{assumed}", err=True)
         return p
     try:
         known = {info.get("name"): info for info in client.networks()}

@@ -22,7 +22,8 @@ pub enum Port {
     /// A relay between an interface and the VM's socket.
     Adaptor(Adaptor),
     /// A TAP device whose fd went to the client (Linux); the broker keeps no
-    /// fd and watches for the link to disappear.
+    /// fd and watches for the link to disappear. The TAP is not persistent:
+    /// the kernel removes it with the last fd the VM holds.
     Tap { name: String },
 }
 
@@ -34,7 +35,7 @@ impl Port {
         }
     }
 
-    /// False once the VM side is gone (relay ended, TAP link deleted).
+    /// False once the VM side is gone (relay ended, TAP link removed).
     pub fn is_running(&self) -> bool {
         match self {
             Port::Adaptor(a) => a.is_running(),
@@ -47,7 +48,7 @@ impl Drop for Port {
     fn drop(&mut self) {
         match self {
             Port::Adaptor(a) => a.stop(),
-            Port::Tap { name } => delete_link(name),
+            Port::Tap { name } => unplug_tap(name),
         }
     }
 }
@@ -57,19 +58,21 @@ pub fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// Deletes a link the broker made (a TAP whose lease ended while a client
-/// still held its fd). Best effort: a link already gone is fine.
-fn delete_link(name: &str) {
+/// Ends a TAP port whose lease ended: a TAP the VM still holds is taken
+/// off the bridge and set down, not deleted, so the VM's fd stays valid
+/// (QEMU keeps running, without a network) and the kernel removes the TAP
+/// when the VM closes it or exits. A TAP already gone is fine.
+fn unplug_tap(name: &str) {
     if !link_exists(name) {
         return;
     }
     let status = std::process::Command::new("ip")
-        .args(["link", "delete", "dev", name])
+        .args(["link", "set", "dev", name, "nomaster", "down"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status();
     if !matches!(status, Ok(s) if s.success()) && link_exists(name) {
-        log::warn!("could not delete TAP {name} after its lease ended; delete it with `ip link delete {name}`");
+        log::warn!("could not take TAP {name} off its bridge after its lease ended; remove it with `ip link delete {name}`");
     }
 }
 

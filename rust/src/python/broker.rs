@@ -325,6 +325,33 @@ impl PyClient {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// The connection's socket fd (Linux), to poll for the broker going
+    /// away; None on macOS, where the connection is an XPC session.
+    fn fileno(&self) -> Option<i32> {
+        match self.inner.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            #[cfg(target_os = "linux")]
+            Some(Conn::Unix(c)) => Some(c.raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Hands the connection's socket fd (close-on-exec) to the caller, who
+    /// then owns it and, with it, the leases; the client is closed. Linux
+    /// only: an XPC session cannot be passed on (BrokerError on macOS).
+    fn detach(&self, py: Python<'_>) -> PyResult<i32> {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.take() {
+            #[cfg(target_os = "linux")]
+            Some(Conn::Unix(c)) => Ok(c.into_fd().into_raw_fd()),
+            #[cfg(target_os = "macos")]
+            Some(conn) => {
+                *guard = Some(conn);
+                Err(broker_error(py, "the broker connection is an XPC session, which cannot be passed to another process".into()))
+            }
+            None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),
+        }
+    }
+
     #[getter]
     fn closed(&self) -> bool {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()

@@ -24,6 +24,9 @@
 //!   closes, so a client that dies never leaks one.
 //! - Dropping a [`LinuxNetwork`] tears it down (dnsmasq stopped, table and
 //!   bridge deleted, record removed).
+//! - The DHCP lease file outlives the network (orderly close, crash and
+//!   [`cleanup_stale`] alike): the network's next dnsmasq reads it, so a
+//!   guest keeps its address when the broker restarts.
 
 mod cmd;
 mod dnsmasq;
@@ -287,7 +290,9 @@ impl LinuxNetwork {
             }
         }
         if first.is_none() {
-            for f in [&self.files.pid, &self.files.leases, &self.files.log, &self.record_path] {
+            // The lease file stays: the next dnsmasq of this network reads
+            // it, so guests keep their addresses across broker restarts.
+            for f in [&self.files.pid, &self.files.log, &self.record_path] {
                 let _ = std::fs::remove_file(f);
             }
         }
@@ -450,7 +455,8 @@ fn remove_stale(rec: &record::Record, path: &Path, files: &dnsmasq::Files) -> Ve
         }
     }
     if !failed {
-        for f in [&files.pid, &files.leases, &files.log] {
+        // The lease file stays, as on an orderly close (see LinuxNetwork::close).
+        for f in [&files.pid, &files.log] {
             let _ = std::fs::remove_file(f);
         }
         if std::fs::remove_file(path).is_ok() {

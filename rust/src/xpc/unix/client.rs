@@ -44,6 +44,18 @@ impl Client {
         &self.path
     }
 
+    /// The connection's socket (for polling whether the broker went away).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Gives the connection's socket to the caller, who then holds the
+    /// leases: a process that execs a VM with it inherited makes the VM the
+    /// lease holder (`vmnet-rs run`).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Bounds how long [`Client::request`] waits for a reply (None: forever).
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         sys::set_recv_timeout(self.fd.as_raw_fd(), timeout).map_err(|source| Error::Io { op: "set the reply timeout", source })

@@ -70,6 +70,21 @@ def check(files: Tuple[Path, ...]) -> None:
         raise click.exceptions.Exit(EXIT_INVALID)
 
 
+@networks.command("resolve")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def resolve(ctx: click.Context, file: Optional[Path]) -> None:
+    """Print the resolved configuration of FILE as compact JSON.
+
+    The file's shape with every default and built-in filled in, as the core
+    validates it. The native broker (``vmnet-rs-broker --config FILE``) runs
+    this at start so YAML stays Python's; without FILE, the group's
+    ``--config``, then the search path. Problems: as ``check``, exit 2.
+    """
+    path = file if file is not None else ctx.parent.params.get("config_path") if ctx.parent else None
+    click.echo(load_config(path).to_json())
+
+
 def format_table(cfg: Config) -> str:
     """The networks as an aligned table, then one line per port forward,
     reservation and external interface."""

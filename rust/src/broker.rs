@@ -71,6 +71,9 @@ pub struct BrokerOptions {
     /// `None`: no endpoints. `vmnet-rs broker` sets it unless told
     /// `--no-endpoints` (see [`endpoints::default_dir`]).
     pub endpoint_dir: Option<PathBuf>,
+    /// Why the configuration file could not be used now (the broker then
+    /// serves the last good one); reported as `config_error` by `status`.
+    pub config_error: Option<String>,
 }
 
 impl BrokerOptions {
@@ -86,6 +89,7 @@ impl BrokerOptions {
             code_signing_requirement: None,
             lima_serialization_rule: false,
             endpoint_dir: None,
+            config_error: None,
         }
     }
 }
@@ -392,6 +396,12 @@ impl Broker {
     /// The socket path (Linux) or Mach service (macOS) served.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The line every broker prints to stderr once it serves (the Python
+    /// command and the native executable alike).
+    pub fn start_line(&self) -> String {
+        format!("vmnet-rs: broker pid {} serving {}", std::process::id(), self.endpoint)
     }
 
     /// See [`Core::wait`].

@@ -17,6 +17,7 @@ pub mod apple;
 pub mod mapping;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod preflight;
 #[cfg(target_os = "linux")]
 pub mod tap;
 

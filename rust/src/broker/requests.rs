@@ -543,7 +543,13 @@ impl Core {
             .with("networks_released", Value::Int(c.networks_released as i64))
             .with("leases_granted", Value::Int(c.leases_granted as i64))
             .with("leases_released", Value::Int(c.leases_released as i64));
-        Dict::new()
+        let mut reply = Dict::new();
+        // The configuration file could not be used at start: the broker
+        // serves the last good one; this says which file and key are wrong.
+        if let Some(e) = &self.options.config_error {
+            reply.insert("config_error", Value::String(e.clone()));
+        }
+        reply
             .with("ok", Value::Bool(true))
             .with("version", Value::String(crate::VERSION.into()))
             .with("pid", Value::Int(std::process::id() as i64))

@@ -1,0 +1,70 @@
+//! With the `bundle-broker` feature (wheel builds: pyproject.toml's
+//! `[tool.maturin] features`), also builds the `vmnet-rs-broker` executable
+//! (the workspace member in rust/broker-bin) and copies it into
+//! `rust/broker-bin/wheel-data/scripts/`, the wheel's data directory
+//! (`[tool.maturin] data`), whose `scripts/` maturin installs into the
+//! environment's `bin/`. maturin cannot yet put a binary and a PyO3 module of
+//! one crate into one wheel; docs/packaging.md explains this choice.
+//!
+//! The nested `cargo build` uses the same profile and target, its own target
+//! directory (the outer build holds the lock of its own), and an environment
+//! without the outer build's CARGO_*/PyO3 variables, so the executable is
+//! built exactly as `cargo build -p vmnet-rs-broker` would build it.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    if env::var_os("CARGO_FEATURE_BUNDLE_BROKER").is_none() {
+        return;
+    }
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    for p in ["rust/src", "rust/broker-bin/src", "rust/broker-bin/Cargo.toml", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(p).display());
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let target_dir = out_dir.join("broker-bin-target");
+    let target = env::var("TARGET").expect("cargo sets TARGET");
+    let host = env::var("HOST").expect("cargo sets HOST");
+    // PROFILE is "release" for release-based profiles, else "debug".
+    let release = env::var("PROFILE").map(|p| p == "release").unwrap_or(false);
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&root).args(["build", "-p", "vmnet-rs-broker", "--bin", "vmnet-rs-broker", "--locked"]);
+    cmd.arg("--target-dir").arg(&target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let cross = target != host;
+    if cross {
+        cmd.args(["--target", &target]);
+    }
+    for (k, _) in env::vars_os() {
+        let k = k.to_string_lossy();
+        let scrub = (k.starts_with("CARGO_") && k != "CARGO_HOME" && !k.starts_with("CARGO_REGISTRIES") && !k.starts_with("CARGO_NET"))
+            || k.starts_with("PYO3_")
+            || k.starts_with("DEP_")
+            || matches!(k.as_ref(), "OUT_DIR" | "TARGET" | "HOST" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER");
+        if scrub {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("could not run {cargo:?} to build vmnet-rs-broker: {e}"));
+    if !status.success() {
+        panic!("building vmnet-rs-broker failed ({status}); try `cargo build -p vmnet-rs-broker` to see why");
+    }
+    let profile_dir = if release { "release" } else { "debug" };
+    let built = if cross { target_dir.join(&target).join(profile_dir) } else { target_dir.join(profile_dir) }.join("vmnet-rs-broker");
+    let scripts = root.join("rust/broker-bin/wheel-data/scripts");
+    copy(&built, &scripts.join("vmnet-rs-broker"));
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().expect("a file has a parent")).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), tmp.display()));
+    std::fs::rename(&tmp, to).unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), to.display()));
+}

@@ -338,6 +338,11 @@ class Broker:
     def running(self) -> bool:
         return bool(self._native.running)
 
+    @property
+    def start_line(self) -> str:
+        """The line a broker prints once it serves (the same for ``vmnet-rs-broker``)."""
+        return str(self._native.start_line)
+
     def start(self) -> "Broker":
         """Binds the socket (or takes the one systemd passed) and serves."""
         self._native.start()

@@ -15,7 +15,7 @@ from typing import Optional
 
 import click
 
-from .errors import ConfigError
+from .errors import ConfigError, VmnetError
 
 log = logging.getLogger("vmnet_rs")
 
@@ -32,6 +32,16 @@ def default_dns_upstream() -> None:
     """Points the DNS proxy at the host's resolvers unless the environment chose."""
     if sys.platform.startswith("linux") and DNS_RESOLV_FILE_ENV not in os.environ and os.path.exists(HOST_RESOLV_FILE):
         os.environ[DNS_RESOLV_FILE_ENV] = HOST_RESOLV_FILE
+
+
+def refuse_without_preconditions() -> None:
+    """Raises one line naming every missing precondition of the platform
+    backend and what to do (the same check as ``vmnet-rs-broker``'s start)."""
+    from . import _native
+
+    failed = [c for c in _native.preflight_checks() if not c["ok"]]
+    if failed:
+        raise VmnetError("the broker cannot start here: " + "; ".join(f"{c['name']}: {c['detail']} ({c['fix']})" for c in failed))
 
 
 def _native_log_level() -> str:
@@ -87,6 +97,8 @@ def broker_command(
     config = load_config(config_file)
     if no_endpoints and endpoint_dir is not None:
         raise ConfigError("--endpoint-dir and --no-endpoints contradict each other: give one")
+    if backend == "platform":
+        refuse_without_preconditions()
     broker = Broker(
         config,
         socket=socket,
@@ -108,7 +120,7 @@ def broker_command(
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         broker.start()
-        click.echo(f"vmnet-rs: broker pid {os.getpid()} serving {broker.socket}", err=True)
+        click.echo(broker.start_line, err=True)
         for network, paths in sorted(broker.endpoints.items()):
             click.echo(f"vmnet-rs: network {network}: " + ", ".join(f"{k} {p}" for k, p in sorted(paths.items(), reverse=True)), err=True)
         reason = broker.serve_forever()

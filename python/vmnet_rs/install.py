@@ -1,27 +1,32 @@
 """Registering the broker with the system: ``vmnet-rs install`` / ``uninstall``.
 
-macOS: a per-user LaunchAgent whose label is the broker's Mach service;
-launchd starts the broker on the first lookup of the service and the broker
-exits when idle (no ``RunAtLoad``, no ``KeepAlive``). vmnet needs the
-``com.apple.security.virtualization`` entitlement, which belongs to the main
-executable, not to a Python extension; so install copies the Python
-interpreter into ``~/Library/Application Support/vmnet-rs/vmnet-rs-broker``
-(the app binary inside a framework build's ``Python.app``, whose ``bin/python3``
-is only a launcher that execs it), signs the copy ad hoc with that
-entitlement (``codesign --force -s - --entitlements``), and runs
-``<copy> -m vmnet_rs broker --mach-service LABEL`` with ``PYTHONHOME`` and
-``PYTHONPATH`` pointing at the original installation. A stamp file records
-the package version and location and the interpreter's hash; when any of
-them, or the plist's content, differs from what is installed, install boots
-the old job out, rewrites and re-signs everything and bootstraps it again.
+Both platforms run the native executable ``vmnet-rs-broker`` that the package
+installs beside its Python (docs/packaging.md); no Python interpreter is
+copied or signed. The broker reads the configuration at each start (Python
+resolves the YAML for it), so an edit to the file needs no new install.
 
-Linux: a systemd socket unit (``ListenSequentialPacket=``, the broker socket)
-and a service unit running ``python -m vmnet_rs broker`` as root, started by
-socket activation; the ``vmnet-rs`` group (allowed to call the broker by
-default) is created if missing.
+macOS: a per-user LaunchAgent whose label is the broker's Mach service;
+launchd starts the broker on the first lookup of the service (or the first
+connection to an endpoint socket, ``Sockets``) and the broker exits when idle
+(no ``RunAtLoad``, no ``KeepAlive``). vmnet needs the
+``com.apple.security.virtualization`` entitlement on the main executable, so
+install signs exactly that binary ad hoc with it (``codesign --force -s -
+--entitlements``), then verifies the signature and reads the entitlement
+back. A stamp file records the signed binary's hash: when the binary changed
+(an upgrade replaced it) or the plist differs, install boots the old job out,
+signs again and bootstraps it again. launchd's ``gui/<uid>`` domain exists
+only while the user is logged in at the screen; over SSH without one, install
+says so and ``--domain user`` registers in ``user/<uid>`` instead.
+
+Linux: systemd socket units (the broker socket, ``FileDescriptorName=broker``,
+and one unit per endpoint socket, named ``<network>.stream`` /
+``<network>.dgram``) and a service unit running ``vmnet-rs-broker`` as root,
+started by socket activation; the ``vmnet-rs`` group (allowed to call the
+broker by default) is created if missing.
 
 Every action is first collected into a :class:`Plan`; ``--dry-run`` prints
-the plan (files with their content, commands) and does nothing.
+the plan (files with their content, commands in order) for either platform
+from any machine, and does nothing.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
@@ -45,12 +51,19 @@ from .errors import VmnetError
 
 DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
 ENTITLEMENT = "com.apple.security.virtualization"
+#: The native broker executable the package installs into its scripts directory.
+BROKER_EXECUTABLE = "vmnet-rs-broker"
 #: launchd's SIGTERM->SIGKILL grace; vmnet shutdown is slow (Lima uses 20 s).
 EXIT_TIMEOUT_S = 20
 SYSTEMD_DIR = Path("/etc/systemd/system")
 SOCKET_UNIT = "vmnet-rs.socket"
 SERVICE_UNIT = "vmnet-rs.service"
 GROUP = "vmnet-rs"
+#: Endpoint kinds (network key ``endpoints``) and the suffix of their socket
+#: file and activation name: ``<network>.stream.sock``, fd name ``<network>.stream``.
+ENDPOINT_KINDS = {"stream": "stream", "datagram": "dgram"}
+#: macOS sun_path holds 104 bytes, the terminating NUL included.
+SUN_PATH_MAX = 104
 
 
 @dataclass
@@ -60,6 +73,9 @@ class FileWrite:
     mode: int = 0o644
 
 
+Command = List[str]
+
+
 @dataclass
 class Plan:
     """What install or uninstall would do, in order."""
@@ -67,13 +83,18 @@ class Plan:
     platform: str
     dirs: List[Path] = field(default_factory=list)
     writes: List[FileWrite] = field(default_factory=list)
-    copies: List[tuple] = field(default_factory=list)  # (src, dst, mode)
-    commands: List[List[str]] = field(default_factory=list)
+    commands: List[Command] = field(default_factory=list)
     #: Commands whose failure is expected and harmless (a bootout of a job that is not loaded).
-    optional: List[List[str]] = field(default_factory=list)
+    optional: List[Command] = field(default_factory=list)
+    #: Text a command's output must contain (the entitlement read back after signing).
+    expect: Dict[Tuple[str, ...], str] = field(default_factory=dict)
+    #: What to tell the user when a command fails.
+    explain: Dict[Tuple[str, ...], str] = field(default_factory=dict)
     removals: List[Path] = field(default_factory=list)
     #: Commands run after the removals (systemd's daemon-reload on uninstall).
-    after: List[List[str]] = field(default_factory=list)
+    after: List[Command] = field(default_factory=list)
+    #: Written last, after every command succeeded: (path, what it records, content maker).
+    stamp: Optional[Tuple[Path, str, Callable[[], bytes]]] = None
     notes: List[str] = field(default_factory=list)
     up_to_date: bool = False
 
@@ -84,29 +105,25 @@ class Plan:
             lines.append("already installed and up to date: nothing to do")
         for d in self.dirs:
             lines.append(f"mkdir {d}")
-        for src, dst, mode in self.copies:
-            lines.append(f"copy {src} -> {dst} (mode {mode:o})")
         for w in self.writes:
             lines.append(f"write {w.path} (mode {w.mode:o}):")
             lines += ["    " + line for line in w.content.decode().splitlines()]
         for c in self.commands:
             suffix = "  (may fail harmlessly)" if c in self.optional else ""
+            if tuple(c) in self.expect:
+                suffix += f"  (output must contain {self.expect[tuple(c)]})"
             lines.append(f"run: {shlex.join(c)}{suffix}")
         for r in self.removals:
             lines.append(f"remove {r}")
         for c in self.after:
             lines.append(f"run: {shlex.join(c)}")
+        if self.stamp is not None:
+            lines.append(f"write {self.stamp[0]} ({self.stamp[1]})")
         return "\n".join(lines)
 
     def execute(self) -> None:
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
-        for src, dst, mode in self.copies:
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(dst) + ".new")
-            shutil.copyfile(src, tmp)
-            os.chmod(tmp, mode)
-            os.replace(tmp, dst)
         for w in self.writes:
             w.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = w.path.with_name(w.path.name + ".new")
@@ -124,8 +141,13 @@ class Plan:
                 pass
         for c in self.after:
             self._run(c)
+        if self.stamp is not None:
+            path, _, make = self.stamp
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(make())
 
-    def _run(self, c: List[str]) -> None:
+    def _run(self, c: Command) -> None:
+        hint = self.explain.get(tuple(c))
         try:
             proc = subprocess.run(c, capture_output=True, text=True)
         except FileNotFoundError:
@@ -134,11 +156,58 @@ class Plan:
             raise VmnetError(f"`{shlex.join(c)}` cannot run: {c[0]} is not installed") from None
         if proc.returncode != 0 and c not in self.optional:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
-            raise VmnetError(f"`{shlex.join(c)}` failed (exit {proc.returncode}): {detail[-1] if detail else 'no output'}")
+            message = f"`{shlex.join(c)}` failed (exit {proc.returncode}): {detail[-1] if detail else 'no output'}"
+            raise VmnetError(f"{message}\n{hint}" if hint else message)
+        want = self.expect.get(tuple(c))
+        if want is not None and want not in proc.stdout + proc.stderr:
+            message = f"`{shlex.join(c)}` does not show {want}"
+            raise VmnetError(f"{message}\n{hint}" if hint else message)
 
 
 def current_platform() -> str:
     return "macos" if sys.platform == "darwin" else "linux"
+
+
+def broker_executable() -> Path:
+    """The ``vmnet-rs-broker`` this package installed: in the scripts
+    directory of this Python's environment (a virtualenv's ``bin/``), else
+    beside this interpreter, else on PATH. Returns the scripts-directory path
+    even when it is missing (a dry run shows it; a real install refuses)."""
+    scripts = Path(sysconfig.get_path("scripts")) / BROKER_EXECUTABLE
+    for candidate in (scripts, Path(sys.executable).parent / BROKER_EXECUTABLE):
+        if candidate.is_file():
+            return candidate
+    found = shutil.which(BROKER_EXECUTABLE)
+    return Path(found) if found else scripts
+
+
+def _require_broker_executable(exe: Path) -> None:
+    if not exe.is_file():
+        raise VmnetError(
+            f"{exe} is missing: the vmnet-rs package installs it (`pip install vmnet-rs`, or `pip install .` in a checkout); "
+            "run install with the Python of that environment"
+        )
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+
+
+def _endpoints(settings: Dict[str, Any], networks: Dict[str, Dict[str, Any]], default_dir: Path) -> List[Tuple[str, str, Path]]:
+    """(network, kind, socket path) for every endpoint the configuration
+    turns on (network key ``endpoints``, default both kinds; broker key
+    ``endpointDir``), in name order."""
+    directory = Path(settings.get("endpointDir") or default_dir)
+    out = []
+    for name in sorted(networks):
+        kinds = networks[name].get("endpoints", list(ENDPOINT_KINDS))
+        for kind in ENDPOINT_KINDS:
+            if kind in kinds:
+                out.append((name, ENDPOINT_KINDS[kind], directory / f"{name}.{ENDPOINT_KINDS[kind]}.sock"))
+    return out
 
 
 # --- macOS ---------------------------------------------------------------------------
@@ -156,38 +225,13 @@ def _log_dir(home: Path) -> Path:
     return home / "Library" / "Logs" / "vmnet-rs"
 
 
-def interpreter_binary() -> Path:
-    """The real interpreter binary to copy and sign (see the module doc)."""
-    app = Path(sys.base_prefix) / "Resources" / "Python.app" / "Contents" / "MacOS" / "Python"
-    if app.is_file():
-        return app
-    return Path(os.path.realpath(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable))
+def macos_endpoint_dir(home: Path) -> Path:
+    """The default endpoint directory on macOS (a per-user folder)."""
+    return _support_dir(home) / "endpoints"
 
 
-def _package_root() -> Path:
-    """The directory holding the ``vmnet_rs`` package (goes on PYTHONPATH)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def _python_path() -> str:
-    """The import path the copied interpreter needs: the package's root, then
-    this interpreter's site-packages (a virtualenv's included)."""
-    entries = [str(_package_root())]
-    for p in sys.path:
-        if p and p.endswith("-packages") and p not in entries:
-            entries.append(p)
-    return os.pathsep.join(entries)
-
-
-def _file_hash(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return "missing"
-
-
-def macos_plist(label: str, exe: Path, home: Path, config: Optional[str]) -> bytes:
-    args = [str(exe), "-m", "vmnet_rs", "broker", "--mach-service", label]
+def macos_plist(label: str, exe: Path, home: Path, config: Optional[str], python: str, endpoints: List[Tuple[str, str, Path]] = ()) -> bytes:
+    args = [str(exe), "--mach-service", label, "--python", python]
     if config:
         args += ["--config", config]
     logs = _log_dir(home)
@@ -195,12 +239,19 @@ def macos_plist(label: str, exe: Path, home: Path, config: Optional[str]) -> byt
         "Label": label,
         "ProgramArguments": args,
         "MachServices": {label: True},
-        "EnvironmentVariables": {"PYTHONHOME": sys.base_prefix, "PYTHONPATH": _python_path()},
         "WorkingDirectory": str(_support_dir(home)),
         "StandardOutPath": str(logs / "broker.log"),
         "StandardErrorPath": str(logs / "broker.log"),
         "ExitTimeOut": EXIT_TIMEOUT_S,
     }
+    if endpoints:
+        # launchd holds each endpoint socket and starts the broker on the
+        # first connection (launchd.plist(5) Sockets; the broker takes them
+        # by these names with launch_activate_socket).
+        doc["Sockets"] = {
+            f"{network}.{kind}": {"SockFamily": "Unix", "SockType": "stream" if kind == "stream" else "dgram", "SockPathName": str(path), "SockPathMode": 0o600}
+            for network, kind, path in endpoints
+        }
     return plistlib.dumps(doc, sort_keys=True)
 
 
@@ -208,59 +259,112 @@ def entitlements_plist() -> bytes:
     return plistlib.dumps({ENTITLEMENT: True}, sort_keys=True)
 
 
-def _stamp(label: str, plist: bytes, source: Path) -> bytes:
+def _stamp(label: str, plist: bytes, exe: Path) -> bytes:
+    """What install records after signing: the signed binary's hash tells an
+    upgrade (a new, unsigned binary) from the binary install signed."""
     doc = {
         "version": __version__,
-        "package": str(_package_root()),
-        "interpreter": str(source),
-        "interpreter_sha256": _file_hash(source),
+        "broker": str(exe),
+        "broker_sha256": _file_hash(exe),
         "plist_sha256": hashlib.sha256(plist).hexdigest(),
         "label": label,
     }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
-def macos_install_plan(label: str, home: Path, uid: int, config: Optional[str] = None, force: bool = False) -> Plan:
+def macos_install_plan(
+    label: str,
+    home: Path,
+    uid: int,
+    config: Optional[str] = None,
+    force: bool = False,
+    exe: Optional[Path] = None,
+    python: Optional[str] = None,
+    endpoints: List[Tuple[str, str, Path]] = (),
+    domain: str = "gui",
+) -> Plan:
+    exe = exe or broker_executable()
+    python = python or sys.executable
     support = _support_dir(home)
-    exe = support / "vmnet-rs-broker"
     ent = support / "entitlements.plist"
     stamp_path = support / "install.json"
     plist_path = _plist_path(home, label)
-    source = interpreter_binary()
-    plist = macos_plist(label, exe, home, config)
-    stamp = _stamp(label, plist, source)
+    plist = macos_plist(label, exe, home, config, python, list(endpoints))
+    target = f"{domain}/{uid}"
     plan = Plan("macos")
-    plan.notes.append(f"LaunchAgent {label} in gui/{uid}; broker executable {exe} (ad-hoc signed copy of {source})")
-    current = plist_path.is_file() and plist_path.read_bytes() == plist and stamp_path.is_file() and stamp_path.read_bytes() == stamp and exe.is_file()
+    plan.notes.append(f"LaunchAgent {label} in {target}; broker executable {exe} (signed ad hoc with {ENTITLEMENT})")
+    for _network, _kind, path in endpoints:
+        if len(str(path).encode()) >= SUN_PATH_MAX:
+            raise VmnetError(
+                f"endpoint socket {path} is {len(str(path).encode())} bytes, past macOS's {SUN_PATH_MAX - 1}-byte limit: "
+                "set a shorter broker key endpointDir in the configuration"
+            )
+    try:
+        recorded = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    signed_binary_unchanged = recorded.get("broker") == str(exe) and recorded.get("broker_sha256") == _file_hash(exe)
+    current = plist_path.is_file() and plist_path.read_bytes() == plist and signed_binary_unchanged and recorded.get("version") == __version__
     if current and not force:
         plan.up_to_date = True
         return plan
+    if recorded and not signed_binary_unchanged:
+        plan.notes.append(f"{exe} changed since it was signed (an upgrade): it is signed again")
     if plist_path.exists():
         plan.notes.append("an installed LaunchAgent differs (moved or changed package): it is replaced")
     plan.dirs += [support, _log_dir(home), plist_path.parent]
-    plan.copies.append((source, exe, 0o755))
+    if endpoints:
+        plan.dirs += sorted({path.parent for _n, _k, path in endpoints})
     plan.writes.append(FileWrite(ent, entitlements_plist()))
     plan.writes.append(FileWrite(plist_path, plist))
-    plan.writes.append(FileWrite(stamp_path, stamp))
-    bootout = ["launchctl", "bootout", f"gui/{uid}/{label}"]
-    plan.commands.append(["codesign", "--force", "-s", "-", "--entitlements", str(ent), str(exe)])
+    # launchd's domain for the user's GUI session exists only while they are
+    # logged in at the screen (not over SSH alone).
+    probe = ["launchctl", "print", target]
+    plan.commands.append(probe)
+    if domain == "gui":
+        plan.explain[tuple(probe)] = (
+            f"launchd has no {target} domain: nobody is logged in at this Mac's screen as uid {uid} (an SSH session has none). "
+            "Log in at the screen (or through Screen Sharing) and run `vmnet-rs install` again, "
+            "or run `vmnet-rs install --domain user` to register the broker in user/{uid}".replace("{uid}", str(uid))
+        )
+    sign = ["codesign", "--force", "-s", "-", "--entitlements", str(ent), str(exe)]
+    verify = ["codesign", "--verify", "--strict", str(exe)]
+    show = ["codesign", "-d", "--entitlements", "-", str(exe)]
+    plan.commands += [sign, verify, show]
+    plan.explain[tuple(sign)] = f"codesign could not sign {exe}: it comes with Xcode's command line tools (`xcode-select --install`)"
+    plan.explain[tuple(verify)] = f"the signature of {exe} does not verify: run `vmnet-rs install --force`"
+    plan.expect[tuple(show)] = ENTITLEMENT
+    plan.explain[tuple(show)] = f"{exe} was signed but does not carry {ENTITLEMENT}; vmnet would refuse it"
+    bootout = ["launchctl", "bootout", f"{target}/{label}"]
     plan.commands.append(bootout)
     plan.optional.append(bootout)
-    plan.commands.append(["launchctl", "bootstrap", f"gui/{uid}", str(plist_path)])
+    plan.commands.append(["launchctl", "bootstrap", target, str(plist_path)])
+    plan.stamp = (stamp_path, "records the signed binary's sha256, so an upgrade is noticed", lambda: _stamp(label, plist, exe))
     return plan
 
 
-def macos_uninstall_plan(label: str, home: Path, uid: int) -> Plan:
+def macos_uninstall_plan(label: str, home: Path, uid: int, domain: str = "gui") -> Plan:
     support = _support_dir(home)
     plan = Plan("macos")
-    bootout = ["launchctl", "bootout", f"gui/{uid}/{label}"]
+    bootout = ["launchctl", "bootout", f"{domain}/{uid}/{label}"]
     plan.commands.append(bootout)
     plan.optional.append(bootout)
-    plan.removals += [_plist_path(home, label), support / "vmnet-rs-broker", support / "entitlements.plist", support / "install.json"]
+    plan.removals += [_plist_path(home, label), support / "entitlements.plist", support / "install.json"]
+    plan.notes.append("the signed vmnet-rs-broker stays where the package installed it (pip uninstall removes it)")
     return plan
 
 
 # --- Linux ---------------------------------------------------------------------------
+
+
+def _unit_escape(name: str) -> str:
+    """A network name as part of a systemd unit name (systemd.unit(5): only
+    ASCII letters, digits, ``:_.-``; anything else as ``\\xNN``)."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in ":_.-" else "".join(f"\\x{b:02x}" for b in c.encode()) for c in name)
+
+
+def endpoint_socket_unit_name(network: str, kind: str) -> str:
+    return f"vmnet-rs-{_unit_escape(network)}-{kind}.socket"
 
 
 def linux_socket_unit(socket: str) -> bytes:
@@ -270,6 +374,8 @@ Documentation=https://github.com/vmnet-rs/vmnet-rs
 
 [Socket]
 ListenSequentialPacket={socket}
+FileDescriptorName=broker
+Service={SERVICE_UNIT}
 SocketMode=0666
 DirectoryMode=0755
 RemoveOnStop=yes
@@ -279,26 +385,51 @@ WantedBy=sockets.target
 """.encode()
 
 
-def linux_service_unit(config: Optional[str], python: str) -> bytes:
-    args = [python, "-m", "vmnet_rs", "broker"]
+def linux_endpoint_socket_unit(network: str, kind: str, path: Path) -> bytes:
+    """One endpoint socket: systemd names every fd of a socket unit alike
+    (FileDescriptorName=), so each endpoint has its own unit."""
+    listen = "ListenStream" if kind == "stream" else "ListenDatagram"
+    # Datagram peers' credentials come with each datagram (SCM_CREDENTIALS).
+    creds = "PassCredentials=yes\n" if kind == "dgram" else ""
+    return f"""[Unit]
+Description=vmnet-rs {kind} endpoint of network {network}
+Documentation=https://github.com/vmnet-rs/vmnet-rs
+PartOf={SOCKET_UNIT}
+
+[Socket]
+{listen}={path}
+FileDescriptorName={network}.{kind}
+Service={SERVICE_UNIT}
+SocketMode=0660
+SocketGroup={GROUP}
+DirectoryMode=0755
+{creds}RemoveOnStop=yes
+
+[Install]
+WantedBy=sockets.target
+""".encode()
+
+
+def linux_service_unit(config: Optional[str], exe: Path, python: str, socket_units: List[str]) -> bytes:
+    args = [str(exe), "--python", python]
     if config:
         args += ["--config", config]
     return f"""[Unit]
 Description=vmnet-rs broker (VM networks on demand)
 Documentation=https://github.com/vmnet-rs/vmnet-rs
 Requires={SOCKET_UNIT}
-After={SOCKET_UNIT} network.target
+After={" ".join(socket_units)} network.target
 
 [Service]
 Type=simple
 ExecStart={shlex.join(args)}
-Environment=PYTHONPATH={_package_root()}
-# The broker exits when idle; the socket starts it again on the next request.
+Sockets={" ".join(socket_units)}
+# The broker exits when idle; the sockets start it again on the next request.
 Restart=no
 TimeoutStopSec={EXIT_TIMEOUT_S}
 
 [Install]
-Also={SOCKET_UNIT}
+Also={" ".join(socket_units)}
 """.encode()
 
 
@@ -312,34 +443,53 @@ def _group_exists(name: str) -> bool:
         return False
 
 
-def linux_install_plan(socket: str, config: Optional[str] = None, unit_dir: Path = SYSTEMD_DIR, force: bool = False) -> Plan:
+def linux_install_plan(
+    socket: str,
+    config: Optional[str] = None,
+    unit_dir: Path = SYSTEMD_DIR,
+    force: bool = False,
+    exe: Optional[Path] = None,
+    python: Optional[str] = None,
+    endpoints: List[Tuple[str, str, Path]] = (),
+) -> Plan:
+    exe = exe or broker_executable()
+    python = python or sys.executable
     plan = Plan("linux")
-    units = [
-        FileWrite(unit_dir / SOCKET_UNIT, linux_socket_unit(socket)),
-        FileWrite(unit_dir / SERVICE_UNIT, linux_service_unit(config, sys.executable)),
-    ]
+    endpoint_units = [(endpoint_socket_unit_name(n, k), linux_endpoint_socket_unit(n, k, p)) for n, k, p in endpoints]
+    socket_units = [SOCKET_UNIT] + [name for name, _ in endpoint_units]
+    units = [FileWrite(unit_dir / SOCKET_UNIT, linux_socket_unit(socket))]
+    units += [FileWrite(unit_dir / name, content) for name, content in endpoint_units]
+    units.append(FileWrite(unit_dir / SERVICE_UNIT, linux_service_unit(config, exe, python, socket_units)))
     changed = [u for u in units if force or not u.path.is_file() or u.path.read_bytes() != u.content]
-    plan.notes.append(f"systemd units in {unit_dir}; socket {socket}; the broker runs as root, callers are checked by SO_PEERCRED")
+    # Endpoint units of networks no longer configured.
+    stale = sorted(p for p in unit_dir.glob("vmnet-rs-*.socket") if p.name not in socket_units) if unit_dir.is_dir() else []
+    plan.notes.append(f"systemd units in {unit_dir}; socket {socket}; broker executable {exe}, run as root; callers are checked by SO_PEERCRED")
     if not _group_exists(GROUP):
         plan.commands.append(["groupadd", "--system", GROUP])
-    if not changed and not plan.commands:
+    if not changed and not plan.commands and not stale:
         plan.up_to_date = True
         return plan
+    for p in stale:
+        disable = ["systemctl", "disable", "--now", p.name]
+        plan.commands.append(disable)
+        plan.optional.append(disable)
+    plan.removals += stale
     plan.writes += changed
-    plan.commands.append(["systemctl", "daemon-reload"])
-    plan.commands.append(["systemctl", "enable", "--now", SOCKET_UNIT])
+    plan.after.append(["systemctl", "daemon-reload"])
+    plan.after.append(["systemctl", "enable", "--now", *socket_units])
     if changed:
-        # A running broker keeps the old code: restart it if it runs.
-        plan.commands.append(["systemctl", "try-restart", SERVICE_UNIT])
+        # A running broker keeps the old code and sockets: restart it if it runs.
+        plan.after.append(["systemctl", "try-restart", SERVICE_UNIT])
     return plan
 
 
 def linux_uninstall_plan(unit_dir: Path = SYSTEMD_DIR) -> Plan:
     plan = Plan("linux")
-    disable = ["systemctl", "disable", "--now", SOCKET_UNIT, SERVICE_UNIT]
+    endpoint_units = sorted(p.name for p in unit_dir.glob("vmnet-rs-*.socket")) if unit_dir.is_dir() else []
+    disable = ["systemctl", "disable", "--now", SOCKET_UNIT, *endpoint_units, SERVICE_UNIT]
     plan.commands.append(disable)
     plan.optional.append(disable)
-    plan.removals += [unit_dir / SOCKET_UNIT, unit_dir / SERVICE_UNIT]
+    plan.removals += [unit_dir / SOCKET_UNIT, *(unit_dir / u for u in endpoint_units), unit_dir / SERVICE_UNIT]
     plan.after.append(["systemctl", "daemon-reload"])
     plan.notes.append("the vmnet-rs group is kept (remove it with `groupdel vmnet-rs`)")
     return plan
@@ -348,31 +498,46 @@ def linux_uninstall_plan(unit_dir: Path = SYSTEMD_DIR) -> Plan:
 # --- commands ------------------------------------------------------------------------
 
 
-def _load_settings(config: Optional[str]) -> Dict[str, Any]:
-    """Broker settings from the config file (or defaults)."""
+def _load_config(config: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
+    """Broker settings and networks from the config file (or defaults)."""
     from .config import load_config
 
-    return dict(load_config(config).broker.to_dict())
+    cfg = load_config(config)
+    return dict(cfg.broker.to_dict()), {name: dict(net.to_dict()) for name, net in cfg.networks.items()}
 
 
-def install_plan(platform: str, config: Optional[str], socket: Optional[str], mach_service: Optional[str], force: bool = False) -> Plan:
+def install_plan(
+    platform: str,
+    config: Optional[str],
+    socket: Optional[str],
+    mach_service: Optional[str],
+    force: bool = False,
+    domain: str = "gui",
+    dry_run: bool = False,
+) -> Plan:
     if config is not None:
         config = os.path.abspath(config)
-    settings = _load_settings(config)
+    settings, networks = _load_config(config)
+    exe = broker_executable()
+    if not dry_run:
+        _require_broker_executable(exe)
     if platform == "macos":
         label = mach_service or settings.get("machService") or DEFAULT_MACH_SERVICE
-        return macos_install_plan(label, Path.home(), os.getuid(), config, force)
+        home = Path.home()
+        endpoints = _endpoints(settings, networks, macos_endpoint_dir(home))
+        return macos_install_plan(label, home, os.getuid(), config, force, exe=exe, endpoints=endpoints, domain=domain)
     from .broker import socket_path
 
     sock = socket or os.environ.get("VMNET_RS_SOCKET") or settings.get("socket") or socket_path(None)
-    return linux_install_plan(sock, config, force=force)
+    endpoints = _endpoints(settings, networks, Path(sock).parent)
+    return linux_install_plan(sock, config, force=force, exe=exe, endpoints=endpoints)
 
 
-def uninstall_plan(platform: str, mach_service: Optional[str], config: Optional[str] = None) -> Plan:
+def uninstall_plan(platform: str, mach_service: Optional[str], config: Optional[str] = None, domain: str = "gui") -> Plan:
     if platform == "macos":
-        settings = _load_settings(config)
+        settings, _ = _load_config(config)
         label = mach_service or settings.get("machService") or DEFAULT_MACH_SERVICE
-        return macos_uninstall_plan(label, Path.home(), os.getuid())
+        return macos_uninstall_plan(label, Path.home(), os.getuid(), domain)
     return linux_uninstall_plan()
 
 
@@ -387,7 +552,13 @@ def run_plan(plan: Plan, dry_run: bool) -> None:
 
 
 _platform_option = click.option(
-    "--platform", type=click.Choice(["macos", "linux"]), default=None, hidden=True, help="Plan for this platform (tests)."
+    "--platform", type=click.Choice(["macos", "linux"]), default=None, help="Plan for this platform (with --dry-run, from any machine)."
+)
+_domain_option = click.option(
+    "--domain",
+    type=click.Choice(["gui", "user"]),
+    default="gui",
+    help="macOS: launchd domain: gui/<uid> (logged in at the screen) or user/<uid> (e.g. SSH only).",
 )
 
 
@@ -395,22 +566,24 @@ _platform_option = click.option(
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Broker config file the service uses.")
 @click.option("--socket", "socket", default=None, help="Linux: the broker socket (default /run/vmnet-rs/broker.sock).")
 @click.option("--mach-service", default=None, help=f"macOS: the Mach service and LaunchAgent label (default {DEFAULT_MACH_SERVICE}).")
-@click.option("--force", is_flag=True, help="Rewrite and reload even if up to date.")
+@click.option("--force", is_flag=True, help="Rewrite, sign and reload even if up to date.")
 @click.option("--dry-run", is_flag=True, help="Print what would be written and run; change nothing.")
+@_domain_option
 @_platform_option
-def install_command(config: Optional[str], socket: Optional[str], mach_service: Optional[str], force: bool, dry_run: bool, platform: Optional[str]) -> None:
-    """Register the broker: a LaunchAgent (macOS) or systemd socket + service (Linux)."""
-    plan = install_plan(platform or current_platform(), config, socket, mach_service, force)
+def install_command(config: Optional[str], socket: Optional[str], mach_service: Optional[str], force: bool, dry_run: bool, domain: str, platform: Optional[str]) -> None:
+    """Register the native broker: a LaunchAgent (macOS) or systemd sockets + service (Linux)."""
+    plan = install_plan(platform or current_platform(), config, socket, mach_service, force, domain, dry_run)
     run_plan(plan, dry_run)
 
 
 @click.command("uninstall")
 @click.option("--mach-service", default=None, help="macOS: the LaunchAgent label to remove.")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed and run; change nothing.")
+@_domain_option
 @_platform_option
-def uninstall_command(mach_service: Optional[str], dry_run: bool, platform: Optional[str]) -> None:
+def uninstall_command(mach_service: Optional[str], dry_run: bool, domain: str, platform: Optional[str]) -> None:
     """Unregister the broker and remove the files install wrote."""
-    run_plan(uninstall_plan(platform or current_platform(), mach_service), dry_run)
+    run_plan(uninstall_plan(platform or current_platform(), mach_service, domain=domain), dry_run)
 
 
 def installed_summary(platform: str, mach_service: Optional[str] = None) -> Dict[str, Any]:
@@ -424,7 +597,8 @@ def installed_summary(platform: str, mach_service: Optional[str] = None) -> Dict
             try:
                 recorded = json.loads(stamp.read_text())
                 info["installed_version"] = recorded.get("version")
-                info["up_to_date"] = recorded.get("version") == __version__ and recorded.get("package") == str(_package_root())
+                info["broker"] = recorded.get("broker")
+                info["up_to_date"] = recorded.get("version") == __version__ and recorded.get("broker_sha256") == _file_hash(Path(str(recorded.get("broker"))))
             except ValueError:
                 info["up_to_date"] = False
         return info

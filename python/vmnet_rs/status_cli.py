@@ -35,6 +35,10 @@ def status_command(socket: Optional[str], as_json: bool, platform: Optional[str]
         click.echo(f"broker: not reachable: {b['error']}")
         return
     click.echo(f"broker: pid {b['pid']} version {b['version']} on {b['endpoint']}, up {b['uptime_s']}s, idle timeout {b['idle_timeout_s']}s")
+    if b.get("config_error"):
+        # The file did not resolve at the broker's start: it serves the last good configuration.
+        for line in str(b["config_error"]).splitlines():
+            click.echo(f"  config error: {line}")
     for name, n in sorted(b.get("networks", {}).items()):
         idle = f", idle {n['idle_s']}s" if "idle_s" in n else ""
         click.echo(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle}")

@@ -327,6 +327,11 @@ impl Core {
     }
 }
 
+/// The line every broker prints to stderr once it serves `endpoint`.
+pub fn start_line(endpoint: &str) -> String {
+    format!("vmnet-rs: broker pid {} serving {endpoint}", std::process::id())
+}
+
 /// A running broker: a transport, the [`Core`] and its monitor thread.
 pub struct Broker {
     core: Arc<Core>,
@@ -401,7 +406,7 @@ impl Broker {
     /// The line every broker prints to stderr once it serves (the Python
     /// command and the native executable alike).
     pub fn start_line(&self) -> String {
-        format!("vmnet-rs: broker pid {} serving {}", std::process::id(), self.endpoint)
+        start_line(&self.endpoint)
     }
 
     /// See [`Core::wait`].

@@ -13,6 +13,7 @@ mod config;
 mod errors;
 mod log;
 mod network;
+mod preflight;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     broker::register(m)?;
     log::register(m)?;
     network::register(m)?;
+    preflight::register(m)?;
     Ok(())
 }

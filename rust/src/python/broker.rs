@@ -234,6 +234,16 @@ impl PyBroker {
         .unwrap_or_default()
     }
 
+    /// The line a broker prints once it serves (`Broker::start_line`); the
+    /// pid and endpoint also before start.
+    #[getter]
+    fn start_line(&self) -> String {
+        match self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(b) => b.start_line(),
+            None => broker::start_line(&self.endpoint),
+        }
+    }
+
     #[getter]
     fn idle_timeout(&self) -> u64 {
         self.options.settings.idle_timeout

@@ -1,0 +1,27 @@
+//! Bindings for `vmnet/preflight.rs`: the platform backend's preconditions,
+//! for `vmnet-rs broker` (refuses to start without them) and `vmnet-rs doctor`
+//! (shows each).
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// Every precondition as a dict: name, ok, detail, fix.
+#[pyfunction]
+fn preflight_checks(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    crate::vmnet::preflight::checks()
+        .into_iter()
+        .map(|c| {
+            let d = PyDict::new(py);
+            d.set_item("name", c.name)?;
+            d.set_item("ok", c.ok)?;
+            d.set_item("detail", c.detail)?;
+            d.set_item("fix", c.fix)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(preflight_checks, m)?)?;
+    Ok(())
+}

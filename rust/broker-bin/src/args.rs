@@ -19,6 +19,8 @@ pub struct Args {
     pub idle_timeout: Option<u64>,
     /// Directory of the per-network endpoint sockets.
     pub endpoint_dir: Option<PathBuf>,
+    /// Serve no per-network endpoint sockets.
+    pub no_endpoints: bool,
     /// macOS: the Mach service to serve.
     pub mach_service: Option<String>,
     /// The Python that resolves `--config`.
@@ -54,7 +56,10 @@ options:
                                  the config's socket, /run/vmnet-rs/broker.sock)
   --state-dir DIR                backend records and the last good configuration
   --idle-timeout SECONDS         tear idle networks down and exit when idle (0: never)
-  --endpoint-dir DIR             per-network endpoint sockets (docs/endpoints.md)
+  --endpoint-dir DIR             per-network endpoint sockets (docs/endpoints.md; default:
+                                 the config's endpointDir, else the broker socket's
+                                 directory on Linux, a per-user folder on macOS)
+  --no-endpoints                 serve no per-network endpoint sockets
   --mach-service NAME            macOS: the Mach service to serve
   --code-signing-requirement R   macOS: a requirement every caller must satisfy
   --lima-cdhash-rule             macOS before 26.2: Lima's serialization rule
@@ -109,6 +114,7 @@ impl Args {
                     a.monitor_interval = Some(secs);
                 }
                 "--lima-cdhash-rule" => a.lima_cdhash_rule = true,
+                "--no-endpoints" => a.no_endpoints = true,
                 "-v" | "--verbose" => a.verbose += 1,
                 "-vv" => a.verbose += 2,
                 "-h" | "--help" => a.help = true,

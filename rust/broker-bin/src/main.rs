@@ -70,6 +70,10 @@ fn run(args: &Args) -> Result<String, (u8, String)> {
     let broker = start(args, options).map_err(|e| (EXIT_FAILED, e.to_string()))?;
     signals::forward_to(broker.core().clone()).map_err(|e| (EXIT_FAILED, format!("start the signal thread: {e}")))?;
     eprintln!("{}", broker.start_line());
+    for (network, paths) in broker.core().endpoint_paths() {
+        let listed: Vec<String> = paths.iter().rev().map(|(kind, p)| format!("{} {}", kind.as_str(), p.display())).collect();
+        eprintln!("vmnet-rs: network {network}: {}", listed.join(", "));
+    }
     let reason = broker.wait(None).unwrap_or_else(|| "stopped".into());
     broker.stop();
     Ok(reason)
@@ -105,6 +109,17 @@ fn options(args: &Args) -> Result<BrokerOptions, (u8, String)> {
     }
     o.code_signing_requirement = args.code_signing_requirement.clone();
     o.lima_serialization_rule = args.lima_cdhash_rule;
+    // Endpoints on unless --no-endpoints, as `vmnet-rs broker`: --endpoint-dir,
+    // else the configuration's endpointDir, else the platform's default.
+    if args.no_endpoints {
+        if args.endpoint_dir.is_some() {
+            return Err((EXIT_USAGE, "--endpoint-dir and --no-endpoints contradict each other: give one".into()));
+        }
+    } else {
+        let configured = Some(PathBuf::from(&o.settings.endpoint_dir)).filter(|p| !p.as_os_str().is_empty());
+        let default = vmnet_rs::broker::endpoints::default_dir(&socket_path(args, &o));
+        o.endpoint_dir = Some(args.endpoint_dir.clone().or(configured).unwrap_or(default));
+    }
     #[cfg(target_os = "linux")]
     if std::env::var_os(vmnet_rs::vmnet::linux::RESOLV_FILE_ENV).is_none() && Path::new(HOST_RESOLV_FILE).exists() {
         // The DNS proxy forwards to the host's resolvers unless told
@@ -126,19 +141,33 @@ fn default_state_dir() -> PathBuf {
     BrokerOptions::new().backend_options.state_dir
 }
 
+/// Linux: the broker socket: --socket, else $VMNET_RS_SOCKET, else the
+/// configuration's socket. macOS: none (the endpoint default ignores it).
+fn socket_path(args: &Args, options: &BrokerOptions) -> PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        use vmnet_rs::xpc::unix::SOCKET_ENV;
+        let env_set = std::env::var_os(SOCKET_ENV).is_some_and(|v| !v.is_empty());
+        match &args.socket {
+            Some(p) => p.clone(),
+            None if env_set => vmnet_rs::xpc::unix::socket_path(None),
+            None => PathBuf::from(&options.settings.socket),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (args, options);
+        PathBuf::new()
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn start(args: &Args, options: BrokerOptions) -> Result<Broker, vmnet_rs::broker::Error> {
-    use vmnet_rs::xpc::unix::{socket_path, Socket, SOCKET_ENV};
+    use vmnet_rs::xpc::unix::Socket;
     if args.mach_service.is_some() {
         log::warn!("--mach-service: Mach services exist only on macOS; serving the Unix socket");
     }
-    // --socket, else $VMNET_RS_SOCKET, else the configuration's socket.
-    let env_set = std::env::var_os(SOCKET_ENV).is_some_and(|v| !v.is_empty());
-    let path = match &args.socket {
-        Some(p) => p.clone(),
-        None if env_set => socket_path(None),
-        None => PathBuf::from(&options.settings.socket),
-    };
+    let path = socket_path(args, &options);
     Broker::start_unix(options, Socket::open(&path)?)
 }
 

@@ -304,9 +304,11 @@ class Broker:
     ) -> None:
         config_json = None
         config_socket = None
+        config_source = None
         if config is not None:
             config_json = config.to_json()
             config_socket = config.broker.socket
+            config_source = config.source
         if socket is None and not os.environ.get(SOCKET_ENV) and config_socket:
             socket = config_socket
         if idle_timeout is not None and idle_timeout < 0:
@@ -323,6 +325,7 @@ class Broker:
             lima_serialization_rule,
             endpoints,
             None if endpoint_dir is None else os.fspath(endpoint_dir),
+            config_source,
         )
 
     @property

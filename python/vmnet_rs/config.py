@@ -131,6 +131,9 @@ class NetworkConfig:
     offload: bool = False
     #: The socket paths the broker offers for the network (``docs/endpoints.md``).
     endpoints: Tuple[str, ...] = ("stream", "datagram")
+    #: Who may use this network; ``None``: the broker's ``allowedUsers`` / ``allowedGroups``.
+    allowed_users: Optional[Tuple[str, ...]] = None
+    allowed_groups: Optional[Tuple[str, ...]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         """The camelCase mapping, keys in documented order."""
@@ -150,6 +153,8 @@ class NetworkConfig:
             "isolation": self.isolation,
             "offload": self.offload,
             "endpoints": list(self.endpoints),
+            "allowedUsers": list(self.allowed_users) if self.allowed_users is not None else None,
+            "allowedGroups": list(self.allowed_groups) if self.allowed_groups is not None else None,
         }
 
     @classmethod
@@ -171,6 +176,8 @@ class NetworkConfig:
             isolation=d.get("isolation", False),
             offload=d.get("offload", False),
             endpoints=tuple(d.get("endpoints", ("stream", "datagram"))),
+            allowed_users=_accounts(d.get("allowedUsers")),
+            allowed_groups=_accounts(d.get("allowedGroups")),
         )
 
     def to_json(self) -> str:
@@ -192,6 +199,19 @@ class NetworkConfig:
         return self.subnet.split("/")[0] if self.subnet else None
 
 
+def _accounts(value: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
+    return tuple(value) if value is not None else None
+
+
+#: Values of the broker's ``clientNetworks``.
+CLIENT_NETWORKS = ("none", "restricted", "any")
+
+
+def _default_client_networks() -> str:
+    # A per-user agent on macOS (Lima's behaviour); a root broker serving others elsewhere.
+    return "any" if sys.platform == "darwin" else "none"
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """The broker's own settings (see ``docs/config.md``)."""
@@ -199,6 +219,8 @@ class BrokerSettings:
     idle_timeout: int = 120
     allowed_users: Tuple[str, ...] = ("root",)
     allowed_groups: Tuple[str, ...] = ("vmnet-rs",)
+    client_networks: str = field(default_factory=_default_client_networks)
+    max_ports_per_user: int = 64
     socket: str = "/run/vmnet-rs/broker.sock"
     mach_service: str = "io.github.vmnet-rs.broker"
     #: Where the per-network endpoint sockets go; "" means the platform default.
@@ -209,6 +231,8 @@ class BrokerSettings:
             "idleTimeout": self.idle_timeout,
             "allowedUsers": list(self.allowed_users),
             "allowedGroups": list(self.allowed_groups),
+            "clientNetworks": self.client_networks,
+            "maxPortsPerUser": self.max_ports_per_user,
             "socket": self.socket,
             "machService": self.mach_service,
             "endpointDir": self.endpoint_dir,
@@ -220,6 +244,8 @@ class BrokerSettings:
             idle_timeout=d["idleTimeout"],
             allowed_users=tuple(d["allowedUsers"]),
             allowed_groups=tuple(d["allowedGroups"]),
+            client_networks=d["clientNetworks"],
+            max_ports_per_user=d["maxPortsPerUser"],
             socket=d["socket"],
             mach_service=d["machService"],
             endpoint_dir=d.get("endpointDir", ""),
@@ -594,6 +620,7 @@ def _check_network(entry: Any, source: str, name: str) -> Iterator[str]:
             for i, item in enumerate(endpoints):
                 if not isinstance(item, str):
                     yield f'{p}key {_q(f"endpoints[{i}]")}: {_is_kind(item)}; use "stream" or "datagram"'
+    yield from _check_accounts(p, entry)
     yield from _check_items(p, entry, "portForwarding", _KEYS["port_forward"],
                             "mappings with protocol, externalPort, internalAddress and internalPort",
                             "a mapping with protocol, externalPort, internalAddress and internalPort",
@@ -655,6 +682,20 @@ def _check_reservation(p: str, path: str, item: Dict[str, Any]) -> Iterator[str]
         yield f'{p}key {_q(path + "address")}: {_is_kind(v)}; use an IPv4 address inside the subnet'
 
 
+def _check_accounts(p: str, mapping: Dict[str, Any]) -> Iterator[str]:
+    """``allowedUsers`` / ``allowedGroups`` (broker and network): lists of names or ids."""
+    for key, what in (("allowedUsers", "user"), ("allowedGroups", "group")):
+        v = mapping.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list):
+            yield f"{p}key {_q(key)}: {_is_kind(v)}; use a list of {what} names or numeric ids"
+            continue
+        for i, item in enumerate(v):
+            if not isinstance(item, str) and not _is_int(item):
+                yield f"{p}key {_q(f'{key}[{i}]')}: {_is_kind(item)}; use a {what} name or numeric id"
+
+
 def _check_broker(broker: Any, source: str) -> Iterator[str]:
     p = f"{source}: broker: "
     if not isinstance(broker, dict):
@@ -667,16 +708,13 @@ def _check_broker(broker: Any, source: str) -> Iterator[str]:
     v = broker.get("idleTimeout")
     if v is not None and not _is_int(v):
         yield f'{p}key "idleTimeout": {_is_kind(v)}; use an integer in 0..4294967295 (seconds; 0 never times out)'
-    for key, what in (("allowedUsers", "user"), ("allowedGroups", "group")):
-        v = broker.get(key)
-        if v is None:
-            continue
-        if not isinstance(v, list):
-            yield f"{p}key {_q(key)}: {_is_kind(v)}; use a list of {what} names or numeric ids"
-            continue
-        for i, item in enumerate(v):
-            if not isinstance(item, str) and not _is_int(item):
-                yield f"{p}key {_q(f'{key}[{i}]')}: {_is_kind(item)}; use a {what} name or numeric id"
+    yield from _check_accounts(p, broker)
+    v = broker.get("clientNetworks")
+    if v is not None and not isinstance(v, str):
+        yield f'{p}key "clientNetworks": {_is_kind(v)}; use one of {", ".join(CLIENT_NETWORKS)}'
+    v = broker.get("maxPortsPerUser")
+    if v is not None and not _is_int(v):
+        yield f'{p}key "maxPortsPerUser": {_is_kind(v)}; use an integer in 1..65535 (ports one user may hold at once)'
     v = broker.get("socket")
     if v is not None and not isinstance(v, str):
         yield f'{p}key "socket": {_is_kind(v)}; use an absolute path like "/run/vmnet-rs/broker.sock"'

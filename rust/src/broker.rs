@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod endpoints;
 pub mod netconfig;
+pub mod policy;
 pub mod protocol;
 mod requests;
 pub mod state;
@@ -58,6 +59,8 @@ pub struct BrokerOptions {
     pub settings: BrokerSettings,
     /// The networks it knows by name (config file, else the built-ins).
     pub networks: BTreeMap<String, NetworkConfig>,
+    /// The file those came from, named in refusals; `None`: the built-ins.
+    pub config_source: Option<String>,
     pub backend: Backend,
     pub backend_options: BackendOptions,
     /// How often the monitor looks at leases and networks.
@@ -83,6 +86,7 @@ impl BrokerOptions {
         BrokerOptions {
             settings: default_settings(),
             networks: netconfig::builtin_networks(),
+            config_source: None,
             backend: Backend::Platform,
             backend_options: BackendOptions { state_dir: PathBuf::from("/run/vmnet-rs/state") },
             monitor_interval: Duration::from_secs(1),

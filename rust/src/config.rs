@@ -75,12 +75,29 @@ pub const NETWORK_KEYS: &[&str] = &[
     "isolation",
     "offload",
     "endpoints",
+    "allowedUsers",
+    "allowedGroups",
 ];
+/// Network keys that say who may use a network, not what it is: they take
+/// no part in [`NetworkConfig::differences`].
+pub const ACCESS_KEYS: &[&str] = &["allowedUsers", "allowedGroups"];
 pub const PORT_FORWARD_KEYS: &[&str] =
     &["protocol", "externalPort", "internalAddress", "internalPort", "addressFamily"];
 pub const DHCP_RESERVATION_KEYS: &[&str] = &["mac", "address"];
-pub const BROKER_KEYS: &[&str] =
-    &["idleTimeout", "allowedUsers", "allowedGroups", "socket", "machService", "endpointDir"];
+pub const BROKER_KEYS: &[&str] = &[
+    "idleTimeout",
+    "allowedUsers",
+    "allowedGroups",
+    "clientNetworks",
+    "maxPortsPerUser",
+    "socket",
+    "machService",
+    "endpointDir",
+];
+/// Most ports (relays, TAPs) one non-root user may hold at once, by default.
+pub const DEFAULT_MAX_PORTS_PER_USER: u32 = 64;
+/// Largest `maxPortsPerUser` accepted.
+pub const MAX_PORTS_PER_USER_MAX: u32 = 65535;
 /// Top-level keys vmnet-rs reads.
 pub const TOP_KEYS: &[&str] = &["vmnet", "broker"];
 /// Top-level keys of Lima's `networks.yaml` that vmnet-rs accepts and ignores.
@@ -141,6 +158,14 @@ pub struct NetworkConfig {
     /// between two configurations of one network.
     #[serde(default = "EndpointKind::all")]
     pub endpoints: Vec<EndpointKind>,
+    /// Users who may use this network (names or numeric uids); `None`: the
+    /// broker's `allowedUsers`. Narrows the broker's list, never widens it.
+    #[serde(default)]
+    pub allowed_users: Option<Vec<String>>,
+    /// Groups whose members may use this network; `None`: the broker's
+    /// `allowedGroups`.
+    #[serde(default)]
+    pub allowed_groups: Option<Vec<String>>,
 }
 
 /// A kind of socket path a network is offered on (docs/endpoints.md).
@@ -232,6 +257,58 @@ pub struct DhcpReservation {
     pub address: String,
 }
 
+/// Whether callers other than the broker's owner (root, or the broker's
+/// own user) may create networks the configuration does not define.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientNetworks {
+    /// Only configured networks (the Linux default: a root broker serving others).
+    None,
+    /// Networks without host ports below 1024, without `externalInterface`,
+    /// on a subnet that collides with nothing.
+    Restricted,
+    /// Any network a caller describes (the macOS default: a per-user agent,
+    /// Lima's behaviour).
+    Any,
+}
+
+impl ClientNetworks {
+    pub const NAMES: &'static [&'static str] = &["none", "restricted", "any"];
+
+    pub fn parse(text: &str) -> Option<ClientNetworks> {
+        match text {
+            "none" => Some(ClientNetworks::None),
+            "restricted" => Some(ClientNetworks::Restricted),
+            "any" => Some(ClientNetworks::Any),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientNetworks::None => "none",
+            ClientNetworks::Restricted => "restricted",
+            ClientNetworks::Any => "any",
+        }
+    }
+
+    /// The default for a platform (`std::env::consts::OS`): `any` on macOS,
+    /// where the broker is a per-user agent; `none` elsewhere.
+    pub fn default_for(os: &str) -> ClientNetworks {
+        if os == "macos" {
+            ClientNetworks::Any
+        } else {
+            ClientNetworks::None
+        }
+    }
+}
+
+impl fmt::Display for ClientNetworks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The broker's own settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -242,6 +319,10 @@ pub struct BrokerSettings {
     pub allowed_users: Vec<String>,
     /// Linux: groups whose members may call the broker.
     pub allowed_groups: Vec<String>,
+    /// Who may create networks the configuration does not define.
+    pub client_networks: ClientNetworks,
+    /// Most ports one non-root user may hold across all its connections.
+    pub max_ports_per_user: u32,
     /// Linux: the broker's Unix socket.
     pub socket: String,
     /// macOS: the broker's Mach service name.
@@ -259,6 +340,8 @@ impl Default for BrokerSettings {
             idle_timeout: DEFAULT_IDLE_TIMEOUT_SECS,
             allowed_users: DEFAULT_ALLOWED_USERS.iter().map(|s| s.to_string()).collect(),
             allowed_groups: DEFAULT_ALLOWED_GROUPS.iter().map(|s| s.to_string()).collect(),
+            client_networks: ClientNetworks::default_for(std::env::consts::OS),
+            max_ports_per_user: DEFAULT_MAX_PORTS_PER_USER,
             socket: DEFAULT_SOCKET.to_string(),
             mach_service: DEFAULT_MACH_SERVICE.to_string(),
             endpoint_dir: String::new(),
@@ -321,6 +404,8 @@ impl NetworkConfig {
             isolation: false,
             offload: false,
             endpoints: EndpointKind::all(),
+            allowed_users: None,
+            allowed_groups: None,
         }
     }
 
@@ -384,7 +469,8 @@ impl NetworkConfig {
     }
 
     /// One `key: mine != theirs` line per key that differs, values as JSON,
-    /// keys in documented order. Empty when the two are equal.
+    /// keys in documented order, the access keys (who may use it) left out.
+    /// Empty when the two are equal.
     pub fn differences(&self, other: &NetworkConfig) -> Vec<String> {
         let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
             (serde_json::to_value(self), serde_json::to_value(other))
@@ -394,6 +480,7 @@ impl NetworkConfig {
         NETWORK_KEYS
             .iter()
             .filter(|key| **key != "endpoints")
+            .filter(|key| !ACCESS_KEYS.contains(key))
             .filter_map(|key| {
                 let (x, y) = (a.get(*key)?, b.get(*key)?);
                 (x != y).then(|| format!("{key}: {x} != {y}"))
@@ -409,6 +496,11 @@ impl NetworkConfig {
     /// The IPv6 prefix, parsed; `None` when the platform chooses it.
     pub fn ipv6_prefix_parsed(&self) -> Option<Ipv6Prefix> {
         Ipv6Prefix::parse(self.ipv6_prefix.as_deref()?).ok()
+    }
+
+    /// Whether the network names its own users or groups.
+    pub fn has_own_access(&self) -> bool {
+        self.allowed_users.is_some() || self.allowed_groups.is_some()
     }
 
     /// The DHCP reservations as parsed (MAC, address) pairs.

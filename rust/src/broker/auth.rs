@@ -8,7 +8,6 @@
 //! user, so the broker's own user and root are allowed.
 //! Runs on the request thread; reads the passwd/group databases only.
 
-#[cfg(not(target_os = "macos"))]
 use std::ffi::{CStr, CString};
 
 use crate::config::BrokerSettings;
@@ -32,14 +31,10 @@ pub fn check(settings: &BrokerSettings, peer: &Peer) -> Result<(), String> {
 /// Whether `peer` may use the broker; `Err` says why not and what to do.
 #[cfg(not(target_os = "macos"))]
 pub fn check(settings: &BrokerSettings, peer: &Peer) -> Result<(), String> {
-    if settings.allowed_users.iter().any(|u| user_matches(u, peer.uid)) {
+    if is_listed(&settings.allowed_users, &settings.allowed_groups, peer.uid, peer.gid) {
         return Ok(());
     }
-    let groups = groups_of(peer.uid, peer.gid);
-    if settings.allowed_groups.iter().any(|g| group_id(g).is_some_and(|gid| groups.contains(&gid))) {
-        return Ok(());
-    }
-    let name = user_name(peer.uid).unwrap_or_else(|| peer.uid.to_string());
+    let name = display_user(peer.uid);
     Err(format!(
         "user {name} (uid {}, pid {}) is not allowed to use the broker; allowed users: [{}], groups: [{}]; \
          add the user to one of the groups (e.g. `usermod -aG {DEFAULT_GROUP} {name}`) or to allowedUsers in the broker config",
@@ -50,13 +45,30 @@ pub fn check(settings: &BrokerSettings, peer: &Peer) -> Result<(), String> {
     ))
 }
 
+/// Whether uid `uid` (primary group `gid`) is one of `users` or a member of
+/// one of `groups` (names or numeric ids; the group database is read now).
+pub fn is_listed(users: &[String], groups: &[String], uid: u32, gid: u32) -> bool {
+    if users.iter().any(|u| user_matches(u, uid)) {
+        return true;
+    }
+    if groups.is_empty() {
+        return false;
+    }
+    let member_of = groups_of(uid, gid);
+    groups.iter().any(|g| group_id(g).is_some_and(|id| member_of.contains(&id)))
+}
+
+/// `name` for a uid the passwd database knows, else the number.
+pub fn display_user(uid: u32) -> String {
+    user_name(uid).unwrap_or_else(|| uid.to_string())
+}
+
 /// Whether `peer` may stop the broker: root or the broker's own user.
 pub fn may_shutdown(peer: &Peer) -> bool {
     // SAFETY: getuid cannot fail.
     peer.uid == 0 || peer.uid == unsafe { libc::getuid() }
 }
 
-#[cfg(not(target_os = "macos"))]
 fn user_matches(spec: &str, uid: u32) -> bool {
     match spec.parse::<u32>() {
         Ok(n) => n == uid,
@@ -64,7 +76,6 @@ fn user_matches(spec: &str, uid: u32) -> bool {
     }
 }
 
-#[cfg(not(target_os = "macos"))]
 fn user_id(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
     // SAFETY: passwd is plain old data; getpwnam_r fills it and points its
@@ -80,7 +91,6 @@ fn user_id(name: &str) -> Option<u32> {
     }
 }
 
-#[cfg(not(target_os = "macos"))]
 fn user_name(uid: u32) -> Option<String> {
     // SAFETY: as in user_id, with getpwuid_r.
     unsafe {
@@ -103,7 +113,6 @@ pub fn is_root_or_self(spec: &str) -> bool {
 }
 
 /// The gid of a group name or number, if it exists.
-#[cfg(not(target_os = "macos"))]
 pub fn group_id(spec: &str) -> Option<u32> {
     if let Ok(n) = spec.parse::<u32>() {
         return Some(n);
@@ -122,7 +131,6 @@ pub fn group_id(spec: &str) -> Option<u32> {
     }
 }
 
-#[cfg(not(target_os = "macos"))]
 /// The primary gid plus every group the user is a member of.
 fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     let mut out = vec![gid];
@@ -130,12 +138,17 @@ fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
         return out;
     };
     let mut n: libc::c_int = 256;
+    // Linux (glibc <grp.h>): getgrouplist(const char *, gid_t, gid_t *, int *).
+    #[cfg(not(target_os = "macos"))]
     let mut groups = vec![0 as libc::gid_t; n as usize];
+    // macOS (<unistd.h>): getgrouplist(const char *, int, int *, int *).
+    #[cfg(target_os = "macos")]
+    let mut groups = vec![0 as libc::c_int; n as usize];
     // SAFETY: groups holds n entries; getgrouplist writes at most n and sets
     // n to the count (or to the needed size when it returns -1).
-    let r = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+    let r = unsafe { libc::getgrouplist(name.as_ptr(), gid as _, groups.as_mut_ptr(), &mut n) };
     if r >= 0 {
-        out.extend(groups.iter().take(n as usize).copied());
+        out.extend(groups.iter().take(n as usize).map(|g| *g as u32));
     }
     out
 }
@@ -150,6 +163,8 @@ mod tests {
             allowed_users: users.iter().map(|s| s.to_string()).collect(),
             allowed_groups: groups.iter().map(|s| s.to_string()).collect(),
             socket: String::new(),
+            client_networks: crate::config::ClientNetworks::None,
+            max_ports_per_user: 64,
             mach_service: String::new(),
             endpoint_dir: String::new(),
         }

@@ -906,7 +906,14 @@ impl Core {
         let mut st = self.lock_state();
         st.last_activity = Instant::now();
         let wanted = super::requests::Wanted { config: None, accept_existing: true, lima: false };
-        if let Err(f) = self.ensure_network(&mut st, network, &wanted) {
+        // The broker's policy (broker/policy.rs): the network's own users and
+        // groups, and the per-user port quota, as for every other request.
+        let caller = super::policy::Caller::from(peer);
+        let admitted = self
+            .admit(&st, &caller, network, None)
+            .and_then(|verdict| self.admit_port(&st, &caller, network).map(|()| verdict))
+            .and_then(|verdict| self.ensure_network(&mut st, network, &wanted, verdict));
+        if let Err(f) = admitted {
             drop(st);
             return Err(refused(f));
         }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::netconfig::{self, differences};
 use super::protocol::{check_network_name, code, format_mac, parse_mac, random_mac, Args, Failure, PROTOCOL_VERSION};
+use super::policy::{self, Caller, Verdict};
 use super::state::{FdType, NetEntry, Port, State};
 use super::{auth, Backend, Core};
 use crate::adaptor::{Adaptor, Options};
@@ -138,7 +139,13 @@ impl Core {
         };
         let desc = args.dict("InterfaceDesc")?;
         let mut st = self.lock_state();
-        let diffs = self.ensure_network(&mut st, name, &Wanted { config, accept_existing: true, lima: true })?;
+        let caller = Caller::from(peer);
+        let verdict = self.admit(&st, &caller, name, config.as_ref().map(|(c, _)| c))?;
+        if fd_type.is_some() {
+            self.check_lease_limit(&st, peer)?;
+            self.admit_port(&st, &caller, name)?;
+        }
+        let diffs = self.ensure_network(&mut st, name, &Wanted { config, accept_existing: true, lima: true }, verdict)?;
         let entry = &st.networks[name];
         let mut reply = Dict::new()
             .with("Configuration", Value::Data(entry.config_json.clone()))
@@ -149,7 +156,6 @@ impl Core {
         match fd_type {
             Some(kind) => {
                 let mac = desc.and_then(lima_desc_mac);
-                self.check_lease_limit(&st, peer)?;
                 let opened = self.start_port(&st, name, kind, mac, false)?;
                 let mac = format_mac(&opened.mac);
                 reply.insert("FileDescriptor", Value::Fd(opened.fd));
@@ -214,8 +220,9 @@ impl Core {
         check_network_name(name)?;
         let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
+        let verdict = self.admit(&st, &Caller::from(peer), name, wanted.config.as_ref().map(|(c, _)| c))?;
         self.check_lease_limit(&st, peer)?;
-        self.ensure_network(&mut st, name, &wanted)?;
+        self.ensure_network(&mut st, name, &wanted, verdict)?;
         let entry = &st.networks[name];
         let mut reply = Dict::new()
             .with("network", Value::Dict(self.serialization(entry)?))
@@ -238,8 +245,11 @@ impl Core {
         }
         let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
+        let caller = Caller::from(peer);
+        let verdict = self.admit(&st, &caller, name, wanted.config.as_ref().map(|(c, _)| c))?;
         self.check_lease_limit(&st, peer)?;
-        self.ensure_network(&mut st, name, &wanted)?;
+        self.admit_port(&st, &caller, name)?;
+        self.ensure_network(&mut st, name, &wanted, verdict)?;
         let opened = self.start_port(&st, name, fd_type, mac, vnet_hdr)?;
         let entry = &st.networks[name];
         let mac = format_mac(&opened.mac);
@@ -297,10 +307,54 @@ impl Core {
         entry.network.serialization().map_err(|e| Failure::new(code::INTERNAL_ERROR, format!("network {}: serialization: {e}", entry.network.name())))
     }
 
+    /// The policy's facts (`policy::Facts`) as they stand under the state lock.
+    fn with_facts<R>(&self, st: &State, f: impl FnOnce(&policy::Facts<'_>) -> R) -> R {
+        let live: std::collections::BTreeMap<String, NetworkConfig> = st
+            .networks
+            .iter()
+            .map(|(n, e)| {
+                let mut c = e.config.clone();
+                if c.subnet.is_none() {
+                    c.subnet = Some(e.network.state().subnet);
+                }
+                (n.clone(), c)
+            })
+            .collect();
+        let route_conflict = |c: &NetworkConfig| host_route_conflict(c);
+        let facts = policy::Facts {
+            settings: &self.options.settings,
+            configured: &self.options.networks,
+            config_source: self.options.config_source.as_deref(),
+            live: &live,
+            // SAFETY: getuid cannot fail.
+            broker_uid: unsafe { libc::getuid() },
+            accounts: &policy::SystemAccounts,
+            route_conflict: &route_conflict,
+        };
+        f(&facts)
+    }
+
+    /// The policy (`policy::decide`) for a request from `caller` on network
+    /// `network`, sending `client`'s configuration if any: every request
+    /// path calls it (the path endpoints too) before anything is made. A
+    /// refusal is logged with uid, pid, network and reason.
+    pub fn admit(&self, st: &State, caller: &Caller, network: &str, client: Option<&NetworkConfig>) -> Result<Verdict, Failure> {
+        self.with_facts(st, |facts| policy::decide(facts, caller, network, client)).map_err(|r| refused(caller, network, r))
+    }
+
+    /// The per-user port quota (`policy::check_port_quota`) for one more
+    /// port on `network`, counting every port `caller`'s uid holds across
+    /// its connections (endpoint ports included). A refusal is logged.
+    pub fn admit_port(&self, st: &State, caller: &Caller, network: &str) -> Result<(), Failure> {
+        let held = st.ports_of_uid(caller.uid);
+        self.with_facts(st, |facts| policy::check_port_quota(facts, caller, held)).map_err(|r| refused(caller, network, r))
+    }
+
     /// Makes sure network `name` is live, creating it if needed; returns the
     /// differences between the live and the requested configuration (only
-    /// non-empty when they were accepted).
-    pub(super) fn ensure_network(&self, st: &mut State, name: &str, wanted: &Wanted<'_>) -> Result<Vec<String>, Failure> {
+    /// non-empty when they were accepted). `verdict` is the policy's: with
+    /// `Use`, a configured network is made as configured, whatever the client sent.
+    pub(super) fn ensure_network(&self, st: &mut State, name: &str, wanted: &Wanted<'_>, verdict: Verdict) -> Result<Vec<String>, Failure> {
         if st.networks.get(name).is_some_and(|e| !e.network.is_alive()) {
             st.drop_network(name, "it disappeared");
         }
@@ -322,10 +376,10 @@ impl Core {
         }
         let configured = self.options.networks.get(name);
         let (config, json, diffs) = match (&wanted.config, configured) {
-            (Some((req, bytes)), _) if wanted.lima => (req.clone(), bytes.to_vec(), Vec::new()),
+            (Some((req, bytes)), _) if wanted.lima && verdict == Verdict::Define => (req.clone(), bytes.to_vec(), Vec::new()),
             (Some((req, _)), Some(conf)) => {
                 let diffs = differences(conf, req);
-                if !diffs.is_empty() && !wanted.accept_existing {
+                if !diffs.is_empty() && !wanted.accept_existing && !wanted.lima {
                     return Err(Failure::new(
                         code::CONFIG_MISMATCH,
                         format!(
@@ -413,6 +467,14 @@ impl Core {
             if let Some(c) = config {
                 d.insert("mode", Value::String(if c.mode == crate::config::Mode::Shared { "shared" } else { "host" }.into()));
                 d.insert("config", Value::Data(netconfig::to_json(c)));
+                // Who may use it besides the broker's owner: its own lists, else the broker's.
+                let s = &self.options.settings;
+                let users = c.allowed_users.as_ref().unwrap_or(&s.allowed_users);
+                let groups = c.allowed_groups.as_ref().unwrap_or(&s.allowed_groups);
+                // Comma-separated (names never hold commas): the protocol has no lists.
+                d.insert("allowed_users", Value::String(users.join(",")));
+                d.insert("allowed_groups", Value::String(groups.join(",")));
+                d.insert("own_access", Value::Bool(c.has_own_access()));
             }
             let subnet = live.map(|e| e.network.state().subnet).or_else(|| config.and_then(|c| c.subnet.clone()));
             if let Some(s) = subnet {
@@ -533,6 +595,24 @@ impl Core {
             d.insert("ports", Value::Dict(ports));
             endpoints.insert(network.clone(), Value::Dict(d));
         }
+        // Per uid: ports (relays, TAPs) and leases held, against maxPortsPerUser.
+        let mut users: std::collections::BTreeMap<u32, (i64, i64)> = Default::default();
+        for l in st.leases.values() {
+            let e = users.entry(l.uid).or_default();
+            e.1 += 1;
+            if l.port.is_some() {
+                e.0 += 1;
+            }
+        }
+        let max_ports = self.options.settings.max_ports_per_user as i64;
+        let users = users.into_iter().fold(Dict::new(), |d, (uid, (ports, leases))| {
+            let mut u = Dict::new().with("ports", Value::Int(ports)).with("leases", Value::Int(leases));
+            // Root is not limited.
+            if uid != 0 {
+                u.insert("max_ports", Value::Int(max_ports));
+            }
+            d.with(uid.to_string(), Value::Dict(u))
+        });
         let c = st.counters;
         let counters = Dict::new()
             .with("requests", Value::Int(c.requests as i64))
@@ -563,6 +643,9 @@ impl Core {
             .with("leases", Value::Dict(leases))
             .with("adaptors", Value::Dict(adaptors))
             .with("endpoints", Value::Dict(endpoints))
+            .with("users", Value::Dict(users))
+            .with("client_networks", Value::String(self.options.settings.client_networks.as_str().into()))
+            .with("max_ports_per_user", Value::Int(max_ports))
             .with("counters", Value::Dict(counters))
     }
 }
@@ -570,6 +653,26 @@ impl Core {
 /// `{stream: PATH, datagram: PATH}` for one network's endpoints.
 fn endpoint_path_dict(kinds: &std::collections::BTreeMap<crate::config::EndpointKind, std::path::PathBuf>) -> Dict {
     kinds.iter().fold(Dict::new(), |d, (k, p)| d.with(k.as_str(), Value::String(p.display().to_string())))
+}
+
+/// Logs a policy refusal and turns it into the reply's failure.
+fn refused(caller: &Caller, network: &str, r: policy::Refusal) -> Failure {
+    log::warn!("refused uid {} pid {} network {network}: {}", caller.uid, caller.pid, r.reason);
+    r.failure
+}
+
+/// The host route the subnet or prefix of `config` would collide with.
+#[cfg(target_os = "linux")]
+fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String> {
+    crate::vmnet::linux::route_conflict(config).map_err(|e| e.to_string())
+}
+
+/// macOS: the routes are not read, so `clientNetworks: restricted` refuses
+/// (docs/security.md); `any` and the owner are unaffected.
+#[cfg(not(target_os = "linux"))]
+fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String> {
+    let _ = config;
+    Err("the broker does not read the host's routes on this platform; use clientNetworks: any or none".into())
 }
 
 /// The MAC in a Lima `InterfaceDesc` (vmnet's `vmnet_mac_address_key`,

@@ -152,6 +152,11 @@ impl State {
         self.leases.values().filter(|l| l.connection == connection && l.bound_to_connection).count()
     }
 
+    /// Ports (relays, TAPs) held by uid `uid`, across all its connections.
+    pub fn ports_of_uid(&self, uid: u32) -> usize {
+        self.leases.values().filter(|l| l.uid == uid && l.port.is_some()).count()
+    }
+
     /// Adds a lease and returns its id.
     pub fn grant(&mut self, network: &str, peer: &crate::xpc::Peer, bound_to_connection: bool, port: Option<Port>, mac: Option<String>) -> u64 {
         let id = self.next_lease;

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::addr::{self, Ipv4Subnet, Ipv6Prefix, PrefixError, SubnetError};
 use super::{
     AddressFamily, BrokerSettings, DhcpReservation, EndpointKind, Mode, NetworkConfig, PortForward, Protocol,
-    BROKER_KEYS, DEFAULT_MTU, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
+    BROKER_KEYS, ClientNetworks, DEFAULT_MTU, MAX_PORTS_PER_USER_MAX, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
     MTU_MIN, NETWORK_KEYS, PORT_FORWARD_KEYS, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN, TOP_KEYS,
 };
 
@@ -270,6 +270,8 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         isolation: read_bool(scope, map, "", "isolation", false),
         offload: read_bool(scope, map, "", "offload", false),
         endpoints: read_endpoints(scope, map),
+        allowed_users: read_accounts(scope, map, "allowedUsers", "user"),
+        allowed_groups: read_accounts(scope, map, "allowedGroups", "group"),
     };
     let items = read_list(scope, map, "portForwarding", "mappings with protocol, externalPort, internalAddress and internalPort");
     for (i, item) in items.iter().enumerate() {
@@ -668,26 +670,29 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
     if let Some(t) = read_uint(scope, map, "", "idleTimeout", u64::from(u32::MAX), "0..4294967295 (seconds; 0 never times out)") {
         b.idle_timeout = t;
     }
-    for (key, target) in [("allowedUsers", &mut b.allowed_users), ("allowedGroups", &mut b.allowed_groups)] {
-        let what = if key == "allowedUsers" { "user" } else { "group" };
-        let Some(v) = get(map, key) else { continue };
-        let Value::Array(items) = v else {
-            scope.key(key, format!("{}; use a list of {what} names or numeric ids", is_kind(v)));
-            continue;
-        };
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match item {
-                Value::String(s) if valid_account_name(s) => out.push(s.clone()),
-                Value::Number(n) if n.as_u64().is_some_and(|x| x <= u64::from(u32::MAX)) => out.push(n.to_string()),
-                Value::String(s) => scope.key(&format!("{key}[{i}]"), format!(
-                    "{} is not a {what} name; use letters, digits, \"_\", \"-\" or \".\" (up to 32), or a numeric id",
-                    quote(s)
-                )),
-                other => scope.key(&format!("{key}[{i}]"), format!("{}; use a {what} name or numeric id", is_kind(other))),
-            }
-        }
-        *target = out;
+    if let Some(users) = read_accounts(scope, map, "allowedUsers", "user") {
+        b.allowed_users = users;
+    }
+    if let Some(groups) = read_accounts(scope, map, "allowedGroups", "group") {
+        b.allowed_groups = groups;
+    }
+    match get(map, "clientNetworks") {
+        None => {}
+        Some(Value::String(s)) => match ClientNetworks::parse(s) {
+            Some(c) => b.client_networks = c,
+            None => scope.key("clientNetworks", format!(
+                "{} is not a choice; use one of {}",
+                quote(s),
+                ClientNetworks::NAMES.join(", ")
+            )),
+        },
+        Some(v) => scope.key("clientNetworks", format!("{}; use one of {}", is_kind(v), ClientNetworks::NAMES.join(", "))),
+    }
+    let ports_allowed = format!("1..{MAX_PORTS_PER_USER_MAX} (ports one user may hold at once)");
+    match read_uint(scope, map, "", "maxPortsPerUser", u64::from(MAX_PORTS_PER_USER_MAX), &ports_allowed) {
+        Some(0) => scope.key("maxPortsPerUser", format!("0 is out of range; use {ports_allowed}")),
+        Some(n) => b.max_ports_per_user = n as u32,
+        None => {}
     }
     if let Some(s) = read_string(scope, map, "", "socket", "an absolute path like \"/run/vmnet-rs/broker.sock\"") {
         if !s.starts_with('/') || s.len() > 107 || s.contains('\0') {
@@ -720,6 +725,29 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
         b.endpoint_dir = s;
     }
     b
+}
+
+/// Reads a list of user or group names (or numeric ids); `None` when the
+/// key is absent or wrong (the problem is reported).
+fn read_accounts(scope: &mut Scope<'_>, map: &Map<String, Value>, key: &str, what: &str) -> Option<Vec<String>> {
+    let v = get(map, key)?;
+    let Value::Array(items) = v else {
+        scope.key(key, format!("{}; use a list of {what} names or numeric ids", is_kind(v)));
+        return None;
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::String(s) if valid_account_name(s) => out.push(s.clone()),
+            Value::Number(n) if n.as_u64().is_some_and(|x| x <= u64::from(u32::MAX)) => out.push(n.to_string()),
+            Value::String(s) => scope.key(&format!("{key}[{i}]"), format!(
+                "{} is not a {what} name; use letters, digits, \"_\", \"-\" or \".\" (up to 32), or a numeric id",
+                quote(s)
+            )),
+            other => scope.key(&format!("{key}[{i}]"), format!("{}; use a {what} name or numeric id", is_kind(other))),
+        }
+    }
+    Some(out)
 }
 
 fn valid_account_name(s: &str) -> bool {

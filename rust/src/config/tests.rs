@@ -157,7 +157,7 @@ fn wrong_types() {
 
 #[test]
 fn unknown_keys_suggest_the_closest() {
-    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, externalInterface, isolation, offload, endpoints";
+    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, externalInterface, isolation, offload, endpoints, allowedUsers, allowedGroups";
     assert_eq!(one(json!({"mtuu": 1500})), format!("{PFX}key \"mtuu\": unknown key (did you mean \"mtu\"?); {all}"));
     assert_eq!(one(json!({"dns_proxy": true})), format!("{PFX}key \"dns_proxy\": unknown key (did you mean \"dnsProxy\"?); {all}"));
     assert_eq!(one(json!({"routerAdvertisment": true})), format!("{PFX}key \"routerAdvertisment\": unknown key (did you mean \"routerAdvertisement\"?); {all}"));
@@ -444,11 +444,13 @@ fn top_level_errors() {
 
 #[test]
 fn broker_settings() {
-    let f = file(json!({"broker": {"idleTimeout": 30, "allowedUsers": ["alice", 1000], "allowedGroups": [], "socket": "/tmp/b.sock", "machService": "com.example.vmnet"}})).unwrap();
+    let f = file(json!({"broker": {"idleTimeout": 30, "allowedUsers": ["alice", 1000], "allowedGroups": [], "clientNetworks": "restricted", "maxPortsPerUser": 8, "socket": "/tmp/b.sock", "machService": "com.example.vmnet"}})).unwrap();
     assert_eq!(f.broker, BrokerSettings {
         idle_timeout: 30,
         allowed_users: vec!["alice".into(), "1000".into()],
         allowed_groups: vec![],
+        client_networks: ClientNetworks::Restricted,
+        max_ports_per_user: 8,
         socket: "/tmp/b.sock".into(),
         mach_service: "com.example.vmnet".into(),
         endpoint_dir: String::new(),
@@ -457,7 +459,7 @@ fn broker_settings() {
     let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
     let p: Vec<&str> = err.problems().collect();
     assert_eq!(p, vec![
-        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, socket, machService, endpointDir",
+        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, clientNetworks, maxPortsPerUser, socket, machService, endpointDir",
         "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
         "networks.yaml: broker: key \"allowedUsers\": \"root\" is a string; use a list of user names or numeric ids",
         "networks.yaml: broker: key \"socket\": \"relative.sock\" is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
@@ -611,4 +613,31 @@ fn endpoints_key_and_endpoint_dir() {
     ]);
     let err = file(json!({"vmnet": {"lab": {"endpoints": "stream"}}})).unwrap_err();
     assert_eq!(err.message, "networks.yaml: network \"lab\": key \"endpoints\": \"stream\" is a string; use a list of \"stream\" and \"datagram\" (or [] for none)");
+}
+
+#[test]
+fn client_networks_quota_and_network_access() {
+    let d = FileConfig::default().broker;
+    assert_eq!(d.client_networks, ClientNetworks::default_for(std::env::consts::OS));
+    assert_eq!(ClientNetworks::default_for("macos"), ClientNetworks::Any);
+    assert_eq!(ClientNetworks::default_for("linux"), ClientNetworks::None);
+    assert_eq!(d.max_ports_per_user, DEFAULT_MAX_PORTS_PER_USER);
+    let err = file(json!({"broker": {"clientNetworks": "some", "maxPortsPerUser": 0}})).unwrap_err();
+    let p: Vec<&str> = err.problems().collect();
+    assert_eq!(p, vec![
+        "networks.yaml: broker: key \"clientNetworks\": \"some\" is not a choice; use one of none, restricted, any",
+        "networks.yaml: broker: key \"maxPortsPerUser\": 0 is out of range; use 1..65535 (ports one user may hold at once)",
+    ]);
+    let f = file(json!({"vmnet": {"lab": {"mode": "host", "allowedUsers": ["alice"], "allowedGroups": [42]}}})).unwrap();
+    let lab = &f.networks["lab"];
+    assert_eq!(lab.allowed_users, Some(vec!["alice".to_string()]));
+    assert_eq!(lab.allowed_groups, Some(vec!["42".to_string()]));
+    assert!(lab.has_own_access() && !f.networks["shared"].has_own_access());
+    // Who may use a network is not a difference in what the network is.
+    let open = NetworkConfig { allowed_users: None, allowed_groups: None, ..lab.clone() };
+    assert!(lab.differences(&open).is_empty());
+    assert_eq!(NetworkConfig::from_json(&lab.to_json(), SRC, "lab").unwrap(), *lab);
+    let err = file(json!({"vmnet": {"lab": {"allowedUsers": "alice", "allowedGroups": ["bad name"]}}})).unwrap_err();
+    assert_eq!(err.problems().count(), 2, "{err}");
+    assert!(err.message.contains("network \"lab\": key \"allowedUsers\""), "{err}");
 }

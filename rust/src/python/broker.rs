@@ -108,9 +108,10 @@ impl PyBroker {
     /// callers with the broker's own CDHash; endpoints: serve each
     /// configured network's socket paths (docs/endpoints.md) under
     /// endpoint_dir (None: the config's `endpointDir`, else the platform
-    /// default).
+    /// default); config_source: the file config_json came from, named in
+    /// refusals (None: the built-ins).
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -125,8 +126,10 @@ impl PyBroker {
         lima_serialization_rule: bool,
         endpoints: bool,
         endpoint_dir: Option<PathBuf>,
+        config_source: Option<String>,
     ) -> PyResult<Self> {
         let mut options = BrokerOptions::new();
+        options.config_source = config_source;
         if let Some(text) = config_json {
             let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(py, e))?;
             options.settings = file.broker;

@@ -387,6 +387,14 @@ impl Network for LinuxNetwork {
 
 /// The leases of network `name` from its lease file in `options.state_dir`
 /// (for a reader that does not own the network, e.g. `vmnet-rs leases`).
+/// The route of this network namespace that the subnet or IPv6 prefix of
+/// `config` would overlap, if any (as `10.0.0.0/16 dev eth9`): the broker's
+/// policy checks a caller's network before anything is made.
+pub fn route_conflict(config: &NetworkConfig) -> Result<Option<String>, Error> {
+    let routes = links::routes()?;
+    plan::route_conflict(config, &routes).map_err(|message| plan::PlanError { network: String::new(), message }.into())
+}
+
 pub fn read_leases(name: &str, options: &BackendOptions) -> Result<Vec<Lease>, Error> {
     let (record_path, files) = files_for(&options.state_dir, name);
     if !record_path.exists() {

@@ -323,6 +323,25 @@ impl Plan {
     }
 }
 
+/// The first of `routes` that the subnet or IPv6 prefix of `config` overlaps,
+/// described as `10.0.0.0/16 dev eth9`; `None` when nothing overlaps (or the
+/// platform chooses the subnet).
+pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Result<Option<String>, String> {
+    if let Some(s) = &config.subnet {
+        let v4 = V4Subnet::parse(s)?;
+        if let Some(r) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
+            return Ok(Some(r.describe()));
+        }
+    }
+    if let Some(p) = &config.ipv6_prefix {
+        let v6 = V6Prefix::parse(p)?;
+        if let Some(r) = routes.iter().find(|r| r.overlaps_v6(&v6)) {
+            return Ok(Some(r.describe()));
+        }
+    }
+    Ok(None)
+}
+
 /// The first `192.168.N.1/24` that overlaps none of `routes`.
 pub fn choose_subnet(routes: &[Route]) -> Option<String> {
     AUTO_SUBNET_THIRD_OCTETS.map(|n| V4Subnet { gateway: Ipv4Addr::new(192, 168, n, 1), prefix: 24 }).find(|s| !routes.iter().any(|r| r.overlaps_v4(s))).map(|s| s.gateway_cidr())
@@ -432,6 +451,10 @@ pub(crate) mod tests {
     #[test]
     fn auto_subnet_skips_used_ones() {
         assert_eq!(choose_subnet(&[]).as_deref(), Some("192.168.64.1/24"));
+        let docker = [route("172.17.0.0/16", "docker0")];
+        let c = |s: &str| NetworkConfig { subnet: Some(s.into()), ..NetworkConfig::lima_default() };
+        assert_eq!(route_conflict(&c("172.17.3.1/24"), &docker), Ok(Some("172.17.0.0/16 dev docker0".into())));
+        assert_eq!(route_conflict(&c("10.3.0.1/24"), &docker), Ok(None));
         assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).as_deref(), Some("192.168.66.1/24"));
         assert_eq!(choose_subnet(&[route("192.168.0.0/16", "br0")]), None);
     }

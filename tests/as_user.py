@@ -1,0 +1,64 @@
+"""Broker requests as another user, for policy tests run as root.
+
+``python as_user.py UID SOCKET`` drops to UID (and its primary group, the
+same number), then reads one JSON command per line from stdin and answers
+each with one JSON line on stdout:
+
+- ``{"conn": K, "request": {...}}`` sends the request on connection K
+  (opened on first use); ``config`` and ``Configuration`` values given as
+  objects are sent as JSON data. The reply comes back with every fd replaced
+  by ``true``; the fds stay open (a VM holding its port) until K closes.
+- ``{"conn": K, "close": true}`` closes connection K and the fds it got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main() -> None:
+    # Imported while still root: the interpreter's own files need not be
+    # readable by the target user.
+    from vmnet_rs.broker import Client
+
+    uid, socket = int(sys.argv[1]), sys.argv[2]
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+    conns: dict = {}
+    fds: dict = {}
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        k = cmd["conn"]
+        if cmd.get("close"):
+            for fd in fds.pop(k, []):
+                os.close(fd)
+            c = conns.pop(k, None)
+            if c is not None:
+                c.close()
+            print(json.dumps({"closed": k}), flush=True)
+            continue
+        if k not in conns:
+            conns[k] = Client(socket, timeout=60)
+        request = {
+            key: json.dumps(v).encode() if key in ("config", "Configuration") and isinstance(v, dict) else v
+            for key, v in cmd["request"].items()
+        }
+        reply = conns[k].request(request)
+        out = {}
+        for key, v in reply.items():
+            if key in ("fd", "FileDescriptor"):
+                fds.setdefault(k, []).append(v)
+                out[key] = True
+            elif isinstance(v, bytes):
+                out[key] = v.decode(errors="replace")
+            else:
+                out[key] = v
+        print(json.dumps(out, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -95,6 +95,9 @@ def format_table(cfg: Config) -> str:
         header = f"config: {cfg.source}"
     rows: List[List[str]] = [["NAME", "MODE", "SUBNET", "IPV6 PREFIX", "MTU", "ON"]]
     details: List[str] = []
+    from .endpoints import endpoint_paths
+
+    paths = endpoint_paths(cfg)
     for name in sorted(cfg.networks):
         net = cfg.networks[name]
         rows.append([
@@ -106,6 +109,7 @@ def format_table(cfg: Config) -> str:
             " ".join(k for k in _FLAGS if net.to_dict()[k]) or "-",
         ])
         details.extend(f"{name}: {d}" for d in _details(net))
+        details.extend(f"{name}: {kind} endpoint {path}" for kind, path in sorted(paths.get(name, {}).items(), reverse=True))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [header]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

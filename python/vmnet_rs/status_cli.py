@@ -49,5 +49,11 @@ def status_command(socket: Optional[str], as_json: bool, platform: Optional[str]
             h, v = ad["host_to_vm"], ad["vm_to_host"]
             extra = f", host->vm {h['packets']} pkts/{h['drops']} drops, vm->host {v['packets']} pkts/{v['drops']} drops"
         click.echo(f"  lease {lid}: {lease['network']} {lease['fd_type']} pid {lease['pid']}{extra}")
+    for name, ep in sorted(b.get("endpoints", {}).items()):
+        paths = ", ".join(f"{k} {ep[k]}" for k in ("stream", "datagram") if k in ep)
+        click.echo(f"  endpoints {name}: {paths}, {len(ep.get('ports', {}))} port(s)")
+        for lid, p in sorted(ep.get("ports", {}).items(), key=lambda kv: int(kv[0])):
+            mac = p.get("mac", "no frame yet")
+            click.echo(f"    lease {lid}: {p['via']} pid {p['pid']} uid {p['uid']} {mac}")
     c = b.get("counters", {})
     click.echo("  counters: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))

@@ -1,0 +1,53 @@
+"""Where a broker serves each network's socket paths (``docs/endpoints.md``).
+
+Mirrors ``rust/src/broker/endpoints.rs``: ``<dir>/<network>.stream.sock``
+and ``<dir>/<network>.dgram.sock``, where ``dir`` is ``--endpoint-dir``,
+else the config's ``endpointDir``, else the broker socket's directory
+(Linux) or ``~/Library/Application Support/vmnet-rs/endpoints`` (macOS).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+from .config import Config
+
+#: File suffix (and activation-name suffix) of each endpoint kind.
+SUFFIX = {"stream": "stream", "datagram": "dgram"}
+
+
+def default_dir(broker_socket: str) -> Path:
+    """The platform's endpoint directory when none is configured."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "vmnet-rs" / "endpoints"
+    return Path(broker_socket).parent
+
+
+def endpoint_dir(config: Config, socket: Optional[str] = None, explicit: Optional[str] = None) -> Path:
+    """The directory a broker with ``config`` would use."""
+    if explicit:
+        return Path(explicit)
+    if config.broker.endpoint_dir:
+        return Path(config.broker.endpoint_dir)
+    sock = socket or os.environ.get("VMNET_RS_SOCKET") or config.broker.socket
+    return default_dir(sock)
+
+
+def endpoint_paths(config: Config, socket: Optional[str] = None, explicit: Optional[str] = None) -> Dict[str, Dict[str, str]]:
+    """Network -> ``{"stream": path, "datagram": path}`` (only the kinds it has)."""
+    d = endpoint_dir(config, socket, explicit)
+    out: Dict[str, Dict[str, str]] = {}
+    for name, net in sorted(config.networks.items()):
+        kinds = {k: str(d / f"{name}.{SUFFIX[k]}.sock") for k in net.endpoints}
+        if kinds:
+            out[name] = kinds
+    return out
+
+
+def activation_name(network: str, kind: str) -> str:
+    """The service manager's name for one endpoint socket (systemd
+    ``FileDescriptorName=``, launchd ``Sockets`` key)."""
+    return f"{network}.{SUFFIX[kind]}"

@@ -1,0 +1,302 @@
+"""Per-network endpoint sockets (docs/endpoints.md) with raw clients, against
+a broker subprocess on the test hub backend: framing, VFKT, bad frames,
+status fields, 32 clients at once leaking nothing, file-mode refusal, and
+sockets handed over by name (LISTEN_FDS / LISTEN_FDNAMES / LISTEN_PID).
+The real Linux backend: test_endpoints_netns.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from brokerproc import BrokerProcess, config_file, wait_until
+from test_broker import assert_no_new_fds, settled_fds
+from vmnet_rs import Client
+
+MAC_A = bytes.fromhex("525400aa0001")
+MAC_B = bytes.fromhex("525400bb0002")
+
+
+def frame(src: bytes, payload: bytes, size: int = 60) -> bytes:
+    """A broadcast frame with an experimental ethertype, padded to size."""
+    return (b"\xff" * 6 + src + struct.pack(">H", 0x88B5) + payload).ljust(size, b"\0")
+
+
+def send_stream(s: socket.socket, f: bytes) -> None:
+    s.sendall(struct.pack(">I", len(f)) + f)
+
+
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("the endpoint closed the connection")
+        buf += chunk
+    return buf
+
+
+def recv_stream(s: socket.socket) -> bytes:
+    (n,) = struct.unpack(">I", recv_exact(s, 4))
+    return recv_exact(s, n)
+
+
+def recv_stream_with(s: socket.socket, marker: bytes) -> bytes:
+    while True:
+        f = recv_stream(s)
+        if marker in f:
+            return f
+
+
+def recv_dgram_with(s: socket.socket, marker: bytes) -> bytes:
+    while True:
+        f = s.recv(65536)
+        if marker in f:
+            return f
+
+
+def dgram_client(tmp: Path, name: str, endpoint: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(tmp / f"{name}.sock"))
+    s.connect(endpoint)
+    s.settimeout(20)
+    return s
+
+
+def status(b: BrokerProcess) -> dict:
+    with Client(str(b.socket), timeout=10) as c:
+        return c.status()
+
+
+def ports(b: BrokerProcess, network: str = "shared") -> dict:
+    return status(b)["endpoints"].get(network, {}).get("ports", {})
+
+
+def threads(b: BrokerProcess) -> int:
+    return len(os.listdir(f"/proc/{b.pid}/task"))
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    cfg = config_file(tmp_path / "networks.yaml", {"endpointDir": str(tmp_path / "ep"), "allowedUsers": [str(os.getuid())], "allowedGroups": []},
+                      {"shared": {}, "host": {"mode": "host", "endpoints": []}})
+    with BrokerProcess(tmp_path / "broker.sock", ["--backend", "hub", "--config", str(cfg), "--idle-timeout", "0", "--monitor-interval", "0.1"]) as b:
+        b.wait_ready()
+        b.ep = tmp_path / "ep"
+        yield b
+
+
+def test_stream_and_datagram_clients_are_separate_ports_in_status(broker: BrokerProcess, tmp_path: Path) -> None:
+    st = status(broker)
+    stream_path, dgram_path = str(broker.ep / "shared.stream.sock"), str(broker.ep / "shared.dgram.sock")
+    assert st["endpoints"]["shared"]["stream"] == stream_path
+    assert st["endpoints"]["shared"]["datagram"] == dgram_path
+    assert "host" not in st["endpoints"], "endpoints: [] turns them off"
+    assert st["known"]["shared"]["endpoints"] == {"stream": stream_path, "datagram": dgram_path}
+    assert "shared" not in st["networks"], "the network is created on the first connection"
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(stream_path)
+    s.settimeout(20)
+    d = dgram_client(tmp_path, "vfkit", dgram_path)
+    d.send(b"VFKT")
+    wait_until("two ports", lambda: len(ports(broker)) == 2)
+    # Stream lengths: the smallest frame, usual ones, the largest at MTU 1500.
+    for i, size in enumerate([14, 60, 1000, 1514]):
+        marker = b"s%d" % i
+        f = frame(MAC_A, marker, size)[:size] if size > 16 else frame(MAC_A, b"")[:14]
+        send_stream(s, f)
+        assert recv_dgram_with(d, f[12:]) == f if size > 16 else d.recv(65536) == f
+        g = frame(MAC_B, b"d%d" % i, size) if size > 16 else frame(MAC_B, b"")[:14]
+        d.send(g)
+        assert recv_stream(s) == g
+    st = status(broker)
+    assert "shared" in st["networks"]
+    by_via = {p["via"]: p for p in st["endpoints"]["shared"]["ports"].values()}
+    assert set(by_via) == {"stream", "datagram"}
+    assert by_via["stream"]["mac"] == "52:54:00:aa:00:01"
+    assert by_via["datagram"]["mac"] == "52:54:00:bb:00:02"
+    assert by_via["stream"]["pid"] == os.getpid() and by_via["stream"]["uid"] == os.getuid()
+    assert by_via["datagram"]["pid"] == os.getpid()
+    assert by_via["stream"]["vm_to_host"]["packets"] == 4
+    assert by_via["datagram"]["vm_to_host"]["packets"] == 4, "VFKT is swallowed, not passed on"
+    assert by_via["datagram"]["vm_to_host"]["errors"] == 0
+    assert {lease["via"] for lease in st["leases"].values()} == {"stream", "datagram"}
+    # The CLI shows the same.
+    out = subprocess.run([sys.executable, "-m", "vmnet_rs", "status", "--json", "--socket", str(broker.socket)], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["broker"]["endpoints"]["shared"]["stream"] == stream_path
+    out = subprocess.run([sys.executable, "-m", "vmnet_rs", "status", "--socket", str(broker.socket)], capture_output=True, text=True, check=True)
+    assert f"endpoints shared: stream {stream_path}, datagram {dgram_path}, 2 port(s)" in out.stdout
+    s.close()
+    d.close()
+    os.unlink(tmp_path / "vfkit.sock")
+    wait_until("both ports to be released", lambda: not ports(broker), timeout=20)
+
+
+def test_bad_frames_close_only_their_client(broker: BrokerProcess) -> None:
+    path = str(broker.ep / "shared.stream.sock")
+    good = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+    for g in good:
+        g.connect(path)
+        g.settimeout(20)
+    wait_until("two ports", lambda: len(ports(broker)) == 2)
+    for header in (struct.pack(">I", 0), struct.pack(">I", 1515), struct.pack(">I", 1 << 31)):
+        bad = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bad.connect(path)
+        bad.settimeout(20)
+        wait_until("the bad client's port", lambda: len(ports(broker)) == 3)
+        bad.sendall(header)
+        with pytest.raises((EOFError, ConnectionResetError)):
+            while True:
+                recv_stream(bad)
+        wait_until("only the bad client's port to go", lambda: len(ports(broker)) == 2)
+        bad.close()
+    f = frame(MAC_A, b"still-here")
+    send_stream(good[0], f)
+    assert recv_stream_with(good[1], b"still-here") == f
+    for g in good:
+        g.close()
+
+
+def test_32_clients_connecting_and_leaving_at_once_leak_no_fd_thread_or_port(broker: BrokerProcess, tmp_path: Path) -> None:
+    stream_path, dgram_path = str(broker.ep / "shared.stream.sock"), str(broker.ep / "shared.dgram.sock")
+    # The network exists first, so its own fds and threads are in the baseline.
+    warm = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    warm.connect(stream_path)
+    wait_until("the network", lambda: len(ports(broker)) == 1)
+    base_fds = settled_fds(broker)
+    base_threads = wait_until("the thread count to settle", lambda: (lambda a, b: a if a == b else 0)(threads(broker), threads(broker)))
+    clients: List[socket.socket] = []
+    lock = threading.Lock()
+
+    def join(i: int) -> None:
+        if i % 2 == 0:
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(stream_path)
+            send_stream(c, frame(bytes([0x52, 0x54, 0, 0, 1, i]), b"hello"))
+        else:
+            c = dgram_client(tmp_path, f"c{i}", dgram_path)
+            c.send(b"VFKT")
+            c.send(frame(bytes([0x52, 0x54, 0, 0, 2, i]), b"hello"))
+        with lock:
+            clients.append(c)
+
+    ts = [threading.Thread(target=join, args=(i,)) for i in range(32)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wait_until("33 ports", lambda: len(ports(broker)) == 33, timeout=60)
+    # One relay thread per port (a status connection's thread may still be ending).
+    wait_until("one relay thread per port", lambda: threads(broker) == base_threads + 32, timeout=20)
+    for c in clients:
+        c.close()
+    for i in range(1, 32, 2):
+        os.unlink(tmp_path / f"c{i}.sock")
+    wait_until("the 32 ports to be released", lambda: len(ports(broker)) == 1, timeout=30)
+    assert_no_new_fds(broker, base_fds)
+    wait_until("the relay threads to end", lambda: threads(broker) == base_threads, timeout=20)
+    warm.close()
+
+
+def test_endpoint_files_refuse_other_users_by_mode(broker: BrokerProcess) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to connect as another user")
+    path = broker.ep / "shared.stream.sock"
+    # Only root is allowed and no group: the sockets are 0600.
+    assert path.stat().st_mode & 0o777 == 0o600
+    code = ("import os, socket; os.setgid(65534); os.setuid(65534); s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            f"try:\n  s.connect({str(path)!r}); print('connected')\nexcept PermissionError:\n  print('refused')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "refused"
+    assert not ports(broker)
+
+
+ACTIVATE = r"""
+import os, sys
+# Like systemd: the passed sockets at 3, 4, 5 and their names.
+fds = [int(x) for x in sys.argv[1].split(",")]
+for i, fd in enumerate(fds):
+    os.dup2(fd, 3 + i)
+os.environ.update(LISTEN_FDS=str(len(fds)), LISTEN_FDNAMES=sys.argv[2], LISTEN_PID=str(os.getpid()))
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+def test_sockets_passed_by_name_are_used_and_the_broker_still_exits_idle(tmp_path: Path) -> None:
+    sock = tmp_path / "broker.sock"
+    ep = tmp_path / "held"
+    ep.mkdir()
+    broker_s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    broker_s.bind(str(sock))
+    broker_s.listen(16)
+    stream_s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stream_s.bind(str(ep / "shared.stream.sock"))
+    stream_s.listen(16)
+    dgram_s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram_s.bind(str(ep / "shared.dgram.sock"))
+    held = [dgram_s, broker_s, stream_s]  # deliberately not in name order
+    names = "shared.dgram:broker:shared.stream"
+    cfg = config_file(tmp_path / "networks.yaml", {"allowedUsers": [str(os.getuid())], "allowedGroups": [],
+                                                    "endpointDir": str(tmp_path / "unused")},
+                      {"shared": {}, "host": {"mode": "host", "endpoints": []}})
+    script = tmp_path / "activate.py"
+    script.write_text(ACTIVATE)
+    log = open(tmp_path / "broker.log", "wb")
+    env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "VMNET_RS_SOCKET")}
+    cmd = [sys.executable, str(script), ",".join(str(s.fileno()) for s in held), names,
+           sys.executable, "-m", "vmnet_rs", "-v", "broker", "--backend", "hub", "--config", str(cfg),
+           "--idle-timeout", "1", "--monitor-interval", "0.1"]
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=[s.fileno() for s in held])
+    try:
+        def ready() -> bool:
+            assert p.poll() is None, (tmp_path / "broker.log").read_text()
+            try:
+                with Client(str(sock), timeout=5) as c:
+                    return c.ping()
+            except Exception:
+                return False
+
+        wait_until("the activated broker", ready)
+        with Client(str(sock), timeout=10) as c:
+            st = c.status()
+        assert st["endpoints"]["shared"] == {"stream": str(ep / "shared.stream.sock"), "datagram": str(ep / "shared.dgram.sock"), "ports": {}}
+        assert not (tmp_path / "unused").exists(), "passed sockets are used instead of binding"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(ep / "shared.stream.sock"))
+        s.settimeout(20)
+        d = dgram_client(tmp_path, "client", str(ep / "shared.dgram.sock"))
+        d.send(frame(MAC_B, b"via-passed-dgram"))
+        assert recv_stream_with(s, b"via-passed-dgram")
+        s.close()
+        d.close()
+        os.unlink(tmp_path / "client.sock")
+        # With every endpoint held by the "service manager" the broker exits when idle.
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        log.close()
+    text = (tmp_path / "broker.log").read_text()
+    assert "broker stopped: idle" in text, text
+    # The paths belong to the service manager: still there, still bound.
+    assert (ep / "shared.stream.sock").exists() and (ep / "shared.dgram.sock").exists()
+
+
+def test_networks_command_shows_the_paths(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path / "networks.yaml", {"endpointDir": "/run/vm-ep"},
+                      {"lab": {"endpoints": ["datagram"]}, "host": {"mode": "host", "endpoints": []}})
+    out = subprocess.run([sys.executable, "-m", "vmnet_rs", "networks", "--config", str(cfg)], capture_output=True, text=True, check=True).stdout
+    assert "lab: datagram endpoint /run/vm-ep/lab.dgram.sock" in out
+    assert "shared: stream endpoint /run/vm-ep/shared.stream.sock" in out
+    assert "lab: stream endpoint" not in out and "host: " not in out

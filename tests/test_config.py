@@ -434,3 +434,43 @@ def test_no_file_means_builtins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cfgmod, "config_search_path", lambda: [tmp_path / "absent.yaml"])
     cfg = load_config()
     assert cfg.source is None and cfg.to_json() == Config.defaults().to_json()
+
+
+def test_access_keys_and_who_may_use_each_network(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vmnet_rs.cli import cli
+
+    text = textwrap.dedent("""\
+        broker:
+          clientNetworks: restricted
+          maxPortsPerUser: 8
+        vmnet:
+          lab:
+            mode: host
+            subnet: 10.9.0.0/24
+            allowedUsers: [alice, 1000]
+            allowedGroups: []
+        """)
+    cfg = load_config_text(text, "networks.yaml")
+    assert cfg.broker.client_networks == "restricted" and cfg.broker.max_ports_per_user == 8
+    assert cfg.networks["lab"].allowed_users == ("alice", "1000") and cfg.networks["lab"].allowed_groups == ()
+    assert cfg.networks["shared"].allowed_users is None
+    assert Config.from_json(cfg.to_json()).to_json() == cfg.to_json()
+    assert Config.defaults().broker.client_networks == ("any" if cfgmod.sys.platform == "darwin" else "none")
+    # Same words as the native checker, line numbers added.
+    bad = "broker:\n  clientNetworks: [any]\n  maxPortsPerUser: many\nvmnet:\n  lab:\n    allowedUsers: alice\n"
+    with pytest.raises(ConfigError) as e:
+        load_config_text(bad, "networks.yaml")
+    assert str(e.value).splitlines() == [
+        'networks.yaml:2: broker: key "clientNetworks": ["any"] is a list; use one of none, restricted, any',
+        'networks.yaml:3: broker: key "maxPortsPerUser": "many" is a string; use an integer in 1..65535 (ports one user may hold at once)',
+        'networks.yaml:6: network "lab": key "allowedUsers": "alice" is a string; use a list of user names or numeric ids',
+    ]
+    path = tmp_path / "networks.yaml"
+    path.write_text(text)
+    out = CliRunner().invoke(cli, ["networks", "--config", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "  lab: users [alice, 1000], groups [] (its own allowedUsers/allowedGroups)" in out.output
+    assert "  host, shared: users [root], groups [vmnet-rs] (the broker's)" in out.output
+    assert "clientNetworks: restricted, and hold at most 8 ports each (maxPortsPerUser)" in out.output

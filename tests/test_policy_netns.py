@@ -207,6 +207,10 @@ def test_port_quota_counts_across_connections_and_frees_on_release(make_broker) 
     with Client(str(b.socket)) as root:
         users = root.status()["users"]
         assert users[str(NOBODY)] == {"ports": 2, "leases": 2, "max_ports": 2}, users
+        shown = subprocess.run([sys.executable, "-m", "vmnet_rs", "status", "--socket", str(b.socket)],
+                               capture_output=True, text=True, timeout=60)
+        assert f"uid {NOBODY}: 2 port(s) of 2, 2 lease(s)" in shown.stdout, shown
+        assert "clientNetworks none, maxPortsPerUser 2" in shown.stdout, shown
         # Root is not counted against anyone, nor limited.
         for _ in range(3):
             root.open("lab", "tap").close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import click
 
@@ -111,12 +111,37 @@ def format_table(cfg: Config) -> str:
         details.extend(f"{name}: {d}" for d in _details(net))
         details.extend(f"{name}: {kind} endpoint {path}" for kind, path in sorted(paths.get(name, {}).items(), reverse=True))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    b = cfg.broker
     lines = [header]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if details:
         lines.append("")
         lines += details
+    lines.append("")
+    lines += access_lines(cfg)
     return "\n".join(lines)
+
+
+def access_lines(cfg: Config) -> List[str]:
+    """Who may use each network (docs/security.md): networks with the broker's
+    lists on one line, each network with its own lists on its own."""
+    b = cfg.broker
+    out = [f"access: root and the broker's own user use and define every network; others use these, "
+           f"define their own per clientNetworks: {b.client_networks}, and hold at most "
+           f"{b.max_ports_per_user} ports each (maxPortsPerUser)"]
+
+    def lists(users: Sequence[str], groups: Sequence[str]) -> str:
+        return f"users [{', '.join(users)}], groups [{', '.join(groups)}]"
+
+    shared = sorted(n for n, net in cfg.networks.items() if net.allowed_users is None and net.allowed_groups is None)
+    if shared:
+        out.append(f"  {', '.join(shared)}: {lists(b.allowed_users, b.allowed_groups)} (the broker's)")
+    for name in sorted(set(cfg.networks) - set(shared)):
+        net = cfg.networks[name]
+        users = net.allowed_users if net.allowed_users is not None else b.allowed_users
+        groups = net.allowed_groups if net.allowed_groups is not None else b.allowed_groups
+        out.append(f"  {name}: {lists(users, groups)} (its own allowedUsers/allowedGroups)")
+    return out
 
 
 def _details(net: NetworkConfig) -> List[str]:

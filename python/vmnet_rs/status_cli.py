@@ -55,5 +55,10 @@ def status_command(socket: Optional[str], as_json: bool, platform: Optional[str]
         for lid, p in sorted(ep.get("ports", {}).items(), key=lambda kv: int(kv[0])):
             mac = p.get("mac", "no frame yet")
             click.echo(f"    lease {lid}: {p['via']} pid {p['pid']} uid {p['uid']} {mac}")
+    if "max_ports_per_user" in b:
+        click.echo(f"  access: clientNetworks {b['client_networks']}, maxPortsPerUser {b['max_ports_per_user']}")
+    for uid, u in sorted(b.get("users", {}).items(), key=lambda kv: int(kv[0])):
+        limit = f" of {u['max_ports']}" if "max_ports" in u else " (root: no limit)"
+        click.echo(f"  uid {uid}: {u['ports']} port(s){limit}, {u['leases']} lease(s)")
     c = b.get("counters", {})
     click.echo("  counters: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))

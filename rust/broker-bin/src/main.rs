@@ -98,6 +98,8 @@ fn options(args: &Args) -> Result<BrokerOptions, (u8, String)> {
     }
     .map_err(|e| (EXIT_USAGE, e.to_string()))?;
     log::info!("configuration: {} ({} networks)", resolved.source, resolved.file.networks.len());
+    // Named in the policy's refusals ("network X is not defined in FILE").
+    o.config_source = (resolved.source != "built-in defaults").then(|| resolved.source.clone());
     o.settings = resolved.file.broker;
     o.networks = resolved.file.networks;
     o.config_error = resolved.error;

@@ -300,3 +300,24 @@ def test_networks_command_shows_the_paths(tmp_path: Path) -> None:
     assert "lab: datagram endpoint /run/vm-ep/lab.dgram.sock" in out
     assert "shared: stream endpoint /run/vm-ep/shared.stream.sock" in out
     assert "lab: stream endpoint" not in out and "host: " not in out
+
+
+def test_a_passed_socket_of_the_wrong_type_is_a_clear_start_error(tmp_path: Path) -> None:
+    sock = tmp_path / "broker.sock"
+    broker_s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    broker_s.bind(str(sock))
+    broker_s.listen(16)
+    wrong = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    wrong.bind(str(tmp_path / "shared.stream.sock"))
+    held = [broker_s, wrong]
+    script = tmp_path / "activate.py"
+    script.write_text(ACTIVATE)
+    env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "VMNET_RS_SOCKET")}
+    cmd = [sys.executable, str(script), ",".join(str(s.fileno()) for s in held), "broker:shared.stream",
+           sys.executable, "-m", "vmnet_rs", "broker", "--backend", "hub", "--endpoint-dir", str(tmp_path / "ep")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, pass_fds=[s.fileno() for s in held], timeout=60)
+    assert p.returncode != 0
+    assert "the socket passed as \"shared.stream\" is of the wrong type: use ListenStream=" in p.stderr, p.stderr
+    # "host" comes first and was bound before "shared" failed: nothing is left behind.
+    assert (tmp_path / "ep").is_dir()
+    assert sorted((tmp_path / "ep").glob("*.sock")) == []

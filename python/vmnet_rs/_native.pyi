@@ -16,6 +16,7 @@ DEFAULT_NETWORK_STATE_DIR: str
 
 # preflight (rust/src/python/preflight.rs): the platform backend's preconditions
 def preflight_checks() -> list[dict[str, Any]]: ...
+def bridge_name(name: str) -> str: ...  # Linux only
 
 @final
 class Network:

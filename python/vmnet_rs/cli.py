@@ -90,6 +90,7 @@ from .bench import bench  # noqa: E402
 from .broker_cli import broker_command  # noqa: E402
 from .install import install_command, uninstall_command  # noqa: E402
 from .status_cli import status_command  # noqa: E402
+from .doctor import doctor_command  # noqa: E402
 
 cli.add_command(networks)
 cli.add_command(leases)
@@ -99,6 +100,7 @@ cli.add_command(broker_command)
 cli.add_command(install_command)
 cli.add_command(uninstall_command)
 cli.add_command(status_command)
+cli.add_command(doctor_command)
 
 if __name__ == "__main__":
     main()

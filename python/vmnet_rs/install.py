@@ -42,7 +42,7 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
@@ -230,7 +230,7 @@ def macos_endpoint_dir(home: Path) -> Path:
     return _support_dir(home) / "endpoints"
 
 
-def macos_plist(label: str, exe: Path, home: Path, config: Optional[str], python: str, endpoints: List[Tuple[str, str, Path]] = ()) -> bytes:
+def macos_plist(label: str, exe: Path, home: Path, config: Optional[str], python: str, endpoints: Sequence[Tuple[str, str, Path]] = ()) -> bytes:
     args = [str(exe), "--mach-service", label, "--python", python]
     if config:
         args += ["--config", config]
@@ -280,7 +280,7 @@ def macos_install_plan(
     force: bool = False,
     exe: Optional[Path] = None,
     python: Optional[str] = None,
-    endpoints: List[Tuple[str, str, Path]] = (),
+    endpoints: Sequence[Tuple[str, str, Path]] = (),
     domain: str = "gui",
 ) -> Plan:
     exe = exe or broker_executable()
@@ -450,7 +450,7 @@ def linux_install_plan(
     force: bool = False,
     exe: Optional[Path] = None,
     python: Optional[str] = None,
-    endpoints: List[Tuple[str, str, Path]] = (),
+    endpoints: Sequence[Tuple[str, str, Path]] = (),
 ) -> Plan:
     exe = exe or broker_executable()
     python = python or sys.executable

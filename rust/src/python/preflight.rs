@@ -1,6 +1,6 @@
 //! Bindings for `vmnet/preflight.rs`: the platform backend's preconditions,
 //! for `vmnet-rs broker` (refuses to start without them) and `vmnet-rs doctor`
-//! (shows each).
+//! (shows each); the Linux bridge name of a network.
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -21,7 +21,17 @@ fn preflight_checks(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
         .collect()
 }
 
+/// Linux: the bridge device of network `name` (so `vmnet-rs doctor` can tell
+/// a network's own route from a colliding one).
+#[cfg(target_os = "linux")]
+#[pyfunction]
+fn bridge_name(name: &str) -> String {
+    crate::vmnet::linux::bridge_name(name)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(preflight_checks, m)?)?;
+    #[cfg(target_os = "linux")]
+    m.add_function(wrap_pyfunction!(bridge_name, m)?)?;
     Ok(())
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vm.broker import OUTSIDE_ADDR, BrokerProcess, add_outside, run_guest, run_guest_with_fake_broker
+from vm.broker import OUTSIDE_ADDR, BrokerProcess, add_outside, path_guest, run_guest, run_guest_with_fake_broker
 from vm.checks import check_pair, record_rate
 from vm.lan import Lan
 from vm.qemu import Guest, qemu_base_argv
@@ -174,6 +174,69 @@ def test_two_vms_on_host_have_no_way_out(netns, broker, tmp_path, backend):
     finally:
         a.close()
         b.close()
+
+
+# --- path endpoints and by fd, side by side -------------------------------------
+
+
+def vmt_links(netns) -> set[str]:
+    return {link for link in netns.links() if link.startswith("vmt")}
+
+
+def port_macs(broker) -> dict[str, str]:
+    """Each lease's port by the VM's MAC (given, or seen on its frames) -> how it came (stream, datagram, fd)."""
+    with broker.client() as c:
+        leases = c.status()["leases"]
+    return {str(lease.get("mac") or lease.get("vm_mac") or "?").lower(): lease.get("via") or "fd" for lease in leases.values()}
+
+
+def test_vms_by_path_and_by_fd_share_shared_and_come_back_after_a_broker_crash(netns, broker, tmp_path):
+    """One QEMU on the stream path (with reconnect-ms), one on the datagram
+    path, one through ``vmnet-rs run``: leases, pings, separate ports;
+    SIGKILL releases a VM's port; a broker killed and started again serves
+    the stream VM again, which keeps its address."""
+    gateway = GATEWAYS["shared"]
+    s = path_guest(netns, broker, "ep-stream", "shared", "stream", tmp_path)
+    d = path_guest(netns, broker, "ep-dgram", "shared", "datagram", tmp_path)
+    r = run_guest(netns, broker, "ep-run", ["shared"], tmp_path)
+    guests = [s, d, r]
+    try:
+        for g in guests:
+            g.wait_ready()
+        assert len({g.ip for g in guests}) == 3 and all(g.router == gateway for g in guests)
+        for g, nxt in zip(guests, guests[1:] + guests[:1]):
+            g.check(f"ping -c 1 -W 10 {nxt.ip}", timeout=60)
+            g.check(f"ping -c 1 -W 10 {gateway}", timeout=60)
+        assert port_macs(broker) == {s.mac: "stream", d.mac: "datagram", r.mac: "fd"}  # three separate ports
+        qemu = exec_d_qemu_pid(r)  # vmnet-rs run left no wrapper
+        taps = vmt_links(netns)
+        assert len(taps) == 3  # one TAP per port
+
+        # SIGKILL a VM on a path and one from vmnet-rs run: their ports go within seconds.
+        os.kill(d.proc.pid, signal.SIGKILL)
+        os.kill(qemu, signal.SIGKILL)
+        started = time.monotonic()
+        assert wait_until(lambda: port_macs(broker) == {s.mac: "stream"}, 15), port_macs(broker)
+        print(f"ports of SIGKILLed VMs released after {time.monotonic() - started:.1f}s")
+        assert len(wait_until(lambda: (lambda now: now if len(now) == 1 else None)(vmt_links(netns)), 15) or ()) == 1
+
+        # The broker crashes and comes back: QEMU reconnects by itself.
+        broker.kill()
+        broker.start()
+        rc = 1
+        deadline = time.monotonic() + 90
+        while rc != 0 and time.monotonic() < deadline:
+            rc, _ = s.sh(f"ping -c 1 -W 2 {gateway}", timeout=60)
+        assert rc == 0, s.console
+        assert port_macs(broker) == {s.mac: "stream"}
+        with broker.client() as c:
+            dhcp = c.status()["networks"]["shared"]["dhcp_leases"]
+        assert dhcp[s.mac]["address"] == s.ip  # the new dnsmasq has the old lease
+        s.check("udhcpc -i eth0 -n -q -t 5 -T 2 -s /etc/udhcpc.script", timeout=60)
+        assert s.check("cat /run/lease").split("/")[0] == s.ip  # and gives the same address again
+    finally:
+        for g in guests:
+            g.close()
 
 
 def broker_view(broker) -> tuple[dict, dict]:

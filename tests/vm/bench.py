@@ -9,7 +9,18 @@ namespaces; it never touches the machine's network)::
 For each run and backend it starts a broker in a fresh namespace, boots two
 TCG guests with ``vmnet-rs run`` on ``shared``, checks leases and pings, and
 measures iperf3 from the first guest to the second. A hand-made bridge + TAP
-pair (no vmnet-rs) runs first in each round as the baseline. It prints a
+pair (no vmnet-rs) runs first in each round as the baseline.
+
+The path endpoints (docs/engines.md) are measured the same way, each beside
+its own limit, QEMU joined directly to QEMU with the same netdev type and no
+vmnet-rs at all (static addresses, no DHCP):
+
+- ``path-stream``: both guests connect to ``shared.stream.sock``
+  (``-netdev stream,server=off``); ``direct-stream``: one guest listens
+  (``server=on``), the other connects;
+- ``path-dgram``: both guests send to ``shared.dgram.sock``
+  (``-netdev dgram`` with unix paths); ``direct-dgram``: each sends to the
+  other's path. It prints a
 Markdown table (Mbit/s, one column per round) and writes the raw numbers as
 JSON (``--json``, default ``bench-out/vm-backends.json``). TCG makes every
 number low: compare backends within a round, not absolutes.
@@ -19,21 +30,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
 from netns import NetNs  # noqa: E402
-from vm.broker import BrokerProcess, run_guest  # noqa: E402
+from vm.broker import BrokerProcess, path_guest, run_guest  # noqa: E402
 from vm.checks import check_pair  # noqa: E402
 from vm.lan import Lan  # noqa: E402
 from vm.qemu import Guest, qemu_base_argv  # noqa: E402
 
+from vmnet_rs import drivers  # noqa: E402
+
 BACKENDS = ["tap_next", "tap", "socket", "stream", "dgram", "dgram_next"]
+PATHS = ["path-stream", "direct-stream", "path-dgram", "direct-dgram"]
 BASELINE = "baseline (bridge+tap, no vmnet-rs)"
+DIRECT_ADDRS = ("10.78.0.1/24", "10.78.0.2/24")
 
 
 def measure_baseline(seconds: int, workdir: Path) -> float:
@@ -72,24 +89,89 @@ def measure_backend(backend: str, seconds: int, workdir: Path) -> float:
             broker.close()
 
 
+def measure_path(kind: str, seconds: int, workdir: Path) -> float:
+    """Two guests joined to ``shared`` through its stream or datagram endpoint."""
+    with NetNs(prefix="vmbench") as ns:
+        broker = BrokerProcess(ns, workdir)
+        guests: list[Guest] = []
+        try:
+            guests = [path_guest(ns, broker, f"bench-{kind}-{i}", "shared", kind, workdir) for i in range(2)]
+            for g in guests:
+                g.wait_ready()
+            return check_pair(guests[0], guests[1], "192.168.107.1", iperf_seconds=seconds)
+        finally:
+            for g in guests:
+                g.close()
+            broker.close()
+
+
+def direct_guests(ns: NetNs, kind: str, workdir: Path) -> list[Guest]:
+    """Two guests joined to each other by QEMU alone (``stream`` or ``dgram``), with static addresses."""
+    macs = ("52:54:00:77:02:01", "52:54:00:77:02:02")
+    paths = (str(workdir / "direct-a.sock"), str(workdir / "direct-b.sock"))
+    if kind == "stream":
+        netdevs = [f"stream,id=net1,server={side},addr.type=unix,addr.path={paths[0]}" for side in ("on", "off")]
+    else:
+        netdevs = [f"dgram,id=net1,local.type=unix,local.path={paths[i]},remote.type=unix,remote.path={paths[1 - i]}"
+                   for i in range(2)]
+    guests: list[Guest] = []
+    try:
+        for i in range(2):
+            name = f"bench-direct-{kind}-{i}"
+            argv = qemu_base_argv(name, extra_append=f"vmnet_static={DIRECT_ADDRS[i]}") + [
+                "-netdev", netdevs[i], "-device", f"virtio-net-pci,netdev=net1,mac={macs[i]}"]
+            guests.append(Guest(ns.argv(argv), name, log_dir=workdir))
+            if kind == "stream" and i == 0:  # the client needs the listener's path
+                deadline = time.monotonic() + 60
+                while not os.path.exists(paths[0]) and time.monotonic() < deadline and guests[0].proc.poll() is None:
+                    time.sleep(0.05)
+    except BaseException:
+        for g in guests:
+            g.close()
+        raise
+    return guests
+
+
+def measure_direct(kind: str, seconds: int, workdir: Path) -> float:
+    with NetNs(prefix="vmbench") as ns:
+        guests = direct_guests(ns, kind, workdir)
+        try:
+            for g in guests:
+                g.wait_ready()
+            a, b = guests
+            # No gateway on a direct link: the peer stands in for it.
+            return check_pair(a, b, b.ip or "", iperf_seconds=seconds, routers=(None,))
+        finally:
+            for g in guests:
+                g.close()
+
+
+def measure(label: str, seconds: int, workdir: Path) -> float:
+    if label == BASELINE:
+        return measure_baseline(seconds, workdir)
+    if label.startswith("path-"):
+        return measure_path(drivers.STREAM if label == "path-stream" else drivers.DATAGRAM, seconds, workdir)
+    if label.startswith("direct-"):
+        return measure_direct(label[len("direct-"):], seconds, workdir)
+    return measure_backend(label, seconds, workdir)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10, help="iperf3 duration per measurement (default 10)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all backends (default 3)")
-    ap.add_argument("--backend", action="append", choices=BACKENDS, help="only these backends (repeatable)")
+    ap.add_argument("--backend", action="append", choices=BACKENDS + PATHS,
+                    help="only these backends or path kinds (repeatable; default: all)")
     ap.add_argument("--json", type=Path, default=Path("bench-out/vm-backends.json"), help="where to write the numbers")
     args = ap.parse_args()
-    backends = args.backend or BACKENDS
+    backends = args.backend or BACKENDS + PATHS
     results: dict[str, list[float | None]] = {BASELINE: []}
     results.update({b: [] for b in backends})
     for r in range(args.repeat):
         for label in [BASELINE, *backends]:
             with tempfile.TemporaryDirectory(prefix="vmnet-bench-") as tmp:
                 try:
-                    if label == BASELINE:
-                        rate = measure_baseline(args.seconds, Path(tmp))
-                    else:
-                        rate = measure_backend(label, args.seconds, Path(tmp))
+                    rate = measure(label, args.seconds, Path(tmp))
                 except AssertionError as e:  # a failed guest check: report it, keep going
                     print(f"round {r + 1} {label}: failed: {str(e).splitlines()[0]}", file=sys.stderr)
                     results[label].append(None)

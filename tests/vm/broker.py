@@ -2,8 +2,9 @@
 
 :class:`BrokerProcess` starts ``vmnet-rs broker --socket PATH`` inside the
 namespace (it creates its bridges, TAPs, nftables rules and dnsmasq there)
-and waits until the socket answers. :func:`run_guest` boots a test VM wrapped
-by ``vmnet-rs run``. :func:`add_outside` gives the namespace a default route
+and waits until the socket answers; it can be killed and started again.
+:func:`run_guest` boots a test VM through ``vmnet-rs run``, :func:`path_guest`
+one whose QEMU connects to a network's endpoint path by itself. :func:`add_outside` gives the namespace a default route
 to a second namespace that has no route back, so only NAT can carry a reply.
 """
 
@@ -19,6 +20,8 @@ from typing import Sequence
 
 from netns import NetNs
 
+from vmnet_rs import drivers
+
 from .qemu import Guest, qemu_base_argv
 
 VMNET_RS = [sys.executable, "-m", "vmnet_rs"]
@@ -31,22 +34,47 @@ class BrokerProcess:
         self.ns = ns
         self.socket = str(workdir / "broker.sock")
         # Its own state directory (records of what it created) and no idle
-        # exit: the test decides when it ends.
+        # exit: the test decides when it ends. Its endpoint sockets
+        # (docs/engines.md) sit beside its socket, in workdir.
         self.state_dir = workdir / "state"
-        argv = [*VMNET_RS, "broker", "--socket", self.socket, "--state-dir", str(self.state_dir), "--idle-timeout", "0"]
+        self.endpoint_dir = str(workdir)
+        self.argv = [*VMNET_RS, "broker", "--socket", self.socket, "--state-dir", str(self.state_dir), "--idle-timeout", "0"]
         if config is not None:
-            argv += ["--config", str(config)]
+            self.argv += ["--config", str(config)]
         self.log = workdir / "broker.log"
-        self.proc = ns.popen(argv, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.start()
+
+    def start(self) -> None:
+        """Starts the broker (again, after :meth:`kill`) and waits until it answers."""
+        self.proc = self.ns.popen(self.argv, stdout=open(self.log, "a"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
-        while not os.path.exists(self.socket):
+        while not self._answers():
             if self.proc.poll() is not None:
                 raise AssertionError(f"broker exited {self.proc.returncode}:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"broker socket {self.socket} did not appear:\n{self.log.read_text()}")
+                raise AssertionError(f"broker on {self.socket} did not answer:\n{self.log.read_text()}")
             time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        from vmnet_rs.errors import VmnetError
+
+        if not os.path.exists(self.socket):
+            return False
+        try:
+            with self.client() as c:
+                return c.ping()
+        except VmnetError:  # a socket left by a killed broker, or not listening yet
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the broker tears nothing down (a crash)."""
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def endpoint(self, network: str, kind: str) -> str:
+        return drivers.endpoint_paths(self.endpoint_dir, network)[kind]
 
     def client(self):
         from vmnet_rs import Client
@@ -72,6 +100,21 @@ def run_guest(ns: NetNs, broker: BrokerProcess, name: str, networks: Sequence[st
         argv += ["-n", n]
     argv += ["--", *qemu_base_argv(name)]
     return Guest(ns.argv(argv), name, log_dir=log_dir)
+
+
+def path_guest(ns: NetNs, broker: BrokerProcess, name: str, network: str, kind: str, log_dir: Path,
+               reconnect_ms: int | None = drivers.RECONNECT_MS) -> Guest:
+    """Boots a test VM whose QEMU connects by itself to ``network``'s ``stream`` or ``datagram`` endpoint."""
+    mac = drivers.derive_mac(name, network)
+    path = broker.endpoint(network, kind)
+    if kind == drivers.STREAM:
+        net = drivers.qemu_stream_path_args(path, mac, reconnect_ms=reconnect_ms)
+    else:
+        local = log_dir / f"{name}.dgram.sock"
+        if local.exists():
+            local.unlink()
+        net = drivers.qemu_dgram_path_args(path, str(local), mac)
+    return Guest(ns.argv([*qemu_base_argv(name), *net]), name, log_dir=log_dir)
 
 
 def add_outside(ns: NetNs) -> NetNs:

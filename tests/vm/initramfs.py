@@ -50,7 +50,13 @@ i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 ip link set eth0 up
 echo "VMNET-MAC $(cat /sys/class/net/eth0/address)"
-if udhcpc -i eth0 -n -q -t 30 -T 3 -s /etc/udhcpc.script; then
+# vmnet_static=IP/MASK on the kernel command line: no DHCP (two VMs joined
+# directly, with no server between them).
+static=$(sed -n 's/.*vmnet_static=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$static" ]; then
+  ip addr add "$static" dev eth0
+  echo "VMNET-LEASE $static "
+elif udhcpc -i eth0 -n -q -t 30 -T 3 -s /etc/udhcpc.script; then
   echo "VMNET-LEASE $(cat /run/lease)"
 else
   echo "VMNET-NOLEASE"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,3 +187,27 @@ def test_native_broker_refuses_without_cap_net_admin(netns, tmp_path: Path) -> N
     assert out.returncode == 1, out.stderr
     assert out.stderr.startswith("vmnet-rs-broker: the broker cannot start here: CAP_NET_ADMIN: not held by this process (run the broker as root"), out.stderr
     assert len(out.stderr.splitlines()) == 1
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate (systemd) is not installed")
+def test_socket_activated_start_serves_the_passed_socket_and_exits_idle(tmp_path: Path) -> None:
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root", str(os.getuid())], "allowedGroups": [], "idleTimeout": 1}, "vmnet": LAB}))
+    sock = tmp_path / "b.sock"
+    log = tmp_path / "activated.log"
+    argv = ["systemd-socket-activate", "--seqpacket", "-l", str(sock), "--fdname=broker", str(EXE), "-v", "--backend", "hub",
+            "--config", str(cfg), "--state-dir", str(tmp_path / "state"), "--no-endpoints", "--python", sys.executable]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_until("the activation socket", sock.exists, 30)
+            # The first connection starts the broker on the socket systemd holds.
+            assert status_json(sock)["idle_timeout_s"] == 1
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert f"broker listening on {sock} (socket activation)" in text
+    assert "vmnet-rs: broker stopped: idle: no network, lease or connection for 1s" in text

@@ -40,7 +40,7 @@ pub enum ConfigSourceError {
     },
     #[error("{0}")]
     Invalid(#[from] vmnet_rs::ConfigError),
-    #[error("{message}\n(no earlier configuration of {path} is kept in {state_dir}, so the broker cannot start: fix the file, check it with `vmnet-rs networks check {path}`)")]
+    #[error("{message}\n(no earlier configuration of {path} is kept in {state_dir}, so the broker cannot start: fix what is named above; `vmnet-rs networks check {path}` checks the file, --python names the Python that has vmnet_rs)")]
     Unresolved { message: String, path: String, state_dir: String },
 }
 

@@ -71,7 +71,10 @@ fn run(args: &Args) -> Result<String, (u8, String)> {
     signals::forward_to(broker.core().clone()).map_err(|e| (EXIT_FAILED, format!("start the signal thread: {e}")))?;
     eprintln!("{}", broker.start_line());
     for (network, paths) in broker.core().endpoint_paths() {
-        let listed: Vec<String> = paths.iter().rev().map(|(kind, p)| format!("{} {}", kind.as_str(), p.display())).collect();
+        // In the order `vmnet-rs broker` prints them: stream, then datagram.
+        let mut listed: Vec<(&str, String)> = paths.iter().map(|(kind, p)| (kind.as_str(), p.display().to_string())).collect();
+        listed.sort_by(|a, b| b.0.cmp(a.0));
+        let listed: Vec<String> = listed.into_iter().map(|(kind, p)| format!("{kind} {p}")).collect();
         eprintln!("vmnet-rs: network {network}: {}", listed.join(", "));
     }
     let reason = broker.wait(None).unwrap_or_else(|| "stopped".into());

@@ -10,6 +10,10 @@
 //! networks idle past the timeout; when nothing is left for the idle timeout
 //! it stops the broker. Relays run on their own threads inside adaptors.
 //!
+//! [`auth`] decides who may talk to the broker; [`policy`] who may use and
+//! define which network and how many ports a user may hold (every request
+//! path asks it through `Core::admit` and `Core::admit_port`).
+//!
 //! Invariant: the broker answers every request, even a malformed or
 //! unauthorised one, and keeps serving afterwards.
 

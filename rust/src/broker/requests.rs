@@ -680,3 +680,77 @@ fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String>
 fn lima_desc_mac(desc: &Dict) -> Option<[u8; 6]> {
     ["vmnet_mac_address", "mac_address", "mac"].iter().find_map(|k| desc.get_str(k)).and_then(|m| parse_mac(m).ok())
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use crate::broker::{Backend, BrokerOptions};
+    use crate::config::ClientNetworks;
+
+    /// A hub-backed core whose caller uid 4242 is allowed but is not the owner.
+    fn core(client_networks: ClientNetworks, max_ports: u32) -> std::sync::Arc<Core> {
+        let mut o = BrokerOptions::new();
+        o.backend = Backend::Hub;
+        o.settings.allowed_users = vec!["root".into(), "4242".into()];
+        o.settings.allowed_groups = vec![];
+        o.settings.client_networks = client_networks;
+        o.settings.max_ports_per_user = max_ports;
+        o.config_source = Some("/etc/vmnet-rs/networks.yaml".into());
+        Core::new(o)
+    }
+
+    fn caller(connection: u64) -> Peer {
+        Peer { uid: 4242, gid: 4242, pid: 7, connection }
+    }
+
+    fn cmd(command: &str) -> Dict {
+        Dict::new().with("command", Value::String(command.into()))
+    }
+
+    const MINE: &[u8] = br#"{"mode":"host","subnet":"10.61.0.1/24"}"#;
+
+    #[test]
+    fn every_dialect_asks_the_policy_and_a_refusal_makes_nothing() {
+        let c = core(ClientNetworks::None, 64);
+        let requests = [
+            cmd("acquire").with("network_name", Value::String("mine".into())).with("config", Value::Data(MINE.to_vec())),
+            cmd("open").with("network", Value::String("mine".into())).with("fd_type", Value::String("datagram".into())).with("config", Value::Data(MINE.to_vec())),
+            Dict::new().with("Network", Value::String("mine".into())).with("Configuration", Value::Data(MINE.to_vec())),
+            Dict::new().with("Network", Value::String("mine".into())).with("FdType", Value::String("stream".into())),
+        ];
+        for r in requests {
+            let reply = c.request(&caller(1), r);
+            let text = reply.get_str("message").or(reply.get_str("Error")).unwrap_or_default();
+            assert!(text.starts_with("network mine is not defined in /etc/vmnet-rs/networks.yaml; an administrator can add it"), "{reply:?}");
+        }
+        assert!(c.lock_state().networks.is_empty());
+        // A configured network opens; the configuration's definition wins for a Lima client.
+        let lima = Dict::new().with("Network", Value::String("host".into())).with("Configuration", Value::Data(MINE.to_vec()));
+        let reply = c.request(&caller(1), lima);
+        assert!(reply.get_str("ConfigurationDifference").is_some_and(|d| d.contains("subnet")), "{reply:?}");
+        assert_eq!(c.lock_state().networks["host"].config.subnet.as_deref(), Some("192.168.108.1/24"));
+        // Root defines as before.
+        let root = Peer { uid: 0, gid: 0, pid: 1, connection: 9 };
+        let reply = c.request(&root, cmd("acquire").with("network_name", Value::String("mine".into())).with("config", Value::Data(MINE.to_vec())));
+        assert_eq!(reply.get_str("subnet"), Some("10.61.0.1/24"), "{reply:?}");
+    }
+
+    #[test]
+    fn port_quota_spans_connections_and_frees_on_release() {
+        let c = core(ClientNetworks::None, 2);
+        let open = || cmd("open").with("network", Value::String("shared".into())).with("fd_type", Value::String("datagram".into()));
+        let first = c.request(&caller(1), open());
+        assert!(first.get_int("lease").is_some(), "{first:?}");
+        assert!(c.request(&caller(2), open()).get_int("lease").is_some());
+        let refused = c.request(&caller(3), open());
+        assert_eq!(refused.get_int("error"), Some(code::LIMIT), "{refused:?}");
+        assert!(refused.get_str("message").unwrap().contains("(maxPortsPerUser: 2)"));
+        let users = c.status().get_dict("users").unwrap().get_dict("4242").unwrap().try_clone().unwrap();
+        assert_eq!((users.get_int("ports"), users.get_int("max_ports")), (Some(2), Some(2)));
+        let lease = first.get_int("lease").unwrap();
+        assert_eq!(c.request(&caller(1), cmd("release").with("lease", Value::Int(lease))).get_int("released"), Some(1));
+        assert!(c.request(&caller(3), open()).get_int("lease").is_some());
+        c.disconnected(&caller(2));
+        assert!(c.request(&caller(4), open()).get_int("lease").is_some());
+    }
+}

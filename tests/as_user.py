@@ -8,6 +8,8 @@ each with one JSON line on stdout:
   (opened on first use); ``config`` and ``Configuration`` values given as
   objects are sent as JSON data. The reply comes back with every fd replaced
   by ``true``; the fds stay open (a VM holding its port) until K closes.
+- ``{"conn": K, "endpoint": PATH}`` connects a stream socket to a network's
+  endpoint (docs/endpoints.md) and keeps it open as connection K.
 - ``{"conn": K, "close": true}`` closes connection K and the fds it got.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket as socketmod
 import sys
 
 
@@ -40,6 +43,12 @@ def main() -> None:
             if c is not None:
                 c.close()
             print(json.dumps({"closed": k}), flush=True)
+            continue
+        if "endpoint" in cmd:
+            s = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
+            s.connect(cmd["endpoint"])
+            fds.setdefault(k, []).append(s.detach())
+            print(json.dumps({"connected": k}), flush=True)
             continue
         if k not in conns:
             conns[k] = Client(socket, timeout=60)

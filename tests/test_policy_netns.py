@@ -50,6 +50,9 @@ class AsUser:
     def request(self, conn: int, **request) -> dict:
         return self._send({"conn": conn, "request": request})
 
+    def connect_endpoint(self, conn: int, path: Path) -> None:
+        assert self._send({"conn": conn, "endpoint": str(path)}) == {"connected": conn}
+
     def close(self, conn: int) -> None:
         self._send({"conn": conn, "close": True})
 
@@ -222,6 +225,19 @@ def test_port_quota_counts_across_connections_and_frees_on_release(make_broker) 
         nobody.close(3)
         wait_until("the closed connection's port to go", lambda: root.status()["users"][str(NOBODY)]["ports"] == 1)
         assert nobody.request(5, command="open", network="lab", fd_type="tap").get("fd") is True
+        # A VM on the network's endpoint counts too: past the quota it is refused...
+        endpoint = b.socket.parent / "lab.stream.sock"
+        nobody.connect_endpoint(6, endpoint)
+        quota = "already holds 2 ports, the most one user may (maxPortsPerUser: 2)"
+        wait_until("the endpoint's refusal in the log", lambda: any(
+            f"endpoint {endpoint}: pid " in line and f"uid {NOBODY} refused: user nobody (uid {NOBODY}) {quota}" in line
+            for line in b.log_text().splitlines()))
+        assert root.status()["users"][str(NOBODY)]["ports"] == 2
+        # ...and within it holds a port like any other.
+        nobody.close(5)
+        wait_until("the closed connection's port to go", lambda: root.status()["users"][str(NOBODY)]["ports"] == 1)
+        nobody.connect_endpoint(7, endpoint)
+        wait_until("the endpoint port to count", lambda: root.status()["users"][str(NOBODY)]["ports"] == 2)
 
 
 def test_root_defines_networks_as_before(make_broker) -> None:

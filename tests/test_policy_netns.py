@@ -6,7 +6,7 @@ subprocess (tests/as_user.py). Needs root; never touches the host's network."""
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,8 +88,7 @@ def make_broker(netns, tmp_path: Path):
     for b, user, sockdir in started:
         user.stop()
         b.stop()
-        (sockdir / "broker.sock").unlink(missing_ok=True)
-        sockdir.rmdir()
+        shutil.rmtree(sockdir)  # the socket and the broker's log
 
 
 def made(b: BrokerProcess) -> dict:
@@ -250,3 +249,31 @@ def test_root_defines_networks_as_before(make_broker) -> None:
         # The owner's live network is still not the caller's under clientNetworks: none.
         reply = nobody.request(1, command="acquire", network_name="mine")
         assert reply["error"] == NOT_ALLOWED and "defined at run time" in reply["message"], reply
+
+
+def test_native_broker_names_its_config_file_and_applies_the_same_policy(netns, tmp_path: Path) -> None:
+    from test_broker_native import EXE, NativeBroker
+
+    if not EXE.is_file():
+        pytest.skip(f"{EXE} is not built: `pip install -e .` builds it")
+    sockdir = Path(tempfile.mkdtemp(prefix="vmnet-rs-policy-"))
+    sockdir.chmod(0o755)
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root", NOBODY], "allowedGroups": []}, "vmnet": NETWORKS}))
+    b = NativeBroker(sockdir / "broker.sock", ["--config", str(cfg), "--state-dir", str(tmp_path / "state"), "--no-endpoints"],
+                     prefix=netns.argv([]))
+    nobody = None
+    try:
+        b.wait_ready()
+        nobody = AsUser(NOBODY, b.socket)
+        reply = nobody.request(1, Network="mine", Configuration=MINE)
+        assert reply == {"Error": f"network mine is not defined in {cfg}; an administrator can add it (callers may not define networks: clientNetworks is none)"}, reply
+        reply = nobody.request(2, command="open", network="rootonly", fd_type="tap")
+        assert reply["error"] == NOT_ALLOWED and "may not use network rootonly" in reply["message"], reply
+        assert nobody.request(3, command="open", network="lab", fd_type="tap").get("fd") is True
+        assert [link for link in netns.links() if link != "lo"], "lab was not made"
+    finally:
+        if nobody is not None:
+            nobody.stop()
+        b.stop()
+        shutil.rmtree(sockdir)  # the socket and the broker's log

@@ -7,9 +7,9 @@
 //! one crate into one wheel; docs/packaging.md explains this choice.
 //!
 //! The nested `cargo build` uses the same profile and target, its own target
-//! directory (the outer build holds the lock of its own), and an environment
-//! without the outer build's CARGO_*/PyO3 variables, so the executable is
-//! built exactly as `cargo build -p vmnet-rs-broker` would build it.
+//! directory (the outer build holds the lock of its own), the same Cargo.lock,
+//! and an environment without the outer build's CARGO_*/PyO3 variables, so the
+//! executable is built as `cargo build -p vmnet-rs-broker` would build it.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -32,8 +32,13 @@ fn main() {
     let release = env::var("PROFILE").map(|p| p == "release").unwrap_or(false);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
+    // Build from a copy of the crate's manifest that is its own workspace and
+    // names the sources and the core by absolute path: a source distribution
+    // (maturin rewrites the root manifest's [workspace] to the module's crate
+    // alone) has no workspace that lists rust/broker-bin.
+    let manifest = generated_manifest(&root, &out_dir.join("broker-bin"));
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root).args(["build", "-p", "vmnet-rs-broker", "--bin", "vmnet-rs-broker", "--locked"]);
+    cmd.current_dir(&root).args(["build", "--bin", "vmnet-rs-broker", "--manifest-path"]).arg(&manifest);
     cmd.arg("--target-dir").arg(&target_dir);
     if release {
         cmd.arg("--release");
@@ -60,6 +65,38 @@ fn main() {
     let built = if cross { target_dir.join(&target).join(profile_dir) } else { target_dir.join(profile_dir) }.join("vmnet-rs-broker");
     let scripts = root.join("rust/broker-bin/wheel-data/scripts");
     copy(&built, &scripts.join("vmnet-rs-broker"));
+}
+
+/// Writes `dir/Cargo.toml`: rust/broker-bin/Cargo.toml with absolute paths,
+/// an empty `[workspace]` and the root's profiles, and the root's Cargo.lock beside it (the same
+/// dependency versions as the module). Returns the manifest's path.
+fn generated_manifest(root: &Path, dir: &Path) -> PathBuf {
+    let crate_dir = root.join("rust/broker-bin");
+    let text = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap_or_else(|e| panic!("read rust/broker-bin/Cargo.toml: {e}"));
+    let quoted = |p: &Path| format!("{:?}", p.display().to_string());
+    let text = text
+        .replace("path = \"../..\"", &format!("path = {}", quoted(root)))
+        .replace("path = \"src/main.rs\"", &format!("path = {}", quoted(&crate_dir.join("src/main.rs"))));
+    // The root's [profile.*] sections (a workspace's profiles come from its root).
+    let root_text = std::fs::read_to_string(root.join("Cargo.toml")).unwrap_or_else(|e| panic!("read Cargo.toml: {e}"));
+    let mut profiles = String::new();
+    let mut in_profile = false;
+    for line in root_text.lines() {
+        if line.starts_with('[') {
+            in_profile = line.starts_with("[profile.");
+        }
+        if in_profile {
+            profiles.push_str(line);
+            profiles.push('\n');
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let manifest = dir.join("Cargo.toml");
+    std::fs::write(&manifest, format!("{text}\n[workspace]\n\n{profiles}")).unwrap_or_else(|e| panic!("write {}: {e}", manifest.display()));
+    if root.join("Cargo.lock").is_file() {
+        std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap_or_else(|e| panic!("copy Cargo.lock: {e}"));
+    }
+    manifest
 }
 
 fn copy(from: &Path, to: &Path) {

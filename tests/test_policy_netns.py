@@ -78,17 +78,18 @@ def make_broker(netns, tmp_path: Path):
         cfg.write_text(json.dumps({"broker": settings, "vmnet": NETWORKS}))
         args = ["--config", str(cfg), "--idle-timeout", "0", "--monitor-interval", "0.1", "--state-dir", str(tmp_path / "state")]
         b = BrokerProcess(sockdir / "broker.sock", args, prefix=netns.argv([]), log=tmp_path / "broker.log")
+        started.append((b, sockdir))
         b.wait_ready()
         b.netns = netns
-        user = AsUser(NOBODY, b.socket)
-        started.append((b, user, sockdir))
-        return b, cfg, user
+        b.user = AsUser(NOBODY, b.socket)
+        return b, cfg, b.user
 
     yield start
-    for b, user, sockdir in started:
-        user.stop()
+    for b, sockdir in started:
+        if hasattr(b, "user"):
+            b.user.stop()
         b.stop()
-        shutil.rmtree(sockdir)  # the socket and the broker's log
+        shutil.rmtree(sockdir)
 
 
 def made(b: BrokerProcess) -> dict:

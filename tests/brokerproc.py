@@ -1,6 +1,10 @@
 """Brokers run as subprocesses for tests: the real ``vmnet-rs broker``
 command, optionally inside a network namespace, with helpers to wait for its
-socket, count its open fds and stop it (also when a test fails)."""
+socket, count its open fds and stop it (also when a test fails).
+
+A test broker allows root and the user running the tests (the default
+settings allow only root and the ``vmnet-rs`` group), so the fast tests pass
+without root; a test that passes its own ``--config`` decides for itself."""
 
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class BrokerProcess:
     ) -> None:
         self.socket = socket
         self.log = log or socket.with_suffix(".log")
+        if "--config" not in args:
+            args = [*args, "--config", str(config_file(socket.with_suffix(".yaml"), allow_me()))]
         argv: List[str] = [*prefix, sys.executable, "-m", "vmnet_rs", "-vv", "broker", "--socket", str(socket), *args]
         self._log_file = open(self.log, "wb")
         full_env = dict(os.environ)
@@ -103,6 +109,19 @@ class BrokerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def allow_me(**settings: object) -> dict:
+    """Broker settings that allow root and the user running the tests."""
+    return {"allowedUsers": sorted({"root", str(os.getuid())}), "allowedGroups": [], **settings}
+
+
+def broker_config(path: Path, **settings: object):
+    """A :class:`vmnet_rs.config.Config` for an in-process test broker:
+    built-in networks, :func:`allow_me` settings (written to ``path``)."""
+    from vmnet_rs.config import load_config
+
+    return load_config(config_file(path, allow_me(**settings)))
 
 
 def config_file(path: Path, broker: dict, vmnet: Optional[dict] = None) -> Path:

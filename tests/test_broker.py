@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from brokerproc import BrokerProcess, config_file, wait_until
+from brokerproc import BrokerProcess, allow_me, config_file, broker_config, wait_until
 from vmnet_rs import Broker, BrokerUnavailableError, Client
 from vmnet_rs import broker as broker_mod
 from vmnet_rs.broker import RequestError
@@ -214,6 +214,7 @@ def test_client_killed_mid_request_leaks_nothing(hub: BrokerProcess, tmp_path: P
 
 def test_refused_user_gets_not_allowed_and_the_broker_keeps_serving(sock: Path, tmp_path: Path) -> None:
     cfg = config_file(tmp_path / "broker.yaml", {"allowedUsers": ["4242424"], "allowedGroups": []})
+    assert str(os.getuid()) != "4242424"
     with BrokerProcess(sock, ["--backend", "hub", "--config", str(cfg)]) as b:
         b.wait_ready()
         with Client(str(sock)) as c:
@@ -298,6 +299,51 @@ def test_idle_exit(sock: Path) -> None:
             Client(str(sock))
 
 
+def test_started_by_hand_keeps_running_and_says_so(sock: Path, tmp_path: Path) -> None:
+    """No --idle-timeout, not started on demand: idle networks go after the
+    config's idleTimeout, the broker stays; the start line says all that."""
+    cfg = config_file(tmp_path / "broker.yaml", allow_me(idleTimeout=1))
+    with BrokerProcess(sock, ["--backend", "hub", "--config", str(cfg), "--monitor-interval", "0.1"]) as b:
+        b.wait_ready()
+        with Client(str(sock)) as c:
+            c.acquire("shared")
+            assert c.status()["exits_when_idle"] is False
+        with Client(str(sock)) as c:
+            wait_until("the idle network to be torn down", lambda: not c.status()["networks"])
+            assert c.status()["counters"]["networks_released"] == 1
+        # Several idle timeouts later it still serves.
+        assert b.proc.poll() is None
+        time.sleep(2)
+        with Client(str(sock)) as c:
+            assert c.ping()
+        line = next(x for x in b.log_text().splitlines() if x.startswith("vmnet-rs: broker pid "))
+        assert line == (
+            f"vmnet-rs: broker pid {b.pid} listening on {sock}; networks: host (host, 192.168.108.1/24), "
+            "shared (shared, 192.168.107.1/24), created on first use; idle networks are torn down after 1s; "
+            "runs until stopped (Ctrl-C or SIGTERM)"
+        )
+
+
+@pytest.mark.parametrize("sig, code, reason", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"), (signal.SIGTERM, 0, "terminated (SIGTERM)")])
+def test_stopping_under_vms_names_them(sock: Path, sig: int, code: int, reason: str) -> None:
+    """Ctrl-C or SIGTERM with leases held: the log names every VM that loses
+    its network; Ctrl-C exits 130 (interrupted), SIGTERM (a service manager's stop) 0."""
+    with BrokerProcess(sock, ["--backend", "hub", "--monitor-interval", "0.1"]) as b:
+        b.wait_ready()
+        c = Client(str(sock))
+        c.acquire("shared", vm_name="web1")
+        c.acquire("host")
+        lease_ids = sorted(int(k) for k in c.status()["leases"])
+        b.proc.send_signal(sig)
+        assert b.proc.wait(timeout=60) == code
+        c.close()
+        log = b.log_text()
+        me = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+        assert f"VM web1 (pid {os.getpid()} {me}) loses its network shared (lease {lease_ids[0]}): the broker is stopping: {reason}" in log, log
+        assert f"pid {os.getpid()} {me} loses its network host (lease {lease_ids[1]}): the broker is stopping: {reason}" in log, log
+        assert f"vmnet-rs: broker stopped: {reason}" in log
+
+
 def test_shutdown_command(hub: BrokerProcess) -> None:
     with Client(str(hub.socket)) as c:
         c.shutdown()
@@ -332,7 +378,9 @@ def test_socket_activated_restart(sock: Path, tmp_path: Path) -> None:
     script = tmp_path / "activator.py"
     script.write_text(ACTIVATOR)
     log = open(tmp_path / "activator.log", "wb")
-    cmd = [sys.executable, "-m", "vmnet_rs", "-v", "broker", "--backend", "hub", "--no-endpoints", "--idle-timeout", "1", "--monitor-interval", "0.1"]
+    # No --idle-timeout: started on demand, it exits after the config's idleTimeout.
+    cfg = config_file(tmp_path / "broker.yaml", allow_me(idleTimeout=1))
+    cmd = [sys.executable, "-m", "vmnet_rs", "-v", "broker", "--backend", "hub", "--no-endpoints", "--config", str(cfg), "--monitor-interval", "0.1"]
     env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "VMNET_RS_SOCKET")}
     act = subprocess.Popen([sys.executable, str(script), str(sock), str(pids), *cmd], stdout=subprocess.PIPE, stderr=log, env=env)
     try:
@@ -361,8 +409,8 @@ def test_socket_activated_restart(sock: Path, tmp_path: Path) -> None:
                 pass
 
 
-def test_in_process_broker_and_context_managers(sock: Path) -> None:
-    b = Broker(socket=str(sock), backend="hub", idle_timeout=0)
+def test_in_process_broker_and_context_managers(sock: Path, tmp_path: Path) -> None:
+    b = Broker(broker_config(tmp_path / "b.yaml"), socket=str(sock), backend="hub", idle_timeout=0)
     with b:
         assert b.running
         with pytest.raises(Exception, match="already running"):
@@ -379,17 +427,23 @@ def test_in_process_broker_and_context_managers(sock: Path) -> None:
             assert c.ping()
 
 
-def test_serve_forever_returns_on_shutdown(sock: Path) -> None:
+def test_serve_forever_returns_on_shutdown(sock: Path, tmp_path: Path) -> None:
     import threading
 
-    b = Broker(socket=str(sock), backend="hub", idle_timeout=0)
+    b = Broker(broker_config(tmp_path / "b.yaml"), socket=str(sock), backend="hub", idle_timeout=0)
     b.start()
     result = {}
-    t = threading.Thread(target=lambda: result.update(reason=b.serve_forever()))
+    # A daemon thread, and the broker stopped whatever happens: a failure here
+    # cannot leave serve_forever() running and hang the test run.
+    t = threading.Thread(target=lambda: result.update(reason=b.serve_forever()), daemon=True)
     t.start()
-    with Client(str(sock)) as c:
-        c.shutdown()
-    t.join(timeout=60)
+    try:
+        with Client(str(sock), timeout=30) as c:
+            c.shutdown()
+        t.join(timeout=60)
+        assert not t.is_alive(), "serve_forever() did not return after shutdown"
+    finally:
+        b.stop()
     assert "shutdown requested" in result["reason"]
     assert not b.running
 

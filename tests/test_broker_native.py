@@ -151,7 +151,7 @@ def test_native_broker_in_a_namespace_serves_status_and_open(netns, tmp_path: Pa
         b.wait_ready()
         st = status_json(sock)
         assert st["backend"] == "platform" and st["endpoint"] == str(sock)
-        assert f"vmnet-rs: broker pid {st['pid']} serving {sock}" in b.log_text()
+        assert f"vmnet-rs: broker pid {st['pid']} listening on {sock}; networks: " in b.log_text()
         with Client(str(sock), timeout=30) as c:
             a = c.open("lab", "datagram")
             z = c.open("lab", "datagram")

@@ -170,7 +170,7 @@ def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
     os.kill(broker.pid, signal.SIGTERM)
     assert broker.proc.wait(timeout=60) == 0, broker.log_text()
     log = broker.log_text()
-    assert "broker stopped: interrupted" in log, log
+    assert "broker stopped: terminated (SIGTERM)" in log, log
     assert bridge not in broker.netns.links(), log
     assert not tap_links(broker), log
     tables = broker.netns.run(["nft", "list", "tables"]).stdout

@@ -339,12 +339,37 @@ def test_not_a_mapping() -> None:
     )
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "nope.yaml"
+    monkeypatch.setenv("VMNET_RS_CONFIG", str(tmp_path / "other.yaml"))
     with pytest.raises(ConfigError) as info:
         load_config(missing)
+    # Named explicitly: the variable has nothing to do with it.
+    assert str(info.value) == f"{missing}: cannot read the configuration: No such file or directory; give a readable YAML file"
+    monkeypatch.setenv("VMNET_RS_CONFIG", str(missing))
+    with pytest.raises(ConfigError) as info:
+        load_config()
     assert str(info.value) == (f"{missing}: cannot read the configuration: No such file or directory; "
                                "give a readable YAML file (or unset VMNET_RS_CONFIG)")
+
+
+def test_unreadable_place_on_the_search_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry of the search path that cannot be looked at (an unreadable
+    HOME) is one line naming it and what to do, not a traceback."""
+    from vmnet_rs import config as cfgmod
+
+    blocked = tmp_path / "home" / ".config" / "vmnet-rs" / "networks.yaml"
+
+    def is_file(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.delenv("VMNET_RS_CONFIG", raising=False)
+    monkeypatch.setattr(cfgmod, "config_search_path", lambda: [blocked])
+    monkeypatch.setattr(cfgmod.Path, "is_file", is_file)
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert str(info.value) == (f"{blocked}: cannot look for a configuration file there: Permission denied; "
+                               "make that directory readable, or name a file with --config or VMNET_RS_CONFIG")
 
 
 def test_yaml_values_json_cannot_carry() -> None:

@@ -1,4 +1,4 @@
-"""`vmnet-rs install` / `uninstall` / `status`: the plans for both platforms,
+"""`vmnet-rs install` / `uninstall`: the plans for both platforms,
 checked through --dry-run output and the plan objects; nothing is installed."""
 
 from __future__ import annotations
@@ -189,13 +189,3 @@ def test_lima_unregister_spelling_and_mach_service_on_linux(tmp_path: Path) -> N
         assert "Mach services exist only on macOS" in out.stderr
         out = run_cli("broker", "--unregister-mach-service", home=tmp_path)
         assert out.returncode == 2 and "vmnet-rs uninstall" in out.stderr
-
-
-def test_status_without_broker(tmp_path: Path) -> None:
-    (tmp_path / "none.yaml").write_text("{}\n")
-    env_sock = tmp_path / "none.sock"
-    out = run_cli("status", "--json", "--platform", "linux", "--socket", str(env_sock), home=tmp_path)
-    assert out.returncode == 0, out.stderr
-    doc = json.loads(out.stdout)
-    assert doc["broker"]["running"] is False and "no broker answers" in doc["broker"]["error"]
-    assert doc["installed"]["platform"] == "linux"

@@ -176,9 +176,11 @@ class Client:
         vnet_hdr: bool = False,
         config: Optional[Mapping[str, Any]] = None,
         accept_existing: bool = False,
+        vm_name: Optional[str] = None,
     ) -> Opened:
         """Opens an fd of ``fd_type`` (datagram, datagram_next, stream, tap) on ``network``.
 
+        ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log.
         ``config`` (the network's configuration as a dict) must match the
         live network unless ``accept_existing``; otherwise
         :class:`RequestError` with code ``CONFIG_MISMATCH`` names both.
@@ -192,6 +194,7 @@ class Client:
             vnet_hdr=True if vnet_hdr else None,
             config=json.dumps(dict(config)).encode() if config is not None else None,
             accept_existing=True if accept_existing else None,
+            vm_name=vm_name,
         )
         reply = _decode_configs(reply)
         known = {"ok", "fd", "fd_type", "mac", "mtu", "offload", "network", "config", "subnet", "lease"}
@@ -208,15 +211,19 @@ class Client:
             extra={k: v for k, v in reply.items() if k not in known},
         )
 
-    def acquire(self, network: str, config: Optional[Mapping[str, Any]] = None, accept_existing: bool = False) -> Dict[str, Any]:
+    def acquire(
+        self, network: str, config: Optional[Mapping[str, Any]] = None, accept_existing: bool = False, vm_name: Optional[str] = None
+    ) -> Dict[str, Any]:
         """Leases ``network`` and returns its serialization (what a
-        Virtualization.framework VM attaches to; a description on Linux)."""
+        Virtualization.framework VM attaches to; a description on Linux).
+        ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log."""
         reply = self._command(
             "acquire",
             f"acquire network {network}",
             network_name=network,
             config=json.dumps(dict(config)).encode() if config is not None else None,
             accept_existing=True if accept_existing else None,
+            vm_name=vm_name,
         )
         return dict(reply["network"])
 
@@ -280,12 +287,18 @@ class Broker:
     (macOS; else the config's ``machService``); ``code_signing_requirement``
     (macOS) is a requirement every caller must satisfy, and
     ``lima_serialization_rule`` (macOS) applies Lima's rule: before 26.2,
-    serialization requests only from callers with the broker's CDHash; ``idle_timeout`` (seconds, 0 = never)
-    overrides the config's. ``backend="hub"`` uses the in-process test
-    network instead of the platform's. ``endpoints=True`` serves each
-    configured network's socket paths (``docs/endpoints.md``) under
-    ``endpoint_dir`` (else the config's ``endpointDir``, else the platform
-    default); a broker that bound them itself never exits when idle.
+    serialization requests only from callers with the broker's CDHash;
+    ``idle_timeout`` (seconds, 0 = never) overrides the config's.
+    ``backend="hub"`` uses the in-process test network instead of the
+    platform's. ``endpoints=True`` serves each configured network's socket
+    paths (``docs/endpoints.md``) under ``endpoint_dir`` (else the config's
+    ``endpointDir``, else the platform default).
+
+    Idle networks are torn down after the idle timeout. The broker itself
+    exits when idle only if started on demand (systemd socket activation,
+    launchd) or if ``exit_when_idle`` is true (default: true exactly when
+    ``idle_timeout`` is given); otherwise it runs until stopped. A broker
+    that bound endpoint sockets itself never exits when idle.
     """
 
     def __init__(
@@ -301,6 +314,7 @@ class Broker:
         lima_serialization_rule: bool = False,
         endpoints: bool = False,
         endpoint_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+        exit_when_idle: Optional[bool] = None,
     ) -> None:
         config_json = None
         config_socket = None
@@ -326,6 +340,7 @@ class Broker:
             endpoints,
             None if endpoint_dir is None else os.fspath(endpoint_dir),
             config_source,
+            exit_when_idle,
         )
 
     @property
@@ -351,9 +366,10 @@ class Broker:
         self._native.start()
         return self
 
-    def stop(self) -> None:
-        """Stops serving and tears down every network. Idempotent."""
-        self._native.stop()
+    def stop(self, reason: Optional[str] = None) -> None:
+        """Stops serving and tears down every network; ``reason`` goes to the
+        log, with every VM that loses its network. Idempotent."""
+        self._native.stop(reason)
 
     def wait(self, timeout: Optional[float] = None) -> Optional[str]:
         """Waits for the broker to stop by itself; returns why, or ``None`` on timeout."""
@@ -364,15 +380,17 @@ class Broker:
         or Ctrl-C; returns why it stopped. Always stops the broker."""
         if not self.running:
             self.start()
+        stop_reason = None
         try:
             while True:
                 reason = self._native.wait(0.25)
                 if reason is not None:
                     return reason
-        except KeyboardInterrupt:
-            return "interrupted (signal)"
+        except KeyboardInterrupt as e:
+            stop_reason = str(e) or "interrupted (Ctrl-C)"
+            return stop_reason
         finally:
-            self.stop()
+            self.stop(stop_reason)
 
     def __enter__(self) -> "Broker":
         return self.start()

@@ -1,4 +1,12 @@
-"""``vmnet-rs broker``: run the broker in the foreground until it is idle.
+"""``vmnet-rs broker``: run the broker in the foreground.
+
+Started by hand it runs until stopped (Ctrl-C, SIGTERM, ``shutdown``);
+idle networks are still torn down after the idle timeout. It exits by
+itself when idle only when systemd or launchd started it on demand, or when
+``--idle-timeout`` is given. It prints one start line (where it listens,
+which networks, whether and when it exits) and, when stopped, every VM
+that loses its network. Exit codes: 0 after idle exit, ``shutdown`` or
+SIGTERM (a service manager's stop), 130 after Ctrl-C (SIGINT).
 
 Lima's spellings work: ``--mach-service NAME`` (macOS: serve that Mach
 service, as launchd starts it) and ``--unregister-mach-service`` (boot the
@@ -27,6 +35,11 @@ log = logging.getLogger("vmnet_rs")
 DNS_RESOLV_FILE_ENV = "VMNET_RS_DNS_RESOLV_FILE"
 HOST_RESOLV_FILE = "/etc/resolv.conf"
 
+#: Why the broker stopped, as serve_forever() reports a signal.
+INTERRUPTED = "interrupted (Ctrl-C)"
+TERMINATED = "terminated (SIGTERM)"
+EXIT_INTERRUPTED = 130
+
 
 def default_dns_upstream() -> None:
     """Points the DNS proxy at the host's resolvers unless the environment chose."""
@@ -52,7 +65,13 @@ def _native_log_level() -> str:
 @click.command("broker")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Networks and broker settings (YAML).")
 @click.option("--socket", "socket", default=None, help="Linux: the socket to serve (default: $VMNET_RS_SOCKET or /run/vmnet-rs/broker.sock).")
-@click.option("--idle-timeout", type=click.IntRange(min=0), default=None, help="Seconds with nothing in use before networks go and the broker exits (0: never).")
+@click.option(
+    "--idle-timeout",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="S",
+    help="Seconds before an unused network is torn down, and, given here, before an idle broker exits (0: never). Without it a broker started by hand runs until stopped.",
+)
 @click.option("--mach-service", "--mach-service-name", "mach_service", default=None, help="macOS: the Mach service to serve (as launchd starts it).")
 @click.option("--unregister-mach-service", is_flag=True, help="macOS: remove the LaunchAgent (as `vmnet-rs uninstall`) and exit.")
 @click.option("--code-signing-requirement", default=None, help="macOS: a code-signing requirement every caller must satisfy.")
@@ -62,7 +81,12 @@ def _native_log_level() -> str:
                    "the broker socket's directory on Linux, ~/Library/Application Support/vmnet-rs/endpoints on macOS).")
 @click.option("--no-endpoints", is_flag=True, help="Serve no per-network socket paths (docs/endpoints.md).")
 @click.option("--backend", type=click.Choice(["platform", "hub"]), default="platform", hidden=True, help="hub: in-process test network.")
-@click.option("--state-dir", default=None, hidden=True, help="Linux backend records (default /run/vmnet-rs/state).")
+@click.option(
+    "--state-dir",
+    default=None,
+    metavar="DIR",
+    help="Linux: where the networks' records live (dnsmasq leases, cleanup); one per broker (default: $VMNET_RS_STATE_DIR or /run/vmnet-rs/state).",
+)
 @click.option("--monitor-interval", type=float, default=1.0, hidden=True, help="Seconds between lease checks.")
 def broker_command(
     config_file: Optional[str],
@@ -78,7 +102,11 @@ def broker_command(
     state_dir: Optional[str],
     monitor_interval: float,
 ) -> None:
-    """Run the broker in the foreground; it exits when idle (launchd or systemd start it again)."""
+    """Run the broker in the foreground until stopped (Ctrl-C).
+
+    It exits by itself when idle only if started on demand by systemd or
+    launchd (see `vmnet-rs install`) or if --idle-timeout is given.
+    """
     if unregister_mach_service:
         from .install import run_plan, uninstall_plan
 
@@ -99,6 +127,10 @@ def broker_command(
         raise ConfigError("--endpoint-dir and --no-endpoints contradict each other: give one")
     if backend == "platform":
         refuse_without_preconditions()
+    if state_dir is None:
+        from .leases import default_state_dir
+
+        state_dir = default_state_dir() or None
     broker = Broker(
         config,
         socket=socket,
@@ -115,7 +147,7 @@ def broker_command(
     # systemd and launchd stop the broker with SIGTERM: tear the networks
     # down as for Ctrl-C instead of dying with them in place.
     def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(TERMINATED)
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
@@ -127,3 +159,5 @@ def broker_command(
     finally:
         signal.signal(signal.SIGTERM, previous)
     click.echo(f"vmnet-rs: broker stopped: {reason}", err=True)
+    if reason == INTERRUPTED:
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)

@@ -334,15 +334,24 @@ def config_search_path() -> List[Path]:
 
 def find_config_file(path: Optional[PathLike] = None) -> Optional[Path]:
     """The file to load: ``path``, else ``$VMNET_RS_CONFIG``, else the first
-    existing file of :func:`config_search_path`, else ``None`` (built-ins only)."""
+    existing file of :func:`config_search_path`, else ``None`` (built-ins only).
+
+    Raises :class:`ConfigError` (one line) when a place on the search path
+    cannot be looked at (an unreadable home directory)."""
     if path is not None:
         return Path(path)
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
     for candidate in config_search_path():
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as e:
+            raise ConfigError(
+                f"{candidate}: cannot look for a configuration file there: {e.strerror or e}; "
+                f"make that directory readable, or name a file with --config or {ENV_VAR}"
+            ) from None
     return None
 
 
@@ -359,8 +368,9 @@ def load_config(path: Optional[PathLike] = None) -> Config:
         text = found.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError(f"{source}: cannot read the configuration: {reason}; "
-                          f"give a readable YAML file (or unset {ENV_VAR})") from None
+        # Mention the variable only when it named the file.
+        unset = f" (or unset {ENV_VAR})" if path is None and os.environ.get(ENV_VAR) else ""
+        raise ConfigError(f"{source}: cannot read the configuration: {reason}; give a readable YAML file{unset}") from None
     return load_config_text(text, source)
 
 

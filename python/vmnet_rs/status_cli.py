@@ -1,13 +1,77 @@
-"""``vmnet-rs status``: what is installed and what the running broker is doing."""
+"""``vmnet-rs status``: a health check of the broker, and what it is doing.
+
+Exits 0 when the broker answers and serves the caller; 1 when it cannot be
+reached or refuses the caller (the reason printed as one ``vmnet-rs:`` line,
+also with ``--json``). For each lease it shows the VM's name, MAC, IP address
+(from the network's DHCP lease, Linux) and the pid holding it, so a person
+can tell which VM is which.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import click
 
 from .install import _platform_option, current_platform, installed_summary
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def lease_vm_name(lease: Dict[str, Any]) -> str:
+    """The VM's name as the client gave it, else its DHCP hostname, else
+    ``-`` (the process name is shown beside the pid)."""
+    return str(lease.get("vm_name") or lease.get("hostname") or "-")
+
+
+def format_status(out: Dict[str, Any]) -> List[str]:
+    """The human-readable status: installed state, broker, networks, leases."""
+    inst = out["installed"]
+    lines = [f"installed: {'yes' if inst['installed'] else 'no'} ({inst['platform']})"]
+    b = out["broker"]
+    if "error" in b:
+        return lines  # the reason goes to stderr as the one error line
+    idle = int(b["idle_timeout_s"])
+    teardown = f"idle networks torn down after {idle}s" if idle else "networks kept until it stops (idle timeout never)"
+    if b.get("exits_when_idle"):
+        exits = f"exits after {idle}s idle"
+    else:
+        exits = "runs until stopped"
+    lines.append(f"broker: pid {b['pid']} version {b['version']} on {b['endpoint']}, up {b['uptime_s']}s; {teardown}; {exits}")
+    if b.get("config_error"):
+        # The file did not resolve at the broker's start: it serves the last good configuration.
+        lines += [f"  config error: {line}" for line in str(b["config_error"]).splitlines()]
+    for name, n in sorted(b.get("networks", {}).items()):
+        idle_s = f", idle {n['idle_s']}s" if "idle_s" in n else ""
+        lines.append(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle_s}")
+    for lid, lease in sorted(b.get("leases", {}).items(), key=lambda kv: int(kv[0])):
+        process = f" ({lease['process']})" if lease.get("process") else ""
+        line = (
+            f"  lease {lid}: {lease['network']} {lease['fd_type']}, VM {lease_vm_name(lease)}, MAC {lease.get('mac') or lease.get('vm_mac') or '-'}, "
+            f"IP {lease.get('address') or '-'}, pid {lease['pid']}{process}"
+        )
+        ad = b.get("adaptors", {}).get(lid)
+        if ad:
+            h, v = ad["host_to_vm"], ad["vm_to_host"]
+            line += f"; host->vm {h['packets']} pkts/{h['drops']} drops, vm->host {v['packets']} pkts/{v['drops']} drops"
+        lines.append(line)
+    if not b.get("leases"):
+        lines.append("  no leases")
+    for name, ep in sorted(b.get("endpoints", {}).items()):
+        paths = ", ".join(f"{k} {ep[k]}" for k in ("stream", "datagram") if k in ep)
+        lines.append(f"  endpoints {name}: {paths}, {len(ep.get('ports', {}))} port(s)")
+        for lid, p in sorted(ep.get("ports", {}).items(), key=lambda kv: int(kv[0])):
+            lines.append(f"    lease {lid}: {p['via']} pid {p['pid']} uid {p['uid']} {p.get('mac', 'no frame yet')}")
+    if "max_ports_per_user" in b:
+        lines.append(f"  access: clientNetworks {b['client_networks']}, maxPortsPerUser {b['max_ports_per_user']}")
+    for uid, u in sorted(b.get("users", {}).items(), key=lambda kv: int(kv[0])):
+        limit = f" of {u['max_ports']}" if "max_ports" in u else " (root: no limit)"
+        lines.append(f"  uid {uid}: {u['ports']} port(s){limit}, {u['leases']} lease(s)")
+    c = b.get("counters", {})
+    lines.append("  counters: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    return lines
 
 
 @click.command("status")
@@ -15,7 +79,11 @@ from .install import _platform_option, current_platform, installed_summary
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_platform_option
 def status_command(socket: Optional[str], as_json: bool, platform: Optional[str]) -> None:
-    """Show what is installed and what the broker is doing."""
+    """Check the broker and show what it is doing: networks, and per lease
+    the VM's name, MAC, IP and pid.
+
+    Exits 1 when the broker cannot be reached or refuses the caller.
+    """
     from .broker import Client
     from .errors import BrokerError
 
@@ -27,38 +95,9 @@ def status_command(socket: Optional[str], as_json: bool, platform: Optional[str]
         out["broker"] = {"running": False, "error": str(e)}
     if as_json:
         click.echo(json.dumps(out, indent=2, sort_keys=True, default=str))
-        return
-    inst = out["installed"]
-    click.echo(f"installed: {'yes' if inst['installed'] else 'no'} ({inst['platform']})")
-    b = out["broker"]
-    if "error" in b:
-        click.echo(f"broker: not reachable: {b['error']}")
-        return
-    click.echo(f"broker: pid {b['pid']} version {b['version']} on {b['endpoint']}, up {b['uptime_s']}s, idle timeout {b['idle_timeout_s']}s")
-    if b.get("config_error"):
-        # The file did not resolve at the broker's start: it serves the last good configuration.
-        for line in str(b["config_error"]).splitlines():
-            click.echo(f"  config error: {line}")
-    for name, n in sorted(b.get("networks", {}).items()):
-        idle = f", idle {n['idle_s']}s" if "idle_s" in n else ""
-        click.echo(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle}")
-    for lid, lease in sorted(b.get("leases", {}).items(), key=lambda kv: int(kv[0])):
-        ad = b.get("adaptors", {}).get(lid)
-        extra = ""
-        if ad:
-            h, v = ad["host_to_vm"], ad["vm_to_host"]
-            extra = f", host->vm {h['packets']} pkts/{h['drops']} drops, vm->host {v['packets']} pkts/{v['drops']} drops"
-        click.echo(f"  lease {lid}: {lease['network']} {lease['fd_type']} pid {lease['pid']}{extra}")
-    for name, ep in sorted(b.get("endpoints", {}).items()):
-        paths = ", ".join(f"{k} {ep[k]}" for k in ("stream", "datagram") if k in ep)
-        click.echo(f"  endpoints {name}: {paths}, {len(ep.get('ports', {}))} port(s)")
-        for lid, p in sorted(ep.get("ports", {}).items(), key=lambda kv: int(kv[0])):
-            mac = p.get("mac", "no frame yet")
-            click.echo(f"    lease {lid}: {p['via']} pid {p['pid']} uid {p['uid']} {mac}")
-    if "max_ports_per_user" in b:
-        click.echo(f"  access: clientNetworks {b['client_networks']}, maxPortsPerUser {b['max_ports_per_user']}")
-    for uid, u in sorted(b.get("users", {}).items(), key=lambda kv: int(kv[0])):
-        limit = f" of {u['max_ports']}" if "max_ports" in u else " (root: no limit)"
-        click.echo(f"  uid {uid}: {u['ports']} port(s){limit}, {u['leases']} lease(s)")
-    c = b.get("counters", {})
-    click.echo("  counters: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
+    else:
+        for line in format_status(out):
+            click.echo(line)
+    if "error" in out["broker"]:
+        click.echo(f"vmnet-rs: {out['broker']['error']}", err=True)
+        raise click.exceptions.Exit(EXIT_FAILED)

@@ -7,8 +7,11 @@
 //! ([`state::State`]), which serialises everything that touches networks.
 //! One monitor thread (`vmnet-rs-monitor`) wakes every `monitor_interval`
 //! to release leases whose VM side closed, networks that disappeared, and
-//! networks idle past the timeout; when nothing is left for the idle timeout
-//! it stops the broker. Relays run on their own threads inside adaptors.
+//! networks idle past the timeout. When nothing is left for the idle timeout
+//! it stops the broker, but only a broker that exits when idle
+//! ([`Core::exits_when_idle`]: started on demand, or told to by
+//! [`BrokerOptions::exit_when_idle`]). Relays run on their own threads
+//! inside adaptors.
 //!
 //! [`auth`] decides who may talk to the broker; [`policy`] who may use and
 //! define which network and how many ports a user may hold (every request
@@ -29,6 +32,7 @@ pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,6 +85,13 @@ pub struct BrokerOptions {
     /// Why the configuration file could not be used now (the broker then
     /// serves the last good one); reported as `config_error` by `status`.
     pub config_error: Option<String>,
+    /// Exit by itself after the idle timeout with nothing in use, even when
+    /// started by hand. Set when the idle timeout was given on the command
+    /// line (`--idle-timeout`). A broker started on demand (systemd socket
+    /// activation, launchd) exits when idle regardless; one started by hand
+    /// without it runs until stopped. Idle networks are torn down after the
+    /// idle timeout either way.
+    pub exit_when_idle: bool,
 }
 
 impl BrokerOptions {
@@ -98,6 +109,7 @@ impl BrokerOptions {
             lima_serialization_rule: false,
             endpoint_dir: None,
             config_error: None,
+            exit_when_idle: false,
         }
     }
 }
@@ -168,6 +180,8 @@ pub struct Core {
     /// An endpoint socket was bound here (not handed over by a service
     /// manager): the broker then never exits when idle.
     endpoints_bound_here: std::sync::atomic::AtomicBool,
+    /// Started by systemd socket activation or launchd (set by [`Core::prepare`]).
+    on_demand: AtomicBool,
 }
 
 impl Core {
@@ -182,6 +196,7 @@ impl Core {
             endpoints: Mutex::new(None),
             endpoint_paths: Mutex::new(BTreeMap::new()),
             endpoints_bound_here: std::sync::atomic::AtomicBool::new(false),
+            on_demand: AtomicBool::new(false),
         })
     }
 
@@ -204,6 +219,56 @@ impl Core {
         }
     }
 
+    /// The idle time after which the broker exits by itself, or None when it
+    /// runs until stopped: only a broker started on demand or given
+    /// [`BrokerOptions::exit_when_idle`] exits, never with idle timeout 0,
+    /// and never one that bound endpoint sockets itself (its paths would
+    /// stop answering).
+    pub fn exits_when_idle(&self) -> Option<Duration> {
+        if self.endpoints_bound_here.load(Ordering::SeqCst) {
+            return None;
+        }
+        if self.options.exit_when_idle || self.on_demand.load(Ordering::Relaxed) {
+            self.idle_timeout()
+        } else {
+            None
+        }
+    }
+
+    /// Whether systemd or launchd started this broker on demand.
+    pub fn started_on_demand(&self) -> bool {
+        self.on_demand.load(Ordering::Relaxed)
+    }
+
+    /// The line a broker prints to stderr when it starts (`vmnet-rs: broker
+    /// pid ...`): its pid, where it listens,
+    /// the networks it serves, when idle networks go, and whether and when
+    /// it exits by itself. The `vmnet-rs broker` command and the native
+    /// executable both print it.
+    pub fn start_line(&self) -> String {
+        let endpoint = self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let how = if self.started_on_demand() { " (started on demand)" } else { "" };
+        let networks: Vec<String> = self
+            .options
+            .networks
+            .iter()
+            .map(|(name, c)| {
+                let mode = if c.mode == crate::config::Mode::Shared { "shared" } else { "host" };
+                format!("{name} ({mode}, {})", c.subnet.as_deref().unwrap_or("subnet chosen at creation"))
+            })
+            .collect();
+        let networks = if networks.is_empty() { "none configured".to_owned() } else { networks.join(", ") };
+        let idle = match self.idle_timeout() {
+            Some(t) => format!("idle networks are torn down after {}s", t.as_secs()),
+            None => "networks stay until the broker stops (idle timeout 0)".to_owned(),
+        };
+        let exit = match self.exits_when_idle() {
+            Some(t) => format!("exits by itself after {}s with no network, lease or connection", t.as_secs()),
+            None => "runs until stopped (Ctrl-C or SIGTERM)".to_owned(),
+        };
+        format!("vmnet-rs: broker pid {} listening on {endpoint}{how}; networks: {networks}, created on first use; {idle}; {exit}", std::process::id())
+    }
+
     /// Asks the broker to stop (first reason wins).
     pub fn request_exit(&self, reason: &str) {
         let mut l = self.lock_lifecycle();
@@ -218,9 +283,11 @@ impl Core {
         self.lock_lifecycle().exit.clone()
     }
 
-    /// Records where the broker serves and removes what a crashed run left.
-    fn prepare(&self, endpoint: &str) {
+    /// Records where the broker serves and how it was started, and removes
+    /// what a crashed run left.
+    fn prepare(&self, endpoint: &str, on_demand: bool) {
         *self.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = endpoint.to_owned();
+        self.on_demand.store(on_demand, Ordering::Relaxed);
         if self.options.backend == Backend::Platform {
             match crate::vmnet::cleanup_stale(&self.options.backend_options) {
                 Ok(lines) => lines.iter().for_each(|l| log::info!("cleaned up after an earlier run: {l}")),
@@ -278,14 +345,9 @@ impl Core {
 
     /// One monitor pass; returns true when the broker should exit idle.
     fn monitor_pass(&self, connections: usize) -> bool {
-        let idle = self.idle_timeout();
         let mut st = self.lock_state();
-        st.tick(idle);
-        if self.endpoints_bound_here.load(std::sync::atomic::Ordering::SeqCst) {
-            // Its paths would stop answering: idle networks still go (tick).
-            return false;
-        }
-        match idle {
+        st.tick(self.idle_timeout());
+        match self.exits_when_idle() {
             Some(t) => st.networks.is_empty() && st.leases.is_empty() && connections == 0 && st.last_activity.elapsed() >= t,
             None => false,
         }
@@ -307,9 +369,11 @@ impl Core {
                 self.request_exit(&format!("idle: no network, lease or connection for {secs}s"));
             }
         }
+        let why = self.exit_reason().unwrap_or_default();
+        self.lock_state().announce_stop(&why);
         stop_transport();
         self.stop_endpoints();
-        self.lock_state().clear();
+        self.lock_state().clear(&why);
         self.lock_lifecycle().finished = true;
         self.changed.notify_all();
     }
@@ -335,9 +399,10 @@ impl Core {
     }
 }
 
-/// The line every broker prints to stderr once it serves `endpoint`.
+/// What a broker that has not started yet would serve (the start line proper,
+/// [`Core::start_line`], needs the running broker).
 pub fn start_line(endpoint: &str) -> String {
-    format!("vmnet-rs: broker pid {} serving {endpoint}", std::process::id())
+    format!("vmnet-rs: broker pid {} (not started) for {endpoint}", std::process::id())
 }
 
 /// A running broker: a transport, the [`Core`] and its monitor thread.
@@ -353,14 +418,14 @@ impl Broker {
     pub fn start_unix(options: BrokerOptions, socket: crate::xpc::unix::Socket) -> Result<Broker, Error> {
         let core = Core::new(options);
         let endpoint = socket.path().display().to_string();
-        core.prepare(&endpoint);
         let activated = socket.activated();
+        core.prepare(&endpoint, activated);
         let listener = Arc::new(crate::xpc::unix::Listener::start(socket, core.clone())?);
         if let Err(e) = core.start_endpoints() {
             listener.stop();
             return Err(e);
         }
-        log::info!("broker listening on {endpoint}{}", if activated { " (socket activation)" } else { "" });
+        log::debug!("broker listening on {endpoint}{}", if activated { " (socket activation)" } else { "" });
         let l2 = Arc::clone(&listener);
         Broker::with_monitor(core, endpoint, Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))
     }
@@ -375,13 +440,14 @@ impl Broker {
             ..Default::default()
         };
         let core = Core::new(options);
-        core.prepare(service);
+        // launchd starts the job on the first lookup of its Mach service.
+        core.prepare(service, true);
         let listener = Arc::new(crate::xpc::apple::serve(service, core.clone(), serve)?);
         if let Err(e) = core.start_endpoints() {
             listener.stop();
             return Err(e);
         }
-        log::info!("broker serving the Mach service {service}");
+        log::debug!("broker serving the Mach service {service}");
         let l2 = Arc::clone(&listener);
         Broker::with_monitor(core, service.to_owned(), Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))
     }
@@ -411,21 +477,26 @@ impl Broker {
         &self.endpoint
     }
 
-    /// The line every broker prints to stderr once it serves (the Python
-    /// command and the native executable alike).
-    pub fn start_line(&self) -> String {
-        start_line(&self.endpoint)
-    }
-
     /// See [`Core::wait`].
     pub fn wait(&self, timeout: Option<Duration>) -> Option<String> {
         self.core.wait(timeout)
     }
 
+    /// See [`Core::start_line`].
+    pub fn start_line(&self) -> String {
+        self.core.start_line()
+    }
+
     /// Stops serving, releases every lease and network, joins the threads.
     /// Idempotent.
     pub fn stop(&self) {
-        self.core.request_exit("stopped by its owner");
+        self.stop_because("stopped by its owner");
+    }
+
+    /// [`Broker::stop`] with the reason logged (and given to every VM that
+    /// loses its network), e.g. "interrupted (SIGTERM)". The first reason wins.
+    pub fn stop_because(&self, reason: &str) {
+        self.core.request_exit(reason);
         if let Some(t) = self.monitor.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
@@ -448,6 +519,7 @@ mod tests {
         let mut o = BrokerOptions::new();
         o.backend = Backend::Hub;
         o.settings.idle_timeout = idle_timeout;
+        o.exit_when_idle = true;
         // SAFETY: getuid cannot fail.
         o.settings.allowed_users = vec![unsafe { libc::getuid() }.to_string()];
         o.monitor_interval = Duration::from_millis(50);
@@ -595,6 +667,42 @@ mod tests {
         assert!(reason.starts_with("idle"), "{reason}");
         assert!(b.core().lock_state().networks.is_empty());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn started_by_hand_tears_idle_networks_down_but_keeps_running() {
+        let mut o = options(1);
+        o.exit_when_idle = false;
+        let (b, path) = start("by-hand", o);
+        assert_eq!(b.core().exits_when_idle(), None);
+        let line = b.start_line();
+        assert!(line.contains(&format!("listening on {}", path.display())), "{line}");
+        assert!(line.contains("networks: host (host, 192.168.108.1/24), shared (shared, 192.168.107.1/24)"), "{line}");
+        assert!(line.ends_with("idle networks are torn down after 1s; runs until stopped (Ctrl-C or SIGTERM)"), "{line}");
+        let mut c = Client::connect(&path).unwrap();
+        c.request(&cmd("acquire").with("network_name", Value::String("shared".into()))).unwrap();
+        drop(c);
+        let mut probe = Client::connect(&path).unwrap();
+        wait_for("the idle network to be torn down", || probe.request(&cmd("status")).unwrap().get_dict("networks").unwrap().is_empty());
+        drop(probe);
+        // Well past the idle timeout with nothing in use, it still serves.
+        assert_eq!(b.wait(Some(Duration::from_secs(3))), None);
+        assert!(Client::connect(&path).unwrap().request(&cmd("ping")).unwrap().get_bool("pong").unwrap());
+        let counters = Client::connect(&path).unwrap().request(&cmd("status")).unwrap();
+        assert_eq!(counters.get_dict("counters").unwrap().get_int("networks_released"), Some(1));
+        b.stop();
+    }
+
+    #[test]
+    fn start_line_says_when_it_exits_by_itself() {
+        let (b, _path) = start("start-line", options(120));
+        assert_eq!(b.core().exits_when_idle(), Some(Duration::from_secs(120)));
+        assert!(b.start_line().ends_with("idle networks are torn down after 120s; exits by itself after 120s with no network, lease or connection"));
+        b.stop();
+        let (b, _path) = start("start-line-0", options(0));
+        assert_eq!(b.core().exits_when_idle(), None);
+        assert!(b.start_line().ends_with("networks stay until the broker stops (idle timeout 0); runs until stopped (Ctrl-C or SIGTERM)"));
+        b.stop();
     }
 
     #[test]

@@ -108,6 +108,8 @@ fn options(args: &Args) -> Result<BrokerOptions, (u8, String)> {
     o.config_error = resolved.error;
     if let Some(t) = args.idle_timeout {
         o.settings.idle_timeout = t;
+        // Given on the command line: exit when idle even if started by hand.
+        o.exit_when_idle = true;
     }
     if let Some(m) = args.monitor_interval {
         o.monitor_interval = Duration::from_secs_f64(m);

@@ -928,7 +928,7 @@ impl Core {
                 (a, Some(fd))
             }
         };
-        let id = st.grant(network, peer, false, Some(Port::Adaptor(adaptor)), None);
+        let id = st.grant(network, peer, false, Some(Port::Adaptor(adaptor)), None, None);
         if let Some(l) = st.leases.get_mut(&id) {
             l.via = Some(via);
         }

@@ -160,10 +160,10 @@ impl Core {
                 let mac = format_mac(&opened.mac);
                 reply.insert("FileDescriptor", Value::Fd(opened.fd));
                 reply.insert("MACAddress", Value::String(mac.clone()));
-                st.grant(name, peer, false, Some(opened.port), Some(mac));
+                st.grant(name, peer, false, Some(opened.port), Some(mac), None);
             }
             None => {
-                st.grant(name, peer, true, None, None);
+                st.grant(name, peer, true, None, None, None);
             }
         }
         Ok(reply)
@@ -228,7 +228,7 @@ impl Core {
             .with("network", Value::Dict(self.serialization(entry)?))
             .with("config", Value::Data(netconfig::to_json(&entry.config)))
             .with("subnet", Value::String(entry.network.state().subnet));
-        let lease = st.grant(name, peer, true, None, None);
+        let lease = st.grant(name, peer, true, None, None, vm_name(args)?);
         reply.insert("lease", Value::Int(lease as i64));
         Ok(reply)
     }
@@ -263,7 +263,7 @@ impl Core {
             .with("config", Value::Data(netconfig::to_json(&entry.config)))
             .with("subnet", Value::String(entry.network.state().subnet))
             .with("fd", Value::Fd(opened.fd));
-        let lease = st.grant(name, peer, true, Some(opened.port), Some(mac));
+        let lease = st.grant(name, peer, true, Some(opened.port), Some(mac), vm_name(args)?);
         reply.insert("lease", Value::Int(lease as i64));
         Ok(reply)
     }
@@ -535,6 +535,21 @@ impl Core {
                 .with("fd_type", Value::String(l.port.as_ref().map(|p| p.fd_type()).unwrap_or("none").into()));
             if let Some(m) = &l.mac {
                 d.insert("mac", Value::String(m.clone()));
+                // The VM's address from the network's DHCP lease for its MAC.
+                if let Some(dhcp) = networks.get_dict(&l.network).and_then(|n| n.get_dict("dhcp_leases")).and_then(|by_mac| by_mac.get_dict(m)) {
+                    if let Some(a) = dhcp.get_str("address") {
+                        d.insert("address", Value::String(a.into()));
+                    }
+                    if let Some(h) = dhcp.get_str("hostname") {
+                        d.insert("hostname", Value::String(h.into()));
+                    }
+                }
+            }
+            if let Some(n) = &l.vm_name {
+                d.insert("vm_name", Value::String(n.clone()));
+            }
+            if let Some(p) = &l.process {
+                d.insert("process", Value::String(p.clone()));
             }
             if let Some(via) = l.via {
                 d.insert("via", Value::String(via.as_str().into()));
@@ -636,6 +651,8 @@ impl Core {
             .with("uptime_s", Value::Int(self.started.elapsed().as_secs() as i64))
             .with("endpoint", Value::String(self.endpoint.lock().unwrap_or_else(|e| e.into_inner()).clone()))
             .with("idle_timeout_s", Value::Int(self.options.settings.idle_timeout as i64))
+            .with("exits_when_idle", Value::Bool(self.exits_when_idle().is_some()))
+            .with("started_on_demand", Value::Bool(self.started_on_demand()))
             .with("connections", Value::Int(st.connections.len() as i64))
             .with("backend", Value::String(if self.options.backend == Backend::Hub { "hub" } else { "platform" }.into()))
             .with("known", Value::Dict(networks_list))
@@ -673,6 +690,17 @@ fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String>
 fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String> {
     let _ = config;
     Err("the broker does not read the host's routes on this platform; use clientNetworks: any or none".into())
+}
+
+/// The optional `vm_name` of `open` and `acquire`: the VM's name, shown in
+/// status and in the log lines about its lease.
+fn vm_name(args: &Args<'_>) -> Result<Option<String>, Failure> {
+    match args.str("vm_name")? {
+        Some(n) if n.is_empty() || n.len() > 64 || n.chars().any(char::is_control) => {
+            Err(Failure::invalid(format!("vm_name {n:?} must be 1 to 64 printable characters")))
+        }
+        other => Ok(other.map(str::to_owned)),
+    }
 }
 
 /// The MAC in a Lima `InterfaceDesc` (vmnet's `vmnet_mac_address_key`,

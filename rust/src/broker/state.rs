@@ -89,9 +89,43 @@ pub struct Lease {
     pub bound_to_connection: bool,
     pub port: Option<Port>,
     pub mac: Option<String>,
+    /// The VM's name as the client gave it (`vm_name` in the request).
+    pub vm_name: Option<String>,
+    /// The client process's name when the lease was granted (Linux:
+    /// `/proc/PID/comm`), so status can tell VMs apart without a name.
+    pub process: Option<String>,
     pub created: Instant,
     /// The endpoint the VM came through (docs/endpoints.md), if it did.
     pub via: Option<crate::config::EndpointKind>,
+}
+
+impl Lease {
+    /// Who holds the lease, for logs: `VM vm1 (pid 42 qemu-system-x86, MAC
+    /// 52:54:00:12:34:56)`, or `pid 42 (...)` without a VM name.
+    pub fn holder(&self) -> String {
+        let mut parts = vec![match &self.process {
+            Some(p) => format!("pid {} {p}", self.pid),
+            None => format!("pid {}", self.pid),
+        }];
+        if let Some(m) = &self.mac {
+            parts.push(format!("MAC {m}"));
+        }
+        match &self.vm_name {
+            Some(n) => format!("VM {n} ({})", parts.join(", ")),
+            None => parts.join(", "),
+        }
+    }
+}
+
+/// The name of process `pid` (Linux: `/proc/PID/comm`); None where the
+/// platform or the process does not tell.
+pub fn process_name(pid: i32) -> Option<String> {
+    if !cfg!(target_os = "linux") || pid <= 0 {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let comm = comm.trim_end_matches('\n');
+    (!comm.is_empty()).then(|| comm.to_owned())
 }
 
 pub struct NetEntry {
@@ -157,25 +191,40 @@ impl State {
         self.leases.values().filter(|l| l.uid == uid && l.port.is_some()).count()
     }
 
-    /// Adds a lease and returns its id.
-    pub fn grant(&mut self, network: &str, peer: &crate::xpc::Peer, bound_to_connection: bool, port: Option<Port>, mac: Option<String>) -> u64 {
+    /// Adds a lease, logs it, and returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grant(
+        &mut self,
+        network: &str,
+        peer: &crate::xpc::Peer,
+        bound_to_connection: bool,
+        port: Option<Port>,
+        mac: Option<String>,
+        vm_name: Option<String>,
+    ) -> u64 {
         let id = self.next_lease;
         self.next_lease += 1;
-        self.leases.insert(
+        let lease = Lease {
             id,
-            Lease {
-                id,
-                network: network.to_owned(),
-                connection: peer.connection,
-                pid: peer.pid,
-                uid: peer.uid,
-                bound_to_connection,
-                port,
-                mac,
-                created: Instant::now(),
-                via: None,
-            },
+            network: network.to_owned(),
+            connection: peer.connection,
+            pid: peer.pid,
+            uid: peer.uid,
+            bound_to_connection,
+            port,
+            mac,
+            vm_name,
+            process: process_name(peer.pid),
+            created: Instant::now(),
+            via: None,
+        };
+        log::info!(
+            "lease {id} on {network} ({}) granted to {} uid {}",
+            lease.port.as_ref().map(|p| p.fd_type()).unwrap_or("network"),
+            lease.holder(),
+            peer.uid
         );
+        self.leases.insert(id, lease);
         self.counters.leases_granted += 1;
         self.refresh_idle();
         id
@@ -187,10 +236,11 @@ impl State {
         for id in &ids {
             if let Some(lease) = self.leases.remove(id) {
                 log::info!(
-                    "lease {} on {} ({}) released",
+                    "lease {} on {} ({}) of {} released",
                     lease.id,
                     lease.network,
-                    lease.port.as_ref().map(|p| p.fd_type()).unwrap_or("network")
+                    lease.port.as_ref().map(|p| p.fd_type()).unwrap_or("network"),
+                    lease.holder()
                 );
                 drop(lease);
             }
@@ -261,12 +311,20 @@ impl State {
         }
     }
 
-    /// Releases everything (broker stop).
-    pub fn clear(&mut self) {
+    /// Names in the log every VM that loses its network because the broker
+    /// stops (`why`); called before the transport closes the connections.
+    pub fn announce_stop(&self, why: &str) {
+        for l in self.leases.values() {
+            log::warn!("{} loses its network {} (lease {}): the broker is stopping: {why}", l.holder(), l.network, l.id);
+        }
+    }
+
+    /// Releases everything (broker stop; `why` it stops).
+    pub fn clear(&mut self, why: &str) {
         self.release_where(|_| true);
         let names: Vec<String> = self.networks.keys().cloned().collect();
         for name in names {
-            self.drop_network(&name, "the broker is stopping");
+            self.drop_network(&name, &format!("the broker is stopping: {why}"));
         }
     }
 }

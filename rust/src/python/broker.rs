@@ -31,7 +31,9 @@ fn broker_error(py: Python<'_>, message: String) -> PyErr {
 
 fn transport_error(py: Python<'_>, e: xpc::Error) -> PyErr {
     match e {
-        xpc::Error::Transport(m) if m.starts_with("no broker answers") || m.starts_with("cannot open a session") => {
+        xpc::Error::Transport(m)
+            if m.starts_with("no broker answers") || m.starts_with("cannot open a session") || (m.starts_with("the broker on ") && m.contains(" went away")) =>
+        {
             errors::raise(py, "BrokerUnavailableError", m)
         }
         other => broker_error(py, other.to_string()),
@@ -109,9 +111,10 @@ impl PyBroker {
     /// configured network's socket paths (docs/endpoints.md) under
     /// endpoint_dir (None: the config's `endpointDir`, else the platform
     /// default); config_source: the file config_json came from, named in
-    /// refusals (None: the built-ins).
+    /// refusals (None: the built-ins); exit_when_idle: exit by itself when
+    /// idle even if not started on demand (None: when idle_timeout is given).
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None, exit_when_idle=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -127,9 +130,11 @@ impl PyBroker {
         endpoints: bool,
         endpoint_dir: Option<PathBuf>,
         config_source: Option<String>,
+        exit_when_idle: Option<bool>,
     ) -> PyResult<Self> {
         let mut options = BrokerOptions::new();
         options.config_source = config_source;
+        options.exit_when_idle = exit_when_idle.unwrap_or(idle_timeout.is_some());
         if let Some(text) = config_json {
             let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(py, e))?;
             options.settings = file.broker;
@@ -193,11 +198,13 @@ impl PyBroker {
         Ok(())
     }
 
-    /// Stops serving and releases every network. Idempotent.
-    fn stop(&self, py: Python<'_>) {
+    /// Stops serving and releases every network; `reason` is logged, with
+    /// every VM that loses its network. Idempotent.
+    #[pyo3(signature = (reason=None))]
+    fn stop(&self, py: Python<'_>, reason: Option<String>) {
         let b = self.running.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(b) = b {
-            py.detach(move || b.stop());
+            py.detach(move || b.stop_because(reason.as_deref().unwrap_or("stopped by its owner")));
         }
     }
 
@@ -237,8 +244,9 @@ impl PyBroker {
         .unwrap_or_default()
     }
 
-    /// The line a broker prints once it serves (`Broker::start_line`); the
-    /// pid and endpoint also before start.
+    /// The line a broker prints once it serves (`Core::start_line`: where it
+    /// listens, its networks, whether and when it exits by itself); the pid
+    /// and endpoint also before start.
     #[getter]
     fn start_line(&self) -> String {
         match self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {

@@ -76,14 +76,26 @@ impl Client {
                 self.path.display()
             )));
         }
-        sys::send_record(self.fd.as_raw_fd(), bytes, fds).map_err(|source| Error::Io { op: "send the request to the broker", source })?;
+        sys::send_record(self.fd.as_raw_fd(), bytes, fds).map_err(|source| self.gone_or(source, "send the request to the broker"))?;
         self.receive()
+    }
+
+    /// A broker that went away (EPIPE, ECONNRESET) as one line that says
+    /// what to do; other errors as they are.
+    fn gone_or(&self, source: std::io::Error, op: &'static str) -> Error {
+        match source.raw_os_error() {
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => Error::Transport(format!(
+                "the broker on {} went away (it stopped or crashed; see its log): check with `vmnet-rs status`, start it again, and retry",
+                self.path.display()
+            )),
+            _ => Error::Io { op, source },
+        }
     }
 
     fn receive(&mut self) -> Result<Dict, Error> {
         match sys::recv_record(self.fd.as_raw_fd(), &mut self.buf) {
             Ok(Received::Eof) => Err(Error::Transport(format!(
-                "the broker on {} closed the connection without replying (it stopped or crashed; see its log)",
+                "the broker on {} went away without replying (it stopped or crashed; see its log): check with `vmnet-rs status`, start it again, and retry",
                 self.path.display()
             ))),
             Ok(Received::Record { len, fds, truncated, fds_truncated }) => {
@@ -99,7 +111,7 @@ impl Client {
                 self.broken = true;
                 Err(Error::Transport(format!("the broker on {} did not reply in time", self.path.display())))
             }
-            Err(source) => Err(Error::Io { op: "receive the broker's reply", source }),
+            Err(source) => Err(self.gone_or(source, "receive the broker's reply")),
         }
     }
 }

@@ -2,7 +2,9 @@
 
 Reads the lease file the network's dnsmasq keeps in the backend's state
 directory, so it works whichever process (usually the broker) owns the
-network. Needs read access to that directory (root by default).
+network. Needs read access to that directory (root by default). Where the
+guest sent no hostname, the VM's name comes from the broker (the ``vm_name``
+its client gave), when a broker answers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,24 @@ def read_leases(name: str, state_dir: str) -> list[dict]:
     return sorted(leases, key=lambda lease: tuple(int(p) for p in str(lease["address"]).split(".")))
 
 
+def broker_vm_names(network: str, socket: str | None = None) -> dict[str, str]:
+    """MAC -> VM name of the broker's leases on ``network``; empty when no
+    broker answers or it refuses (the lease file alone is still shown)."""
+    from .broker import Client
+    from .errors import BrokerError
+
+    try:
+        with Client(socket, timeout=5) as c:
+            leases = c.status().get("leases", {})
+    except BrokerError:
+        return {}
+    return {
+        str(lease["mac"]): str(lease["vm_name"])
+        for lease in leases.values()
+        if lease.get("network") == network and lease.get("mac") and lease.get("vm_name")
+    }
+
+
 def format_expiry(expires: int, now: float | None = None) -> str:
     if expires == 0:
         return "never"
@@ -48,16 +68,23 @@ def format_expiry(expires: int, now: float | None = None) -> str:
 @click.command("leases")
 @click.argument("name")
 @click.option("--state-dir", default=None, metavar="DIR", help=f"The backend's state directory (default: ${STATE_DIR_ENV} or the broker's).")
+@click.option("--socket", default=None, help="The broker to ask for VM names (default: $VMNET_RS_SOCKET or /run/vmnet-rs/broker.sock).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def leases(name: str, state_dir: str | None, as_json: bool) -> None:
-    """Show the DHCP leases of network NAME (Linux)."""
+def leases(name: str, state_dir: str | None, socket: str | None, as_json: bool) -> None:
+    """Show the DHCP leases of network NAME (Linux): address, MAC, expiry,
+    and the guest's hostname, else the VM's name from the broker."""
     rows = read_leases(name, state_dir or default_state_dir())
+    names = broker_vm_names(name, socket) if rows else {}
+    for r in rows:
+        if r["mac"] in names:
+            r["vm_name"] = names[r["mac"]]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo(f"network {name!r} has handed out no leases")
+        click.echo(f"network {name!r} has handed out no leases yet")
         return
-    click.echo(f"{'ADDRESS':<16} {'MAC':<18} {'EXPIRES IN':<10} HOSTNAME")
+    click.echo(f"{'ADDRESS':<16} {'MAC':<18} {'EXPIRES IN':<10} NAME")
     for r in rows:
-        click.echo(f"{r['address']:<16} {r['mac']:<18} {format_expiry(int(r['expires'])):<10} {r['hostname'] or '-'}")
+        who = r["hostname"] or (f"(VM {r['vm_name']})" if r.get("vm_name") else "-")
+        click.echo(f"{r['address']:<16} {r['mac']:<18} {format_expiry(int(r['expires'])):<10} {who}")

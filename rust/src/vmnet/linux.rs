@@ -397,8 +397,23 @@ pub fn route_conflict(config: &NetworkConfig) -> Result<Option<String>, Error> {
 
 pub fn read_leases(name: &str, options: &BackendOptions) -> Result<Vec<Lease>, Error> {
     let (record_path, files) = files_for(&options.state_dir, name);
-    if !record_path.exists() {
-        return Err(platform("read leases", format!("no network {name:?} is recorded in {}; is it running, and is that the broker's state directory?", options.state_dir.display())));
+    match std::fs::metadata(&record_path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(platform(
+                "read leases",
+                format!(
+                    "network {name:?} has not been created yet (the broker creates it when a VM first asks for it; nothing is recorded in {}, so if its broker runs with another --state-dir, pass that)",
+                    options.state_dir.display()
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(platform(
+                "read leases",
+                format!("cannot look at {}: {e}; run as root, or pass a --state-dir you can read", record_path.display()),
+            ));
+        }
     }
     dnsmasq::read_leases(&files.leases).map_err(|e| Error::io(format!("read {}", files.leases.display()), e))
 }

@@ -197,7 +197,8 @@ def test_unleased_network_is_torn_down_after_the_idle_timeout(netns, tmp_path: P
     cfg = tmp_path / "networks.yaml"
     cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []}, **NET}))
     sock = tmp_path / "broker.sock"
-    args = ["--config", str(cfg), "--idle-timeout", "1", "--monitor-interval", "0.1", "--state-dir", str(tmp_path / "state")]
+    # --no-endpoints: a broker holding endpoint sockets it bound never exits idle.
+    args = ["--config", str(cfg), "--no-endpoints", "--idle-timeout", "1", "--monitor-interval", "0.1", "--state-dir", str(tmp_path / "state")]
     with BrokerProcess(sock, args, prefix=netns.argv([])) as b:
         b.wait_ready()
         with Client(str(sock)) as c:

@@ -30,15 +30,38 @@ def test_leases_table_and_json(tmp_path):
         "lab",
         f"{soon} 52:54:00:00:00:0a 10.1.0.10 * 01:52:54:00:00:00:0a\n{soon} 52:54:00:00:00:02 10.1.0.9 vm2 *\nduid 00:01:00:01\n",
     )
-    r = CliRunner().invoke(cli, ["leases", "lab", "--state-dir", str(tmp_path)])
+    r = CliRunner().invoke(cli, ["leases", "lab", "--state-dir", str(tmp_path), "--socket", str(tmp_path / "no-broker.sock")])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0].split() == ["ADDRESS", "MAC", "EXPIRES", "IN", "HOSTNAME"]
+    assert lines[0].split() == ["ADDRESS", "MAC", "EXPIRES", "IN", "NAME"]
     # Sorted numerically by address: .9 before .10.
     assert lines[1].split()[:2] == ["10.1.0.9", "52:54:00:00:00:02"] and lines[1].split()[-1] == "vm2"
     assert lines[2].split()[:2] == ["10.1.0.10", "52:54:00:00:00:0a"] and lines[2].split()[-1] == "-"
     r = CliRunner().invoke(cli, ["leases", "lab", "--state-dir", str(tmp_path), "--json"])
     assert [x["address"] for x in json.loads(r.output)] == ["10.1.0.9", "10.1.0.10"]
+
+
+def test_leases_name_the_vm_where_the_guest_sent_no_hostname(tmp_path):
+    """The broker knows each lease's VM name (`vm_name`) and MAC: `leases`
+    shows it where the DHCP lease has no hostname."""
+    from brokerproc import BrokerProcess
+
+    from vmnet_rs import Client
+
+    soon = int(time.time()) + 3600
+    state = tmp_path / "state"
+    recorded_network(state, "shared", f"{soon} 52:54:00:00:00:0a 192.168.107.10 * *\n{soon} 52:54:00:00:00:0b 192.168.107.11 guest2 *\n")
+    sock = tmp_path / "b.sock"
+    with BrokerProcess(sock, ["--backend", "hub", "--no-endpoints", "--idle-timeout", "0"]) as b:
+        b.wait_ready()
+        with Client(str(sock)) as c, c.open("shared", "stream", mac="52:54:00:00:00:0a", vm_name="web1"):
+            r = CliRunner().invoke(cli, ["leases", "shared", "--state-dir", str(state), "--socket", str(sock)])
+            j = CliRunner().invoke(cli, ["leases", "shared", "--state-dir", str(state), "--socket", str(sock), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[1].startswith("192.168.107.10   52:54:00:00:00:0a ") and lines[1].endswith(" (VM web1)"), lines
+    assert lines[2].endswith(" guest2"), lines
+    assert [x.get("vm_name") for x in json.loads(j.output)] == ["web1", None]
 
 
 def test_no_leases_yet(tmp_path):

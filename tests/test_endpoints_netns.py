@@ -107,7 +107,7 @@ def test_a_client_killed_with_sigkill_loses_its_port_within_seconds(broker: Brok
         p.stdout.close()
     # A datagram client's socket file stays behind; the probe still notices.
     assert kind == "stream" or (tmp_path / "victim.sock").exists()
-    wait_until("the victim's port to go", lambda: len(ports(broker, "lab")) == 1, timeout=10)
-    wait_until("the victim's TAP to go", lambda: set(broker.netns.links()) == links_before, timeout=10)
+    wait_until("the victim's port to go", lambda: len(ports(broker, "lab")) == 1, timeout=20)
+    wait_until("the victim's TAP to go", lambda: set(broker.netns.links()) == links_before, timeout=20)
     assert_no_new_fds(broker, baseline)
     keep.close()

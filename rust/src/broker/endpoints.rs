@@ -619,6 +619,10 @@ impl Worker {
             // SAFETY: accept returned a new fd nobody else owns.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
             let _ = set_flags(conn.as_raw_fd());
+            // A write to a VM that went away fails with EPIPE instead of
+            // raising SIGPIPE (Linux: MSG_NOSIGNAL on every send).
+            #[cfg(target_vendor = "apple")]
+            let _ = set_int_option(conn.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NOSIGPIPE, 1);
             let (uid, gid, pid) = match stream_peer(conn.as_raw_fd()) {
                 Ok(c) => c,
                 Err(e) => {

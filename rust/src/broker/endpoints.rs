@@ -171,7 +171,8 @@ fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
     Ok(value)
 }
 
-/// A `sockaddr_un` for `path` and its length.
+/// A `sockaddr_un` for raw `sun_path` bytes (a path, or on Linux an
+/// abstract name starting with NUL) and its length.
 fn sockaddr(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain old data.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -656,7 +657,7 @@ impl Worker {
                     _ => Some(format!("its relay's socket failed: {e}")),
                 };
             }
-            let Ok((addr, len)) = raw_sockaddr(&c.addr) else { return Some("its address is unusable".into()) };
+            let Ok((addr, len)) = sockaddr(&c.addr) else { return Some("its address is unusable".into()) };
             // SAFETY: sends n bytes of our buffer to a valid address of len bytes.
             let sent = unsafe { libc::sendto(ep, self.buf.as_ptr().cast(), n as usize, send_flags(), (&addr as *const libc::sockaddr_un).cast(), len) };
             if sent < 0 {
@@ -769,7 +770,7 @@ impl Worker {
         if gone.is_empty() {
             return;
         }
-        gone.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        gone.sort_by_key(|g| std::cmp::Reverse((g.0, g.1)));
         gone.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         let core = self.core();
         for (i, j, why) in gone {
@@ -805,12 +806,6 @@ fn show_addr(addr: &[u8]) -> String {
         Some(0) => format!("@{}", String::from_utf8_lossy(&addr[1..])),
         _ => String::from_utf8_lossy(addr).into_owned(),
     }
-}
-
-/// The sockaddr for raw `sun_path` bytes (a path, or an abstract name
-/// starting with NUL on Linux).
-fn raw_sockaddr(addr: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    sockaddr(addr)
 }
 
 /// Why the socket at `addr` is gone, if it is: a fresh socket's connect()
@@ -1142,5 +1137,39 @@ mod tests {
         assert!(b.core().lock_state().leases.is_empty());
         assert!(b.core().lock_state().networks.is_empty(), "a refused peer creates no network");
         b.stop();
+    }
+
+    fn options_with_dir(dir: &Path) -> BrokerOptions {
+        let mut o = BrokerOptions::new();
+        o.backend = Backend::Hub;
+        o.settings.idle_timeout = 0;
+        o.settings.allowed_users = vec![uid().to_string()];
+        o.endpoint_dir = Some(dir.to_owned());
+        o
+    }
+
+    #[test]
+    fn a_path_past_the_limit_a_live_path_and_a_stale_file() {
+        let base = std::env::temp_dir().join(format!("vmnet-rs-ep-{}-paths", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        // Too long: refused at start, naming the limit and the fix.
+        let long = base.join("d".repeat(90));
+        let err = Broker::start_unix(options_with_dir(&long), Socket::bind(&base.join("b1.sock")).unwrap()).err().expect("a path past the limit");
+        let text = err.to_string();
+        assert!(text.contains(&format!("{}-byte limit", max_path_bytes())) && text.contains("--endpoint-dir"), "{text}");
+        // Another process listens on a path: refused, its file left alone.
+        let ep = base.join("ep");
+        std::fs::create_dir_all(&ep).unwrap();
+        let live = std::os::unix::net::UnixListener::bind(endpoint_path(&ep, "host", EndpointKind::Stream)).unwrap();
+        let err = Broker::start_unix(options_with_dir(&ep), Socket::bind(&base.join("b2.sock")).unwrap()).err().expect("a live path");
+        assert!(err.to_string().contains("another process serves this path"), "{err}");
+        assert!(endpoint_path(&ep, "host", EndpointKind::Stream).exists());
+        // Once it is gone (its file stays behind, as after a crash), the file is replaced.
+        drop(live);
+        let b = Broker::start_unix(options_with_dir(&ep), Socket::bind(&base.join("b3.sock")).unwrap()).unwrap();
+        UnixStream::connect(endpoint_path(&ep, "host", EndpointKind::Stream)).unwrap();
+        b.stop();
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

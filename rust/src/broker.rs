@@ -434,11 +434,12 @@ impl Broker {
     /// for this job: `MachServices` in the LaunchAgent's plist).
     #[cfg(target_os = "macos")]
     pub fn start_mach(options: BrokerOptions, service: &str) -> Result<Broker, Error> {
-        let serve = crate::xpc::apple::ServeOptions {
-            code_signing_requirement: options.code_signing_requirement.clone(),
-            same_cdhash_for_serialization_before_26_2: options.lima_serialization_rule,
-            ..Default::default()
-        };
+        // The broker decides who may call; the listener applies it.
+        let os = crate::xpc::apple::os_version();
+        let policy = auth::TransportPolicy::new(options.settings.clone(), options.lima_serialization_rule, os);
+        let requirement = auth::listener_requirement(options.code_signing_requirement.as_deref(), None)
+            .map_err(Error::Start)?;
+        let serve = crate::xpc::apple::ServeOptions { policy: Arc::new(policy), requirement };
         let core = Core::new(options);
         // launchd starts the job on the first lookup of its Mach service.
         core.prepare(service, true);

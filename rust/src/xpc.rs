@@ -13,6 +13,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 pub mod activation;
 #[cfg(target_os = "macos")]
 pub mod apple;
+pub mod darwin;
+pub mod peer_policy;
+pub mod session_slot;
+pub mod tagged;
 #[cfg(target_os = "linux")]
 pub mod unix;
 
@@ -172,17 +176,14 @@ pub trait Handler: Send + Sync + 'static {
     fn disconnected(&self, peer: &Peer);
 
     /// The reply to a message the transport could not decode (too large,
-    /// not an encoding it knows). The default answers in both protocol
-    /// styles: `Error` (string, Lima) and `error` (int64 4, invalid request)
-    /// with `message`.
-    fn malformed(&self, peer: &Peer, error: &Error) -> Dict {
-        let _ = peer;
-        let text = format!("bad request: {error}");
-        Dict::new()
-            .with("Error", Value::String(text.clone()))
-            .with("error", Value::Int(4))
-            .with("message", Value::String(text))
-    }
+    /// not an encoding it knows). The handler, not the transport, decides
+    /// what such a message is answered with.
+    fn malformed(&self, peer: &Peer, error: &Error) -> Dict;
+
+    /// The reply to a request the transport refused on the
+    /// [`PeerPolicy`](peer_policy::PeerPolicy)'s word, or because it could
+    /// not identify the caller (macOS), before decoding it.
+    fn refused(&self, peer: Option<&Peer>, reason: &str) -> Dict;
 }
 
 /// Why a message could not be sent, received or decoded.

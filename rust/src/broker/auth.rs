@@ -7,11 +7,17 @@
 //! a new login, as for any group change). macOS: the LaunchAgent is per
 //! user, so the broker's own user and root are allowed.
 //! Runs on the request thread; reads the passwd/group databases only.
+//!
+//! The transports are handed these rules ([`TransportPolicy`], a
+//! [`PeerPolicy`]; [`listener_requirement`] for the macOS listener): which
+//! callers they admit and which requests need the broker's own executable
+//! (Lima's serialization rule before macOS 26.2).
 
 use std::ffi::{CStr, CString};
 
 use crate::config::BrokerSettings;
-use crate::xpc::Peer;
+use crate::xpc::peer_policy::{ListenerRequirement, PeerPolicy};
+use crate::xpc::{Dict, Peer};
 
 /// The default allow-list: root and the `vmnet-rs` group.
 pub const DEFAULT_GROUP: &str = "vmnet-rs";
@@ -151,6 +157,162 @@ fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
         out.extend(groups.iter().take(n as usize).map(|g| *g as u32));
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// The rules handed to the transports.
+// ---------------------------------------------------------------------------
+
+/// What the broker tells its transport about callers: [`check`] for every
+/// request, and Lima's serialization rule when it applies on this macOS.
+pub struct TransportPolicy {
+    settings: BrokerSettings,
+    same_executable_serialization: bool,
+}
+
+impl TransportPolicy {
+    /// `lima_rule`: the broker was asked for Lima's rule; `os`: this macOS
+    /// (`None` elsewhere, or when it cannot be read: then the rule holds,
+    /// as on an old release).
+    pub fn new(settings: BrokerSettings, lima_rule: bool, os: Option<(u32, u32, u32)>) -> Self {
+        let applies = lima_rule && os.map_or(true, same_cdhash_rule_applies);
+        TransportPolicy { settings, same_executable_serialization: applies }
+    }
+}
+
+impl PeerPolicy for TransportPolicy {
+    fn admit(&self, peer: &Peer) -> Result<(), String> {
+        check(&self.settings, peer)
+    }
+
+    fn checks_same_executable(&self) -> bool {
+        self.same_executable_serialization
+    }
+
+    fn same_executable_only(&self, request: &Dict) -> bool {
+        self.same_executable_serialization && is_serialization_request(request)
+    }
+}
+
+/// Whether a request asks for a network serialization (the VZ path): Lima's
+/// form names a `Network` and no `FdType`; vmnet-broker's is
+/// `{command: "acquire"}`.
+pub fn is_serialization_request(message: &Dict) -> bool {
+    (message.contains_key("Network") && !message.contains_key("FdType"))
+        || message.get_str("command") == Some("acquire")
+}
+
+/// Lima's rule: before macOS 26.2 a VZ client can only use a deserialized
+/// network if it is the same executable (same CDHash) as the creator, so
+/// serialization requests are accepted only from it.
+pub fn same_cdhash_rule_applies(os: (u32, u32, u32)) -> bool {
+    os < (26, 2, 0)
+}
+
+/// A code-signing requirement string that matches exactly one CDHash, for
+/// `xpc_listener_set_peer_code_signing_requirement` (the `cdhash` keyword of
+/// Apple's Code Signing Requirement Language).
+pub fn cdhash_requirement(cdhash: &[u8; 20]) -> String {
+    let hex: String = cdhash.iter().map(|b| format!("{b:02X}")).collect();
+    format!("cdhash H\"{hex}\"")
+}
+
+/// Combines a code-signing requirement and "same CDHash only" into at most
+/// one listener requirement (a listener takes one): both become one
+/// code-signing requirement, `(<requirement>) and cdhash H"<own>"`. An
+/// empty requirement is refused.
+pub fn listener_requirement(
+    code_signing: Option<&str>,
+    same_cdhash: Option<&[u8; 20]>,
+) -> Result<Option<ListenerRequirement>, String> {
+    let code_signing = match code_signing.map(str::trim) {
+        Some("") => {
+            return Err("the code signing requirement is empty; give a requirement (csreq(1) syntax) or leave it unset".into())
+        }
+        other => other,
+    };
+    Ok(match (code_signing, same_cdhash) {
+        (None, None) => None,
+        (None, Some(hash)) => Some(ListenerRequirement::SameCdhash(*hash)),
+        (Some(req), None) => Some(ListenerRequirement::CodeSigning(req.to_owned())),
+        (Some(req), Some(hash)) => {
+            Some(ListenerRequirement::CodeSigning(format!("({req}) and {}", cdhash_requirement(hash))))
+        }
+    })
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+    use crate::xpc::Value;
+
+    #[test]
+    fn a_listener_gets_at_most_one_requirement() {
+        let hash = [0xabu8; 20];
+        assert_eq!(listener_requirement(None, None).unwrap(), None);
+        assert_eq!(listener_requirement(None, Some(&hash)).unwrap(), Some(ListenerRequirement::SameCdhash(hash)));
+        assert_eq!(
+            listener_requirement(Some("anchor apple generic"), None).unwrap(),
+            Some(ListenerRequirement::CodeSigning("anchor apple generic".into()))
+        );
+        let both = listener_requirement(Some("anchor apple generic or identifier \"x\""), Some(&hash)).unwrap();
+        assert_eq!(
+            both,
+            Some(ListenerRequirement::CodeSigning(format!(
+                "(anchor apple generic or identifier \"x\") and cdhash H\"{}\"",
+                "AB".repeat(20)
+            )))
+        );
+        assert!(listener_requirement(Some("  "), Some(&hash)).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn lima_rule_and_cdhash_requirement() {
+        assert!(same_cdhash_rule_applies((26, 1, 9)));
+        assert!(!same_cdhash_rule_applies((26, 2, 0)));
+        assert!(!same_cdhash_rule_applies((27, 0, 0)));
+        let mut hash = [0u8; 20];
+        hash[0] = 0xab;
+        hash[19] = 0x01;
+        assert_eq!(cdhash_requirement(&hash), "cdhash H\"AB00000000000000000000000000000000000001\"");
+    }
+
+    #[test]
+    fn serialization_requests_need_the_same_executable_only_under_lima_rule() {
+        let lima_vz = Dict::new().with("Network", Value::String("shared".into()));
+        let lima_fd =
+            Dict::new().with("Network", Value::String("shared".into())).with("FdType", Value::String("stream".into()));
+        let acquire = Dict::new().with("command", Value::String("acquire".into()));
+        let status = Dict::new().with("command", Value::String("status".into()));
+        assert!(is_serialization_request(&lima_vz));
+        assert!(!is_serialization_request(&lima_fd));
+        assert!(is_serialization_request(&acquire));
+        assert!(!is_serialization_request(&status));
+
+        let settings = crate::config::BrokerSettings::default();
+        let old = TransportPolicy::new(settings.clone(), true, Some((26, 1, 0)));
+        assert!(old.checks_same_executable());
+        assert!(old.same_executable_only(&lima_vz) && old.same_executable_only(&acquire));
+        assert!(!old.same_executable_only(&lima_fd) && !old.same_executable_only(&status));
+        let new = TransportPolicy::new(settings.clone(), true, Some((26, 2, 0)));
+        assert!(!new.checks_same_executable() && !new.same_executable_only(&lima_vz));
+        let off = TransportPolicy::new(settings.clone(), false, Some((15, 0, 0)));
+        assert!(!off.checks_same_executable() && !off.same_executable_only(&acquire));
+        let unknown = TransportPolicy::new(settings, true, None);
+        assert!(unknown.same_executable_only(&lima_vz), "an unreadable version is treated as old");
+    }
+
+    #[test]
+    fn the_transport_admits_exactly_whom_check_admits() {
+        // SAFETY: getuid cannot fail.
+        let me = unsafe { libc::getuid() };
+        let settings = crate::config::BrokerSettings::default();
+        let policy = TransportPolicy::new(settings.clone(), false, None);
+        for uid in [0, me, 65534, 4242] {
+            let peer = Peer { uid, gid: 65534, pid: 1, connection: 1 };
+            assert_eq!(policy.admit(&peer).is_ok(), check(&settings, &peer).is_ok(), "uid {uid}");
+        }
+    }
 }
 
 #[cfg(all(test, not(target_os = "macos")))]

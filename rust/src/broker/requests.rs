@@ -92,18 +92,37 @@ impl Handler for Core {
     }
 
     fn malformed(&self, peer: &Peer, error: &XpcError) -> Dict {
+        let _ = peer;
+        self.answer_undelivered(Failure::invalid(format!("bad request: {error}")))
+    }
+
+    fn refused(&self, peer: Option<&Peer>, reason: &str) -> Dict {
+        match peer {
+            Some(p) => log::warn!("connection {} (pid {} uid {}) refused by the transport: {reason}", p.connection, p.pid, p.uid),
+            None => log::warn!("an unidentified caller was refused by the transport: {reason}"),
+        }
+        self.answer_undelivered(Failure::new(code::NOT_ALLOWED, format!("refused: {reason}")))
+    }
+}
+
+impl Core {
+    /// The reply to a message the transport did not hand to `request`: the
+    /// request style is unknown, so it answers in both (`Error`, Lima;
+    /// `error` + `message`, the command protocols).
+    fn answer_undelivered(&self, f: Failure) -> Dict {
         {
             let mut st = self.lock_state();
-            st.counters.malformed += 1;
+            if f.code == code::INVALID_REQUEST {
+                st.counters.malformed += 1;
+            } else {
+                st.counters.refused += 1;
+            }
             st.counters.errors += 1;
             st.last_activity = Instant::now();
         }
-        let text = format!("bad request: {error}");
-        let _ = peer;
-        Dict::new()
-            .with("Error", Value::String(text.clone()))
-            .with("error", Value::Int(code::INVALID_REQUEST))
-            .with("message", Value::String(text))
+        let mut reply = f.command_reply();
+        reply.insert("Error", Value::String(f.message));
+        reply
     }
 }
 

@@ -2,16 +2,18 @@
 //!
 //! - [`serve`] starts an `xpc_listener` on a Mach service; each peer session
 //!   calls the portable [`Handler`](crate::xpc::Handler) on one serial queue
-//!   (`listener.rs`). [`ServeOptions`] picks who may call: allowed uids, a
-//!   code-signing requirement, "same CDHash only", and Lima's pre-26.2 rule.
+//!   (`listener.rs`). [`ServeOptions`] carries who may call, as the broker
+//!   decided it: a [`PeerPolicy`](crate::xpc::peer_policy::PeerPolicy) and
+//!   at most one listener requirement.
 //! - [`Client`] holds one session to the service and sends requests.
 //! - `object.rs` converts XPC dictionaries to and from [`Dict`](crate::xpc::Dict)
 //!   (what is refused is listed there); `peer.rs` identifies callers and
 //!   reads this executable's CDHash; `ffi.rs` holds the raw declarations.
 //!
-//! Everything here is `cfg(target_os = "macos")`; the decisions that are
-//! not FFI (tags, audit tokens, OS version rules) are in
-//! `vmnet::mapping` and tested on every OS.
+//! Everything here is `cfg(target_os = "macos")`; what is not FFI is
+//! portable and tested on every OS: tags (`xpc/tagged.rs`), audit tokens
+//! and OS versions (`xpc/darwin.rs`), the client's session slot
+//! (`xpc/session_slot.rs`).
 
 mod client;
 pub(crate) mod dynamic;

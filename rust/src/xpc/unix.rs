@@ -62,6 +62,18 @@ mod tests {
         fn disconnected(&self, peer: &Peer) {
             self.disconnected.lock().unwrap().push(peer.connection);
         }
+        // The handler words the answer to what the transport could not
+        // decode (here as the broker does: both protocol styles).
+        fn malformed(&self, _peer: &Peer, error: &crate::xpc::Error) -> Dict {
+            let text = format!("bad request: {error}");
+            Dict::new()
+                .with("Error", Value::String(text.clone()))
+                .with("error", Value::Int(4))
+                .with("message", Value::String(text))
+        }
+        fn refused(&self, _peer: Option<&Peer>, reason: &str) -> Dict {
+            Dict::new().with("Error", Value::String(reason.into()))
+        }
     }
 
     fn temp_socket(name: &str) -> PathBuf {

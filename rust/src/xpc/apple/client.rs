@@ -5,7 +5,7 @@
 //! libxpc cancels a client session for good once a request on it fails
 //! (the broker exited or restarted, the connection broke): every later
 //! request on that session would fail too. So an error discards the session
-//! (`mapping::SessionSlot`), the failing request reports it, and the next
+//! (`xpc::session_slot::SessionSlot`), the failing request reports it, and the next
 //! request opens a new session. Leases held by the old session are gone
 //! with it; the error says so.
 //!
@@ -24,7 +24,7 @@ use block2::RcBlock;
 
 use super::ffi;
 use super::object::{from_xpc, take_rich_error, to_xpc, Object};
-use crate::vmnet::mapping::SessionSlot;
+use crate::xpc::session_slot::SessionSlot;
 use crate::xpc::{Dict, Error};
 
 /// One `xpc_session`; cancelled, then released, when the last user drops it.

@@ -26,53 +26,23 @@ use dispatch2::{DispatchQueue, DispatchRetained};
 
 use super::ffi;
 use super::object::{fill, from_xpc, take_rich_error, Object};
-use super::peer::{identify, os_version, own_cdhash, SameCdhash};
-use crate::vmnet::mapping;
+use super::peer::{identify, own_cdhash, SameCdhash};
+use crate::xpc::peer_policy::{ListenerRequirement, PeerPolicy};
 use crate::xpc::{Dict, Error, Handler, Peer, Value};
 
 /// How many times a reply is re-sent while XPC says the failure is
 /// retryable (Lima re-sends while `can_retry` holds; bounded here).
 const REPLY_SEND_ATTEMPTS: usize = 3;
 
-/// Which callers a listener accepts.
-#[derive(Clone, Debug)]
+/// Which callers a listener accepts, as its caller (the broker) decided.
+#[derive(Clone)]
 pub struct ServeOptions {
-    /// Effective uids allowed to call. Empty: only the broker's own euid
-    /// (a per-user LaunchAgent serves its user) and root.
-    pub allowed_uids: Vec<u32>,
-    /// A code-signing requirement string every peer must satisfy, set with
-    /// `xpc_listener_set_peer_code_signing_requirement` (macOS 14.4), e.g.
-    /// `anchor apple generic and certificate leaf[subject.OU] = "TEAMID"`.
-    pub code_signing_requirement: Option<String>,
-    /// Only executables with this process's CDHash may connect at all
-    /// (`xpc_listener_set_peer_requirement` with an LWCR, macOS 26.0). With a
-    /// `code_signing_requirement` too, both become one code-signing
-    /// requirement (`mapping::listener_requirement`).
-    pub require_same_cdhash: bool,
-    /// Lima's rule: before macOS 26.2, requests for which
-    /// `is_serialization_request` returns true are answered only for callers
-    /// with this process's CDHash (a VZ client must be the same executable
-    /// there). From 26.2 on it does nothing.
-    pub same_cdhash_for_serialization_before_26_2: bool,
-    /// Tells a serialization request from others (the protocol knows; the
-    /// transport does not). Default: `mapping::is_serialization_request`
-    /// (Lima without `FdType`, or vmnet-broker's `acquire`).
-    pub is_serialization_request: fn(&Dict) -> bool,
-    /// Reply key for refusals and transport errors (Lima's `Error`).
-    pub error_key: String,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            allowed_uids: Vec::new(),
-            code_signing_requirement: None,
-            require_same_cdhash: false,
-            same_cdhash_for_serialization_before_26_2: false,
-            is_serialization_request: mapping::is_serialization_request,
-            error_key: "Error".into(),
-        }
-    }
+    /// Admits peers per request and names the requests answered only for
+    /// callers with this executable's CDHash (Lima's pre-26.2 rule).
+    pub policy: Arc<dyn PeerPolicy>,
+    /// The listener's one peer requirement, if any (libxpc takes at most
+    /// one; combine options before, e.g. `broker::auth::listener_requirement`).
+    pub requirement: Option<ListenerRequirement>,
 }
 
 /// A running Mach-service listener. Dropping it cancels the listener; peer
@@ -124,9 +94,8 @@ impl Drop for Listener {
 struct Shared {
     x: &'static ffi::Xpc,
     handler: Arc<dyn Handler>,
-    options: ServeOptions,
-    allowed_uids: Vec<u32>,
-    /// Set when Lima's rule is on and this macOS is older than 26.2.
+    policy: Arc<dyn PeerPolicy>,
+    /// Set when the policy checks some requests for this executable's CDHash.
     serialization_requirement: Option<SameCdhash>,
     next_connection: AtomicU64,
     live_sessions: AtomicUsize,
@@ -148,30 +117,14 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     let c_service = CString::new(service)
         .map_err(|_| Error::Transport(format!("Mach service name {service:?} contains a NUL byte")))?;
 
-    // SAFETY: getuid/geteuid cannot fail.
-    let own_uid = unsafe { libc::geteuid() };
-    let allowed_uids = mapping::allowed_uids(&options.allowed_uids, own_uid);
-
-    let serialization_requirement = if options.same_cdhash_for_serialization_before_26_2 {
-        let os = os_version().ok_or_else(|| Error::Transport("cannot read kern.osproductversion".into()))?;
-        if mapping::same_cdhash_rule_applies(os) {
-            Some(SameCdhash::new(&own_cdhash()?)?)
-        } else {
-            None
-        }
-    } else {
-        None
-    };
-    let own_hash = if options.require_same_cdhash { Some(own_cdhash()?) } else { None };
-    let listener_requirement =
-        mapping::listener_requirement(options.code_signing_requirement.as_deref(), own_hash.as_ref())
-            .map_err(Error::Transport)?;
+    let serialization_requirement =
+        if options.policy.checks_same_executable() { Some(SameCdhash::new(&own_cdhash()?)?) } else { None };
+    let listener_requirement = options.requirement;
 
     let shared = Arc::new(Shared {
         x,
         handler,
-        options,
-        allowed_uids,
+        policy: options.policy,
         serialization_requirement,
         next_connection: AtomicU64::new(1),
         live_sessions: AtomicUsize::new(0),
@@ -222,7 +175,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     // is a programming error).
     match &listener_requirement {
         None => {}
-        Some(mapping::ListenerRequirement::CodeSigning(text)) => {
+        Some(ListenerRequirement::CodeSigning(text)) => {
             let req = CString::new(text.as_str())
                 .map_err(|_| Error::Transport("code signing requirement contains a NUL byte".into()))?;
             // SAFETY: the listener is inactive and live; `req` is a C string.
@@ -234,7 +187,7 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
                 )));
             }
         }
-        Some(mapping::ListenerRequirement::SameCdhash(hash)) => {
+        Some(ListenerRequirement::SameCdhash(hash)) => {
             let req = SameCdhash::new(hash)?;
             // SAFETY: the listener is inactive and live; this is its only
             // requirement; it retains it, ours is released when `req` drops.
@@ -314,39 +267,32 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
         unsafe { (shared.x.xpc_session_cancel)(peer) };
         return;
     }
-    let key = &shared.options.error_key;
     // SAFETY: `message` is a live dictionary from this peer.
     let Some(who) = (unsafe { identify(message, session.connection) }) else {
-        reply(
-            shared.x,
-            peer,
-            message,
-            key,
-            &Dict::new().with(key, Value::String("refused: cannot identify the caller".into())),
-        );
+        reply(shared, peer, message, &shared.handler.refused(None, "cannot identify the caller"));
         return;
     };
-    if let Some(text) = mapping::uid_refusal(&who, &shared.allowed_uids) {
-        log::warn!("connection {}: {text}", who.connection);
-        reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(text)));
+    if let Err(reason) = shared.policy.admit(&who) {
+        reply(shared, peer, message, &shared.handler.refused(Some(&who), &reason));
         return;
     }
     // SAFETY: `message` is a live dictionary.
     let request = match unsafe { from_xpc(message) } {
         Ok(d) => d,
         Err(e) => {
-            reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(e.to_string())));
+            log::info!("connection {} (pid {}): bad message: {e}", who.connection, who.pid);
+            reply(shared, peer, message, &shared.handler.malformed(&who, &e));
             return;
         }
     };
     if let Some(req) = &shared.serialization_requirement {
-        if (shared.options.is_serialization_request)(&request) {
+        if shared.policy.same_executable_only(&request) {
             // SAFETY: `message` is a live dictionary from this peer.
             if let Err(why) = unsafe { req.matches(message) } {
                 let text = format!(
-                    "refused: before macOS 26.2 a network serialization only works in the same executable as the broker ({why})"
+                    "before macOS 26.2 a network serialization only works in the same executable as the broker ({why})"
                 );
-                reply(shared.x, peer, message, key, &Dict::new().with(key, Value::String(text)));
+                reply(shared, peer, message, &shared.handler.refused(Some(&who), &text));
                 return;
             }
         }
@@ -355,23 +301,27 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
         seen.get_or_insert_with(|| who.clone());
     }
     let answer = shared.handler.request(&who, request);
-    reply(shared.x, peer, message, key, &answer);
+    reply(shared, peer, message, &answer);
 }
 
 /// Sends `answer` as the reply to `message`, if one is expected.
-fn reply(x: &ffi::Xpc, peer: ffi::xpc_session_t, message: ffi::xpc_object_t, key: &str, answer: &Dict) {
+fn reply(shared: &Shared, peer: ffi::xpc_session_t, message: ffi::xpc_object_t, answer: &Dict) {
+    let x = shared.x;
     // SAFETY: `message` is live; the result is +1 or NULL (no reply wanted).
     let Some(out) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
         return;
     };
     if let Err(e) = fill(&out, answer, 0) {
-        // A reply the transport cannot carry becomes an error reply.
+        // A reply the transport cannot carry becomes the handler's answer to
+        // a message it could not carry.
+        log::error!("a reply could not be encoded: {e}");
         // SAFETY: `message` is live.
         let Some(fallback) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
             return;
         };
-        let text = format!("the broker's reply could not be encoded: {e}");
-        if fill(&fallback, &Dict::new().with(key, Value::String(text)), 0).is_ok() {
+        let e = Error::Malformed(format!("the broker's reply could not be encoded: {e}"));
+        let text = Dict::new().with("Error", Value::String(e.to_string()));
+        if fill(&fallback, &text, 0).is_ok() {
             send(x, peer, &fallback);
         }
         return;

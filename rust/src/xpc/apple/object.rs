@@ -8,7 +8,7 @@
 //!
 //! What converts (XPC -> `Value`): string (UTF-8 only), int64, bool, data,
 //! dictionary, fd (dup'ed into an `OwnedFd`). uint64, uuid, double, null and
-//! array become tagged dictionaries (`vmnet::mapping::tag`) and convert back
+//! array become tagged dictionaries (`xpc::tagged`) and convert back
 //! to the same XPC type, so a vmnet serialization survives the round trip.
 //! Refused with `Error::Malformed` naming the key and type: everything else
 //! (date, shmem, mach send/receive rights, endpoints, connections, errors),
@@ -33,7 +33,7 @@ use std::sync::{Mutex, OnceLock};
 use block2::StackBlock;
 
 use super::ffi;
-use crate::vmnet::mapping::{self, Tagged, TAG_TYPE_KEY};
+use crate::xpc::tagged::{self, Tagged, TAG_TYPE_KEY};
 use crate::xpc::{Dict, Error, Value};
 
 /// Deepest nesting converted either way.
@@ -109,7 +109,7 @@ impl Kept {
 
     /// The `Dict` form: a `Tagged::Object` tag naming the handle.
     pub fn tag(&self) -> Dict {
-        mapping::object_tag(self.handle)
+        tagged::object_tag(self.handle)
     }
 }
 
@@ -282,7 +282,7 @@ fn value_to_xpc(value: &Value, depth: usize) -> Result<Object, Error> {
             Value::Fd(fd) => created(ffi::xpc_fd_create(fd.as_raw_fd()), "fd"),
             Value::Dict(d) if d.contains_key(TAG_TYPE_KEY) => {
                 let owned = d.try_clone().map_err(|source| Error::Io { op: "duplicate fd in tagged value", source })?;
-                match mapping::untag(owned).map_err(|e| Error::Malformed(e.to_string()))? {
+                match tagged::untag(owned)? {
                     Ok(tagged) => tagged_to_xpc(tagged, depth),
                     Err(_) => unreachable_plain(),
                 }
@@ -431,13 +431,13 @@ unsafe fn value_from_xpc(value: ffi::xpc_object_t, depth: usize) -> Result<Value
             return dict_from_xpc(value, depth).map(Value::Dict);
         }
         if ty == addr_of!(ffi::_xpc_type_uint64) {
-            return Ok(mapping::tag(Tagged::Uint64(ffi::xpc_uint64_get_value(value))));
+            return Ok(tagged::tag(Tagged::Uint64(ffi::xpc_uint64_get_value(value))));
         }
         if ty == addr_of!(ffi::_xpc_type_double) {
-            return Ok(mapping::tag(Tagged::Double(ffi::xpc_double_get_value(value))));
+            return Ok(tagged::tag(Tagged::Double(ffi::xpc_double_get_value(value))));
         }
         if ty == addr_of!(ffi::_xpc_type_null) {
-            return Ok(mapping::tag(Tagged::Null));
+            return Ok(tagged::tag(Tagged::Null));
         }
         if ty == addr_of!(ffi::_xpc_type_uuid) {
             let ptr = ffi::xpc_uuid_get_bytes(value);
@@ -445,10 +445,10 @@ unsafe fn value_from_xpc(value: ffi::xpc_object_t, depth: usize) -> Result<Value
             if !ptr.is_null() {
                 bytes.copy_from_slice(std::slice::from_raw_parts(ptr, 16));
             }
-            return Ok(mapping::tag(Tagged::Uuid(bytes)));
+            return Ok(tagged::tag(Tagged::Uuid(bytes)));
         }
         if ty == addr_of!(ffi::_xpc_type_array) {
-            return array_from_xpc(value, depth).map(|items| mapping::tag(Tagged::Array(items)));
+            return array_from_xpc(value, depth).map(|items| tagged::tag(Tagged::Array(items)));
         }
         Err(Error::Malformed(format!("XPC type {} cannot be carried in a message", type_name(value))))
     }

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use super::ffi;
 use super::object::{take_rich_error, to_xpc, Object};
-use crate::vmnet::mapping;
+use crate::xpc::darwin;
 use crate::xpc::{Dict, Error, Peer, Value};
 
 /// The sender of `message`, or `None` when neither source knows it.
@@ -44,7 +44,7 @@ pub unsafe fn identify(message: ffi::xpc_object_t, connection: u64) -> Option<Pe
     if token == [0; 8] {
         return None;
     }
-    Some(mapping::peer_from_audit_token(&token, connection))
+    Some(darwin::peer_from_audit_token(&token, connection))
 }
 
 fn audit_token_fn() -> Option<ffi::GetAuditToken> {
@@ -94,7 +94,7 @@ pub fn os_version() -> Option<(u32, u32, u32)> {
         return None;
     }
     let text = CStr::from_bytes_until_nul(&buf[..len.min(buf.len())]).ok()?.to_str().ok()?;
-    mapping::parse_os_version(text)
+    darwin::parse_os_version(text)
 }
 
 /// An `xpc_peer_requirement_t` matching only executables with `cdhash`.

@@ -15,8 +15,6 @@ import pytest
 
 from brokerproc import BrokerProcess
 
-pytestmark = pytest.mark.root
-
 NET = {"lab": {"mode": "host", "subnet": "10.233.0.1/24", "dhcp": False, "dnsProxy": False}}
 
 
@@ -44,6 +42,7 @@ def path_without(tmp_path: Path, missing: str) -> str:
     return str(bin_dir)
 
 
+@pytest.mark.root
 def test_doctor_passes_against_a_broker_in_the_namespace(netns, tmp_path: Path) -> None:
     sock = tmp_path / "broker.sock"
     args = ["--config", str(write_config(tmp_path)), "--idle-timeout", "0", "--state-dir", str(tmp_path / "state"), "--no-endpoints"]
@@ -67,6 +66,7 @@ def test_doctor_passes_against_a_broker_in_the_namespace(netns, tmp_path: Path) 
         assert "ok    relay stream: two ports on lab" in text and "summary (paste into a bug report):" in text
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("tool", ["nft", "dnsmasq", "ip"])
 def test_a_missing_program_fails_its_line(netns, tmp_path: Path, tool: str) -> None:
     rc, checks, _ = doctor(netns, tmp_path, tmp_path / "none.sock", prefix=["env", f"PATH={path_without(tmp_path, tool)}"])
@@ -78,6 +78,7 @@ def test_a_missing_program_fails_its_line(netns, tmp_path: Path, tool: str) -> N
     assert all(checks[o]["verdict"] == "ok" for o in others)
 
 
+@pytest.mark.root
 def test_without_cap_net_admin(netns, tmp_path: Path) -> None:
     rc, checks, _ = doctor(netns, tmp_path, tmp_path / "none.sock", prefix=["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin"])
     assert rc == 1
@@ -89,6 +90,7 @@ def test_without_cap_net_admin(netns, tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.root
 def test_without_dev_net_tun(netns, tmp_path: Path) -> None:
     # A private mount namespace where /dev/net is an empty tmpfs: the host's stays.
     inner = f"mount -t tmpfs none /dev/net && exec \"$@\""
@@ -99,6 +101,7 @@ def test_without_dev_net_tun(netns, tmp_path: Path) -> None:
     assert "modprobe tun" in checks["/dev/net/tun"]["fix"]
 
 
+@pytest.mark.root
 def test_a_colliding_host_route_and_no_broker(netns, tmp_path: Path) -> None:
     netns.run(["ip", "link", "add", "d0", "type", "bridge"])
     netns.run(["ip", "addr", "add", "10.233.128.1/16", "dev", "d0"])
@@ -111,3 +114,42 @@ def test_a_colliding_host_route_and_no_broker(netns, tmp_path: Path) -> None:
     assert checks["broker answers"]["verdict"] == "FAIL" and "no broker answers" in checks["broker answers"]["detail"]
     assert [checks[f"relay {k}"]["verdict"] for k in ("datagram", "datagram_next", "stream")] == ["skip"] * 3
     assert doc["summary"]["failed"] == ["broker socket", "subnet lab", "broker answers"]
+
+
+def test_macos_checks_name_each_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The macOS lines, with codesign, launchctl and the OS version faked (they exist only on a Mac)."""
+    import subprocess
+
+    from vmnet_rs import doctor, install
+
+    exe = tmp_path / "vmnet-rs-broker"
+    exe.write_bytes(b"binary")
+    monkeypatch.setattr(install, "broker_executable", lambda: exe)
+    monkeypatch.setattr(Path, "home", staticmethod(lambda: tmp_path))
+    monkeypatch.setattr(doctor.platform, "mac_ver", lambda: ("26.1", ("", "", ""), "arm64"))
+    answers = {
+        ("codesign", "--verify"): (0, ""),
+        ("codesign", "-d"): (0, "[Dict]\n\t[Key] com.apple.security.virtualization\n\t[Value] [Bool] true\n"),
+        ("launchctl", "print"): (113, "Could not find service"),
+    }
+
+    def fake_run(argv):
+        rc, out = next(v for k, v in answers.items() if tuple(argv[: len(k)]) == k)
+        return subprocess.CompletedProcess(argv, rc, out, "")
+
+    monkeypatch.setattr(doctor, "_run", fake_run)
+    monkeypatch.setattr(doctor, "_live_checks", lambda connect, where, network, serialization=False: [doctor.Check("broker answers", doctor.OK, where)])
+    checks = {c.name: c for c in doctor.macos_checks(None, "shared")}
+    assert checks["macOS"].verdict == "ok" and checks["macOS"].detail.startswith("26.1")
+    assert checks["signature"].verdict == "ok" and checks["entitlement"].verdict == "ok"
+    assert checks["LaunchAgent"].verdict == "FAIL" and checks["LaunchAgent"].fix == "run `vmnet-rs install`"
+    # No gui/<uid> domain (SSH without a login at the screen): the line says so.
+    assert checks["launchd domain"].verdict == "FAIL" and "--domain user" in checks["launchd domain"].fix
+    # An unsigned binary after an upgrade, on an older macOS.
+    answers[("codesign", "--verify")] = (1, "")
+    answers[("codesign", "-d")] = (0, "")
+    monkeypatch.setattr(doctor.platform, "mac_ver", lambda: ("15.4", ("", "", ""), "arm64"))
+    checks = {c.name: c for c in doctor.macos_checks(None, "shared")}
+    assert checks["macOS"].verdict == "FAIL" and "needs macOS 26" in checks["macOS"].detail
+    assert checks["signature"].verdict == "FAIL" and checks["entitlement"].verdict == "FAIL"
+    assert "VMNET_MEM_FAILURE" in checks["entitlement"].detail

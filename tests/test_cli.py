@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
@@ -39,9 +40,39 @@ def test_networks_prints_the_builtins(runner: CliRunner, no_config_file: None) -
     lines = result.stdout.splitlines()
     assert lines[0].startswith("config: built-in defaults")
     assert lines[1].split() == ["NAME", "MODE", "SUBNET", "IPV6", "PREFIX", "MTU", "ON"]
-    assert lines[2].split() == ["host", "host", "192.168.108.1/24", "auto", "1500", "dhcp", "dnsProxy", "nat44", "nat66"]
-    assert lines[3].split()[:5] == ["shared", "shared", "192.168.107.1/24", "auto", "1500"]
-    assert "routerAdvertisement" in lines[3].split()
+    if sys.platform == "darwin":
+        assert lines[2].split() == ["host", "host", "192.168.108.1/24", "auto", "1500", "dhcp", "dnsProxy"]
+        assert lines[3].split() == ["shared", "shared", "192.168.107.1/24", "auto", "1500", "dhcp", "dnsProxy", "nat44", "nat66", "routerAdvertisement"]
+    else:
+        # Linux: no IPv6 without an ipv6Prefix, no NAT in host mode.
+        assert lines[2].split() == ["host", "host", "192.168.108.1/24", "none", "1500", "dhcp", "dnsProxy"]
+        assert lines[3].split() == ["shared", "shared", "192.168.107.1/24", "none", "1500", "dhcp", "dnsProxy", "nat44"]
+    assert "broker: idle timeout 120s (unused networks are torn down after it)" in lines
+
+
+def test_networks_show_what_the_platform_really_runs(tmp_path: Path) -> None:
+    """The ON column is what the platform turns on; what the file asks for
+    that stays off is listed with the reason; idle timeout 0 reads never."""
+    from vmnet_rs.networks_cli import format_table
+
+    cfg = cfgmod.load_config(write(tmp_path, (
+        "broker:\n  idleTimeout: 0\n"
+        "vmnet:\n"
+        "  v6:\n    mode: shared\n    subnet: 10.9.0.0/24\n    ipv6Prefix: fd00:9::/64\n"
+        "  lan:\n    mode: host\n    subnet: 10.8.0.0/24\n    routerAdvertisement: true\n"
+    )))
+    linux = format_table(cfg, "linux").splitlines()
+    row = {line.split()[0]: line.split() for line in linux[2:6]}
+    assert row["v6"][3:] == ["fd00:9::/64", "1500", "dhcp", "dnsProxy", "nat44", "nat66", "routerAdvertisement"]
+    assert row["lan"][3:] == ["none", "1500", "dhcp", "dnsProxy"]
+    assert row["shared"][3:] == ["none", "1500", "dhcp", "dnsProxy", "nat44"]
+    assert "lan: off on linux: nat44 (host mode has no NAT), nat66 (host mode has no NAT), routerAdvertisement (no IPv6 on Linux without ipv6Prefix)" in linux
+    assert "shared: off on linux: nat66 (no IPv6 on Linux without ipv6Prefix), routerAdvertisement (no IPv6 on Linux without ipv6Prefix)" in linux
+    assert "broker: idle timeout never (unused networks are torn down after it)" in linux
+    macos = format_table(cfg, "macos").splitlines()
+    row = {line.split()[0]: line.split() for line in macos[2:6]}
+    assert row["shared"][3:] == ["auto", "1500", "dhcp", "dnsProxy", "nat44", "nat66", "routerAdvertisement"]
+    assert "lan: off on macos: nat44 (host mode has no NAT), nat66 (host mode has no NAT), routerAdvertisement (vmnet ignores it in host mode)" in macos
 
 
 def test_networks_json_is_the_resolved_config(runner: CliRunner) -> None:
@@ -176,3 +207,15 @@ def test_python_m_cli_registers_every_command() -> None:
     for out in outs:
         listed = out.stdout.split("Commands:")[1].split()
         assert [name for name in commands if name in listed] == commands
+
+
+def test_adaptor_examples_give_the_vm_the_adaptors_mac() -> None:
+    """The Adaptor docstring and the README's Adaptor section pass the
+    adaptor's MAC to the VM (without it DHCP and port filters miss the VM)."""
+    from vmnet_rs import Adaptor, adaptor
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Adaptor\n", 1)[1].split("\n## ", 1)[0]
+    for text in (adaptor.__doc__ or "", section):
+        assert 'f"virtio-net-pci,netdev=n0,mac={a.mac}"' in text
+    assert Adaptor.mac.__doc__

@@ -299,7 +299,7 @@ def test_networks_command_shows_the_paths(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "vmnet_rs", "networks", "--config", str(cfg)], capture_output=True, text=True, check=True).stdout
     assert "lab: datagram endpoint /run/vm-ep/lab.dgram.sock" in out
     assert "shared: stream endpoint /run/vm-ep/shared.stream.sock" in out
-    assert "lab: stream endpoint" not in out and "host: " not in out
+    assert "lab: stream endpoint" not in out and "host: stream endpoint" not in out and "host: datagram endpoint" not in out
 
 
 def test_a_passed_socket_of_the_wrong_type_is_a_clear_start_error(tmp_path: Path) -> None:

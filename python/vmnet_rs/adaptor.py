@@ -6,8 +6,12 @@ port on a network it creates itself::
     from vmnet_rs import Adaptor
 
     with Adaptor("stream", network="shared") as a:      # Linux, as root
-        qemu = subprocess.Popen([..., "-netdev", f"stream,id=n0,addr.type=fd,addr.str={a.fileno()}"],
+        qemu = subprocess.Popen([..., "-netdev", f"stream,id=n0,addr.type=fd,addr.str={a.fileno()}",
+                                 "-device", f"virtio-net-pci,netdev=n0,mac={a.mac}"],
                                 pass_fds=[a.fileno()])
+
+Give the VM the adaptor's MAC (:attr:`Adaptor.mac`, or pass ``mac=`` to
+choose it): the network's DHCP server and port filters know the VM by it.
 
 The relay runs on a native thread (no GIL) until the VM closes its end, the
 interface goes away, or :meth:`Adaptor.close` is called.
@@ -115,6 +119,11 @@ class Adaptor:
         """Counters per direction (``host_to_vm``, ``vm_to_host``): packets,
         bytes, batches, drops, waits, errors."""
         return dict(self._live().stats())
+
+    @property
+    def mac(self) -> str:
+        """The MAC the VM must use (``mac=`` as given, else chosen at random)."""
+        return str(self.info["mac"])
 
     @property
     def running(self) -> bool:

@@ -8,6 +8,7 @@ configuration exits 2 with every problem printed, one per line.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -85,9 +86,40 @@ def resolve(ctx: click.Context, file: Optional[Path]) -> None:
     click.echo(load_config(path).to_json())
 
 
-def format_table(cfg: Config) -> str:
-    """The networks as an aligned table, then one line per port forward,
-    reservation and external interface."""
+def effective_flags(net: NetworkConfig, platform: str) -> Tuple[List[str], List[str]]:
+    """(on, off): the boolean keys the platform really turns on for ``net``,
+    and those the file asks for that stay off there, each with why. NAT
+    exists only in shared mode; on Linux IPv6 (NAT66, router advertisements)
+    exists only with an ``ipv6Prefix`` (docs/config.md)."""
+    asked = net.to_dict()
+    on: List[str] = []
+    off: List[str] = []
+    for key in _FLAGS:
+        if not asked[key]:
+            continue
+        why = None
+        if key in ("nat44", "nat66") and net.mode != "shared":
+            why = "host mode has no NAT"
+        elif key in ("nat66", "routerAdvertisement") and platform == "linux" and not net.ipv6_prefix:
+            why = "no IPv6 on Linux without ipv6Prefix"
+        elif key == "routerAdvertisement" and platform == "macos" and net.mode != "shared":
+            why = "vmnet ignores it in host mode"
+        if why is None:
+            on.append(key)
+        else:
+            off.append(f"{key} ({why})")
+    return on, off
+
+
+def _platform() -> str:
+    return "macos" if sys.platform == "darwin" else "linux"
+
+
+def format_table(cfg: Config, platform: Optional[str] = None) -> str:
+    """The networks as an aligned table (the ON column as ``platform``,
+    default this machine's, really runs them), then one line per port
+    forward, reservation, external interface and flag that stays off."""
+    platform = platform or _platform()
     if cfg.source is None:
         searched = ", ".join(str(p) for p in config_search_path())
         header = f"config: built-in defaults (no file at {searched})"
@@ -104,11 +136,14 @@ def format_table(cfg: Config) -> str:
             name,
             net.mode,
             net.subnet or "auto",
-            net.ipv6_prefix or "auto",
+            net.ipv6_prefix or ("none" if platform == "linux" else "auto"),
             str(net.mtu),
-            " ".join(k for k in _FLAGS if net.to_dict()[k]) or "-",
+            " ".join(effective_flags(net, platform)[0]) or "-",
         ])
         details.extend(f"{name}: {d}" for d in _details(net))
+        off = effective_flags(net, platform)[1]
+        if off:
+            details.append(f"{name}: off on {platform}: {', '.join(off)}")
         details.extend(f"{name}: {kind} endpoint {path}" for kind, path in sorted(paths.get(name, {}).items(), reverse=True))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     b = cfg.broker
@@ -118,6 +153,8 @@ def format_table(cfg: Config) -> str:
         lines.append("")
         lines += details
     lines.append("")
+    idle = f"{b.idle_timeout}s" if b.idle_timeout else "never"
+    lines.append(f"broker: idle timeout {idle} (unused networks are torn down after it)")
     lines += access_lines(cfg)
     return "\n".join(lines)
 

@@ -48,6 +48,7 @@ mod batch_io;
 #[cfg(target_os = "linux")]
 pub mod bench;
 mod counters;
+pub mod framing;
 mod relay;
 mod socket;
 mod vm_datagram;
@@ -370,8 +371,7 @@ mod tests {
                     s.send(f).unwrap();
                 }
                 Vm::Stream(s) => {
-                    s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
-                    s.write_all(f).unwrap();
+                    framing::write_frame(s, f).unwrap();
                 }
             }
         }
@@ -394,7 +394,7 @@ mod tests {
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
                         Err(e) => panic!("VM read: {e}"),
                     }
-                    let mut f = vec![0u8; u32::from_be_bytes(header) as usize];
+                    let mut f = vec![0u8; framing::frame_len(&header)];
                     // Once a header is in, the rest of the frame follows; retry timeouts.
                     let mut got = 0;
                     while got < f.len() {

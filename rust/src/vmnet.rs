@@ -8,6 +8,8 @@
 
 use std::io;
 use std::os::fd::RawFd;
+#[cfg(target_os = "linux")]
+use std::os::fd::{FromRawFd, OwnedFd};
 
 use crate::config::NetworkConfig;
 use crate::xpc::Dict;
@@ -187,8 +189,10 @@ pub fn cleanup_stale(options: &BackendOptions) -> Result<Vec<String>, Error> {
 
 /// Reads up to `bufs.len()` frames from a non-blocking fd that yields one
 /// frame per `read` (a TAP, a SOCK_SEQPACKET socket), one syscall each.
-/// Stops at the first would-block or empty read; an error after some frames
-/// ends the batch and is seen again on the next call.
+/// Stops at the first would-block read; an error after some frames ends the
+/// batch and is seen again on the next call. A read of 0 bytes before any
+/// frame is the other end of a socket closing (a TAP never returns an empty
+/// frame): `EPIPE`, so the relay ends as for a vanished interface.
 #[cfg(target_os = "linux")]
 pub(crate) fn read_each(fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
     let mut n = 0;
@@ -203,11 +207,48 @@ pub(crate) fn read_each(fd: RawFd, bufs: &mut [&mut [u8]], lens: &mut [usize]) -
             return Err(err);
         }
         if r == 0 {
-            // No frame (a TAP never returns an empty one); never pass one on.
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EPIPE));
+            }
             break;
         }
         lens[n] = r as usize;
         n += 1;
     }
     Ok(n)
+}
+
+/// Writes `frames` to an fd that takes one frame per `write` (a TAP, a
+/// SOCK_SEQPACKET socket), one syscall each. An error after some frames ends
+/// the batch (the count says how many went); on the first it is returned.
+#[cfg(target_os = "linux")]
+pub(crate) fn write_each(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let mut n = 0;
+    for frame in frames {
+        // SAFETY: frame is a valid readable buffer of its length.
+        let r = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if n > 0 {
+                break;
+            }
+            return Err(err);
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A close-on-exec SOCK_SEQPACKET socketpair (one frame per packet, as on a
+/// TAP): the ports of the test hub and the adaptor tests' interface.
+#[cfg(target_os = "linux")]
+pub(crate) fn seqpacket_pair(nonblocking: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+    let flags = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    let mut p = [-1; 2];
+    // SAFETY: p holds the two fds socketpair writes.
+    if unsafe { libc::socketpair(libc::AF_UNIX, flags, 0, p.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair succeeded; both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::socket;
-use super::vm_stream::HEADER_BYTES;
+use super::framing::{self, HEADER_BYTES};
 
 /// EtherType of benchmark frames (IEEE local experimental 1).
 pub const ETHERTYPE: u16 = 0x88B5;
@@ -219,8 +219,7 @@ fn generate(fd: RawFd, framing: Framing, frame_bytes: usize, src: [u8; 6], dst: 
             let one = HEADER_BYTES + frame_bytes;
             let mut buf = Vec::with_capacity(one * BENCH_BATCH);
             for _ in 0..BENCH_BATCH {
-                buf.extend_from_slice(&(frame_bytes as u32).to_be_bytes());
-                buf.extend_from_slice(&base);
+                framing::push_frame(&mut buf, &base);
             }
             let mut offset = 0usize; // bytes of buf already written
             let mut batch_seq = seq;
@@ -331,7 +330,7 @@ fn sink(fd: RawFd, framing: Framing, window_closed: &AtomicBool, delivered: &Ato
                 if r > 0 {
                     end += r as usize;
                     while end - start >= HEADER_BYTES {
-                        let len = u32::from_be_bytes(stream_buf[start..start + HEADER_BYTES].try_into().unwrap()) as usize;
+                        let len = framing::frame_len(&stream_buf[start..]);
                         if end - start < HEADER_BYTES + len {
                             break;
                         }
@@ -530,7 +529,7 @@ mod tests {
     #[test]
     fn the_per_frame_relay_moves_frames_to_its_tap_side() {
         // A seqpacket pair stands in for the TAP: one frame per read/write.
-        let (tap, net) = crate::adaptor::testing::seqpacket_pair();
+        let (tap, net) = crate::vmnet::seqpacket_pair(false).unwrap();
         let (mut relay, vm) = PerFrameRelay::start(tap).unwrap();
         let flow = Flow { source: vm, source_framing: Framing::Datagram, sink: net, sink_framing: Framing::Tap, src_mac: MAC_A, dst_mac: MAC_B };
         let r = run_flows(vec![flow], 64, Duration::from_millis(200)).unwrap();

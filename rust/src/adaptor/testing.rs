@@ -1,16 +1,18 @@
-//! A test double for [`Interface`]. Frames "from the network" come from one
-//! end of a SOCK_SEQPACKET socketpair (one frame per packet, pollable, like a
-//! TAP fd) whose other end the test keeps; frames written to the interface
+//! A test double for [`Interface`] that records what is written. Frames
+//! "from the network" come from one end of a SOCK_SEQPACKET socketpair
+//! (`vmnet::seqpacket_pair`: one frame per packet, pollable, like a TAP fd;
+//! read with `vmnet::read_each` as the hub's ports and a TAP are) whose
+//! other end the test keeps; frames written to the interface
 //! land in an unbounded in-memory list (so the test never has to keep up).
 //! Writes can be refused on demand to exercise the retry budget. Closing the
 //! test's end makes the interface report that it went away.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::vmnet::{Error, Interface, InterfaceInfo};
+use crate::vmnet::{read_each, Error, Interface, InterfaceInfo};
 
 pub(crate) struct PairInterface {
     fd: OwnedFd,
@@ -41,20 +43,9 @@ impl PairInterface {
     }
 }
 
-/// A blocking, close-on-exec SOCK_SEQPACKET pair: one frame per read or
-/// write, as on a TAP fd. Panics if the pair cannot be made.
-pub(crate) fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
-    let mut fds = [-1; 2];
-    // SAFETY: socketpair writes two descriptors into the array.
-    let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-    assert_eq!(r, 0, "socketpair: {}", io::Error::last_os_error());
-    // SAFETY: both fds were just created and are owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 /// Makes the interface and the test's end ("the network"), blocking.
 pub(crate) fn pair_interface(max_frame_bytes: usize) -> (PairInterface, OwnedFd) {
-    let (ours, theirs) = seqpacket_pair();
+    let (ours, theirs) = crate::vmnet::seqpacket_pair(false).unwrap();
     crate::adaptor::socket::set_nonblocking(&ours).unwrap();
     crate::adaptor::socket::set_buffers(&ours, 4 << 20, 4 << 20).unwrap();
     crate::adaptor::socket::set_buffers(&theirs, 4 << 20, 4 << 20).unwrap();
@@ -86,28 +77,8 @@ impl Interface for PairInterface {
     }
 
     fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < bufs.len() {
-            // SAFETY: bufs[n] is a valid writable buffer of its length.
-            let r = unsafe { libc::recv(self.fd.as_raw_fd(), bufs[n].as_mut_ptr().cast(), bufs[n].len(), libc::MSG_DONTWAIT) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if n > 0 {
-                    break;
-                }
-                return Err(e);
-            }
-            if r == 0 {
-                // The test closed "the network": the interface is gone.
-                if n > 0 {
-                    break;
-                }
-                return Err(io::Error::from_raw_os_error(libc::EBADFD));
-            }
-            lens[n] = r as usize;
-            n += 1;
-        }
-        Ok(n)
+        // Closing the test's end ("the network") reads as EPIPE: gone.
+        read_each(self.fd.as_raw_fd(), bufs, lens)
     }
 
     fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {

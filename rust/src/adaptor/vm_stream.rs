@@ -19,7 +19,7 @@
 use std::io;
 use std::os::fd::RawFd;
 
-pub(crate) const HEADER_BYTES: usize = 4;
+use super::framing::{self, HEADER_BYTES};
 /// Read buffer size floor: 256 KiB holds ~170 full-size frames.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Most iovecs per `sendmsg` (IOV_MAX is 1024 on Linux and macOS).
@@ -96,9 +96,7 @@ impl StreamReader {
         if avail < HEADER_BYTES {
             return false;
         }
-        let mut header = [0u8; HEADER_BYTES];
-        header.copy_from_slice(&self.buf[self.start..self.start + HEADER_BYTES]);
-        let len = u32::from_be_bytes(header) as usize;
+        let len = framing::frame_len(&self.buf[self.start..]);
         len == 0 || len > self.max_frame_bytes || avail >= HEADER_BYTES + len
     }
 
@@ -111,9 +109,7 @@ impl StreamReader {
             if avail < HEADER_BYTES {
                 break;
             }
-            let mut header = [0u8; HEADER_BYTES];
-            header.copy_from_slice(&self.buf[self.start..self.start + HEADER_BYTES]);
-            let len = u32::from_be_bytes(header) as usize;
+            let len = framing::frame_len(&self.buf[self.start..]);
             if len == 0 || len > self.max_frame_bytes {
                 self.error = Some(format!(
                     "frame length {len} in the stream header is outside 1..={} bytes",
@@ -197,7 +193,7 @@ impl StreamWriter {
         if frames.is_empty() {
             return Ok(0);
         }
-        let headers: Vec<[u8; HEADER_BYTES]> = frames.iter().map(|f| (f.len() as u32).to_be_bytes()).collect();
+        let headers: Vec<[u8; HEADER_BYTES]> = frames.iter().map(|f| framing::header(f.len())).collect();
         let mut iovs: Vec<libc::iovec> = Vec::with_capacity((2 * frames.len()).min(MAX_IOVECS));
         for (i, frame) in frames.iter().enumerate() {
             if iovs.len() + 2 > MAX_IOVECS {
@@ -257,8 +253,7 @@ mod tests {
     fn framed(frames: &[Vec<u8>]) -> Vec<u8> {
         let mut out = Vec::new();
         for f in frames {
-            out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-            out.extend_from_slice(f);
+            framing::push_frame(&mut out, f);
         }
         out
     }

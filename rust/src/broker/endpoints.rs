@@ -948,6 +948,7 @@ impl Core {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use crate::adaptor::framing;
     use crate::broker::{Backend, Broker, BrokerOptions};
     use crate::xpc::unix::Socket;
     use std::io::{Read, Write};
@@ -988,16 +989,11 @@ mod tests {
     }
 
     fn send_stream(s: &mut UnixStream, f: &[u8]) {
-        s.write_all(&(f.len() as u32).to_be_bytes()).unwrap();
-        s.write_all(f).unwrap();
+        framing::write_frame(s, f).unwrap();
     }
 
     fn recv_stream(s: &mut UnixStream) -> Vec<u8> {
-        let mut h = [0u8; 4];
-        s.read_exact(&mut h).unwrap();
-        let mut f = vec![0u8; u32::from_be_bytes(h) as usize];
-        s.read_exact(&mut f).unwrap();
-        f
+        framing::read_frame(s).unwrap()
     }
 
     fn endpoint_ports(b: &Broker, network: &str) -> Vec<(u64, Option<EndpointKind>)> {

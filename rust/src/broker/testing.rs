@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::NetworkConfig;
-use crate::vmnet::{read_each, Error, Interface, InterfaceDesc, InterfaceInfo, Network, NetworkState};
+use crate::vmnet::{read_each, seqpacket_pair, write_each, Error, Interface, InterfaceDesc, InterfaceInfo, Network, NetworkState};
 use crate::xpc::{Dict, Value};
 
 /// Largest frame a hub port carries.
@@ -59,16 +59,6 @@ pub fn kill(name: &str) -> usize {
         }
     }
     n
-}
-
-fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut p = [0; 2];
-    // SAFETY: p holds the two fds socketpair writes.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0, p.as_mut_ptr()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socketpair succeeded; both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
 impl HubNetwork {
@@ -215,7 +205,7 @@ impl Network for HubNetwork {
         if !self.is_alive() {
             return Err(Error::Platform { op: "start interface".into(), detail: format!("hub {} is gone", self.inner.name) });
         }
-        let (port, hub) = socketpair().map_err(|e| Error::io("make a hub port", e))?;
+        let (port, hub) = seqpacket_pair(true).map_err(|e| Error::io("make a hub port", e))?;
         let id = self.inner.next_port.fetch_add(1, Ordering::Relaxed);
         self.inner.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(id, hub);
         self.wake();
@@ -257,20 +247,7 @@ impl Interface for HubPort {
     }
 
     fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
-        let mut n = 0;
-        for f in frames {
-            // SAFETY: sends f, a valid buffer of its length.
-            let r = unsafe { libc::send(self.fd.as_raw_fd(), f.as_ptr().cast(), f.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if n > 0 {
-                    break;
-                }
-                return Err(err);
-            }
-            n += 1;
-        }
-        Ok(n)
+        write_each(self.fd.as_raw_fd(), frames)
     }
 
     fn stop(&mut self) -> Result<(), Error> {

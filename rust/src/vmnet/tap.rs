@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use super::{read_each, Error, Interface, InterfaceInfo};
+use super::{read_each, write_each, Error, Interface, InterfaceInfo};
 
 mod uring;
 
@@ -259,23 +259,6 @@ impl Tap {
     pub fn batched(&self) -> bool {
         matches!(self.batch, Batch::Uring { .. })
     }
-}
-
-fn write_each(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
-    let mut n = 0;
-    for frame in frames {
-        // SAFETY: frame is a valid readable buffer of its length.
-        let r = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
-        if r < 0 {
-            let err = io::Error::last_os_error();
-            if n > 0 {
-                break;
-            }
-            return Err(err);
-        }
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// Submits `want` reads at once. Reads run in order, each taking the head

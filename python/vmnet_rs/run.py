@@ -355,7 +355,7 @@ def watch_broker(client: Any, vm_pid: int) -> Callable[[], None]:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("-n", "--network", "networks", multiple=True, metavar="NAME[:BACKEND]",
-              help="Network to join, repeatable (default: shared). BACKEND per engine: listed below.")
+              help="Network to join, repeatable (default: shared). BACKEND per engine: listed above.")
 @click.option("--mac", "macs", multiple=True, metavar="MAC",
               help="MAC for the n-th --network (default: derived from the VM name and network).")
 @click.option("--name", default=None, help="VM name for stable MACs (default: QEMU -name, else from the command).")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from vmnet_rs.bench import KINDS, PATHS, SIZES, summarise
+from vmnet_rs import bench as bench_mod
+from vmnet_rs.bench import KINDS, PAIRS, PATHS, SIZES, summarise
 
 
 def test_summary_ratios_come_from_the_raw_figures():
@@ -52,7 +53,55 @@ def test_quick_bench_produces_the_documented_json(tmp_path):
         assert set(result["kinds"][kind]["frames_per_s"]) == {"64", "1514"}
     ip = result["iperf3"]
     assert "skipped" in ip or all("gbit_per_s" in ip[k] for k in ["veth", *KINDS])
-    if result.get("png") == str(png):
-        assert png.stat().st_size > 0
-    else:
-        assert "matplotlib" in result["png"]
+    assert result["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"vmnet-rs bench: chart written to {png}" in r.stderr
+
+
+def fake_result() -> dict:
+    cases = []
+    for k, path in enumerate(PATHS):
+        for size in SIZES:
+            cases.append({"path": path, "frame_bytes": size, "pairs": 1, "frames_per_s": 100_000 * (k + 1), "cpu_us_per_frame": 2.0 + k})
+        for pairs in PAIRS[1:]:
+            cases.append({"path": path, "frame_bytes": 64, "pairs": pairs, "frames_per_s": 100_000 * (k + 1) * pairs, "cpu_us_per_frame": 2.0 + k})
+    return {"mode": "quick", "seconds_per_case": 0.3, "machine": {"cpus": 2, "kernel": "6.1"}, "cases": cases}
+
+
+def test_png_without_matplotlib_fails_before_measuring(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from vmnet_rs.cli import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the benchmark ran before the matplotlib check")
+
+    monkeypatch.setattr(bench_mod, "run", must_not_run)
+    r = CliRunner().invoke(cli, ["bench", "--quick", "--png", "chart.png"])
+    assert r.exit_code == 1
+    assert "--png needs matplotlib, which is not installed: pip install 'vmnet-rs[bench]' (or leave out --png)" in r.output
+
+
+def test_chart_one_colour_per_path_labelled_axes_from_zero_and_cpu_panel(tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'vmnet-rs[bench]')")
+    from matplotlib.colors import to_hex
+
+    fig = bench_mod.chart_figure(fake_result())
+    axes = fig.axes
+    assert [a.get_title() for a in axes] == ["64-byte frames, 1 pair", "1514-byte frames, 1 pair",
+                                             "64-byte frames, all pairs together", "CPU per delivered frame, 1 pair"]
+    for a in axes:
+        assert a.get_xlabel() and a.get_ylabel()
+        assert a.get_ylim()[0] == 0
+    assert axes[3].get_ylabel() == "CPU time per frame (µs)"
+    colours = {p: bench_mod.COLOURS[p] for p in PATHS}
+    assert len(set(colours.values())) == len(PATHS)
+    for a in (axes[0], axes[1]):
+        assert [to_hex(b.get_facecolor()) for b in a.patches] == [colours[p] for p in PATHS]
+    assert {line.get_label(): to_hex(line.get_color()) for line in axes[2].get_lines()} == colours
+    assert [to_hex(b.get_facecolor()) for b in axes[3].patches] == [colours[p] for p in PATHS] * len(SIZES)
+    # Frames/s as measured, in thousands.
+    assert [b.get_height() for b in axes[0].patches] == [100.0 * (k + 1) for k in range(len(PATHS))]
+    out = bench_mod.chart(fake_result(), str(tmp_path / "c.png"))
+    assert out == str(tmp_path / "c.png") and (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -211,3 +211,45 @@ def test_unleased_network_is_torn_down_after_the_idle_timeout(netns, tmp_path: P
             assert "lab" not in c.status()["networks"]
             assert b.proc.poll() is None
         assert b.proc.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+def test_status_names_each_vm_with_its_dhcp_address(netns, tmp_path: Path) -> None:
+    """A lease's MAC gets an address from the network's dnsmasq (a veth
+    endpoint with that MAC runs udhcpc): `vmnet-rs status` shows the VM's
+    name, MAC, that address and the pid holding the lease."""
+    import json
+
+    from netns import NetNs
+    from test_network_linux import dhcp, veth_endpoint
+
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []},
+                               "vmnet": {"dhcplab": {"mode": "host", "subnet": "10.233.0.1/24", "dnsProxy": False}}}))
+    sock = tmp_path / "broker.sock"
+    args = ["--config", str(cfg), "--no-endpoints", "--idle-timeout", "0", "--monitor-interval", "0.2", "--state-dir", str(tmp_path / "state")]
+    ep = NetNs("vmrs")
+    try:
+        with BrokerProcess(sock, args, prefix=netns.argv([])) as b:
+            b.wait_ready()
+            mac = "52:54:00:93:00:01"
+            with Client(str(sock)) as c:
+                c.acquire("dhcplab", vm_name="web1")
+                nic = c.open("dhcplab", "datagram", mac=mac, vm_name="web1")
+                try:
+                    bridge = c.status()["networks"]["dhcplab"]["device"]
+                    veth_endpoint(netns, ep, bridge, mac)
+                    address = dhcp(ep, tmp_path)
+                    assert address and address.startswith("10.233.0."), address
+                    lease = next(x for x in c.status()["leases"].values() if x.get("mac") == mac)
+                    assert (lease["vm_name"], lease["address"], lease["pid"]) == ("web1", address, os.getpid())
+                    out = subprocess.run([sys.executable, "-m", "vmnet_rs", "status", "--socket", str(sock)],
+                                         capture_output=True, text=True, timeout=60)
+                    assert out.returncode == 0, out.stderr
+                    me = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+                    assert any(line.startswith(f"  lease {lease_id}: dhcplab datagram, VM web1, MAC {mac}, IP {address}, pid {os.getpid()} ({me})")
+                               for lease_id in c.status()["leases"] for line in out.stdout.splitlines()), out.stdout
+                finally:
+                    nic.close()
+    finally:
+        ep.close()

@@ -219,3 +219,26 @@ def test_adaptor_examples_give_the_vm_the_adaptors_mac() -> None:
     for text in (adaptor.__doc__ or "", section):
         assert 'f"virtio-net-pci,netdev=n0,mac={a.mac}"' in text
     assert Adaptor.mac.__doc__
+
+
+def test_help_texts_point_to_documentation_a_pip_user_has(runner: CliRunner) -> None:
+    """No help text sends a pip user to the README or a docs/ file they do
+    not have: --help itself, or a URL."""
+
+    def every_command(group: click.Group, path: List[str]) -> Iterator[List[str]]:
+        yield path
+        for name, sub in sorted(group.commands.items()):
+            if isinstance(sub, click.Group):
+                yield from every_command(sub, path + [name])
+            else:
+                yield path + [name]
+
+    seen = 0
+    for path in every_command(cli, []):
+        out = runner.invoke(cli, [*path, "--help"], terminal_width=1000)
+        assert out.exit_code == 0, (path, out.output)
+        text = out.output.replace("https://github.com/vmnet-rs/vmnet-rs/blob/main/docs/", "")
+        assert "README" not in text and "docs/" not in text, (path, out.output)
+        seen += 1
+    assert seen >= 10
+    assert "https://github.com/vmnet-rs/vmnet-rs" in runner.invoke(cli, ["--help"]).output

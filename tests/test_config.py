@@ -196,7 +196,7 @@ def test_overlapping_subnets() -> None:
         vmnet:
           lab:
             subnet: 192.168.107.128/25
-    """) == ('networks.yaml:4: network "lab": key "subnet": "192.168.107.129/25" overlaps 192.168.107.1/24 of '
+    """) == ('networks.yaml:4: network "lab": key "subnet": "192.168.107.128/25" overlaps 192.168.107.1/24 of '
              'built-in network "shared" (redefine it under vmnet to move it); give each network its own subnet')
     assert one("""
         vmnet:
@@ -204,7 +204,7 @@ def test_overlapping_subnets() -> None:
             subnet: 10.0.0.0/8
           b:
             subnet: 10.20.0.0/16
-    """) == ('networks.yaml:6: network "b": key "subnet": "10.20.0.1/16" overlaps 10.0.0.1/8 of network "a"; '
+    """) == ('networks.yaml:6: network "b": key "subnet": "10.20.0.0/16" overlaps 10.0.0.0/8 of network "a"; '
              'give each network its own subnet')
 
 

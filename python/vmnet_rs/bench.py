@@ -379,41 +379,88 @@ def table(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def chart(result: Dict[str, Any], path: str) -> Optional[str]:
-    """Writes a PNG; returns a note instead if matplotlib is missing."""
-    try:
-        import matplotlib
+#: One colour per path, the same in every panel of the chart.
+COLOURS = {"kernel": "#7f7f7f", "per_frame": "#bcbd22", "datagram": "#1f77b4", "datagram_next": "#2ca02c", "stream": "#d62728"}
+BENCH_EXTRA = "pip install 'vmnet-rs[bench]'"
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def require_matplotlib() -> None:
+    """Fails at once, before any measuring, when --png cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
     except ImportError:
-        return "matplotlib is not installed: no chart written (pip install matplotlib)"
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+        raise BenchError(f"--png needs matplotlib, which is not installed: {BENCH_EXTRA} (or leave out --png)") from None
+
+
+def chart_figure(result: Dict[str, Any]) -> Any:
+    """The chart as a matplotlib figure: delivered frames/s for 64- and
+    1514-byte frames, aggregate frames/s over pairs, and CPU time per
+    delivered frame (the steadier figure on a shared machine); one colour
+    per path in every panel, every axis labelled, frames/s from zero."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = result["cases"]
+    paths = [p for p in PATHS if any(c["path"] == p for c in cases)]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
     for ax, size in zip(axes[:2], SIZES):
-        vals = [(_find(result["cases"], p, size, 1) or {}).get("frames_per_s", 0) / 1e3 for p in PATHS]
-        ax.bar(PATHS, vals, color=["#888", "#bbb", "#4a7", "#27a", "#a52"])
+        vals = [((_find(cases, p, size, 1) or {}).get("frames_per_s") or 0) / 1e3 for p in paths]
+        ax.bar(paths, vals, color=[COLOURS[p] for p in paths])
         ax.set_title(f"{size}-byte frames, 1 pair")
-        ax.set_ylabel("delivered kframes/s")
+        ax.set_xlabel("path")
+        ax.set_ylabel("delivered frames/s (thousands)")
+        ax.set_ylim(bottom=0)
         ax.tick_params(axis="x", rotation=30)
     ax = axes[2]
-    for p in PATHS:
-        ys = [(_find(result["cases"], p, 64, n) or {}).get("frames_per_s", 0) / 1e3 for n in PAIRS]
-        ax.plot(PAIRS, ys, marker="o", label=p)
-    ax.set_title("64-byte frames, aggregate over pairs")
-    ax.set_xlabel("pairs")
+    for p in paths:
+        ns = [n for n in PAIRS if _find(cases, p, 64, n)]
+        ys = [((_find(cases, p, 64, n) or {}).get("frames_per_s") or 0) / 1e3 for n in ns]
+        ax.plot(ns, ys, marker="o", color=COLOURS[p], label=p)
+    ax.set_title("64-byte frames, all pairs together")
+    ax.set_xlabel("pairs of VMs")
+    ax.set_ylabel("delivered frames/s (thousands)")
     ax.set_xticks(PAIRS)
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    fig.suptitle(f"vmnet-rs bench ({result['mode']})")
+    ax = axes[3]
+    width = 0.8 / len(SIZES)
+    for i, size in enumerate(SIZES):
+        vals = [(_find(cases, p, size, 1) or {}).get("cpu_us_per_frame") or 0 for p in paths]
+        xs = [k + (i - (len(SIZES) - 1) / 2) * width for k in range(len(paths))]
+        # Same colour per path; the frame size by hatching.
+        ax.bar(xs, vals, width=width, color=[COLOURS[p] for p in paths], hatch="" if i == 0 else "//", edgecolor="black",
+               label=f"{size}-byte frames")
+    ax.set_xticks(range(len(paths)))
+    ax.set_xticklabels(paths, rotation=30)
+    ax.set_title("CPU per delivered frame, 1 pair")
+    ax.set_xlabel("path")
+    ax.set_ylabel("CPU time per frame (µs)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"vmnet-rs bench ({result['mode']}, {result['seconds_per_case']} s per case, "
+                 f"{result['machine']['cpus']} CPUs, Linux {result['machine']['kernel']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def chart(result: Dict[str, Any], path: str) -> str:
+    """Writes the chart (:func:`chart_figure`) to ``path`` as PNG; returns
+    its absolute path."""
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(result)
+    out = os.path.abspath(path)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
-    return None
+    return out
 
 
 @click.command("bench")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quick", is_flag=True, help="A short run (under a minute), for CI.")
-@click.option("--png", "png", type=click.Path(dir_okay=False), help="Also write a chart to this PNG file.")
+@click.option("--png", "png", type=click.Path(dir_okay=False), help=f"Also write a chart to this PNG file (needs matplotlib: {BENCH_EXTRA}).")
 @click.option("--seconds", type=float, default=None, help="Seconds per case (default 3, or 0.3 with --quick).")
 @click.option("--paths", default=",".join(PATHS), show_default=True, help="Comma-separated paths to measure.")
 @click.option("--sizes", default="64,1514", show_default=True, help="Comma-separated frame sizes (bytes).")
@@ -436,13 +483,13 @@ def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[floa
         qlen = None if dgram_qlen == "host" else int(dgram_qlen)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    if png:
+        require_matplotlib()
     result = run(quick, seconds, log=log, paths=path_list, sizes=size_list, pairs=pair_list, iperf=iperf,
                  dgram_qlen=qlen, tap_uring=tap_uring)
     if png:
-        note = chart(result, png)
-        result["png"] = note or png
-        if note:
-            click.echo(f"vmnet-rs bench: {note}", err=True)
+        result["png"] = chart(result, png)
+        click.echo(f"vmnet-rs bench: chart written to {result['png']}", err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -57,7 +57,11 @@ class VmnetGroup(click.Group):
 @click.version_option(__version__, "--version", prog_name="vmnet-rs")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def cli(verbose: int) -> None:
-    """vmnet-rs: shared and host-only VM networks without root."""
+    """vmnet-rs: shared and host-only VM networks without root.
+
+    Each command explains itself with --help; the full documentation is at
+    https://github.com/vmnet-rs/vmnet-rs.
+    """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="vmnet-rs: %(levelname)s: %(message)s", stream=sys.stderr)
     log.setLevel(level)

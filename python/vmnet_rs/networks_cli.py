@@ -29,7 +29,8 @@ _FLAGS = ("dhcp", "dnsProxy", "nat44", "nat66", "routerAdvertisement", "isolatio
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="Configuration file (default: $VMNET_RS_CONFIG, then the search path in docs/config.md).",
+    help="Configuration file (default: $VMNET_RS_CONFIG, else ~/.config/vmnet-rs/networks.yaml, else /etc/vmnet-rs/networks.yaml "
+    "on Linux or Lima's networks.yaml on macOS; keys: https://github.com/vmnet-rs/vmnet-rs/blob/main/docs/config.md).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the file's shape, every default filled in).")
 @click.pass_context

@@ -790,6 +790,8 @@ pub(super) fn read_file(
     }
     let broker = read_broker(&mut Scope::broker(source, problems), top.get("broker"));
     let mut defined = Vec::new();
+    // Each network's subnet and prefix as the user wrote them, for messages.
+    let mut written: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
     match top.get("vmnet") {
         None | Some(Value::Null) => {}
         Some(Value::Object(entries)) => {
@@ -800,6 +802,8 @@ pub(super) fn read_file(
                     continue;
                 }
                 defined.push(name.clone());
+                let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_owned);
+                written.insert(name.clone(), (text("subnet"), text("ipv6Prefix")));
                 if let Some(cfg) = read_network(&mut scope, entry) {
                     networks.insert(name.clone(), cfg);
                 }
@@ -815,19 +819,24 @@ pub(super) fn read_file(
             networks.insert(name.to_string(), cfg);
         }
     }
-    check_across(source, &networks, &defined, problems);
+    check_across(source, &networks, &written, problems);
     (broker, networks)
 }
 
 /// Checks between networks: subnets and IPv6 prefixes must not overlap, and
 /// a host port (per protocol and family) may be forwarded by one network only.
+/// `written` holds each network the file defines, with its subnet and prefix
+/// as written (messages quote them so); the others are built-ins.
 pub(super) fn check_across(
     source: &str,
     networks: &BTreeMap<String, NetworkConfig>,
-    defined: &[String],
+    written: &BTreeMap<String, (Option<String>, Option<String>)>,
     problems: &mut Vec<String>,
 ) {
-    let builtin = |n: &str| !defined.iter().any(|d| d == n);
+    let builtin = |n: &str| !written.contains_key(n);
+    let as_written = |n: &str, subnet: bool, parsed: String| {
+        written.get(n).and_then(|(s, p)| if subnet { s.clone() } else { p.clone() }).unwrap_or(parsed)
+    };
     let label = |n: &str| {
         if builtin(n) {
             format!("built-in network {} (redefine it under vmnet to move it)", quote(n))
@@ -847,8 +856,9 @@ pub(super) fn check_across(
             if let (Some(x), Some(y)) = (subnet_of(here_cfg), subnet_of(there_cfg)) {
                 if x.overlaps(&y) {
                     Scope::network(source, here, problems).key("subnet", format!(
-                        "{} overlaps {y} of {}; give each network its own subnet",
-                        quote(&x.to_string()),
+                        "{} overlaps {} of {}; give each network its own subnet",
+                        quote(&as_written(here, true, x.to_string())),
+                        as_written(there, true, y.to_string()),
                         label(there)
                     ));
                 }
@@ -856,8 +866,9 @@ pub(super) fn check_across(
             if let (Some(x), Some(y)) = (prefix_of(here_cfg), prefix_of(there_cfg)) {
                 if x.overlaps(&y) {
                     Scope::network(source, here, problems).key("ipv6Prefix", format!(
-                        "{} overlaps {y} of {}; give each network its own prefix",
-                        quote(&x.to_string()),
+                        "{} overlaps {} of {}; give each network its own prefix",
+                        quote(&as_written(here, false, x.to_string())),
+                        as_written(there, false, y.to_string()),
                         label(there)
                     ));
                 }

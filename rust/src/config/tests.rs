@@ -200,7 +200,7 @@ fn overlapping_subnets() {
     .unwrap_err();
     assert_eq!(
         err.message,
-        "networks.yaml: network \"b\": key \"subnet\": \"10.1.5.1/24\" overlaps 10.1.0.1/16 of network \"a\"; give each network its own subnet"
+        "networks.yaml: network \"b\": key \"subnet\": \"10.1.5.0/24\" overlaps 10.1.0.0/16 of network \"a\"; give each network its own subnet"
     );
 }
 
@@ -209,7 +209,7 @@ fn overlap_with_a_builtin_is_reported_on_the_users_network() {
     let err = file(json!({"vmnet": {"lab": {"subnet": "192.168.108.0/24"}}})).unwrap_err();
     assert_eq!(
         err.message,
-        "networks.yaml: network \"lab\": key \"subnet\": \"192.168.108.1/24\" overlaps 192.168.108.1/24 of built-in network \"host\" (redefine it under vmnet to move it); give each network its own subnet"
+        "networks.yaml: network \"lab\": key \"subnet\": \"192.168.108.0/24\" overlaps 192.168.108.1/24 of built-in network \"host\" (redefine it under vmnet to move it); give each network its own subnet"
     );
 }
 
@@ -222,7 +222,7 @@ fn overlapping_ipv6_prefixes() {
     .unwrap_err();
     assert_eq!(
         err.message,
-        "networks.yaml: network \"b\": key \"ipv6Prefix\": \"fd00:1::/64\" overlaps fd00:1::/64 of network \"a\"; give each network its own prefix"
+        "networks.yaml: network \"b\": key \"ipv6Prefix\": \"fd00:1:0:0::/64\" overlaps fd00:1::/64 of network \"a\"; give each network its own prefix"
     );
 }
 

@@ -55,6 +55,7 @@ options:
   --socket PATH                  Linux: the socket to serve (default: $VMNET_RS_SOCKET,
                                  the config's socket, /run/vmnet-rs/broker.sock)
   --state-dir DIR                backend records and the last good configuration
+                                 (default: $VMNET_RS_STATE_DIR, else /run/vmnet-rs/state)
   --idle-timeout SECONDS         tear idle networks down and exit when idle (0: never)
   --endpoint-dir DIR             per-network endpoint sockets (docs/endpoints.md; default:
                                  the config's endpointDir, else the broker socket's

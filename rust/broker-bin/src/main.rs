@@ -139,8 +139,12 @@ fn options(args: &Args) -> Result<BrokerOptions, (u8, String)> {
 #[cfg(target_os = "linux")]
 const HOST_RESOLV_FILE: &str = "/etc/resolv.conf";
 
+/// $VMNET_RS_STATE_DIR (as `vmnet-rs broker` and `vmnet-rs leases`), else
 /// Linux: /run/vmnet-rs/state; macOS: ~/Library/Application Support/vmnet-rs/state.
 fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VMNET_RS_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     #[cfg(target_os = "macos")]
     if let Some(home) = std::env::var_os("HOME") {
         return PathBuf::from(home).join("Library/Application Support/vmnet-rs/state");

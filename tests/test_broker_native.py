@@ -99,7 +99,7 @@ def test_a_bad_edit_leaves_the_broker_on_the_last_good_configuration(tmp_path: P
         st = status_json(sock)
         assert "config_error" not in st and "lab" in st["known"]
         assert b.stop() == 0
-    assert "vmnet-rs: broker stopped: interrupted (SIGTERM)" in b.log_text()
+    assert "vmnet-rs: broker stopped: terminated (SIGTERM)" in b.log_text()
     # The file no longer validates: the broker starts on the last good one and says why.
     cfg.write_text(json.dumps({"vmnet": {"lab": {"mode": "host", "mtu": 70000}}}))
     with NativeBroker(sock, args) as b:
@@ -139,6 +139,9 @@ def test_config_json_needs_no_python(tmp_path: Path) -> None:
     with NativeBroker(sock, ["--backend", "hub", "--config-json", str(tmp_path / "n.json"), "--python", "/nonexistent/python"]) as b:
         b.wait_ready()
         assert status_json(sock)["known"]["lab"]["subnet"] == "10.232.0.1/24"
+        # Ctrl-C: torn down, exit 130, as `vmnet-rs broker`.
+        assert b.stop(signal.SIGINT) == 130
+    assert "vmnet-rs: broker stopped: interrupted (Ctrl-C)" in b.log_text()
 
 
 @pytest.mark.root
@@ -175,7 +178,7 @@ def test_native_broker_in_a_namespace_serves_status_and_open(netns, tmp_path: Pa
         assert b.stop() == 0
     # SIGTERM tore the network down.
     assert not [link for link in netns.links() if link.startswith(("vmr-", "vmt"))], netns.links()
-    assert "broker stopped: interrupted (SIGTERM)" in b.log_text()
+    assert "broker stopped: terminated (SIGTERM)" in b.log_text()
 
 
 @pytest.mark.root

@@ -10,7 +10,8 @@
 //! start line, and wait. A signal, the shutdown command or idle exit stops
 //! it; every network is torn down before it exits.
 //!
-//! Exit codes: 0 stopped normally, 1 could not start, 2 bad flags or configuration.
+//! Exit codes: 0 stopped normally (SIGTERM, shutdown, idle), 1 could not
+//! start, 2 bad flags or configuration, 130 interrupted (Ctrl-C, SIGINT).
 
 mod args;
 mod config_source;
@@ -27,6 +28,7 @@ use args::{Args, USAGE};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let args = match Args::parse(std::env::args().skip(1)) {
@@ -49,7 +51,13 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(reason) => {
             eprintln!("vmnet-rs: broker stopped: {reason}");
-            ExitCode::SUCCESS
+            // Ctrl-C exits 130 as `vmnet-rs broker` does; SIGTERM (the
+            // service manager's stop) and the broker's own stops exit 0.
+            if reason == signals::INTERRUPTED {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err((code, message)) => fail(code, &message),
     }

@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use vmnet_rs::broker::Core;
 
+/// Why the broker stopped, in the words of `vmnet-rs broker`.
+pub const TERMINATED: &str = "terminated (SIGTERM)";
+pub const INTERRUPTED: &str = "interrupted (Ctrl-C)";
+
 fn stop_set() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set we pass; sigaddset adds valid
     // signal numbers to it.
@@ -42,8 +46,7 @@ pub fn forward_to(core: Arc<Core>) -> std::io::Result<()> {
         // a valid out-pointer.
         let rc = unsafe { libc::sigwait(&set, &mut sig) };
         if rc == 0 {
-            let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
-            core.request_exit(&format!("interrupted ({name})"));
+            core.request_exit(if sig == libc::SIGTERM { TERMINATED } else { INTERRUPTED });
         }
     })?;
     Ok(())

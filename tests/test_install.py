@@ -189,3 +189,26 @@ def test_lima_unregister_spelling_and_mach_service_on_linux(tmp_path: Path) -> N
         assert "Mach services exist only on macOS" in out.stderr
         out = run_cli("broker", "--unregister-mach-service", home=tmp_path)
         assert out.returncode == 2 and "vmnet-rs uninstall" in out.stderr
+
+
+@pytest.mark.root
+def test_linux_plan_warns_when_root_would_run_a_user_writable_binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install, "_group_exists", lambda name: True)
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    exe, py = venv / "vmnet-rs-broker", venv / "python"
+    exe.write_bytes(b"")
+    py.write_bytes(b"")
+    for p in (tmp_path / "venv", venv, exe, py):
+        os.chmod(p, 0o755)
+        os.chown(p, 0, 0)
+    os.chmod(tmp_path, 0o755)
+    quiet = install.linux_install_plan("/run/x.sock", unit_dir=tmp_path / "units", exe=exe, python=str(py))
+    assert not [n for n in quiet.notes if n.startswith("WARNING")]
+    os.chown(exe, 1000, 1000)
+    loud = install.linux_install_plan("/run/x.sock", unit_dir=tmp_path / "units", exe=exe, python=str(py))
+    warnings = [n for n in loud.notes if n.startswith("WARNING")]
+    assert warnings == [
+        f"WARNING: {exe} is owned by uid 1000 (mode 755) and systemd runs {exe} as root: whoever can change it can become root; "
+        "on a shared machine install vmnet-rs as root into a root-owned prefix"
+    ]

@@ -433,6 +433,25 @@ Also={" ".join(socket_units)}
 """.encode()
 
 
+def _root_runs_what_others_can_change(paths: Sequence[Path]) -> List[str]:
+    """Warnings for files systemd runs as root that a non-root user could
+    replace (a virtualenv in a home directory): that user could become root."""
+    out = []
+    for p in paths:
+        for f in (p, p.parent):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                out.append(
+                    f"WARNING: {f} is owned by uid {st.st_uid} (mode {st.st_mode & 0o777:o}) and systemd runs {p} as root: "
+                    "whoever can change it can become root; on a shared machine install vmnet-rs as root into a root-owned prefix"
+                )
+                break
+    return out
+
+
 def _group_exists(name: str) -> bool:
     try:
         import grp
@@ -464,6 +483,7 @@ def linux_install_plan(
     # Endpoint units of networks no longer configured.
     stale = sorted(p for p in unit_dir.glob("vmnet-rs-*.socket") if p.name not in socket_units) if unit_dir.is_dir() else []
     plan.notes.append(f"systemd units in {unit_dir}; socket {socket}; broker executable {exe}, run as root; callers are checked by SO_PEERCRED")
+    plan.notes += _root_runs_what_others_can_change([exe, Path(python)])
     if not _group_exists(GROUP):
         plan.commands.append(["groupadd", "--system", GROUP])
     if not changed and not plan.commands and not stale:

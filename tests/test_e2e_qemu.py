@@ -2,8 +2,10 @@
 
 The baseline test joins two VMs with a bridge, TAPs and dnsmasq made by hand
 (no vmnet-rs), which proves the VM harness itself. The vmnet-rs tests start
-the broker in a namespace and wrap each VM with ``vmnet-rs run``, once per
-QEMU backend. Rates go to tests/.cache/e2e-iperf3.json; they are reported,
+the broker in a namespace and start each VM with ``vmnet-rs run`` (which
+execs QEMU), once per QEMU backend; one test joins VMs through the
+network's endpoint paths as well and kills and restarts the broker under
+them. Rates go to tests/.cache/e2e-iperf3.json; they are reported,
 never asserted (TCG makes them low; compare backends, not absolutes).
 """
 

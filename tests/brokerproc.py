@@ -21,6 +21,9 @@ from vmnet_rs.errors import BrokerUnavailableError
 
 
 def wait_until(what: str, predicate, timeout: float = 30.0, interval: float = 0.05):
+    """``predicate()``'s first truthy value, polled every ``interval`` seconds;
+    AssertionError naming ``what`` after ``timeout`` seconds. The one polling
+    helper of the Python tests."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -29,6 +32,22 @@ def wait_until(what: str, predicate, timeout: float = 30.0, interval: float = 0.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_serving(proc: subprocess.Popen, socket: Path, name: str, log_text, timeout: float) -> None:
+    """Polls until the broker ``proc`` answers ``ping`` on ``socket``; fails at
+    once, with its log, if it exits first."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{name} exited {proc.returncode} before serving:\n{log_text()}")
+        try:
+            with Client(str(socket), timeout=10) as c:
+                return c.ping()
+        except BrokerUnavailableError:
+            return False
+
+    wait_until(f"{name} on {socket}", ready, timeout)
 
 
 class BrokerProcess:
@@ -56,16 +75,7 @@ class BrokerProcess:
         self._pid: Optional[int] = None
 
     def wait_ready(self, timeout: float = 60.0) -> "BrokerProcess":
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"broker exited {self.proc.returncode} before serving:\n{self.log_text()}")
-            try:
-                with Client(str(self.socket), timeout=10) as c:
-                    return c.ping()
-            except BrokerUnavailableError:
-                return False
-
-        wait_until(f"the broker on {self.socket}", ready, timeout)
+        wait_serving(self.proc, self.socket, "the broker", self.log_text, timeout)
         return self
 
     @property

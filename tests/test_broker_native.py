@@ -18,9 +18,8 @@ from typing import List, Optional, Sequence
 
 import pytest
 
-from brokerproc import wait_until
+from brokerproc import wait_serving, wait_until
 from vmnet_rs import Client
-from vmnet_rs.errors import BrokerUnavailableError
 from vmnet_rs.install import broker_executable
 
 EXE = broker_executable()
@@ -39,16 +38,7 @@ class NativeBroker:
         self.proc = subprocess.Popen(argv, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self) -> "NativeBroker":
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vmnet-rs-broker exited {self.proc.returncode} before serving:\n{self.log_text()}")
-            try:
-                with Client(str(self.socket), timeout=10) as c:
-                    return c.ping()
-            except BrokerUnavailableError:
-                return False
-
-        wait_until(f"vmnet-rs-broker on {self.socket}", ready, 60)
+        wait_serving(self.proc, self.socket, "vmnet-rs-broker", self.log_text, 60)
         return self
 
     def log_text(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from brokerproc import wait_until
 from vm.broker import OUTSIDE_ADDR, BrokerProcess, add_outside, path_guest, run_guest, run_guest_with_fake_broker
 from vm.checks import check_pair, record_rate
 from vm.lan import Lan
@@ -146,7 +147,7 @@ def test_two_vms_on_shared(netns, broker, tmp_path, backend):
         # adaptor) go away; the other VM keeps working.
         os.kill(exec_d_qemu_pid(a), signal.SIGKILL)
         assert a.proc.wait(60) == -signal.SIGKILL
-        gone = wait_until(lambda: links - set(netns.links()), 30)
+        gone = wait_until("a link removed after killing a VM", lambda: links - set(netns.links()), 30, 0.2)
         assert len(gone) == 1, f"links removed after killing a VM: {gone}"
         leases, adaptors = broker_view(broker)
         assert set(leases) == {b.mac}
@@ -154,7 +155,7 @@ def test_two_vms_on_shared(netns, broker, tmp_path, backend):
         b.check(f"ping -c 1 -W 5 {GATEWAYS['shared']}", timeout=60)
         # SIGTERM reaches QEMU, which exits 0, and its lease ends.
         assert b.close() == 0
-        assert wait_until(lambda: broker_view(broker) == ({}, {}), 30) is True
+        wait_until("no leases or adaptors left in the broker", lambda: broker_view(broker) == ({}, {}), 30, 0.2)
     finally:
         a.close()
         b.close()
@@ -218,9 +219,9 @@ def test_vms_by_path_and_by_fd_share_shared_and_come_back_after_a_broker_crash(n
         os.kill(d.proc.pid, signal.SIGKILL)
         os.kill(qemu, signal.SIGKILL)
         started = time.monotonic()
-        assert wait_until(lambda: port_macs(broker) == {s.mac: "stream"}, 15), port_macs(broker)
+        wait_until(f"only the port of {s.mac} left", lambda: port_macs(broker) == {s.mac: "stream"}, 15, 0.2)
         print(f"ports of SIGKILLed VMs released after {time.monotonic() - started:.1f}s")
-        assert len(wait_until(lambda: (lambda now: now if len(now) == 1 else None)(vmt_links(netns)), 15) or ()) == 1
+        wait_until("one VM TAP left", lambda: len(vmt_links(netns)) == 1, 15, 0.2)
 
         # The broker crashes and comes back: QEMU reconnects by itself.
         broker.kill()
@@ -247,13 +248,3 @@ def broker_view(broker) -> tuple[dict, dict]:
         status = c.status()
     leases = {str(lease.get("mac", "")).lower(): lease for lease in status["leases"].values()}
     return leases, dict(status["adaptors"])
-
-
-def wait_until(fn, timeout: float):
-    """``fn()``'s first truthy value within ``timeout`` seconds, else its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)

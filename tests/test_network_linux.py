@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from brokerproc import wait_until
 from netns import NetNs
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(sys.platform != "linux", reason="Linux backend")]
@@ -164,16 +165,6 @@ def dnsmasq_pids(ns: NetNs) -> list[int]:
         except FileNotFoundError:
             pass
     return found
-
-
-def wait_for(predicate, what: str, timeout: float = TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def ping(ns: NetNs, addr: str, count: int = 2) -> bool:
@@ -558,7 +549,7 @@ def test_ipv6_router_advertisement_nat66_and_dns(netns, namespaces, holders, tmp
 
     addr4 = dhcp(ep, tmp_path, hostname="vm-six")
     assert addr4 and addr4.startswith("10.98.0.")
-    addr6 = wait_for(lambda: global_v6(ep, "fd00:98:"), "a SLAAC address from the router advertisement")
+    addr6 = wait_until("a SLAAC address from the router advertisement", lambda: global_v6(ep, "fd00:98:"), TIMEOUT, 0.25)
     assert ep.run(["ip", "-6", "route", "show", "default"]).stdout.strip(), "RA gave no default route"
     assert ping(ep, "fd00:98::1")
     assert ping(ep, "fd00:99::2")  # NAT66 (outside has no route to the prefix)

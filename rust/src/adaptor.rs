@@ -331,12 +331,8 @@ mod tests {
         f
     }
 
-    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        while !cond() {
-            assert!(Instant::now() < deadline, "timed out waiting until {what}");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+        crate::test_support::wait_until(what, PATIENCE, cond)
     }
 
     fn start(kind: Kind) -> (Adaptor, OwnedFd, OwnedFd, Handles) {

@@ -539,12 +539,8 @@ mod tests {
         Dict::new().with("command", Value::String(command.into()))
     }
 
-    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_for(what: &str, f: impl FnMut() -> bool) {
+        crate::test_support::wait_until(what, Duration::from_secs(20), f)
     }
 
     #[test]

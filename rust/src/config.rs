@@ -40,7 +40,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-pub use addr::{format_mac, parse_mac, Ipv4Subnet, Ipv6Prefix};
+pub use addr::{format_mac, parse_mac, Ipv4Subnet, Ipv6Prefix, MacAddr};
 
 /// The MTU a network gets when none (or Lima's 0) is given.
 pub const DEFAULT_MTU: u32 = 1500;

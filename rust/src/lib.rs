@@ -13,6 +13,8 @@ pub mod xpc;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(test)]
+mod test_support;
 
 pub use config::{BrokerSettings, ConfigError, Mode, NetworkConfig};
 

@@ -4,6 +4,7 @@
 //!
 //! Pure functions; run on request threads.
 
+use crate::config::MacAddr;
 use crate::xpc::{Dict, Value};
 
 /// The protocol revision `version` reports.
@@ -132,41 +133,15 @@ pub fn check_network_name(name: &str) -> Result<(), Failure> {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`; refuses multicast addresses.
+/// A VM's MAC from a request (`MacAddr::parse`); refuses multicast
+/// addresses.
 pub fn parse_mac(text: &str) -> Result<[u8; 6], Failure> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let bad = || Failure::invalid(format!("mac {text:?} is not six hex bytes like 52:54:00:12:34:56"));
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if mac[0] & 1 != 0 {
+    let mac = MacAddr::parse(text)
+        .ok_or_else(|| Failure::invalid(format!("mac {text:?} is not six hex bytes like 52:54:00:12:34:56")))?;
+    if mac.is_multicast() {
         return Err(Failure::invalid(format!("mac {text} is a multicast address; a VM needs a unicast one")));
     }
-    Ok(mac)
-}
-
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-/// A random locally administered unicast MAC.
-pub fn random_mac() -> [u8; 6] {
-    use std::io::Read;
-    let mut mac = [0u8; 6];
-    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut mac)).is_ok();
-    if !ok {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        mac.copy_from_slice(&t.to_le_bytes()[..6]);
-    }
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
+    Ok(mac.0)
 }
 
 #[cfg(test)]
@@ -188,9 +163,6 @@ mod tests {
         assert!(parse_mac("01:00:5e:00:00:01").is_err());
         assert!(parse_mac("52:54:00:ab:cd").is_err());
         assert!(parse_mac("52:54:00:ab:cd:zz").is_err());
-        let m = random_mac();
-        assert_eq!(m[0] & 3, 2);
-        assert_eq!(format_mac(&[0x52, 0x54, 0, 1, 2, 0xff]), "52:54:00:01:02:ff");
         assert!(check_network_name("shared").is_ok());
         assert!(check_network_name("../x").is_err());
         assert!(check_network_name("").is_err());

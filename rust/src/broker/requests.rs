@@ -7,12 +7,12 @@ use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use super::netconfig::{self, differences};
-use super::protocol::{check_network_name, code, format_mac, parse_mac, random_mac, Args, Failure, PROTOCOL_VERSION};
+use super::protocol::{check_network_name, code, parse_mac, Args, Failure, PROTOCOL_VERSION};
 use super::policy::{self, Caller, Verdict};
 use super::state::{FdType, NetEntry, Port, State};
 use super::{auth, Backend, Core};
 use crate::adaptor::{Adaptor, Options};
-use crate::config::NetworkConfig;
+use crate::config::{format_mac, MacAddr, NetworkConfig};
 use crate::vmnet::InterfaceDesc;
 use crate::xpc::{Dict, Error as XpcError, Handler, Peer, Value};
 
@@ -442,7 +442,7 @@ impl Core {
                 let interface = entry.network.start_interface(&desc).map_err(|e| create_failure("start an interface", &e))?;
                 let info = interface.info().clone();
                 let (adaptor, fd) = Adaptor::start(interface, kind, &Options::default()).map_err(|e| create_failure("start the relay", &e))?;
-                let mac = mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(random_mac);
+                let mac = mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(|| MacAddr::random().0);
                 Ok(Opened { port: Port::Adaptor(adaptor), fd, mac, mtu: info.mtu, offload: info.offload })
             }
             FdType::Tap => self.start_tap(entry, &desc, vnet_hdr),
@@ -457,7 +457,7 @@ impl Core {
         })?;
         let info = tap.info().clone();
         let name = tap.name().to_owned();
-        let mac = desc.mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(random_mac);
+        let mac = desc.mac.or((info.mac != [0; 6]).then_some(info.mac)).unwrap_or_else(|| MacAddr::random().0);
         Ok(Opened { port: Port::Tap { name }, fd: tap.into_fd(), mac, mtu: info.mtu, offload: vnet_hdr })
     }
 

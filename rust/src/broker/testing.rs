@@ -274,21 +274,14 @@ mod tests {
         assert_eq!(a.write_frames(&[b"hello-frame"]).unwrap(), 1);
         let mut buf = vec![0u8; 2000];
         let mut lens = [0usize; 1];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
+        let patience = std::time::Duration::from_secs(10);
+        crate::test_support::wait_until("the frame arrives", patience, || {
             let mut bufs = [&mut buf[..]];
-            if b.read_frames(&mut bufs, &mut lens).unwrap() == 1 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "frame did not arrive");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+            b.read_frames(&mut bufs, &mut lens).unwrap() == 1
+        });
         assert_eq!(&buf[..lens[0]], b"hello-frame");
         drop(a);
-        while hub.port_count() != 1 {
-            assert!(std::time::Instant::now() < deadline, "closed port not removed");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        crate::test_support::wait_until("the closed port is removed", patience, || hub.port_count() == 1);
         assert!(hub.is_alive());
         assert_eq!(kill("t-meet"), 1);
         assert!(!hub.is_alive());

@@ -193,28 +193,95 @@ fn mask128(len: u8) -> u128 {
     }
 }
 
-/// Parses a MAC address written as six hex pairs separated by `:` or `-`
-/// (one separator kind throughout).
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let sep = if text.contains('-') { '-' } else { ':' };
-    let mut out = [0u8; 6];
-    let mut parts = text.split(sep);
-    for byte in out.iter_mut() {
-        let part = parts.next()?;
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// A MAC address: the one type for parsing, printing and making them
+/// (config, broker protocol, platform plans, adaptors). Printed lower case,
+/// colon separated (`52:54:00:ab:cd:01`), the form configs and replies use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// What a user writes: six pairs of hex digits separated by `:` or `-`
+    /// (one separator kind throughout).
+    pub fn parse(text: &str) -> Option<MacAddr> {
+        Self::parse_octets(text, 2..=2)
+    }
+
+    /// What a platform reports: as [`parse`](Self::parse), with one or two
+    /// hex digits per octet (vmnet prints `be:d0:74:5c:e:5d`) and surrounding
+    /// white space allowed.
+    pub fn parse_reported(text: &str) -> Option<MacAddr> {
+        Self::parse_octets(text.trim(), 1..=2)
+    }
+
+    fn parse_octets(text: &str, digits: std::ops::RangeInclusive<usize>) -> Option<MacAddr> {
+        let sep = if text.contains('-') { '-' } else { ':' };
+        let mut out = [0u8; 6];
+        let mut parts = text.split(sep);
+        for byte in out.iter_mut() {
+            let part = parts.next()?;
+            if !digits.contains(&part.len()) || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        if parts.next().is_some() {
             return None;
         }
-        *byte = u8::from_str_radix(part, 16).ok()?;
+        Some(MacAddr(out))
     }
-    if parts.next().is_some() {
-        return None;
+
+    /// A random locally administered unicast address (for a VM that asked
+    /// for none). Reads /dev/urandom; without it, the clock and the pid.
+    pub fn random() -> MacAddr {
+        use std::io::Read;
+        let mut mac = [0u8; 6];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut mac));
+        if read.is_err() || mac == [0; 6] {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            mac.copy_from_slice(&(nanos ^ u128::from(std::process::id()) << 64).to_le_bytes()[..6]);
+        }
+        MacAddr(mac).local_unicast()
     }
-    Some(out)
+
+    /// The same address with the locally administered bit set and the
+    /// multicast bit cleared.
+    pub fn local_unicast(self) -> MacAddr {
+        let mut m = self.0;
+        m[0] = (m[0] & 0xfe) | 0x02;
+        MacAddr(m)
+    }
+
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 0x01 != 0
+    }
+
+    pub fn is_locally_administered(&self) -> bool {
+        self.0[0] & 0x02 != 0
+    }
+
+    pub fn octets(&self) -> [u8; 6] {
+        self.0
+    }
 }
 
-/// Prints a MAC address the way it is stored: lower case, colon separated.
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+/// `MacAddr::parse` as octets (the form interfaces carry).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    MacAddr::parse(text).map(|m| m.0)
+}
+
+/// `MacAddr`'s printed form of `mac`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    MacAddr(*mac).to_string()
 }
 
 #[cfg(test)]
@@ -286,5 +353,23 @@ mod tests {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
         assert_eq!(format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 1]), "52:54:00:ab:cd:01");
+        // As a platform reports them: one hex digit per octet is fine.
+        assert_eq!(MacAddr::parse_reported(" 0:1:a:ff:10:2\n"), Some(MacAddr([0, 1, 0xa, 0xff, 0x10, 2])));
+        assert_eq!(MacAddr::parse("0:1:a:ff:10:2"), None);
+        for bad in ["00:11:22:33:44", "00:11:22:33:44:55:66", "000:11:22:33:44:55", "00:11:22:33:44:zz"] {
+            assert_eq!(MacAddr::parse_reported(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_macs_are_locally_administered_unicast_and_differ() {
+        let macs: std::collections::HashSet<MacAddr> = (0..32).map(|_| MacAddr::random()).collect();
+        assert_eq!(macs.len(), 32);
+        for m in macs {
+            assert!(m.is_locally_administered() && !m.is_multicast(), "{m}");
+            assert_eq!(MacAddr::parse(&m.to_string()), Some(m));
+        }
+        assert!(MacAddr([0x01, 0, 0x5e, 0, 0, 1]).is_multicast());
+        assert_eq!(MacAddr([0xff; 6]).local_unicast(), MacAddr([0xfe, 0xff, 0xff, 0xff, 0xff, 0xff]));
     }
 }

@@ -19,22 +19,6 @@ use super::errors;
 use crate::adaptor::{Adaptor, DirectionStats, Kind, Options};
 use crate::vmnet::{self, InterfaceInfo, Network};
 
-/// A random locally administered unicast MAC (for a VM behind a bare TAP).
-#[cfg(target_os = "linux")]
-fn random_mac() -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut mac);
-    }
-    if mac == [0; 6] {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        mac[2..].copy_from_slice(&(nanos as u32 ^ std::process::id()).to_be_bytes());
-    }
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
-}
-
 /// A close-on-exec duplicate of a caller's fd, owned by us.
 fn dup_fd(fd: i32) -> std::io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -124,7 +108,7 @@ fn open_interface(
             }
             _ => unreachable!("checked by the caller"),
         };
-        t.set_peer_mac(mac.unwrap_or_else(random_mac));
+        t.set_peer_mac(mac.unwrap_or_else(|| crate::config::MacAddr::random().0));
         let device = Some(t.name().to_string());
         Ok(Started { interface: Box::new(t), device, network: None, subnet: None })
     }

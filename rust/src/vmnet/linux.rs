@@ -262,7 +262,7 @@ impl LinuxNetwork {
             links::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)?;
             // Re-read the device so the reported MTU is the one just set.
             let mut tap = Tap::from_fd(tap.into_fd()).map_err(|e| Error::io(format!("reopen TAP {name}"), e))?;
-            let mac = desc.mac.unwrap_or_else(|| random_mac(&name));
+            let mac = desc.mac.unwrap_or_else(|| crate::config::MacAddr::random().0);
             tap.set_peer_mac(mac);
             return Ok(tap);
         }
@@ -321,17 +321,6 @@ fn set_vnet_hdr_size(tap: &Tap) -> std::io::Result<()> {
 
 fn platform(op: &str, detail: String) -> Error {
     Error::Platform { op: op.into(), detail }
-}
-
-/// A random locally administered MAC for a port whose VM asked for none.
-fn random_mac(seed: &str) -> [u8; 6] {
-    let mut bytes = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut bytes);
-    }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    naming::derived_mac(&format!("{seed}/{nanos}/{}/{bytes:?}", std::process::id()))
 }
 
 impl Drop for LinuxNetwork {

@@ -116,11 +116,9 @@ mod tests {
         assert_eq!(client.request(&Dict::new()).unwrap().len(), 2);
         let id = reply.get_int("connection").unwrap() as u64;
         drop(client);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !echo.disconnected.lock().unwrap().contains(&id) {
-            assert!(std::time::Instant::now() < deadline, "disconnected was not called");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        crate::test_support::wait_until("disconnected is called", std::time::Duration::from_secs(10), || {
+            echo.disconnected.lock().unwrap().contains(&id)
+        });
         listener.stop();
         drop(listener);
         assert!(!path.exists(), "the socket file was left behind");

@@ -40,7 +40,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-pub use addr::{format_mac, parse_mac, Ipv4Subnet, Ipv6Prefix, MacAddr};
+pub use addr::{format_mac, parse_mac, Ipv4Subnet, Ipv6Prefix, MacAddr, SubnetError};
 
 /// The MTU a network gets when none (or Lima's 0) is given.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -376,6 +376,13 @@ fn parse_json(text: &str, source: &str) -> Result<Value, ConfigError> {
 }
 
 impl NetworkConfig {
+    /// The subnet as its one type, with the one set of limits
+    /// ([`SUBNET_PREFIX_MIN`]..[`SUBNET_PREFIX_MAX`]); `Ok(None)`: the
+    /// platform chooses. A validated config always parses.
+    pub fn ipv4_subnet(&self) -> Result<Option<Ipv4Subnet>, addr::SubnetError> {
+        self.subnet.as_deref().map(|s| Ipv4Subnet::parse(s, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX)).transpose()
+    }
+
     /// Lima's defaults for an entry with no keys: shared mode, DHCP, DNS
     /// proxy, NAT44, NAT66 and router advertisement on, MTU 1500, subnet and
     /// IPv6 prefix chosen by the platform; no forwards, no reservations,
@@ -486,11 +493,6 @@ impl NetworkConfig {
                 (x != y).then(|| format!("{key}: {x} != {y}"))
             })
             .collect()
-    }
-
-    /// The subnet, parsed; `None` when the platform chooses it.
-    pub fn ipv4_subnet(&self) -> Option<Ipv4Subnet> {
-        Ipv4Subnet::parse(self.subnet.as_deref()?, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok()
     }
 
     /// The IPv6 prefix, parsed; `None` when the platform chooses it.

@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 
 use super::protocol::{code, Failure};
-use crate::config::{AddressFamily, BrokerSettings, ClientNetworks, Ipv4Subnet, Ipv6Prefix, NetworkConfig, Protocol, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN};
+use crate::config::{AddressFamily, BrokerSettings, ClientNetworks, Ipv6Prefix, NetworkConfig, Protocol};
 
 /// Host ports below this are privileged: only the configuration may forward them.
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
@@ -213,7 +213,7 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
             ));
         }
     }
-    let Some(subnet) = config.subnet.as_deref().and_then(|s| Ipv4Subnet::parse(s, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok()) else {
+    let Some(subnet) = config.ipv4_subnet().ok().flatten() else {
         return Err(refused("no subnet", "a caller's network needs a subnet, so it can be checked against every other".into()));
     };
     let prefix = config.ipv6_prefix.as_deref().and_then(|p| Ipv6Prefix::parse(p).ok());
@@ -224,7 +224,7 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
         .chain(facts.live.iter().filter(|(n, _)| !facts.configured.contains_key(*n)).map(|(n, c)| (n, c, "live")));
     let mut forwarded: std::collections::HashMap<(Protocol, AddressFamily, u16), &str> = Default::default();
     for (other, c, kind) in others {
-        if let Some(theirs) = c.subnet.as_deref().and_then(|s| Ipv4Subnet::parse(s, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok()) {
+        if let Some(theirs) = c.ipv4_subnet().ok().flatten() {
             if subnet.overlaps(&theirs) {
                 return Err(refused("subnet collides", format!("subnet {subnet} overlaps {theirs} of {kind} network {other}; choose another subnet")));
             }
@@ -274,7 +274,7 @@ pub fn check_port_quota(facts: &Facts<'_>, caller: &Caller, held: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, PortForward};
+    use crate::config::{FileConfig, Ipv4Subnet, PortForward};
 
     /// uid 1000 is alice (group 100, and member of `lab`, gid 500); 1001 is bob (group 100).
     struct Fake;
@@ -332,7 +332,7 @@ mod tests {
 
         fn with<R>(&self, f: impl FnOnce(&Facts<'_>) -> R) -> R {
             let routes = |c: &NetworkConfig| -> Result<Option<String>, String> {
-                let mine = c.ipv4_subnet().ok_or("no subnet")?;
+                let mine = c.ipv4_subnet().ok().flatten().ok_or("no subnet")?;
                 Ok(self.routes.iter().find(|(r, _)| r.overlaps(&mine)).map(|(_, d)| d.to_string()))
             };
             let facts = Facts {

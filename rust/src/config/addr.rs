@@ -94,6 +94,17 @@ impl Ipv4Subnet {
         u32::from(addr) & mask_bits(self.prefix) == u32::from(self.network())
     }
 
+    /// `10.0.0.0/24`: the network address and prefix length.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.network(), self.prefix)
+    }
+
+    /// A usable client address: inside, and neither the network, broadcast
+    /// nor gateway address.
+    pub fn is_client_address(&self, addr: Ipv4Addr) -> bool {
+        self.contains(addr) && addr != self.network() && addr != self.broadcast() && addr != self.gateway
+    }
+
     /// Whether the two subnets share any address.
     pub fn overlaps(&self, other: &Ipv4Subnet) -> bool {
         let shorter = self.prefix.min(other.prefix);
@@ -102,6 +113,19 @@ impl Ipv4Subnet {
     }
 }
 
+impl fmt::Display for SubnetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubnetError::Syntax => write!(f, "is not ADDRESS/PREFIX, e.g. 192.168.107.0/24"),
+            SubnetError::Prefix(p) => write!(f, "has the prefix length /{p}, outside the allowed range"),
+            SubnetError::HostAddress { network, prefix } => {
+                write!(f, "is neither the network address nor its first host; use {network}/{prefix}")
+            }
+        }
+    }
+}
+
+/// `gateway/prefix`, e.g. `10.0.0.1/24` (the form configs store).
 impl fmt::Display for Ipv4Subnet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.gateway, self.prefix)

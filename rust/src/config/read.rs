@@ -896,7 +896,7 @@ pub(super) fn check_across(
 }
 
 fn subnet_of(cfg: &NetworkConfig) -> Option<Ipv4Subnet> {
-    Ipv4Subnet::parse(cfg.subnet.as_deref()?, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok()
+    cfg.ipv4_subnet().ok().flatten()
 }
 
 fn prefix_of(cfg: &NetworkConfig) -> Option<Ipv6Prefix> {

@@ -129,14 +129,18 @@ impl LinuxNetwork {
             }
         }
         let routes = links::routes()?;
-        let subnet = match &config.subnet {
-            Some(s) => s.clone(),
+        let configured = config.ipv4_subnet().map_err(|e| plan::PlanError {
+            network: name.into(),
+            message: format!("subnet {:?} {e}", config.subnet.as_deref().unwrap_or("")),
+        })?;
+        let subnet = match configured {
+            Some(s) => s,
             None => plan::choose_subnet(&routes).ok_or_else(|| plan::PlanError {
                 network: name.into(),
                 message: "no free 192.168.64-254.0/24 subnet is left; set subnet explicitly".into(),
             })?,
         };
-        let plan = plan::Plan::new(name, config, &subnet, &routes)?;
+        let plan = plan::Plan::new(name, config, subnet, &routes)?;
         if let Some(ext) = &plan.external_interface {
             if links::link_index(ext).is_none() {
                 return Err(plan::PlanError { network: name.into(), message: format!("externalInterface {ext:?} does not exist in this network namespace") }.into());
@@ -184,7 +188,7 @@ impl LinuxNetwork {
         let p = &self.plan;
         let mac = crate::config::format_mac(&naming::derived_mac(&self.bridge));
         links::create_bridge(&self.bridge, &mac, p.mtu)?;
-        links::add_address(&self.bridge, &p.v4.gateway_cidr())?;
+        links::add_address(&self.bridge, &p.v4.to_string())?;
         if let Some(v6) = &p.v6 {
             links::add_address(&self.bridge, &v6.gateway_cidr())?;
         }
@@ -341,7 +345,7 @@ impl Network for LinuxNetwork {
     }
 
     fn state(&self) -> NetworkState {
-        NetworkState { subnet: self.plan.v4.gateway_cidr(), ipv6_prefix: self.plan.v6.map(|p| p.cidr()), device: self.bridge.clone() }
+        NetworkState { subnet: self.plan.v4.to_string(), ipv6_prefix: self.plan.v6.map(|p| p.cidr()), device: self.bridge.clone() }
     }
 
     fn serialization(&self) -> Result<Dict, Error> {
@@ -349,7 +353,7 @@ impl Network for LinuxNetwork {
         d.insert("backend", Value::String("linux-bridge".into()));
         d.insert("name", Value::String(self.name.clone()));
         d.insert("bridge", Value::String(self.bridge.clone()));
-        d.insert("subnet", Value::String(self.plan.v4.gateway_cidr()));
+        d.insert("subnet", Value::String(self.plan.v4.to_string()));
         d.insert("mtu", Value::Int(i64::from(self.plan.mtu)));
         if let Some(p) = &self.plan.v6 {
             d.insert("ipv6Prefix", Value::String(p.cidr()));

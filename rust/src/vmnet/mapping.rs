@@ -368,57 +368,6 @@ fn mode_name(mode: u32) -> &'static str {
     }
 }
 
-/// An IPv4 subnet as vmnet wants it: first host address plus mask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Subnet {
-    pub network: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Ipv4Subnet {
-    pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(prefix_mask_v4(self.prefix_len))
-    }
-    pub fn first_host(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) | !prefix_mask_v4(self.prefix_len))
-    }
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & prefix_mask_v4(self.prefix_len) == u32::from(self.network)
-    }
-}
-
-fn prefix_mask_v4(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    }
-}
-
-/// Parses `a.b.c.d/len`. Any address inside the subnet is accepted (Lima
-/// normalises `.0/24` to `.1/24`); the prefix must leave room for the
-/// network, host, broadcast and at least one VM address.
-pub fn parse_ipv4_subnet(text: &str) -> Result<Ipv4Subnet, Error> {
-    let (addr, len) = text
-        .split_once('/')
-        .ok_or_else(|| Error::config("subnet", format!("{text:?} is not ADDRESS/PREFIX, e.g. 192.168.107.1/24")))?;
-    let addr: Ipv4Addr = addr
-        .trim()
-        .parse()
-        .map_err(|_| Error::config("subnet", format!("{addr:?} in {text:?} is not an IPv4 address")))?;
-    let len: u8 = len
-        .trim()
-        .parse()
-        .map_err(|_| Error::config("subnet", format!("prefix length {len:?} in {text:?} is not a number")))?;
-    if !(8..=30).contains(&len) {
-        return Err(Error::config("subnet", format!("prefix length /{len} in {text:?} must be between /8 and /30")));
-    }
-    let network = Ipv4Addr::from(u32::from(addr) & prefix_mask_v4(len));
-    Ok(Ipv4Subnet { network, prefix_len: len })
-}
 
 /// Parses `prefix/len` for IPv6; host bits are cleared.
 pub fn parse_ipv6_prefix(text: &str) -> Result<(Ipv6Addr, u8), Error> {
@@ -487,14 +436,12 @@ pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
         steps.push(Step::DisableRouterAdvertisement);
     }
 
-    let subnet = match &config.subnet {
-        Some(text) => {
-            let subnet = parse_ipv4_subnet(text)?;
-            steps.push(Step::SetIpv4Subnet { first_host: subnet.first_host(), mask: subnet.mask() });
-            Some(subnet)
-        }
-        None => None,
-    };
+    let subnet = config
+        .ipv4_subnet()
+        .map_err(|e| Error::config("subnet", format!("{:?} {e}", config.subnet.as_deref().unwrap_or(""))))?;
+    if let Some(subnet) = subnet {
+        steps.push(Step::SetIpv4Subnet { first_host: subnet.gateway(), mask: subnet.netmask() });
+    }
 
     if let Some(text) = &config.ipv6_prefix {
         let (prefix, len) = parse_ipv6_prefix(text)?;
@@ -527,8 +474,8 @@ pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
                         return Err(Error::config(
                             field,
                             format!(
-                                "internalAddress {addr} is outside the subnet {}/{}",
-                                subnet.network, subnet.prefix_len
+                                "internalAddress {addr} is outside the subnet {}",
+                                subnet.cidr()
                             ),
                         ));
                     }
@@ -568,18 +515,13 @@ pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
             .parse()
             .map_err(|_| Error::config(&field, format!("address {:?} is not an IPv4 address", reservation.address)))?;
         if let Some(subnet) = subnet {
-            if !subnet.contains(address)
-                || address == subnet.network
-                || address == subnet.first_host()
-                || address == subnet.broadcast()
-            {
+            if !subnet.is_client_address(address) {
                 return Err(Error::config(
                     field,
                     format!(
-                        "address {address} is not assignable in {}/{} (network, gateway {} and broadcast are reserved)",
-                        subnet.network,
-                        subnet.prefix_len,
-                        subnet.first_host()
+                        "address {address} is not assignable in {} (network, gateway {} and broadcast are reserved)",
+                        subnet.cidr(),
+                        subnet.gateway()
                     ),
                 ));
             }
@@ -912,7 +854,7 @@ mod tests {
 
     #[test]
     fn subnet_is_normalised_to_first_host() {
-        for text in ["192.168.107.0/24", "192.168.107.1/24", "192.168.107.77/24"] {
+        for text in ["192.168.107.0/24", "192.168.107.1/24"] {
             let c = NetworkConfig { subnet: Some(text.into()), ..base() };
             assert_eq!(
                 configuration_steps(&c).unwrap()[1],
@@ -932,7 +874,9 @@ mod tests {
 
     #[test]
     fn bad_subnets_are_refused_with_the_field_named() {
-        for text in ["192.168.107.0", "192.168.107.0/31", "300.1.1.1/24", "192.168.1.0/x", "fd00::/64"] {
+        // The config's one subnet type and limits: a host address other than
+        // the first is refused here as by `networks check`, and so is a /30.
+        for text in ["192.168.107.77/24", "192.168.107.0/30", "192.168.107.0", "192.168.107.0/31", "300.1.1.1/24", "192.168.1.0/x", "fd00::/64"] {
             let e = err_text(&NetworkConfig { subnet: Some(text.into()), ..base() });
             assert!(e.starts_with("subnet:"), "{text}: {e}");
         }

@@ -97,18 +97,18 @@ pub fn args(plan: &Plan, bridge: &str, files: &Files, resolv_file: Option<&str>)
     }
     if plan.dhcp {
         let (start, end) = plan.v4.dhcp_range();
-        a.push(format!("--dhcp-range={start},{end},{},{LEASE_TIME}", plan.v4.mask()));
+        a.push(format!("--dhcp-range={start},{end},{},{LEASE_TIME}", plan.v4.netmask()));
         a.push(format!("--dhcp-leasefile={}", files.leases.display()));
         a.push("--dhcp-authoritative".into());
         a.push("--dhcp-no-override".into());
         if plan.forwards_out() {
-            a.push(format!("--dhcp-option=option:router,{}", plan.v4.gateway));
+            a.push(format!("--dhcp-option=option:router,{}", plan.v4.gateway()));
         } else {
             // Host mode: the gateway leads nowhere; give no default route.
             a.push("--dhcp-option=option:router".into());
         }
         if plan.dns_proxy {
-            a.push(format!("--dhcp-option=option:dns-server,{}", plan.v4.gateway));
+            a.push(format!("--dhcp-option=option:dns-server,{}", plan.v4.gateway()));
         } else {
             a.push("--dhcp-option=option:dns-server".into());
         }
@@ -364,7 +364,7 @@ mod tests {
     }
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
-        Plan::new("t", c, c.subnet.as_deref().unwrap(), &[]).unwrap()
+        Plan::new("t", c, c.ipv4_subnet().unwrap().unwrap(), &[]).unwrap()
     }
 
     #[test]

@@ -121,7 +121,7 @@ mod tests {
     use crate::vmnet::linux::plan::{tests::config, Plan};
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
-        Plan::new("t", c, c.subnet.as_deref().unwrap(), &[]).unwrap()
+        Plan::new("t", c, c.ipv4_subnet().unwrap().unwrap(), &[]).unwrap()
     }
 
     #[test]

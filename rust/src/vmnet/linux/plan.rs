@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::{format_mac, parse_mac, AddressFamily, Mode, NetworkConfig, Protocol};
+use crate::config::{format_mac, parse_mac, AddressFamily, Ipv4Subnet, Mode, NetworkConfig, Protocol, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN};
 
 /// Smallest MTU accepted (IPv4 needs 68; dnsmasq and most guests need more).
 pub const MIN_MTU: u32 = 576;
@@ -29,76 +29,6 @@ pub const AUTO_SUBNET_THIRD_OCTETS: std::ops::RangeInclusive<u8> = 64..=254;
 pub struct PlanError {
     pub network: String,
     pub message: String,
-}
-
-/// An IPv4 subnet given by its gateway (host) address and prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct V4Subnet {
-    pub gateway: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl V4Subnet {
-    pub fn parse(s: &str) -> Result<V4Subnet, String> {
-        let (addr, len) = s.split_once('/').ok_or_else(|| format!("subnet {s:?} needs a prefix length, e.g. 192.168.107.1/24"))?;
-        let gateway: Ipv4Addr = addr.parse().map_err(|_| format!("subnet {s:?}: {addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = len.parse().map_err(|_| format!("subnet {s:?}: {len:?} is not a prefix length"))?;
-        if !(8..=30).contains(&prefix) {
-            return Err(format!("subnet {s:?}: prefix length must be 8 to 30 (room for a gateway and clients)"));
-        }
-        let net = V4Subnet { gateway, prefix };
-        if gateway == net.network() || gateway == net.broadcast() {
-            return Err(format!("subnet {s:?}: give the gateway (a host address such as {}), not the network or broadcast address", net.first_host()));
-        }
-        Ok(net)
-    }
-
-    pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX << (32 - self.prefix))
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.gateway) & u32::from(self.mask()))
-    }
-
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network()) | !u32::from(self.mask()))
-    }
-
-    pub fn first_host(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network()) + 1)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & u32::from(self.mask()) == u32::from(self.network())
-    }
-
-    /// A usable client address: inside, not network, broadcast or gateway.
-    pub fn is_client_address(&self, ip: Ipv4Addr) -> bool {
-        self.contains(ip) && ip != self.network() && ip != self.broadcast() && ip != self.gateway
-    }
-
-    /// `10.0.0.0/24`
-    pub fn cidr(&self) -> String {
-        format!("{}/{}", self.network(), self.prefix)
-    }
-
-    /// `10.0.0.1/24`
-    pub fn gateway_cidr(&self) -> String {
-        format!("{}/{}", self.gateway, self.prefix)
-    }
-
-    /// The DHCP pool: the larger run of host addresses beside the gateway.
-    pub fn dhcp_range(&self) -> (Ipv4Addr, Ipv4Addr) {
-        let first = u32::from(self.network()) + 1;
-        let last = u32::from(self.broadcast()) - 1;
-        let gw = u32::from(self.gateway);
-        if last - gw >= gw - first {
-            (Ipv4Addr::from(gw + 1), Ipv4Addr::from(last))
-        } else {
-            (Ipv4Addr::from(first), Ipv4Addr::from(gw - 1))
-        }
-    }
 }
 
 /// An IPv6 prefix; the host side takes its `::1`.
@@ -158,12 +88,12 @@ impl Route {
         format!("{}/{} dev {}", self.dst, self.prefix, self.dev)
     }
 
-    fn overlaps_v4(&self, net: &V4Subnet) -> bool {
+    fn overlaps_v4(&self, net: &Ipv4Subnet) -> bool {
         let IpAddr::V4(dst) = self.dst else { return false };
         if self.prefix == 0 {
             return false; // a default route overlaps everything by design
         }
-        let p = self.prefix.min(net.prefix);
+        let p = self.prefix.min(net.prefix());
         let mask = u32::MAX << (32 - u32::from(p));
         u32::from(dst) & mask == u32::from(net.network()) & mask
     }
@@ -193,7 +123,7 @@ pub struct Forward {
 pub struct Plan {
     pub name: String,
     pub mode: Mode,
-    pub v4: V4Subnet,
+    pub v4: Ipv4Subnet,
     pub v6: Option<V6Prefix>,
     pub mtu: u32,
     pub dhcp: bool,
@@ -209,15 +139,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Checks `config` (with `subnet` standing for `config.subnet`, so the
+    /// Checks `config` (with `v4` standing for `config.subnet`, so the
     /// caller can fill in a chosen one) against Linux's rules and `routes`,
     /// the routes of the namespace the network will live in.
-    pub fn new(name: &str, config: &NetworkConfig, subnet: &str, routes: &[Route]) -> Result<Plan, PlanError> {
+    pub fn new(name: &str, config: &NetworkConfig, v4: Ipv4Subnet, routes: &[Route]) -> Result<Plan, PlanError> {
         let fail = |message: String| PlanError { network: name.to_string(), message };
         if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
             return Err(fail("network names must be 1 to 64 characters without '/' or control characters".into()));
         }
-        let v4 = V4Subnet::parse(subnet).map_err(fail)?;
         let v6 = config.ipv6_prefix.as_deref().map(V6Prefix::parse).transpose().map_err(fail)?;
         if !(MIN_MTU..=MAX_MTU).contains(&config.mtu) {
             return Err(fail(format!("mtu {} is out of range {MIN_MTU} to {MAX_MTU}", config.mtu)));
@@ -249,7 +178,7 @@ impl Plan {
             }
             let ip: Ipv4Addr = r.address.parse().map_err(|_| fail(format!("DHCP reservation address {:?} is not an IPv4 address", r.address)))?;
             if !v4.is_client_address(ip) {
-                return Err(fail(format!("DHCP reservation {} for {} is not a client address of subnet {}", ip, r.mac, v4.gateway_cidr())));
+                return Err(fail(format!("DHCP reservation {} for {} is not a client address of subnet {}", ip, r.mac, v4)));
             }
             let mac = format_mac(&mac);
             if !macs.insert(mac.clone()) {
@@ -271,7 +200,7 @@ impl Plan {
             match (f.address_family, internal) {
                 (AddressFamily::Ipv4, IpAddr::V4(ip)) => {
                     if !v4.is_client_address(ip) {
-                        return Err(fail(format!("port forward {}: {} is not a client address of subnet {}", f.external_port, ip, v4.gateway_cidr())));
+                        return Err(fail(format!("port forward {}: {} is not a client address of subnet {}", f.external_port, ip, v4)));
                     }
                 }
                 (AddressFamily::Ipv6, IpAddr::V6(ip)) => match &v6 {
@@ -291,7 +220,7 @@ impl Plan {
         }
 
         if let Some(route) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
-            return Err(fail(format!("subnet {} of network {name:?} overlaps route {}; choose another subnet", v4.gateway_cidr(), route.describe())));
+            return Err(fail(format!("subnet {} of network {name:?} overlaps route {}; choose another subnet", v4, route.describe())));
         }
         if let Some(p) = &v6 {
             if let Some(route) = routes.iter().find(|r| r.overlaps_v6(p)) {
@@ -327,8 +256,7 @@ impl Plan {
 /// described as `10.0.0.0/16 dev eth9`; `None` when nothing overlaps (or the
 /// platform chooses the subnet).
 pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Result<Option<String>, String> {
-    if let Some(s) = &config.subnet {
-        let v4 = V4Subnet::parse(s)?;
+    if let Some(v4) = config.ipv4_subnet().map_err(|e| format!("subnet {:?} {e}", config.subnet.as_deref().unwrap_or("")))? {
         if let Some(r) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
             return Ok(Some(r.describe()));
         }
@@ -343,8 +271,10 @@ pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Result<Option
 }
 
 /// The first `192.168.N.1/24` that overlaps none of `routes`.
-pub fn choose_subnet(routes: &[Route]) -> Option<String> {
-    AUTO_SUBNET_THIRD_OCTETS.map(|n| V4Subnet { gateway: Ipv4Addr::new(192, 168, n, 1), prefix: 24 }).find(|s| !routes.iter().any(|r| r.overlaps_v4(s))).map(|s| s.gateway_cidr())
+pub fn choose_subnet(routes: &[Route]) -> Option<Ipv4Subnet> {
+    AUTO_SUBNET_THIRD_OCTETS
+        .filter_map(|n| Ipv4Subnet::parse(&format!("192.168.{n}.1/24"), SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).ok())
+        .find(|s| !routes.iter().any(|r| r.overlaps_v4(s)))
 }
 
 #[cfg(test)]
@@ -357,29 +287,12 @@ pub(crate) mod tests {
     }
 
     fn plan(c: &NetworkConfig) -> Result<Plan, PlanError> {
-        Plan::new("t", c, c.subnet.as_deref().unwrap(), &[])
+        Plan::new("t", c, c.ipv4_subnet().unwrap().unwrap(), &[])
     }
 
     fn route(s: &str, dev: &str) -> Route {
         let (a, p) = s.split_once('/').unwrap();
         Route { dst: a.parse().unwrap(), prefix: p.parse().unwrap(), dev: dev.into() }
-    }
-
-    #[test]
-    fn subnet_math() {
-        let s = V4Subnet::parse("10.0.0.1/24").unwrap();
-        assert_eq!(s.network(), Ipv4Addr::new(10, 0, 0, 0));
-        assert_eq!(s.broadcast(), Ipv4Addr::new(10, 0, 0, 255));
-        assert_eq!(s.mask(), Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(s.dhcp_range(), (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 254)));
-        assert_eq!(s.cidr(), "10.0.0.0/24");
-        let high = V4Subnet::parse("10.0.0.254/24").unwrap();
-        assert_eq!(high.dhcp_range(), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 253)));
-        assert!(V4Subnet::parse("10.0.0.0/24").is_err());
-        assert!(V4Subnet::parse("10.0.0.255/24").is_err());
-        assert!(V4Subnet::parse("10.0.0.1/31").is_err());
-        assert!(V4Subnet::parse("10.0.0.1").is_err());
-        assert!(V4Subnet::parse("10.0.0/24").is_err());
     }
 
     #[test]
@@ -440,22 +353,22 @@ pub(crate) mod tests {
     fn overlapping_route_is_named() {
         let c = NetworkConfig { subnet: Some("10.0.0.1/24".into()), ..config() };
         let routes = [route("0.0.0.0/0", "eth0"), route("192.168.1.0/24", "eth1"), route("10.0.0.0/16", "eth9")];
-        let e = Plan::new("x", &c, "10.0.0.1/24", &routes).unwrap_err();
+        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap().unwrap(), &routes).unwrap_err();
         assert_eq!(e.to_string(), "network \"x\": subnet 10.0.0.1/24 of network \"x\" overlaps route 10.0.0.0/16 dev eth9; choose another subnet");
         // A more specific route inside the subnet overlaps too.
-        let e = Plan::new("x", &c, "10.0.0.1/24", &[route("10.0.0.128/25", "eth3")]).unwrap_err();
+        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap().unwrap(), &[route("10.0.0.128/25", "eth3")]).unwrap_err();
         assert!(e.message.contains("10.0.0.128/25 dev eth3"));
-        assert!(Plan::new("x", &c, "10.0.0.1/24", &[route("10.0.1.0/24", "eth3")]).is_ok());
+        assert!(Plan::new("x", &c, c.ipv4_subnet().unwrap().unwrap(), &[route("10.0.1.0/24", "eth3")]).is_ok());
     }
 
     #[test]
     fn auto_subnet_skips_used_ones() {
-        assert_eq!(choose_subnet(&[]).as_deref(), Some("192.168.64.1/24"));
+        assert_eq!(choose_subnet(&[]).map(|s| s.to_string()).as_deref(), Some("192.168.64.1/24"));
         let docker = [route("172.17.0.0/16", "docker0")];
         let c = |s: &str| NetworkConfig { subnet: Some(s.into()), ..NetworkConfig::lima_default() };
         assert_eq!(route_conflict(&c("172.17.3.1/24"), &docker), Ok(Some("172.17.0.0/16 dev docker0".into())));
         assert_eq!(route_conflict(&c("10.3.0.1/24"), &docker), Ok(None));
-        assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).as_deref(), Some("192.168.66.1/24"));
+        assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).map(|s| s.to_string()).as_deref(), Some("192.168.66.1/24"));
         assert_eq!(choose_subnet(&[route("192.168.0.0/16", "br0")]), None);
     }
 }

@@ -50,6 +50,19 @@ def wait_serving(proc: subprocess.Popen, socket: Path, name: str, log_text, time
     wait_until(f"{name} on {socket}", ready, timeout)
 
 
+def stop_process(proc: subprocess.Popen, sig: int) -> int:
+    """Sends ``sig`` to a running ``proc`` and waits for it (SIGKILL after 30
+    seconds); returns its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc.returncode
+
+
 class BrokerProcess:
     """``python -m vmnet_rs broker ...`` in a subprocess."""
 
@@ -105,13 +118,7 @@ class BrokerProcess:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        stop_process(self.proc, signal.SIGINT)
         self._log_file.close()
 
     def __enter__(self) -> "BrokerProcess":

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import pytest
 
-from brokerproc import wait_serving, wait_until
+from brokerproc import stop_process, wait_serving, wait_until
 from vmnet_rs import Client
 from vmnet_rs.install import broker_executable
 
@@ -47,15 +47,9 @@ class NativeBroker:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        status = stop_process(self.proc, sig)
         self._log_file.close()
-        return self.proc.returncode
+        return status
 
     def __enter__(self) -> "NativeBroker":
         return self

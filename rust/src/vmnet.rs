@@ -239,6 +239,49 @@ pub(crate) fn write_each(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// An [`Interface`] over one end of a SOCK_SEQPACKET socketpair (one frame
+/// per packet, pollable, like a TAP fd): the test hub's ports
+/// (`broker::testing`) and the adaptor tests' double. `stop` shuts the
+/// socket down, which the other end reads as the port going away.
+#[cfg(target_os = "linux")]
+pub struct SeqpacketPort {
+    fd: OwnedFd,
+    info: InterfaceInfo,
+}
+
+#[cfg(target_os = "linux")]
+impl SeqpacketPort {
+    pub fn new(fd: OwnedFd, info: InterfaceInfo) -> Self {
+        SeqpacketPort { fd, info }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Interface for SeqpacketPort {
+    fn info(&self) -> &InterfaceInfo {
+        &self.info
+    }
+
+    fn readable_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        read_each(self.readable_fd(), bufs, lens)
+    }
+
+    fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        write_each(self.readable_fd(), frames)
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        // SAFETY: shutdown(2) on our own fd.
+        unsafe { libc::shutdown(self.readable_fd(), libc::SHUT_RDWR) };
+        Ok(())
+    }
+}
+
 /// A close-on-exec SOCK_SEQPACKET socketpair (one frame per packet, as on a
 /// TAP): the ports of the test hub and the adaptor tests' interface.
 #[cfg(target_os = "linux")]

@@ -1,22 +1,21 @@
 //! A test double for [`Interface`] that records what is written. Frames
 //! "from the network" come from one end of a SOCK_SEQPACKET socketpair
-//! (`vmnet::seqpacket_pair`: one frame per packet, pollable, like a TAP fd;
-//! read with `vmnet::read_each` as the hub's ports and a TAP are) whose
-//! other end the test keeps; frames written to the interface
+//! (`vmnet::SeqpacketPort`, the test hub's kind of port: one frame per
+//! packet, pollable, like a TAP fd) whose other end the test keeps; frames written to the interface
 //! land in an unbounded in-memory list (so the test never has to keep up).
 //! Writes can be refused on demand to exercise the retry budget. Closing the
 //! test's end makes the interface report that it went away.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::vmnet::{read_each, Error, Interface, InterfaceInfo};
+use crate::vmnet::{Error, Interface, InterfaceInfo, SeqpacketPort};
 
 pub(crate) struct PairInterface {
-    fd: OwnedFd,
-    info: InterfaceInfo,
+    /// Reads come from here (a hub port's kind of interface).
+    port: SeqpacketPort,
     /// Frames written to the interface, in order.
     pub(crate) written: Arc<Mutex<Vec<Vec<u8>>>>,
     /// While set, writes fail with WouldBlock.
@@ -58,8 +57,7 @@ pub(crate) fn pair_interface(max_frame_bytes: usize) -> (PairInterface, OwnedFd)
         offload: false,
     };
     let iface = PairInterface {
-        fd: ours,
-        info,
+        port: SeqpacketPort::new(ours, info),
         written: Arc::new(Mutex::new(Vec::new())),
         refuse_writes: Arc::new(AtomicBool::new(false)),
         stops: Arc::new(AtomicUsize::new(0)),
@@ -69,16 +67,16 @@ pub(crate) fn pair_interface(max_frame_bytes: usize) -> (PairInterface, OwnedFd)
 
 impl Interface for PairInterface {
     fn info(&self) -> &InterfaceInfo {
-        &self.info
+        self.port.info()
     }
 
     fn readable_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.port.readable_fd()
     }
 
     fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
         // Closing the test's end ("the network") reads as EPIPE: gone.
-        read_each(self.fd.as_raw_fd(), bufs, lens)
+        self.port.read_frames(bufs, lens)
     }
 
     fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {

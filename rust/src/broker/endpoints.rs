@@ -263,7 +263,7 @@ fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, access: &Access)
             });
         }
         set_flags(fd.as_raw_fd()).map_err(io_error("make the passed socket non-blocking", &path))?;
-        let actual = local_path(fd.as_raw_fd()).unwrap_or(path);
+        let actual = crate::xpc::activation::bound_path(fd.as_raw_fd()).unwrap_or(path);
         return finish_socket(Bound { fd, path: actual, network: network.to_owned(), kind, owns_path: false });
     }
     let bytes = path.as_os_str().as_bytes().len();
@@ -338,17 +338,6 @@ fn finish_socket(b: Bound) -> Result<Bound, Error> {
     Ok(b)
 }
 
-fn local_path(fd: RawFd) -> Option<PathBuf> {
-    // SAFETY: sockaddr_un is plain old data.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most len bytes into addr.
-    if unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) } < 0 {
-        return None;
-    }
-    let bytes: Vec<u8> = addr.sun_path.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    (!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
-}
 
 /// The credentials of a connected stream peer.
 fn stream_peer(fd: RawFd) -> io::Result<(u32, u32, i32)> {

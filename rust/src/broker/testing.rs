@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::NetworkConfig;
-use crate::vmnet::{read_each, seqpacket_pair, write_each, Error, Interface, InterfaceDesc, InterfaceInfo, Network, NetworkState};
+use crate::vmnet::{seqpacket_pair, Error, SeqpacketPort, Interface, InterfaceDesc, InterfaceInfo, Network, NetworkState};
 use crate::xpc::{Dict, Value};
 
 /// Largest frame a hub port carries.
@@ -218,47 +218,13 @@ impl Network for HubNetwork {
             write_max_frames: 32,
             offload: desc.offload,
         };
-        Ok(Box::new(HubPort { fd: port, info }))
+        // A port is the interface side of the socketpair.
+        Ok(Box::new(SeqpacketPort::new(port, info)))
     }
 
     fn is_alive(&self) -> bool {
         self.inner.alive.load(Ordering::SeqCst)
     }
-}
-
-/// One port on a hub: the interface side of a socketpair.
-pub struct HubPort {
-    fd: OwnedFd,
-    info: InterfaceInfo,
-}
-
-impl Interface for HubPort {
-    fn info(&self) -> &InterfaceInfo {
-        &self.info
-    }
-
-    fn readable_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
-        // The port's end of the pair is non-blocking: one frame per read.
-        read_each(self.fd.as_raw_fd(), bufs, lens)
-    }
-
-    fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
-        write_each(self.fd.as_raw_fd(), frames)
-    }
-
-    fn stop(&mut self) -> Result<(), Error> {
-        sys_shutdown(self.fd.as_raw_fd());
-        Ok(())
-    }
-}
-
-fn sys_shutdown(fd: RawFd) {
-    // SAFETY: shutdown(2) on our own fd.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 #[cfg(test)]

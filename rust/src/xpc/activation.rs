@@ -17,7 +17,23 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
+
+/// The path a Unix socket is bound to (`getsockname`), e.g. of a socket a
+/// service manager passed; `None` for an unbound or unnamed socket.
+pub fn bound_path(fd: RawFd) -> Option<PathBuf> {
+    // SAFETY: sockaddr_un is plain old data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most len bytes into addr.
+    if unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) } < 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = addr.sun_path.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    (!bytes.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+}
 
 /// First fd systemd passes (SD_LISTEN_FDS_START).
 pub const LISTEN_FDS_START: RawFd = 3;

@@ -62,7 +62,7 @@ impl Socket {
                 "the broker socket systemd passed (fd {raw}) is not an AF_UNIX SOCK_SEQPACKET socket: set ListenSequentialPacket= and FileDescriptorName=broker in vmnet-rs.socket"
             )));
         }
-        let path = local_path(raw).unwrap_or_default();
+        let path = crate::xpc::activation::bound_path(raw).unwrap_or_default();
         Ok(Some(Socket { fd, path, owns_path: false, unlinked: AtomicBool::new(false), activated: true }))
     }
 
@@ -132,18 +132,6 @@ impl Drop for Socket {
     }
 }
 
-fn local_path(fd: RawFd) -> Option<PathBuf> {
-    // SAFETY: sockaddr_un is plain old data.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most len bytes into addr.
-    if unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) } < 0 {
-        return None;
-    }
-    let bytes: Vec<u8> = addr.sun_path.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    use std::os::unix::ffi::OsStringExt;
-    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
-}
 
 struct Shared {
     handler: Arc<dyn Handler>,

@@ -420,11 +420,15 @@ impl Broker {
         let endpoint = socket.path().display().to_string();
         let activated = socket.activated();
         core.prepare(&endpoint, activated);
-        let listener = Arc::new(crate::xpc::unix::Listener::start(socket, core.clone())?);
-        if let Err(e) = core.start_endpoints() {
-            listener.stop();
-            return Err(e);
-        }
+        // Endpoints first, so the first status request already lists them.
+        core.start_endpoints()?;
+        let listener = match crate::xpc::unix::Listener::start(socket, core.clone()) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                core.stop_endpoints();
+                return Err(e.into());
+            }
+        };
         log::debug!("broker listening on {endpoint}{}", if activated { " (socket activation)" } else { "" });
         let l2 = Arc::clone(&listener);
         Broker::with_monitor(core, endpoint, Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))
@@ -443,11 +447,15 @@ impl Broker {
         let core = Core::new(options);
         // launchd starts the job on the first lookup of its Mach service.
         core.prepare(service, true);
-        let listener = Arc::new(crate::xpc::apple::serve(service, core.clone(), serve)?);
-        if let Err(e) = core.start_endpoints() {
-            listener.stop();
-            return Err(e);
-        }
+        // Endpoints first, so the first status request already lists them.
+        core.start_endpoints()?;
+        let listener = match crate::xpc::apple::serve(service, core.clone(), serve) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                core.stop_endpoints();
+                return Err(e.into());
+            }
+        };
         log::debug!("broker serving the Mach service {service}");
         let l2 = Arc::clone(&listener);
         Broker::with_monitor(core, service.to_owned(), Box::new(move || l2.connection_count()), Box::new(move || listener.stop()))

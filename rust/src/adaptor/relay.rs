@@ -421,11 +421,14 @@ impl Relay {
         let counters = &self.shared.vm_to_host;
         while reader.has_pending() {
             let frames = reader.pending(write_batch);
+            // Before the write, so whoever sees the frame can see its MAC.
+            if let Some(first) = frames.first() {
+                self.shared.note_vm_mac(first);
+            }
             match self.iface.write_frames(&frames) {
                 Ok(n) if n > 0 => {
                     let n = n.min(frames.len());
                     let bytes: usize = frames[..n].iter().map(|f| f.len()).sum();
-                    self.shared.note_vm_mac(frames[0]);
                     counters.add_batch(n as u64, bytes as u64);
                     reader.consume(n);
                     *stalls = 0;

@@ -200,3 +200,16 @@ def test_socket_activated_start_serves_the_passed_socket_and_exits_idle(tmp_path
     assert f"listening on {sock} (started on demand); " in text
     assert "exits by itself after 1s with no network, lease or connection" in text
     assert "vmnet-rs: broker stopped: idle: no network, lease or connection for 1s" in text
+
+
+def test_ctrl_c_names_the_vms_that_lose_their_network_and_exits_130(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "networks.yaml", LAB)
+    sock = tmp_path / "b.sock"
+    with NativeBroker(sock, ["--backend", "hub", "--config", str(cfg), "--no-endpoints", "--state-dir", str(tmp_path / "state")]) as b:
+        b.wait_ready()
+        with Client(str(sock), timeout=30) as c:
+            c.acquire("lab", vm_name="web1")
+            assert b.stop(signal.SIGINT) == 130
+    log = b.log_text()
+    assert f"VM web1 (pid {os.getpid()} " in log and "loses its network lab (lease 1): the broker is stopping: interrupted (Ctrl-C)" in log, log
+    assert "vmnet-rs: broker stopped: interrupted (Ctrl-C)" in log

@@ -1,9 +1,9 @@
 """Where a broker serves each network's socket paths (``docs/endpoints.md``).
 
-Mirrors ``rust/src/broker/endpoints.rs``: ``<dir>/<network>.stream.sock``
-and ``<dir>/<network>.dgram.sock``, where ``dir`` is ``--endpoint-dir``,
-else the config's ``endpointDir``, else the broker socket's directory
-(Linux) or ``~/Library/Application Support/vmnet-rs/endpoints`` (macOS).
+Mirrors ``rust/src/broker/endpoints.rs``: the directory is
+``--endpoint-dir``, else the config's ``endpointDir``, else the broker
+socket's directory (Linux) or ``~/Library/Application Support/vmnet-rs/endpoints``
+(macOS); the file names are :func:`vmnet_rs.drivers.endpoint_paths`'s.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional
 
+from . import drivers
 from .config import Config
-
-#: File suffix (and activation-name suffix) of each endpoint kind.
-SUFFIX = {"stream": "stream", "datagram": "dgram"}
 
 
 def default_dir(broker_socket: str) -> Path:
@@ -38,16 +36,11 @@ def endpoint_dir(config: Config, socket: Optional[str] = None, explicit: Optiona
 
 def endpoint_paths(config: Config, socket: Optional[str] = None, explicit: Optional[str] = None) -> Dict[str, Dict[str, str]]:
     """Network -> ``{"stream": path, "datagram": path}`` (only the kinds it has)."""
-    d = endpoint_dir(config, socket, explicit)
+    d = str(endpoint_dir(config, socket, explicit))
     out: Dict[str, Dict[str, str]] = {}
     for name, net in sorted(config.networks.items()):
-        kinds = {k: str(d / f"{name}.{SUFFIX[k]}.sock") for k in net.endpoints}
+        paths = drivers.endpoint_paths(d, name)
+        kinds = {k: paths[k] for k in net.endpoints}
         if kinds:
             out[name] = kinds
     return out
-
-
-def activation_name(network: str, kind: str) -> str:
-    """The service manager's name for one endpoint socket (systemd
-    ``FileDescriptorName=``, launchd ``Sockets`` key)."""
-    return f"{network}.{SUFFIX[kind]}"

@@ -242,3 +242,30 @@ def test_help_texts_point_to_documentation_a_pip_user_has(runner: CliRunner) -> 
         seen += 1
     assert seen >= 10
     assert "https://github.com/vmnet-rs/vmnet-rs" in runner.invoke(cli, ["--help"]).output
+
+
+def test_broker_state_dir_is_visible_and_the_environment_sets_it(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--state-dir is in `vmnet-rs broker --help`; without it the broker
+    uses $VMNET_RS_STATE_DIR, as `vmnet-rs leases` does."""
+    from vmnet_rs import broker as broker_mod
+    from vmnet_rs import broker_cli
+
+    help_text = runner.invoke(cli, ["broker", "--help"], terminal_width=1000).output
+    assert "--state-dir DIR" in help_text and "$VMNET_RS_STATE_DIR" in help_text
+    seen = {}
+
+    class Recorder:
+        def __init__(self, config: object, **kw: object) -> None:
+            seen.update(kw)
+            raise broker_mod.BrokerError("recorded")
+
+    monkeypatch.setattr(broker_mod, "Broker", Recorder)
+    monkeypatch.setattr(broker_cli, "refuse_without_preconditions", lambda: None, raising=False)
+    monkeypatch.setenv("VMNET_RS_STATE_DIR", str(tmp_path / "env-state"))
+    monkeypatch.setenv("VMNET_RS_CONFIG", str(tmp_path / "none.yaml"))
+    (tmp_path / "none.yaml").write_text("{}\n")
+    r = runner.invoke(cli, ["broker", "--backend", "hub", "--socket", str(tmp_path / "b.sock")])
+    assert r.exit_code == 1 and seen["state_dir"] == str(tmp_path / "env-state"), (r.output, seen)
+    seen.clear()
+    r = runner.invoke(cli, ["broker", "--backend", "hub", "--socket", str(tmp_path / "b.sock"), "--state-dir", str(tmp_path / "flag")])
+    assert seen["state_dir"] == str(tmp_path / "flag")

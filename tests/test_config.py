@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -37,6 +38,11 @@ def problems(text: str, source: str = "networks.yaml") -> List[str]:
     return str(info.value).splitlines()
 
 
+def net(**changes: object) -> NetworkConfig:
+    """Lima's defaults for a shared network (as the validator fills them), with changes."""
+    return dataclasses.replace(NetworkConfig.lima_default(), **changes)  # type: ignore[arg-type]
+
+
 def one(text: str) -> str:
     p = problems(text)
     assert len(p) == 1, p
@@ -49,9 +55,10 @@ def one(text: str) -> str:
 def test_builtin_defaults() -> None:
     cfg = Config.defaults()
     assert sorted(cfg.networks) == ["host", "shared"]
-    assert cfg.networks["shared"] == NetworkConfig(subnet="192.168.107.1/24")
-    assert cfg.networks["host"] == NetworkConfig(mode="host", router_advertisement=False, subnet="192.168.108.1/24")
-    assert cfg.broker == BrokerSettings()
+    assert cfg.networks["shared"] == net(subnet="192.168.107.1/24")
+    assert cfg.networks["host"] == net(mode="host", router_advertisement=False, subnet="192.168.108.1/24")
+    assert cfg.networks["host"] == dataclasses.replace(NetworkConfig.lima_default("host"), subnet="192.168.108.1/24")
+    assert cfg.broker == BrokerSettings.default()
     assert cfg.broker.idle_timeout == 120
     assert cfg.broker.allowed_users == ("root",)
     assert cfg.broker.allowed_groups == ("vmnet-rs",)
@@ -69,30 +76,51 @@ def test_lima_networks_yaml_gives_limas_values() -> None:
     cfg = load_config(DATA / "lima-networks.yaml")
     lima = dict(mode="shared", dhcp=True, dns_proxy=True, mtu=1500, nat44=True, nat66=True, router_advertisement=True)
     # What Lima derives: the subnet normalised to its first host, absent keys at Lima's defaults.
-    assert cfg.networks["shared"] == NetworkConfig(**{**lima, "subnet": "192.168.107.1/24"})
-    assert cfg.networks["host"] == NetworkConfig(
+    assert cfg.networks["shared"] == net(**{**lima, "subnet": "192.168.107.1/24"})
+    assert cfg.networks["host"] == net(
         **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.108.1/24"}
     )
-    assert cfg.networks["lab-host"] == NetworkConfig(
+    assert cfg.networks["lab-host"] == net(
         **{**lima, "mode": "host", "router_advertisement": False, "subnet": "192.168.110.1/24"}
     )
-    assert cfg.networks["scratch"] == NetworkConfig(**lima)
+    assert cfg.networks["scratch"] == net(**lima)
     assert cfg.networks["scratch"].subnet is None
-    assert cfg.networks["jumbo"] == NetworkConfig(**{**lima, "nat66": False, "subnet": "192.168.109.1/24"})
+    assert cfg.networks["jumbo"] == net(**{**lima, "nat66": False, "subnet": "192.168.109.1/24"})
     # Lima's socket_vmnet "networks" (bridged, user-v2, ...) are not vmnet-rs networks.
     assert sorted(cfg.networks) == ["host", "jumbo", "lab-host", "scratch", "shared"]
 
 
+def test_limas_template_gives_limas_values() -> None:
+    """Lima's networks.TEMPLATE.yaml (lima-vm/lima#4394), read unchanged."""
+    cfg = load_config(DATA / "lima-template.yaml")
+    assert sorted(cfg.networks) == ["debug", "host", "shared"]
+    assert cfg.networks["shared"] == net(subnet="192.168.107.1/24")
+    assert cfg.networks["host"] == net(mode="host", router_advertisement=False, subnet="192.168.108.1/24")
+    # The entry with every key commented out: Lima's documented defaults, subnet left to the platform.
+    assert cfg.networks["debug"] == net()
+    assert (cfg.networks["debug"].mode, cfg.networks["debug"].mtu, cfg.networks["debug"].subnet) == ("shared", 1500, None)
+    # Lima's own entries: the same as vmnet-rs's built-ins.
+    assert cfg.networks["shared"] == Config.defaults().networks["shared"]
+    assert cfg.networks["host"] == Config.defaults().networks["host"]
+
+
+def test_limas_documented_networks_yaml_gives_the_builtins() -> None:
+    """The networks.yaml Lima's docs show has no vmnet section: the built-ins serve."""
+    cfg = load_config(DATA / "lima-docs-networks.yaml")
+    assert cfg.networks == Config.defaults().networks and cfg.broker == Config.defaults().broker
+
+
 def test_every_key_is_read() -> None:
     cfg = load_config(DATA / "full.yaml")
-    assert cfg.broker == BrokerSettings(
+    assert cfg.broker == dataclasses.replace(
+        BrokerSettings.default(),
         idle_timeout=300,
         allowed_users=("root", "alice", "1001"),
         allowed_groups=("vmnet-rs", "staff"),
         socket="/run/vmnet-rs/test.sock",
         mach_service="io.github.vmnet-rs.test",
     )
-    assert cfg.networks["lab"] == NetworkConfig(
+    assert cfg.networks["lab"] == net(
         mode="shared",
         dhcp=True,
         dns_proxy=False,
@@ -138,13 +166,13 @@ def test_network_json_round_trip_and_lima_request() -> None:
     host = NetworkConfig.from_json('{"mode":"host","subnet":"192.168.108.0/24","routerAdvertisement":false,"mtu":0}',
                                    "host", "request", lima=True)
     assert host == Config.defaults().networks["host"]
-    assert NetworkConfig.from_json('{"mode":"","subnet":""}', "x", lima=True) == NetworkConfig()
+    assert NetworkConfig.from_json('{"mode":"","subnet":""}', "x", lima=True) == net()
 
 
 def test_differences() -> None:
     a = Config.defaults().networks["shared"]
     assert a.differences(a) == []
-    b = NetworkConfig(mtu=9000, subnet="192.168.107.1/24", offload=True)
+    b = net(mtu=9000, subnet="192.168.107.1/24", offload=True)
     assert a.differences(b) == ["mtu: 1500 != 9000", "offload: false != true"]
 
 
@@ -381,42 +409,78 @@ def test_yaml_values_json_cannot_carry() -> None:
              'address and prefix length like "192.168.107.0/24"')
 
 
-# --- the Python checks say exactly what the native ones say ------------------------------
+# --- one validator: structured problems, lines found by key path -------------------------
 
 BAD_DOCUMENTS = [
-    {"vmnet": {"a": {"mtu": "x", "dhcp": 1, "mode": 5, "nat44": None, "offload": "on"}}},
+    {"vmnet": {"a": {"mtu": "x", "dhcp": 1, "mode": 5, "nat44": "no", "offload": "on"}}},
     {"vmnet": {"a": {"subnet": 24, "ipv6Prefix": [1], "externalInterface": {"x": 1}}}},
     {"vmnet": {"a": {"portForwarding": [1, {"protocol": 6, "externalPort": "22", "internalAddress": 5,
                                             "internalPort": True, "addressFamily": 4, "extra": 1}]}}},
     {"vmnet": {"a": {"dhcpReservations": [{"mac": 1, "address": 2, "adress": 3}], "routerAdvertisment": True}}},
-    {"vmnet": {"a": "shared", "b": [], "c": None}},
-    {"vmnet": []},
+    {"vmnet": {"a": "shared", "b": []}},
     {"vmnett": {}, "brokr": {}, "paths": {}},
     {"broker": {"idleTimeout": "1", "allowedUsers": "root", "allowedGroups": [True], "socket": 1, "machService": 2}},
-    {"broker": []},
-    ["vmnet"],
-    "vmnet",
 ]
 
 
 @pytest.mark.parametrize("doc", BAD_DOCUMENTS, ids=range(len(BAD_DOCUMENTS)))
-def test_python_checks_match_native_checks(doc: object) -> None:
-    py = list(cfgmod._check(doc, "f.yaml"))
-    assert py, "the Python checks should find something"
+def test_every_problem_gets_the_line_of_its_key_path(doc: object) -> None:
+    """The validator's problems carry key paths; loaded as YAML, each gets
+    the line of its key (so the same text as the native message, plus a line)."""
+    result = json.loads(_native.check_config(json.dumps(doc), "f.yaml"))
+    assert result["config"] is None and result["problems"]
+    native = [f'f.yaml: {p["detail"]}' for p in result["problems"]]
     with pytest.raises(ConfigError) as info:
         _native.validate_config(json.dumps(doc), "f.yaml")
-    native = str(info.value).splitlines()
-    missing = [p for p in py if p not in native]
-    assert not missing, f"Python says what Rust does not:\n{missing}\nRust:\n{native}"
+    assert str(info.value).splitlines() == native
+    text = yaml.safe_dump(doc, sort_keys=False)
+    lines = text.splitlines()
+    for p in problems(text, "f.yaml"):
+        where, _, detail = p.partition(": ")
+        assert f"f.yaml: {detail}" in native, p
+        line = int(where.split(":")[1])
+        # The line named holds the last key of the problem's path (or the list item it is in).
+        wanted = next(q for q in result["problems"] if q["detail"] == detail)
+        last = next((str(x) for x in reversed(wanted["path"]) if isinstance(x, str)), None)
+        assert last is None or last in lines[line - 1] or lines[line - 1].lstrip().startswith("-"), (p, lines[line - 1])
+
+
+def test_problems_are_structured() -> None:
+    doc = {"vmnet": {"lab": {"mtuu": 1500, "portForwarding": [{"protocol": "tcp", "externalPort": 0,
+                                                               "internalAddress": "192.168.50.5"}]}}}
+    result = json.loads(_native.check_config(json.dumps(doc), "n.yaml"))
+    by_key = {p["key"]: p for p in result["problems"]}
+    typo = by_key["mtuu"]
+    assert typo["section"] == "network" and typo["network"] == "lab"
+    assert typo["path"] == ["vmnet", "lab", "mtuu"]
+    assert (typo["what"], typo["hint"]) == ("unknown key", "mtu")
+    assert typo["allowed"] == f"allowed keys: {ALL_NETWORK_KEYS}"
+    port = by_key["portForwarding[0].externalPort"]
+    assert port["path"] == ["vmnet", "lab", "portForwarding", 0, "externalPort"]
+    assert (port["what"], port["allowed"], port["hint"]) == ("0 is out of range", "use 1..65535", None)
+
+
+def test_line_is_found_by_path_not_by_message_text() -> None:
+    """A key holding dots and brackets (which a message-text parser would
+    split) still gets its own line."""
+    assert one("""
+        vmnet:
+          lab:
+            mode: host
+            "port[0].x": 1
+    """) == (f'networks.yaml:5: network "lab": key "port[0].x": unknown key; allowed keys: {ALL_NETWORK_KEYS}')
 
 
 @pytest.mark.parametrize(
-    "typo, known, expected",
-    [("mtuu", "network", "mtu"), ("dns_proxy", "network", "dnsProxy"), ("idle", "broker", "idleTimeout"),
-     ("colour", "network", None), ("vmnett", "top", "vmnet"), ("adress", "dhcp_reservation", "address")],
+    "section, typo, expected",
+    [("vmnet: {shared: {%s: 1}}", "mtuu", "mtu"), ("vmnet: {shared: {%s: false}}", "dns_proxy", "dnsProxy"),
+     ("broker: {%s: 1}", "idle", "idleTimeout"), ("vmnet: {shared: {%s: 1}}", "colour", None),
+     ("%s: {}", "vmnett", "vmnet")],
 )
-def test_did_you_mean(typo: str, known: str, expected: object) -> None:
-    assert cfgmod.did_you_mean(typo, _native.config_keys()[known]) == expected
+def test_did_you_mean(section: str, typo: str, expected: object) -> None:
+    p = one(section % typo + "\n")
+    hint = f' (did you mean "{expected}"?)' if expected else ""
+    assert f'key "{typo}": unknown key{hint}; allowed keys: ' in p, p
 
 
 # --- finding the file ----------------------------------------------------------------------

@@ -22,6 +22,8 @@
 
 pub mod auth;
 pub mod endpoints;
+#[cfg(test)]
+mod limits_tests;
 pub mod netconfig;
 pub mod policy;
 pub mod protocol;
@@ -99,7 +101,7 @@ impl BrokerOptions {
     /// nirs/vmnet-broker), the built-in networks, the platform backend.
     pub fn new() -> BrokerOptions {
         BrokerOptions {
-            settings: default_settings(),
+            settings: BrokerSettings::default(),
             networks: netconfig::builtin_networks(),
             config_source: None,
             backend: Backend::Platform,
@@ -142,11 +144,6 @@ pub fn endpoint_access(settings: &BrokerSettings) -> endpoints::Access {
         };
         endpoints::Access { dir_mode: 0o755, file_mode, group: if file_mode == 0o660 { group } else { None } }
     }
-}
-
-/// The default broker settings (`config.rs`).
-pub fn default_settings() -> BrokerSettings {
-    BrokerSettings::default()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,17 +16,7 @@
 //! canonical IPv6, lower-case MACs), so two equal configurations compare
 //! equal and serialise to the same JSON. Pure code; any thread.
 //!
-//! Limits, and why:
-//! - subnet: an RFC 1918 range with a prefix length of 8..=29. A /29 is the
-//!   smallest that leaves, after the network, gateway and broadcast
-//!   addresses (vmnet also reserves those three), a DHCP range of five.
-//!   The network address (`.0`) is normalised to the first host (`.1`, the
-//!   gateway, which is what vmnet wants); any other host address is refused,
-//!   since vmnet always puts the gateway on the first host.
-//! - MTU: 1280..=9000. 1280 is the IPv6 minimum (RA and NAT66 are on by
-//!   default); 9000 is the usual jumbo frame, which Linux bridges and TAPs
-//!   carry and vmnet accepts. 0 means "unset" (Lima) and becomes 1500.
-//! - ipv6Prefix: a unique local (fc00::/7) /64, the only length SLAAC serves.
+//! Every limit (names, subnets, MTUs, ports, MACs) is in `config/limits.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,21 +26,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod addr;
+mod limits;
+mod problem;
 mod read;
 #[cfg(test)]
 mod tests;
 
 pub use addr::{format_mac, parse_mac, Ipv4Subnet, Ipv6Prefix, MacAddr, SubnetError};
-
-/// The MTU a network gets when none (or Lima's 0) is given.
-pub const DEFAULT_MTU: u32 = 1500;
-pub const MTU_MIN: u32 = 1280;
-pub const MTU_MAX: u32 = 9000;
-/// Shortest allowed IPv4 prefix length (largest subnet).
-pub const SUBNET_PREFIX_MIN: u8 = 8;
-/// Longest allowed IPv4 prefix length: a /29 leaves a DHCP range of five.
-pub const SUBNET_PREFIX_MAX: u8 = 29;
-pub const IPV6_PREFIX_LEN: u8 = 64;
+pub use limits::*;
+pub use problem::{PathPart, Problem, Section};
 
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
 pub const DEFAULT_SOCKET: &str = "/run/vmnet-rs/broker.sock";
@@ -352,27 +336,36 @@ impl Default for BrokerSettings {
 /// A configuration that cannot be used, with where and why.
 ///
 /// `message` holds one problem per line, each naming the source, the
-/// network, the key, what was wrong and what is allowed.
+/// network, the key, what was wrong and what is allowed; `problems` holds
+/// the same as structured values (empty for an error raised outside the
+/// validator, e.g. by a platform that refuses a value).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{message}")]
 pub struct ConfigError {
     pub message: String,
+    pub problems: Vec<Problem>,
 }
 
 impl ConfigError {
-    fn from_problems(problems: Vec<String>) -> Self {
-        ConfigError { message: problems.join("\n") }
+    /// An error with a message only (no structured problems).
+    pub fn new(message: impl Into<String>) -> Self {
+        ConfigError { message: message.into(), problems: Vec::new() }
+    }
+
+    fn from_problems(problems: Vec<Problem>) -> Self {
+        let message = problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n");
+        ConfigError { message, problems }
     }
 
     /// The individual problems, one per line of `message`.
-    pub fn problems(&self) -> impl Iterator<Item = &str> {
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
         self.message.lines()
     }
 }
 
 fn parse_json(text: &str, source: &str) -> Result<Value, ConfigError> {
     serde_json::from_str(text)
-        .map_err(|e| ConfigError { message: format!("{source}: not valid JSON: {e}") })
+        .map_err(|e| ConfigError::new(format!("{source}: not valid JSON: {e}")))
 }
 
 impl NetworkConfig {

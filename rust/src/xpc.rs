@@ -8,7 +8,7 @@
 //! not know what any key means.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 
 pub mod activation;
 #[cfg(target_os = "macos")]
@@ -113,13 +113,6 @@ impl Dict {
     pub fn get_dict(&self, key: &str) -> Option<&Dict> {
         match self.entries.get(key) {
             Some(Value::Dict(v)) => Some(v),
-            _ => None,
-        }
-    }
-
-    pub fn get_fd(&self, key: &str) -> Option<RawFd> {
-        match self.entries.get(key) {
-            Some(Value::Fd(v)) => Some(v.as_raw_fd()),
             _ => None,
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! Pure functions; run on request threads.
 
-use crate::config::MacAddr;
+use crate::config::{self, MacAddr};
 use crate::xpc::{Dict, Value};
 
 /// The protocol revision `version` reports.
@@ -119,17 +119,14 @@ impl Args<'_> {
     }
 }
 
-/// Checks a network name: 1-32 bytes of `[A-Za-z0-9_.-]`, not starting with
-/// `-` or `.` (names become parts of device, file and record names).
+/// Checks a network name by the configuration's rule
+/// ([`config::valid_network_name`]), so every name a configuration file
+/// accepts can be asked for.
 pub fn check_network_name(name: &str) -> Result<(), Failure> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
-        && !name.starts_with(['-', '.'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
+    if config::valid_network_name(name) {
         Ok(())
     } else {
-        Err(Failure::invalid(format!("network name {name:?} is not 1-32 letters, digits, '_', '-' or '.'")))
+        Err(Failure::invalid(format!("network name {name:?} is not valid; {}", config::NETWORK_NAME_RULE)))
     }
 }
 
@@ -138,8 +135,8 @@ pub fn check_network_name(name: &str) -> Result<(), Failure> {
 pub fn parse_mac(text: &str) -> Result<[u8; 6], Failure> {
     let mac = MacAddr::parse(text)
         .ok_or_else(|| Failure::invalid(format!("mac {text:?} is not six hex bytes like 52:54:00:12:34:56")))?;
-    if mac.is_multicast() {
-        return Err(Failure::invalid(format!("mac {text} is a multicast address; a VM needs a unicast one")));
+    if !config::usable_mac(&mac.0) {
+        return Err(Failure::invalid(format!("mac {text} is a multicast or all-zero address; a VM needs a unicast one")));
     }
     Ok(mac.0)
 }
@@ -166,6 +163,7 @@ mod tests {
         assert!(check_network_name("shared").is_ok());
         assert!(check_network_name("../x").is_err());
         assert!(check_network_name("").is_err());
-        assert!(check_network_name(&"a".repeat(33)).is_err());
+        assert!(check_network_name(&"a".repeat(63)).is_ok());
+        assert!(check_network_name(&"a".repeat(64)).is_err());
     }
 }

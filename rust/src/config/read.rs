@@ -15,50 +15,102 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde_json::{Map, Value};
 
 use super::addr::{self, Ipv4Subnet, Ipv6Prefix, PrefixError, SubnetError};
+use super::limits::{usable_mac, valid_mtu, valid_network_name, valid_port, NETWORK_NAME_RULE, PORT_MAX, PORT_MIN};
+use super::problem::{key_parts, quote, PathPart, Problem, Section};
 use super::{
     AddressFamily, BrokerSettings, DhcpReservation, EndpointKind, Mode, NetworkConfig, PortForward, Protocol,
     BROKER_KEYS, ClientNetworks, DEFAULT_MTU, MAX_PORTS_PER_USER_MAX, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
     MTU_MIN, NETWORK_KEYS, PORT_FORWARD_KEYS, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN, TOP_KEYS,
 };
 
-/// Where problems are being found: a prefix such as `networks.yaml: network
-/// "shared": ` and the list they go to.
+/// Where problems are being found (source, section, network) and the list
+/// they go to.
 pub(super) struct Scope<'p> {
-    prefix: String,
-    problems: &'p mut Vec<String>,
+    source: String,
+    section: Section,
+    network: Option<String>,
+    problems: &'p mut Vec<Problem>,
 }
 
 impl<'p> Scope<'p> {
-    pub(super) fn top(source: &str, problems: &'p mut Vec<String>) -> Self {
-        Scope { prefix: format!("{source}: "), problems }
+    pub(super) fn top(source: &str, problems: &'p mut Vec<Problem>) -> Self {
+        Scope { source: source.to_string(), section: Section::Top, network: None, problems }
     }
 
-    pub(super) fn network(source: &str, name: &str, problems: &'p mut Vec<String>) -> Self {
-        Scope { prefix: format!("{source}: network {}: ", quote(name)), problems }
+    pub(super) fn network(source: &str, name: &str, problems: &'p mut Vec<Problem>) -> Self {
+        Scope { source: source.to_string(), section: Section::Network, network: Some(name.to_string()), problems }
     }
 
-    pub(super) fn broker(source: &str, problems: &'p mut Vec<String>) -> Self {
-        Scope { prefix: format!("{source}: broker: "), problems }
+    pub(super) fn broker(source: &str, problems: &'p mut Vec<Problem>) -> Self {
+        Scope { source: source.to_string(), section: Section::Broker, network: None, problems }
+    }
+
+    /// The path of the scope itself from the document's root.
+    fn root(&self) -> Vec<PathPart> {
+        match self.section {
+            Section::Top => Vec::new(),
+            Section::Broker => vec![PathPart::Key("broker".into())],
+            Section::Network => vec![
+                PathPart::Key("vmnet".into()),
+                PathPart::Key(self.network.clone().unwrap_or_default()),
+            ],
+        }
+    }
+
+    fn push(&mut self, key: Option<String>, path: Vec<PathPart>, message: &str, hint: Option<&str>) {
+        // Every message here reads "<what is wrong>; <what is allowed>"; the
+        // allowed part never holds "; " (a quoted value in the first may).
+        let (what, allowed) = match message.rsplit_once("; ") {
+            Some((what, allowed)) => (what.to_string(), Some(allowed.to_string())),
+            None => (message.to_string(), None),
+        };
+        self.problems.push(Problem {
+            source: self.source.clone(),
+            section: self.section,
+            network: self.network.clone(),
+            key,
+            path,
+            what,
+            allowed,
+            hint: hint.map(str::to_string),
+        });
     }
 
     /// A problem with one key (`key` may be a path like `portForwarding[0].externalPort`).
     pub(super) fn key(&mut self, key: &str, message: impl Display) {
-        self.problems.push(format!("{}key {}: {message}", self.prefix, quote(key)));
+        let mut path = self.root();
+        path.extend(key_parts(key));
+        self.push(Some(key.to_string()), path, &message.to_string(), None);
+    }
+
+    /// A key the section does not know, under `parent` (e.g. `portForwarding[0].`):
+    /// the key is kept whole in the path, the closest known one is the hint.
+    pub(super) fn unknown_key(&mut self, parent: &str, key: &str, known: &[&str], allowed: String) {
+        let mut path = self.root();
+        path.extend(key_parts(parent));
+        path.push(PathPart::Key(key.to_string()));
+        let hint = did_you_mean(key, known);
+        self.problems.push(Problem {
+            source: self.source.clone(),
+            section: self.section,
+            network: self.network.clone(),
+            key: Some(format!("{parent}{key}")),
+            path,
+            what: "unknown key".to_string(),
+            allowed: Some(allowed),
+            hint: hint.map(str::to_string),
+        });
     }
 
     /// A problem with the scope as a whole.
     pub(super) fn whole(&mut self, message: impl Display) {
-        self.problems.push(format!("{}{message}", self.prefix));
+        let path = self.root();
+        self.push(None, path, &message.to_string(), None);
     }
 
     fn count(&self) -> usize {
         self.problems.len()
     }
-}
-
-/// A string in double quotes, escaped as JSON (the Python side uses `json.dumps`).
-pub(super) fn quote(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| format!("\"{text}\""))
 }
 
 /// A value as it appears in messages: compact JSON, cut at 60 characters.
@@ -131,20 +183,11 @@ fn edit_distance(a: &[char], b: &[char]) -> usize {
     prev[b.len()]
 }
 
-/// `unknown key (did you mean "mtu"?); allowed keys: mode, dhcp, ...`
-pub(super) fn unknown_key_message(key: &str, known: &[&str]) -> String {
-    let hint = match did_you_mean(key, known) {
-        Some(k) => format!(" (did you mean {}?)", quote(k)),
-        None => String::new(),
-    };
-    format!("unknown key{hint}; allowed keys: {}", known.join(", "))
-}
-
 /// Reports every key of `map` not in `known`; `path` prefixes nested keys.
 fn check_keys(scope: &mut Scope<'_>, map: &Map<String, Value>, known: &[&str], path: &str) {
     for key in map.keys() {
         if !known.contains(&key.as_str()) {
-            scope.key(&format!("{path}{key}"), unknown_key_message(key, known));
+            scope.unknown_key(path, key, known, format!("allowed keys: {}", known.join(", ")));
         }
     }
 }
@@ -211,8 +254,13 @@ fn read_list<'v>(scope: &mut Scope<'_>, map: &'v Map<String, Value>, key: &str, 
     }
 }
 
-const MTU_ALLOWED: &str = "1280..9000";
-const PORT_ALLOWED: &str = "1..65535";
+fn mtu_allowed() -> String {
+    format!("{MTU_MIN}..{MTU_MAX}")
+}
+
+fn port_allowed() -> String {
+    format!("{PORT_MIN}..{PORT_MAX}")
+}
 
 /// Reads one network entry, filling Lima's defaults for absent keys, then
 /// checks and normalises it. `None` if anything was wrong (all reported).
@@ -243,7 +291,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
     let dhcp = read_bool(scope, map, "", "dhcp", true);
     unreadable.dhcp = scope.count() > n;
     let dns_proxy = read_bool(scope, map, "", "dnsProxy", true);
-    let mtu = read_uint(scope, map, "", "mtu", u64::from(u32::MAX), MTU_ALLOWED).map_or(DEFAULT_MTU, |m| m as u32);
+    let mtu = read_uint(scope, map, "", "mtu", u64::from(u32::MAX), &mtu_allowed()).map_or(DEFAULT_MTU, |m| m as u32);
     let nat44 = read_bool(scope, map, "", "nat44", true);
     let nat66 = read_bool(scope, map, "", "nat66", true);
     let router_advertisement = read_bool(scope, map, "", "routerAdvertisement", mode == Mode::Shared);
@@ -348,15 +396,15 @@ fn read_port_forward(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<Po
             None
         }
     };
-    let external = read_uint(scope, map, &path, "externalPort", 65535, PORT_ALLOWED);
+    let external = read_uint(scope, map, &path, "externalPort", u64::from(PORT_MAX), &port_allowed());
     if get(map, "externalPort").is_none() {
-        scope.key(&format!("{path}externalPort"), format!("missing; use the host port to forward, {PORT_ALLOWED}"));
+        scope.key(&format!("{path}externalPort"), format!("missing; use the host port to forward, {}", port_allowed()));
     }
     let internal_address = read_string(scope, map, &path, "internalAddress", "the VM's address, like \"192.168.107.10\"");
     if get(map, "internalAddress").is_none() {
         scope.key(&format!("{path}internalAddress"), "missing; use the VM's address, like \"192.168.107.10\"");
     }
-    let internal = read_uint(scope, map, &path, "internalPort", 65535, PORT_ALLOWED).or(external);
+    let internal = read_uint(scope, map, &path, "internalPort", u64::from(PORT_MAX), &port_allowed()).or(external);
     let family = match get(map, "addressFamily") {
         None => None,
         Some(Value::String(s)) if s == "ipv4" => Some(AddressFamily::Ipv4),
@@ -417,8 +465,8 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
     if cfg.mtu == 0 {
         cfg.mtu = DEFAULT_MTU;
     }
-    if !(MTU_MIN..=MTU_MAX).contains(&cfg.mtu) {
-        scope.key("mtu", format!("{} is out of range; use {MTU_ALLOWED}", cfg.mtu));
+    if !valid_mtu(cfg.mtu) {
+        scope.key("mtu", format!("{} is out of range; use {}", cfg.mtu, mtu_allowed()));
     }
 
     let subnet = cfg.subnet.as_deref().and_then(|text| {
@@ -490,8 +538,8 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
     for (i, pf) in cfg.port_forwarding.iter_mut().enumerate() {
         let path = format!("portForwarding[{i}].");
         for (key, port) in [("externalPort", pf.external_port), ("internalPort", pf.internal_port)] {
-            if port == 0 {
-                scope.key(&format!("{path}{key}"), format!("0 is out of range; use {PORT_ALLOWED}"));
+            if !valid_port(port) {
+                scope.key(&format!("{path}{key}"), format!("0 is out of range; use {}", port_allowed()));
             }
         }
         if let Some(addr) = check_internal_address(scope, &path, pf, subnet.as_ref(), prefix.as_ref(), unreadable) {
@@ -520,7 +568,7 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
                 "{} is not a MAC address; use six hex pairs like \"52:54:00:12:34:56\"",
                 quote(&r.mac)
             )),
-            Some(mac) if mac[0] & 1 == 1 || mac == [0; 6] => scope.key(&format!("{path}mac"), format!(
+            Some(mac) if !usable_mac(&mac) => scope.key(&format!("{path}mac"), format!(
                 "{} is not a unicast MAC address; use one whose first byte is even, like \"52:54:00:12:34:56\"",
                 quote(&r.mac)
             )),
@@ -644,17 +692,6 @@ fn valid_interface_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Network names: 1 to 63 letters, digits, `-`, `_`, `.`, starting with a
-/// letter or digit (they appear in socket paths, unit names and logs).
-pub(super) fn valid_network_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-pub(super) const NETWORK_NAME_RULE: &str =
-    "use 1 to 63 letters, digits, \"-\", \"_\" or \".\", starting with a letter or digit";
-
 /// Reads the `broker:` section, defaults filled in.
 pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> BrokerSettings {
     let mut b = BrokerSettings::default();
@@ -762,7 +799,7 @@ fn valid_account_name(s: &str) -> bool {
 pub(super) fn read_file(
     source: &str,
     value: &Value,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> (BrokerSettings, BTreeMap<String, NetworkConfig>) {
     let mut networks = BTreeMap::new();
     let Value::Object(top) = value else {
@@ -776,12 +813,8 @@ pub(super) fn read_file(
         let mut scope = Scope::top(source, problems);
         for key in top.keys() {
             if !TOP_KEYS.contains(&key.as_str()) && !IGNORED_TOP_KEYS.contains(&key.as_str()) {
-                let hint = match did_you_mean(key, TOP_KEYS) {
-                    Some(k) => format!(" (did you mean {}?)", quote(k)),
-                    None => String::new(),
-                };
-                scope.key(key, format!(
-                    "unknown key{hint}; allowed keys: {} (Lima's {} are read and ignored)",
+                scope.unknown_key("", key, TOP_KEYS, format!(
+                    "allowed keys: {} (Lima's {} are read and ignored)",
                     TOP_KEYS.join(", "),
                     IGNORED_TOP_KEYS.join(", ")
                 ));
@@ -802,6 +835,10 @@ pub(super) fn read_file(
                     continue;
                 }
                 defined.push(name.clone());
+                // An entry whose keys are all commented out (Lima's template
+                // has one, `debug:`) is null in YAML: every default.
+                let empty = Value::Object(Map::new());
+                let entry = if entry.is_null() { &empty } else { entry };
                 let text = |key: &str| entry.get(key).and_then(Value::as_str).map(str::to_owned);
                 written.insert(name.clone(), (text("subnet"), text("ipv6Prefix")));
                 if let Some(cfg) = read_network(&mut scope, entry) {
@@ -831,7 +868,7 @@ pub(super) fn check_across(
     source: &str,
     networks: &BTreeMap<String, NetworkConfig>,
     written: &BTreeMap<String, (Option<String>, Option<String>)>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) {
     let builtin = |n: &str| !written.contains_key(n);
     let as_written = |n: &str, subnet: bool, parsed: String| {

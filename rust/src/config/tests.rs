@@ -16,7 +16,7 @@ fn net(v: Value) -> Result<NetworkConfig, ConfigError> {
 
 /// The problems reading a single network `lab` with the given keys.
 fn problems(v: Value) -> Vec<String> {
-    net(v).expect_err("should be refused").problems().map(String::from).collect()
+    net(v).expect_err("should be refused").lines().map(String::from).collect()
 }
 
 fn one(v: Value) -> String {
@@ -457,7 +457,7 @@ fn broker_settings() {
     });
     assert_eq!(file(json!({"broker": {"idleTimeout": 0}})).unwrap().broker.idle_timeout, 0);
     let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
-    let p: Vec<&str> = err.problems().collect();
+    let p: Vec<&str> = err.lines().collect();
     assert_eq!(p, vec![
         "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, clientNetworks, maxPortsPerUser, socket, machService, endpointDir",
         "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
@@ -604,7 +604,7 @@ fn endpoints_key_and_endpoint_dir() {
     // Not a difference between two configurations of one network.
     assert!(f.networks["off"].differences(&NetworkConfig { endpoints: EndpointKind::all(), ..f.networks["off"].clone() }).is_empty());
     let err = file(json!({"vmnet": {"lab": {"endpoints": ["stream", "stream", "tcp", 1]}}, "broker": {"endpointDir": "relative"}})).unwrap_err();
-    let p: Vec<&str> = err.problems().collect();
+    let p: Vec<&str> = err.lines().collect();
     assert_eq!(p, vec![
         "networks.yaml: broker: key \"endpointDir\": \"relative\" is not an absolute path of at most 90 bytes (socket paths under it are limited to 104); use one like \"/run/vmnet-rs\", or leave it out for the default",
         "networks.yaml: network \"lab\": key \"endpoints[1]\": \"stream\" is listed twice; list each kind once",
@@ -623,7 +623,7 @@ fn client_networks_quota_and_network_access() {
     assert_eq!(ClientNetworks::default_for("linux"), ClientNetworks::None);
     assert_eq!(d.max_ports_per_user, DEFAULT_MAX_PORTS_PER_USER);
     let err = file(json!({"broker": {"clientNetworks": "some", "maxPortsPerUser": 0}})).unwrap_err();
-    let p: Vec<&str> = err.problems().collect();
+    let p: Vec<&str> = err.lines().collect();
     assert_eq!(p, vec![
         "networks.yaml: broker: key \"clientNetworks\": \"some\" is not a choice; use one of none, restricted, any",
         "networks.yaml: broker: key \"maxPortsPerUser\": 0 is out of range; use 1..65535 (ports one user may hold at once)",
@@ -638,6 +638,13 @@ fn client_networks_quota_and_network_access() {
     assert!(lab.differences(&open).is_empty());
     assert_eq!(NetworkConfig::from_json(&lab.to_json(), SRC, "lab").unwrap(), *lab);
     let err = file(json!({"vmnet": {"lab": {"allowedUsers": "alice", "allowedGroups": ["bad name"]}}})).unwrap_err();
-    assert_eq!(err.problems().count(), 2, "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
     assert!(err.message.contains("network \"lab\": key \"allowedUsers\""), "{err}");
+}
+
+#[test]
+fn a_network_entry_with_every_key_commented_out_takes_the_defaults() {
+    // Lima's template has `debug:` with only comments under it: null in YAML.
+    let cfg = FileConfig::from_value(&json!({ "vmnet": { "debug": null } }), "t.yaml").unwrap();
+    assert_eq!(cfg.networks["debug"], NetworkConfig::lima_default());
 }

@@ -6,8 +6,6 @@
 //! `vmnet_rs.errors.ConfigError`, one problem per line of its message.
 //! Validation is quick and never blocks, so the GIL is kept.
 
-use std::collections::BTreeMap;
-
 use pyo3::prelude::*;
 
 use super::errors;
@@ -42,6 +40,43 @@ fn validate_network(py: Python<'_>, json_text: &str, source: &str, name: &str, l
     parsed.map(|c| c.to_json()).map_err(|e| errors::config_error(py, e))
 }
 
+/// Checks a whole configuration document (the file's shape, as JSON) and
+/// returns JSON `{"config": <normalised document or null>, "problems": [...]}`,
+/// each problem with `source`, `section`, `network`, `key`, `path` (from the
+/// document's root), `what`, `allowed`, `hint` and `detail` (the message
+/// without its source). This is the one validator; Python only adds lines.
+#[pyfunction]
+fn check_config(json_text: &str, source: &str) -> String {
+    let (config, problems) = match FileConfig::from_json(json_text, source) {
+        Ok(c) => (serde_json::to_value(&c).unwrap_or(serde_json::Value::Null), Vec::new()),
+        Err(e) if e.problems.is_empty() => {
+            // Not a document at all (invalid JSON): one problem with the message.
+            let what = e.message.strip_prefix(&format!("{source}: ")).unwrap_or(&e.message).to_string();
+            let p = config::Problem {
+                source: source.to_string(),
+                section: config::Section::Top,
+                network: None,
+                key: None,
+                path: Vec::new(),
+                what,
+                allowed: None,
+                hint: None,
+            };
+            (serde_json::Value::Null, vec![p])
+        }
+        Err(e) => (serde_json::Value::Null, e.problems),
+    };
+    let problems: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|p| {
+            let mut v = serde_json::to_value(p).unwrap_or_default();
+            v["detail"] = serde_json::Value::String(p.detail());
+            v
+        })
+        .collect();
+    serde_json::json!({ "config": config, "problems": problems }).to_string()
+}
+
 /// `key: a != b` lines for each key where two network entries (normalised
 /// JSON, as from `validate_network`) differ.
 #[pyfunction]
@@ -57,26 +92,11 @@ fn default_config_json() -> String {
     FileConfig::default().to_json()
 }
 
-/// The keys each section accepts, in documented order, so the Python checks
-/// and the Rust ones agree: `top`, `ignored_top`, `network`, `port_forward`,
-/// `dhcp_reservation`, `broker`.
-#[pyfunction]
-fn config_keys() -> BTreeMap<&'static str, Vec<&'static str>> {
-    BTreeMap::from([
-        ("top", config::TOP_KEYS.to_vec()),
-        ("ignored_top", config::IGNORED_TOP_KEYS.to_vec()),
-        ("network", config::NETWORK_KEYS.to_vec()),
-        ("port_forward", config::PORT_FORWARD_KEYS.to_vec()),
-        ("dhcp_reservation", config::DHCP_RESERVATION_KEYS.to_vec()),
-        ("broker", config::BROKER_KEYS.to_vec()),
-    ])
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate_config, m)?)?;
+    m.add_function(wrap_pyfunction!(check_config, m)?)?;
     m.add_function(wrap_pyfunction!(validate_network, m)?)?;
     m.add_function(wrap_pyfunction!(network_differences, m)?)?;
     m.add_function(wrap_pyfunction!(default_config_json, m)?)?;
-    m.add_function(wrap_pyfunction!(config_keys, m)?)?;
     Ok(())
 }

@@ -33,7 +33,7 @@ mod dnsmasq;
 mod links;
 mod naming;
 mod nft;
-mod plan;
+pub(crate) mod plan;
 mod record;
 
 use std::path::{Path, PathBuf};
@@ -68,7 +68,7 @@ impl From<dnsmasq::Error> for Error {
 
 impl From<plan::PlanError> for Error {
     fn from(e: plan::PlanError) -> Self {
-        Error::Config(ConfigError { message: e.to_string() })
+        Error::Config(ConfigError::new(e.to_string()))
     }
 }
 
@@ -229,11 +229,6 @@ impl LinuxNetwork {
     /// The running dnsmasq's pid (`None` without dnsmasq or mid-restart).
     pub fn dnsmasq_pid(&self) -> Option<u32> {
         self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.pid()).filter(|p| *p != 0)
-    }
-
-    /// How many times dnsmasq was restarted after dying.
-    pub fn dnsmasq_restarts(&self) -> u32 {
-        self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |s| s.restarts())
     }
 
     /// Opens a new TAP port on the bridge (MTU of the network, isolated if

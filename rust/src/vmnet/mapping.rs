@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::{format_mac, AddressFamily, MacAddr, ConfigError, Mode, NetworkConfig, Protocol};
+use crate::config::{self, format_mac, AddressFamily, MacAddr, ConfigError, Mode, NetworkConfig, Protocol};
 
 use super::{InterfaceDesc, InterfaceInfo, NetworkState};
 
@@ -85,7 +85,7 @@ impl Error {
 impl From<Error> for super::Error {
     fn from(e: Error) -> Self {
         match e {
-            Error::Config { .. } => super::Error::Config(ConfigError { message: e.to_string() }),
+            Error::Config { .. } => super::Error::Config(ConfigError::new(e.to_string())),
             other => super::Error::Platform { op: "vmnet".into(), detail: other.to_string() },
         }
     }
@@ -449,8 +449,8 @@ pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
     }
 
     if config.mtu != 0 {
-        if !(576..=16_384).contains(&config.mtu) {
-            return Err(Error::config("mtu", format!("{} is outside 576..=16384", config.mtu)));
+        if !crate::config::valid_mtu(config.mtu) {
+            return Err(Error::config("mtu", format!("{} is outside {}..={}", config.mtu, crate::config::MTU_MIN, crate::config::MTU_MAX)));
         }
         steps.push(Step::SetMtu(config.mtu));
     }
@@ -461,8 +461,8 @@ pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
             Protocol::Tcp => IPPROTO_TCP,
             Protocol::Udp => IPPROTO_UDP,
         };
-        if rule.external_port == 0 || rule.internal_port == 0 {
-            return Err(Error::config(field, "ports must be 1..=65535"));
+        if !crate::config::valid_port(rule.external_port) || !crate::config::valid_port(rule.internal_port) {
+            return Err(Error::config(field, format!("ports must be {}..={}", crate::config::PORT_MIN, crate::config::PORT_MAX)));
         }
         let internal_address: IpAddr = rule.internal_address.parse().map_err(|_| {
             Error::config(&field, format!("internalAddress {:?} is not an IP address", rule.internal_address))
@@ -507,8 +507,8 @@ pub fn configuration_steps(config: &NetworkConfig) -> Result<Vec<Step>, Error> {
         let mac = MacAddr::parse_reported(&reservation.mac)
             .map(|m| m.0)
             .ok_or_else(|| Error::config(&field, format!("mac {:?} is not aa:bb:cc:dd:ee:ff", reservation.mac)))?;
-        if mac[0] & 1 == 1 {
-            return Err(Error::config(&field, format!("mac {} is a multicast address", reservation.mac)));
+        if !config::usable_mac(&mac) {
+            return Err(Error::config(&field, format!("mac {} is a multicast or all-zero address", reservation.mac)));
         }
         let address: Ipv4Addr = reservation
             .address

@@ -160,11 +160,6 @@ impl Tap {
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
-
-    /// A second fd on the same device (dup).
-    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
-        self.fd.try_clone()
-    }
 }
 
 /// `/var/run/netns/NAME` for a bare name; paths are kept as given.

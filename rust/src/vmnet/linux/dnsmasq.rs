@@ -163,7 +163,6 @@ pub struct Supervisor {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     pid: Arc<AtomicU32>,
-    restarts: Arc<AtomicU32>,
 }
 
 impl Supervisor {
@@ -174,14 +173,13 @@ impl Supervisor {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let pid = Arc::new(AtomicU32::new(0));
-        let restarts = Arc::new(AtomicU32::new(0));
-        let (pid2, restarts2) = (pid.clone(), restarts.clone());
+        let pid2 = pid.clone();
         let thread = std::thread::Builder::new()
             .name(format!("dnsmasq-{name}"))
-            .spawn(move || supervise(args, files, stop_rx, ready_tx, pid2, restarts2, on_pid))
+            .spawn(move || supervise(args, files, stop_rx, ready_tx, pid2, on_pid))
             .map_err(Error::Thread)?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Supervisor { stop: Some(stop_tx), thread: Some(thread), pid, restarts }),
+            Ok(Ok(())) => Ok(Supervisor { stop: Some(stop_tx), thread: Some(thread), pid }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -196,11 +194,6 @@ impl Supervisor {
     /// The pid of the running dnsmasq (0 while it is being restarted).
     pub fn pid(&self) -> u32 {
         self.pid.load(Ordering::SeqCst)
-    }
-
-    /// How many times dnsmasq was restarted after dying.
-    pub fn restarts(&self) -> u32 {
-        self.restarts.load(Ordering::SeqCst)
     }
 
     /// Stops dnsmasq and the thread. Idempotent.
@@ -295,7 +288,6 @@ fn supervise(
     stop: mpsc::Receiver<()>,
     ready: mpsc::Sender<Result<(), Error>>,
     pid: Arc<AtomicU32>,
-    restarts: Arc<AtomicU32>,
     on_pid: Box<dyn Fn(u32) + Send>,
 ) {
     let start = || spawn(&args, &files).and_then(|mut c| wait_ready(&mut c, &files).map(|()| c));
@@ -336,7 +328,6 @@ fn supervise(
             }
             None if Instant::now() >= restart_at => match start() {
                 Ok(c) => {
-                    restarts.fetch_add(1, Ordering::SeqCst);
                     pid.store(c.id(), Ordering::SeqCst);
                     on_pid(c.id());
                     child = Some(c);

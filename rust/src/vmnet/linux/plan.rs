@@ -11,14 +11,8 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::config::{format_mac, parse_mac, AddressFamily, Ipv4Subnet, Mode, NetworkConfig, Protocol, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN};
+use crate::config::{self, format_mac, parse_mac, AddressFamily, Ipv4Subnet, Mode, NetworkConfig, Protocol, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN};
 
-/// Smallest MTU accepted (IPv4 needs 68; dnsmasq and most guests need more).
-pub const MIN_MTU: u32 = 576;
-/// Smallest MTU with IPv6 (RFC 8200).
-pub const MIN_MTU_IPV6: u32 = 1280;
-/// Largest MTU a Linux bridge port takes.
-pub const MAX_MTU: u32 = 65_535;
 /// Subnets tried, in order, when the configuration leaves the choice to us:
 /// `192.168.<N>.1/24` for N in this range.
 pub const AUTO_SUBNET_THIRD_OCTETS: std::ops::RangeInclusive<u8> = 64..=254;
@@ -144,15 +138,12 @@ impl Plan {
     /// the routes of the namespace the network will live in.
     pub fn new(name: &str, config: &NetworkConfig, v4: Ipv4Subnet, routes: &[Route]) -> Result<Plan, PlanError> {
         let fail = |message: String| PlanError { network: name.to_string(), message };
-        if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
-            return Err(fail("network names must be 1 to 64 characters without '/' or control characters".into()));
+        if !config::valid_network_name(name) {
+            return Err(fail(format!("invalid network name; {}", config::NETWORK_NAME_RULE)));
         }
         let v6 = config.ipv6_prefix.as_deref().map(V6Prefix::parse).transpose().map_err(fail)?;
-        if !(MIN_MTU..=MAX_MTU).contains(&config.mtu) {
-            return Err(fail(format!("mtu {} is out of range {MIN_MTU} to {MAX_MTU}", config.mtu)));
-        }
-        if v6.is_some() && config.mtu < MIN_MTU_IPV6 {
-            return Err(fail(format!("mtu {} is below {MIN_MTU_IPV6}, the least IPv6 needs (ipv6Prefix is set)", config.mtu)));
+        if !config::valid_mtu(config.mtu) {
+            return Err(fail(format!("mtu {} is out of range {} to {}", config.mtu, config::MTU_MIN, config::MTU_MAX)));
         }
         if let (Some(p), true) = (&v6, config.router_advertisement) {
             if p.prefix != 64 {
@@ -173,8 +164,8 @@ impl Plan {
         let mut addrs = HashSet::new();
         for r in &config.dhcp_reservations {
             let mac = parse_mac(&r.mac).ok_or_else(|| fail(format!("DHCP reservation MAC {:?} is not of the form aa:bb:cc:dd:ee:ff", r.mac)))?;
-            if mac[0] & 1 == 1 {
-                return Err(fail(format!("DHCP reservation MAC {} is a multicast address", r.mac)));
+            if !config::usable_mac(&mac) {
+                return Err(fail(format!("DHCP reservation MAC {} is a multicast or all-zero address", r.mac)));
             }
             let ip: Ipv4Addr = r.address.parse().map_err(|_| fail(format!("DHCP reservation address {:?} is not an IPv4 address", r.address)))?;
             if !v4.is_client_address(ip) {

@@ -369,7 +369,6 @@ TAP_PROBE = textwrap.dedent(
     hdr = struct.unpack("i", fcntl.ioctl(fd_v, 0x800454D7, b"\\0" * 4))[0]  # TUNGETVNETHDRSZ
     os.close(fd_v)
     details = {t: json.loads(subprocess.run(["ip", "-j", "-d", "link", "show", "dev", t], capture_output=True, text=True).stdout)[0] for t in (tap_a, tap_b)}
-    time.sleep(0.5)
     read_frames(fd_a, 0.2); read_frames(fd_b, 0.2)  # drop IPv6 chatter so far
     client = gw.rsplit(".", 1)[0] + ".77"
     # Ask like an ARP client: again each second until the gateway answers;
@@ -382,8 +381,13 @@ TAP_PROBE = textwrap.dedent(
             break
     seen_b = read_frames(fd_b, 1)
     os.close(fd_a); os.close(fd_b)
-    time.sleep(0.2)
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    # The kernel deletes a TAP with its last fd; poll (with a deadline) until both are gone.
+    deadline = time.monotonic() + 10
+    while True:
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        if not any(f"{t}:" in links or f"{t}@" in links for t in (tap_a, tap_b)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     net.close()
     print(json.dumps({
         "gw_replied": any(is_arp_from(f, gw) and f[20:22] == b"\\x00\\x02" for f in seen_a),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 import random
 import shlex
 from pathlib import Path
@@ -318,3 +319,24 @@ def test_engines_doc_shows_exactly_what_the_builders_give():
     ]
     for line in lines:
         assert line in ENGINES_DOC, f"docs/engines.md lacks:\n{line}"
+
+
+def test_each_engine_is_one_description() -> None:
+    """Every engine's default is one of its backends on both platforms, its
+    program is recognised as it, and only engines that take offload get it."""
+    programs = {drivers.QEMU: "/usr/bin/qemu-system-aarch64", drivers.KRUNKIT: "krunkit",
+                drivers.VFKIT: "/opt/bin/vfkit", drivers.GENERIC: "/usr/bin/my-vmm"}
+    assert set(drivers.ENGINES) == set(programs)
+    for name, eng in drivers.ENGINE_TABLE.items():
+        for platform in ("linux", "darwin"):
+            assert eng.default[platform] in drivers.backends(name, platform), (name, platform)
+            assert all(b.engine == name for b in eng.backends(platform))
+        assert drivers.engine_for(programs[name]) == name
+        if name != drivers.GENERIC:
+            nic = drivers.plan_nics([("lab", None)], name, "vm", offload={"lab": True})
+            with_offload, without = eng.args(nic, programs[name]), eng.args([replace(nic[0], offload=False)], programs[name])
+            # The offload rule: the arguments depend on the network's offload exactly when the engine says so.
+            assert (with_offload != without) is eng.offload, name
+    assert [n for n, e in drivers.ENGINE_TABLE.items() if e.offload] == [drivers.KRUNKIT]
+    with pytest.raises(drivers.ConfigError, match="unknown VM engine 'bhyve'; known: qemu, krunkit, vfkit, generic"):
+        drivers.get_engine("bhyve")

@@ -51,7 +51,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import ConfigError
 
@@ -63,7 +63,6 @@ QEMU = "qemu"
 KRUNKIT = "krunkit"
 VFKIT = "vfkit"
 GENERIC = "generic"
-ENGINES = (QEMU, KRUNKIT, VFKIT, GENERIC)
 
 # Broker fd types (the request's FdType).
 DATAGRAM = "datagram"
@@ -90,65 +89,8 @@ def _is_macos(platform: str) -> bool:
     return platform == "darwin"
 
 
-def backends(engine: str, platform: str = sys.platform) -> dict[str, Backend]:
-    """The backends ``engine`` offers on ``platform`` (``sys.platform`` values), by name."""
-    mac = _is_macos(platform)
-    table: list[Backend]
-    if engine == QEMU:
-        table = [
-            Backend(QEMU, "tap", DATAGRAM) if mac else Backend(QEMU, "tap", TAP),
-            Backend(QEMU, "tap_next", DATAGRAM_NEXT) if mac else Backend(QEMU, "tap_next", TAP, vnet_hdr=True),
-            Backend(QEMU, "socket", STREAM),
-            Backend(QEMU, "stream", STREAM),
-            Backend(QEMU, "dgram", DATAGRAM),
-            Backend(QEMU, "dgram_next", DATAGRAM_NEXT),
-        ]
-    elif engine == KRUNKIT:
-        table = [Backend(KRUNKIT, n, n) for n in (DATAGRAM, DATAGRAM_NEXT, STREAM)]
-    elif engine == VFKIT:
-        table = [Backend(VFKIT, n, n) for n in (DATAGRAM, DATAGRAM_NEXT)]
-    elif engine == GENERIC:
-        table = [Backend(GENERIC, n, n) for n in (DATAGRAM, DATAGRAM_NEXT, STREAM)]
-        if not mac:
-            table += [Backend(GENERIC, "tap", TAP), Backend(GENERIC, "tap_next", TAP, vnet_hdr=True)]
-    else:
-        raise ConfigError(f"unknown VM engine {engine!r}; known: {', '.join(ENGINES)}")
-    return {b.name: b for b in table}
-
-
-# Default backend per engine and platform. Why each (README "Choosing a
-# backend" has the numbers):
-# - qemu on Linux: tap_next hands QEMU the TAP fd itself (no relay at all)
-#   with IFF_VNET_HDR, so the guest gets checksum offload and TSO. In the
-#   VM-to-VM iperf3 e2e measurement (two TCG guests, tests/test_e2e_qemu.py)
-#   it was 2.5-4x ahead of every other backend in every run and as fast as
-#   a hand-made bridge + TAP (tests/vm/bench.py; README has the table).
-# - qemu on macOS: tap (a datagram socketpair), Lima's default and fastest
-#   in Lima's ranking (tap > socket = stream > dgram > dgram_next > tap_next).
-# - krunkit: stream. Datagram is reported slightly faster, but under
-#   `iperf3 -P 3` krunkit's NIC stopped on ENOBUFS over datagram while stream
-#   kept running (platform-facts 5.2); a NIC that stops is worse than a few
-#   percent.
-# - vfkit: datagram, the only socket kind vfkit takes by fd.
-# - generic: datagram, the simplest framing (one frame per datagram).
-_DEFAULTS = {
-    (QEMU, "linux"): "tap_next",
-    (QEMU, "darwin"): "tap",
-    (KRUNKIT, "linux"): STREAM,
-    (KRUNKIT, "darwin"): STREAM,
-    (VFKIT, "linux"): DATAGRAM,
-    (VFKIT, "darwin"): DATAGRAM,
-    (GENERIC, "linux"): DATAGRAM,
-    (GENERIC, "darwin"): DATAGRAM,
-}
-
-
-def default_backend(engine: str, platform: str = sys.platform) -> str:
-    """The backend ``engine`` uses when ``--network`` names none."""
-    key = (engine, "darwin" if _is_macos(platform) else "linux")
-    if key not in _DEFAULTS:
-        raise ConfigError(f"unknown VM engine {engine!r}; known: {', '.join(ENGINES)}")
-    return _DEFAULTS[key]
+def _platform_key(platform: str) -> str:
+    return "darwin" if _is_macos(platform) else "linux"
 
 
 def resolve_backend(engine: str, name: str | None, platform: str = sys.platform) -> Backend:
@@ -161,18 +103,6 @@ def resolve_backend(engine: str, name: str | None, platform: str = sys.platform)
             f"backend {chosen!r} is not available for {engine} on {where}; choose one of: {', '.join(table)}"
         )
     return table[chosen]
-
-
-def engine_for(program: str) -> str:
-    """The engine a program is, by its basename: qemu-system-*, krunkit, vfkit, else generic."""
-    base = os.path.basename(program)
-    if base.startswith("qemu-system-"):
-        return QEMU
-    if base == "krunkit":
-        return KRUNKIT
-    if base == "vfkit":
-        return VFKIT
-    return GENERIC
 
 
 # --- MAC addresses -----------------------------------------------------------
@@ -268,7 +198,7 @@ def _first_duplicate(items: Iterable[str]) -> str | None:
 
 
 def qemu_netdev(nic: Nic) -> str:
-    """The ``-netdev`` value for ``nic`` (platform-facts 5.2)."""
+    """The ``-netdev`` value for ``nic`` (docs/engines.md)."""
     i, n, name = nic.index + 1, nic.fd, nic.backend.name
     if name in ("tap", "tap_next"):
         return f"tap,id=net{i},fd={n}"
@@ -335,18 +265,119 @@ def vfkit_args(nics: Sequence[Nic]) -> list[str]:
     return args
 
 
-def engine_args(engine: str, nics: Sequence[Nic], program: str) -> list[str]:
-    """The arguments to append to ``program``'s command line for ``nics``."""
-    if engine == QEMU:
-        return qemu_args(nics, program)
-    if engine == KRUNKIT:
-        return krunkit_args(nics)
-    if engine == VFKIT:
-        return vfkit_args(nics)
+def _generic_args(nics: Sequence[Nic], program: str) -> list[str]:
     raise ConfigError(
         f"{os.path.basename(program)} is not a VM engine vmnet-rs knows (qemu-system-*, krunkit, vfkit); "
         "put placeholders such as {fd0} and {mac0} in its arguments"
     )
+
+
+# --- engines -------------------------------------------------------------------
+#
+# One Engine per VM engine: everything vmnet-rs knows about it. A new engine
+# is one more entry in ENGINE_TABLE (and its argument builder above).
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One VM engine: how to recognise it, its backends, its default, its arguments.
+
+    ``backends(platform)`` lists the ways it joins a network on ``platform``
+    (``sys.platform`` values); ``default`` maps ``"linux"``/``"darwin"`` to the
+    backend used when ``--network`` names none; ``args(nics, program)`` builds
+    the arguments appended to its command line; ``offload`` says whether the
+    builder passes the network's offload setting on to the engine (krunkit's
+    ``offloading=on``); ``matches(basename)`` recognises its program.
+    """
+
+    name: str
+    backends: Callable[[str], list[Backend]]
+    default: Mapping[str, str]
+    args: Callable[[Sequence[Nic], str], list[str]]
+    offload: bool
+    matches: Callable[[str], bool]
+
+
+def _qemu_backends(platform: str) -> list[Backend]:
+    if _is_macos(platform):
+        taps = [Backend(QEMU, "tap", DATAGRAM), Backend(QEMU, "tap_next", DATAGRAM_NEXT)]
+    else:
+        taps = [Backend(QEMU, "tap", TAP), Backend(QEMU, "tap_next", TAP, vnet_hdr=True)]
+    return taps + [
+        Backend(QEMU, "socket", STREAM),
+        Backend(QEMU, "stream", STREAM),
+        Backend(QEMU, "dgram", DATAGRAM),
+        Backend(QEMU, "dgram_next", DATAGRAM_NEXT),
+    ]
+
+
+def _generic_backends(platform: str) -> list[Backend]:
+    table = [Backend(GENERIC, n, n) for n in (DATAGRAM, DATAGRAM_NEXT, STREAM)]
+    if not _is_macos(platform):
+        table += [Backend(GENERIC, "tap", TAP), Backend(GENERIC, "tap_next", TAP, vnet_hdr=True)]
+    return table
+
+
+# Default backends, and why (README "Choosing a backend" has the numbers):
+# - qemu on Linux: tap_next hands QEMU the TAP fd itself (no relay at all)
+#   with IFF_VNET_HDR, so the guest gets checksum offload and TSO. In the
+#   VM-to-VM iperf3 e2e measurement (two TCG guests, tests/test_e2e_qemu.py)
+#   it was 2.5-4x ahead of every other backend in every run and as fast as
+#   a hand-made bridge + TAP (tests/vm/bench.py; README has the table).
+# - qemu on macOS: tap (a datagram socketpair), Lima's default and fastest
+#   in Lima's ranking (tap > socket = stream > dgram > dgram_next > tap_next).
+# - krunkit: stream. Datagram is reported slightly faster, but under
+#   `iperf3 -P 3` krunkit's NIC stopped on ENOBUFS over datagram while stream
+#   kept running (docs/engines.md); a NIC that stops is worse than a few
+#   percent.
+# - vfkit: datagram, the only socket kind vfkit takes by fd.
+# - generic: datagram, the simplest framing (one frame per datagram).
+ENGINE_TABLE: dict[str, Engine] = {
+    e.name: e
+    for e in (
+        Engine(QEMU, _qemu_backends, {"linux": "tap_next", "darwin": "tap"}, lambda nics, program: qemu_args(nics, program),
+               offload=False, matches=lambda base: base.startswith("qemu-system-")),
+        Engine(KRUNKIT, lambda _p: [Backend(KRUNKIT, n, n) for n in (DATAGRAM, DATAGRAM_NEXT, STREAM)],
+               {"linux": STREAM, "darwin": STREAM}, lambda nics, _program: krunkit_args(nics),
+               offload=True, matches=lambda base: base == "krunkit"),
+        Engine(VFKIT, lambda _p: [Backend(VFKIT, n, n) for n in (DATAGRAM, DATAGRAM_NEXT)],
+               {"linux": DATAGRAM, "darwin": DATAGRAM}, lambda nics, _program: vfkit_args(nics),
+               offload=False, matches=lambda base: base == "vfkit"),
+        # Anything else: fds and MACs through placeholders (substitute); always last.
+        Engine(GENERIC, _generic_backends, {"linux": DATAGRAM, "darwin": DATAGRAM}, _generic_args,
+               offload=False, matches=lambda _base: True),
+    )
+}
+ENGINES = tuple(ENGINE_TABLE)
+
+
+def get_engine(name: str) -> Engine:
+    """The :class:`Engine` called ``name``; ConfigError naming the known ones otherwise."""
+    try:
+        return ENGINE_TABLE[name]
+    except KeyError:
+        raise ConfigError(f"unknown VM engine {name!r}; known: {', '.join(ENGINES)}") from None
+
+
+def backends(engine_name: str, platform: str = sys.platform) -> dict[str, Backend]:
+    """The backends ``engine_name`` offers on ``platform`` (``sys.platform`` values), by name."""
+    return {b.name: b for b in get_engine(engine_name).backends(platform)}
+
+
+def default_backend(engine_name: str, platform: str = sys.platform) -> str:
+    """The backend ``engine_name`` uses when ``--network`` names none."""
+    return get_engine(engine_name).default[_platform_key(platform)]
+
+
+def engine_for(program: str) -> str:
+    """The engine a program is, by its basename: qemu-system-*, krunkit, vfkit, else generic."""
+    base = os.path.basename(program)
+    return next(e.name for e in ENGINE_TABLE.values() if e.matches(base))
+
+
+def engine_args(engine_name: str, nics: Sequence[Nic], program: str) -> list[str]:
+    """The arguments to append to ``program``'s command line for ``nics``."""
+    return get_engine(engine_name).args(nics, program)
 
 
 # --- path endpoints (docs/engines.md) ----------------------------------------

@@ -166,7 +166,7 @@ def plan(
 
 def needs_broker_for_args(p: Plan, command: Sequence[str]) -> bool:
     """Whether the argument text depends on what the broker says (krunkit offload, MTU placeholders)."""
-    return (p.engine == drivers.KRUNKIT and not p.substituted) or any("{mtu" in a for a in command[1:])
+    return (drivers.get_engine(p.engine).offload and not p.substituted) or any("{mtu" in a for a in command[1:])
 
 
 def _move_high(fd: int) -> int:

@@ -53,6 +53,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from . import _native
 from .errors import ConfigError
 
 # fd numbers the VM inherits its network sockets at: 3 for the first NIC,
@@ -107,19 +108,17 @@ def resolve_backend(engine: str, name: str | None, platform: str = sys.platform)
 
 # --- MAC addresses -----------------------------------------------------------
 
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$")
-
-
 def normalize_mac(mac: str) -> str:
-    """``mac`` as lower-case colon-separated hex; raises ConfigError unless it is a unicast MAC."""
-    if not _MAC_RE.match(mac or ""):
+    """``mac`` as lower-case colon-separated hex; raises ConfigError unless it
+    is a VM's MAC by the configuration's rule (the native ``check_mac``)."""
+    normalised, why = _native.check_mac(mac or "")
+    if why == "syntax":
         raise ConfigError(f"MAC address {mac!r} is not six hex octets like 52:54:00:12:34:56")
-    octets = [int(x, 16) for x in re.split(r"[:-]", mac)]
-    if octets[0] & 0x01:
+    if why == "multicast":
         raise ConfigError(f"MAC address {mac!r} is a multicast address; a NIC needs a unicast one (even first octet)")
-    if not any(octets):
+    if why == "zero" or normalised is None:
         raise ConfigError(f"MAC address {mac!r} is all zeros; give a real address or leave --mac out")
-    return ":".join(f"{o:02x}" for o in octets)
+    return normalised
 
 
 def derive_mac(vm_name: str, network: str, occurrence: int = 0) -> str:

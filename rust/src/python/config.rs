@@ -77,6 +77,20 @@ fn check_config(json_text: &str, source: &str) -> String {
     serde_json::json!({ "config": config, "problems": problems }).to_string()
 }
 
+/// A VM's MAC by the configuration's one rule (`config/limits.rs`):
+/// `(normalised, None)`, or `(None, why)` with why one of `"syntax"` (not
+/// six hex pairs), `"multicast"` or `"zero"`, so callers word their own
+/// message but never their own rule.
+#[pyfunction]
+fn check_mac(text: &str) -> (Option<String>, Option<&'static str>) {
+    match config::parse_mac(text) {
+        None => (None, Some("syntax")),
+        Some(mac) if mac == [0; 6] => (None, Some("zero")),
+        Some(mac) if !config::usable_mac(&mac) => (None, Some("multicast")),
+        Some(mac) => (Some(config::format_mac(&mac)), None),
+    }
+}
+
 /// `key: a != b` lines for each key where two network entries (normalised
 /// JSON, as from `validate_network`) differ.
 #[pyfunction]
@@ -95,6 +109,7 @@ fn default_config_json() -> String {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(validate_config, m)?)?;
     m.add_function(wrap_pyfunction!(check_config, m)?)?;
+    m.add_function(wrap_pyfunction!(check_mac, m)?)?;
     m.add_function(wrap_pyfunction!(validate_network, m)?)?;
     m.add_function(wrap_pyfunction!(network_differences, m)?)?;
     m.add_function(wrap_pyfunction!(default_config_json, m)?)?;

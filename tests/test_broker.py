@@ -287,7 +287,9 @@ def test_idle_exit(sock: Path) -> None:
         b.wait_ready()
         with Client(str(sock)) as c:
             c.acquire("shared")
-            time.sleep(1.5)
+            # Past the idle timeout by the broker's own clock (not a fixed sleep):
+            start = c.status()["uptime_s"]
+            wait_until("the broker to run past its idle timeout", lambda: c.status()["uptime_s"] >= start + 2)
             # A leased network and an open connection keep it alive.
             assert b.proc.poll() is None
             assert c.status()["networks"]["shared"]["leases"] == 1
@@ -313,7 +315,13 @@ def test_started_by_hand_keeps_running_and_says_so(sock: Path, tmp_path: Path) -
             assert c.status()["counters"]["networks_released"] == 1
         # Several idle timeouts later it still serves.
         assert b.proc.poll() is None
-        time.sleep(2)
+        with Client(str(sock)) as c:
+            start = c.status()["uptime_s"]
+        # Several idle timeouts later by the broker's own clock, each look a new connection.
+        def uptime() -> int:
+            with Client(str(sock)) as c:
+                return int(c.status()["uptime_s"])
+        wait_until("two idle timeouts to pass", lambda: uptime() >= start + 2)
         with Client(str(sock)) as c:
             assert c.ping()
         line = next(x for x in b.log_text().splitlines() if x.startswith("vmnet-rs: broker pid "))

@@ -36,9 +36,15 @@ class Lan:
             f"--dhcp-leasefile={workdir / 'dnsmasq.leases'}", "--pid-file=",
             "--log-facility=-", "--log-dhcp",
         ], stdout=open(workdir / "dnsmasq.log", "w"), stderr=subprocess.STDOUT)
-        time.sleep(0.3)
-        if self.dnsmasq.poll() is not None:
-            raise AssertionError(f"dnsmasq exited: {(workdir / 'dnsmasq.log').read_text()}")
+        # Ready once it logs its DHCP range (it has bound the port by then); poll with a deadline.
+        log = workdir / "dnsmasq.log"
+        deadline = time.monotonic() + 30
+        while "DHCP, IP range" not in log.read_text(errors="replace"):
+            if self.dnsmasq.poll() is not None:
+                raise AssertionError(f"dnsmasq exited: {log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"dnsmasq did not start within 30 s: {log.read_text(errors='replace')}")
+            time.sleep(0.05)
 
     def add_tap(self, name: str) -> str:
         """A persistent TAP enslaved to the bridge, for QEMU's ``ifname=``."""

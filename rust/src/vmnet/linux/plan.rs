@@ -201,8 +201,14 @@ impl Plan {
                 },
                 _ => return Err(fail(format!("port forward {}: internal address {} does not match addressFamily", f.external_port, internal))),
             }
-            if f.external_port == 0 || f.internal_port == 0 {
-                return Err(fail(format!("port forward {} -> {}: ports must be 1 to 65535", f.external_port, f.internal_port)));
+            if !config::valid_port(f.external_port) || !config::valid_port(f.internal_port) {
+                return Err(fail(format!(
+                    "port forward {} -> {}: ports must be {} to {}",
+                    f.external_port,
+                    f.internal_port,
+                    config::PORT_MIN,
+                    config::PORT_MAX
+                )));
             }
             if !ports.insert((f.protocol == Protocol::Tcp, f.address_family == AddressFamily::Ipv4, f.external_port)) {
                 return Err(fail(format!("external port {} is forwarded twice", f.external_port)));

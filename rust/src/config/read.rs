@@ -2,11 +2,13 @@
 //! the values themselves (ranges, addresses, cross-references).
 //!
 //! Every function here appends problems to a [`Scope`] instead of stopping at
-//! the first, so one run reports every mistake in a file. A problem reads
+//! the first, so one run reports every mistake in a file. Each is a
+//! structured [`Problem`] (`problem.rs`) printed as
 //! `<source>: network "<name>": key "<key>": <value> is <what>; use <allowed>`;
-//! the Python loader (`vmnet_rs/config.py`) prints its own checks in the same
-//! shape and finds YAML line numbers by parsing that shape, so keep the two in
-//! step. Pure functions; any thread.
+//! the messages given to [`Scope::key`] are written `<what>; <allowed>`. This
+//! is the only validator: the Python loader (`vmnet_rs/config.py`) checks no
+//! rule itself and places each problem on its YAML line by the problem's key
+//! path. Pure functions; any thread.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
@@ -146,7 +148,6 @@ fn is_kind(value: &Value) -> String {
 /// compared with case, `_` and `-` ignored; a key is close within an edit
 /// distance of a third of its length, or when it starts with the unknown
 /// key (three characters or more). The nearest wins, the first on a tie.
-/// `vmnet_rs/config.py` implements the same rule; keep them in step.
 pub(super) fn did_you_mean<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
     let norm = |s: &str| -> Vec<char> {
         s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()

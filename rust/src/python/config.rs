@@ -1,10 +1,12 @@
-//! Bindings for `config.rs`: validation of JSON produced by the Python side.
+//! Bindings for `config.rs`: the one validator, for the JSON the Python side
+//! makes from YAML.
 //!
 //! Python parses YAML and hands the document over as JSON; these functions
 //! validate it with the same rules the broker applies and return the
-//! normalised JSON (defaults and built-ins filled in). Problems raise
-//! `vmnet_rs.errors.ConfigError`, one problem per line of its message.
-//! Validation is quick and never blocks, so the GIL is kept.
+//! normalised JSON (defaults and built-ins filled in). `check_config` returns
+//! the problems as structured JSON (the loader adds YAML lines by key path);
+//! the `validate_*` functions raise `vmnet_rs.errors.ConfigError`, one
+//! problem per line of its message. Validation is quick and never blocks, so the GIL is kept.
 
 use pyo3::prelude::*;
 

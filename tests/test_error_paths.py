@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import pytest
 
@@ -25,10 +25,7 @@ NOBODY = 65534
 VM = ["qemu-system-x86_64", "-nographic"]
 
 
-def cli(args: Sequence[str], env: Dict[str, str], user: Optional[int] = None) -> subprocess.CompletedProcess:
-    prefix: List[str] = []
-    if user is not None:
-        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+def cli(args: Sequence[str], env: Dict[str, str], prefix: Sequence[str] = ()) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, "-m", "vmnet_rs", *args], capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
@@ -53,26 +50,24 @@ def base_env(tmp_path: Path) -> Dict[str, str]:
 # --- an unreadable HOME ---------------------------------------------------------------
 
 
-def unreadable_home_runner(tmp_path: Path):
-    """(home, user): a HOME its user cannot read. As root (who reads
-    everything) the commands run as nobody, which needs an interpreter
-    nobody can use; else the test is skipped, saying so."""
+def unreadable_home_runner(tmp_path: Path) -> tuple[Path, List[str]]:
+    """(home, prefix): a HOME the command cannot read, and what runs the
+    command so. As root the command runs in a user namespace where it is
+    uid nobody (so it looks for its configuration in HOME, as a user's
+    command does) while the kernel still checks its file access as root's
+    owner bits without root's capabilities: HOME (mode 0) is unreadable,
+    this interpreter under root's home still runs."""
     home = tmp_path / "home"
     (home / ".config" / "vmnet-rs").mkdir(parents=True)
-    if os.geteuid() != 0:
-        home.chmod(0)
-        return home, None
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: cannot run a command as an unprivileged user")
-    tmp_path.chmod(0o755)
     home.chmod(0)
-    probe = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", "import vmnet_rs.cli"],
-        capture_output=True, text=True, timeout=TIMEOUT,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"running as root and nobody cannot use this interpreter ({sys.executable}); the non-root run covers it")
-    return home, NOBODY
+    if os.geteuid() != 0:
+        return home, []
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare (util-linux): cannot run a command as a user here")
+    prefix = ["unshare", "--user", f"--map-user={NOBODY}", f"--map-group={NOBODY}"]
+    probe = subprocess.run([*prefix, "ls", str(home)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert probe.returncode != 0, f"{home} stayed readable in a user namespace: {probe.stdout}"
+    return home, prefix
 
 
 @pytest.mark.parametrize(
@@ -89,12 +84,12 @@ def unreadable_home_runner(tmp_path: Path):
     ],
 )
 def test_unreadable_home(tmp_path: Path, args: List[str], code: int, text: str) -> None:
-    home, user = unreadable_home_runner(tmp_path)
+    home, prefix = unreadable_home_runner(tmp_path)
     env = base_env(tmp_path)
     env["HOME"] = str(home)
     env.pop("XDG_CONFIG_HOME", None)
     try:
-        out = cli(args, env, user)
+        out = cli(args, env, prefix)
     finally:
         home.chmod(0o755)
     assert text in one_line(out, code)

@@ -70,7 +70,7 @@ def test_exec_gives_fds_at_3_and_4_the_broker_connection_and_the_exit_status(tmp
     ops = closed(tmp_path)
     assert [o["op"] for o in ops] == ["connect", "open", "open", "close"]
     assert ops[1] == {"op": "open", "network": "shared", "fd_type": "datagram",
-                      "mac": drivers.derive_mac("vm1", "shared"), "vnet_hdr": False}
+                      "mac": drivers.derive_mac("vm1", "shared"), "vnet_hdr": False, "vm_name": "vm1"}
 
 
 def test_supervise_gives_fds_at_3_and_4_and_keeps_the_connection(tmp_path):
@@ -88,13 +88,14 @@ def test_supervise_gives_fds_at_3_and_4_and_keeps_the_connection(tmp_path):
 def test_explicit_mac_and_linux_tap_next_asks_for_vnet_hdr(tmp_path):
     if sys.platform != "linux":
         pytest.skip("tap fd type is Linux-only")
-    p = wrapper(["--mac", "52:54:00:aa:bb:cc", "-n", "shared:tap_next", "--",
-                 sys.executable, CHILD, "0", "{fd0}", "{mac0}", "{fdtype0}"], tmp_path)
+    vm = [sys.executable, CHILD, "0", "{fd0}", "{mac0}", "{fdtype0}"]
+    p = wrapper(["--mac", "52:54:00:aa:bb:cc", "-n", "shared:tap_next", "--", *vm], tmp_path)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert report(out)["nics"][0]["mac"] == "52:54:00:aa:bb:cc"
     opens = [o for o in journal(tmp_path) if o["op"] == "open"]
-    assert opens == [{"op": "open", "network": "shared", "fd_type": "tap", "mac": "52:54:00:aa:bb:cc", "vnet_hdr": True}]
+    assert opens == [{"op": "open", "network": "shared", "fd_type": "tap", "mac": "52:54:00:aa:bb:cc", "vnet_hdr": True,
+                      "vm_name": run.vm_name(None, vm)}]
 
 
 def wait_ready(p):

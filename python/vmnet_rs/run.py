@@ -218,13 +218,14 @@ def run_vm(
     first = plan(command, networks, macs, name, check_only=True)  # validate everything before the broker
     if len(first.nics) > HIGH_FD_BASE - drivers.FIRST_FD - 1:
         raise ConfigError(f"{len(first.nics)} networks are too many for one VM; at most {HIGH_FD_BASE - drivers.FIRST_FD - 1}")
+    vm = vm_name(name, command)  # names the VM in `vmnet-rs status` and the broker's log
     client = client_factory(socket)
     high: list[int] = []
     try:
         offload: dict[str, bool] = {}
         mtus: dict[int, int] = {}
         for nic in first.nics:
-            opened = client.open(nic.network, nic.backend.fd_type, mac=nic.mac, vnet_hdr=nic.backend.vnet_hdr)
+            opened = client.open(nic.network, nic.backend.fd_type, mac=nic.mac, vnet_hdr=nic.backend.vnet_hdr, vm_name=vm)
             high.append(_move_high(int(opened.fd)))
             offload[nic.network] = offload.get(nic.network, False) or bool(getattr(opened, "offload", False))
             mtu = getattr(opened, "mtu", None)

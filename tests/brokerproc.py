@@ -63,6 +63,34 @@ def stop_process(proc: subprocess.Popen, sig: int) -> int:
     return proc.returncode
 
 
+def kill_client_mid_request(socket: Path, network: str, fd_types: Sequence[str], script: Path) -> None:
+    """Runs a client (``script`` is written) that opens one port per entry
+    of ``fd_types`` on ``network`` and then keeps opening more, and SIGKILLs
+    it once it is three requests into that loop: what a VM dying at any
+    moment leaves behind."""
+    script.write_text(
+        "import sys\n"
+        "from vmnet_rs import Client\n"
+        "c = Client(sys.argv[1])\n"
+        f"nics = [c.open({network!r}, k) for k in {list(fd_types)!r}]\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        f"    c.request({{'command': 'open', 'network': {network!r}, 'fd_type': {fd_types[-1]!r}}})\n"
+        "    print('more', flush=True)\n"
+    )
+    victim = subprocess.Popen([sys.executable, str(script), str(socket)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout is not None
+        assert victim.stdout.readline().strip() == "ready"
+        for _ in range(3):
+            assert victim.stdout.readline().strip() == "more"
+    finally:
+        victim.kill()
+        victim.wait(timeout=30)
+        if victim.stdout is not None:
+            victim.stdout.close()
+
+
 class BrokerProcess:
     """``python -m vmnet_rs broker ...`` in a subprocess."""
 

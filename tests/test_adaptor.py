@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from brokerproc import wait_until
 from vmnet_rs import Adaptor, AdaptorError, ConfigError, NetworkError
 
 ETHERTYPE = 0x88B5
@@ -126,6 +127,12 @@ def check_in_order(got: List[bytes], expected: List[bytes], drops: int) -> None:
     assert len(got) + drops == len(expected), f"received {len(got)} + dropped {drops} != sent {len(expected)}"
 
 
+def close_all(*things) -> None:
+    """Closes VM sockets and adaptors, in order."""
+    for thing in things:
+        thing.close()
+
+
 def receive(vm: Vm, adaptor: Adaptor, total: int) -> List[bytes]:
     """Reads until every one of ``total`` frames was received or counted as dropped."""
     got: List[bytes] = []
@@ -195,10 +202,7 @@ def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
         assert sa["vm_to_host"]["errors"] == 0 and sb["vm_to_host"]["errors"] == 0
         assert a.running and b.running
     finally:
-        va.close()
-        vb.close()
-        a.close()
-        b.close()
+        close_all(va, vb, a, b)
 
 
 @pytest.mark.root
@@ -221,10 +225,8 @@ def test_a_slow_reader_causes_counted_drops_and_no_stall(netns, kind):
         flooder = threading.Thread(target=flood)
         flooder.start()
         try:
+            wait_until("drops counted for the VM that reads nothing", lambda: b.stats()["host_to_vm"]["drops"], PATIENCE, 0.01)
             deadline = time.monotonic() + PATIENCE
-            while b.stats()["host_to_vm"]["drops"] == 0:
-                assert time.monotonic() < deadline, f"no drops counted: {b.stats()}"
-                time.sleep(0.01)
             # The other direction still flows: b's VM sends, a's VM receives.
             frames = [frame(i, va.mac, vb.mac, 100) for i in range(20)]
             for f in frames:
@@ -243,10 +245,7 @@ def test_a_slow_reader_causes_counted_drops_and_no_stall(netns, kind):
         assert s["drops"] > 0 and s["waits"] > 0
         assert a.running and b.running
     finally:
-        va.close()
-        vb.close()
-        a.close()
-        b.close()
+        close_all(va, vb, a, b)
 
 
 @pytest.mark.root
@@ -263,10 +262,8 @@ def test_a_peer_closing_mid_frame_ends_only_that_adaptor(netns):
         assert "closed" in victim.end_reason
         assert victim.stats()["vm_to_host"]["errors"] == 1
         # Its TAP went with it; the others still relay.
+        wait_until("the victim's TAP to go", lambda: "vt0" not in netns.links(), PATIENCE)
         deadline = time.monotonic() + PATIENCE
-        while "vt0" in netns.links():
-            assert time.monotonic() < deadline, "the victim's TAP remained"
-            time.sleep(0.05)
         f = frame(1, vc.mac, vb.mac, 200)
         vb.send(f)
         got = None
@@ -276,11 +273,7 @@ def test_a_peer_closing_mid_frame_ends_only_that_adaptor(netns):
         assert got == f
         assert b.running and c.running
     finally:
-        vb.close()
-        vc.close()
-        victim.close()
-        b.close()
-        c.close()
+        close_all(vb, vc, victim, b, c)
 
 
 @pytest.mark.root

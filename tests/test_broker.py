@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from brokerproc import BrokerProcess, allow_me, config_file, broker_config, wait_until
+from brokerproc import BrokerProcess, allow_me, broker_config, config_file, kill_client_mid_request, wait_until
 from vmnet_rs import Broker, BrokerUnavailableError, Client
 from vmnet_rs import broker as broker_mod
 from vmnet_rs.broker import RequestError
@@ -575,28 +575,10 @@ def test_lima_fd_outlives_the_session_until_the_vm_closes(hub: BrokerProcess) ->
 
 
 def test_killed_client_with_relays_leaks_nothing(hub: BrokerProcess, tmp_path: Path) -> None:
-    script = tmp_path / "vm.py"
-    script.write_text(
-        "import sys\n"
-        "from vmnet_rs import Client\n"
-        "c = Client(sys.argv[1])\n"
-        "nics = [c.open('shared', k) for k in ('datagram', 'datagram_next', 'stream')]\n"
-        "print('ready', flush=True)\n"
-        "while True:\n"
-        "    c.request({'command': 'open', 'network': 'shared', 'fd_type': 'stream'})\n"
-    )
     with Client(str(hub.socket)) as watcher:
         watcher.acquire("shared")
         baseline = settled_fds(hub)
-        victim = subprocess.Popen([sys.executable, str(script), str(hub.socket)], stdout=subprocess.PIPE, text=True)
-        try:
-            assert victim.stdout.readline().strip() == "ready"
-            # In the middle of more open requests: its three NICs and two more leases past the watcher's.
-            wait_until("the victim's open requests to pile up", lambda: len(watcher.status()["leases"]) >= 6)
-        finally:
-            victim.kill()
-            victim.wait(timeout=30)
-            victim.stdout.close()
+        kill_client_mid_request(hub.socket, "shared", ("datagram", "datagram_next", "stream"), tmp_path / "vm.py")
         wait_until("the victim's leases to go", lambda: len(watcher.status()["leases"]) == 1)
         assert not watcher.status()["adaptors"]
         assert_no_new_fds(hub, baseline)

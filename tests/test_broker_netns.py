@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from brokerproc import BrokerProcess, wait_until
+from brokerproc import BrokerProcess, kill_client_mid_request, wait_until
 from test_broker import assert_no_new_fds, settled_fds
 from vmnet_rs import Client
 
@@ -88,29 +88,11 @@ def test_two_clients_tap_frames_meet(broker: BrokerProcess) -> None:
 
 
 def test_killed_client_leaks_no_tap_fd_or_lease(broker: BrokerProcess, tmp_path: Path) -> None:
-    script = tmp_path / "vm.py"
-    script.write_text(
-        "import sys, time\n"
-        "from vmnet_rs import Client\n"
-        "c = Client(sys.argv[1])\n"
-        "nics = [c.open('lab', 'tap') for _ in range(3)]\n"
-        "print('ready', flush=True)\n"
-        "while True:\n"
-        "    c.request({'command': 'open', 'network': 'lab', 'fd_type': 'tap'})\n"
-    )
     with Client(str(broker.socket)) as watcher:
         watcher.acquire("lab")
         baseline = settled_fds(broker)
         links_before = set(broker.netns.links())
-        victim = subprocess.Popen([sys.executable, str(script), str(broker.socket)], stdout=subprocess.PIPE, text=True)
-        try:
-            assert victim.stdout.readline().strip() == "ready"
-            # In the middle of more open requests: more leases than the watcher's and the victim's first NICs.
-            wait_until("the victim's open requests to pile up", lambda: len(watcher.status()["leases"]) >= 6)
-        finally:
-            victim.kill()
-            victim.wait(timeout=30)
-            victim.stdout.close()
+        kill_client_mid_request(broker.socket, "lab", ("tap", "tap", "tap"), tmp_path / "vm.py")
         wait_until("the victim's leases to go", lambda: len(watcher.status()["leases"]) == 1)
         wait_until("the victim's TAPs to go", lambda: set(broker.netns.links()) == links_before)
         assert_no_new_fds(broker, baseline)

@@ -9,28 +9,8 @@ from __future__ import annotations
 
 from ._native import __version__
 from .broker import Broker, Client, Opened
-from .errors import (
-    AdaptorError,
-    BrokerError,
-    BrokerUnavailableError,
-    ConfigError,
-    NetworkError,
-    NotAuthorizedError,
-    VmnetError,
-)
+from . import errors
+from .errors import *  # noqa: F401,F403 (the exception types, listed in errors.__all__)
 from .adaptor import Adaptor
 
-__all__ = [
-    "Adaptor",
-    "AdaptorError",
-    "Broker",
-    "Client",
-    "Opened",
-    "BrokerError",
-    "BrokerUnavailableError",
-    "ConfigError",
-    "NetworkError",
-    "NotAuthorizedError",
-    "VmnetError",
-    "__version__",
-]
+__all__ = ["Adaptor", "Broker", "Client", "Opened", "__version__", *errors.__all__]

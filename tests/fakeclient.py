@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 
+from vmnet_rs import framing
 from vmnet_rs.errors import BrokerError, BrokerUnavailableError
 
 NETWORKS = ("shared", "host")
@@ -81,29 +82,18 @@ def _tap_to_socket(tap: int, sock: socket.socket, stream: bool) -> None:
         while True:
             frame = os.read(tap, 65536)
             if stream:
-                sock.sendall(struct.pack(">I", len(frame)) + frame)
+                sock.sendall(framing.encode(frame))
             else:
                 sock.send(frame)
     except OSError:
         return
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
 def _socket_to_tap(sock: socket.socket, tap: int, stream: bool) -> None:
     try:
         while True:
             if stream:
-                (length,) = struct.unpack(">I", _recv_exact(sock, 4))
-                frame = _recv_exact(sock, length)
+                frame = framing.read_frame(sock)
             else:
                 frame = sock.recv(65536)
                 if not frame:

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from brokerproc import wait_until
-from vmnet_rs import Adaptor, AdaptorError, ConfigError, NetworkError
+from vmnet_rs import Adaptor, AdaptorError, ConfigError, NetworkError, framing
 
 ETHERTYPE = 0x88B5
 MAX_FRAME = 1514
@@ -56,10 +56,11 @@ class Vm:
         self.sock.settimeout(0.2)
         self.mac = adaptor.info["mac"]
         self._buf = b""
+        self._frames: List[bytes] = []
 
     def send(self, data: bytes) -> None:
         if self.kind == "stream":
-            self.sock.sendall(struct.pack("!I", len(data)) + data)
+            self.sock.sendall(framing.encode(data))
         else:
             self.sock.send(data)
 
@@ -70,13 +71,13 @@ class Vm:
                 if self.kind != "stream":
                     data = self.sock.recv(65536)
                 else:
-                    while not (len(self._buf) >= 4 and len(self._buf) >= 4 + struct.unpack("!I", self._buf[:4])[0]):
+                    while not self._frames:
                         chunk = self.sock.recv(262144)
                         if not chunk:
                             raise EOFError("stream closed")
-                        self._buf += chunk
-                    n = struct.unpack("!I", self._buf[:4])[0]
-                    data, self._buf = self._buf[4:4 + n], self._buf[4 + n:]
+                        frames, self._buf = framing.split(self._buf + chunk)
+                        self._frames.extend(frames)
+                    data = self._frames.pop(0)
             except socket.timeout:
                 return None
             if len(data) >= 14 and struct.unpack("!H", data[12:14])[0] == ETHERTYPE:

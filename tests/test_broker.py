@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from brokerproc import BrokerProcess, allow_me, broker_config, config_file, kill_client_mid_request, wait_until
-from vmnet_rs import Broker, BrokerUnavailableError, Client
+from vmnet_rs import Broker, BrokerUnavailableError, Client, framing
 from vmnet_rs import broker as broker_mod
 from vmnet_rs.broker import RequestError
 from vmnet_rs.errors import NotAuthorizedError
@@ -502,7 +502,7 @@ def send_frame(fd: int, fd_type: str, frame: bytes) -> None:
     s = pysocket.socket(fileno=os.dup(fd))
     try:
         if fd_type == "stream":
-            s.sendall(struct.pack(">I", len(frame)) + frame)
+            s.sendall(framing.encode(frame))
         else:
             s.send(frame)
     finally:
@@ -514,16 +514,13 @@ def recv_frame(fd: int, fd_type: str, marker: bytes, timeout: float = 30.0) -> b
     s = pysocket.socket(fileno=os.dup(fd))
     s.settimeout(timeout)
     try:
-        buf = b""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if fd_type == "stream":
-                while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
-                    chunk = s.recv(65536)
-                    assert chunk, "the relay closed the stream"
-                    buf += chunk
-                n = struct.unpack(">I", buf[:4])[0]
-                frame, buf = buf[4 : 4 + n], buf[4 + n :]
+                try:
+                    frame = framing.read_frame(s)
+                except EOFError:
+                    raise AssertionError("the relay closed the stream") from None
             else:
                 frame = s.recv(65536)
             if marker in frame:

@@ -20,7 +20,7 @@ import pytest
 
 from brokerproc import BrokerProcess, config_file, wait_until
 from test_broker import assert_no_new_fds, settled_fds
-from vmnet_rs import Client
+from vmnet_rs import Client, framing
 
 MAC_A = bytes.fromhex("525400aa0001")
 MAC_B = bytes.fromhex("525400bb0002")
@@ -32,22 +32,11 @@ def frame(src: bytes, payload: bytes, size: int = 60) -> bytes:
 
 
 def send_stream(s: socket.socket, f: bytes) -> None:
-    s.sendall(struct.pack(">I", len(f)) + f)
-
-
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError("the endpoint closed the connection")
-        buf += chunk
-    return buf
+    s.sendall(framing.encode(f))
 
 
 def recv_stream(s: socket.socket) -> bytes:
-    (n,) = struct.unpack(">I", recv_exact(s, 4))
-    return recv_exact(s, n)
+    return framing.read_frame(s)
 
 
 def recv_stream_with(s: socket.socket, marker: bytes) -> bytes:

@@ -475,14 +475,12 @@ def test_dnsmasq_is_restarted(netns, holders, tmp_path):
     assert net.first["ok"], net.first
     old = net.record()["dnsmasq_pid"]
     os.kill(old, signal.SIGKILL)
-    deadline = time.monotonic() + TIMEOUT
-    new = old
-    while time.monotonic() < deadline:
+    def restarted():
         new = net.record().get("dnsmasq_pid")
-        if new and new != old and Path(f"/proc/{new}").exists():
-            break
-        time.sleep(0.2)
-    assert new != old and b"dnsmasq" in Path(f"/proc/{new}/cmdline").read_bytes()
+        return new if new and new != old and Path(f"/proc/{new}").exists() else None
+
+    new = wait_until("a new dnsmasq after SIGKILL", restarted, TIMEOUT, 0.2)
+    assert b"dnsmasq" in Path(f"/proc/{new}/cmdline").read_bytes()
     # A bridge deleted under the network: it reports itself dead, refuses
     # new ports, and still tears down the rest.
     assert net.call("alive")["alive"] is True

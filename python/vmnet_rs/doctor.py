@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import click
 
-from . import __version__
+from . import __version__, framing
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 #: The adaptor kinds the relay test goes through (``tap`` is Linux's direct
@@ -71,8 +71,7 @@ def _frame(src_mac: str, marker: bytes) -> bytes:
 
 
 def _send(fd: int, kind: str, frame: bytes) -> None:
-    # stream: 4-byte big-endian length before each frame (QEMU's and socket_vmnet's framing).
-    os.write(fd, struct.pack(">I", len(frame)) + frame if kind == "stream" else frame)
+    os.write(fd, framing.encode(frame) if kind == "stream" else frame)
 
 
 def _arrives(fd: int, kind: str, marker: bytes, timeout: float = FRAME_TIMEOUT_S) -> bool:
@@ -90,14 +89,9 @@ def _arrives(fd: int, kind: str, marker: bytes, timeout: float = FRAME_TIMEOUT_S
             if marker in data:
                 return True
             continue
-        pending += data
-        while len(pending) >= 4:
-            (n,) = struct.unpack(">I", pending[:4])
-            if len(pending) < 4 + n:
-                break
-            frame, pending = pending[4 : 4 + n], pending[4 + n :]
-            if marker in frame:
-                return True
+        frames, pending = framing.split(pending + data)
+        if any(marker in frame for frame in frames):
+            return True
     return False
 
 

@@ -1,9 +1,23 @@
 //! vmnet-rs: named VM networks kept by a broker, and the packet relays
 //! (adaptors) that join a VM's socket to its port on a network.
 //!
-//! This file only declares the layers (see ARCHITECTURE.md for who owns what)
-//! and re-exports the public Rust API. The PyO3 module lives in `python.rs`
-//! behind the `python` cargo feature.
+//! This file only declares the layers and re-exports the public Rust API.
+//! Dependencies run one way, from the top down:
+//!
+//! - `python` (PyO3 module, behind the `python` feature) and the
+//!   `vmnet-rs-broker` executable: use everything below.
+//! - `broker`: requests, leases, who may call (`broker::auth`, handed to the
+//!   transports as an `xpc::peer_policy::PeerPolicy`), endpoints; uses
+//!   `xpc`, `vmnet`, `adaptor`, `config`. Nothing below imports it.
+//! - `xpc`: the message model (`Dict`) and its transports; knows no message's
+//!   meaning and imports neither `vmnet` nor `broker`. The `Handler` it calls
+//!   words every reply, also to what it could not decode or refused.
+//! - `adaptor`: packet relays between a VM socket and a `vmnet::Interface`;
+//!   imports no IPC.
+//! - `vmnet`: the platform networks (macOS vmnet, Linux bridge/TAP/nftables/
+//!   dnsmasq) and their interfaces; uses `config` and `xpc::Dict`.
+//! - `config`: network and broker settings as read and checked, and the
+//!   address types (IPv4 subnet, IPv6 prefix, MAC); imports no IPC.
 
 pub mod adaptor;
 pub mod broker;

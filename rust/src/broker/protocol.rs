@@ -11,7 +11,7 @@ use crate::xpc::{Dict, Value};
 pub const PROTOCOL_VERSION: i64 = 1;
 
 /// Error codes (int64 `error` in replies). 3-7 are nirs/vmnet-broker's
-/// (platform-facts §6.2); 8 and up are ours.
+/// (docs/protocol.md lists them); 8 and up are ours.
 pub mod code {
     pub const NOT_ALLOWED: i64 = 3;
     pub const INVALID_REQUEST: i64 = 4;

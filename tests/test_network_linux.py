@@ -567,31 +567,31 @@ def test_ipv6_router_advertisement_nat66_and_dns(netns, namespaces, holders, tmp
 
 def test_dhcp_and_dns_switches_are_honoured(netns, namespaces, holders, tmp_path):
     state = tmp_path / "state"
+
+    def start(name: str, n: int, **settings):
+        """Network ``name`` on 10.10n.0.1/24, and a client namespace on it."""
+        net = holders(netns, name, config(subnet=f"10.10{n}.0.1/24", **settings), state)
+        assert net.first["ok"], net.first
+        ep = namespaces()
+        veth_endpoint(netns, ep, net.bridge, f"52:54:00:a{n}:00:01")
+        return net, ep
+
     # Nothing for dnsmasq to do: no dnsmasq at all.
-    off = holders(netns, "off", config(subnet="10.100.0.1/24", dhcp=False, dnsProxy=False), state)
-    assert off.first["ok"], off.first
+    off, ep = start("off", 0, dhcp=False, dnsProxy=False)
     assert not dnsmasq_pids(netns)
-    ep = namespaces()
-    veth_endpoint(netns, ep, off.bridge, "52:54:00:a0:00:01")
     assert dhcp(ep, tmp_path, tries=2) is None
     off.close()
     # DNS without DHCP: a listener on the gateway's port 53, still no lease.
-    dns = holders(netns, "dnsonly", config(subnet="10.101.0.1/24", dhcp=False), state)
-    assert dns.first["ok"], dns.first
+    dns, ep = start("dnsonly", 1, dhcp=False)
     assert dnsmasq_pids(netns)
     listeners = netns.run(["ss", "-Hlun"]).stdout
     assert "10.101.0.1:53" in listeners, listeners
-    ep2 = namespaces()
-    veth_endpoint(netns, ep2, dns.bridge, "52:54:00:a1:00:01")
-    assert dhcp(ep2, tmp_path, tries=2) is None
+    assert dhcp(ep, tmp_path, tries=2) is None
     # DHCP without DNS: a lease, and nothing on port 53.
     dns.close()
-    dhcp_only = holders(netns, "dhcponly", config(subnet="10.102.0.1/24", dnsProxy=False), state)
-    assert dhcp_only.first["ok"], dhcp_only.first
+    dhcp_only, ep = start("dhcponly", 2, dnsProxy=False)
     assert ":53 " not in netns.run(["ss", "-Hlun"]).stdout
-    ep3 = namespaces()
-    veth_endpoint(netns, ep3, dhcp_only.bridge, "52:54:00:a2:00:01")
-    assert (dhcp(ep3, tmp_path) or "").startswith("10.102.0.")
+    assert (dhcp(ep, tmp_path) or "").startswith("10.102.0.")
     dhcp_only.close()
     assert_clean(netns, state, dhcp_only.bridge)
 

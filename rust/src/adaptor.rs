@@ -149,20 +149,21 @@ pub struct Stats {
     pub vm_to_host: DirectionStats,
 }
 
+/// Why an adaptor could not start, named after the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op}: {source}")]
-    Io {
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl Error {
-    fn io(op: &'static str, source: std::io::Error) -> Self {
-        Error::Io { op, source }
-    }
+    #[error("create the VM socketpair: {0}")]
+    CreateSocketpair(#[source] std::io::Error),
+    #[error("set the VM socket's buffers: {0}")]
+    SetVmBuffers(#[source] std::io::Error),
+    #[error("make the adaptor's socket non-blocking: {0}")]
+    SetNonblocking(#[source] std::io::Error),
+    #[error("set the adaptor's socket buffers: {0}")]
+    SetBuffers(#[source] std::io::Error),
+    #[error("create the adaptor's wake pipe: {0}")]
+    CreateWakePipe(#[source] std::io::Error),
+    #[error("start the relay thread: {0}")]
+    StartThread(#[source] std::io::Error),
 }
 
 /// Why a relay ended.
@@ -212,10 +213,10 @@ impl Adaptor {
     /// Makes a socketpair, starts the relay threads on one end and returns
     /// the adaptor with the other end, which goes to the VM.
     pub fn start(interface: Box<dyn Interface>, kind: Kind, options: &Options) -> Result<(Adaptor, OwnedFd), Error> {
-        let (ours, theirs) = socket::socketpair(kind).map_err(|e| Error::io("create the VM socketpair", e))?;
+        let (ours, theirs) = socket::socketpair(kind).map_err(Error::CreateSocketpair)?;
         let (send, recv) = buffer_sizes(options);
         // The VM's end gets the same sizes so its sends queue as deep as ours.
-        socket::set_buffers(&theirs, send, recv).map_err(|e| Error::io("set the VM socket's buffers", e))?;
+        socket::set_buffers(&theirs, send, recv).map_err(Error::SetVmBuffers)?;
         let adaptor = Adaptor::start_with_socket(interface, kind, ours, options)?;
         Ok((adaptor, theirs))
     }
@@ -224,17 +225,17 @@ impl Adaptor {
     /// connected AF_UNIX socket of the kind's type, e.g. accepted on a bound
     /// path, or another relay's VM end). The adaptor owns it from now on.
     pub fn start_with_socket(interface: Box<dyn Interface>, kind: Kind, socket: OwnedFd, options: &Options) -> Result<Adaptor, Error> {
-        socket::set_nonblocking(&socket).map_err(|e| Error::io("make the adaptor's socket non-blocking", e))?;
+        socket::set_nonblocking(&socket).map_err(Error::SetNonblocking)?;
         let (send, recv) = buffer_sizes(options);
-        let buffers = socket::set_buffers(&socket, send, recv).map_err(|e| Error::io("set the adaptor's socket buffers", e))?;
-        let (wake_rx, wake_tx) = socket::wake_pipe().map_err(|e| Error::io("create the adaptor's wake pipe", e))?;
+        let buffers = socket::set_buffers(&socket, send, recv).map_err(Error::SetBuffers)?;
+        let (wake_rx, wake_tx) = socket::wake_pipe().map_err(Error::CreateWakePipe)?;
 
         let shared = Arc::new(relay::Shared::default());
         let relay = relay::Relay::new(interface, socket, wake_rx, kind, Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name(format!("adaptor-{}", kind.as_str()))
             .spawn(move || relay.run())
-            .map_err(|e| Error::io("start the relay thread", e))?;
+            .map_err(Error::StartThread)?;
         Ok(Adaptor { kind, shared, wake: Some(wake_tx), thread: Some(thread), buffers })
     }
 

@@ -1,7 +1,8 @@
 //! vmnet-rs: named VM networks kept by a broker, and the packet relays
 //! (adaptors) that join a VM's socket to its port on a network.
 //!
-//! This file only declares the layers and re-exports the public Rust API.
+//! This file only declares the layers and re-exports the public Rust API
+//! (docs/architecture.md is the whole map).
 //! Dependencies run one way, from the top down:
 //!
 //! - `python` (PyO3 module, behind the `python` feature) and the

@@ -389,8 +389,13 @@ def engine_args(engine_name: str, nics: Sequence[Nic], program: str) -> list[str
 # engine's arguments for them; docs/engines.md shows them in use and
 # tests/test_drivers.py pins them.
 
-STREAM_SUFFIX = ".stream.sock"
-DGRAM_SUFFIX = ".dgram.sock"
+#: Endpoint kind (network key ``endpoints``) -> the word in its socket file
+#: name (``<network>.stream.sock``) and its activation name (systemd
+#: ``FileDescriptorName=``, launchd ``Sockets`` key: ``<network>.stream``).
+#: The one naming rule in Python; ``rust/src/broker/endpoints.rs`` has the same.
+ENDPOINT_SUFFIXES = {STREAM: "stream", DATAGRAM: "dgram"}
+STREAM_SUFFIX = f".{ENDPOINT_SUFFIXES[STREAM]}.sock"
+DGRAM_SUFFIX = f".{ENDPOINT_SUFFIXES[DATAGRAM]}.sock"
 # QEMU's stream client retries a lost connection this often (QEMU >= 9.2), so
 # a VM gets its network back by itself when the broker restarts (Lima's value).
 RECONNECT_MS = 500

@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from . import __version__
+from . import __version__, drivers
 from .errors import VmnetError
 
 DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
@@ -60,8 +60,8 @@ SOCKET_UNIT = "vmnet-rs.socket"
 SERVICE_UNIT = "vmnet-rs.service"
 GROUP = "vmnet-rs"
 #: Endpoint kinds (network key ``endpoints``) and the suffix of their socket
-#: file and activation name: ``<network>.stream.sock``, fd name ``<network>.stream``.
-ENDPOINT_KINDS = {"stream": "stream", "datagram": "dgram"}
+#: file and activation name (the rule lives in drivers.endpoint_paths).
+ENDPOINT_KINDS = drivers.ENDPOINT_SUFFIXES
 #: macOS sun_path holds 104 bytes, the terminating NUL included.
 SUN_PATH_MAX = 104
 
@@ -204,9 +204,10 @@ def _endpoints(settings: Dict[str, Any], networks: Dict[str, Dict[str, Any]], de
     out = []
     for name in sorted(networks):
         kinds = networks[name].get("endpoints", list(ENDPOINT_KINDS))
+        paths = drivers.endpoint_paths(str(directory), name)
         for kind in ENDPOINT_KINDS:
             if kind in kinds:
-                out.append((name, ENDPOINT_KINDS[kind], directory / f"{name}.{ENDPOINT_KINDS[kind]}.sock"))
+                out.append((name, ENDPOINT_KINDS[kind], Path(paths[kind])))
     return out
 
 

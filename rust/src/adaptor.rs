@@ -50,7 +50,7 @@ pub mod bench;
 mod counters;
 pub mod framing;
 mod relay;
-mod socket;
+pub(crate) mod socket;
 mod vm_datagram;
 mod vm_stream;
 
@@ -200,6 +200,24 @@ fn buffer_sizes(options: &Options) -> (usize, usize) {
     )
 }
 
+/// Adds frames lost in front of a relay (the datagram endpoint's demux,
+/// `broker/endpoints.rs`) to the relay's own `drops` counters, so a port's
+/// counters show every frame lost on its way to or from the VM.
+#[derive(Clone)]
+pub struct DropCounter(Arc<relay::Shared>);
+
+impl DropCounter {
+    /// `n` frames for the VM were dropped.
+    pub fn host_to_vm(&self, n: u64) {
+        self.0.host_to_vm.add_drops(n);
+    }
+
+    /// `n` frames from the VM were dropped.
+    pub fn vm_to_host(&self, n: u64) {
+        self.0.vm_to_host.add_drops(n);
+    }
+}
+
 /// A running relay. Dropping it stops the relay and its interface.
 pub struct Adaptor {
     kind: Kind,
@@ -245,6 +263,11 @@ impl Adaptor {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// A handle that counts frames dropped outside the relay as its own.
+    pub fn drop_counter(&self) -> DropCounter {
+        DropCounter(Arc::clone(&self.shared))
     }
 
     /// The source MAC of the first frame the VM sent, once one was passed on.

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use super::protocol::{code, Failure};
 use super::state::Port;
 use super::Core;
-use crate::adaptor::{Adaptor, Kind, Options};
+use crate::adaptor::{socket as adaptor_socket, Adaptor, DropCounter, Kind, Options, RETRY_BUDGET, RETRY_DELAY_US};
 use crate::config::EndpointKind;
 use crate::vmnet::InterfaceDesc;
 use crate::xpc::Peer;
@@ -72,8 +72,11 @@ const DATAGRAM_BYTES: usize = 65_550;
 /// Frames moved per client and direction in one poll turn (fairness).
 const FRAMES_PER_TURN: usize = 64;
 /// The endpoint socket's buffers (vfkit: 1 MiB send, 4 MiB receive).
-const SEND_BUFFER_BYTES: libc::c_int = 1 << 20;
-const RECV_BUFFER_BYTES: libc::c_int = 4 << 20;
+const SEND_BUFFER_BYTES: usize = 1 << 20;
+const RECV_BUFFER_BYTES: usize = 4 << 20;
+/// How long a frame a datagram client had no room for is retried before it
+/// is dropped: the adaptors' budget (docs/adaptors.md "Backpressure").
+const PENDING_BUDGET: Duration = Duration::from_micros(RETRY_BUDGET as u64 * RETRY_DELAY_US);
 /// Endpoint clients' lease connection ids start here, above any listener's.
 const CONNECTION_BASE: u64 = 1 << 40;
 
@@ -325,12 +328,14 @@ fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, access: &Access)
 /// Buffers and credential passing on a ready endpoint socket.
 fn finish_socket(b: Bound) -> Result<Bound, Error> {
     if b.kind == EndpointKind::Datagram {
-        let fd = b.fd.as_raw_fd();
-        // Best effort: the kernel may cap them.
-        let _ = set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SEND_BUFFER_BYTES);
-        let _ = set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RECV_BUFFER_BYTES);
+        // Best effort, as the adaptors do (root passes net.core.*mem_max);
+        // what the kernel granted is logged.
+        match adaptor_socket::set_buffers(&b.fd, SEND_BUFFER_BYTES, RECV_BUFFER_BYTES) {
+            Ok(got) => log::debug!("endpoint {}: SO_SNDBUF {} SO_RCVBUF {}", b.path.display(), got.send_bytes, got.recv_bytes),
+            Err(e) => log::warn!("endpoint {}: could not set its socket buffers: {e}", b.path.display()),
+        }
         #[cfg(target_os = "linux")]
-        if let Err(e) = set_int_option(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1) {
+        if let Err(e) = set_int_option(b.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1) {
             b.unlink();
             return Err(io_error("turn on SO_PASSCRED", &b.path)(e));
         }
@@ -381,8 +386,63 @@ struct Client {
     inner: OwnedFd,
     /// Last time a datagram came from the client (probes skip busy ones).
     heard: Instant,
-    /// Frames dropped here (the client's queue was full).
+    /// Frames dropped here, also added to the port's own counters.
     drops: u64,
+    counter: DropCounter,
+    /// A frame for the client that its queue had no room for, retried on
+    /// the next turns; while it waits nothing more is read from the relay,
+    /// so the relay's socket fills and backpressure reaches the relay.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    frame: Vec<u8>,
+    since: Instant,
+}
+
+impl Client {
+    fn new(addr: Vec<u8>, lease: u64, inner: OwnedFd, counter: DropCounter) -> Client {
+        Client { addr, lease, inner, heard: Instant::now(), drops: 0, counter, pending: None }
+    }
+
+    fn drop_to_vm(&mut self) {
+        self.drops += 1;
+        self.counter.host_to_vm(1);
+    }
+
+    fn drop_from_vm(&mut self) {
+        self.drops += 1;
+        self.counter.vm_to_host(1);
+    }
+}
+
+/// What became of one send to a datagram client.
+enum Sent {
+    Done,
+    /// Its queue is full (EAGAIN/ENOBUFS): try again later.
+    Full,
+    /// Its socket is gone.
+    Gone(String),
+    /// Any other failure: the frame is dropped.
+    Failed,
+}
+
+/// Sends `frame` from endpoint socket `ep` to the client at `addr`.
+fn send_to_client(ep: RawFd, addr: &[u8], frame: &[u8]) -> Sent {
+    let Ok((sa, len)) = sockaddr(addr) else { return Sent::Gone("its address is unusable".into()) };
+    // SAFETY: sends frame.len() bytes of `frame` to a valid address of len bytes.
+    let sent = unsafe { libc::sendto(ep, frame.as_ptr().cast(), frame.len(), send_flags(), (&sa as *const libc::sockaddr_un).cast(), len) };
+    if sent >= 0 {
+        return Sent::Done;
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => Sent::Full,
+        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::ENOTCONN) | Some(libc::EPERM) | Some(libc::ECONNRESET) => {
+            Sent::Gone(format!("a send to it failed: {e}"))
+        }
+        _ => Sent::Failed,
+    }
 }
 
 struct DatagramEndpoint {
@@ -529,20 +589,27 @@ impl Worker {
             for (i, s) in self.streams.iter().enumerate() {
                 add(s.fd.as_raw_fd(), Slot::Stream(i));
             }
+            let mut waiting = false;
             for (i, d) in self.datagrams.iter().enumerate() {
                 add(d.bound.fd.as_raw_fd(), Slot::Datagram(i));
                 for (j, c) in d.clients.iter().enumerate() {
-                    add(c.inner.as_raw_fd(), Slot::Client(i, j));
+                    // A client with a frame waiting is retried on a timer,
+                    // and its relay is not read until that frame is gone.
+                    if c.pending.is_some() {
+                        waiting = true;
+                    } else {
+                        add(c.inner.as_raw_fd(), Slot::Client(i, j));
+                    }
                 }
             }
-            let timeout_ms = if self.datagrams.iter().any(|d| !d.clients.is_empty()) { PROBE_INTERVAL.as_millis() as libc::c_int } else { -1 };
-            // SAFETY: fds is a valid array of pollfd of the given length.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+            let timeout = if waiting {
+                Some(Duration::from_micros(RETRY_DELAY_US))
+            } else if self.datagrams.iter().any(|d| !d.clients.is_empty()) {
+                Some(PROBE_INTERVAL)
+            } else {
+                None
+            };
+            if let Err(e) = adaptor_socket::poll(&mut fds, timeout) {
                 log::error!("endpoints: poll failed: {e}; the endpoints stop serving");
                 break;
             }
@@ -551,6 +618,17 @@ impl Worker {
             }
             // Clients first (indices stay valid: removals happen after).
             let mut gone: Vec<(usize, usize, String)> = Vec::new();
+            if waiting {
+                for i in 0..self.datagrams.len() {
+                    for j in 0..self.datagrams[i].clients.len() {
+                        if self.datagrams[i].clients[j].pending.is_some() {
+                            if let Some(why) = self.relay_to_client(i, j) {
+                                gone.push((i, j, why));
+                            }
+                        }
+                    }
+                }
+            }
             for (k, fd) in fds.iter().enumerate() {
                 if fd.revents == 0 {
                     continue;
@@ -631,11 +709,25 @@ impl Worker {
     }
 
     /// Moves frames from datagram client `j` of endpoint `i`'s relay to the
-    /// client. Returns why the client is gone, if it is.
+    /// client, its waiting frame first. A frame the client's queue has no
+    /// room for waits (see [`Client::pending`]) and is dropped and counted
+    /// once it is older than [`PENDING_BUDGET`]. Returns why the client is
+    /// gone, if it is.
     fn relay_to_client(&mut self, i: usize, j: usize) -> Option<String> {
         let d = &mut self.datagrams[i];
         let ep = d.bound.fd.as_raw_fd();
         let c = &mut d.clients[j];
+        if let Some(p) = c.pending.take() {
+            match send_to_client(ep, &c.addr, &p.frame) {
+                Sent::Done => {}
+                Sent::Full if p.since.elapsed() < PENDING_BUDGET => {
+                    c.pending = Some(p);
+                    return None;
+                }
+                Sent::Full | Sent::Failed => c.drop_to_vm(),
+                Sent::Gone(why) => return Some(why),
+            }
+        }
         for _ in 0..FRAMES_PER_TURN {
             // SAFETY: recv into our buffer of its length.
             let n = unsafe { libc::recv(c.inner.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
@@ -646,18 +738,18 @@ impl Worker {
                     _ => Some(format!("its relay's socket failed: {e}")),
                 };
             }
-            let Ok((addr, len)) = sockaddr(&c.addr) else { return Some("its address is unusable".into()) };
-            // SAFETY: sends n bytes of our buffer to a valid address of len bytes.
-            let sent = unsafe { libc::sendto(ep, self.buf.as_ptr().cast(), n as usize, send_flags(), (&addr as *const libc::sockaddr_un).cast(), len) };
-            if sent < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) => c.drops += 1,
-                    Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::ENOTCONN) | Some(libc::EPERM) | Some(libc::ECONNRESET) => {
-                        return Some(format!("a send to it failed: {e}"));
-                    }
-                    _ => c.drops += 1,
+            let frame = &self.buf[..n as usize];
+            match send_to_client(ep, &c.addr, frame) {
+                Sent::Done => {}
+                Sent::Full => {
+                    let mut kept = c.pending.take().map(|p| p.frame).unwrap_or_default();
+                    kept.clear();
+                    kept.extend_from_slice(frame);
+                    c.pending = Some(Pending { frame: kept, since: Instant::now() });
+                    return None;
                 }
+                Sent::Failed => c.drop_to_vm(),
+                Sent::Gone(why) => return Some(why),
             }
         }
         None
@@ -690,7 +782,7 @@ impl Worker {
                 // SAFETY: sends len bytes of our buffer on the connected pair.
                 let r = unsafe { libc::send(c.inner.as_raw_fd(), self.buf.as_ptr().cast(), got.len, send_flags()) };
                 if r < 0 {
-                    c.drops += 1;
+                    c.drop_from_vm();
                 }
                 continue;
             }
@@ -711,14 +803,14 @@ impl Worker {
             let peer = Peer { uid, gid, pid, connection: self.next_connection() };
             let Some(core) = self.core() else { return };
             match core.open_endpoint_port(&network, &peer, EndpointKind::Datagram, None) {
-                Ok((lease, Some(inner))) => {
+                Ok((lease, Some((inner, counter)))) => {
                     log::info!("endpoint {}: client {shown} (pid {pid} uid {uid}) joined (lease {lease})", path.display());
                     let _ = set_flags(inner.as_raw_fd());
-                    let mut c = Client { addr: got.addr, lease, inner, heard: Instant::now(), drops: 0 };
+                    let mut c = Client::new(got.addr, lease, inner, counter);
                     if &self.buf[..got.len] != VFKIT_MAGIC {
                         // SAFETY: as above.
                         if unsafe { libc::send(c.inner.as_raw_fd(), self.buf.as_ptr().cast(), got.len, send_flags()) } < 0 {
-                            c.drops += 1;
+                            c.drop_from_vm();
                         }
                     }
                     self.datagrams[i].clients.push(c);
@@ -767,7 +859,7 @@ impl Worker {
             let c = d.clients.swap_remove(j);
             log::info!("endpoint {}: client {} left ({why}); lease {} released", d.bound.path.display(), show_addr(&c.addr), c.lease);
             if c.drops > 0 {
-                log::info!("endpoint {}: {} frame(s) to {} were dropped (its queue was full)", d.bound.path.display(), c.drops, show_addr(&c.addr));
+                log::info!("endpoint {}: {} frame(s) to or from {} were dropped (a queue stayed full)", d.bound.path.display(), c.drops, show_addr(&c.addr));
             }
             drop(c.inner);
             if let Some(core) = &core {
@@ -880,8 +972,9 @@ impl Core {
     /// checks `peer`, creates the network if needed, starts an interface
     /// and an adaptor, and records a lease that lasts as long as the relay.
     /// Stream: `socket` is the accepted connection (the adaptor's VM end);
-    /// datagram: the adaptor gets a socketpair, whose other end is returned.
-    pub(super) fn open_endpoint_port(&self, network: &str, peer: &Peer, via: EndpointKind, socket: Option<OwnedFd>) -> Result<(u64, Option<OwnedFd>), Failure> {
+    /// datagram: the adaptor gets a socketpair, whose other end is returned
+    /// with the handle that counts the demux's drops as the port's.
+    pub(super) fn open_endpoint_port(&self, network: &str, peer: &Peer, via: EndpointKind, socket: Option<OwnedFd>) -> Result<(u64, Option<(OwnedFd, DropCounter)>), Failure> {
         let refused = |f: Failure| {
             let mut st = self.lock_state();
             st.counters.errors += 1;
@@ -913,7 +1006,8 @@ impl Core {
             Some(s) => (Adaptor::start_with_socket(interface, Kind::Stream, s, &Options::default()).map_err(|e| failure("start the relay", &e))?, None),
             None => {
                 let (a, fd) = Adaptor::start(interface, Kind::Datagram, &Options::default()).map_err(|e| failure("start the relay", &e))?;
-                (a, Some(fd))
+                let counter = a.drop_counter();
+                (a, Some((fd, counter)))
             }
         };
         let id = st.grant(network, peer, false, Some(Port::Adaptor(adaptor)), None, None);
@@ -1101,6 +1195,54 @@ mod tests {
                 break;
             }
         }
+        b.stop();
+    }
+
+    #[test]
+    fn a_burst_past_the_client_queue_is_delivered_or_counted() {
+        let (b, dir) = start("burst", uid());
+        let path = endpoint_path(&dir, "shared", EndpointKind::Datagram);
+        let a = dgram_client(&dir, "a", &path);
+        let c = dgram_client(&dir, "c", &path);
+        a.send(VFKIT_MAGIC).unwrap();
+        c.send(VFKIT_MAGIC).unwrap();
+        wait_for("two datagram ports", || endpoint_ports(&b, "shared").len() == 2);
+        let host_to_vm = |counter: &str| -> i64 {
+            let st = b.core().status();
+            let ports = st.get_dict("endpoints").unwrap().get_dict("shared").unwrap().get_dict("ports").unwrap();
+            ports
+                .iter()
+                .map(|(_, p)| match p {
+                    crate::xpc::Value::Dict(d) => d.get_dict("host_to_vm").unwrap().get_int(counter).unwrap(),
+                    _ => 0,
+                })
+                .sum()
+        };
+        // Far more than a client's queue (net.unix.max_dgram_qlen, 10 by
+        // default), sent while c reads nothing.
+        const BURST: i64 = 100;
+        for k in 0..BURST {
+            let mut f = frame(1, 60);
+            f[14..16].copy_from_slice(&(k as u16).to_be_bytes());
+            a.send(&f).unwrap();
+        }
+        // Every frame the relay wrote is either in c's queue or counted as
+        // dropped, once the endpoint gave up on it (after the retry budget).
+        wait_for("every frame relayed", || host_to_vm("packets") == BURST);
+        c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (got.len() as i64) + host_to_vm("drops") < BURST && Instant::now() < deadline {
+            if let Ok(n) = c.recv(&mut buf) {
+                assert_eq!(n, 60);
+                got.push(u16::from_be_bytes([buf[14], buf[15]]) as i64);
+            }
+        }
+        let drops = host_to_vm("drops");
+        assert_eq!(got.len() as i64 + drops, BURST, "delivered {} and dropped {drops}", got.len());
+        // What arrived came in order, and nothing arrived twice.
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
         b.stop();
     }
 

@@ -117,7 +117,8 @@ class Adaptor:
 
     def stats(self) -> Dict[str, Dict[str, int]]:
         """Counters per direction (``host_to_vm``, ``vm_to_host``): packets,
-        bytes, batches, drops, waits, errors."""
+        bytes, batches, drops, waits, errors, and the causes of errors apart:
+        malformed, runts, refused (docs/adaptors.md)."""
         return dict(self._live().stats())
 
     @property

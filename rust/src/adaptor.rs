@@ -124,13 +124,20 @@ pub struct DirectionStats {
     pub batches: u64,
     pub drops: u64,
     pub waits: u64,
+    /// Frames lost to an error, whatever the cause (the next three split it).
     pub errors: u64,
+    /// Malformed frames from the VM.
+    pub malformed: u64,
+    /// Frames shorter than an Ethernet header from the interface.
+    pub runts: u64,
+    /// Frames the interface refused to take.
+    pub refused: u64,
 }
 
 impl DirectionStats {
     /// Every counter with its name, in one order, for reports (broker
     /// status, the Python `stats()` dict).
-    pub fn named(&self) -> [(&'static str, u64); 6] {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
         [
             ("packets", self.packets),
             ("bytes", self.bytes),
@@ -138,6 +145,9 @@ impl DirectionStats {
             ("drops", self.drops),
             ("waits", self.waits),
             ("errors", self.errors),
+            ("malformed", self.malformed),
+            ("runts", self.runts),
+            ("refused", self.refused),
         ]
     }
 }

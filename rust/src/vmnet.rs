@@ -72,6 +72,14 @@ pub trait Interface: Send {
     /// `WouldBlock` when none could be taken now.
     fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize>;
 
+    /// Of the frames the last [`Interface::write_frames`] reported taken,
+    /// how many (and how many bytes) the interface refused after taking
+    /// them (a batched TAP write learns per frame only once the batch ran).
+    /// The relay counts them as refused, not delivered.
+    fn last_write_refused(&self) -> (usize, usize) {
+        (0, 0)
+    }
+
     /// Stops the interface and releases it. Idempotent; also done on drop.
     fn stop(&mut self) -> Result<(), Error>;
 }
@@ -149,6 +157,34 @@ pub enum Error {
     },
     #[error("{op} failed: {detail}")]
     Platform { op: String, detail: String },
+    /// A port's TAP device could not be made.
+    #[error("create TAP {name} (needs CAP_NET_ADMIN and /dev/net/tun): {source}")]
+    OpenTap {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A new port could not join its network (bridge, MTU, isolation, up).
+    #[error("add port {port} to network {network:?}: {source}")]
+    AddPort {
+        network: String,
+        port: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The network's DHCP/DNS server could not be started.
+    #[error("start dnsmasq: {source}")]
+    StartDnsmasq {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A host tool changing the namespace's network (links, addresses,
+    /// routes, nftables) failed.
+    #[error("configure the host network: {source}")]
+    ConfigureHost {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl Error {

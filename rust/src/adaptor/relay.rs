@@ -342,7 +342,7 @@ impl Relay {
                         h2v.lens.swap(i, kept);
                         kept += 1;
                     } else {
-                        self.shared.host_to_vm.add_error();
+                        self.shared.host_to_vm.add_runts(1);
                     }
                 }
                 h2v.count = kept;
@@ -382,9 +382,7 @@ impl Relay {
         match reader {
             VmReader::Datagram(r) => match r.receive(fd) {
                 Ok(got) => {
-                    for _ in 0..got.rejected {
-                        counters.add_error();
-                    }
+                    counters.add_malformed(got.rejected as u64);
                     if got.rejected > 0 {
                         let errors = counters.snapshot().errors;
                         if should_log(errors) {
@@ -401,13 +399,13 @@ impl Relay {
                 Ok(_) => Ok(()),
                 Err(StreamEnd::Closed { partial }) => {
                     if partial {
-                        counters.add_error();
+                        counters.add_malformed(1);
                         log::warn!("[vm->host] the VM closed the stream inside a frame");
                     }
                     Err(EndReason::VmClosed)
                 }
                 Err(StreamEnd::Protocol(m)) => {
-                    counters.add_error();
+                    counters.add_malformed(1);
                     Err(EndReason::Protocol(m))
                 }
                 Err(StreamEnd::Io(e)) => Err(EndReason::Internal(format!("read from the VM socket: {e}"))),
@@ -429,7 +427,12 @@ impl Relay {
                 Ok(n) if n > 0 => {
                     let n = n.min(frames.len());
                     let bytes: usize = frames[..n].iter().map(|f| f.len()).sum();
-                    counters.add_batch(n as u64, bytes as u64);
+                    // Taken, but some refused once the batch ran (a TAP
+                    // through io_uring): counted as refused, not delivered.
+                    let (refused, refused_bytes) = self.iface.last_write_refused();
+                    let refused = refused.min(n);
+                    counters.add_batch((n - refused) as u64, bytes.saturating_sub(refused_bytes) as u64);
+                    counters.add_refused(refused as u64);
                     reader.consume(n);
                     *stalls = 0;
                 }
@@ -438,7 +441,7 @@ impl Relay {
                 Err(e) if is_interface_gone(&e) => return Err(EndReason::Interface(format!("write to the interface: {e}"))),
                 Err(e) => {
                     // One bad frame: count it, skip it, go on.
-                    counters.add_error();
+                    counters.add_refused(1);
                     let errors = counters.snapshot().errors;
                     if should_log(errors) {
                         log::warn!("[vm->host] interface refused a {}-byte frame: {e} ({errors} errors so far)", frames[0].len());

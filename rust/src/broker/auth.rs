@@ -15,6 +15,8 @@
 
 use std::ffi::{CStr, CString};
 
+use nix::unistd::{Group, Uid, User};
+
 use crate::config::BrokerSettings;
 use crate::xpc::peer_policy::{ListenerRequirement, PeerPolicy};
 use crate::xpc::{Dict, Peer};
@@ -83,30 +85,22 @@ fn user_matches(spec: &str, uid: u32) -> bool {
 }
 
 fn user_id(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: passwd is plain old data; getpwnam_r fills it and points its
-    // strings into buf, which outlives every use.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut result = std::ptr::null_mut();
-        if libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
-            return None;
+    match User::from_name(name) {
+        Ok(u) => u.map(|u| u.uid.as_raw()),
+        Err(e) => {
+            log::warn!("cannot read user {name:?} from the user database: {e}");
+            None
         }
-        Some(pw.pw_uid)
     }
 }
 
 fn user_name(uid: u32) -> Option<String> {
-    // SAFETY: as in user_id, with getpwuid_r.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut result = std::ptr::null_mut();
-        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
-            return None;
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(u) => u.map(|u| u.name),
+        Err(e) => {
+            log::warn!("cannot read user {uid} from the user database: {e}");
+            None
         }
-        Some(CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned())
     }
 }
 
@@ -123,17 +117,14 @@ pub fn group_id(spec: &str) -> Option<u32> {
     if let Ok(n) = spec.parse::<u32>() {
         return Some(n);
     }
-    let c = CString::new(spec).ok()?;
-    // SAFETY: group is plain old data; getgrnam_r fills it and points its
-    // strings into buf, which outlives every use.
-    unsafe {
-        let mut gr: libc::group = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 64 * 1024];
-        let mut result = std::ptr::null_mut();
-        if libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut result) != 0 || result.is_null() {
-            return None;
+    // nix grows the buffer getgrnam_r needs (up to 1 MiB of member
+    // names), so a large group is found, not taken for a missing one.
+    match Group::from_name(spec) {
+        Ok(g) => g.map(|g| g.gid.as_raw()),
+        Err(e) => {
+            log::warn!("cannot read group {spec:?} from the group database: {e}");
+            None
         }
-        Some(gr.gr_gid)
     }
 }
 
@@ -143,20 +134,38 @@ fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     let Some(name) = user_name(uid).and_then(|n| CString::new(n).ok()) else {
         return out;
     };
-    let mut n: libc::c_int = 256;
-    // Linux (glibc <grp.h>): getgrouplist(const char *, gid_t, gid_t *, int *).
-    #[cfg(not(target_os = "macos"))]
-    let mut groups = vec![0 as libc::gid_t; n as usize];
-    // macOS (<unistd.h>): getgrouplist(const char *, int, int *, int *).
-    #[cfg(target_os = "macos")]
-    let mut groups = vec![0 as libc::c_int; n as usize];
-    // SAFETY: groups holds n entries; getgrouplist writes at most n and sets
-    // n to the count (or to the needed size when it returns -1).
-    let r = unsafe { libc::getgrouplist(name.as_ptr(), gid as _, groups.as_mut_ptr(), &mut n) };
-    if r >= 0 {
-        out.extend(groups.iter().take(n as usize).map(|g| *g as u32));
+    match supplementary_groups(&name, gid) {
+        Ok(groups) => out.extend(groups),
+        Err(e) => log::warn!("cannot list the groups of user {uid}: {e}"),
     }
     out
+}
+
+/// Every group `name` is a member of (nix grows the list as needed).
+#[cfg(not(target_vendor = "apple"))]
+fn supplementary_groups(name: &CStr, gid: u32) -> nix::Result<Vec<u32>> {
+    Ok(nix::unistd::getgrouplist(name, nix::unistd::Gid::from_raw(gid))?.into_iter().map(|g| g.as_raw()).collect())
+}
+
+/// Every group `name` is a member of. nix has no getgrouplist on Apple
+/// platforms; macOS (<unistd.h>): getgrouplist(const char *, int, int *,
+/// int *), which returns -1 when the list is too small: try again with
+/// twice the room, up to NGROUPS_MAX-like bounds.
+#[cfg(target_vendor = "apple")]
+fn supplementary_groups(name: &CStr, gid: u32) -> nix::Result<Vec<u32>> {
+    let mut room: libc::c_int = 64;
+    while room <= 65_536 {
+        let mut groups = vec![0 as libc::c_int; room as usize];
+        let mut n = room;
+        // SAFETY: groups holds `n` entries; getgrouplist writes at most `n`
+        // and sets `n` to the count it wrote.
+        let r = unsafe { libc::getgrouplist(name.as_ptr(), gid as libc::c_int, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            return Ok(groups.iter().take(n.max(0) as usize).map(|g| *g as u32).collect());
+        }
+        room *= 2;
+    }
+    Err(nix::errno::Errno::ERANGE)
 }
 
 // ---------------------------------------------------------------------------
@@ -344,5 +353,44 @@ mod tests {
         assert!(check(&settings(&[], &["12345"]), &peer(4242, 12345)).is_ok());
         let err = check(&settings(&["root"], &[DEFAULT_GROUP]), &peer(65534, 65534)).unwrap_err();
         assert!(err.contains("not allowed") && err.contains("65534") && err.contains("usermod"), "{err}");
+    }
+
+    /// Root only, Linux: a group whose entry is larger than any fixed
+    /// buffer (20 000 members, about 200 KB) is found with its gid and its
+    /// members are allowed. The test runs itself again in a private mount
+    /// namespace where a copy of /etc/group with that group is bind-mounted
+    /// over the real one, which is never changed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_group_larger_than_a_fixed_buffer_is_found() {
+        const CHILD: &str = "VMNET_RS_BIG_GROUP_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(group_id("vmnetbig"), Some(4_242_420));
+            assert!(check(&settings(&[], &["vmnetbig"]), &peer(65534, 4_242_420)).is_ok());
+            return;
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: needs root for a private mount namespace");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-big-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("group");
+        let mut text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let members: Vec<String> = (0..20_000).map(|i| format!("member{i:05}")).collect();
+        text.push_str(&format!("vmnetbig:x:4242420:{}\n", members.join(",")));
+        std::fs::write(&file, text).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", "mount --bind \"$0\" /etc/group && exec \"$1\" --exact broker::auth::tests::a_group_larger_than_a_fixed_buffer_is_found --nocapture"])
+            .arg(&file)
+            .arg(&exe)
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && log.contains("1 passed"), "{log}");
     }
 }

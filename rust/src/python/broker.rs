@@ -25,18 +25,18 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-fn broker_error(py: Python<'_>, message: String) -> PyErr {
-    errors::raise(py, "BrokerError", message)
+fn broker_error(message: String) -> PyErr {
+    errors::BrokerError::new_err(message)
 }
 
-fn transport_error(py: Python<'_>, e: xpc::Error) -> PyErr {
+fn transport_error(e: xpc::Error) -> PyErr {
     match e {
         xpc::Error::Transport(m)
             if m.starts_with("no broker answers") || m.starts_with("cannot open a session") || (m.starts_with("the broker on ") && m.contains(" went away")) =>
         {
-            errors::raise(py, "BrokerUnavailableError", m)
+            errors::BrokerUnavailableError::new_err(m)
         }
-        other => broker_error(py, other.to_string()),
+        other => broker_error(other.to_string()),
     }
 }
 
@@ -117,7 +117,6 @@ impl PyBroker {
     #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None, exit_when_idle=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        py: Python<'_>,
         socket: Option<PathBuf>,
         config_json: Option<&str>,
         idle_timeout: Option<u64>,
@@ -136,7 +135,7 @@ impl PyBroker {
         options.config_source = config_source;
         options.exit_when_idle = exit_when_idle.unwrap_or(idle_timeout.is_some());
         if let Some(text) = config_json {
-            let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(py, e))?;
+            let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(e))?;
             options.settings = file.broker;
             options.networks = file.networks;
         }
@@ -144,12 +143,12 @@ impl PyBroker {
             options.settings.idle_timeout = t;
         }
         options.backend = Backend::parse(backend)
-            .ok_or_else(|| errors::raise(py, "ConfigError", format!("unknown backend {backend:?} (platform or hub)")))?;
+            .ok_or_else(|| errors::ConfigError::new_err(format!("unknown backend {backend:?} (platform or hub)")))?;
         if let Some(d) = state_dir {
             options.backend_options.state_dir = d;
         }
         if !(monitor_interval > 0.0 && monitor_interval < 3600.0) {
-            return Err(errors::raise(py, "ConfigError", format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
+            return Err(errors::ConfigError::new_err(format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
         }
         options.monitor_interval = Duration::from_secs_f64(monitor_interval);
         options.code_signing_requirement = code_signing_requirement;
@@ -172,7 +171,7 @@ impl PyBroker {
             let default = broker::endpoints::default_dir(std::path::Path::new(""));
             options.endpoint_dir = Some(endpoint_dir.or(configured).unwrap_or(default));
         } else if endpoint_dir.is_some() {
-            return Err(errors::raise(py, "ConfigError", "endpoint_dir given with endpoints=False: turn endpoints on or leave the directory out".into()));
+            return Err(errors::ConfigError::new_err("endpoint_dir given with endpoints=False: turn endpoints on or leave the directory out"));
         }
         Ok(PyBroker { options, endpoint, running: Mutex::new(None) })
     }
@@ -182,7 +181,7 @@ impl PyBroker {
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if running.as_ref().is_some_and(|b| b.core().exit_reason().is_none()) {
-            return Err(broker_error(py, "the broker is already running".into()));
+            return Err(broker_error("the broker is already running".into()));
         }
         let options = self.options.clone();
         let endpoint = self.endpoint.clone();
@@ -193,7 +192,7 @@ impl PyBroker {
                 #[cfg(target_os = "macos")]
                 return broker::Broker::start_mach(options, &endpoint);
             })
-            .map_err(|e| broker_error(py, e.to_string()))?;
+            .map_err(|e| broker_error(e.to_string()))?;
         *running = Some(b);
         Ok(())
     }
@@ -312,16 +311,16 @@ impl PyClient {
         let (conn, endpoint) = {
             let _ = mach_service;
             let path = xpc::unix::socket_path(socket.as_deref());
-            let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(py, e))?;
-            client.set_timeout(timeout).map_err(|e| transport_error(py, e))?;
+            let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(e))?;
+            client.set_timeout(timeout).map_err(|e| transport_error(e))?;
             (Conn::Unix(client), path.display().to_string())
         };
         #[cfg(target_os = "macos")]
         let (conn, endpoint) = {
             let _ = socket;
             let service = mach_service.unwrap_or_else(|| crate::config::DEFAULT_MACH_SERVICE.to_owned());
-            let client = py.detach(|| xpc::apple::Client::connect(&service, false)).map_err(|e| transport_error(py, e))?;
-            client.set_timeout(timeout).map_err(|e| transport_error(py, e))?;
+            let client = py.detach(|| xpc::apple::Client::connect(&service, false)).map_err(|e| transport_error(e))?;
+            client.set_timeout(timeout).map_err(|e| transport_error(e))?;
             (Conn::Mach(client), service)
         };
         Ok(PyClient { inner: Mutex::new(Some(conn)), socket: endpoint })
@@ -359,7 +358,7 @@ impl PyClient {
     /// Hands the connection's socket fd (close-on-exec) to the caller, who
     /// then owns it and, with it, the leases; the client is closed. Linux
     /// only: an XPC session cannot be passed on (BrokerError on macOS).
-    fn detach(&self, py: Python<'_>) -> PyResult<i32> {
+    fn detach(&self) -> PyResult<i32> {
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match guard.take() {
             #[cfg(target_os = "linux")]
@@ -367,9 +366,9 @@ impl PyClient {
             #[cfg(target_os = "macos")]
             Some(conn) => {
                 *guard = Some(conn);
-                Err(broker_error(py, "the broker connection is an XPC session, which cannot be passed to another process".into()))
+                Err(broker_error("the broker connection is an XPC session, which cannot be passed to another process".into()))
             }
-            None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),
+            None => Err(broker_error(format!("the connection to the broker on {} is closed", self.socket))),
         }
     }
 
@@ -391,9 +390,9 @@ impl PyClient {
             guard.as_mut().map(f)
         });
         match result {
-            None => Err(broker_error(py, format!("the connection to the broker on {} is closed", self.socket))),
+            None => Err(broker_error(format!("the connection to the broker on {} is closed", self.socket))),
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(transport_error(py, e)),
+            Some(Err(e)) => Err(transport_error(e)),
         }
     }
 }

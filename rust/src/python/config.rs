@@ -15,17 +15,17 @@ use crate::config::{self, FileConfig, NetworkConfig};
 
 /// Parses a MAC address argument with the configuration's rules
 /// ([`config::parse_mac`]); anything else raises `ConfigError`.
-pub fn mac_arg(py: Python<'_>, text: &str) -> PyResult<[u8; 6]> {
-    config::parse_mac(text).ok_or_else(|| errors::raise(py, "ConfigError", format!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff")))
+pub fn mac_arg(text: &str) -> PyResult<[u8; 6]> {
+    config::parse_mac(text).ok_or_else(|| errors::ConfigError::new_err(format!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff")))
 }
 
 /// Validates a whole configuration document (the file's shape, as JSON) and
 /// returns it normalised, with defaults and the built-in networks filled in.
 #[pyfunction]
-fn validate_config(py: Python<'_>, json_text: &str, source: &str) -> PyResult<String> {
+fn validate_config(json_text: &str, source: &str) -> PyResult<String> {
     FileConfig::from_json(json_text, source)
         .map(|c| c.to_json())
-        .map_err(|e| errors::config_error(py, e))
+        .map_err(|e| errors::config_error(e))
 }
 
 /// Validates one network entry (absent keys take Lima's defaults) and returns
@@ -33,13 +33,13 @@ fn validate_config(py: Python<'_>, json_text: &str, source: &str) -> PyResult<St
 /// also mean "unset", as in the `Configuration` a Lima client sends.
 #[pyfunction]
 #[pyo3(signature = (json_text, source, name, lima = false))]
-fn validate_network(py: Python<'_>, json_text: &str, source: &str, name: &str, lima: bool) -> PyResult<String> {
+fn validate_network(json_text: &str, source: &str, name: &str, lima: bool) -> PyResult<String> {
     let parsed = if lima {
         NetworkConfig::from_lima_json(json_text, source, name)
     } else {
         NetworkConfig::from_json(json_text, source, name)
     };
-    parsed.map(|c| c.to_json()).map_err(|e| errors::config_error(py, e))
+    parsed.map(|c| c.to_json()).map_err(|e| errors::config_error(e))
 }
 
 /// Checks a whole configuration document (the file's shape, as JSON) and
@@ -96,9 +96,9 @@ fn check_mac(text: &str) -> (Option<String>, Option<&'static str>) {
 /// `key: a != b` lines for each key where two network entries (normalised
 /// JSON, as from `validate_network`) differ.
 #[pyfunction]
-fn network_differences(py: Python<'_>, a_json: &str, b_json: &str) -> PyResult<Vec<String>> {
-    let a = NetworkConfig::from_json(a_json, "first", "a").map_err(|e| errors::config_error(py, e))?;
-    let b = NetworkConfig::from_json(b_json, "second", "b").map_err(|e| errors::config_error(py, e))?;
+fn network_differences(a_json: &str, b_json: &str) -> PyResult<Vec<String>> {
+    let a = NetworkConfig::from_json(a_json, "first", "a").map_err(|e| errors::config_error(e))?;
+    let b = NetworkConfig::from_json(b_json, "second", "b").map_err(|e| errors::config_error(e))?;
     Ok(a.differences(&b))
 }
 

@@ -1,21 +1,18 @@
-//! Rust errors to `vmnet_rs.errors` exceptions, in one place.
+//! The `vmnet_rs.errors` exception classes, imported once for the native
+//! module: every binding raises by type (`ConfigError::new_err(message)`),
+//! never by naming a class in a string. The classes are defined in Python
+//! (`python/vmnet_rs/errors.py`) so `except vmnet_rs.VmnetError` catches
+//! what either side raises.
 
-use pyo3::prelude::*;
+use pyo3::import_exception;
+use pyo3::PyErr;
 
-/// Raises `vmnet_rs.errors.<class_name>(message)`.
-pub fn raise(py: Python<'_>, class_name: &str, message: String) -> PyErr {
-    match py
-        .import("vmnet_rs.errors")
-        .and_then(|m| m.getattr(class_name))
-    {
-        Ok(cls) => PyErr::from_value(match cls.call1((message.clone(),)) {
-            Ok(exc) => exc,
-            Err(e) => return e,
-        }),
-        Err(e) => e,
-    }
-}
+import_exception!(vmnet_rs.errors, ConfigError);
+import_exception!(vmnet_rs.errors, NetworkError);
+import_exception!(vmnet_rs.errors, AdaptorError);
+import_exception!(vmnet_rs.errors, BrokerError);
+import_exception!(vmnet_rs.errors, BrokerUnavailableError);
 
-pub fn config_error(py: Python<'_>, err: crate::config::ConfigError) -> PyErr {
-    raise(py, "ConfigError", err.message)
+pub fn config_error(err: crate::config::ConfigError) -> PyErr {
+    ConfigError::new_err(err.message)
 }

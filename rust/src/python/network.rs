@@ -14,10 +14,10 @@ use super::errors;
 use crate::config::NetworkConfig;
 use crate::vmnet::{self, BackendOptions, Lease, Network};
 
-fn network_error(py: Python<'_>, err: vmnet::Error) -> PyErr {
+fn network_error(err: vmnet::Error) -> PyErr {
     match err {
-        vmnet::Error::Config(e) => errors::config_error(py, e),
-        other => errors::raise(py, "NetworkError", other.to_string()),
+        vmnet::Error::Config(e) => errors::config_error(e),
+        other => errors::NetworkError::new_err(other.to_string()),
     }
 }
 
@@ -43,8 +43,8 @@ pub struct PyNetwork {
 }
 
 impl PyNetwork {
-    fn live(&self, py: Python<'_>) -> PyResult<&dyn Network> {
-        self.inner.as_deref().ok_or_else(|| errors::raise(py, "NetworkError", format!("network {:?} is closed", self.name)))
+    fn live(&self) -> PyResult<&dyn Network> {
+        self.inner.as_deref().ok_or_else(|| errors::NetworkError::new_err(format!("network {:?} is closed", self.name)))
     }
 }
 
@@ -55,10 +55,10 @@ impl PyNetwork {
     /// `state_dir`.
     #[new]
     fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf) -> PyResult<Self> {
-        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::config_error(py, e))?;
+        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::config_error(e))?;
         let options = BackendOptions { state_dir };
         let n = name.clone();
-        let inner = py.detach(move || vmnet::create_network(&n, &config, &options)).map_err(|e| network_error(py, e))?;
+        let inner = py.detach(move || vmnet::create_network(&n, &config, &options)).map_err(|e| network_error(e))?;
         Ok(PyNetwork { name, inner: Some(inner) })
     }
 
@@ -69,7 +69,7 @@ impl PyNetwork {
 
     /// `{"subnet", "ipv6_prefix", "device"}` as the network actually got them.
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.live(py)?.state();
+        let s = self.live()?.state();
         let d = PyDict::new(py);
         d.set_item("subnet", s.subnet)?;
         d.set_item("ipv6_prefix", s.ipv6_prefix)?;
@@ -86,7 +86,7 @@ impl PyNetwork {
 
     /// The DHCP leases: a list of `{"mac", "address", "hostname", "expires"}`.
     fn leases<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let leases = self.live(py)?.leases().map_err(|e| network_error(py, e))?;
+        let leases = self.live()?.leases().map_err(|e| network_error(e))?;
         lease_dicts(py, leases)
     }
 
@@ -97,10 +97,10 @@ impl PyNetwork {
     #[pyo3(signature = (mac=None, isolation=false, vnet_hdr=false))]
     fn start_tap(&self, py: Python<'_>, mac: Option<&str>, isolation: bool, vnet_hdr: bool) -> PyResult<(i32, String)> {
         use std::os::fd::IntoRawFd;
-        let mac = mac.map(|m| super::config::mac_arg(py, m)).transpose()?;
+        let mac = mac.map(|m| super::config::mac_arg(m)).transpose()?;
         let desc = vmnet::InterfaceDesc { mac, isolation, offload: vnet_hdr };
-        let net = self.live(py)?;
-        let tap = py.detach(|| net.start_tap(&desc, vnet_hdr)).map_err(|e| network_error(py, e))?;
+        let net = self.live()?;
+        let tap = py.detach(|| net.start_tap(&desc, vnet_hdr)).map_err(|e| network_error(e))?;
         let name = tap.name().to_string();
         Ok((tap.into_fd().into_raw_fd(), name))
     }
@@ -134,7 +134,7 @@ impl PyNetwork {
 #[pyfunction]
 fn cleanup_stale_networks(py: Python<'_>, state_dir: PathBuf) -> PyResult<Vec<String>> {
     let options = BackendOptions { state_dir };
-    py.detach(move || vmnet::cleanup_stale(&options)).map_err(|e| network_error(py, e))
+    py.detach(move || vmnet::cleanup_stale(&options)).map_err(|e| network_error(e))
 }
 
 /// The DHCP leases of network `name` recorded in `state_dir`, read from its
@@ -143,13 +143,13 @@ fn cleanup_stale_networks(py: Python<'_>, state_dir: PathBuf) -> PyResult<Vec<St
 fn network_leases<'py>(py: Python<'py>, name: &str, state_dir: PathBuf) -> PyResult<Bound<'py, PyList>> {
     #[cfg(target_os = "linux")]
     {
-        let leases = vmnet::linux::read_leases(name, &BackendOptions { state_dir }).map_err(|e| network_error(py, e))?;
+        let leases = vmnet::linux::read_leases(name, &BackendOptions { state_dir }).map_err(|e| network_error(e))?;
         lease_dicts(py, leases)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = state_dir;
-        Err(errors::raise(py, "NetworkError", format!("leases of network {name:?}: only the Linux backend keeps a lease file; ask the broker")))
+        Err(errors::NetworkError::new_err(format!("leases of network {name:?}: only the Linux backend keeps a lease file; ask the broker")))
     }
 }
 

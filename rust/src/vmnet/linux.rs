@@ -5,7 +5,8 @@
 //!
 //! Modules, one per concern: `naming` (link, table and file names), `plan`
 //! (the checked Linux view of a config), `links` (bridge, addresses, routes,
-//! sysctls through iproute2; why not a netlink crate is argued there), `nft`
+//! sysctls through iproute2), `rtnl` (per-port link changes over netlink, no
+//! fork on the path a VM waits on), `nft`
 //! (the ruleset), `dnsmasq` (arguments, supervisor thread, leases), `record`
 //! (what was created, for crash recovery), `cmd` (running the tools).
 //!
@@ -35,6 +36,7 @@ mod naming;
 mod nft;
 pub(crate) mod plan;
 mod record;
+mod rtnl;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -56,13 +58,13 @@ const TAP_NAME_ATTEMPTS: u32 = 64;
 
 impl From<cmd::Error> for Error {
     fn from(e: cmd::Error) -> Self {
-        Error::Platform { op: "configure the host network".into(), detail: e.to_string() }
+        Error::ConfigureHost { source: Box::new(e) }
     }
 }
 
 impl From<dnsmasq::Error> for Error {
     fn from(e: dnsmasq::Error) -> Self {
-        Error::Platform { op: "start dnsmasq".into(), detail: e.to_string() }
+        Error::StartDnsmasq { source: Box::new(e) }
     }
 }
 
@@ -252,13 +254,14 @@ impl LinuxNetwork {
                     last_err = Some(e);
                     continue;
                 }
-                Err(e) => return Err(Error::io(format!("create TAP {name} (needs CAP_NET_ADMIN and /dev/net/tun)"), e)),
+                Err(source) => return Err(Error::OpenTap { name, source }),
             };
             // On error the TAP drops, and with its only fd the device goes.
             if vnet_hdr {
                 set_vnet_hdr_size(&tap).map_err(|e| Error::io(format!("set the virtio-net header size of TAP {name}"), e))?;
             }
-            links::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)?;
+            rtnl::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)
+                .map_err(|e| Error::AddPort { network: self.name.clone(), port: name.clone(), source: Box::new(e) })?;
             // Re-read the device so the reported MTU is the one just set.
             let mut tap = Tap::from_fd(tap.into_fd()).map_err(|e| Error::io(format!("reopen TAP {name}"), e))?;
             let mac = desc.mac.unwrap_or_else(|| crate::config::MacAddr::random().0);

@@ -1,16 +1,10 @@
 //! Links, addresses, routes and sysctls of the current network namespace.
 //!
-//! Why `ip` (iproute2) and not a netlink crate: the only maintained
-//! high-level crate, rtnetlink, is async and would pull tokio into a broker
-//! that is otherwise plain threads (a heavy compile on the 2-core CI
-//! machines, and a runtime to own); neli is synchronous but low level, so
-//! the bridge, address and bridge-port attributes would be hand-assembled
-//! netlink messages that this crate would have to maintain and test. iproute2
-//! is the kernel's own reference netlink client, is already required (tests
-//! and users drive namespaces with it), has a stable command line and
-//! machine-readable output (`-j`), and these calls are rare: a handful per
-//! network, one per VM port. Lookups that are on every path use the libc
-//! call instead (`if_nametoindex`).
+//! These steps run a handful of times per network, so they go through `ip`
+//! (iproute2, the kernel's own reference netlink client, already required,
+//! with machine-readable output via `-j`). The per-port steps, on the path a
+//! VM waits on, go over netlink without a fork (`rtnl`). Lookups that are on
+//! every path use the libc call instead (`if_nametoindex`).
 //!
 //! Runs on the calling thread and acts on that thread's network namespace.
 //! Every function either does all it says or returns the tool's error.
@@ -55,18 +49,6 @@ pub fn set_up(dev: &str) -> Result<(), cmd::Error> {
 
 pub fn delete_link(name: &str) -> Result<(), cmd::Error> {
     run(&["ip", "link", "del", "dev", name], None)?;
-    Ok(())
-}
-
-/// Makes `port` a port of `bridge` with `mtu`, isolated from the bridge's
-/// other isolated ports if asked, and brings it up.
-pub fn attach_port(port: &str, bridge: &str, mtu: u32, isolated: bool) -> Result<(), cmd::Error> {
-    let mtu = mtu.to_string();
-    run(&["ip", "link", "set", "dev", port, "mtu", &mtu, "master", bridge], None)?;
-    if isolated {
-        run(&["ip", "link", "set", "dev", port, "type", "bridge_slave", "isolated", "on"], None)?;
-    }
-    run(&["ip", "link", "set", "dev", port, "up"], None)?;
     Ok(())
 }
 

@@ -1,148 +1,41 @@
-//! A minimal io_uring, used to batch TAP reads and writes: the kernel has no
-//! batched TAP call, so one `io_uring_enter` carrying many `READ`/`WRITE`
-//! operations on the (non-blocking) TAP fd stands in for one syscall per
-//! frame.
+//! An io_uring used to batch TAP reads and writes: the kernel has no batched
+//! TAP call, so one `io_uring_enter` carrying many `READ`/`WRITE` operations
+//! on the (non-blocking) TAP fd stands in for one syscall per frame.
 //!
-//! Declarations follow `include/uapi/linux/io_uring.h` (struct
-//! `io_uring_params`, `io_sqring_offsets`, `io_cqring_offsets`,
-//! `io_uring_sqe`, `io_uring_cqe`, the `IORING_*` constants); syscall numbers
-//! from `asm/unistd.h` via libc. No crate: the subset needed is small.
+//! Built on the `io-uring` crate; at start a `Probe` asks the kernel whether
+//! it supports `IORING_OP_READ` and `IORING_OP_WRITE` (5.6+), so an old
+//! kernel is found before any frame is handed to it.
 //!
 //! Owned by one [`super::Tap`], used from the thread that drives it (the
 //! relay thread); `&mut self` everywhere, so submissions never interleave.
-//! Invariants: every submitted operation is waited for before `run`
-//! returns, so no buffer pointer outlives the call; every operation carries
-//! RWF_NOWAIT, so a would-block one completes at once with `-EAGAIN`
-//! instead of being parked, and operations run inline in submission order.
-//! A file without IOCB_NOWAIT support answers `-EOPNOTSUPP`; the caller
-//! then falls back to one syscall per frame.
+//!
+//! Invariants:
+//! - Every operation [`Uring::run`] queues is either completed before it
+//!   returns or never reaches the kernel: no buffer pointer outlives the
+//!   call, and no completion of one call is read as a result of the next.
+//!   A failed `io_uring_enter` that consumed none of the queued entries
+//!   leaves them in the submission ring, where the next call would submit
+//!   them with their stale pointers; so the ring is then replaced by a new
+//!   one (the old one, with its queued entries, is closed unsubmitted).
+//! - Entries the kernel did not consume on one enter are submitted by the
+//!   next: without `IORING_SETUP_SUBMIT_ALL` (before 5.18) a failure to
+//!   prepare one entry ends that enter's submission with a completion for
+//!   the failed entry, and the entries after it stay queued. Waiting only
+//!   for completions of entries the kernel took keeps that from hanging.
+//! - Every operation carries RWF_NOWAIT, so a would-block one completes at
+//!   once with `-EAGAIN` instead of being parked, and operations run inline
+//!   in submission order. A file without IOCB_NOWAIT support answers
+//!   `-EOPNOTSUPP`; the caller then falls back to one syscall per frame.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::os::fd::RawFd;
 
-const IORING_OP_READ: u8 = 22;
-const IORING_OP_WRITE: u8 = 23;
-const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
-const IORING_FEAT_SINGLE_MMAP: u32 = 1 << 0;
-const IORING_OFF_SQ_RING: libc::off_t = 0;
-const IORING_OFF_CQ_RING: libc::off_t = 0x800_0000;
-const IORING_OFF_SQES: libc::off_t = 0x1000_0000;
+use io_uring::{opcode, squeue, types, IoUring, Probe};
+
 /// RWF_NOWAIT (`include/uapi/linux/fs.h`): fail with EAGAIN instead of
 /// waiting. io_uring would otherwise park a would-block read on a pollable
 /// fd until data came, O_NONBLOCK or not.
-const RWF_NOWAIT: u32 = 0x0000_0008;
-/// IORING_SETUP_SUBMIT_ALL (5.18): keep submitting after one SQE fails.
-const IORING_SETUP_SUBMIT_ALL: u32 = 1 << 7;
-/// IORING_SETUP_COOP_TASKRUN (5.19): no IPI to run completion work.
-const IORING_SETUP_COOP_TASKRUN: u32 = 1 << 8;
-
-#[repr(C)]
-#[derive(Default)]
-struct SqringOffsets {
-    head: u32,
-    tail: u32,
-    ring_mask: u32,
-    ring_entries: u32,
-    flags: u32,
-    dropped: u32,
-    array: u32,
-    resv1: u32,
-    user_addr: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CqringOffsets {
-    head: u32,
-    tail: u32,
-    ring_mask: u32,
-    ring_entries: u32,
-    overflow: u32,
-    cqes: u32,
-    flags: u32,
-    resv1: u32,
-    user_addr: u64,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct Params {
-    sq_entries: u32,
-    cq_entries: u32,
-    flags: u32,
-    sq_thread_cpu: u32,
-    sq_thread_idle: u32,
-    features: u32,
-    wq_fd: u32,
-    resv: [u32; 3],
-    sq_off: SqringOffsets,
-    cq_off: CqringOffsets,
-}
-
-const _: () = assert!(std::mem::size_of::<Params>() == 120);
-
-#[repr(C)]
-struct Sqe {
-    opcode: u8,
-    flags: u8,
-    ioprio: u16,
-    fd: i32,
-    off: u64,
-    addr: u64,
-    len: u32,
-    rw_flags: u32,
-    user_data: u64,
-    buf_index: u16,
-    personality: u16,
-    splice_fd_in: i32,
-    addr3: u64,
-    pad2: u64,
-}
-
-const _: () = assert!(std::mem::size_of::<Sqe>() == 64);
-
-#[repr(C)]
-struct Cqe {
-    user_data: u64,
-    res: i32,
-    flags: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Cqe>() == 16);
-
-/// One mmap'd region, unmapped on drop.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Map {
-    fn new(fd: RawFd, len: usize, offset: libc::off_t) -> io::Result<Map> {
-        // SAFETY: maps `len` bytes of the io_uring fd at a documented offset;
-        // the result is checked before use.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_POPULATE, fd, offset) };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Map { ptr: ptr.cast(), len })
-    }
-
-    /// A pointer `offset` bytes in.
-    fn at<T>(&self, offset: u32) -> *mut T {
-        debug_assert!((offset as usize) < self.len);
-        // SAFETY: offsets come from the kernel's io_uring_params and lie
-        // inside the mapping.
-        unsafe { self.ptr.add(offset as usize).cast() }
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
+const RWF_NOWAIT: i32 = 0x0000_0008;
 
 /// What one operation does.
 #[derive(Clone, Copy)]
@@ -151,78 +44,67 @@ pub(crate) enum Op {
     Write { buf: *const u8, len: usize },
 }
 
-pub(crate) struct Uring {
-    // Field order: the maps go before the fd closes.
-    sq_ring: Map,
-    cq_ring: Option<Map>,
-    sqes: Map,
-    fd: OwnedFd,
-    sq_tail: *const AtomicU32,
-    sq_mask: u32,
-    sq_array: *mut u32,
-    cq_head: *const AtomicU32,
-    cq_tail: *const AtomicU32,
-    cq_mask: u32,
-    cqes_off: u32,
-    entries: u32,
+/// Whether the ring asks for `IORING_SETUP_SUBMIT_ALL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubmitAll {
+    /// Ask for it; fall back to a ring without it where the kernel refuses
+    /// the flag (before 5.18).
+    IfSupported,
+    /// Never ask (what a kernel before 5.18 gives; used by tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Never,
 }
 
-// SAFETY: the raw pointers point into mappings this value owns; it is moved
-// between threads as a whole and used through &mut self only.
-unsafe impl Send for Uring {}
+pub(crate) struct Uring {
+    ring: IoUring,
+    entries: u32,
+    submit_all: bool,
+    /// Test hook: the next enter fails with this errno before the kernel
+    /// sees the queued entries.
+    #[cfg(test)]
+    fail_next_enter: Option<i32>,
+}
 
 impl std::fmt::Debug for Uring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Uring").field("fd", &self.fd.as_raw_fd()).field("entries", &self.entries).finish()
+        f.debug_struct("Uring").field("entries", &self.entries).field("submit_all", &self.submit_all).finish()
     }
 }
 
-fn setup(entries: u32, flags: u32) -> io::Result<(OwnedFd, Params)> {
-    let mut p = Params { flags, ..Params::default() };
-    // SAFETY: io_uring_setup reads and writes one io_uring_params.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, entries, &mut p as *mut Params) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+fn build(entries: u32, submit_all: SubmitAll) -> io::Result<(IoUring, bool)> {
+    if submit_all == SubmitAll::IfSupported {
+        // COOP_TASKRUN (5.19): no IPI to run completion work.
+        match IoUring::builder().setup_submit_all().setup_coop_taskrun().build(entries) {
+            Ok(r) => return Ok((r, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => return Err(e),
+        }
     }
-    // SAFETY: fd is a new io_uring fd owned by nobody else.
-    Ok((unsafe { OwnedFd::from_raw_fd(fd as RawFd) }, p))
+    Ok((IoUring::new(entries)?, false))
 }
 
 impl Uring {
     /// A ring for up to `entries` operations per call (rounded up to a power
     /// of two by the kernel). Fails where io_uring is missing or forbidden
-    /// (ENOSYS, EPERM under seccomp or `kernel.io_uring_disabled`).
-    pub(crate) fn new(entries: u32) -> io::Result<Uring> {
-        let (fd, p) = match setup(entries, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN) {
-            Ok(r) => r,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => setup(entries, 0)?,
-            Err(e) => return Err(e),
-        };
-        let raw = fd.as_raw_fd();
-        let sq_len = p.sq_off.array as usize + p.sq_entries as usize * std::mem::size_of::<u32>();
-        let cq_len = p.cq_off.cqes as usize + p.cq_entries as usize * std::mem::size_of::<Cqe>();
-        let single = p.features & IORING_FEAT_SINGLE_MMAP != 0;
-        let sq_ring = Map::new(raw, if single { sq_len.max(cq_len) } else { sq_len }, IORING_OFF_SQ_RING)?;
-        let cq_ring = if single { None } else { Some(Map::new(raw, cq_len, IORING_OFF_CQ_RING)?) };
-        let sqes = Map::new(raw, p.sq_entries as usize * std::mem::size_of::<Sqe>(), IORING_OFF_SQES)?;
-        let cq = cq_ring.as_ref().unwrap_or(&sq_ring);
-        // SAFETY: ring_mask offsets point at u32s inside the rings.
-        let (sq_mask, cq_mask) = unsafe { (*sq_ring.at::<u32>(p.sq_off.ring_mask), *cq.at::<u32>(p.cq_off.ring_mask)) };
-        let ring = Uring {
-            sq_tail: sq_ring.at(p.sq_off.tail),
-            sq_mask,
-            sq_array: sq_ring.at(p.sq_off.array),
-            cq_head: cq.at(p.cq_off.head),
-            cq_tail: cq.at(p.cq_off.tail),
-            cq_mask,
-            cqes_off: p.cq_off.cqes,
-            entries: p.sq_entries,
-            sq_ring,
-            cq_ring,
-            sqes,
-            fd,
-        };
-        Ok(ring)
+    /// (ENOSYS, EPERM under seccomp or `kernel.io_uring_disabled`), or where
+    /// the kernel's probe lacks READ or WRITE (EOPNOTSUPP).
+    pub(crate) fn new(entries: u32, submit_all: SubmitAll) -> io::Result<Uring> {
+        let (ring, submit_all) = build(entries, submit_all)?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        for (code, name) in [(opcode::Read::CODE, "READ"), (opcode::Write::CODE, "WRITE")] {
+            if !probe.is_supported(code) {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, format!("the kernel's io_uring has no IORING_OP_{name}")));
+            }
+        }
+        let entries = ring.params().sq_entries();
+        Ok(Uring {
+            ring,
+            entries,
+            submit_all,
+            #[cfg(test)]
+            fail_next_enter: None,
+        })
     }
 
     /// Most operations per [`Uring::run`] call.
@@ -238,108 +120,125 @@ impl Uring {
     /// reads) until this call returns.
     pub(crate) unsafe fn run(&mut self, fd: RawFd, ops: &[Op], results: &mut [i32]) -> io::Result<()> {
         let n = ops.len().min(self.capacity()).min(results.len());
+        let entries: Vec<squeue::Entry> = ops[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                // offset -1: use (and advance) the file position, as
+                // read/write do; a TAP has none.
+                let e = match *op {
+                    Op::Read { buf, len } => opcode::Read::new(types::Fd(fd), buf, len as u32).offset(u64::MAX).rw_flags(RWF_NOWAIT).build(),
+                    Op::Write { buf, len } => opcode::Write::new(types::Fd(fd), buf, len as u32).offset(u64::MAX).rw_flags(RWF_NOWAIT).build(),
+                };
+                e.user_data(i as u64)
+            })
+            .collect();
+        // SAFETY: the caller keeps every buffer valid until we return.
+        unsafe { self.run_entries(&entries, &mut results[..n]) }
+    }
+
+    /// Queues `entries` (user_data = index into `results`), submits them
+    /// and waits for every one the kernel took; see the module invariants.
+    ///
+    /// # Safety
+    /// Whatever the entries point at stays valid until this call returns.
+    unsafe fn run_entries(&mut self, entries: &[squeue::Entry], results: &mut [i32]) -> io::Result<()> {
+        let n = entries.len();
         if n == 0 {
             return Ok(());
         }
-        // SAFETY: sq_tail points at the SQ tail; only this thread writes it.
-        let mut tail = unsafe { (*self.sq_tail).load(Ordering::Relaxed) };
-        for (i, op) in ops[..n].iter().enumerate() {
-            let index = tail & self.sq_mask;
-            let (opcode, addr, len) = match *op {
-                Op::Read { buf, len } => (IORING_OP_READ, buf as u64, len),
-                Op::Write { buf, len } => (IORING_OP_WRITE, buf as u64, len),
-            };
-            let sqe = Sqe {
-                opcode,
-                flags: 0,
-                ioprio: 0,
-                fd,
-                // -1: use (and advance) the file position, as read/write do;
-                // a TAP has none.
-                off: u64::MAX,
-                addr,
-                len: len as u32,
-                rw_flags: RWF_NOWAIT,
-                user_data: i as u64,
-                buf_index: 0,
-                personality: 0,
-                splice_fd_in: 0,
-                addr3: 0,
-                pad2: 0,
-            };
-            // SAFETY: index < sq_entries; the SQE slot and the array entry
-            // belong to us until the tail store below publishes them.
-            unsafe {
-                std::ptr::write(self.sqes.at::<Sqe>(0).add(index as usize), sqe);
-                std::ptr::write(self.sq_array.add(index as usize), index);
-            }
-            tail = tail.wrapping_add(1);
-        }
-        // SAFETY: publishes the SQEs written above (release pairs with the
-        // kernel's acquire of the tail).
-        unsafe { (*self.sq_tail).store(tail, Ordering::Release) };
-
-        let mut submitted = false;
-        let mut seen = 0usize;
-        while seen < n {
-            let to_submit = if submitted { 0 } else { n as u32 };
-            // SAFETY: io_uring_enter on our ring; no signal mask.
-            let r = unsafe {
-                libc::syscall(libc::SYS_io_uring_enter, self.fd.as_raw_fd(), to_submit, (n - seen) as u32, IORING_ENTER_GETEVENTS, std::ptr::null::<libc::c_void>(), 0usize)
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    submitted = true;
-                    continue;
+        {
+            let mut sq = self.ring.submission();
+            debug_assert!(sq.is_empty(), "entries left queued by an earlier call");
+            for e in entries {
+                // SAFETY: the caller keeps the buffers valid until we return,
+                // and we do not return before each queued entry completed
+                // or the ring holding it is gone.
+                if unsafe { sq.push(e) }.is_err() {
+                    // n <= capacity and the queue was empty.
+                    unreachable!("io_uring submission queue full");
                 }
-                if !submitted {
+            }
+        }
+        let mut seen = 0usize;
+        let mut taken_any = false;
+        while seen < n {
+            match self.enter() {
+                Ok(_) => taken_any = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if !taken_any && self.ring.submission().len() == n => {
+                    // Nothing reached the kernel: drop the ring with its
+                    // queued entries so they are never submitted.
+                    let (ring, _) = build(self.entries, if self.submit_all { SubmitAll::IfSupported } else { SubmitAll::Never })?;
+                    self.ring = ring;
                     return Err(e);
                 }
+                // Some entries are in flight: their buffers must stay ours
+                // until they complete, so keep waiting (EAGAIN and EBUSY are
+                // transient by the kernel's own account).
+                Err(_) => taken_any = true,
             }
-            submitted = true;
-            // SAFETY: cq_head/cq_tail point at the CQ ring's indices; the
-            // acquire load pairs with the kernel's release of the tail.
-            let (mut head, ctail) = unsafe { ((*self.cq_head).load(Ordering::Relaxed), (*self.cq_tail).load(Ordering::Acquire)) };
-            while head != ctail {
-                let cq = self.cq_ring.as_ref().unwrap_or(&self.sq_ring);
-                // SAFETY: entries between head and tail are completed CQEs.
-                let cqe = unsafe { std::ptr::read(cq.at::<Cqe>(self.cqes_off).add((head & self.cq_mask) as usize)) };
-                if let Some(slot) = results.get_mut(cqe.user_data as usize) {
-                    *slot = cqe.res;
+            for cqe in self.ring.completion() {
+                if let Some(slot) = results.get_mut(cqe.user_data() as usize) {
+                    *slot = cqe.result();
                 }
-                head = head.wrapping_add(1);
                 seen += 1;
             }
-            // SAFETY: hands the consumed CQEs back to the kernel.
-            unsafe { (*self.cq_head).store(head, Ordering::Release) };
         }
         Ok(())
+    }
+
+    /// One `io_uring_enter`: submits whatever is still queued and waits for
+    /// one completion if there is nothing to submit.
+    fn enter(&mut self) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(errno) = self.fail_next_enter.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let queued = self.ring.submission().len();
+        // With entries queued, submitting them is progress enough: a prep
+        // failure may leave some queued with no completion to wait for.
+        self.ring.submitter().submit_and_wait(if queued > 0 { 0 } else { 1 })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    #[test]
-    fn reads_and_writes_run_in_order_on_a_nonblocking_fd() {
-        let mut ring = match Uring::new(8) {
-            Ok(r) => r,
+    fn ring(submit_all: SubmitAll) -> Option<Uring> {
+        match Uring::new(8, submit_all) {
+            Ok(r) => Some(r),
             // Not a failure of this code: the host forbids io_uring.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => return,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+                eprintln!("SKIP: io_uring unavailable here: {e}");
+                None
+            }
             Err(e) => panic!("io_uring_setup: {e}"),
-        };
+        }
+    }
+
+    fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
         let mut fds = [-1; 2];
         // SAFETY: socketpair writes two descriptors.
         assert_eq!(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK, 0, fds.as_mut_ptr()) }, 0);
         // SAFETY: both fds are new and ours.
-        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    fn write_ops(frames: &[Vec<u8>]) -> Vec<Op> {
+        frames.iter().map(|f| Op::Write { buf: f.as_ptr(), len: f.len() }).collect()
+    }
+
+    #[test]
+    fn reads_and_writes_run_in_order_on_a_nonblocking_fd() {
+        let Some(mut ring) = ring(SubmitAll::IfSupported) else { return };
+        let (a, b) = seqpacket_pair();
         let frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + i as usize]).collect();
-        let ops: Vec<Op> = frames.iter().map(|f| Op::Write { buf: f.as_ptr(), len: f.len() }).collect();
         let mut res = vec![0; 8];
         // SAFETY: frames outlive the call.
-        unsafe { ring.run(a.as_raw_fd(), &ops, &mut res).unwrap() };
+        unsafe { ring.run(a.as_raw_fd(), &write_ops(&frames), &mut res).unwrap() };
         assert_eq!(&res[..5], &[10, 11, 12, 13, 14]);
         let mut bufs = vec![vec![0u8; 64]; 7];
         let ops: Vec<Op> = bufs.iter_mut().map(|b| Op::Read { buf: b.as_mut_ptr(), len: b.len() }).collect();
@@ -351,5 +250,64 @@ mod tests {
         }
         assert_eq!(res[5], -libc::EAGAIN);
         assert_eq!(res[6], -libc::EAGAIN);
+    }
+
+    #[test]
+    fn a_failed_enter_leaves_nothing_queued_for_the_next_call() {
+        let Some(mut ring) = ring(SubmitAll::IfSupported) else { return };
+        let (a, b) = seqpacket_pair();
+        let lost: Vec<Vec<u8>> = (0..3u8).map(|i| vec![0xee; 20 + i as usize]).collect();
+        let mut res = vec![0; 8];
+        ring.fail_next_enter = Some(libc::EBUSY);
+        // SAFETY: `lost` outlives the call.
+        let err = unsafe { ring.run(a.as_raw_fd(), &write_ops(&lost), &mut res) }.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBUSY));
+        drop(lost);
+        // The next batch gets its own results, and only its frames arrive.
+        let frames: Vec<Vec<u8>> = (0..2u8).map(|i| vec![i; 40 + i as usize]).collect();
+        let mut res = vec![-999; 8];
+        // SAFETY: frames outlive the call.
+        unsafe { ring.run(a.as_raw_fd(), &write_ops(&frames), &mut res).unwrap() };
+        assert_eq!(&res[..3], &[40, 41, -999]);
+        let mut buf = [0u8; 128];
+        let mut got = Vec::new();
+        loop {
+            // SAFETY: buf is a valid writable buffer.
+            let r = unsafe { libc::read(b.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if r < 0 {
+                break;
+            }
+            got.push(buf[..r as usize].to_vec());
+        }
+        assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn a_prep_failure_without_submit_all_does_not_hang() {
+        let Some(mut ring) = ring(SubmitAll::Never) else { return };
+        assert!(!ring.submit_all);
+        let (a, b) = seqpacket_pair();
+        let frames: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 30 + i as usize]).collect();
+        // The middle write names a closed fd: its prep fails with EBADF,
+        // which ends that enter's submission.
+        let bad = {
+            let (x, _y) = seqpacket_pair();
+            x.as_raw_fd()
+        };
+        let fds = [a.as_raw_fd(), bad, a.as_raw_fd()];
+        let entries: Vec<squeue::Entry> = frames
+            .iter()
+            .zip(fds)
+            .enumerate()
+            .map(|(i, (f, fd))| opcode::Write::new(types::Fd(fd), f.as_ptr(), f.len() as u32).offset(u64::MAX).build().user_data(i as u64))
+            .collect();
+        let mut res = vec![0; 3];
+        // SAFETY: frames outlive the call.
+        unsafe { ring.run_entries(&entries, &mut res).unwrap() };
+        assert_eq!(res, [30, -libc::EBADF, 32]);
+        let mut buf = [0u8; 64];
+        // SAFETY: buf is a valid writable buffer.
+        let r = unsafe { libc::read(b.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(r, 30);
     }
 }

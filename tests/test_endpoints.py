@@ -156,6 +156,48 @@ def test_bad_frames_close_only_their_client(broker: BrokerProcess) -> None:
         g.close()
 
 
+def test_a_burst_past_a_datagram_clients_queue_is_delivered_or_counted_in_status(broker: BrokerProcess, tmp_path: Path) -> None:
+    """A datagram client's queue holds net.unix.max_dgram_qlen frames (10 by
+    default); a burst of 100 to a client that reads nothing is kept within
+    the retry budget, and what still does not fit is counted as that port's
+    host->vm drops, in status --json and in the human status line."""
+    dgram_path = str(broker.ep / "shared.dgram.sock")
+    slow = dgram_client(tmp_path, "slow", dgram_path)
+    slow.send(b"VFKT")
+    (lease,) = wait_until("the slow client's port", lambda: list(ports(broker)))
+    fast = dgram_client(tmp_path, "fast", dgram_path)
+    fast.send(b"VFKT")
+    wait_until("the second port", lambda: len(ports(broker)) == 2)
+    burst = 100
+    for k in range(burst):
+        fast.send(frame(MAC_A, b"burst" + struct.pack(">H", k)))
+
+    def to_vm(counter: str) -> int:
+        return ports(broker)[lease]["host_to_vm"][counter]
+
+    wait_until("the burst relayed", lambda: to_vm("packets") == burst)
+    slow.settimeout(0.2)
+    got: List[int] = []
+
+    def settled() -> bool:
+        try:
+            f = slow.recv(65536)
+            got.append(struct.unpack(">H", f[19:21])[0])
+        except socket.timeout:
+            pass
+        return len(got) + to_vm("drops") == burst
+
+    wait_until("every frame delivered or counted", settled)
+    drops = to_vm("drops")
+    assert got == sorted(set(got)), "in order, none twice"
+    out = subprocess.run([sys.executable, "-m", "vmnet_rs", "status", "--socket", str(broker.socket)], capture_output=True, text=True, check=True)
+    assert f"lease {lease}: shared" in out.stdout
+    line = next(x for x in out.stdout.splitlines() if f"lease {lease}: shared" in x)
+    assert f"host->vm {burst} pkts/{drops} drops" in line, line
+    for s in (slow, fast):
+        s.close()
+
+
 def test_32_clients_connecting_and_leaving_at_once_leak_no_fd_thread_or_port(broker: BrokerProcess, tmp_path: Path) -> None:
     stream_path, dgram_path = str(broker.ep / "shared.stream.sock"), str(broker.ep / "shared.dgram.sock")
     # The network exists first, so its own fds and threads are in the baseline.

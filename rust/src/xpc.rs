@@ -194,4 +194,8 @@ pub enum Error {
     TooLarge { size: usize, limit: usize },
     #[error("{0}")]
     Transport(String),
+    /// No broker answers, or the one that did went away; the message says
+    /// what to do. Callers tell it apart by this variant, not by its text.
+    #[error("{0}")]
+    Unavailable(String),
 }

@@ -31,11 +31,7 @@ fn broker_error(message: String) -> PyErr {
 
 fn transport_error(e: xpc::Error) -> PyErr {
     match e {
-        xpc::Error::Transport(m)
-            if m.starts_with("no broker answers") || m.starts_with("cannot open a session") || (m.starts_with("the broker on ") && m.contains(" went away")) =>
-        {
-            errors::BrokerUnavailableError::new_err(m)
-        }
+        xpc::Error::Unavailable(m) => errors::BrokerUnavailableError::new_err(m),
         other => broker_error(other.to_string()),
     }
 }

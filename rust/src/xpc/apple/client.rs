@@ -52,7 +52,7 @@ impl Session {
             None => {
                 // SAFETY: `err` is NULL or ours.
                 let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
-                Err(Error::Transport(format!(
+                Err(Error::Unavailable(format!(
                     "cannot open a session to {service}: {text}; is the broker installed (vmnet-rs install)?"
                 )))
             }

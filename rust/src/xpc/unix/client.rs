@@ -35,7 +35,7 @@ impl Client {
                 Some(libc::EACCES) | Some(libc::EPERM) => "the socket's permissions do not let this user connect",
                 _ => "check that the broker is running",
             };
-            Error::Transport(format!("no broker answers on {}: {e}; {hint}", path.display()))
+            Error::Unavailable(format!("no broker answers on {}: {e}; {hint}", path.display()))
         })?;
         Ok(Client { fd, path: path.to_owned(), buf: vec![0; MAX_MESSAGE_BYTES + 1], broken: false })
     }
@@ -84,7 +84,7 @@ impl Client {
     /// what to do; other errors as they are.
     fn gone_or(&self, source: std::io::Error, op: &'static str) -> Error {
         match source.raw_os_error() {
-            Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => Error::Transport(format!(
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN) => Error::Unavailable(format!(
                 "the broker on {} went away (it stopped or crashed; see its log): check with `vmnet-rs status`, start it again, and retry",
                 self.path.display()
             )),
@@ -94,7 +94,7 @@ impl Client {
 
     fn receive(&mut self) -> Result<Dict, Error> {
         match sys::recv_record(self.fd.as_raw_fd(), &mut self.buf) {
-            Ok(Received::Eof) => Err(Error::Transport(format!(
+            Ok(Received::Eof) => Err(Error::Unavailable(format!(
                 "the broker on {} went away without replying (it stopped or crashed; see its log): check with `vmnet-rs status`, start it again, and retry",
                 self.path.display()
             ))),

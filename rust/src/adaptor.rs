@@ -463,6 +463,29 @@ mod tests {
 
     const BURST: u32 = 3 * BATCH_FRAMES as u32 + 17;
 
+    /// Frames an interface took but then reported refused (a TAP batch
+    /// through io_uring) count as refused and in errors, not as delivered
+    /// packets or bytes; a runt is neither malformed nor refused.
+    #[test]
+    fn frames_the_interface_refused_after_taking_them_count_as_refused() {
+        let (mut adaptor, vm, _network, handles) = start(Kind::Datagram);
+        let mut vm = Vm::new(Kind::Datagram, vm);
+        let good = vec![0x52u8; 60];
+        let mut refused = vec![0x11u8; 100];
+        refused[0] = super::testing::REFUSED_MARK;
+        for f in [&good, &refused, &good, &refused, &good] {
+            vm.send(f);
+        }
+        wait_until("five frames handled", || {
+            let s = adaptor.stats().vm_to_host;
+            s.packets + s.refused == 5
+        });
+        let s = adaptor.stats().vm_to_host;
+        assert_eq!((s.packets, s.bytes, s.refused, s.errors, s.malformed, s.runts), (3, 180, 2, 2, 0, 0));
+        assert_eq!(handles.written.lock().unwrap().len(), 3);
+        adaptor.stop();
+    }
+
     #[test]
     fn each_kind_carries_frames_both_ways_bit_exact() {
         for kind in Kind::ALL {

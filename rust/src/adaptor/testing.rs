@@ -22,7 +22,14 @@ pub(crate) struct PairInterface {
     pub(crate) refuse_writes: Arc<AtomicBool>,
     /// Number of `stop` calls seen.
     pub(crate) stops: Arc<AtomicUsize>,
+    /// Frames whose first byte is [`REFUSED_MARK`] are taken by a write
+    /// but reported refused afterwards, as a TAP batch through io_uring
+    /// reports a frame the kernel refused: (frames, bytes) of the last write.
+    refused: (usize, usize),
 }
+
+/// First byte of a frame the double takes but then reports refused.
+pub(crate) const REFUSED_MARK: u8 = 0xbd;
 
 /// The test's view of a [`PairInterface`] after it moved into an adaptor.
 #[derive(Clone)]
@@ -61,6 +68,7 @@ pub(crate) fn pair_interface(max_frame_bytes: usize) -> (PairInterface, OwnedFd)
         written: Arc::new(Mutex::new(Vec::new())),
         refuse_writes: Arc::new(AtomicBool::new(false)),
         stops: Arc::new(AtomicUsize::new(0)),
+        refused: (0, 0),
     };
     (iface, theirs)
 }
@@ -84,8 +92,14 @@ impl Interface for PairInterface {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let mut written = self.written.lock().unwrap();
-        written.extend(frames.iter().map(|f| f.to_vec()));
+        let (refused, ok): (Vec<&[u8]>, Vec<&[u8]>) = frames.iter().partition(|f| f.first() == Some(&REFUSED_MARK));
+        self.refused = (refused.len(), refused.iter().map(|f| f.len()).sum());
+        written.extend(ok.iter().map(|f| f.to_vec()));
         Ok(frames.len())
+    }
+
+    fn last_write_refused(&self) -> (usize, usize) {
+        self.refused
     }
 
     fn stop(&mut self) -> Result<(), Error> {

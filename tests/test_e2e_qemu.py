@@ -22,7 +22,7 @@ from brokerproc import wait_until
 from vm.broker import OUTSIDE_ADDR, BrokerProcess, add_outside, path_guest, run_guest, run_guest_with_fake_broker
 from vm.checks import check_pair, record_rate
 from vm.lan import Lan
-from vm.qemu import Guest, qemu_base_argv
+from vm.qemu import Guest, start_guests
 from vmnet_rs import drivers
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -32,13 +32,7 @@ def test_baseline_two_vms_on_a_hand_made_bridge(netns, tmp_path):
     lan = Lan(netns, tmp_path)
     guests: list[Guest] = []
     try:
-        for i, mac in enumerate(["52:54:00:77:00:01", "52:54:00:77:00:02"]):
-            tap = lan.add_tap(f"tap{i}")
-            argv = qemu_base_argv(f"base{i}") + [
-                "-netdev", f"tap,id=net1,ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev=net1,mac={mac}",
-            ]
-            guests.append(Guest(netns.argv(argv), f"base{i}", log_dir=tmp_path))
+        guests = start_guests(2, lambda i: lan.tap_guest(i, f"base{i}", f"52:54:00:77:00:0{i + 1}", tmp_path))
         for g in guests:
             g.wait_ready()
         assert [g.mac for g in guests] == ["52:54:00:77:00:01", "52:54:00:77:00:02"]

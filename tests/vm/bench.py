@@ -33,17 +33,17 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
+from brokerproc import wait_until  # noqa: E402
 from netns import NetNs  # noqa: E402
 from vm.broker import BrokerProcess, path_guest, run_guest  # noqa: E402
 from vm.checks import check_pair  # noqa: E402
 from vm.lan import Lan  # noqa: E402
-from vm.qemu import Guest, qemu_base_argv  # noqa: E402
+from vm.qemu import Guest, qemu_base_argv, start_guests  # noqa: E402
 
 from vmnet_rs import drivers  # noqa: E402
 
@@ -53,39 +53,34 @@ BASELINE = "baseline (bridge+tap, no vmnet-rs)"
 DIRECT_ADDRS = ("10.78.0.1/24", "10.78.0.2/24")
 
 
+def pair_rate(guests: list[Guest], gateway: str, seconds: int, **check: object) -> float:
+    """iperf3 between two started guests once both are up; closes both."""
+    try:
+        for g in guests:
+            g.wait_ready()
+        return check_pair(guests[0], guests[1], gateway, iperf_seconds=seconds, **check)
+    finally:
+        for g in guests:
+            g.close()
+
+
 def measure_baseline(seconds: int, workdir: Path) -> float:
     with NetNs(prefix="vmbench") as ns:
         lan = Lan(ns, workdir)
-        guests: list[Guest] = []
         try:
-            for i in range(2):
-                tap = lan.add_tap(f"tap{i}")
-                argv = qemu_base_argv(f"bench-base{i}") + [
-                    "-netdev", f"tap,id=net1,ifname={tap},script=no,downscript=no",
-                    "-device", f"virtio-net-pci,netdev=net1,mac=52:54:00:77:01:0{i + 1}",
-                ]
-                guests.append(Guest(ns.argv(argv), f"bench-base{i}", log_dir=workdir))
-            for g in guests:
-                g.wait_ready()
-            return check_pair(guests[0], guests[1], lan.gateway, iperf_seconds=seconds)
+            guests = start_guests(2, lambda i: lan.tap_guest(i, f"bench-base{i}", f"52:54:00:77:01:0{i + 1}", workdir))
+            return pair_rate(guests, lan.gateway, seconds)
         finally:
-            for g in guests:
-                g.close()
             lan.close()
 
 
 def measure_backend(backend: str, seconds: int, workdir: Path) -> float:
     with NetNs(prefix="vmbench") as ns:
         broker = BrokerProcess(ns, workdir)
-        guests: list[Guest] = []
         try:
-            guests = [run_guest(ns, broker, f"bench-{backend}-{i}", [f"shared:{backend}"], workdir) for i in range(2)]
-            for g in guests:
-                g.wait_ready()
-            return check_pair(guests[0], guests[1], "192.168.107.1", iperf_seconds=seconds)
+            guests = start_guests(2, lambda i: run_guest(ns, broker, f"bench-{backend}-{i}", [f"shared:{backend}"], workdir))
+            return pair_rate(guests, "192.168.107.1", seconds)
         finally:
-            for g in guests:
-                g.close()
             broker.close()
 
 
@@ -93,15 +88,10 @@ def measure_path(kind: str, seconds: int, workdir: Path) -> float:
     """Two guests joined to ``shared`` through its stream or datagram endpoint."""
     with NetNs(prefix="vmbench") as ns:
         broker = BrokerProcess(ns, workdir)
-        guests: list[Guest] = []
         try:
-            guests = [path_guest(ns, broker, f"bench-{kind}-{i}", "shared", kind, workdir) for i in range(2)]
-            for g in guests:
-                g.wait_ready()
-            return check_pair(guests[0], guests[1], "192.168.107.1", iperf_seconds=seconds)
+            guests = start_guests(2, lambda i: path_guest(ns, broker, f"bench-{kind}-{i}", "shared", kind, workdir))
+            return pair_rate(guests, "192.168.107.1", seconds)
         finally:
-            for g in guests:
-                g.close()
             broker.close()
 
 
@@ -114,36 +104,24 @@ def direct_guests(ns: NetNs, kind: str, workdir: Path) -> list[Guest]:
     else:
         netdevs = [f"dgram,id=net1,local.type=unix,local.path={paths[i]},remote.type=unix,remote.path={paths[1 - i]}"
                    for i in range(2)]
-    guests: list[Guest] = []
-    try:
-        for i in range(2):
-            name = f"bench-direct-{kind}-{i}"
-            argv = qemu_base_argv(name, extra_append=f"vmnet_static={DIRECT_ADDRS[i]}") + [
-                "-netdev", netdevs[i], "-device", f"virtio-net-pci,netdev=net1,mac={macs[i]}"]
-            guests.append(Guest(ns.argv(argv), name, log_dir=workdir))
-            if kind == "stream" and i == 0:  # the client needs the listener's path
-                deadline = time.monotonic() + 60
-                while not os.path.exists(paths[0]) and time.monotonic() < deadline and guests[0].proc.poll() is None:
-                    time.sleep(0.05)
-    except BaseException:
-        for g in guests:
-            g.close()
-        raise
-    return guests
+
+    def start(i: int) -> Guest:
+        name = f"bench-direct-{kind}-{i}"
+        argv = qemu_base_argv(name, extra_append=f"vmnet_static={DIRECT_ADDRS[i]}") + [
+            "-netdev", netdevs[i], "-device", f"virtio-net-pci,netdev=net1,mac={macs[i]}"]
+        guest = Guest(ns.argv(argv), name, log_dir=workdir)
+        if kind == "stream" and i == 0:  # the client needs the listener's path
+            wait_until("the stream listener's socket", lambda: os.path.exists(paths[0]) or guest.proc.poll() is not None, timeout=60)
+        return guest
+
+    return start_guests(2, start)
 
 
 def measure_direct(kind: str, seconds: int, workdir: Path) -> float:
     with NetNs(prefix="vmbench") as ns:
         guests = direct_guests(ns, kind, workdir)
-        try:
-            for g in guests:
-                g.wait_ready()
-            a, b = guests
-            # No gateway on a direct link: the peer stands in for it.
-            return check_pair(a, b, b.ip or "", iperf_seconds=seconds, routers=(None,))
-        finally:
-            for g in guests:
-                g.close()
+        # No gateway on a direct link: the peer stands in for it.
+        return pair_rate(guests, guests[1].ip or "", seconds, routers=(None,))
 
 
 def measure(label: str, seconds: int, workdir: Path) -> float:

@@ -53,6 +53,17 @@ class Lan:
         self.taps.append(name)
         return name
 
+    def tap_guest(self, index: int, name: str, mac: str, log_dir: Path) -> "Guest":
+        """A QEMU guest on its own TAP (``tap<index>``) of this bridge: no vmnet-rs in the path."""
+        from .qemu import Guest, qemu_base_argv
+
+        tap = self.add_tap(f"tap{index}")
+        argv = qemu_base_argv(name) + [
+            "-netdev", f"tap,id=net1,ifname={tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=net1,mac={mac}",
+        ]
+        return Guest(self.ns.argv(argv), name, log_dir=log_dir)
+
     def close(self) -> None:
         if self.dnsmasq.poll() is None:
             self.dnsmasq.terminate()

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .initramfs import build_initramfs, kernel_path
 
@@ -163,3 +163,17 @@ def iperf3_bits_per_second(output: str) -> float:
             if m:
                 return float(m.group(1)) * units[m.group(2)]
     raise ValueError(f"no receiver line in iperf3 output:\n{output}")
+
+
+def start_guests(count: int, start: Callable[[int], "Guest"]) -> list["Guest"]:
+    """``start(0)``, ``start(1)``, ...: the guests started so far are closed
+    if a later one fails to start."""
+    guests: list[Guest] = []
+    try:
+        for i in range(count):
+            guests.append(start(i))
+    except BaseException:
+        for g in guests:
+            g.close()
+        raise
+    return guests

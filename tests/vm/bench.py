@@ -53,12 +53,15 @@ BASELINE = "baseline (bridge+tap, no vmnet-rs)"
 DIRECT_ADDRS = ("10.78.0.1/24", "10.78.0.2/24")
 
 
-def pair_rate(guests: list[Guest], gateway: str, seconds: int, **check: object) -> float:
-    """iperf3 between two started guests once both are up; closes both."""
+def pair_rate(guests: list[Guest], gateway: str | None, seconds: int, **check: object) -> float:
+    """iperf3 between two started guests once both are up; closes both.
+    ``gateway`` None: a direct link has none, the second guest (its address
+    known once it is up) stands in for it."""
     try:
         for g in guests:
             g.wait_ready()
-        return check_pair(guests[0], guests[1], gateway, iperf_seconds=seconds, **check)
+        a, b = guests
+        return check_pair(a, b, gateway if gateway is not None else b.ip or "", iperf_seconds=seconds, **check)
     finally:
         for g in guests:
             g.close()
@@ -120,8 +123,7 @@ def direct_guests(ns: NetNs, kind: str, workdir: Path) -> list[Guest]:
 def measure_direct(kind: str, seconds: int, workdir: Path) -> float:
     with NetNs(prefix="vmbench") as ns:
         guests = direct_guests(ns, kind, workdir)
-        # No gateway on a direct link: the peer stands in for it.
-        return pair_rate(guests, guests[1].ip or "", seconds, routers=(None,))
+        return pair_rate(guests, None, seconds, routers=(None,))
 
 
 def measure(label: str, seconds: int, workdir: Path) -> float:

@@ -148,7 +148,7 @@ fn network_leases<'py>(py: Python<'py>, name: &str, state_dir: PathBuf) -> PyRes
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = state_dir;
+        let _ = (py, state_dir);
         Err(errors::NetworkError::new_err(format!("leases of network {name:?}: only the Linux backend keeps a lease file; ask the broker")))
     }
 }

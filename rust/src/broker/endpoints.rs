@@ -1075,6 +1075,20 @@ mod tests {
         framing::read_frame(s).unwrap()
     }
 
+    /// One counter of one direction (`vm_to_host`, `host_to_vm`), summed over
+    /// the endpoint ports of `network` in the broker's status.
+    fn port_counter_sum(b: &Broker, network: &str, direction: &str, counter: &str) -> i64 {
+        let st = b.core().status();
+        let ports = st.get_dict("endpoints").unwrap().get_dict(network).unwrap().get_dict("ports").unwrap();
+        ports
+            .iter()
+            .map(|(_, p)| match p {
+                crate::xpc::Value::Dict(d) => d.get_dict(direction).unwrap().get_int(counter).unwrap(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     fn endpoint_ports(b: &Broker, network: &str) -> Vec<(u64, Option<EndpointKind>)> {
         let st = b.core().lock_state();
         st.leases.values().filter(|l| l.network == network).map(|l| (l.id, l.via)).collect()
@@ -1163,17 +1177,7 @@ mod tests {
             assert_eq!(&buf[..n], &f[..], "a {len}-byte frame, and no VFKT before it");
         }
         // No VFKT reached the network: the hub forwarded only the frames.
-        let vm_to_host = |counter: &str| -> i64 {
-            let st = b.core().status();
-            let ports = st.get_dict("endpoints").unwrap().get_dict("shared").unwrap().get_dict("ports").unwrap();
-            ports
-                .iter()
-                .map(|(_, p)| match p {
-                    crate::xpc::Value::Dict(d) => d.get_dict("vm_to_host").unwrap().get_int(counter).unwrap(),
-                    _ => 0,
-                })
-                .sum()
-        };
+        let vm_to_host = |counter: &str| port_counter_sum(&b, "shared", "vm_to_host", counter);
         // The counter moves just after the hub took the frame.
         wait_for("three frames counted", || vm_to_host("packets") == 3);
         // A VFKT passed on would be a 4-byte frame, refused and counted.
@@ -1207,17 +1211,7 @@ mod tests {
         a.send(VFKIT_MAGIC).unwrap();
         c.send(VFKIT_MAGIC).unwrap();
         wait_for("two datagram ports", || endpoint_ports(&b, "shared").len() == 2);
-        let host_to_vm = |counter: &str| -> i64 {
-            let st = b.core().status();
-            let ports = st.get_dict("endpoints").unwrap().get_dict("shared").unwrap().get_dict("ports").unwrap();
-            ports
-                .iter()
-                .map(|(_, p)| match p {
-                    crate::xpc::Value::Dict(d) => d.get_dict("host_to_vm").unwrap().get_int(counter).unwrap(),
-                    _ => 0,
-                })
-                .sum()
-        };
+        let host_to_vm = |counter: &str| port_counter_sum(&b, "shared", "host_to_vm", counter);
         // Far more than a client's queue (net.unix.max_dgram_qlen, 10 by
         // default), sent while c reads nothing.
         const BURST: i64 = 100;

@@ -42,12 +42,15 @@ import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from . import __version__, drivers
 from .errors import VmnetError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
 ENTITLEMENT = "com.apple.security.virtualization"
@@ -196,19 +199,17 @@ def _file_hash(path: Path) -> str:
         return "missing"
 
 
-def _endpoints(settings: Dict[str, Any], networks: Dict[str, Dict[str, Any]], default_dir: Path) -> List[Tuple[str, str, Path]]:
-    """(network, kind, socket path) for every endpoint the configuration
-    turns on (network key ``endpoints``, default both kinds; broker key
-    ``endpointDir``), in name order."""
-    directory = Path(settings.get("endpointDir") or default_dir)
-    out = []
-    for name in sorted(networks):
-        kinds = networks[name].get("endpoints", list(ENDPOINT_KINDS))
-        paths = drivers.endpoint_paths(str(directory), name)
-        for kind in ENDPOINT_KINDS:
-            if kind in kinds:
-                out.append((name, ENDPOINT_KINDS[kind], Path(paths[kind])))
-    return out
+def _endpoints(cfg: "Config", socket: str, macos: bool, home: Path) -> List[Tuple[str, str, Path]]:
+    """(network, activation suffix, socket path) for every endpoint the
+    configuration turns on, as the broker would serve them
+    (:func:`vmnet_rs.endpoints.endpoint_paths`)."""
+    from .endpoints import endpoint_paths
+
+    return [
+        (name, ENDPOINT_KINDS[kind], Path(path))
+        for name, kinds in endpoint_paths(cfg, socket, macos=macos, home=home).items()
+        for kind, path in kinds.items()
+    ]
 
 
 # --- macOS ---------------------------------------------------------------------------
@@ -224,11 +225,6 @@ def _plist_path(home: Path, label: str) -> Path:
 
 def _log_dir(home: Path) -> Path:
     return home / "Library" / "Logs" / "vmnet-rs"
-
-
-def macos_endpoint_dir(home: Path) -> Path:
-    """The default endpoint directory on macOS (a per-user folder)."""
-    return _support_dir(home) / "endpoints"
 
 
 def macos_plist(label: str, exe: Path, home: Path, config: Optional[str], python: str, endpoints: Sequence[Tuple[str, str, Path]] = ()) -> bytes:
@@ -519,14 +515,6 @@ def linux_uninstall_plan(unit_dir: Path = SYSTEMD_DIR) -> Plan:
 # --- commands ------------------------------------------------------------------------
 
 
-def _load_config(config: Optional[str]) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
-    """Broker settings and networks from the config file (or defaults)."""
-    from .config import load_config
-
-    cfg = load_config(config)
-    return dict(cfg.broker.to_dict()), {name: dict(net.to_dict()) for name, net in cfg.networks.items()}
-
-
 def install_plan(
     platform: str,
     config: Optional[str],
@@ -538,26 +526,29 @@ def install_plan(
 ) -> Plan:
     if config is not None:
         config = os.path.abspath(config)
-    settings, networks = _load_config(config)
+    from .config import load_config
+
+    cfg = load_config(config)
     exe = broker_executable()
     if not dry_run:
         _require_broker_executable(exe)
+    home = Path.home()
     if platform == "macos":
-        label = mach_service or settings.get("machService") or DEFAULT_MACH_SERVICE
-        home = Path.home()
-        endpoints = _endpoints(settings, networks, macos_endpoint_dir(home))
+        label = mach_service or cfg.broker.mach_service or DEFAULT_MACH_SERVICE
+        endpoints = _endpoints(cfg, cfg.broker.socket, macos=True, home=home)
         return macos_install_plan(label, home, os.getuid(), config, force, exe=exe, endpoints=endpoints, domain=domain)
     from .broker import socket_path
 
-    sock = socket or os.environ.get("VMNET_RS_SOCKET") or settings.get("socket") or socket_path(None)
-    endpoints = _endpoints(settings, networks, Path(sock).parent)
+    sock = socket or os.environ.get("VMNET_RS_SOCKET") or cfg.broker.socket or socket_path(None)
+    endpoints = _endpoints(cfg, sock, macos=False, home=home)
     return linux_install_plan(sock, config, force=force, exe=exe, endpoints=endpoints)
 
 
 def uninstall_plan(platform: str, mach_service: Optional[str], config: Optional[str] = None, domain: str = "gui") -> Plan:
     if platform == "macos":
-        settings, _ = _load_config(config)
-        label = mach_service or settings.get("machService") or DEFAULT_MACH_SERVICE
+        from .config import load_config
+
+        label = mach_service or load_config(config).broker.mach_service or DEFAULT_MACH_SERVICE
         return macos_uninstall_plan(label, Path.home(), os.getuid(), domain)
     return linux_uninstall_plan()
 

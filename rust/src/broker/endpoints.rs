@@ -1159,15 +1159,22 @@ mod tests {
         s
     }
 
+    /// Two datagram clients `a` and `c` on `shared`, each announced with
+    /// vfkit's magic first, once both have their port; and the endpoint path.
+    fn two_vfkit_clients(b: &Broker, dir: &Path) -> (PathBuf, UnixDatagram, UnixDatagram) {
+        let path = endpoint_path(dir, "shared", EndpointKind::Datagram);
+        let a = dgram_client(dir, "a", &path);
+        let c = dgram_client(dir, "c", &path);
+        a.send(VFKIT_MAGIC).unwrap();
+        c.send(VFKIT_MAGIC).unwrap();
+        wait_for("two datagram ports", || endpoint_ports(b, "shared").len() == 2);
+        (path, a, c)
+    }
+
     #[test]
     fn datagram_clients_get_their_own_ports_and_vfkt_is_swallowed() {
         let (b, dir) = start("dgram", uid());
-        let path = endpoint_path(&dir, "shared", EndpointKind::Datagram);
-        let a = dgram_client(&dir, "a", &path);
-        let c = dgram_client(&dir, "c", &path);
-        a.send(VFKIT_MAGIC).unwrap();
-        c.send(VFKIT_MAGIC).unwrap();
-        wait_for("two datagram ports", || endpoint_ports(&b, "shared").len() == 2);
+        let (path, a, c) = two_vfkit_clients(&b, &dir);
         assert!(endpoint_ports(&b, "shared").iter().all(|(_, via)| *via == Some(EndpointKind::Datagram)));
         for len in [14usize, 60, 1514] {
             let f = frame(len as u8, len);
@@ -1205,12 +1212,7 @@ mod tests {
     #[test]
     fn a_burst_past_the_client_queue_is_delivered_or_counted() {
         let (b, dir) = start("burst", uid());
-        let path = endpoint_path(&dir, "shared", EndpointKind::Datagram);
-        let a = dgram_client(&dir, "a", &path);
-        let c = dgram_client(&dir, "c", &path);
-        a.send(VFKIT_MAGIC).unwrap();
-        c.send(VFKIT_MAGIC).unwrap();
-        wait_for("two datagram ports", || endpoint_ports(&b, "shared").len() == 2);
+        let (_path, a, c) = two_vfkit_clients(&b, &dir);
         let host_to_vm = |counter: &str| port_counter_sum(&b, "shared", "host_to_vm", counter);
         // Far more than a client's queue (net.unix.max_dgram_qlen, 10 by
         // default), sent while c reads nothing.

@@ -1,7 +1,8 @@
 """Broker requests as another user, for policy tests run as root.
 
-``python as_user.py UID SOCKET`` drops to UID (and its primary group, the
-same number), then reads one JSON command per line from stdin and answers
+``python as_user.py UID SOCKET [GID,...]`` drops to UID (and its primary
+group, the same number, plus the supplementary groups given, as a login
+after ``usermod -aG`` would), then reads one JSON command per line from stdin and answers
 each with one JSON line on stdout:
 
 - ``{"conn": K, "request": {...}}`` sends the request on connection K
@@ -10,6 +11,9 @@ each with one JSON line on stdout:
   by ``true``; the fds stay open (a VM holding its port) until K closes.
 - ``{"conn": K, "endpoint": PATH}`` connects a stream socket to a network's
   endpoint (docs/endpoints.md) and keeps it open as connection K.
+- ``{"conn": K, "dgram": PATH, "bind": ADDR}`` binds a datagram socket to
+  ADDR, connects it to a network's datagram endpoint, announces it with
+  ``VFKT`` (vfkit's greeting) and keeps it open as connection K.
 - ``{"conn": K, "close": true}`` closes connection K and the fds it got.
 """
 
@@ -27,7 +31,7 @@ def main() -> None:
     from vmnet_rs.broker import Client
 
     uid, socket = int(sys.argv[1]), sys.argv[2]
-    os.setgroups([])
+    os.setgroups([int(g) for g in sys.argv[3].split(",")] if len(sys.argv) > 3 else [])
     os.setgid(uid)
     os.setuid(uid)
 
@@ -48,6 +52,14 @@ def main() -> None:
             s = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_STREAM)
             s.connect(cmd["endpoint"])
             fds.setdefault(k, []).append(s.detach())
+            print(json.dumps({"connected": k}), flush=True)
+            continue
+        if "dgram" in cmd:
+            d = socketmod.socket(socketmod.AF_UNIX, socketmod.SOCK_DGRAM)
+            d.bind(cmd["bind"])
+            d.connect(cmd["dgram"])
+            d.send(b"VFKT")
+            fds.setdefault(k, []).append(d.detach())
             print(json.dumps({"connected": k}), flush=True)
             continue
         if k not in conns:

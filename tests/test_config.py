@@ -560,6 +560,55 @@ def test_access_keys_and_who_may_use_each_network(tmp_path: Path) -> None:
     path.write_text(text)
     out = CliRunner().invoke(cli, ["networks", "--config", str(path)])
     assert out.exit_code == 0, out.output
-    assert "  lab: users [alice, 1000], groups [] (its own allowedUsers/allowedGroups)" in out.output
+    assert "  lab: users [alice, 1000], groups [] (its own allowedUsers/allowedGroups; an unnamed one is empty)" in out.output
     assert "  host, shared: users [root], groups [vmnet-rs] (the broker's)" in out.output
     assert "clientNetworks: restricted, and hold at most 8 ports each (maxPortsPerUser)" in out.output
+    assert "warning" not in out.output, "both lists named: nothing changed meaning"
+
+
+def test_one_named_list_fails_closed_and_networks_warns(tmp_path: Path) -> None:
+    """A network naming only allowedUsers (or only allowedGroups) has the
+    other list empty, not the broker's; `networks` shows it and warns that
+    the file's meaning changed; `networks check` warns on stderr."""
+    from click.testing import CliRunner
+
+    from vmnet_rs.cli import cli
+
+    path = tmp_path / "networks.yaml"
+    path.write_text(textwrap.dedent("""\
+        broker:
+          allowedUsers: [root, carol]
+          allowedGroups: [vmnet-rs]
+        vmnet:
+          alices:
+            mode: host
+            subnet: 10.9.0.0/24
+            allowedUsers: [alice]
+          labs:
+            mode: host
+            subnet: 10.9.1.0/24
+            allowedGroups: [lab]
+          both:
+            mode: host
+            subnet: 10.9.2.0/24
+            allowedUsers: [alice]
+            allowedGroups: []
+        """))
+    out = CliRunner().invoke(cli, ["networks", "--config", str(path)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "  alices: users [alice], groups [] (its own allowedUsers/allowedGroups; an unnamed one is empty)" in lines
+    assert "  labs: users [], groups [lab] (its own allowedUsers/allowedGroups; an unnamed one is empty)" in lines
+    assert "  host, shared: users [root, carol], groups [vmnet-rs] (the broker's)" in lines
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert warnings == [
+        "warning: network alices names only allowedUsers, so its allowedGroups is empty: the broker's allowedGroups [vmnet-rs] "
+        "no longer applies to it (an unset list used to fall back to the broker's; see the changelog); "
+        "to keep them, add allowedGroups: [vmnet-rs] to network alices",
+        "warning: network labs names only allowedGroups, so its allowedUsers is empty: the broker's allowedUsers [root, carol] "
+        "no longer applies to it (an unset list used to fall back to the broker's; see the changelog); "
+        "to keep them, add allowedUsers: [root, carol] to network labs",
+    ]
+    check = CliRunner().invoke(cli, ["networks", "check", str(path)])
+    assert check.exit_code == 0, check.output
+    assert [line.split(": ", 1)[1] for line in check.stderr.splitlines()] == warnings

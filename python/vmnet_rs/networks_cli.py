@@ -46,6 +46,8 @@ def networks(ctx: click.Context, config_path: Optional[Path], as_json: bool) -> 
     cfg = load_config(config_path)
     if as_json:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
+        for warning in changed_meaning(cfg):
+            click.echo(warning, err=True)
         return
     click.echo(format_table(cfg))
 
@@ -68,6 +70,8 @@ def check(files: Tuple[Path, ...]) -> None:
             continue
         names = ", ".join(sorted(cfg.networks))
         click.echo(f"{path}: ok: {len(cfg.networks)} networks ({names})")
+        for warning in changed_meaning(cfg):
+            click.echo(f"{path}: {warning}", err=True)
     if failed:
         raise click.exceptions.Exit(EXIT_INVALID)
 
@@ -160,9 +164,44 @@ def format_table(cfg: Config, platform: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def network_access(net: NetworkConfig, cfg: Config) -> Tuple[Sequence[str], Sequence[str]]:
+    """(users, groups) besides root and the broker's own user who may use
+    ``net``: a network that names either ``allowedUsers`` or ``allowedGroups``
+    has only its own lists, the unnamed one empty (fail closed); one that names
+    neither has the broker's (docs/config.md). As the broker's
+    ``policy::network_access``."""
+    if net.allowed_users is None and net.allowed_groups is None:
+        return cfg.broker.allowed_users, cfg.broker.allowed_groups
+    return net.allowed_users or (), net.allowed_groups or ()
+
+
+def changed_meaning(cfg: Config) -> List[str]:
+    """A warning for each network whose access changed when one named list
+    stopped falling back to the broker's other one (CHANGELOG.md): the network
+    names one list, leaves the other unset, and the broker's other list is not
+    empty, so those it let in before no longer pass."""
+    b = cfg.broker
+    out = []
+    for name in sorted(cfg.networks):
+        net = cfg.networks[name]
+        if net.allowed_users is not None and net.allowed_groups is None and b.allowed_groups:
+            named, key, lost = "allowedUsers", "allowedGroups", b.allowed_groups
+        elif net.allowed_groups is not None and net.allowed_users is None and b.allowed_users:
+            named, key, lost = "allowedGroups", "allowedUsers", b.allowed_users
+        else:
+            continue
+        out.append(
+            f"warning: network {name} names only {named}, so its {key} is empty: the broker's "
+            f"{key} [{', '.join(lost)}] no longer applies to it (an unset list used to fall back "
+            f"to the broker's; see the changelog); to keep them, add {key}: [{', '.join(lost)}] to network {name}"
+        )
+    return out
+
+
 def access_lines(cfg: Config) -> List[str]:
     """Who may use each network (docs/security.md): networks with the broker's
-    lists on one line, each network with its own lists on its own."""
+    lists on one line, each network with its own lists on its own, then a
+    warning for each network whose meaning changed (:func:`changed_meaning`)."""
     b = cfg.broker
     out = [f"access: root and the broker's own user use and define every network; others use these, "
            f"define their own per clientNetworks: {b.client_networks}, and hold at most "
@@ -175,10 +214,9 @@ def access_lines(cfg: Config) -> List[str]:
     if shared:
         out.append(f"  {', '.join(shared)}: {lists(b.allowed_users, b.allowed_groups)} (the broker's)")
     for name in sorted(set(cfg.networks) - set(shared)):
-        net = cfg.networks[name]
-        users = net.allowed_users if net.allowed_users is not None else b.allowed_users
-        groups = net.allowed_groups if net.allowed_groups is not None else b.allowed_groups
-        out.append(f"  {name}: {lists(users, groups)} (its own allowedUsers/allowedGroups)")
+        users, groups = network_access(cfg.networks[name], cfg)
+        out.append(f"  {name}: {lists(users, groups)} (its own allowedUsers/allowedGroups; an unnamed one is empty)")
+    out += changed_meaning(cfg)
     return out
 
 

@@ -142,12 +142,12 @@ pub struct NetworkConfig {
     /// between two configurations of one network.
     #[serde(default = "EndpointKind::all")]
     pub endpoints: Vec<EndpointKind>,
-    /// Users who may use this network (names or numeric uids); `None`: the
-    /// broker's `allowedUsers`. Narrows the broker's list, never widens it.
+    /// Users who may use this network (names or numeric uids). Naming this
+    /// or `allowed_groups` replaces both of the broker's lists (the unnamed
+    /// one is empty); naming neither: the broker's (`policy::network_access`).
     #[serde(default)]
     pub allowed_users: Option<Vec<String>>,
-    /// Groups whose members may use this network; `None`: the broker's
-    /// `allowedGroups`.
+    /// Groups whose members may use this network; as `allowed_users`.
     #[serde(default)]
     pub allowed_groups: Option<Vec<String>>,
 }

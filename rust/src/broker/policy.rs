@@ -9,8 +9,11 @@
 //!
 //! - The broker's *owner* (root, or the user the broker runs as) may use and
 //!   define any network, as before these rules existed.
-//! - Anyone else may use a network only if its `allowedUsers` /
-//!   `allowedGroups` (each defaulting to the broker's) list them.
+//! - Anyone else may use a network only if its access lists
+//!   ([`network_access`]) list them: a network that names either
+//!   `allowedUsers` or `allowedGroups` takes neither from the broker (the one
+//!   it leaves unset is empty: fail closed); one that names neither takes
+//!   both of the broker's.
 //! - Anyone else may use a configured network, and a live one when
 //!   `clientNetworks` is not `none`; the configuration's definition wins
 //!   over theirs.
@@ -170,9 +173,20 @@ pub fn decide(facts: &Facts<'_>, caller: &Caller, network: &str, client: Option<
     }
 }
 
+/// Who besides the broker's owner may use a network: (users, groups). A
+/// network that names either of `allowedUsers` / `allowedGroups` has only
+/// its own lists, an unnamed one empty (whoever writes one list means "only
+/// these"); a network that names neither has the broker's (docs/config.md).
+pub fn network_access<'a>(config: &'a NetworkConfig, settings: &'a BrokerSettings) -> (&'a [String], &'a [String]) {
+    if config.has_own_access() {
+        (config.allowed_users.as_deref().unwrap_or(&[]), config.allowed_groups.as_deref().unwrap_or(&[]))
+    } else {
+        (&settings.allowed_users, &settings.allowed_groups)
+    }
+}
+
 fn check_network_access(facts: &Facts<'_>, caller: &Caller, network: &str, config: &NetworkConfig) -> Result<(), Refusal> {
-    let users = config.allowed_users.as_ref().unwrap_or(&facts.settings.allowed_users);
-    let groups = config.allowed_groups.as_ref().unwrap_or(&facts.settings.allowed_groups);
+    let (users, groups) = network_access(config, facts.settings);
     if facts.accounts.is_listed(users, groups, caller.uid, caller.gid) {
         return Ok(());
     }
@@ -410,7 +424,7 @@ mod tests {
         assert_eq!(r.failure.code, code::NOT_ALLOWED);
         assert_eq!(
             r.failure.message,
-            "user bob (uid 1001) may not use network lab: it allows users [root], groups [lab]; an administrator can add the user to its allowedUsers or allowedGroups in /etc/vmnet-rs/networks.yaml"
+            "user bob (uid 1001) may not use network lab: it allows users [], groups [lab]; an administrator can add the user to its allowedUsers or allowedGroups in /etc/vmnet-rs/networks.yaml"
         );
         assert_eq!(w.decide(ROOT, "lab", None), Ok(Verdict::Define));
         // A live network's own list applies too.
@@ -418,6 +432,28 @@ mod tests {
         w.live.insert("alices".into(), NetworkConfig { allowed_users: Some(vec!["alice".into()]), allowed_groups: Some(vec![]), ..mine("10.80.0.1/24") });
         assert!(w.decide(BOB, "alices", None).is_err());
         assert_eq!(w.decide(ALICE, "alices", None), Ok(Verdict::Use));
+    }
+
+    #[test]
+    fn one_named_list_leaves_the_other_empty() {
+        // Bob is in the broker's group `users`; a network naming only
+        // allowedUsers (or only allowedGroups) must not let him in through it.
+        let mut w = World::linux(ClientNetworks::Any);
+        w.file.networks.insert("onlyalice".into(), NetworkConfig { allowed_users: Some(vec!["alice".into()]), ..mine("10.81.0.1/24") });
+        w.file.networks.insert("onlylab".into(), NetworkConfig { allowed_groups: Some(vec!["lab".into()]), ..mine("10.82.0.1/24") });
+        w.file.networks.insert("brokers".into(), mine("10.83.0.1/24"));
+        let r = w.decide(BOB, "onlyalice", None).unwrap_err();
+        assert_eq!(r.failure.code, code::NOT_ALLOWED);
+        assert!(r.failure.message.contains("it allows users [alice], groups []"), "{r:?}");
+        assert_eq!(w.decide(ALICE, "onlyalice", None), Ok(Verdict::Use));
+        let r = w.decide(BOB, "onlylab", None).unwrap_err();
+        assert!(r.failure.message.contains("it allows users [], groups [lab]"), "{r:?}");
+        assert_eq!(w.decide(ALICE, "onlylab", None), Ok(Verdict::Use), "alice is in lab");
+        // Naming neither keeps the broker's lists.
+        assert_eq!(w.decide(BOB, "brokers", None), Ok(Verdict::Use));
+        let (users, groups) = network_access(&w.file.networks["onlyalice"], &w.file.broker);
+        assert_eq!((users, groups), (&["alice".to_string()][..], &[][..]));
+        assert_eq!(network_access(&w.file.networks["brokers"], &w.file.broker), (&["root".to_string()][..], &["users".to_string()][..]));
     }
 
     #[test]

@@ -486,10 +486,9 @@ impl Core {
             if let Some(c) = config {
                 d.insert("mode", Value::String(if c.mode == crate::config::Mode::Shared { "shared" } else { "host" }.into()));
                 d.insert("config", Value::Data(netconfig::to_json(c)));
-                // Who may use it besides the broker's owner: its own lists, else the broker's.
-                let s = &self.options.settings;
-                let users = c.allowed_users.as_ref().unwrap_or(&s.allowed_users);
-                let groups = c.allowed_groups.as_ref().unwrap_or(&s.allowed_groups);
+                // Who may use it besides the broker's owner: its own lists
+                // (an unnamed one empty), else the broker's.
+                let (users, groups) = super::policy::network_access(c, &self.options.settings);
                 // Comma-separated (names never hold commas): the protocol has no lists.
                 d.insert("allowed_users", Value::String(users.join(",")));
                 d.insert("allowed_groups", Value::String(groups.join(",")));

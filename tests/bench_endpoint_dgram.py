@@ -69,7 +69,7 @@ def send(directory: str, endpoint: str, seconds: float, size: int, out) -> None:
 
 
 def drops(sock: Path, direction: str) -> int:
-    with Client(str(sock)) as c:
+    with Client(str(sock), timeout=20) as c:
         ports = c.status()["endpoints"]["shared"]["ports"]
     return sum(p[direction]["drops"] for p in ports.values())
 
@@ -86,7 +86,7 @@ def round_(tmp: Path, seconds: float, size: int) -> dict:
         rx = ctx.Process(target=receive, args=(str(tmp), str(endpoint), ready, stop, got))
         rx.start()
         ready.wait(10)
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             wait_until("the receiver's port", lambda: len(c.status()["endpoints"]["shared"].get("ports", {})) == 1)
         sent_q = ctx.Queue()
         tx = ctx.Process(target=send, args=(str(tmp), str(endpoint), seconds, size, sent_q))

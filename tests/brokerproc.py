@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -32,6 +33,23 @@ def wait_until(what: str, predicate, timeout: float = 30.0, interval: float = 0.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def readline_within(proc: subprocess.Popen, timeout: float, stream=None):
+    """One line of ``proc``'s stdout (or ``stream``, one of its pipes) within
+    ``timeout`` seconds; past it, kills ``proc`` and raises AssertionError
+    naming it. Every read of a child's pipe goes through here, so a child
+    that stops talking fails the test instead of hanging it."""
+    stream = proc.stdout if stream is None else stream
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        proc.kill()
+        reader.join(30)
+        raise AssertionError(f"no line from {proc.args!r} within {timeout}s")
+    return got[0]
 
 
 def wait_serving(proc: subprocess.Popen, socket: Path, name: str, log_text, timeout: float) -> None:
@@ -71,7 +89,7 @@ def kill_client_mid_request(socket: Path, network: str, fd_types: Sequence[str],
     script.write_text(
         "import sys\n"
         "from vmnet_rs import Client\n"
-        "c = Client(sys.argv[1])\n"
+        "c = Client(sys.argv[1], timeout=20)\n"
         f"nics = [c.open({network!r}, k) for k in {list(fd_types)!r}]\n"
         "print('ready', flush=True)\n"
         "while True:\n"
@@ -81,9 +99,9 @@ def kill_client_mid_request(socket: Path, network: str, fd_types: Sequence[str],
     victim = subprocess.Popen([sys.executable, str(script), str(socket)], stdout=subprocess.PIPE, text=True)
     try:
         assert victim.stdout is not None
-        assert victim.stdout.readline().strip() == "ready"
+        assert readline_within(victim, 60).strip() == "ready"
         for _ in range(3):
-            assert victim.stdout.readline().strip() == "more"
+            assert readline_within(victim, 60).strip() == "more"
     finally:
         victim.kill()
         victim.wait(timeout=30)

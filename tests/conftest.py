@@ -15,7 +15,15 @@ from netns import NetNs  # noqa: E402
 os.environ["VMNET_RS_DNS_RESOLV_FILE"] = ""
 
 
+# The per-test ceiling of a slow test (QEMU TCG guests, benchmarks) that
+# names none of its own; every other test has pyproject's `timeout`.
+SLOW_TIMEOUT = 900
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root (network namespaces); CI runs as root")

@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import pytest
@@ -183,10 +182,9 @@ def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
     try:
         assert a.info["max_frame_bytes"] == MAX_FRAME and a.info["mtu"] == 1500
         # The defaults asked for (1 MiB send, 4 MiB receive), doubled by Linux;
-        # capped at net.core.{w,r}mem_max first when they cannot be forced.
-        for key, asked, cap in (("send_buffer_bytes", 1 << 20, "wmem_max"), ("recv_buffer_bytes", 4 << 20, "rmem_max")):
-            limit = int(Path(f"/proc/sys/net/core/{cap}").read_text())
-            assert a.info[key] in (2 * asked, 2 * min(asked, limit)), (key, a.info[key])
+        # root forces them past net.core.{w,r}mem_max (SO_*BUFFORCE).
+        for key, asked in (("send_buffer_bytes", 1 << 20), ("recv_buffer_bytes", 4 << 20)):
+            assert a.info[key] == 2 * asked, (key, a.info[key])
         burst = 3 * BATCH + 17
         for src, dst, dst_ad, label in ((va, vb, b, "a->b"), (vb, va, a, "b->a")):
             frames = [frame(i, dst.mac, src.mac, s) for i, s in enumerate(sizes(burst))]
@@ -196,6 +194,9 @@ def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
             sender.join()
             drops = dst_ad.stats()["host_to_vm"]["drops"]
             check_in_order(got, frames, drops)
+            # A relay that dropped everything (and counted it) fails here:
+            # the burst fits the buffers many times over.
+            assert len(got) >= len(frames) // 2, f"{label}: only {len(got)} of {len(frames)} delivered"
             if kind == "stream":
                 assert drops == 0, label
         sa, sb = a.stats(), b.stats()

@@ -44,7 +44,9 @@ def test_quick_bench_produces_the_documented_json(tmp_path):
     for c in result["cases"]:
         for key in ("frames_per_s", "gbit_per_s", "sent", "received", "loss", "cpu_s", "relay_cpu_s", "generator_cpu_s", "sink_cpu_s"):
             assert key in c, key
-        assert c["received"] <= c["sent"]
+        # Every case really moved frames: a path that delivers nothing fails.
+        assert 0 < c["received"] <= c["sent"], c
+        assert c["frames_per_s"] > 0, c
     for kind in KINDS:
         ratios = result["kinds"][kind]["ratios"]
         assert set(ratios["vs_per_frame"]) == {"64", "1514"}
@@ -52,7 +54,9 @@ def test_quick_bench_produces_the_documented_json(tmp_path):
         assert "scaling_4_vs_1" in ratios
         assert set(result["kinds"][kind]["frames_per_s"]) == {"64", "1514"}
     ip = result["iperf3"]
-    assert "skipped" in ip or all("gbit_per_s" in ip[k] for k in ["veth", *KINDS])
+    # scripts/install-deps installs iperf3: the TCP comparison runs.
+    assert "skipped" not in ip, ip
+    assert all(ip[k]["gbit_per_s"] > 0 for k in ["veth", *KINDS]), ip
     assert result["png"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"vmnet-rs bench: chart written to {png}" in r.stderr
 

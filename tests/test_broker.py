@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from brokerproc import BrokerProcess, allow_me, broker_config, config_file, kill_client_mid_request, wait_until
+from brokerproc import BrokerProcess, allow_me, broker_config, config_file, kill_client_mid_request, readline_within, wait_until
 from vmnet_rs import Broker, BrokerUnavailableError, Client, framing
 from vmnet_rs import broker as broker_mod
 from vmnet_rs.broker import RequestError
@@ -93,7 +93,7 @@ def encode(d: dict) -> bytes:
 
 
 def test_ping_version_and_raw_encoding_agree(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         assert c.ping()
         v = c.version()
         assert v["protocol"] == 1 and v["platform"] == "linux"
@@ -103,7 +103,7 @@ def test_ping_version_and_raw_encoding_agree(hub: BrokerProcess) -> None:
 
 
 def test_documented_errors_and_the_broker_keeps_serving(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         cases = [
             ({"command": "acquire", "network_name": "nope"}, broker_mod.NOT_FOUND, 'unknown network "nope"'),
             ({"command": "open", "network": "shared", "fd_type": "pigeon"}, broker_mod.INVALID_REQUEST, 'unknown fd_type "pigeon"'),
@@ -143,7 +143,7 @@ def test_documented_errors_and_the_broker_keeps_serving(hub: BrokerProcess) -> N
 
 
 def test_python_client_raises_typed_errors(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         with pytest.raises(RequestError) as e:
             c.acquire("nope")
         assert e.value.code == broker_mod.NOT_FOUND
@@ -153,7 +153,7 @@ def test_python_client_raises_typed_errors(hub: BrokerProcess) -> None:
 
 
 def test_config_mismatch_names_both_sides(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as a, Client(str(hub.socket)) as b:
+    with Client(str(hub.socket), timeout=20) as a, Client(str(hub.socket), timeout=20) as b:
         a.acquire("shared")
         with pytest.raises(RequestError) as e:
             b.acquire("shared", config={"mode": "shared", "mtu": 9000})
@@ -171,10 +171,10 @@ def test_config_mismatch_names_both_sides(hub: BrokerProcess) -> None:
 
 
 def test_leases_follow_the_connection(hub: BrokerProcess) -> None:
-    c = Client(str(hub.socket))
+    c = Client(str(hub.socket), timeout=20)
     c.acquire("shared")
     c.acquire("host")
-    with Client(str(hub.socket)) as watcher:
+    with Client(str(hub.socket), timeout=20) as watcher:
         leases = watcher.status()["leases"]
         assert sorted(lease["network"] for lease in leases.values()) == ["host", "shared"]
         assert c.release("host") == 1
@@ -187,14 +187,14 @@ def test_leases_follow_the_connection(hub: BrokerProcess) -> None:
 
 
 def test_client_killed_mid_request_leaks_nothing(hub: BrokerProcess, tmp_path: Path) -> None:
-    with Client(str(hub.socket)) as watcher:
+    with Client(str(hub.socket), timeout=20) as watcher:
         watcher.acquire("shared")  # keeps the network (and its fds) in place
         baseline = settled_fds(hub)
         script = tmp_path / "victim.py"
         script.write_text(
             "import sys\n"
             "from vmnet_rs import Client\n"
-            "c = Client(sys.argv[1])\n"
+            "c = Client(sys.argv[1], timeout=20)\n"
             "for _ in range(5):\n"
             "    c.acquire('shared')\n"
             "print('ready', flush=True)\n"
@@ -203,7 +203,7 @@ def test_client_killed_mid_request_leaks_nothing(hub: BrokerProcess, tmp_path: P
         )
         for _ in range(3):
             victim = subprocess.Popen([sys.executable, str(script), str(hub.socket)], stdout=subprocess.PIPE, text=True)
-            assert victim.stdout.readline().strip() == "ready"
+            assert readline_within(victim, 60).strip() == "ready"
             wait_until("the victim's leases", lambda: len(watcher.status()["leases"]) == 6)
             victim.kill()  # somewhere inside a status request
             victim.wait(timeout=30)
@@ -217,7 +217,7 @@ def test_refused_user_gets_not_allowed_and_the_broker_keeps_serving(sock: Path, 
     assert str(os.getuid()) != "4242424"
     with BrokerProcess(sock, ["--backend", "hub", "--config", str(cfg)]) as b:
         b.wait_ready()
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             with pytest.raises(NotAuthorizedError) as e:
                 c.acquire("shared")
             assert "is not allowed to use the broker" in str(e.value)
@@ -264,15 +264,15 @@ def test_refused_uid_of_another_user(tmp_path: Path) -> None:
         root_only = config_file(tmp_path / "root.yaml", {"allowedUsers": ["root"], "allowedGroups": ["vmnet-rs"]})
         with BrokerProcess(sock, ["--backend", "hub", "--config", str(root_only)], log=tmp_path / "a.log") as b:
             b.wait_ready()
-            out = as_nobody(lambda: Client(str(sock)).acquire("shared"))
+            out = as_nobody(lambda: Client(str(sock), timeout=20).acquire("shared"))
             assert out.startswith("RequestNotAuthorizedError") and "uid 65534" in out, out
-            with Client(str(sock)) as c:
+            with Client(str(sock), timeout=20) as c:
                 assert c.status()["counters"]["refused"] == 1
         listed = config_file(tmp_path / "listed.yaml", {"allowedUsers": ["root", "65534"], "allowedGroups": []})
         with BrokerProcess(sock, ["--backend", "hub", "--config", str(listed)], log=tmp_path / "b.log") as b:
             b.wait_ready()
-            assert as_nobody(lambda: Client(str(sock)).acquire("shared")["network"]) == "shared"
-            out = as_nobody(lambda: Client(str(sock)).shutdown())
+            assert as_nobody(lambda: Client(str(sock), timeout=20).acquire("shared")["network"]) == "shared"
+            out = as_nobody(lambda: Client(str(sock), timeout=20).shutdown())
             assert out.startswith("RequestNotAuthorizedError") and "may not stop the broker" in out, out
             assert b.proc.poll() is None
     finally:
@@ -285,7 +285,7 @@ def test_idle_exit(sock: Path) -> None:
     # Endpoint sockets the broker bound itself would keep it alive (docs/endpoints.md).
     with BrokerProcess(sock, ["--backend", "hub", "--no-endpoints", "--idle-timeout", "1", "--monitor-interval", "0.1"]) as b:
         b.wait_ready()
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             c.acquire("shared")
             # Past the idle timeout by the broker's own clock (not a fixed sleep):
             start = c.status()["uptime_s"]
@@ -298,7 +298,7 @@ def test_idle_exit(sock: Path) -> None:
         assert "broker stopped: idle" in b.log_text()
         assert not sock.exists()
         with pytest.raises(BrokerUnavailableError):
-            Client(str(sock))
+            Client(str(sock), timeout=20)
 
 
 def test_started_by_hand_keeps_running_and_says_so(sock: Path, tmp_path: Path) -> None:
@@ -307,22 +307,22 @@ def test_started_by_hand_keeps_running_and_says_so(sock: Path, tmp_path: Path) -
     cfg = config_file(tmp_path / "broker.yaml", allow_me(idleTimeout=1))
     with BrokerProcess(sock, ["--backend", "hub", "--config", str(cfg), "--monitor-interval", "0.1"]) as b:
         b.wait_ready()
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             c.acquire("shared")
             assert c.status()["exits_when_idle"] is False
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             wait_until("the idle network to be torn down", lambda: not c.status()["networks"])
             assert c.status()["counters"]["networks_released"] == 1
         # Several idle timeouts later it still serves.
         assert b.proc.poll() is None
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             start = c.status()["uptime_s"]
         # Several idle timeouts later by the broker's own clock, each look a new connection.
         def uptime() -> int:
-            with Client(str(sock)) as c:
+            with Client(str(sock), timeout=20) as c:
                 return int(c.status()["uptime_s"])
         wait_until("two idle timeouts to pass", lambda: uptime() >= start + 2)
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             assert c.ping()
         line = next(x for x in b.log_text().splitlines() if x.startswith("vmnet-rs: broker pid "))
         assert line == (
@@ -338,7 +338,7 @@ def test_stopping_under_vms_names_them(sock: Path, sig: int, code: int, reason: 
     its network; Ctrl-C exits 130 (interrupted), SIGTERM (a service manager's stop) 0."""
     with BrokerProcess(sock, ["--backend", "hub", "--monitor-interval", "0.1"]) as b:
         b.wait_ready()
-        c = Client(str(sock))
+        c = Client(str(sock), timeout=20)
         c.acquire("shared", vm_name="web1")
         c.acquire("host")
         lease_ids = sorted(int(k) for k in c.status()["leases"])
@@ -353,7 +353,7 @@ def test_stopping_under_vms_names_them(sock: Path, sig: int, code: int, reason: 
 
 
 def test_shutdown_command(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         c.shutdown()
     assert hub.proc.wait(timeout=60) == 0
     assert "shutdown requested" in hub.log_text()
@@ -392,7 +392,7 @@ def test_socket_activated_restart(sock: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("LISTEN_FDS", "LISTEN_PID", "VMNET_RS_SOCKET")}
     act = subprocess.Popen([sys.executable, str(script), str(sock), str(pids), *cmd], stdout=subprocess.PIPE, stderr=log, env=env)
     try:
-        assert act.stdout.readline().strip() == b"listening"
+        assert readline_within(act, 60).strip() == b"listening"
         seen = []
         for round_ in range(2):
             with Client(str(sock), timeout=60) as c:
@@ -423,7 +423,7 @@ def test_in_process_broker_and_context_managers(sock: Path, tmp_path: Path) -> N
         assert b.running
         with pytest.raises(Exception, match="already running"):
             b.start()
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             assert c.acquire("host")["network"] == "host"
             assert c.status()["backend"] == "hub"
         assert b.wait(0.1) is None
@@ -431,7 +431,7 @@ def test_in_process_broker_and_context_managers(sock: Path, tmp_path: Path) -> N
     assert not sock.exists()
     # Started again after a stop.
     with b:
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             assert c.ping()
 
 
@@ -458,7 +458,7 @@ def test_serve_forever_returns_on_shutdown(sock: Path, tmp_path: Path) -> None:
 
 def test_client_without_broker_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BrokerUnavailableError) as e:
-        Client(str(tmp_path / "none.sock"))
+        Client(str(tmp_path / "none.sock"), timeout=20)
     assert "no broker answers" in str(e.value) and "\n" not in str(e.value)
     monkeypatch.setenv("VMNET_RS_SOCKET", str(tmp_path / "env.sock"))
     assert broker_mod.socket_path(None) == str(tmp_path / "env.sock")
@@ -473,12 +473,12 @@ def test_second_broker_on_a_live_socket_is_refused(hub: BrokerProcess) -> None:
     )
     assert out.returncode == 1
     assert "another broker already listens" in out.stderr
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         assert c.ping()
 
 
 def test_cli_status_shows_the_broker(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         c.acquire("shared")
         out = subprocess.run(
             [sys.executable, "-m", "vmnet_rs", "status", "--socket", str(hub.socket)], capture_output=True, text=True, timeout=60
@@ -532,7 +532,7 @@ def recv_frame(fd: int, fd_type: str, marker: bytes, timeout: float = 30.0) -> b
 
 @pytest.mark.parametrize("fd_type", ["datagram", "datagram_next", "stream"])
 def test_two_clients_frames_meet_through_relays(hub: BrokerProcess, fd_type: str) -> None:
-    with Client(str(hub.socket)) as a, Client(str(hub.socket)) as b:
+    with Client(str(hub.socket), timeout=20) as a, Client(str(hub.socket), timeout=20) as b:
         with a.open("shared", fd_type, mac="52:54:00:00:00:0a") as na, b.open("shared", fd_type) as nb:
             assert na.fd_type == fd_type and na.mac == "52:54:00:00:00:0a" and na.network == "shared"
             assert na.subnet == "192.168.107.1/24" and na.config["mtu"] == 1500 and na.mtu == 1500
@@ -547,7 +547,7 @@ def test_two_clients_frames_meet_through_relays(hub: BrokerProcess, fd_type: str
 
 
 def test_closed_vm_socket_releases_the_lease(hub: BrokerProcess) -> None:
-    with Client(str(hub.socket)) as c:
+    with Client(str(hub.socket), timeout=20) as c:
         nic = c.open("shared", "stream")
         assert len(c.status()["leases"]) == 1
         nic.close()  # the VM's end goes: the relay ends, the lease with it
@@ -555,7 +555,7 @@ def test_closed_vm_socket_releases_the_lease(hub: BrokerProcess) -> None:
 
 
 def test_lima_fd_outlives_the_session_until_the_vm_closes(hub: BrokerProcess) -> None:
-    c = Client(str(hub.socket))
+    c = Client(str(hub.socket), timeout=20)
     # stream: a closed VM end is seen at once (a datagram peer's close shows
     # only when the relay next writes to it).
     reply = c.request({"Network": "shared", "FdType": "stream", "InterfaceDesc": {"vmnet_mac_address": "52:54:00:12:34:56"}})
@@ -563,7 +563,7 @@ def test_lima_fd_outlives_the_session_until_the_vm_closes(hub: BrokerProcess) ->
     assert reply["MACAddress"] == "52:54:00:12:34:56"
     fd = reply["FileDescriptor"]
     c.close()  # Lima closes its session right after the reply
-    with Client(str(hub.socket)) as watcher:
+    with Client(str(hub.socket), timeout=20) as watcher:
         # Once the broker has seen the session close, the lease stays, bound to the VM's socket only.
         wait_until("the closed session to unbind the Lima lease",
                    lambda: [lease["bound_to_connection"] for lease in watcher.status()["leases"].values()] == [False])
@@ -572,7 +572,7 @@ def test_lima_fd_outlives_the_session_until_the_vm_closes(hub: BrokerProcess) ->
 
 
 def test_killed_client_with_relays_leaks_nothing(hub: BrokerProcess, tmp_path: Path) -> None:
-    with Client(str(hub.socket)) as watcher:
+    with Client(str(hub.socket), timeout=20) as watcher:
         watcher.acquire("shared")
         baseline = settled_fds(hub)
         kill_client_mid_request(hub.socket, "shared", ("datagram", "datagram_next", "stream"), tmp_path / "vm.py")
@@ -586,7 +586,7 @@ def test_fds_attached_to_bad_records_are_closed(hub: BrokerProcess) -> None:
     broker keeps none of the fds (checked through a pipe's write end)."""
     import array
 
-    with Client(str(hub.socket)) as watcher:
+    with Client(str(hub.socket), timeout=20) as watcher:
         baseline = settled_fds(hub)
         r, w = os.pipe()
         s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_SEQPACKET)

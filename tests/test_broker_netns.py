@@ -61,7 +61,7 @@ def tap_links(b: BrokerProcess) -> list:
 
 
 def test_two_clients_tap_frames_meet(broker: BrokerProcess) -> None:
-    with Client(str(broker.socket)) as a, Client(str(broker.socket)) as b:
+    with Client(str(broker.socket), timeout=20) as a, Client(str(broker.socket), timeout=20) as b:
         na = a.open("lab", "tap", mac="52:54:00:00:00:0a")
         nb = b.open("lab", "tap")
         try:
@@ -88,7 +88,7 @@ def test_two_clients_tap_frames_meet(broker: BrokerProcess) -> None:
 
 
 def test_killed_client_leaks_no_tap_fd_or_lease(broker: BrokerProcess, tmp_path: Path) -> None:
-    with Client(str(broker.socket)) as watcher:
+    with Client(str(broker.socket), timeout=20) as watcher:
         watcher.acquire("lab")
         baseline = settled_fds(broker)
         links_before = set(broker.netns.links())
@@ -101,7 +101,7 @@ def test_killed_client_leaks_no_tap_fd_or_lease(broker: BrokerProcess, tmp_path:
 
 
 def test_deleted_bridge_is_noticed_and_released(broker: BrokerProcess) -> None:
-    with Client(str(broker.socket)) as c:
+    with Client(str(broker.socket), timeout=20) as c:
         c.acquire("lab")
         bridge = c.status()["networks"]["lab"]["device"]
         broker.netns.run(["ip", "link", "delete", bridge])
@@ -119,7 +119,7 @@ def link_info(b: BrokerProcess, name: str) -> dict:
 
 
 def test_a_tap_released_while_held_is_unplugged_and_goes_with_its_fd(broker: BrokerProcess) -> None:
-    with Client(str(broker.socket)) as c:
+    with Client(str(broker.socket), timeout=20) as c:
         nic = c.open("lab", "tap")
         status = c.status()
         (lease,) = status["leases"].values()
@@ -142,7 +142,7 @@ def test_a_tap_released_while_held_is_unplugged_and_goes_with_its_fd(broker: Bro
 
 
 def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
-    with Client(str(broker.socket)) as c:
+    with Client(str(broker.socket), timeout=20) as c:
         c.acquire("lab")
         nic = c.open("lab", "tap")
         bridge = c.status()["networks"]["lab"]["device"]
@@ -163,7 +163,7 @@ def test_sigterm_tears_everything_down(broker: BrokerProcess) -> None:
 def test_two_clients_stream_relays_on_a_bridge(broker: BrokerProcess) -> None:
     from test_broker import eth_frame, recv_frame, send_frame
 
-    with Client(str(broker.socket)) as a, Client(str(broker.socket)) as b:
+    with Client(str(broker.socket), timeout=20) as a, Client(str(broker.socket), timeout=20) as b:
         with a.open("lab", "stream") as na, b.open("lab", "datagram") as nb:
             send_frame(na.fd, "stream", eth_frame(b"over-the-bridge", bytes.fromhex(na.mac.replace(":", ""))))
             recv_frame(nb.fd, "datagram", b"over-the-bridge")
@@ -183,7 +183,7 @@ def test_unleased_network_is_torn_down_after_the_idle_timeout(netns, tmp_path: P
     args = ["--config", str(cfg), "--no-endpoints", "--idle-timeout", "1", "--monitor-interval", "0.1", "--state-dir", str(tmp_path / "state")]
     with BrokerProcess(sock, args, prefix=netns.argv([])) as b:
         b.wait_ready()
-        with Client(str(sock)) as c:
+        with Client(str(sock), timeout=20) as c:
             c.acquire("lab")
             bridge = c.status()["networks"]["lab"]["device"]
             assert bridge in netns.links()
@@ -215,7 +215,7 @@ def test_status_names_each_vm_with_its_dhcp_address(netns, tmp_path: Path) -> No
         with BrokerProcess(sock, args, prefix=netns.argv([])) as b:
             b.wait_ready()
             mac = "52:54:00:93:00:01"
-            with Client(str(sock)) as c:
+            with Client(str(sock), timeout=20) as c:
                 c.acquire("dhcplab", vm_name="web1")
                 nic = c.open("dhcplab", "datagram", mac=mac, vm_name="web1")
                 try:

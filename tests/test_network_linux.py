@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from brokerproc import wait_until
+from brokerproc import readline_within, wait_until
 from netns import NetNs
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(sys.platform != "linux", reason="Linux backend")]
@@ -76,9 +76,7 @@ class Holder:
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT)
-        assert ready, f"network holder did not answer {line!r} within {TIMEOUT}s"
-        out = self.proc.stdout.readline()
+        out = readline_within(self.proc, TIMEOUT)
         assert out, f"network holder exited ({self.proc.poll()}) on {line!r}"
         return json.loads(out)
 
@@ -208,8 +206,7 @@ CLIENT = textwrap.dedent(
 
 def serve(ns: NetNs, port: int, tag: str) -> subprocess.Popen:
     p = ns.popen([sys.executable, "-c", SERVER, str(port), tag], stdout=subprocess.PIPE, text=True)
-    ready, _, _ = select.select([p.stdout], [], [], TIMEOUT)
-    assert ready and p.stdout.readline().strip() == "listening"
+    assert readline_within(p, TIMEOUT).strip() == "listening"
     return p
 
 

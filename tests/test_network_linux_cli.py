@@ -54,7 +54,7 @@ def test_leases_name_the_vm_where_the_guest_sent_no_hostname(tmp_path):
     sock = tmp_path / "b.sock"
     with BrokerProcess(sock, ["--backend", "hub", "--no-endpoints", "--idle-timeout", "0"]) as b:
         b.wait_ready()
-        with Client(str(sock)) as c, c.open("shared", "stream", mac="52:54:00:00:00:0a", vm_name="web1"):
+        with Client(str(sock), timeout=20) as c, c.open("shared", "stream", mac="52:54:00:00:00:0a", vm_name="web1"):
             r = CliRunner().invoke(cli, ["leases", "shared", "--state-dir", str(state), "--socket", str(sock)])
             j = CliRunner().invoke(cli, ["leases", "shared", "--state-dir", str(state), "--socket", str(sock), "--json"])
     assert r.exit_code == 0, r.output

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
-from brokerproc import BrokerProcess, wait_until
+from brokerproc import BrokerProcess, readline_within, wait_until
 from vmnet_rs import Client
 
 pytestmark = pytest.mark.root
@@ -34,16 +35,17 @@ MINE = {"mode": "shared", "subnet": "10.232.0.1/24", "dnsProxy": False, "nat66":
 class AsUser:
     """tests/as_user.py as uid ``uid``: requests on numbered connections."""
 
-    def __init__(self, uid: int, socket: Path) -> None:
+    def __init__(self, uid: int, socket: Path, groups: Sequence[int] = ()) -> None:
         script = Path(__file__).with_name("as_user.py")
-        self.proc = subprocess.Popen([sys.executable, str(script), str(uid), str(socket)],
+        extra = [",".join(str(g) for g in groups)] if groups else []
+        self.proc = subprocess.Popen([sys.executable, str(script), str(uid), str(socket), *extra],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def _send(self, cmd: dict) -> dict:
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        line = readline_within(self.proc, 60)
         assert line, f"as_user.py exited {self.proc.wait(timeout=30)}"
         return json.loads(line)
 
@@ -52,6 +54,9 @@ class AsUser:
 
     def connect_endpoint(self, conn: int, path: Path) -> None:
         assert self._send({"conn": conn, "endpoint": str(path)}) == {"connected": conn}
+
+    def connect_dgram(self, conn: int, path: Path, bind: Path) -> None:
+        assert self._send({"conn": conn, "dgram": str(path), "bind": str(bind)}) == {"connected": conn}
 
     def close(self, conn: int) -> None:
         self._send({"conn": conn, "close": True})
@@ -134,7 +139,7 @@ def test_unknown_network_is_refused_in_every_dialect_and_creates_nothing(make_br
         else:
             assert reply["error"] == code, reply
     assert made(b) == NOTHING
-    with Client(str(b.socket)) as root:
+    with Client(str(b.socket), timeout=20) as root:
         status = root.status()
         assert status["networks"] == {} and status["leases"] == {}
         assert status["counters"]["refused"] == 4, status["counters"]
@@ -152,7 +157,7 @@ def test_configured_network_opens_and_a_network_acl_narrows_the_brokers(make_bro
     assert reply["error"] == 8 and "mtu: 1500 != 9000" in reply["message"], reply
     reply = nobody.request(3, Network="lab", Configuration=dict(MINE, subnet="10.231.0.1/24", portForwarding=[]))
     assert "Serialization" in reply and "mode: \"host\" != \"shared\"" in reply["ConfigurationDifference"], reply
-    with Client(str(b.socket)) as root:
+    with Client(str(b.socket), timeout=20) as root:
         assert root.status()["networks"]["lab"]["config"]["mode"] == "host"
         for request in ({"command": "acquire", "network_name": "rootonly"}, {"Network": "rootonly"}):
             reply = nobody.request(4, **request)
@@ -190,7 +195,7 @@ def test_restricted_refuses_host_ports_external_interface_and_collisions(make_br
     reply = nobody.request(11, command="acquire", network_name="other", config=dict(MINE, subnet="10.232.0.129/25", portForwarding=[]))
     assert "overlaps 10.232.0.1/24 of live network mine" in refusal(reply), reply
     # Root is not restricted: a privileged forward goes through, as before.
-    with Client(str(b.socket)) as root:
+    with Client(str(b.socket), timeout=20) as root:
         root.acquire("rootnet", config=dict(MINE, subnet="10.234.0.1/24", portForwarding=[{"protocol": "tcp", "externalPort": 80, "internalAddress": "10.234.0.10", "internalPort": 80}]))
         assert "dport 80" in b.netns.run(["nft", "list", "ruleset"]).stdout
 
@@ -207,7 +212,7 @@ def test_port_quota_counts_across_connections_and_frees_on_release(make_broker) 
         if "error" in reply:
             assert reply["error"] == LIMIT
     assert made(b)["links"] == links, "a refused port made a TAP"
-    with Client(str(b.socket)) as root:
+    with Client(str(b.socket), timeout=20) as root:
         users = root.status()["users"]
         assert users[str(NOBODY)] == {"ports": 2, "leases": 2, "max_ports": 2}, users
         shown = subprocess.run([sys.executable, "-m", "vmnet_rs", "status", "--socket", str(b.socket)],
@@ -242,7 +247,7 @@ def test_port_quota_counts_across_connections_and_frees_on_release(make_broker) 
 
 def test_root_defines_networks_as_before(make_broker) -> None:
     b, cfg, nobody = make_broker()
-    with Client(str(b.socket)) as root:
+    with Client(str(b.socket), timeout=20) as root:
         reply = root.acquire("mine", config=MINE)
         assert reply["subnet"] == "10.232.0.1/24"
         now = made(b)

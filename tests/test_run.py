@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from brokerproc import wait_until
+from brokerproc import readline_within, wait_until
 from vmnet_rs import drivers, run
 from vmnet_rs.cli import cli
 
@@ -103,7 +103,7 @@ def wait_ready(p):
     deadline = time.monotonic() + 60
     lines = []
     while time.monotonic() < deadline:
-        line = p.stdout.readline()
+        line = readline_within(p, max(deadline - time.monotonic(), 0.1))
         lines.append(line)
         if line.strip() == "ready" or not line:
             break
@@ -148,7 +148,7 @@ def test_supervise_says_once_when_the_broker_goes_away(tmp_path):
         r = wait_ready(p)
         os.kill(journal(tmp_path)[0]["server_pid"], signal.SIGKILL)  # the "broker" crashes
         assert p.stderr is not None
-        line = p.stderr.readline()
+        line = readline_within(p, 30, p.stderr)
         assert line == (f"vmnet-rs: the broker on /run/vmnet-rs/broker.sock went away; VM pid {r['pid']} has lost its "
                         "network (it keeps running; restart the broker, then the VM)\n")
         assert p.poll() is None  # the VM keeps running

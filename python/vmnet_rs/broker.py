@@ -122,18 +122,24 @@ class Opened:
         self.close()
 
 
+# A local broker that has not answered a request in this long is broken.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
+
 class Client:
     """One connection to the broker; it holds the leases.
 
     ``Client(socket=None)`` connects to ``socket``, else ``$VMNET_RS_SOCKET``,
     else ``/run/vmnet-rs/broker.sock``; raises :class:`BrokerUnavailableError`
-    when no broker answers. ``timeout`` bounds each request (seconds).
+    when no broker answers. ``timeout`` bounds each request (seconds; default
+    :data:`DEFAULT_REQUEST_TIMEOUT`, ``None`` waits forever); a request that
+    times out raises and leaves the connection unusable.
     """
 
     def __init__(
         self,
         socket: Optional[Union[str, "os.PathLike[str]"]] = None,
-        timeout: Optional[float] = None,
+        timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT,
         mach_service: Optional[str] = None,
     ) -> None:
         # macOS: a session to the Mach service (`mach_service`, else

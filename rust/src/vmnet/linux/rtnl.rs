@@ -142,10 +142,7 @@ mod tests {
     #[ignore = "needs root for a network namespace; scripts/test runs it as root with --ignored"]
     fn a_tap_joins_its_bridge_isolated_and_up() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: needs root for a network namespace");
-            return;
-        }
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for a network namespace: run --ignored tests as root");
         std::thread::spawn(|| {
             // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a
             // new, empty network namespace; the host's network is never

@@ -237,11 +237,15 @@ def test_help_texts_point_to_documentation_a_pip_user_has(runner: CliRunner) -> 
     for path in every_command(cli, []):
         out = runner.invoke(cli, [*path, "--help"], terminal_width=1000)
         assert out.exit_code == 0, (path, out.output)
-        text = out.output.replace("https://github.com/vmnet-rs/vmnet-rs/blob/main/docs/", "")
-        assert "README" not in text and "docs/" not in text, (path, out.output)
+        text = " ".join(out.output.split())
+        # No web address (none is published); a docs/ file is named as part
+        # of the source, which a pip user can fetch, never bare.
+        assert "http" not in text and "README" not in text, (path, out.output)
+        for at in [i for i in range(len(text)) if text.startswith("docs/", i)]:
+            assert "vmnet-rs source" in text[max(0, at - 120):at + 120], (path, text[at:at + 120])
         seen += 1
     assert seen >= 10
-    assert "https://github.com/vmnet-rs/vmnet-rs" in runner.invoke(cli, ["--help"]).output
+    assert "the docs/ folder of the vmnet-rs source" in " ".join(runner.invoke(cli, ["--help"]).output.split())
 
 
 def test_broker_state_dir_is_visible_and_the_environment_sets_it(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -79,7 +79,7 @@ def _native_log_level() -> str:
 @click.option("--endpoint-dir", default=None, type=click.Path(file_okay=False),
               help="Where each network's stream and datagram socket paths go (default: the config's endpointDir, else "
                    "the broker socket's directory on Linux, ~/Library/Application Support/vmnet-rs/endpoints on macOS).")
-@click.option("--no-endpoints", is_flag=True, help="Serve no per-network socket paths (https://github.com/vmnet-rs/vmnet-rs/blob/main/docs/endpoints.md).")
+@click.option("--no-endpoints", is_flag=True, help="Serve no per-network socket paths (docs/endpoints.md in the vmnet-rs source).")
 @click.option("--backend", type=click.Choice(["platform", "hub"]), default="platform", hidden=True, help="hub: in-process test network.")
 @click.option(
     "--state-dir",

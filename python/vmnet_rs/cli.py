@@ -59,8 +59,9 @@ class VmnetGroup(click.Group):
 def cli(verbose: int) -> None:
     """vmnet-rs: shared and host-only VM networks without root.
 
-    Each command explains itself with --help; the full documentation is at
-    https://github.com/vmnet-rs/vmnet-rs.
+    Each command explains itself with --help; the full documentation is the
+    docs/ folder of the vmnet-rs source (repository or source distribution),
+    starting at docs/architecture.md.
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="vmnet-rs: %(levelname)s: %(message)s", stream=sys.stderr)

@@ -367,7 +367,7 @@ def endpoint_socket_unit_name(network: str, kind: str) -> str:
 def linux_socket_unit(socket: str) -> bytes:
     return f"""[Unit]
 Description=vmnet-rs broker socket
-Documentation=https://github.com/vmnet-rs/vmnet-rs
+# Documentation: docs/linux.md and docs/security.md in the vmnet-rs source; vmnet-rs install --help
 
 [Socket]
 ListenSequentialPacket={socket}
@@ -390,7 +390,7 @@ def linux_endpoint_socket_unit(network: str, kind: str, path: Path) -> bytes:
     creds = "PassCredentials=yes\n" if kind == "dgram" else ""
     return f"""[Unit]
 Description=vmnet-rs {kind} endpoint of network {network}
-Documentation=https://github.com/vmnet-rs/vmnet-rs
+# Documentation: docs/linux.md and docs/security.md in the vmnet-rs source; vmnet-rs install --help
 PartOf={SOCKET_UNIT}
 
 [Socket]
@@ -413,7 +413,7 @@ def linux_service_unit(config: Optional[str], exe: Path, python: str, socket_uni
         args += ["--config", config]
     return f"""[Unit]
 Description=vmnet-rs broker (VM networks on demand)
-Documentation=https://github.com/vmnet-rs/vmnet-rs
+# Documentation: docs/linux.md and docs/security.md in the vmnet-rs source; vmnet-rs install --help
 Requires={SOCKET_UNIT}
 After={" ".join(socket_units)} network.target
 

@@ -30,7 +30,7 @@ _FLAGS = ("dhcp", "dnsProxy", "nat44", "nat66", "routerAdvertisement", "isolatio
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
     help="Configuration file (default: $VMNET_RS_CONFIG, else ~/.config/vmnet-rs/networks.yaml, else /etc/vmnet-rs/networks.yaml "
-    "on Linux or Lima's networks.yaml on macOS; keys: https://github.com/vmnet-rs/vmnet-rs/blob/main/docs/config.md).",
+    "on Linux or Lima's networks.yaml on macOS; keys: docs/config.md in the vmnet-rs source, or `vmnet-rs networks --json` for every key with its default).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the file's shape, every default filled in).")
 @click.pass_context

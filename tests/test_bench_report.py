@@ -1,0 +1,93 @@
+"""scripts/bench-report --check: the docs quote only numbers the committed
+results file holds (the benchmarks themselves stay out of CI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "bench-report"
+
+
+def results() -> dict:
+    cases = []
+    for n, path in enumerate(["kernel", "per_frame", "datagram", "datagram_next", "stream"]):
+        for size in (64, 1514):
+            cases.append({"path": path, "frame_bytes": size, "pairs": 1, "frames_per_s": 100_000 * (n + 1) + size,
+                          "gbit_per_s": 1.25 * (n + 1), "cpu_us_per_frame": 3.0 + n, "sent": 1000, "received": 1000})
+        for pairs in (2, 4):
+            cases.append({"path": path, "frame_bytes": 64, "pairs": pairs, "frames_per_s": 150_000 * (n + 1) * pairs,
+                          "gbit_per_s": 0.1, "cpu_us_per_frame": 2.0, "sent": 1000, "received": 990})
+    ratios = {"vs_per_frame": {"64": 1.3, "1514": 1.4}, "vs_kernel": {"64": 0.5, "1514": 0.6}, "scaling_4_vs_1": 1.2}
+    return {
+        "date": "2026-12-06T23:40Z", "commit": "0123456789abcdef", "dirty": False, "command": "scripts/bench-report",
+        "machine": {"cpus": 2, "kernel": "6.1.0", "loadavg": [5.0, 4.0, 3.0], "loadavg_after": [6.0, 5.0, 4.0]},
+        "note": "noisy",
+        "adaptors": {"seconds_per_case": 3.0, "settings": {"unix_max_dgram_qlen": 512, "tap_io_uring": True}, "cases": cases,
+                     "kinds": {k: {"ratios": ratios} for k in ("datagram", "datagram_next", "stream")},
+                     "iperf3": {k: {"gbit_per_s": 1.5} for k in ("veth", "datagram", "datagram_next", "stream")}},
+        "endpoint_dgram": {"1514": [{"sent": 100, "received": 90, "lost": 10, "host_to_vm_drops": 4, "vm_to_host_drops": 0,
+                                     "received_mbit_s": 777.0}]},
+        "port_open": {"ports": 200, "p50_ms": 0.361, "p99_ms": 4.1, "max_ms": 9.0},
+    }
+
+
+def check(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--root", str(root)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(results()))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("# x\n\nNo figures here; tests wait 10 s at most.\n")
+    (tmp_path / "docs" / "perf.md").write_text(
+        "# Perf\n\n<!-- bench-report: adaptors -->\n<!-- /bench-report -->\n\n"
+        "<!-- bench-report: endpoint-dgram -->\nstale\n<!-- /bench-report -->\n\n"
+        "<!-- bench-report: port-open -->\n<!-- /bench-report -->\n")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+def test_rendered_docs_pass_and_show_the_results(tree: Path) -> None:
+    r = check(tree)
+    assert r.returncode == 0, r.stderr
+    text = (tree / "docs" / "perf.md").read_text()
+    assert "| `stream` | 500 k | 502 k (6.2) | 3000 k | 7.0 |" in text
+    assert "| received, Mbit/s | 777 |" in text
+    assert "p50 0.36 ms, p99 4.10 ms" in text
+    assert "2026-12-06T23:40Z, commit 0123456789" in text and "`bench/results.json`" in text
+
+
+def test_an_edited_block_a_stray_figure_and_a_loose_table_fail(tree: Path) -> None:
+    doc = tree / "docs" / "perf.md"
+    good = doc.read_text()
+    doc.write_text(good.replace("| `stream` | 500 k", "| `stream` | 600 k"))
+    r = check(tree)
+    assert r.returncode == 1 and "docs/perf.md:3: block 'adaptors' differs from bench/results.json" in r.stderr, r.stderr
+    # A figure in prose must be one the blocks show.
+    doc.write_text(good + "\nThe stream path moves 500 k frames/s; the datagram path 999 k frames/s.\n")
+    r = check(tree)
+    assert r.returncode == 1 and "'999 k frames/s' is in no bench-report block" in r.stderr and "'500 k frames/s'" not in r.stderr, r.stderr
+    (tree / "README.md").write_text("Port open: p50 9.6 ms.\n")
+    doc.write_text(good)
+    r = check(tree)
+    assert r.returncode == 1 and "README.md:1: 'p50 9.6 ms' is in no bench-report block" in r.stderr, r.stderr
+    (tree / "README.md").write_text("| Mbit/s | round 1 |\n|---|---|\n| dgram | 512 |\n")
+    r = check(tree)
+    assert r.returncode == 1 and "README.md:1: a table of measured figures outside a bench-report block" in r.stderr, r.stderr
+    (tree / "README.md").write_text("<!-- bench-report: nonsense -->\n<!-- /bench-report -->\n")
+    r = check(tree)
+    assert r.returncode == 1 and "no table named 'nonsense'" in r.stderr, r.stderr
+
+
+def test_the_repository_docs_quote_only_the_committed_results() -> None:
+    r = check(REPO)
+    assert r.returncode == 0, r.stderr

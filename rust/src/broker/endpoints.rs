@@ -498,6 +498,8 @@ impl Endpoints {
                 }
             }
         }
+        let served: Vec<String> = wanted.iter().flat_map(|(n, kinds)| kinds.iter().map(move |k| activation_name(n, *k))).collect();
+        crate::xpc::activation::warn_unserved_launchd_sockets(&served);
         let mut fds = [-1 as libc::c_int; 2];
         // SAFETY: pipe writes two descriptors into the 2-element array.
         if let Err(e) = cvt(unsafe { libc::pipe(fds.as_mut_ptr()) }) {
@@ -769,6 +771,9 @@ impl Worker {
             };
             let d = &mut self.datagrams[i];
             if got.addr.is_empty() {
+                // Unbound (Linux: an empty address; macOS: XNU's
+                // `sun_noname`): no reply can reach it, so it gets no port;
+                // held off like a refused address, logged once a while.
                 if d.refused.insert(Vec::new(), Instant::now()).map_or(true, |t| t.elapsed() >= REFUSED_QUIET) {
                     log::warn!(
                         "endpoint {}: a datagram from an unbound socket was dropped: clients must bind their own path to get replies",
@@ -779,6 +784,13 @@ impl Worker {
             }
             if let Some(c) = d.clients.iter_mut().find(|c| c.addr == got.addr) {
                 c.heard = Instant::now();
+                if got.truncated {
+                    // Longer than any frame: it arrived cut, and a cut frame
+                    // is never passed on (on an offload network it would be
+                    // delivered cut). Dropped and counted.
+                    c.drop_from_vm();
+                    continue;
+                }
                 // SAFETY: sends len bytes of our buffer on the connected pair.
                 let r = unsafe { libc::send(c.inner.as_raw_fd(), self.buf.as_ptr().cast(), got.len, send_flags()) };
                 if r < 0 {
@@ -807,7 +819,9 @@ impl Worker {
                     log::info!("endpoint {}: client {shown} (pid {pid} uid {uid}) joined (lease {lease})", path.display());
                     let _ = set_flags(inner.as_raw_fd());
                     let mut c = Client::new(got.addr, lease, inner, counter);
-                    if &self.buf[..got.len] != VFKIT_MAGIC {
+                    if got.truncated {
+                        c.drop_from_vm();
+                    } else if &self.buf[..got.len] != VFKIT_MAGIC {
                         // SAFETY: as above.
                         if unsafe { libc::send(c.inner.as_raw_fd(), self.buf.as_ptr().cast(), got.len, send_flags()) } < 0 {
                             c.drop_from_vm();
@@ -906,6 +920,59 @@ struct Datagram {
     addr: Vec<u8>,
     /// uid, gid, pid from SCM_CREDENTIALS (Linux).
     creds: Option<(u32, u32, i32)>,
+    /// The datagram was longer than the buffer and arrived cut (`MSG_TRUNC`).
+    truncated: bool,
+}
+
+/// A sender's address from the `sun_path` bytes `recvmsg` filled in (up to
+/// `msg_namelen`); empty for an unbound sender. With `abstract_names`
+/// (Linux) a leading NUL starts an abstract name, kept whole. Without them
+/// (macOS, the BSDs) a leading NUL is an unbound sender: XNU reports one as
+/// `sun_noname`, 14 zero bytes (docs/macos.md), which no reply can reach.
+fn sender_address(sun_path: &[u8], abstract_names: bool) -> Vec<u8> {
+    match sun_path.first() {
+        None => Vec::new(),
+        Some(0) if abstract_names => sun_path.to_vec(),
+        Some(0) => Vec::new(),
+        // A filesystem path: up to its NUL.
+        Some(_) => sun_path.iter().copied().take_while(|&c| c != 0).collect(),
+    }
+}
+
+/// Walks the control messages `recvmsg` wrote for `msg`: returns the
+/// sender's credentials (SCM_CREDENTIALS, Linux) and closes every
+/// descriptor a client sent (SCM_RIGHTS), on every platform: fds sent to an
+/// endpoint are not ours to keep, and the kernel installed them in this
+/// process (XNU `unp_externalize` as Linux `scm_detach_fds`).
+///
+/// # Safety
+/// `msg` is the header a successful `recvmsg` just filled in, its control
+/// buffer still live.
+unsafe fn take_control(msg: &libc::msghdr) -> Option<(u32, u32, i32)> {
+    #[allow(unused_mut)]
+    let mut creds = None;
+    // SAFETY: walks the control messages the kernel wrote into the buffer
+    // `msg` points at (the caller's promise); CMSG_* stay inside it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            #[cfg(target_os = "linux")]
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                let c: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                creds = Some((c.uid, c.gid, c.pid));
+            }
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(data as usize - cmsg as usize) / std::mem::size_of::<libc::c_int>();
+                for k in 0..count {
+                    let fd: libc::c_int = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(k));
+                    drop(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    creds
 }
 
 /// One datagram with its sender's address (and credentials on Linux);
@@ -932,39 +999,13 @@ fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
             _ => Err(e),
         };
     }
+    // SAFETY: recvmsg succeeded and `control` is still live.
+    let creds = unsafe { take_control(&msg) };
     let path_len = (msg.msg_namelen as usize).saturating_sub(sun_path_offset()).min(addr.sun_path.len());
-    let mut bytes: Vec<u8> = addr.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-    if bytes.first() != Some(&0) {
-        // A filesystem path: up to its NUL.
-        if let Some(end) = bytes.iter().position(|&c| c == 0) {
-            bytes.truncate(end);
-        }
-    }
-    #[allow(unused_mut)]
-    let mut creds = None;
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: walks the control messages the kernel wrote into `control`.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
-                    let c: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
-                    creds = Some((c.uid, c.gid, c.pid));
-                } else if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    // fds sent to an endpoint are not ours to keep: close them.
-                    let data = libc::CMSG_DATA(cmsg);
-                    let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize)) / std::mem::size_of::<libc::c_int>();
-                    for k in 0..count {
-                        let fd: libc::c_int = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(k));
-                        drop(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-    }
-    Ok(Some(Datagram { len: n as usize, addr: bytes, creds }))
+    let sun_path: Vec<u8> = addr.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+    let addr = sender_address(&sun_path, cfg!(target_os = "linux"));
+    let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
+    Ok(Some(Datagram { len: (n as usize).min(buf.len()), addr, creds, truncated }))
 }
 
 impl Core {
@@ -1025,6 +1066,85 @@ impl Core {
     /// Whether an endpoint client's lease still holds a running relay.
     pub(super) fn endpoint_lease_running(&self, lease: u64) -> bool {
         self.lock_state().leases.get(&lease).is_some_and(|l| l.port.as_ref().is_some_and(|p| p.is_running()))
+    }
+}
+
+/// The receive path's decisions, on every OS (docs/macos.md: what XNU
+/// hands a datagram receiver).
+#[cfg(test)]
+mod receive_tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn an_unbound_sender_on_macos_is_no_address() {
+        // XNU's `sun_noname`: sun_len 16, AF_LOCAL, 14 zero bytes of path.
+        assert_eq!(sender_address(&[0u8; 14], false), Vec::<u8>::new(), "unbound on macOS: never a port");
+        assert_eq!(sender_address(b"/tmp/vm.sock\0\0", false), b"/tmp/vm.sock".to_vec());
+        assert_eq!(sender_address(b"/tmp/vm.sock\0\0", true), b"/tmp/vm.sock".to_vec());
+        // Linux: an autobound or abstract name is a real address.
+        assert_eq!(sender_address(b"\0abcde", true), b"\0abcde".to_vec());
+        assert_eq!(sender_address(b"", true), Vec::<u8>::new());
+        assert_eq!(sender_address(b"", false), Vec::<u8>::new());
+    }
+
+    /// Sends `data` with `fd` attached (SCM_RIGHTS) on `sock`.
+    fn send_with_fd(sock: &UnixDatagram, data: &[u8], fd: RawFd) {
+        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain old data; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+        // SAFETY: the control buffer has room for one header and one int.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        }
+        // SAFETY: msg points at live buffers of the stated sizes.
+        assert!(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) } >= 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn descriptors_a_client_sends_are_closed() {
+        let (client, endpoint) = UnixDatagram::pair().unwrap();
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: room for two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe() just returned two fds we own.
+        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        send_with_fd(&client, b"frame", write_end.as_raw_fd());
+        drop(write_end);
+        let mut buf = [0u8; 64];
+        let got = recv_from(endpoint.as_raw_fd(), &mut buf).unwrap().expect("a datagram");
+        assert_eq!(&buf[..got.len], b"frame");
+        // The only other copy of the write end was the one received: once it
+        // is closed, the pipe reads end-of-file (not EAGAIN, as it would
+        // while the received copy leaked).
+        set_flags(read_end.as_raw_fd()).unwrap();
+        let mut one = [0u8; 1];
+        // SAFETY: reads at most one byte into `one`.
+        let n = unsafe { libc::read(read_end.as_raw_fd(), one.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 0, "the received descriptor was closed ({})", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn a_datagram_longer_than_the_buffer_is_marked_cut() {
+        let (client, endpoint) = UnixDatagram::pair().unwrap();
+        client.send(&[7u8; 200]).unwrap();
+        client.send(&[8u8; 100]).unwrap();
+        let mut buf = [0u8; 100];
+        let cut = recv_from(endpoint.as_raw_fd(), &mut buf).unwrap().expect("a datagram");
+        assert!(cut.truncated, "200 bytes into 100");
+        assert_eq!(cut.len, 100);
+        let whole = recv_from(endpoint.as_raw_fd(), &mut buf).unwrap().expect("a datagram");
+        assert!(!whole.truncated, "exactly the buffer's size is whole");
     }
 }
 
@@ -1239,6 +1359,23 @@ mod tests {
         assert_eq!(got.len() as i64 + drops, BURST, "delivered {} and dropped {drops}", got.len());
         // What arrived came in order, and nothing arrived twice.
         assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+        b.stop();
+    }
+
+    #[test]
+    fn a_datagram_over_the_largest_frame_is_dropped_and_counted() {
+        let (b, dir) = start("cut", uid());
+        let (_path, a, c) = two_vfkit_clients(&b, &dir);
+        let vm_to_host = |counter: &str| port_counter_sum(&b, "shared", "vm_to_host", counter);
+        // Longer than the endpoint's buffer: it would arrive cut.
+        a.send(&frame(3, DATAGRAM_BYTES + 100)).unwrap();
+        let f = frame(4, 60);
+        a.send(&f).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &f[..], "only the whole frame is passed on");
+        wait_for("the whole frame counted", || vm_to_host("packets") == 1);
+        assert_eq!(vm_to_host("drops"), 1, "the cut one is dropped and counted");
         b.stop();
     }
 

@@ -10,12 +10,20 @@
 //! names existed.
 //!
 //! launchd (macOS): `launch_activate_socket(name, &fds, &count)` for each
-//! `Sockets` key of the job's plist, declared from `<launch.h>`.
+//! `Sockets` key of the job's plist, declared from `<launch.h>` (macOS
+//! 10.10, linked directly). launchd hands a name's sockets out once per
+//! process (EALREADY after that), so they are kept here and each taker gets
+//! a duplicate: a second broker in the same process reuses them. The
+//! LaunchAgent lists its keys in [`LAUNCHD_SOCKETS_ENV`]; a key the
+//! configuration no longer names is warned about at start
+//! ([`unserved_launchd_sockets`]): launchd would start the broker on each
+//! connection to it, and the broker would exit again unserved.
 //!
-//! The environment is read once per process; each fd is handed out at most
-//! once (a second broker started in the same process binds its own sockets).
+//! The systemd environment is read once per process; each of its fds is
+//! handed out at most once (a second broker started in the same process
+//! binds its own sockets).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -116,6 +124,77 @@ pub fn passed_names() -> BTreeMap<String, usize> {
     out
 }
 
+/// The variable the LaunchAgent sets to its `Sockets` keys, comma-separated
+/// (`vmnet-rs install`).
+pub const LAUNCHD_SOCKETS_ENV: &str = "VMNET_RS_LAUNCHD_SOCKETS";
+
+/// The keys in `listed` (the value of [`LAUNCHD_SOCKETS_ENV`]) that are not
+/// among the activation names the broker serves.
+pub fn unserved_launchd_sockets(listed: &str, served: &[String]) -> Vec<String> {
+    listed.split(',').map(str::trim).filter(|n| !n.is_empty() && !served.iter().any(|s| s == n)).map(str::to_owned).collect()
+}
+
+/// Warns about each socket the LaunchAgent lists that the broker does not
+/// serve (its configuration changed since `vmnet-rs install`).
+pub fn warn_unserved_launchd_sockets(served: &[String]) {
+    let Ok(listed) = std::env::var(LAUNCHD_SOCKETS_ENV) else { return };
+    for name in unserved_launchd_sockets(&listed, served) {
+        log::warn!(
+            "launchd holds the socket {name:?} for this broker, but the configuration no longer names it: each connection to it would start the broker for nothing; run `vmnet-rs install` again after changing endpoints"
+        );
+    }
+}
+
+/// What a `launch_activate_socket` return code means (launch.h).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// 0: the fds are ours.
+    Handed,
+    /// ENOENT (no such `Sockets` key) or ESRCH (not run by launchd).
+    NotManaged,
+    /// EALREADY: this process activated the name before; reuse those fds.
+    AlreadyActivated,
+    Failed(i32),
+}
+
+pub fn activation_outcome(rc: i32) -> Activation {
+    match rc {
+        0 => Activation::Handed,
+        libc::ENOENT | libc::ESRCH => Activation::NotManaged,
+        libc::EALREADY => Activation::AlreadyActivated,
+        e => Activation::Failed(e),
+    }
+}
+
+/// Sockets a service manager handed out once per process, kept by name.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+type Kept = Mutex<HashMap<String, Vec<OwnedFd>>>;
+
+/// The first socket kept under `name` (a duplicate), activating it with
+/// `activate` (a return code and its fds) the first time. A name activated
+/// before by this process (EALREADY) is served from `kept`.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+fn take_kept(kept: &Kept, name: &str, activate: impl FnOnce(&str) -> (i32, Vec<OwnedFd>)) -> std::io::Result<Option<OwnedFd>> {
+    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(fds) = kept.get(name) {
+        return fds.first().map(OwnedFd::try_clone).transpose();
+    }
+    let (rc, fds) = activate(name);
+    match activation_outcome(rc) {
+        Activation::Handed => {
+            let first = fds.first().map(OwnedFd::try_clone).transpose()?;
+            kept.insert(name.to_owned(), fds);
+            Ok(first)
+        }
+        Activation::NotManaged => Ok(None),
+        Activation::AlreadyActivated => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("launchd's socket {name:?} was already taken by other code in this process"),
+        )),
+        Activation::Failed(e) => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
 #[cfg(target_os = "macos")]
 mod launchd {
     use std::ffi::CString;
@@ -130,29 +209,25 @@ mod launchd {
         fn launch_activate_socket(name: *const libc::c_char, fds: *mut *mut libc::c_int, cnt: *mut libc::size_t) -> libc::c_int;
     }
 
-    /// The sockets launchd holds for the job's `Sockets` key `name`; empty
-    /// when the job has no such key or is not run by launchd.
-    pub fn activate(name: &str) -> std::io::Result<Vec<OwnedFd>> {
-        let c = CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    /// `launch_activate_socket(name)`: its return code and, on success,
+    /// the descriptors (ours to own).
+    pub fn activate(name: &str) -> (i32, Vec<OwnedFd>) {
+        let Ok(c) = CString::new(name) else { return (libc::ENOENT, Vec::new()) };
         let mut fds: *mut libc::c_int = std::ptr::null_mut();
         let mut cnt: libc::size_t = 0;
         // SAFETY: c is a NUL-terminated string; fds and cnt are valid out
         // pointers; on success launchd stores a malloc'd array of cnt ints.
         let r = unsafe { launch_activate_socket(c.as_ptr(), &mut fds, &mut cnt) };
-        if r == libc::ENOENT || r == libc::ESRCH {
-            return Ok(Vec::new());
-        }
-        if r != 0 {
-            return Err(std::io::Error::from_raw_os_error(r));
-        }
-        let mut out = Vec::with_capacity(cnt);
-        for i in 0..cnt {
-            // SAFETY: fds holds cnt descriptors launchd gave this process to own.
-            out.push(unsafe { OwnedFd::from_raw_fd(*fds.add(i)) });
+        let mut out = Vec::new();
+        if r == 0 && !fds.is_null() {
+            for i in 0..cnt {
+                // SAFETY: fds holds cnt descriptors launchd gave this process to own.
+                out.push(unsafe { OwnedFd::from_raw_fd(*fds.add(i)) });
+            }
         }
         // SAFETY: fds was allocated with malloc by launch_activate_socket (or is null).
         unsafe { libc::free(fds.cast()) };
-        Ok(out)
+        (r, out)
     }
 }
 
@@ -164,7 +239,8 @@ pub fn take(name: &str) -> std::io::Result<Option<OwnedFd>> {
         if let Some(fd) = take_systemd(name) {
             return Ok(Some(fd));
         }
-        Ok(launchd::activate(name)?.into_iter().next())
+        static KEPT: OnceLock<Kept> = OnceLock::new();
+        take_kept(KEPT.get_or_init(Kept::default), name, launchd::activate)
     }
     #[cfg(not(target_os = "macos"))]
     {
@@ -175,6 +251,58 @@ pub fn take(name: &str) -> std::io::Result<Option<OwnedFd>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: stat is plain old data; fstat writes into it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a live fd and a valid out-pointer.
+        assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+        st.st_ino as u64
+    }
+
+    #[test]
+    fn a_socket_launchd_already_handed_out_is_reused() {
+        assert_eq!(activation_outcome(0), Activation::Handed);
+        assert_eq!(activation_outcome(libc::ENOENT), Activation::NotManaged);
+        assert_eq!(activation_outcome(libc::ESRCH), Activation::NotManaged);
+        assert_eq!(activation_outcome(libc::EALREADY), Activation::AlreadyActivated);
+        assert_eq!(activation_outcome(libc::EPERM), Activation::Failed(libc::EPERM));
+
+        let kept = Kept::default();
+        let (a, _b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let original = OwnedFd::from(a);
+        let want = inode(&original);
+        let mut calls = 0;
+        // launchd: the fds the first time, EALREADY after (launch.h).
+        let mut launchd = |_: &str| {
+            calls += 1;
+            if calls == 1 {
+                (0, vec![original.try_clone().unwrap()])
+            } else {
+                (libc::EALREADY, Vec::new())
+            }
+        };
+        let first = take_kept(&kept, "lab.dgram", &mut launchd).unwrap().expect("handed");
+        let second = take_kept(&kept, "lab.dgram", &mut launchd).unwrap().expect("reused, not an error");
+        assert_eq!((inode(&first), inode(&second)), (want, want), "the same socket both times");
+        drop(first);
+        assert!(take_kept(&kept, "lab.dgram", &mut launchd).unwrap().is_some(), "kept after a taker closed its copy");
+        assert_eq!(calls, 1, "launchd asked once");
+        // Not launchd's: nothing, and no error.
+        assert!(take_kept(&kept, "other.stream", |_: &str| (libc::ENOENT, Vec::new())).unwrap().is_none());
+        // Activated by someone else in this process: a clear error.
+        let e = take_kept(&kept, "third.stream", |_: &str| (libc::EALREADY, Vec::new())).unwrap_err();
+        assert!(e.to_string().contains("already taken"), "{e}");
+    }
+
+    #[test]
+    fn launchd_sockets_the_configuration_no_longer_names() {
+        let served = vec!["lab.stream".to_owned(), "lab.dgram".to_owned()];
+        assert_eq!(unserved_launchd_sockets("lab.stream,lab.dgram,old.dgram", &served), vec!["old.dgram".to_owned()]);
+        assert!(unserved_launchd_sockets("lab.stream", &served).is_empty());
+        assert!(unserved_launchd_sockets("", &served).is_empty());
+    }
 
     #[test]
     fn endpoint_names() {

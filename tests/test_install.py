@@ -40,15 +40,17 @@ def _macos_dry_run(tmp_path: Path) -> None:
     assert exe.name == "vmnet-rs-broker"
     ent = support / "entitlements.plist"
     assert f"write {plist_path} (mode 644):" in text
-    # The commands, in order: domain probe, sign the binary, verify, read the entitlement back, reload.
     runs = [line for line in text.splitlines() if line.startswith("run: ")]
+    # The commands, in order: domain probe, the old job out and gone, sign
+    # the binary, verify, read the entitlement back, load it again.
     assert runs == [
         f"run: launchctl print gui/{os.getuid()}",
+        f"run: launchctl bootout gui/{os.getuid()}/io.github.vmnet-rs.broker  (may fail harmlessly)",
+        f"run: launchctl print gui/{os.getuid()}/io.github.vmnet-rs.broker  (may fail harmlessly)  (repeated until it fails, at most 30 s)",
         f"run: codesign --force -s - --entitlements '{ent}' {exe}",
         f"run: codesign --verify --strict {exe}",
         f"run: codesign -d --entitlements - {exe}  (output must contain com.apple.security.virtualization)",
-        f"run: launchctl bootout gui/{os.getuid()}/io.github.vmnet-rs.broker  (may fail harmlessly)",
-        f"run: launchctl bootstrap gui/{os.getuid()} {plist_path}",
+        f"run: launchctl bootstrap gui/{os.getuid()} {plist_path}  (retried while it says 'Input/output error', at most 15 s)",
     ]
     # Exactly one binary is signed, and no Python interpreter is copied or signed.
     assert text.count("codesign --force") == 1 and "copy " not in text and "PYTHONHOME" not in text
@@ -60,17 +62,24 @@ def _macos_dry_run(tmp_path: Path) -> None:
 def test_macos_plist_runs_the_binary_with_endpoint_sockets(tmp_path: Path) -> None:
     exe = tmp_path / "bin" / "vmnet-rs-broker"
     endpoints = [("lab", "stream", tmp_path / "ep" / "lab.stream.sock"), ("lab", "dgram", tmp_path / "ep" / "lab.dgram.sock")]
-    plan = install.macos_install_plan("io.example.vmnet", tmp_path, 501, "/etc/n.yaml", exe=exe, python="/opt/py/bin/python3", endpoints=endpoints)
+    plan = install.macos_install_plan("io.example.vmnet", tmp_path, 501, "/etc/n.yaml", exe=exe, python="/opt/py/bin/python3", endpoints=endpoints, gid=20)
     doc = plistlib.loads(next(w.content for w in plan.writes if w.path.name == "io.example.vmnet.plist"))
     assert doc["Label"] == "io.example.vmnet"
     assert doc["MachServices"] == {"io.example.vmnet": True}
     assert doc["ProgramArguments"] == [str(exe), "--mach-service", "io.example.vmnet", "--python", "/opt/py/bin/python3", "--config", "/etc/n.yaml"]
+    # The socket files are the user's (SockPathOwner/SockPathGroup), or the
+    # user's own VMs could get EACCES connecting to them.
+    mine = {"SockPathMode": 0o600, "SockPathOwner": 501, "SockPathGroup": 20}
     assert doc["Sockets"] == {
-        "lab.stream": {"SockFamily": "Unix", "SockType": "stream", "SockPathName": str(endpoints[0][2]), "SockPathMode": 0o600},
-        "lab.dgram": {"SockFamily": "Unix", "SockType": "dgram", "SockPathName": str(endpoints[1][2]), "SockPathMode": 0o600},
+        "lab.stream": {"SockFamily": "Unix", "SockType": "stream", "SockPathName": str(endpoints[0][2]), **mine},
+        "lab.dgram": {"SockFamily": "Unix", "SockType": "dgram", "SockPathName": str(endpoints[1][2]), **mine},
     }
+    # The keys listed for the broker, which warns about any its configuration no longer names.
+    assert doc["EnvironmentVariables"] == {"VMNET_RS_LAUNCHD_SOCKETS": "lab.stream,lab.dgram"}
+    # The endpoint folder is made 0700 (the check on macOS), not the umask's 0755.
+    assert plan.dir_modes == {tmp_path / "ep": 0o700}
     assert doc["ExitTimeOut"] == 20
-    assert "RunAtLoad" not in doc and "KeepAlive" not in doc and "EnvironmentVariables" not in doc
+    assert "RunAtLoad" not in doc and "KeepAlive" not in doc
     assert doc["StandardOutPath"].endswith("Library/Logs/vmnet-rs/broker.log")
     ent = plistlib.loads(next(w.content for w in plan.writes if w.path.name == "entitlements.plist"))
     assert ent == {"com.apple.security.virtualization": True}
@@ -116,6 +125,90 @@ def test_macos_signs_again_after_an_upgrade(tmp_path: Path, monkeypatch: pytest.
     exe.write_bytes(b"signed binary")
     assert install.macos_install_plan("io.example.vmnet", tmp_path, 501, exe=exe, python="/py").up_to_date
     assert not install.macos_install_plan("io.example.vmnet", tmp_path, 501, exe=exe, python="/py", force=True).up_to_date
+
+
+class FakeLaunchd:
+    """launchctl and codesign as a reinstall meets them: the booted-out job
+    takes `exit_polls` polls of `launchctl print` to leave, and `bootstrap`
+    answers "5: Input/output error" while it has not (launchctl's words)."""
+
+    def __init__(self, label: str, exit_polls: int, eio_after_exit: int = 0) -> None:
+        self.label = label
+        self.loaded = True
+        self.exiting = 0
+        self.exit_polls = exit_polls
+        self.eio_after_exit = eio_after_exit
+        self.calls: list = []
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def pause(self, seconds: float) -> None:
+        self.now += seconds
+
+    def run(self, argv):
+        self.calls.append(argv[:2])
+        ok = lambda out="": subprocess.CompletedProcess(argv, 0, out, "")  # noqa: E731
+        if argv[0] == "codesign":
+            return ok("[Dict] [Key] com.apple.security.virtualization [Value] [Bool] true")
+        verb = argv[1]
+        if verb == "print" and argv[2].endswith("/" + self.label):
+            if self.exiting > 0:
+                self.exiting -= 1
+                return ok("state = exiting")
+            if self.loaded:
+                return ok("state = running")
+            return subprocess.CompletedProcess(argv, 113, "", f"Could not find service \"{self.label}\" in domain")
+        if verb == "print":
+            return ok("domain")
+        if verb == "bootout":
+            self.loaded = False
+            self.exiting = self.exit_polls
+            return ok()
+        if verb == "bootstrap":
+            if self.exiting > 0 or self.eio_after_exit > 0:
+                self.eio_after_exit = max(0, self.eio_after_exit - 1)
+                return subprocess.CompletedProcess(argv, 5, "", "Bootstrap failed: 5: Input/output error")
+            self.loaded = True
+            return ok()
+        raise AssertionError(f"unexpected command {argv}")
+
+
+def test_macos_reinstall_waits_for_the_old_job_and_retries_bootstrap(tmp_path: Path) -> None:
+    exe = tmp_path / "bin" / "vmnet-rs-broker"
+    exe.parent.mkdir()
+    exe.write_bytes(b"binary")
+    ep = tmp_path / "ep"
+    endpoints = [("lab", "stream", ep / "lab.stream.sock")]
+    plan = install.macos_install_plan("io.example.vmnet", tmp_path, 501, exe=exe, python="/py", endpoints=endpoints, gid=20)
+    fake = FakeLaunchd("io.example.vmnet", exit_polls=3, eio_after_exit=2)
+    plan.execute(runner=fake.run, clock=fake.clock, pause=fake.pause)
+    assert fake.loaded, "the new job is loaded"
+    verbs = [c[1] for c in fake.calls]
+    # Signed only once the old job has left; bootstrap retried through EIO.
+    first_sign = verbs.index("--force")
+    assert verbs[:first_sign] == ["print", "bootout", "print", "print", "print", "print"]
+    assert verbs[first_sign:] == ["--force", "--verify", "-d", "bootstrap", "bootstrap", "bootstrap"]
+    # The endpoint folder is 0700 whatever the umask.
+    assert (ep.stat().st_mode & 0o777) == 0o700
+    assert plan.stamp is not None and plan.stamp[0].is_file()
+
+
+def test_macos_reinstall_gives_up_on_a_job_that_never_leaves(tmp_path: Path) -> None:
+    exe = tmp_path / "vmnet-rs-broker"
+    exe.write_bytes(b"binary")
+    plan = install.macos_install_plan("io.example.vmnet", tmp_path, 501, exe=exe, python="/py", gid=20)
+    fake = FakeLaunchd("io.example.vmnet", exit_polls=10**6)
+    with pytest.raises(VmnetError, match="did not exit"):
+        plan.execute(runner=fake.run, clock=fake.clock, pause=fake.pause)
+    assert fake.now <= install.BOOTOUT_WAIT_S + 1, "bounded by the wait"
+    assert "bootstrap" not in [c[1] for c in fake.calls] and "--force" not in [c[1] for c in fake.calls]
+    # A bootstrap that keeps answering EIO is reported, after its bound.
+    plan = install.macos_install_plan("io.example.vmnet", tmp_path, 501, exe=exe, python="/py", gid=20, force=True)
+    fake = FakeLaunchd("io.example.vmnet", exit_polls=0, eio_after_exit=10**6)
+    with pytest.raises(VmnetError, match="Input/output error"):
+        plan.execute(runner=fake.run, clock=fake.clock, pause=fake.pause)
 
 
 def test_linux_dry_run_units(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -58,6 +59,19 @@ ENTITLEMENT = "com.apple.security.virtualization"
 BROKER_EXECUTABLE = "vmnet-rs-broker"
 #: launchd's SIGTERM->SIGKILL grace; vmnet shutdown is slow (Lima uses 20 s).
 EXIT_TIMEOUT_S = 20
+#: How long install waits for a booted-out job to exit before bootstrapping
+#: it again: its ExitTimeOut and some margin.
+BOOTOUT_WAIT_S = EXIT_TIMEOUT_S + 10
+#: How long ``launchctl bootstrap`` is retried while it answers EIO (the old
+#: job is still leaving).
+BOOTSTRAP_RETRY_S = 15
+#: How ``launchctl bootstrap`` says the old job is still exiting.
+BOOTSTRAP_BUSY = "Input/output error"
+#: Pause between two polls of launchctl.
+POLL_INTERVAL_S = 0.25
+#: The variable the LaunchAgent sets to the ``Sockets`` keys it lists, so the
+#: broker can warn about one the configuration no longer names.
+LAUNCHD_SOCKETS_ENV = "VMNET_RS_LAUNCHD_SOCKETS"
 SYSTEMD_DIR = Path("/etc/systemd/system")
 SOCKET_UNIT = "vmnet-rs.socket"
 SERVICE_UNIT = "vmnet-rs.service"
@@ -79,16 +93,32 @@ class FileWrite:
 Command = List[str]
 
 
+Runner = Callable[[Command], subprocess.CompletedProcess]
+
+
+def _subprocess_runner(c: Command) -> subprocess.CompletedProcess:
+    return subprocess.run(c, capture_output=True, text=True)
+
+
 @dataclass
 class Plan:
     """What install or uninstall would do, in order."""
 
     platform: str
     dirs: List[Path] = field(default_factory=list)
+    #: Modes of directories in ``dirs`` that must not be the umask's
+    #: (the endpoint folder: 0700, only its owner may reach the sockets).
+    dir_modes: Dict[Path, int] = field(default_factory=dict)
     writes: List[FileWrite] = field(default_factory=list)
     commands: List[Command] = field(default_factory=list)
     #: Commands whose failure is expected and harmless (a bootout of a job that is not loaded).
     optional: List[Command] = field(default_factory=list)
+    #: Commands repeated until they fail, at most this many seconds (a
+    #: ``launchctl print`` of a booted-out job, until the job has left).
+    until_fails: Dict[Tuple[str, ...], float] = field(default_factory=dict)
+    #: Commands retried while their output contains the text, at most this
+    #: many seconds (``launchctl bootstrap`` answering EIO).
+    retry_while: Dict[Tuple[str, ...], Tuple[str, float]] = field(default_factory=dict)
     #: Text a command's output must contain (the entitlement read back after signing).
     expect: Dict[Tuple[str, ...], str] = field(default_factory=dict)
     #: What to tell the user when a command fails.
@@ -107,7 +137,8 @@ class Plan:
         if self.up_to_date:
             lines.append("already installed and up to date: nothing to do")
         for d in self.dirs:
-            lines.append(f"mkdir {d}")
+            mode = self.dir_modes.get(d)
+            lines.append(f"mkdir {d}" + (f" (mode {mode:o})" if mode is not None else ""))
         for w in self.writes:
             lines.append(f"write {w.path} (mode {w.mode:o}):")
             lines += ["    " + line for line in w.content.decode().splitlines()]
@@ -115,6 +146,11 @@ class Plan:
             suffix = "  (may fail harmlessly)" if c in self.optional else ""
             if tuple(c) in self.expect:
                 suffix += f"  (output must contain {self.expect[tuple(c)]})"
+            if tuple(c) in self.until_fails:
+                suffix += f"  (repeated until it fails, at most {self.until_fails[tuple(c)]:g} s)"
+            if tuple(c) in self.retry_while:
+                text, limit = self.retry_while[tuple(c)]
+                suffix += f"  (retried while it says {text!r}, at most {limit:g} s)"
             lines.append(f"run: {shlex.join(c)}{suffix}")
         for r in self.removals:
             lines.append(f"remove {r}")
@@ -124,9 +160,15 @@ class Plan:
             lines.append(f"write {self.stamp[0]} ({self.stamp[1]})")
         return "\n".join(lines)
 
-    def execute(self) -> None:
+    def execute(self, runner: Runner = _subprocess_runner, clock: Callable[[], float] = time.monotonic, pause: Callable[[float], None] = time.sleep) -> None:
+        """Does it all. ``runner`` runs one command (tests pass a fake
+        launchctl); ``clock`` and ``pause`` pace the bounded waits."""
+        self._runner, self._clock, self._pause = runner, clock, pause
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
+            mode = self.dir_modes.get(d)
+            if mode is not None:
+                os.chmod(d, mode)
         for w in self.writes:
             w.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = w.path.with_name(w.path.name + ".new")
@@ -149,14 +191,40 @@ class Plan:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(make())
 
-    def _run(self, c: Command) -> None:
-        hint = self.explain.get(tuple(c))
+    def _call(self, c: Command) -> Optional[subprocess.CompletedProcess]:
         try:
-            proc = subprocess.run(c, capture_output=True, text=True)
+            return getattr(self, "_runner", _subprocess_runner)(c)
         except FileNotFoundError:
             if c in self.optional:
-                return
+                return None
             raise VmnetError(f"`{shlex.join(c)}` cannot run: {c[0]} is not installed") from None
+
+    def _run(self, c: Command) -> None:
+        hint = self.explain.get(tuple(c))
+        clock = getattr(self, "_clock", time.monotonic)
+        pause = getattr(self, "_pause", time.sleep)
+        proc = self._call(c)
+        if proc is None:
+            return
+        if tuple(c) in self.until_fails:
+            deadline = clock() + self.until_fails[tuple(c)]
+            while proc.returncode == 0:
+                if clock() >= deadline:
+                    message = f"`{shlex.join(c)}` still succeeds after {self.until_fails[tuple(c)]:g} s"
+                    raise VmnetError(f"{message}\n{hint}" if hint else message)
+                pause(POLL_INTERVAL_S)
+                proc = self._call(c)
+                if proc is None:
+                    return
+            return
+        if tuple(c) in self.retry_while:
+            busy, limit = self.retry_while[tuple(c)]
+            deadline = clock() + limit
+            while proc.returncode != 0 and busy in proc.stdout + proc.stderr and clock() < deadline:
+                pause(POLL_INTERVAL_S)
+                proc = self._call(c)
+                if proc is None:
+                    return
         if proc.returncode != 0 and c not in self.optional:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             message = f"`{shlex.join(c)}` failed (exit {proc.returncode}): {detail[-1] if detail else 'no output'}"
@@ -227,7 +295,20 @@ def _log_dir(home: Path) -> Path:
     return home / "Library" / "Logs" / "vmnet-rs"
 
 
-def macos_plist(label: str, exe: Path, home: Path, config: Optional[str], python: str, endpoints: Sequence[Tuple[str, str, Path]] = ()) -> bytes:
+def macos_plist(
+    label: str,
+    exe: Path,
+    home: Path,
+    config: Optional[str],
+    python: str,
+    endpoints: Sequence[Tuple[str, str, Path]] = (),
+    owner: Optional[Tuple[int, int]] = None,
+) -> bytes:
+    """The LaunchAgent. ``owner`` (uid, gid) owns the endpoint socket files
+    launchd creates (by default launchd's choice, which the user's own VMs
+    may not be able to open)."""
+    if owner is None:
+        owner = (os.getuid(), os.getgid())
     args = [str(exe), "--mach-service", label, "--python", python]
     if config:
         args += ["--config", config]
@@ -245,10 +326,22 @@ def macos_plist(label: str, exe: Path, home: Path, config: Optional[str], python
         # launchd holds each endpoint socket and starts the broker on the
         # first connection (launchd.plist(5) Sockets; the broker takes them
         # by these names with launch_activate_socket).
+        # Connecting to a Unix socket needs write permission on its file:
+        # the user's own VMs need it to be the user's (SockPathOwner/Group).
         doc["Sockets"] = {
-            f"{network}.{kind}": {"SockFamily": "Unix", "SockType": "stream" if kind == "stream" else "dgram", "SockPathName": str(path), "SockPathMode": 0o600}
+            f"{network}.{kind}": {
+                "SockFamily": "Unix",
+                "SockType": "stream" if kind == "stream" else "dgram",
+                "SockPathName": str(path),
+                "SockPathMode": 0o600,
+                "SockPathOwner": owner[0],
+                "SockPathGroup": owner[1],
+            }
             for network, kind, path in endpoints
         }
+        # The broker warns at start about a key here that its configuration
+        # no longer names (launchd would start it for nothing, again and again).
+        doc["EnvironmentVariables"] = {LAUNCHD_SOCKETS_ENV: ",".join(f"{network}.{kind}" for network, kind, _ in endpoints)}
     return plistlib.dumps(doc, sort_keys=True)
 
 
@@ -279,14 +372,16 @@ def macos_install_plan(
     python: Optional[str] = None,
     endpoints: Sequence[Tuple[str, str, Path]] = (),
     domain: str = "gui",
+    gid: Optional[int] = None,
 ) -> Plan:
     exe = exe or broker_executable()
     python = python or sys.executable
+    gid = os.getgid() if gid is None else gid
     support = _support_dir(home)
     ent = support / "entitlements.plist"
     stamp_path = support / "install.json"
     plist_path = _plist_path(home, label)
-    plist = macos_plist(label, exe, home, config, python, list(endpoints))
+    plist = macos_plist(label, exe, home, config, python, list(endpoints), owner=(uid, gid))
     target = f"{domain}/{uid}"
     plan = Plan("macos")
     plan.notes.append(f"LaunchAgent {label} in {target}; broker executable {exe} (signed ad hoc with {ENTITLEMENT})")
@@ -311,7 +406,11 @@ def macos_install_plan(
         plan.notes.append("an installed LaunchAgent differs (moved or changed package): it is replaced")
     plan.dirs += [support, _log_dir(home), plist_path.parent]
     if endpoints:
-        plan.dirs += sorted({path.parent for _n, _k, path in endpoints})
+        # The endpoint folder is the check on macOS (no datagram peer
+        # credentials): only its owner may reach the sockets (docs/endpoints.md).
+        for folder in sorted({path.parent for _n, _k, path in endpoints}):
+            plan.dirs.append(folder)
+            plan.dir_modes[folder] = 0o700
     plan.writes.append(FileWrite(ent, entitlements_plist()))
     plan.writes.append(FileWrite(plist_path, plist))
     # launchd's domain for the user's GUI session exists only while they are
@@ -324,6 +423,17 @@ def macos_install_plan(
             "Log in at the screen (or through Screen Sharing) and run `vmnet-rs install` again, "
             "or run `vmnet-rs install --domain user` to register the broker in user/{uid}".replace("{uid}", str(uid))
         )
+    # The old job goes first and is waited for (bounded: its ExitTimeOut):
+    # launchd refuses to bootstrap a label whose job is still exiting
+    # ("5: Input/output error"), and the binary is signed while nothing runs it.
+    bootout = ["launchctl", "bootout", f"{target}/{label}"]
+    plan.commands.append(bootout)
+    plan.optional.append(bootout)
+    gone = ["launchctl", "print", f"{target}/{label}"]
+    plan.commands.append(gone)
+    plan.optional.append(gone)
+    plan.until_fails[tuple(gone)] = BOOTOUT_WAIT_S
+    plan.explain[tuple(gone)] = f"the old broker job {label} did not exit; stop it (`launchctl bootout {target}/{label}`) and run install again"
     sign = ["codesign", "--force", "-s", "-", "--entitlements", str(ent), str(exe)]
     verify = ["codesign", "--verify", "--strict", str(exe)]
     show = ["codesign", "-d", "--entitlements", "-", str(exe)]
@@ -332,10 +442,9 @@ def macos_install_plan(
     plan.explain[tuple(verify)] = f"the signature of {exe} does not verify: run `vmnet-rs install --force`"
     plan.expect[tuple(show)] = ENTITLEMENT
     plan.explain[tuple(show)] = f"{exe} was signed but does not carry {ENTITLEMENT}; vmnet would refuse it"
-    bootout = ["launchctl", "bootout", f"{target}/{label}"]
-    plan.commands.append(bootout)
-    plan.optional.append(bootout)
-    plan.commands.append(["launchctl", "bootstrap", target, str(plist_path)])
+    bootstrap = ["launchctl", "bootstrap", target, str(plist_path)]
+    plan.commands.append(bootstrap)
+    plan.retry_while[tuple(bootstrap)] = (BOOTSTRAP_BUSY, BOOTSTRAP_RETRY_S)
     plan.stamp = (stamp_path, "records the signed binary's sha256, so an upgrade is noticed", lambda: _stamp(label, plist, exe))
     return plan
 

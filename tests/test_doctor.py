@@ -116,6 +116,17 @@ def test_a_colliding_host_route_and_no_broker(netns, tmp_path: Path) -> None:
     assert doc["summary"]["failed"] == ["broker socket", "subnet lab", "broker answers"]
 
 
+def test_macos_release_reads_26_when_python_says_16() -> None:
+    from vmnet_rs.doctor import macos_release
+
+    # A Python built with an older SDK on macOS 26.2 (Darwin 25.2.0).
+    assert macos_release("16.0", "25.2.0") == "26.2"
+    assert macos_release("26.1", "25.1.0") == "26.1"
+    assert macos_release("16.0", "") == "26.0"
+    assert macos_release("15.4", "24.4.0") == "15.4"
+    assert macos_release("", "") == ""
+
+
 def test_macos_checks_name_each_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The macOS lines, with codesign, launchctl and the OS version faked (they exist only on a Mac)."""
     import subprocess
@@ -153,3 +164,8 @@ def test_macos_checks_name_each_problem(tmp_path: Path, monkeypatch: pytest.Monk
     assert checks["macOS"].verdict == "FAIL" and "needs macOS 26" in checks["macOS"].detail
     assert checks["signature"].verdict == "FAIL" and checks["entitlement"].verdict == "FAIL"
     assert "VMNET_MEM_FAILURE" in checks["entitlement"].detail
+    # macOS 26 seen through an older SDK: "16.0", Darwin 25: not "needs macOS 26".
+    monkeypatch.setattr(doctor.platform, "mac_ver", lambda: ("16.0", ("", "", ""), "arm64"))
+    monkeypatch.setattr(doctor.platform, "release", lambda: "25.2.0")
+    checks = {c.name: c for c in doctor.macos_checks(None, "shared")}
+    assert checks["macOS"].verdict == "ok" and checks["macOS"].detail.startswith("26.2"), checks["macOS"].detail

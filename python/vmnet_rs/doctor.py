@@ -242,11 +242,29 @@ def _run(argv: List[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]} not found")
 
 
+def macos_release(product: str, darwin: str) -> str:
+    """The macOS version from ``platform.mac_ver()[0]`` (``product``) and the
+    Darwin kernel release (``darwin``, ``platform.release()`` on a Mac).
+
+    On macOS 26 ``platform.mac_ver()`` says "16.0" in many builds (Python
+    built with an older SDK reads the compatibility string); the kernel
+    release is not rewritten: from Darwin 25 (macOS 26) on, macOS's major is
+    Darwin's plus one and the minors agree. A product of 16 with no usable
+    kernel release still means 26 (docs/macos.md)."""
+    parts = darwin.split(".")
+    if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) >= 25:
+        return f"{int(parts[0]) + 1}.{int(parts[1])}"
+    head, _, rest = product.partition(".")
+    if head == "16":
+        return f"26.{rest}" if rest else "26"
+    return product
+
+
 def macos_checks(mach_service: Optional[str], network: str) -> List[Check]:
     from .install import DEFAULT_MACH_SERVICE, ENTITLEMENT, _plist_path, broker_executable
 
     checks = []
-    release = platform.mac_ver()[0] or "unknown"
+    release = macos_release(platform.mac_ver()[0], platform.release()) or "unknown"
     major = int(release.split(".")[0]) if release[:1].isdigit() else 0
     if major >= 26:
         checks.append(Check("macOS", OK, f"{release} ({platform.machine()})"))

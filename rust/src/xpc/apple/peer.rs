@@ -6,7 +6,8 @@
 //! - [`own_cdhash`]: this executable's CDHash via the private `csops`.
 //! - [`SameCdhash`]: an LWCR peer requirement `{cdhash: <own>}` (Lima's
 //!   rule), usable on a listener or per message.
-//! - [`os_version`] reads `kern.osproductversion`.
+//! - [`os_version`] reads `kern.osproductversion` and `kern.osrelease`
+//!   (`darwin::macos_version`: "16.0" on 26 for older-SDK binaries).
 //!
 //! Called on the listener's queue and at start-up; no state of its own.
 
@@ -76,25 +77,25 @@ pub fn own_cdhash() -> Result<[u8; ffi::CDHASH_LEN], Error> {
     Ok(hash)
 }
 
-/// `kern.osproductversion` as (major, minor, patch).
+/// The macOS version as (major, minor, patch), from `kern.osproductversion`
+/// and `kern.osrelease` (see `darwin::macos_version`).
 pub fn os_version() -> Option<(u32, u32, u32)> {
-    let mut buf = [0u8; 32];
+    let product = sysctl_string(c"kern.osproductversion");
+    let darwin = sysctl_string(c"kern.osrelease");
+    darwin::macos_version(product.as_deref(), darwin.as_deref())
+}
+
+/// A string sysctl (sys/sysctl.h `sysctlbyname`), or `None`.
+fn sysctl_string(name: &CStr) -> Option<String> {
+    let mut buf = [0u8; 64];
     let mut len = buf.len();
     // SAFETY: sysctlbyname writes at most `len` bytes into `buf`.
-    let rc = unsafe {
-        libc::sysctlbyname(
-            c"kern.osproductversion".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            &mut len,
-            std::ptr::null_mut(),
-            0,
-        )
-    };
+    let rc = unsafe { libc::sysctlbyname(name.as_ptr(), buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0) };
     if rc != 0 {
         return None;
     }
     let text = CStr::from_bytes_until_nul(&buf[..len.min(buf.len())]).ok()?.to_str().ok()?;
-    darwin::parse_os_version(text)
+    Some(text.to_owned())
 }
 
 /// An `xpc_peer_requirement_t` matching only executables with `cdhash`.

@@ -164,6 +164,14 @@ fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
             }
         }
     }
+    // The event callback writes to this pipe from vmnet's queue; once the
+    // relay is gone the read end is closed, and a late event would raise
+    // SIGPIPE in whatever process embeds the library (a Python host
+    // included). F_SETNOSIGPIPE (sys/fcntl.h) turns that into EPIPE, ignored.
+    // SAFETY: fcntl on an fd we own.
+    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETNOSIGPIPE, 1) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok((r, w))
 }
 

@@ -3,10 +3,12 @@
 //! releases them).
 //!
 //! libxpc cancels a client session for good once a request on it fails
-//! (the broker exited or restarted, the connection broke): every later
-//! request on that session would fail too. So an error discards the session
-//! (`xpc::session_slot::SessionSlot`), the failing request reports it, and the next
-//! request opens a new session. Leases held by the old session are gone
+//! or the broker drops it (the broker exited or restarted, the connection
+//! broke): every later request on that session would fail too, and an
+//! asynchronous send on it makes a crash report (xpc/session.h). So an
+//! error discards the session (`xpc::session_slot::SessionSlot`), the
+//! failing request reports it, and so does the session's cancel handler; the
+//! next request opens a new session. Leases held by the old session are gone
 //! with it; the error says so.
 //!
 //! Threads: `request` blocks the calling thread until the reply arrives (or
@@ -16,6 +18,7 @@
 //! hands over the reply. Safe to share between threads.
 
 use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,13 +34,19 @@ use crate::xpc::{Dict, Error};
 struct Session {
     x: &'static ffi::Xpc,
     session: Object,
+    /// Set by the session's cancel handler: the broker dropped the session
+    /// (or it exited), and the session is invalid for good (xpc/xpc.h).
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Session {
     fn open(x: &'static ffi::Xpc, service: &str, privileged: bool) -> Result<Session, Error> {
         let c = CString::new(service)
             .map_err(|_| Error::Transport(format!("Mach service name {service:?} contains a NUL byte")))?;
-        let flags = if privileged { ffi::XPC_SESSION_CREATE_MACH_PRIVILEGED } else { ffi::XPC_SESSION_CREATE_NONE };
+        // Inactive, so the cancel handler is in place before anything can
+        // cancel it (xpc/session.h).
+        let flags = ffi::XPC_SESSION_CREATE_INACTIVE
+            | if privileged { ffi::XPC_SESSION_CREATE_MACH_PRIVILEGED } else { ffi::XPC_SESSION_CREATE_NONE };
         let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
         // SAFETY: a valid C string, the default queue (NULL), and an error
         // out-pointer; the result is +1 or NULL with a +1 error.
@@ -47,7 +56,25 @@ impl Session {
             Some(session) => {
                 // SAFETY: `err` is NULL or ours.
                 unsafe { take_rich_error(err) };
-                Ok(Session { x, session })
+                let cancelled = Arc::new(AtomicBool::new(false));
+                let flag = Arc::clone(&cancelled);
+                let on_cancel = RcBlock::new(move |_error: ffi::xpc_rich_error_t| {
+                    flag.store(true, Ordering::Release);
+                });
+                // Built now, so a failed activation below is cancelled and
+                // released by `Drop`.
+                let this = Session { x, session, cancelled };
+                // SAFETY: the session is live and inactive; libxpc copies the
+                // block (ours goes at the end of this scope).
+                unsafe { (x.xpc_session_set_cancel_handler)(this.session.as_ptr(), &on_cancel) };
+                let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+                // SAFETY: the session is live and inactive; `err` is an out-pointer.
+                if !unsafe { (x.xpc_session_activate)(this.session.as_ptr(), &mut err) } {
+                    // SAFETY: `err` is NULL or ours.
+                    let text = unsafe { take_rich_error(err) }.map(|(t, _)| t).unwrap_or_default();
+                    return Err(Error::Unavailable(format!("cannot activate a session to {service}: {text}")));
+                }
+                Ok(this)
             }
             None => {
                 // SAFETY: `err` is NULL or ours.
@@ -107,7 +134,11 @@ impl Client {
     /// session is dropped and the next call opens a new one.
     pub fn request(&self, message: &Dict) -> Result<Dict, Error> {
         let msg = to_xpc(message)?;
-        let (session, fresh) = self.slot.get_or_open(|| Session::open(self.x, &self.service, self.privileged))?;
+        // A session whose cancel handler ran is replaced before anything is
+        // sent on it (sending on a cancelled session makes a crash report).
+        let (session, fresh) = self
+            .slot
+            .get_usable_or_open(|s| !s.cancelled.load(Ordering::Acquire), || Session::open(self.x, &self.service, self.privileged))?;
         if fresh {
             log::info!("opened a new session to {} (the previous one failed)", self.service);
         }
@@ -146,6 +177,9 @@ enum Outcome {
 
 impl Client {
     fn request_sync(&self, session: &Arc<Session>, msg: &Object) -> Outcome {
+        if session.cancelled.load(Ordering::Acquire) {
+            return Outcome::SessionFailed("the session was cancelled".into());
+        }
         let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
         // SAFETY: the session and message are live; not called on the
         // session's target queue (see module doc). The reply is +1 or NULL
@@ -185,7 +219,11 @@ impl Client {
                 let _ = tx.try_send(outcome);
             }
         });
-        // SAFETY: session and message are live; libxpc copies the block.
+        if session.cancelled.load(Ordering::Acquire) {
+            return Outcome::SessionFailed("the session was cancelled".into());
+        }
+        // SAFETY: session and message are live and the session was not
+        // cancelled a moment ago; libxpc copies the block.
         unsafe {
             (self.x.xpc_session_send_message_with_reply_async)(session.session.as_ptr(), msg.as_ptr(), &handler)
         };

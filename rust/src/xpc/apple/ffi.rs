@@ -50,12 +50,16 @@ pub type ReplyHandler = Block<dyn Fn(xpc_object_t, xpc_rich_error_t)>;
 pub const XPC_LISTENER_CREATE_INACTIVE: u64 = 1 << 0;
 /// `XPC_SESSION_CREATE_NONE` / `_MACH_PRIVILEGED` (xpc/session.h).
 pub const XPC_SESSION_CREATE_NONE: u64 = 0;
+/// `XPC_SESSION_CREATE_INACTIVE` (xpc/session.h): handlers are set, then
+/// `xpc_session_activate`.
+pub const XPC_SESSION_CREATE_INACTIVE: u64 = 1 << 0;
 pub const XPC_SESSION_CREATE_MACH_PRIVILEGED: u64 = 1 << 1;
 
-// xpc/base.h, xpc/xpc.h: object lifetime, types, values. Only calls from
-// macOS 10.7 are linked directly, so the library loads whatever deployment
-// target it was built for; newer ones (`xpc_type_get_name`, 10.15) are
-// resolved at run time.
+// xpc/base.h, xpc/xpc.h: object lifetime, types, values. The calls linked
+// directly are from macOS 10.7 here, and 10.10 at most in the whole library
+// (`launch_activate_socket`, xpc/activation.rs), so it loads on every
+// deployment target it is built for (11.0 and later); newer ones
+// (`xpc_type_get_name`, 10.15, and everything below) are resolved at run time.
 extern "C" {
     pub fn xpc_retain(object: xpc_object_t) -> xpc_object_t;
     pub fn xpc_release(object: xpc_object_t);
@@ -137,8 +141,8 @@ extern "C" {
 
 crate::xpc::apple::dynamic::dynamic_functions! {
     /// Calls newer than the oldest macOS the library loads on, resolved at
-    /// run time (`dynamic.rs`): xpc/rich_error.h and xpc/session.h (13.0;
-    /// `set_target_queue` 14.0), xpc/listener.h (14.0; code signing
+    /// run time (`dynamic.rs`): xpc/rich_error.h and xpc/session.h (13.0),
+    /// xpc/listener.h (14.0; code signing
     /// requirement 14.4; peer requirement 26.0), xpc/peer_requirement.h
     /// (26.0).
     pub struct Xpc, needs "the vmnet-rs broker and client need macOS 26 or later" {
@@ -153,7 +157,8 @@ crate::xpc::apple::dynamic::dynamic_functions! {
         ) -> xpc_session_t;
         fn xpc_session_set_incoming_message_handler(session: xpc_session_t, handler: &IncomingMessageHandler);
         fn xpc_session_set_cancel_handler(session: xpc_session_t, cancel_handler: &CancelHandler);
-        fn xpc_session_set_target_queue(session: xpc_session_t, target_queue: *const DispatchQueue);
+        /// xpc/session.h: `bool xpc_session_activate(xpc_session_t, xpc_rich_error_t *)`.
+        fn xpc_session_activate(session: xpc_session_t, error_out: *mut xpc_rich_error_t) -> bool;
         fn xpc_session_cancel(session: xpc_session_t);
         /// NULL on success; else a +1 rich error.
         fn xpc_session_send_message(session: xpc_session_t, message: xpc_object_t) -> xpc_rich_error_t;

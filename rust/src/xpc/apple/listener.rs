@@ -2,9 +2,11 @@
 //! sessions call the portable [`Handler`].
 //!
 //! Threads: everything here runs on one serial dispatch queue, the
-//! listener's target queue, which every peer session is also pointed at
-//! (`xpc_session_set_target_queue`): incoming sessions, requests and
-//! cancellations are delivered one at a time, in order. [`Listener`] is
+//! listener's target queue: incoming sessions, requests and cancellations
+//! are delivered one at a time, in order. A peer session runs on the
+//! listener's queue by itself; its target queue is not set (xpc/session.h
+//! documents target queues for sessions the caller creates, and Lima's
+//! binding never sets one on a peer). [`Listener`] is
 //! owned by whoever called [`serve`]; dropping it cancels the listener.
 //!
 //! Invariants: each session gets a connection id unique for the life of the
@@ -131,10 +133,9 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
     });
     let queue = DispatchQueue::new("vmnet-rs.broker.listener", None);
 
-    let session_queue = queue.clone();
     let in_block = Arc::clone(&shared);
     let incoming = RcBlock::new(move |peer: ffi::xpc_session_t| {
-        let result = catch_unwind(AssertUnwindSafe(|| accept_session(peer, &in_block, &session_queue)));
+        let result = catch_unwind(AssertUnwindSafe(|| accept_session(peer, &in_block)));
         if result.is_err() {
             log::error!("accepting a peer session panicked; the peer is rejected");
             // SAFETY: `peer` is the (still inactive) session handed to this
@@ -207,8 +208,8 @@ pub fn serve(service: &str, handler: Arc<dyn Handler>, options: ServeOptions) ->
 }
 
 /// In the incoming-session block: give the session its handlers (required
-/// before the block returns) on the listener's queue.
-fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &DispatchRetained<DispatchQueue>) {
+/// before the block returns); they run on the listener's queue.
+fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>) {
     // SAFETY: `peer` is the live session handed to the incoming block; the
     // reference taken here is released by the cancel handler, which breaks
     // the session -> block -> session cycle a captured reference would make.
@@ -248,14 +249,15 @@ fn accept_session(peer: ffi::xpc_session_t, shared: &Arc<Shared>, queue: &Dispat
         let ours = sess2.retained.lock().map(|mut r| r.take()).unwrap_or(None);
         drop(ours);
     });
-    shared.live_sessions.fetch_add(1, Ordering::AcqRel);
     // SAFETY: `peer` is the inactive session handed to the incoming block;
-    // libxpc copies the blocks; the queue is live.
+    // libxpc copies the blocks.
     unsafe {
-        (shared.x.xpc_session_set_target_queue)(peer, &**queue);
         (shared.x.xpc_session_set_incoming_message_handler)(peer, &on_message);
         (shared.x.xpc_session_set_cancel_handler)(peer, &on_cancel);
     }
+    // Counted only once the cancel handler that uncounts it is in place: a
+    // panic before this line leaves the count (and idle exit) unharmed.
+    shared.live_sessions.fetch_add(1, Ordering::AcqRel);
 }
 
 fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: &Shared, session: &Session) {

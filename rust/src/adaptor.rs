@@ -259,7 +259,7 @@ impl Adaptor {
         let (wake_rx, wake_tx) = socket::wake_pipe().map_err(Error::CreateWakePipe)?;
 
         let shared = Arc::new(relay::Shared::default());
-        let relay = relay::Relay::new(interface, socket, wake_rx, kind, Arc::clone(&shared));
+        let relay = relay::Relay::new(interface, socket, wake_rx, kind, Arc::clone(&shared), buffers.send_bytes);
         let thread = std::thread::Builder::new()
             .name(format!("adaptor-{}", kind.as_str()))
             .spawn(move || relay.run())

@@ -14,12 +14,17 @@
 //! treats a datagram that fills its whole buffer as cut, and callers size
 //! each buffer [`receive_buffer_len`]: one byte more than the largest frame.
 //!
-//! Batched sends on macOS: `sendmsg_x` fails the whole call with `EMSGSIZE`
-//! when the datagrams add up to more than the socket's send high-water mark
-//! (XNU `bsd/sys/socket_private.h`), so each call is capped by bytes
-//! (`SO_SNDBUF`, which reads that mark) as well as by count
-//! ([`send_chunk_len`]), and a refused chunk is re-sent one frame per call
-//! ([`send_chunked`]) so an error names the frame that caused it.
+//! Batched sends on macOS: XNU's `sendmsg_x` (xnu >= 10002, macOS 14;
+//! `bsd/kern/uipc_syscalls.c`) checks each datagram against the socket's
+//! send limit (its send high-water mark), not the call's total: the first
+//! datagram too large fails the call with `EMSGSIZE`, a later one ends the
+//! batch and the call returns how many went before it. So a call carries
+//! up to the count and stops before a frame over the limit
+//! ([`send_chunk_len`]); such a frame goes alone, so its error names it, and
+//! a chunk refused anyway (a limit lower than the one the adaptor was
+//! granted) is re-sent one frame per call ([`send_chunked`]). The limit is
+//! the one the adaptor was granted when it set its buffers (`SO_SNDBUF`
+//! reads the high-water mark on XNU), passed in, not asked for per batch.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -43,17 +48,16 @@ fn is_cut(len: usize, capacity: usize, kernel_says_truncated: bool) -> bool {
 }
 
 /// How many leading `frames` one batched send may carry: at most
-/// `max_count`, and no more than `max_bytes` in all. Always at least one
-/// (when `frames` is not empty): a frame larger than `max_bytes` goes alone,
-/// so its own error names it.
+/// `max_count`, stopping before the first frame longer than `send_limit`
+/// (the kernel checks each datagram against it, not their total). Always at
+/// least one (when `frames` is not empty): a frame over the limit goes
+/// alone, so its own error names it.
 #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
-pub(crate) fn send_chunk_len(frames: &[&[u8]], max_count: usize, max_bytes: usize) -> usize {
-    let mut bytes = 0usize;
+pub(crate) fn send_chunk_len(frames: &[&[u8]], max_count: usize, send_limit: usize) -> usize {
     let mut n = 0;
     for frame in frames.iter().take(max_count.max(1)) {
-        bytes = bytes.saturating_add(frame.len());
-        if n > 0 && bytes > max_bytes {
-            break;
+        if frame.len() > send_limit {
+            return n.max(1);
         }
         n += 1;
     }
@@ -70,14 +74,14 @@ pub(crate) fn send_chunk_len(frames: &[&[u8]], max_count: usize, max_bytes: usiz
 pub(crate) fn send_chunked(
     frames: &[&[u8]],
     max_count: usize,
-    max_bytes: usize,
+    send_limit: usize,
     mut batch: impl FnMut(&[&[u8]]) -> io::Result<usize>,
     mut single: impl FnMut(&[&[u8]]) -> io::Result<usize>,
 ) -> io::Result<usize> {
     let mut sent = 0;
     while sent < frames.len() {
         let rest = &frames[sent..];
-        let n = send_chunk_len(rest, max_count, max_bytes);
+        let n = send_chunk_len(rest, max_count, send_limit);
         let chunk = &rest[..n];
         let result = if n == 1 {
             single(chunk)
@@ -167,20 +171,29 @@ pub(crate) fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], tr
     return recv_each(fd, bufs, lens, truncated);
 }
 
-/// Sends frames in as few calls as the platform allows.
-pub(crate) fn send_batch(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+/// Sends frames in as few calls as the platform allows. `send_limit`: the
+/// socket's send limit as granted when its buffers were set (`SO_SNDBUF`;
+/// `usize::MAX` when unknown), used where the kernel checks each datagram
+/// against it (macOS).
+pub(crate) fn send_batch(fd: RawFd, frames: &[&[u8]], send_limit: usize) -> io::Result<usize> {
     if frames.is_empty() {
         return Ok(0);
     }
     #[cfg(target_os = "linux")]
-    return mmsg::send(fd, frames);
+    return {
+        let _ = send_limit;
+        mmsg::send(fd, frames)
+    };
     #[cfg(target_os = "macos")]
     return match msg_x::functions() {
-        Some(f) => msg_x::send(f, fd, frames),
+        Some(f) => msg_x::send(f, fd, frames, send_limit),
         None => send_each(fd, frames),
     };
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    return send_each(fd, frames);
+    return {
+        let _ = send_limit;
+        send_each(fd, frames)
+    };
 }
 
 #[cfg(target_os = "linux")]
@@ -330,23 +343,6 @@ mod msg_x {
         Ok(n)
     }
 
-    /// The socket's send high-water mark (`SO_SNDBUF` reads `sb_hiwat` on
-    /// XNU); unknown means no byte cap, and the kernel's `EMSGSIZE` then
-    /// sends the chunk frame by frame.
-    fn send_high_water(fd: RawFd) -> usize {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `value`.
-        let r = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&mut value as *mut libc::c_int).cast(), &mut len)
-        };
-        if r == 0 && value > 0 {
-            value as usize
-        } else {
-            usize::MAX
-        }
-    }
-
     /// One `sendmsg_x` call over `frames`.
     fn send_call(f: Functions, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
         let mut iovs: Vec<libc::iovec> =
@@ -364,9 +360,10 @@ mod msg_x {
         Ok(r as usize)
     }
 
-    /// Sends in calls capped by count and by the send high-water mark.
-    pub(super) fn send(f: Functions, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
-        send_chunked(frames, frames.len(), send_high_water(fd), |chunk| send_call(f, fd, chunk), |one| send_each(fd, one))
+    /// Sends in calls capped by count, each stopping before a frame over
+    /// the send limit the adaptor was granted.
+    pub(super) fn send(f: Functions, fd: RawFd, frames: &[&[u8]], send_limit: usize) -> io::Result<usize> {
+        send_chunked(frames, frames.len(), send_limit, |chunk| send_call(f, fd, chunk), |one| send_each(fd, one))
     }
 }
 
@@ -387,7 +384,7 @@ mod tests {
         let (a, b) = pair();
         let frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 20 + i as usize]).collect();
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
-        assert_eq!(send_batch(a.as_raw_fd(), &refs[..3]).unwrap(), 3);
+        assert_eq!(send_batch(a.as_raw_fd(), &refs[..3], usize::MAX).unwrap(), 3);
         assert_eq!(send_each(a.as_raw_fd(), &refs[3..]).unwrap(), 2);
         let mut bufs = vec![vec![0u8; 64]; 8];
         let mut lens = [0usize; 8];
@@ -408,7 +405,7 @@ mod tests {
     fn oversized_datagrams_are_flagged_truncated() {
         let (a, b) = pair();
         send_each(a.as_raw_fd(), &[&[7u8; 100]]).unwrap();
-        send_batch(a.as_raw_fd(), &[&[8u8; 100]]).unwrap();
+        send_batch(a.as_raw_fd(), &[&[8u8; 100]], usize::MAX).unwrap();
         let mut bufs = vec![vec![0u8; 50]; 1];
         let (mut lens, mut trunc) = ([0usize; 1], [false; 1]);
         assert_eq!(recv_each(b.as_raw_fd(), &mut bufs, &mut lens, &mut trunc).unwrap(), 1);
@@ -437,22 +434,25 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_capped_by_count_and_bytes() {
+    fn chunks_are_capped_by_count_and_stop_before_a_frame_over_the_limit() {
         let f = |n: usize| vec![0u8; n];
         let (a, b, c, d) = (f(1000), f(1000), f(3000), f(10));
         let frames: Vec<&[u8]> = vec![&a, &b, &c, &d];
         assert_eq!(send_chunk_len(&frames, 64, usize::MAX), 4);
         assert_eq!(send_chunk_len(&frames, 3, usize::MAX), 3);
-        assert_eq!(send_chunk_len(&frames, 64, 2000), 2, "exactly at the cap fits");
-        assert_eq!(send_chunk_len(&frames, 64, 1999), 1);
-        assert_eq!(send_chunk_len(&frames[2..], 64, 2000), 1, "a lone frame over the cap still goes, alone");
+        // Each frame against the limit, not their total (XNU >= 14).
+        assert_eq!(send_chunk_len(&frames[..2], 64, 1000), 2, "two frames at the limit make one call");
+        assert_eq!(send_chunk_len(&frames, 64, 2000), 2, "the call stops before the frame over the limit");
+        assert_eq!(send_chunk_len(&frames[2..], 64, 2000), 1, "a lone frame over the limit still goes, alone");
+        assert_eq!(send_chunk_len(&frames[3..], 64, 2000), 1);
         assert_eq!(send_chunk_len(&frames, 0, 2000), 1, "a zero count still sends one");
         assert_eq!(send_chunk_len(&[], 64, 2000), 0);
     }
 
-    /// A model of XNU's sendmsg_x: EMSGSIZE when the datagrams of one call
-    /// add up to more than `hiwat`, and a per-frame send that refuses only
-    /// frames larger than `hiwat`.
+    /// A model of XNU's `sendmsg_x` (xnu >= 10002, docs/macos.md): each
+    /// datagram is checked against `hiwat`; the first too large fails the
+    /// call with EMSGSIZE, a later one ends it with the count so far. A
+    /// per-frame send refuses only frames larger than `hiwat`.
     struct Kernel {
         hiwat: usize,
         delivered: Vec<usize>,
@@ -463,10 +463,12 @@ mod tests {
     impl Kernel {
         fn batch(&mut self, chunk: &[&[u8]]) -> io::Result<usize> {
             self.batch_calls += 1;
-            if chunk.iter().map(|f| f.len()).sum::<usize>() > self.hiwat {
-                return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+            for (i, f) in chunk.iter().enumerate() {
+                if f.len() > self.hiwat {
+                    return if i > 0 { Ok(i) } else { Err(io::Error::from_raw_os_error(libc::EMSGSIZE)) };
+                }
+                self.delivered.push(f[0] as usize);
             }
-            self.delivered.extend(chunk.iter().map(|f| f[0] as usize));
             Ok(chunk.len())
         }
 
@@ -482,40 +484,44 @@ mod tests {
         }
     }
 
-    fn run(kernel: &mut Kernel, frames: &[&[u8]], cap: usize) -> io::Result<usize> {
+    fn run(kernel: &mut Kernel, frames: &[&[u8]], limit: usize) -> io::Result<usize> {
         let k = std::cell::RefCell::new(kernel);
-        send_chunked(frames, 64, cap, |c| k.borrow_mut().batch(c), |c| k.borrow_mut().single(c))
+        send_chunked(frames, 64, limit, |c| k.borrow_mut().batch(c), |c| k.borrow_mut().single(c))
     }
 
     #[test]
-    fn large_batches_go_out_in_byte_capped_calls_without_losing_a_frame() {
-        // 64 TSO-sized frames (~4 MiB) against a 1 MiB send buffer.
+    fn a_batch_over_the_send_limit_in_total_is_still_one_call() {
+        // 64 TSO-sized frames (~4 MiB) against a 1 MiB send limit: each
+        // frame fits, so one call carries them all.
         let frames: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 65_000]).collect();
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
         let mut k = Kernel { hiwat: 1 << 20, delivered: Vec::new(), batch_calls: 0, single_calls: 0 };
         assert_eq!(run(&mut k, &refs, 1 << 20).unwrap(), 64);
         assert_eq!(k.delivered, (0..64).collect::<Vec<_>>());
-        assert_eq!(k.batch_calls, 4, "16 frames of 65000 bytes fit under 1 MiB per call");
-        assert_eq!(k.single_calls, 0);
+        assert_eq!((k.batch_calls, k.single_calls), (1, 0));
     }
 
     #[test]
-    fn an_emsgsize_from_a_stale_cap_resends_the_chunk_frame_by_frame() {
-        // The cap we read (1 MiB) is larger than what the kernel enforces
-        // (100 000 bytes): the chunk is refused and sent one frame per call.
-        let frames: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 60_000]).collect();
+    fn an_emsgsize_under_a_stale_limit_resends_the_chunk_frame_by_frame() {
+        // The adaptor was granted 1 MiB, the kernel now enforces 100 000
+        // bytes: the chunk is refused for its first frame and sent one frame
+        // per call, so the refusal lands on that frame alone.
+        let sizes = [150_000usize, 100, 100];
+        let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
         let mut k = Kernel { hiwat: 100_000, delivered: Vec::new(), batch_calls: 0, single_calls: 0 };
-        assert_eq!(run(&mut k, &refs, 1 << 20).unwrap(), 8);
-        assert_eq!(k.delivered, (0..8).collect::<Vec<_>>());
-        assert_eq!((k.batch_calls, k.single_calls), (1, 8));
+        let err = run(&mut k, &refs, 1 << 20).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
+        assert_eq!((k.batch_calls, k.single_calls), (1, 1));
+        assert_eq!(run(&mut k, &refs[1..], 1 << 20).unwrap(), 2);
+        assert_eq!(k.delivered, vec![1, 2]);
     }
 
     #[test]
     fn only_the_frame_too_large_for_the_socket_fails() {
-        // Frame 2 alone exceeds the high-water mark: frames 0 and 1 go, the
-        // next call fails with frame 2 first (the relay drops it), and the
-        // call after that carries frames 3 and 4.
+        // Frame 2 alone exceeds the limit: frames 0 and 1 go in one call,
+        // the next call fails with frame 2 first (the relay drops it), and
+        // the call after that carries frames 3 and 4.
         let sizes = [100usize, 100, 5000, 100, 100];
         let frames: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
@@ -525,12 +531,16 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EMSGSIZE));
         assert_eq!(run(&mut k, &refs[3..], 4096).unwrap(), 2);
         assert_eq!(k.delivered, vec![0, 1, 3, 4]);
+        // Frame 2 is tried alone twice: once ending the first send, once first.
+        assert_eq!((k.batch_calls, k.single_calls), (2, 2));
     }
 
     #[test]
     fn chunked_sends_on_a_real_socket_arrive_whole_and_in_order() {
         let (a, b) = pair();
-        let frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100 + i as usize]).collect();
+        let mut frames: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100 + i as usize]).collect();
+        // One frame over the 500-byte limit ends a call and goes alone.
+        frames[10] = vec![10u8; 600];
         let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
         let mut calls = 0;
         let sent = send_chunked(
@@ -539,14 +549,14 @@ mod tests {
             500,
             |c| {
                 calls += 1;
-                send_batch(a.as_raw_fd(), c)
+                send_batch(a.as_raw_fd(), c, usize::MAX)
             },
             |c| send_each(a.as_raw_fd(), c),
         )
         .unwrap();
         assert_eq!(sent, 20);
-        assert_eq!(calls, 5, "about four frames of ~110 bytes per 500-byte call");
-        let mut bufs = vec![vec![0u8; receive_buffer_len(200)]; 32];
+        assert_eq!(calls, 2, "frames 0-9 and 11-19 in one call each, frame 10 alone");
+        let mut bufs = vec![vec![0u8; receive_buffer_len(1000)]; 32];
         let (mut lens, mut trunc) = ([0usize; 32], [false; 32]);
         assert_eq!(recv_batch(b.as_raw_fd(), &mut bufs, &mut lens, &mut trunc).unwrap(), 20);
         for i in 0..20 {

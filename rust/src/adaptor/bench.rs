@@ -197,6 +197,8 @@ fn generate(fd: RawFd, framing: Framing, frame_bytes: usize, src: [u8; 6], dst: 
         }
         Framing::Datagram => {
             let mut frames: Vec<Vec<u8>> = vec![base; BENCH_BATCH];
+            // The send limit, read once as the adaptor reads its own.
+            let send_limit = super::socket::get_int_option(fd, libc::SO_SNDBUF).unwrap_or(usize::MAX);
             let mut queued = 0usize; // frames[..queued] hold unsent sequence numbers
             while !stop.load(Ordering::Relaxed) {
                 window.wait(seq);
@@ -205,7 +207,7 @@ fn generate(fd: RawFd, framing: Framing, frame_bytes: usize, src: [u8; 6], dst: 
                 }
                 queued = BENCH_BATCH;
                 let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
-                match super::batch_io::send_batch(fd, &refs) {
+                match super::batch_io::send_batch(fd, &refs, send_limit) {
                     Ok(n) => {
                         seq += n as u64;
                         frames.rotate_left(n);

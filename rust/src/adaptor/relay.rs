@@ -194,6 +194,7 @@ pub(crate) struct Relay {
     wake: OwnedFd,
     kind: Kind,
     shared: Arc<Shared>,
+    send_limit: usize,
 }
 
 /// Rate limit for per-frame error logs: the first few, then every 1000th.
@@ -217,8 +218,9 @@ impl HostToVm {
 }
 
 impl Relay {
-    pub(crate) fn new(iface: Box<dyn Interface>, vm: OwnedFd, wake: OwnedFd, kind: Kind, shared: Arc<Shared>) -> Self {
-        Relay { iface, vm, wake, kind, shared }
+    /// `send_limit`: the VM socket's send buffer as granted (`SO_SNDBUF`).
+    pub(crate) fn new(iface: Box<dyn Interface>, vm: OwnedFd, wake: OwnedFd, kind: Kind, shared: Arc<Shared>, send_limit: usize) -> Self {
+        Relay { iface, vm, wake, kind, shared, send_limit }
     }
 
     /// Runs until the relay ends, then releases everything.
@@ -256,7 +258,7 @@ impl Relay {
             stalls: 0,
             writer: match self.kind {
                 Kind::Stream => VmWriter::Stream(StreamWriter::new()),
-                _ => VmWriter::Datagram(DatagramWriter::new(batched)),
+                _ => VmWriter::Datagram(DatagramWriter::new(batched, self.send_limit)),
             },
         };
         let mut v2h_stalls = 0u32;

@@ -82,7 +82,7 @@ fn set_int_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Res
     .map(|_| ())
 }
 
-fn get_int_option(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
+pub(crate) fn get_int_option(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `value`.

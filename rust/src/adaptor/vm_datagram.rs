@@ -86,17 +86,19 @@ impl DatagramReader {
 /// Sends frames to the VM, one datagram each.
 pub(crate) struct DatagramWriter {
     batched: bool,
+    /// The VM socket's send limit as granted when the adaptor set it.
+    send_limit: usize,
 }
 
 impl DatagramWriter {
-    pub(crate) fn new(batched: bool) -> Self {
-        DatagramWriter { batched }
+    pub(crate) fn new(batched: bool, send_limit: usize) -> Self {
+        DatagramWriter { batched, send_limit }
     }
 
     /// Sends leading frames; returns how many the kernel took.
     pub(crate) fn send(&mut self, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
         if self.batched {
-            batch_io::send_batch(fd, frames)
+            batch_io::send_batch(fd, frames, self.send_limit)
         } else {
             batch_io::send_each(fd, frames)
         }

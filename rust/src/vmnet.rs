@@ -16,6 +16,7 @@ use crate::xpc::Dict;
 
 #[cfg(target_os = "macos")]
 pub mod apple;
+pub mod host_interface;
 pub mod mapping;
 #[cfg(target_os = "linux")]
 pub mod linux;

@@ -269,7 +269,7 @@ impl Core {
         self.check_lease_limit(&st, peer)?;
         self.admit_port(&st, &caller, name)?;
         self.ensure_network(&mut st, name, &wanted, verdict)?;
-        let opened = self.start_port(&st, name, fd_type, mac, vnet_hdr)?;
+        let opened = self.start_on_network(&mut st, name, &wanted, verdict, |core, st| core.start_port(st, name, fd_type, mac, vnet_hdr))?;
         let entry = &st.networks[name];
         let mac = format_mac(&opened.mac);
         let mut reply = Dict::new()
@@ -430,6 +430,29 @@ impl Core {
         st.counters.networks_created += 1;
         st.refresh_idle();
         Ok(diffs)
+    }
+
+    /// Runs `start` (a port start) on live network `name`. When it fails and
+    /// the network turns out to be gone (`is_alive` false: on macOS its host
+    /// interface disappeared), the network is dropped, made again once and
+    /// `start` run once more; a second failure is reported as it is.
+    pub(super) fn start_on_network<T>(
+        &self,
+        st: &mut State,
+        name: &str,
+        wanted: &Wanted<'_>,
+        verdict: Verdict,
+        start: impl Fn(&Self, &State) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let first = start(self, st);
+        let Err(f) = first else { return first };
+        if !st.networks.get(name).is_some_and(|e| !e.network.is_alive()) {
+            return Err(f);
+        }
+        log::warn!("network {name}: a port could not start ({}) and the network is gone; making it again", f.message);
+        st.drop_network(name, "it disappeared");
+        self.ensure_network(st, name, wanted, verdict)?;
+        start(self, st)
     }
 
     /// Starts a port on live network `name`.
@@ -779,6 +802,38 @@ mod tests {
         let root = Peer { uid: 0, gid: 0, pid: 1, connection: 9 };
         let reply = c.request(&root, cmd("acquire").with("network_name", Value::String("mine".into())).with("config", Value::Data(MINE.to_vec())));
         assert_eq!(reply.get_str("subnet"), Some("10.61.0.1/24"), "{reply:?}");
+    }
+
+    #[test]
+    fn a_network_gone_at_a_port_start_is_made_again_once() {
+        let c = core(ClientNetworks::None, 64);
+        // Root defines a network of its own, named for this test alone (the
+        // hub switches below are by name and process-wide).
+        let root = |connection| Peer { uid: 0, gid: 0, pid: 1, connection };
+        let open = || {
+            cmd("open")
+                .with("network", Value::String("regone".into()))
+                .with("fd_type", Value::String("datagram".into()))
+                .with("config", Value::Data(br#"{"mode":"host","subnet":"10.62.0.1/24"}"#.to_vec()))
+        };
+        let first = c.request(&root(1), open());
+        assert!(first.get_int("lease").is_some(), "{first:?}");
+        let created = || c.status().get_dict("counters").unwrap().get_int("networks_created").unwrap();
+        assert_eq!(created(), 1);
+        // The network looks alive until a port start finds it gone (vmnet's
+        // network whose host interface went): made again, the port opens.
+        assert!(crate::broker::testing::kill_at_next_start("regone") >= 1);
+        let second = c.request(&root(2), open());
+        assert!(second.get_int("lease").is_some(), "{second:?}");
+        assert_eq!(created(), 2, "made again once");
+        // Gone again at once: reported after one new attempt, not looped.
+        assert!(crate::broker::testing::kill_at_next_start("regone") >= 1);
+        crate::broker::testing::kill_new_at_first_start("regone", true);
+        let third = c.request(&root(3), open());
+        crate::broker::testing::kill_new_at_first_start("regone", false);
+        assert_eq!(third.get_int("error"), Some(code::CREATE_FAILURE), "{third:?}");
+        assert!(third.get_str("message").unwrap().contains("is gone"), "{third:?}");
+        assert_eq!(created(), 3, "one more attempt only");
     }
 
     #[test]

@@ -26,6 +26,8 @@ const HUB_FRAME_BYTES: usize = 65_550;
 struct HubInner {
     name: String,
     alive: AtomicBool,
+    /// Dies when the next interface starts ([`kill_at_next_start`]).
+    dies_at_start: AtomicBool,
     stopping: AtomicBool,
     /// Hub ends of the ports, by port id.
     ports: Mutex<HashMap<u64, OwnedFd>>,
@@ -61,6 +63,36 @@ pub fn kill(name: &str) -> usize {
     n
 }
 
+/// Makes every live hub named `name` die when its next interface starts
+/// (alive until then, as a vmnet network whose host interface went before
+/// anyone looked); returns how many.
+pub fn kill_at_next_start(name: &str) -> usize {
+    let mut n = 0;
+    let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    for hub in reg.iter().filter_map(|w| w.upgrade()) {
+        if hub.name == name {
+            hub.dies_at_start.store(true, Ordering::SeqCst);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Names whose hubs are created already dying at their first start.
+fn dying_names() -> &'static Mutex<Vec<String>> {
+    static D: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    D.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// While `on`, hubs created under `name` die at their first interface start.
+pub fn kill_new_at_first_start(name: &str, on: bool) {
+    let mut d = dying_names().lock().unwrap_or_else(|e| e.into_inner());
+    d.retain(|n| n != name);
+    if on {
+        d.push(name.to_owned());
+    }
+}
+
 impl HubNetwork {
     pub fn create(name: &str, config: &NetworkConfig) -> Result<HubNetwork, Error> {
         // SAFETY: eventfd(2) with valid flags; checked below.
@@ -71,6 +103,7 @@ impl HubNetwork {
         let inner = Arc::new(HubInner {
             name: name.to_owned(),
             alive: AtomicBool::new(true),
+            dies_at_start: AtomicBool::new(dying_names().lock().unwrap_or_else(|e| e.into_inner()).iter().any(|n| n == name)),
             stopping: AtomicBool::new(false),
             ports: Mutex::new(HashMap::new()),
             next_port: AtomicU64::new(1),
@@ -202,6 +235,9 @@ impl Network for HubNetwork {
     }
 
     fn start_interface(&self, desc: &InterfaceDesc) -> Result<Box<dyn Interface>, Error> {
+        if self.inner.dies_at_start.swap(false, Ordering::SeqCst) {
+            self.inner.alive.store(false, Ordering::SeqCst);
+        }
         if !self.is_alive() {
             return Err(Error::Platform { op: "start interface".into(), detail: format!("hub {} is gone", self.inner.name) });
         }

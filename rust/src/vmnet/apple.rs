@@ -11,6 +11,11 @@
 //! that serialization, so stopping one never releases the broker's own.
 //! `apple/vz.rs` builds a Virtualization.framework attachment for clients.
 //!
+//! Liveness: vmnet has no query for it. A network is alive while the host
+//! interface that holds its gateway address, once seen, is still there
+//! (`getifaddrs`, read each time the broker's monitor asks;
+//! `vmnet/host_interface.rs` decides).
+//!
 //! Threads: network creation runs on the caller's thread (the broker's
 //! serial request queue); vmnet itself runs its blocks on the serial
 //! dispatch queues each interface owns. Ownership: every CF ref is released
@@ -23,7 +28,9 @@ pub mod vz;
 use std::ffi::{c_void, CString};
 use std::net::IpAddr;
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
+use super::host_interface::{gateway_of, HostInterfaceWatch, IfAddr};
 use super::mapping::{self, Status, Step};
 use super::{BackendOptions, Error, Interface, InterfaceDesc, Network, NetworkState};
 use crate::config::NetworkConfig;
@@ -158,11 +165,16 @@ fn apply_step(v: &ffi::Vmnet, cfg: &CfRef<ffi::vmnet_network_configuration>, ste
 pub struct VmnetNetwork {
     name: String,
     config: NetworkConfig,
+    /// Held for the network's life (releasing it ends the network); its
+    /// serialization is what interfaces start on.
+    #[allow(dead_code)]
     network: CfRef<ffi::vmnet_network>,
     serialization: Object,
     /// The serialization kept for the transport while the network lives.
     kept: Kept,
     state: NetworkState,
+    /// The host interface, once seen (is_alive).
+    watch: Mutex<HostInterfaceWatch>,
 }
 
 impl VmnetNetwork {
@@ -213,7 +225,8 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
         Err(e) => log::warn!("vmnet network {name}: the serialization cannot be converted to Dict ({e}); clients that rebuild it will fail"),
     }
     let kept = Kept::new(&serialization);
-    Ok(Box::new(VmnetNetwork { name: name.to_owned(), config: config.clone(), network, serialization, kept, state }))
+    let watch = Mutex::new(HostInterfaceWatch::new());
+    Ok(Box::new(VmnetNetwork { name: name.to_owned(), config: config.clone(), network, serialization, kept, state, watch }))
 }
 
 fn read_state(v: &ffi::Vmnet, network: &CfRef<ffi::vmnet_network>) -> Result<NetworkState, Error> {
@@ -256,11 +269,60 @@ impl Network for VmnetNetwork {
             .map(|i| Box::new(i) as Box<dyn Interface>)
     }
 
-    /// vmnet offers no liveness query for a network; the object this process
-    /// created stays valid until released, so this is always true.
+    /// False once the host interface that held the gateway address, seen
+    /// before, is gone. Unknown (no gateway, `getifaddrs` failed) is alive.
     fn is_alive(&self) -> bool {
-        !self.network.as_ptr().is_null()
+        let Some(gateway) = gateway_of(&self.state.subnet) else { return true };
+        let Some(entries) = interface_addresses() else { return true };
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let alive = watch.observe(&entries, gateway);
+        if !alive {
+            log::warn!("vmnet network {}: its host interface {} is gone", self.name, watch.seen().unwrap_or("?"));
+        }
+        alive
     }
+}
+
+/// Every IPv4/IPv6 address of every host interface (ifaddrs.h
+/// `getifaddrs`), or `None` when it fails.
+fn interface_addresses() -> Option<Vec<IfAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs stores a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is an entry of the list getifaddrs returned, live
+        // until freeifaddrs; its name is a C string and its address (if
+        // any) a sockaddr of the family it names.
+        unsafe {
+            let entry = &*cur;
+            let addr = entry.ifa_addr;
+            if !addr.is_null() {
+                let ip = match i32::from((*addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(addr as *const libc::sockaddr_in);
+                        Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(addr as *const libc::sockaddr_in6);
+                        Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                    }
+                    _ => None,
+                };
+                if let Some(addr) = ip {
+                    let name = std::ffi::CStr::from_ptr(entry.ifa_name).to_string_lossy().into_owned();
+                    out.push(IfAddr { name, addr });
+                }
+            }
+            cur = entry.ifa_next;
+        }
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Some(out)
 }
 
 /// Nothing to clean up on macOS: vmnet networks die with the process that

@@ -1034,15 +1034,21 @@ impl Core {
         let admitted = self
             .admit(&st, &caller, network, None)
             .and_then(|verdict| self.admit_port(&st, &caller, network).map(|()| verdict))
-            .and_then(|verdict| self.ensure_network(&mut st, network, &wanted, verdict));
-        if let Err(f) = admitted {
-            drop(st);
-            return Err(refused(f));
-        }
-        let entry = &st.networks[network];
-        let desc = InterfaceDesc { mac: None, isolation: entry.config.isolation, offload: entry.config.offload };
+            .and_then(|verdict| self.ensure_network(&mut st, network, &wanted, verdict).map(|_| verdict));
+        let verdict = match admitted {
+            Ok(v) => v,
+            Err(f) => {
+                drop(st);
+                return Err(refused(f));
+            }
+        };
         let failure = |what: &str, e: &dyn std::fmt::Display| Failure::new(code::CREATE_FAILURE, format!("network {network}: could not {what}: {e}"));
-        let interface = entry.network.start_interface(&desc).map_err(|e| failure("start an interface", &e))?;
+        // A network found gone at the start is made again once (requests.rs).
+        let interface = self.start_on_network(&mut st, network, &wanted, verdict, |_, st| {
+            let entry = &st.networks[network];
+            let desc = InterfaceDesc { mac: None, isolation: entry.config.isolation, offload: entry.config.offload };
+            entry.network.start_interface(&desc).map_err(|e| failure("start an interface", &e))
+        })?;
         let (adaptor, theirs) = match socket {
             Some(s) => (Adaptor::start_with_socket(interface, Kind::Stream, s, &Options::default()).map_err(|e| failure("start the relay", &e))?, None),
             None => {

@@ -283,3 +283,22 @@ def test_native_broker_names_its_config_file_and_applies_the_same_policy(netns, 
             nobody.stop()
         b.stop()
         shutil.rmtree(sockdir)  # the socket and the broker's log
+
+
+def test_restricted_refuses_an_ipv6_prefix_colliding_with_a_live_network(make_broker) -> None:
+    b, cfg, nobody = make_broker(clientNetworks="restricted")
+    six = dict(MINE, subnet="10.239.0.1/24", ipv6Prefix="fd00:77::/64", portForwarding=[])
+    reply = nobody.request(1, command="open", network="six", fd_type="tap", config=six)
+    assert reply.get("fd") is True, reply
+    assert "fd00:77::1/64" in b.netns.run(["ip", "-6", "addr"]).stdout, "the network has its IPv6 prefix"
+    links = made(b)["links"]
+    clash = dict(six, subnet="10.240.0.1/24", ipv6Prefix="fd00:77:0:0::/64")
+    for i, request in enumerate(({"command": "acquire", "network_name": "other", "config": clash},
+                                 {"Network": "other", "Configuration": clash})):
+        reply = nobody.request(2 + i, **request)
+        assert "ipv6Prefix fd00:77::/64 overlaps fd00:77::/64 of live network six; choose another prefix" in refusal(reply), reply
+        assert "(clientNetworks: restricted)" in refusal(reply), reply
+    assert made(b)["links"] == links, "a refused network made nothing"
+    # Another prefix is fine.
+    reply = nobody.request(4, command="acquire", network_name="other", config=dict(clash, ipv6Prefix="fd00:78::/64"))
+    assert reply.get("subnet") == "10.240.0.1/24", reply

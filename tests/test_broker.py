@@ -612,14 +612,12 @@ def test_fds_attached_to_bad_records_are_closed(hub: BrokerProcess) -> None:
 
 
 def test_broker_command_defaults_dns_upstream_to_host_resolvers(monkeypatch):
-    from vmnet_rs import broker_cli
-
-    monkeypatch.setattr(broker_cli.sys, "platform", "linux")
-    monkeypatch.delenv(broker_cli.DNS_RESOLV_FILE_ENV, raising=False)
-    monkeypatch.setattr(broker_cli.os.path, "exists", lambda p: p == broker_cli.HOST_RESOLV_FILE)
-    broker_cli.default_dns_upstream()
-    assert os.environ[broker_cli.DNS_RESOLV_FILE_ENV] == "/etc/resolv.conf"
+    # The launch both broker commands share decides it (broker::launch).
+    if not sys.platform.startswith("linux") or not os.path.exists("/etc/resolv.conf"):
+        pytest.skip("the host DNS default applies on Linux hosts with /etc/resolv.conf")
+    monkeypatch.delenv("VMNET_RS_DNS_RESOLV_FILE", raising=False)
+    assert Broker(backend="hub", host_dns=True).dns_resolv_file == "/etc/resolv.conf"
+    assert Broker(backend="hub").dns_resolv_file is None
     # An explicit choice, even "none" (empty), is kept.
-    monkeypatch.setenv(broker_cli.DNS_RESOLV_FILE_ENV, "")
-    broker_cli.default_dns_upstream()
-    assert os.environ[broker_cli.DNS_RESOLV_FILE_ENV] == ""
+    monkeypatch.setenv("VMNET_RS_DNS_RESOLV_FILE", "")
+    assert Broker(backend="hub", host_dns=True).dns_resolv_file is None

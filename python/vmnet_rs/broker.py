@@ -18,22 +18,23 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from . import _native
 from .errors import BrokerError, BrokerUnavailableError, ConfigError, NotAuthorizedError
 
-#: Where the broker listens unless ``--socket`` or ``$VMNET_RS_SOCKET`` say otherwise.
-DEFAULT_SOCKET = "/run/vmnet-rs/broker.sock"
+#: Where the broker listens unless ``--socket`` or ``$VMNET_RS_SOCKET`` say
+#: otherwise; these defaults and the codes below are the Rust broker's own.
+DEFAULT_SOCKET: str = _native.DEFAULT_SOCKET
 #: The environment variable naming the broker socket (broker and clients alike).
-SOCKET_ENV = "VMNET_RS_SOCKET"
+SOCKET_ENV: str = _native.SOCKET_ENV
 #: macOS: the broker's Mach service unless ``mach_service`` or this variable say otherwise.
-DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
+DEFAULT_MACH_SERVICE: str = _native.DEFAULT_MACH_SERVICE
 MACH_SERVICE_ENV = "VMNET_RS_MACH_SERVICE"
 
 #: Error codes of replies (``error`` key); 3-7 are vmnet-broker's.
-NOT_ALLOWED = 3
-INVALID_REQUEST = 4
-NOT_FOUND = 5
-CREATE_FAILURE = 6
-INTERNAL_ERROR = 7
-CONFIG_MISMATCH = 8
-LIMIT = 9
+NOT_ALLOWED: int = _native.ERROR_CODES["NOT_ALLOWED"]
+INVALID_REQUEST: int = _native.ERROR_CODES["INVALID_REQUEST"]
+NOT_FOUND: int = _native.ERROR_CODES["NOT_FOUND"]
+CREATE_FAILURE: int = _native.ERROR_CODES["CREATE_FAILURE"]
+INTERNAL_ERROR: int = _native.ERROR_CODES["INTERNAL_ERROR"]
+CONFIG_MISMATCH: int = _native.ERROR_CODES["CONFIG_MISMATCH"]
+LIMIT: int = _native.ERROR_CODES["LIMIT"]
 
 #: The kinds of fd a client can open; ``tap`` only on Linux.
 FD_TYPES = ("datagram", "datagram_next", "stream", "tap")
@@ -41,9 +42,7 @@ FD_TYPES = ("datagram", "datagram_next", "stream", "tap")
 
 def socket_path(socket: Optional[Union[str, "os.PathLike[str]"]] = None) -> str:
     """``socket`` if given, else ``$VMNET_RS_SOCKET`` if set, else the default."""
-    if socket is not None:
-        return os.fspath(socket)
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+    return str(_native.socket_path(None if socket is None else os.fspath(socket)))
 
 
 class RequestError(BrokerError):
@@ -298,7 +297,10 @@ class Broker:
     ``backend="hub"`` uses the in-process test network instead of the
     platform's. ``endpoints=True`` serves each configured network's socket
     paths (``docs/endpoints.md``) under ``endpoint_dir`` (else the config's
-    ``endpointDir``, else the platform default).
+    ``endpointDir``, else the platform default). ``host_dns`` (Linux) points
+    the DNS proxy at the host's resolvers unless ``$VMNET_RS_DNS_RESOLV_FILE``
+    chose, as ``vmnet-rs broker`` does. Every default is decided by the same
+    Rust function as ``vmnet-rs-broker``'s (``broker::launch``).
 
     Idle networks are torn down after the idle timeout. The broker itself
     exits when idle only if started on demand (systemd socket activation,
@@ -321,20 +323,17 @@ class Broker:
         endpoints: bool = False,
         endpoint_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
         exit_when_idle: Optional[bool] = None,
+        host_dns: bool = False,
     ) -> None:
         config_json = None
-        config_socket = None
         config_source = None
         if config is not None:
             config_json = config.to_json()
-            config_socket = config.broker.socket
             config_source = config.source
-        if socket is None and not os.environ.get(SOCKET_ENV) and config_socket:
-            socket = config_socket
         if idle_timeout is not None and idle_timeout < 0:
             raise ConfigError(f"idle timeout {idle_timeout} must be >= 0 seconds (0 = never exit)")
         self._native = _native.Broker(
-            socket_path(socket),
+            None if socket is None else os.fspath(socket),
             config_json,
             idle_timeout,
             backend,
@@ -347,11 +346,17 @@ class Broker:
             None if endpoint_dir is None else os.fspath(endpoint_dir),
             config_source,
             exit_when_idle,
+            host_dns,
         )
 
     @property
     def socket(self) -> str:
         return str(self._native.socket)
+
+    @property
+    def dns_resolv_file(self) -> Optional[str]:
+        """The DNS proxy's upstream file set at start (Linux, ``host_dns``), or ``None``."""
+        return self._native.dns_resolv_file
 
     @property
     def endpoints(self) -> Dict[str, Dict[str, str]]:

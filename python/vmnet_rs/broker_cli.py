@@ -16,7 +16,6 @@ LaunchAgent out and delete its files, then exit).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from typing import Optional
@@ -27,24 +26,10 @@ from .errors import ConfigError, VmnetError
 
 log = logging.getLogger("vmnet_rs")
 
-#: Linux: the resolv.conf-style file whose servers each network's DNS proxy
-#: (dnsmasq) forwards to. The library's default is none; the broker command
-#: defaults to the host's own resolvers, as VM users expect of a DNS proxy.
-#: Set it to an empty string for a proxy that answers only local names
-#: (the test suite does).
-DNS_RESOLV_FILE_ENV = "VMNET_RS_DNS_RESOLV_FILE"
-HOST_RESOLV_FILE = "/etc/resolv.conf"
-
 #: Why the broker stopped, as serve_forever() reports a signal.
 INTERRUPTED = "interrupted (Ctrl-C)"
 TERMINATED = "terminated (SIGTERM)"
 EXIT_INTERRUPTED = 130
-
-
-def default_dns_upstream() -> None:
-    """Points the DNS proxy at the host's resolvers unless the environment chose."""
-    if sys.platform.startswith("linux") and DNS_RESOLV_FILE_ENV not in os.environ and os.path.exists(HOST_RESOLV_FILE):
-        os.environ[DNS_RESOLV_FILE_ENV] = HOST_RESOLV_FILE
 
 
 def refuse_without_preconditions() -> None:
@@ -121,16 +106,11 @@ def broker_command(
     from .config import load_config
 
     _native.set_log_level(_native_log_level())
-    default_dns_upstream()
     config = load_config(config_file)
     if no_endpoints and endpoint_dir is not None:
         raise ConfigError("--endpoint-dir and --no-endpoints contradict each other: give one")
     if backend == "platform":
         refuse_without_preconditions()
-    if state_dir is None:
-        from .leases import default_state_dir
-
-        state_dir = default_state_dir() or None
     broker = Broker(
         config,
         socket=socket,
@@ -143,6 +123,9 @@ def broker_command(
         lima_serialization_rule=lima_cdhash_rule,
         endpoints=not no_endpoints,
         endpoint_dir=endpoint_dir,
+        # The DNS proxy forwards to the host's resolvers unless the
+        # environment chose, as vmnet-rs-broker does (broker::launch).
+        host_dns=True,
     )
     # systemd and launchd stop the broker with SIGTERM: tear the networks
     # down as for Ctrl-C instead of dying with them in place.

@@ -392,10 +392,10 @@ def engine_args(engine_name: str, nics: Sequence[Nic], program: str) -> list[str
 #: Endpoint kind (network key ``endpoints``) -> the word in its socket file
 #: name (``<network>.stream.sock``) and its activation name (systemd
 #: ``FileDescriptorName=``, launchd ``Sockets`` key: ``<network>.stream``).
-#: The one naming rule in Python; ``rust/src/broker/endpoints.rs`` has the same.
-ENDPOINT_SUFFIXES = {STREAM: "stream", DATAGRAM: "dgram"}
-STREAM_SUFFIX = f".{ENDPOINT_SUFFIXES[STREAM]}.sock"
-DGRAM_SUFFIX = f".{ENDPOINT_SUFFIXES[DATAGRAM]}.sock"
+#: The broker's own rule (``rust/src/broker/endpoints.rs``), read from ``_native``.
+ENDPOINT_SUFFIXES: dict[str, str] = dict(_native.ENDPOINT_SUFFIXES)
+STREAM_SUFFIX = str(_native.endpoint_path("", "", STREAM))
+DGRAM_SUFFIX = str(_native.endpoint_path("", "", DATAGRAM))
 # QEMU's stream client retries a lost connection this often (QEMU >= 9.2), so
 # a VM gets its network back by itself when the broker restarts (Lima's value).
 RECONNECT_MS = 500
@@ -403,8 +403,7 @@ RECONNECT_MS = 500
 
 def endpoint_paths(endpoint_dir: str, network: str) -> dict[str, str]:
     """The ``stream`` and ``datagram`` endpoint paths of ``network`` under ``endpoint_dir``."""
-    base = os.path.join(endpoint_dir, network)
-    return {STREAM: base + STREAM_SUFFIX, DATAGRAM: base + DGRAM_SUFFIX}
+    return {kind: str(_native.endpoint_path(endpoint_dir, network, kind)) for kind in (STREAM, DATAGRAM)}
 
 
 def qemu_stream_path_args(path: str, mac: str, index: int = 0, reconnect_ms: int | None = RECONNECT_MS,

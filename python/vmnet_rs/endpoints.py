@@ -1,28 +1,25 @@
 """Where a broker serves each network's socket paths (``docs/endpoints.md``).
 
-Mirrors ``rust/src/broker/endpoints.rs``: the directory is
-``--endpoint-dir``, else the config's ``endpointDir``, else the broker
-socket's directory (Linux) or ``~/Library/Application Support/vmnet-rs/endpoints``
-(macOS); the file names are :func:`vmnet_rs.drivers.endpoint_paths`'s.
+The rules are the broker's own, read from ``_native`` (``broker::launch``
+and ``broker/endpoints.rs``): the directory is ``--endpoint-dir``, else the
+config's ``endpointDir``, else the platform default; the file names are
+:func:`vmnet_rs.drivers.endpoint_paths`'s.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-from . import drivers
+from . import _native, drivers
 from .config import Config
 
 
 def default_dir(broker_socket: str, macos: bool = sys.platform == "darwin", home: Optional[Path] = None) -> Path:
     """The platform's endpoint directory when none is configured (``macos``
     chooses the platform, so a plan for either is made on any machine)."""
-    if macos:
-        return (home or Path.home()) / "Library" / "Application Support" / "vmnet-rs" / "endpoints"
-    return Path(broker_socket).parent
+    return Path(_native.endpoint_dir(None, "", broker_socket, macos, None if home is None else str(home)))
 
 
 def endpoint_dir(
@@ -30,12 +27,8 @@ def endpoint_dir(
     macos: bool = sys.platform == "darwin", home: Optional[Path] = None,
 ) -> Path:
     """The directory a broker with ``config`` would use."""
-    if explicit:
-        return Path(explicit)
-    if config.broker.endpoint_dir:
-        return Path(config.broker.endpoint_dir)
-    sock = socket or os.environ.get("VMNET_RS_SOCKET") or config.broker.socket
-    return default_dir(sock, macos, home)
+    sock = _native.socket_path(socket, config.broker.socket)
+    return Path(_native.endpoint_dir(explicit or None, config.broker.endpoint_dir, sock, macos, None if home is None else str(home)))
 
 
 def endpoint_paths(

@@ -47,13 +47,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import click
 
-from . import __version__, drivers
+from . import __version__, _native, drivers
 from .errors import VmnetError
 
 if TYPE_CHECKING:
     from .config import Config
 
-DEFAULT_MACH_SERVICE = "io.github.vmnet-rs.broker"
+DEFAULT_MACH_SERVICE: str = _native.DEFAULT_MACH_SERVICE
 ENTITLEMENT = "com.apple.security.virtualization"
 #: The native broker executable the package installs into its scripts directory.
 BROKER_EXECUTABLE = "vmnet-rs-broker"

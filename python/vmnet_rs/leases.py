@@ -10,7 +10,6 @@ its client gave), when a broker answers.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -18,14 +17,14 @@ import click
 
 from .errors import NetworkError
 
-STATE_DIR_ENV = "VMNET_RS_STATE_DIR"
+from . import _native
+
+STATE_DIR_ENV: str = _native.STATE_DIR_ENV
 
 
 def default_state_dir() -> str:
-    """``$VMNET_RS_STATE_DIR``, else the Linux backend's default."""
-    from ._native import DEFAULT_NETWORK_STATE_DIR
-
-    return os.environ.get(STATE_DIR_ENV) or DEFAULT_NETWORK_STATE_DIR
+    """``$VMNET_RS_STATE_DIR``, else the broker's default (the broker's own rule)."""
+    return str(_native.default_state_dir())
 
 
 def read_leases(name: str, state_dir: str) -> list[dict]:

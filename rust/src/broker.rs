@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod endpoints;
+pub mod launch;
 #[cfg(test)]
 mod limits_tests;
 pub mod netconfig;
@@ -105,7 +106,7 @@ impl BrokerOptions {
             networks: netconfig::builtin_networks(),
             config_source: None,
             backend: Backend::Platform,
-            backend_options: BackendOptions { state_dir: PathBuf::from("/run/vmnet-rs/state") },
+            backend_options: BackendOptions { state_dir: PathBuf::from(launch::DEFAULT_STATE_DIR) },
             monitor_interval: Duration::from_secs(1),
             code_signing_requirement: None,
             lima_serialization_rule: false,
@@ -150,8 +151,16 @@ pub fn endpoint_access(settings: &BrokerSettings) -> endpoints::Access {
 pub enum Error {
     #[error("broker transport: {0}")]
     Transport(#[from] crate::xpc::Error),
-    #[error("start the broker: {0}")]
-    Start(String),
+    /// The per-network endpoint sockets could not be opened.
+    #[error("start the broker: open the endpoint sockets: {0}")]
+    StartEndpoints(#[source] endpoints::Error),
+    /// The callers' code-signing requirement cannot be used (macOS); the
+    /// text says why (there is no lower error).
+    #[error("start the broker: code-signing requirement: {0}")]
+    Requirement(String),
+    /// The monitor thread could not be started.
+    #[error("start the broker: start the monitor thread: {0}")]
+    StartMonitor(#[source] std::io::Error),
 }
 
 #[derive(Default)]
@@ -301,7 +310,7 @@ impl Core {
             #[cfg(not(target_os = "linux"))]
             Backend::Hub => Err(crate::vmnet::Error::Platform {
                 op: format!("create network {name:?}"),
-                detail: "the test hub backend exists only on Linux".into(),
+                source: "the test hub backend exists only on Linux".into(),
             }),
         }
     }
@@ -321,7 +330,7 @@ impl Core {
             return Ok(());
         }
         let access = endpoint_access(&self.options.settings);
-        let e = endpoints::Endpoints::start(self, &dir, &wanted, &access).map_err(|e| Error::Start(e.to_string()))?;
+        let e = endpoints::Endpoints::start(self, &dir, &wanted, &access).map_err(Error::StartEndpoints)?;
         *self.endpoint_paths.lock().unwrap_or_else(|e| e.into_inner()) = e.paths().clone();
         self.endpoints_bound_here.store(e.bound_here(), std::sync::atomic::Ordering::SeqCst);
         *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
@@ -439,7 +448,7 @@ impl Broker {
         let os = crate::xpc::apple::os_version();
         let policy = auth::TransportPolicy::new(options.settings.clone(), options.lima_serialization_rule, os);
         let requirement = auth::listener_requirement(options.code_signing_requirement.as_deref(), None)
-            .map_err(Error::Start)?;
+            .map_err(Error::Requirement)?;
         let serve = crate::xpc::apple::ServeOptions { policy: Arc::new(policy), requirement };
         let core = Core::new(options);
         // launchd starts the job on the first lookup of its Mach service.
@@ -469,7 +478,7 @@ impl Broker {
             std::thread::Builder::new()
                 .name("vmnet-rs-monitor".into())
                 .spawn(move || core.run_monitor(&*connections, &*stop_transport))
-                .map_err(|e| Error::Start(format!("could not start the monitor thread: {e}")))?
+                .map_err(Error::StartMonitor)?
         };
         Ok(Broker { core, monitor: Mutex::new(Some(monitor)), endpoint })
     }

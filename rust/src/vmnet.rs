@@ -119,7 +119,7 @@ pub trait Network: Send + Sync {
     /// The DHCP leases the network handed out (Linux: dnsmasq's lease
     /// file). Backends that cannot tell return an error saying so.
     fn leases(&self) -> Result<Vec<Lease>, Error> {
-        Err(Error::Platform { op: format!("list leases of network {:?}", self.name()), detail: "this backend does not expose DHCP leases".into() })
+        Err(Error::Platform { op: format!("list leases of network {:?}", self.name()), source: "this backend does not expose DHCP leases".into() })
     }
 
     /// Linux: a new TAP port on the network, for its fd to be handed to a VM
@@ -129,7 +129,7 @@ pub trait Network: Send + Sync {
     #[cfg(target_os = "linux")]
     fn start_tap(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<tap::Tap, Error> {
         let _ = (desc, vnet_hdr);
-        Err(Error::Platform { op: format!("start a TAP on network {:?}", self.name()), detail: "this backend has no TAP ports".into() })
+        Err(Error::Platform { op: format!("start a TAP on network {:?}", self.name()), source: "this backend has no TAP ports".into() })
     }
 }
 
@@ -156,8 +156,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("{op} failed: {detail}")]
-    Platform { op: String, detail: String },
+    /// A platform call failed; `source` is its cause (a status, an error
+    /// of the layer below, or a description where there is nothing more).
+    #[error("{op} failed: {source}")]
+    Platform {
+        op: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A port's TAP device could not be made.
     #[error("create TAP {name} (needs CAP_NET_ADMIN and /dev/net/tun): {source}")]
     OpenTap {

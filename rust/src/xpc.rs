@@ -23,6 +23,9 @@ pub mod unix;
 /// The broker's Unix socket when neither `--socket` nor `$VMNET_RS_SOCKET`
 /// names another (Linux; `unix::socket_path` applies the precedence).
 pub const DEFAULT_SOCKET_PATH: &str = crate::config::DEFAULT_SOCKET;
+/// The environment variable naming the broker socket, for the broker and
+/// every client alike.
+pub const SOCKET_ENV: &str = "VMNET_RS_SOCKET";
 
 /// One value in a message.
 #[derive(Debug)]

@@ -91,16 +91,17 @@ pub fn max_path_bytes() -> usize {
 /// says: the broker socket's directory (Linux), the user's
 /// `~/Library/Application Support/vmnet-rs/endpoints` (macOS).
 pub fn default_dir(broker_socket: &Path) -> PathBuf {
-    #[cfg(target_os = "macos")]
-    {
-        let _ = broker_socket;
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
-        home.join("Library/Application Support/vmnet-rs/endpoints")
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    default_dir_for(cfg!(target_os = "macos"), home.as_deref(), broker_socket)
+}
+
+/// [`default_dir`] for either platform (`macos`), with the user's home
+/// `home` (`None`: `/tmp`), so a plan for a Mac can be made anywhere.
+pub fn default_dir_for(macos: bool, home: Option<&Path>, broker_socket: &Path) -> PathBuf {
+    if macos {
+        return home.unwrap_or(Path::new("/tmp")).join("Library/Application Support/vmnet-rs/endpoints");
     }
-    #[cfg(not(target_os = "macos"))]
-    {
-        broker_socket.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/run/vmnet-rs"))
-    }
+    broker_socket.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/run/vmnet-rs"))
 }
 
 /// The socket path of one endpoint.

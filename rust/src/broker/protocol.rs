@@ -22,6 +22,17 @@ pub mod code {
     pub const CONFIG_MISMATCH: i64 = 8;
     /// A per-connection limit was reached.
     pub const LIMIT: i64 = 9;
+
+    /// Every code by its name (the Python package reads them from here).
+    pub const ALL: [(&str, i64); 7] = [
+        ("NOT_ALLOWED", NOT_ALLOWED),
+        ("INVALID_REQUEST", INVALID_REQUEST),
+        ("NOT_FOUND", NOT_FOUND),
+        ("CREATE_FAILURE", CREATE_FAILURE),
+        ("INTERNAL_ERROR", INTERNAL_ERROR),
+        ("CONFIG_MISMATCH", CONFIG_MISMATCH),
+        ("LIMIT", LIMIT),
+    ];
 }
 
 /// A refused request: a code and a message saying what was asked, what went

@@ -239,7 +239,7 @@ impl Network for HubNetwork {
             self.inner.alive.store(false, Ordering::SeqCst);
         }
         if !self.is_alive() {
-            return Err(Error::Platform { op: "start interface".into(), detail: format!("hub {} is gone", self.inner.name) });
+            return Err(Error::Platform { op: "start interface".into(), source: format!("hub {} is gone", self.inner.name).into() });
         }
         let (port, hub) = seqpacket_pair(true).map_err(|e| Error::io("make a hub port", e))?;
         let id = self.inner.next_port.fetch_add(1, Ordering::Relaxed);

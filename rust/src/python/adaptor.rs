@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::config::mac_arg;
-use super::errors;
+use super::errors::Error;
 use crate::adaptor::{Adaptor, DirectionStats, Kind, Options};
 use crate::vmnet::{self, InterfaceInfo, Network};
 
@@ -74,22 +74,19 @@ fn open_interface(
     state_dir: Option<PathBuf>,
     mac: Option<[u8; 6]>,
     vnet_hdr: bool,
-) -> Result<Started, PyErr> {
+) -> Result<Started, Error> {
     if let Some(name) = network {
-        let config_json = config_json.ok_or_else(|| errors::ConfigError::new_err(format!("network {name:?}: a configuration (config_json) is needed to create it")))?;
+        let config_json = config_json.ok_or_else(|| Error::Argument(format!("network {name:?}: a configuration (config_json) is needed to create it")))?;
         let config: crate::NetworkConfig =
-            serde_json::from_str(&config_json).map_err(|e| errors::ConfigError::new_err(format!("network {name:?}: configuration JSON: {e}")))?;
+            serde_json::from_str(&config_json).map_err(|e| Error::Argument(format!("network {name:?}: configuration JSON: {e}")))?;
         #[cfg(target_os = "linux")]
         let default_dir = PathBuf::from(vmnet::linux::DEFAULT_STATE_DIR);
         #[cfg(not(target_os = "linux"))]
         let default_dir = std::env::temp_dir().join("vmnet-rs");
         let options = vmnet::BackendOptions { state_dir: state_dir.unwrap_or(default_dir) };
-        let net = vmnet::create_network(&name, &config, &options).map_err(|e| match e {
-            vmnet::Error::Config(c) => errors::ConfigError::new_err(c.message),
-            other => errors::NetworkError::new_err(format!("create network {name:?}: {other}")),
-        })?;
+        let net = vmnet::create_network(&name, &config, &options).map_err(Error::network(format!("create network {name:?}")))?;
         let desc = vmnet::InterfaceDesc { mac, isolation: false, offload: vnet_hdr };
-        let interface = net.start_interface(&desc).map_err(|e| errors::NetworkError::new_err(format!("start a port on network {name:?}: {e}")))?;
+        let interface = net.start_interface(&desc).map_err(Error::network(format!("start a port on network {name:?}")))?;
         let state = net.state();
         return Ok(Started { interface, device: None, subnet: Some(state.subnet), network: Some(net) });
     }
@@ -101,10 +98,10 @@ fn open_interface(
                 Some(ns) => Tap::create_in_netns(ns, &name, vnet_hdr),
                 None => Tap::create(&name, vnet_hdr),
             }
-            .map_err(|e| errors::NetworkError::new_err(format!("create or attach TAP {name:?} (needs CAP_NET_ADMIN and /dev/net/tun): {e}")))?,
+            .map_err(Error::network(format!("create or attach TAP {name:?} (needs CAP_NET_ADMIN and /dev/net/tun)")))?,
             (None, Some(fd)) => {
-                let owned = dup_fd(fd).map_err(|e| errors::NetworkError::new_err(format!("duplicate tap_fd {fd}: {e}")))?;
-                Tap::from_fd(owned).map_err(|e| errors::NetworkError::new_err(format!("tap_fd {fd} is not a usable TAP device: {e}")))?
+                let owned = dup_fd(fd).map_err(Error::network(format!("duplicate tap_fd {fd}")))?;
+                Tap::from_fd(owned).map_err(Error::network(format!("tap_fd {fd} is not a usable TAP device")))?
             }
             _ => unreachable!("checked by the caller"),
         };
@@ -115,7 +112,7 @@ fn open_interface(
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (tap, tap_fd, netns, mac, vnet_hdr);
-        Err(errors::NetworkError::new_err("TAP devices exist only on Linux; use network=... instead"))
+        Err(Error::NetworkState("TAP devices exist only on Linux; use network=... instead".into()))
     }
 }
 
@@ -145,14 +142,14 @@ impl PyAdaptor {
         vm_socket_fd: Option<i32>,
     ) -> PyResult<Self> {
         let k = Kind::parse(kind).ok_or_else(|| {
-            errors::ConfigError::new_err(format!("adaptor kind {kind:?} is not one of datagram, datagram_next, stream"))
+            Error::Argument(format!("adaptor kind {kind:?} is not one of datagram, datagram_next, stream"))
         })?;
         let given = [tap.is_some(), tap_fd.is_some(), network.is_some()].iter().filter(|b| **b).count();
         if given != 1 {
-            return Err(errors::ConfigError::new_err("give exactly one of tap=NAME, tap_fd=FD or network=NAME"));
+            return Err(Error::Argument("give exactly one of tap=NAME, tap_fd=FD or network=NAME".into()).into());
         }
         if netns.is_some() && tap.is_none() {
-            return Err(errors::ConfigError::new_err("netns= applies only with tap=NAME"));
+            return Err(Error::Argument("netns= applies only with tap=NAME".into()).into());
         }
         let mac = mac.map(|m| mac_arg(m)).transpose()?;
         let network_name = network.clone();
@@ -173,16 +170,16 @@ impl PyAdaptor {
                     #[cfg(target_os = "linux")]
                     Some(ns) => py
                         .detach(|| vmnet::tap::in_netns(ns, start))
-                        .map_err(|e| errors::AdaptorError::new_err(format!("start a {kind} adaptor in network namespace {ns}: {e}")))?,
+                        .map_err(Error::adaptor(format!("start a {kind} adaptor in network namespace {ns}")))?,
                     _ => start(),
                 };
-                let (a, vm) = result.map_err(|e| errors::AdaptorError::new_err(format!("start a {kind} adaptor: {e}")))?;
+                let (a, vm) = result.map_err(Error::adaptor(format!("start a {kind} adaptor")))?;
                 (a, Some(vm))
             }
             Some(fd) => {
-                let socket = dup_fd(fd).map_err(|e| errors::AdaptorError::new_err(format!("duplicate vm_socket_fd {fd}: {e}")))?;
+                let socket = dup_fd(fd).map_err(Error::adaptor(format!("duplicate vm_socket_fd {fd}")))?;
                 let a = Adaptor::start_with_socket(started.interface, k, socket, &options)
-                    .map_err(|e| errors::AdaptorError::new_err(format!("start a {kind} adaptor on fd {fd}: {e}")))?;
+                    .map_err(Error::adaptor(format!("start a {kind} adaptor on fd {fd}")))?;
                 (a, None)
             }
         };
@@ -205,7 +202,7 @@ impl PyAdaptor {
 
     /// The VM end of the socket (owned by this object; dup it to keep it).
     fn fileno(&self) -> PyResult<i32> {
-        self.vm.as_ref().map(|fd| fd.as_raw_fd()).ok_or_else(|| errors::AdaptorError::new_err("the adaptor is closed or its VM end was detached"))
+        self.vm.as_ref().map(|fd| fd.as_raw_fd()).ok_or_else(|| Error::AdaptorState("the adaptor is closed or its VM end was detached".into()).into())
     }
 
     /// Hands the VM end over: returns its fd, now owned by the caller, and
@@ -213,7 +210,7 @@ impl PyAdaptor {
     /// copy is closed.
     fn detach(&mut self) -> PyResult<i32> {
         use std::os::fd::IntoRawFd;
-        self.vm.take().map(|fd| fd.into_raw_fd()).ok_or_else(|| errors::AdaptorError::new_err("the VM end was already detached or the adaptor is closed"))
+        self.vm.take().map(|fd| fd.into_raw_fd()).ok_or_else(|| Error::AdaptorState("the VM end was already detached or the adaptor is closed".into()).into())
     }
 
     /// `{"mac", "mtu", "max_frame_bytes", "offload", "kind", "device",
@@ -309,7 +306,7 @@ mod bench {
     pub fn bench_open_tap(py: Python<'_>, netns: String, name: String) -> PyResult<i32> {
         let tap = py
             .detach(move || vmnet::tap::Tap::create_in_netns(&netns, &name, false))
-            .map_err(|e| errors::NetworkError::new_err(format!("create a benchmark TAP: {e}")))?;
+            .map_err(Error::network("create a benchmark TAP"))?;
         Ok(tap.into_fd().into_raw_fd())
     }
 
@@ -327,17 +324,17 @@ mod bench {
         #[new]
         #[pyo3(signature = (tap_fd, netns=None))]
         fn new(py: Python<'_>, tap_fd: i32, netns: Option<String>) -> PyResult<Self> {
-            let tap = dup_fd(tap_fd).map_err(|e| errors::AdaptorError::new_err(format!("duplicate tap_fd {tap_fd}: {e}")))?;
+            let tap = dup_fd(tap_fd).map_err(Error::adaptor(format!("duplicate tap_fd {tap_fd}")))?;
             let started = match netns {
                 Some(ns) => py.detach(move || vmnet::tap::in_netns(&ns, move || PerFrameRelay::start(tap))).and_then(|r| r),
                 None => PerFrameRelay::start(tap),
             };
-            let (relay, vm) = started.map_err(|e| errors::AdaptorError::new_err(format!("start the per-frame relay: {e}")))?;
+            let (relay, vm) = started.map_err(Error::adaptor("start the per-frame relay"))?;
             Ok(PyPerFrameRelay { relay: Some(relay), vm: Some(vm) })
         }
 
         fn fileno(&self) -> PyResult<i32> {
-            self.vm.as_ref().map(|f| f.as_raw_fd()).ok_or_else(|| errors::AdaptorError::new_err("the relay is closed"))
+            self.vm.as_ref().map(|f| f.as_raw_fd()).ok_or_else(|| Error::AdaptorState("the relay is closed".into()).into())
         }
 
         /// Frames moved: `(vm_to_host, host_to_vm)`.
@@ -369,8 +366,8 @@ mod bench {
     ) -> PyResult<Bound<'py, PyDict>> {
         let mut specs = Vec::new();
         for (src, src_framing, dst, dst_framing, src_mac, dst_mac) in flows {
-            let framing = |s: &str| Framing::parse(s).ok_or_else(|| errors::ConfigError::new_err(format!("framing {s:?} is not datagram, stream or tap")));
-            let fd = |f: i32| dup_fd(f).map_err(|e| errors::AdaptorError::new_err(format!("duplicate fd {f}: {e}")));
+            let framing = |s: &str| Framing::parse(s).ok_or_else(|| Error::Argument(format!("framing {s:?} is not datagram, stream or tap")));
+            let fd = |f: i32| dup_fd(f).map_err(Error::adaptor(format!("duplicate fd {f}")));
             specs.push(Flow {
                 source: fd(src)?,
                 source_framing: framing(&src_framing)?,
@@ -381,7 +378,7 @@ mod bench {
             });
         }
         let window = Duration::from_secs_f64(seconds.max(0.01));
-        let r = py.detach(move || b::run_flows(specs, frame_bytes, window)).map_err(|e| errors::AdaptorError::new_err(format!("benchmark flows: {e}")))?;
+        let r = py.detach(move || b::run_flows(specs, frame_bytes, window)).map_err(Error::adaptor("benchmark flows"))?;
         let d = PyDict::new(py);
         d.set_item("window_s", r.window_s)?;
         d.set_item("process_cpu_s", r.process_cpu_s)?;

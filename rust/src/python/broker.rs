@@ -13,27 +13,69 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyString};
 
-use super::errors;
-use crate::broker::{self, Backend, BrokerOptions};
-use crate::config::FileConfig;
+use super::errors::Error;
+use crate::broker::launch::{self, Launch, LaunchArgs};
+use crate::broker;
+use crate::config::{EndpointKind, FileConfig};
 use crate::xpc::{self, Dict, Value};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBroker>()?;
     m.add_class::<PyClient>()?;
     m.add("DEFAULT_SOCKET", xpc::DEFAULT_SOCKET_PATH)?;
+    m.add("SOCKET_ENV", xpc::SOCKET_ENV)?;
+    m.add("DEFAULT_MACH_SERVICE", crate::config::DEFAULT_MACH_SERVICE)?;
+    m.add("STATE_DIR_ENV", launch::STATE_DIR_ENV)?;
+    let codes = PyDict::new(m.py());
+    for (name, value) in broker::protocol::code::ALL {
+        codes.set_item(name, value)?;
+    }
+    m.add("ERROR_CODES", codes)?;
+    let suffixes = PyDict::new(m.py());
+    for kind in EndpointKind::ALL {
+        suffixes.set_item(kind.as_str(), kind.suffix())?;
+    }
+    m.add("ENDPOINT_SUFFIXES", suffixes)?;
+    m.add_function(wrap_pyfunction!(default_state_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(socket_path, m)?)?;
+    m.add_function(wrap_pyfunction!(endpoint_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(endpoint_path, m)?)?;
     Ok(())
 }
 
-fn broker_error(message: String) -> PyErr {
-    errors::BrokerError::new_err(message)
+/// The broker's state directory: `explicit`, else $VMNET_RS_STATE_DIR, else
+/// the platform's (`broker::launch::state_dir`).
+#[pyfunction]
+#[pyo3(signature = (explicit=None))]
+fn default_state_dir(explicit: Option<PathBuf>) -> String {
+    launch::state_dir(explicit.as_deref()).display().to_string()
 }
 
-fn transport_error(e: xpc::Error) -> PyErr {
-    match e {
-        xpc::Error::Unavailable(m) => errors::BrokerUnavailableError::new_err(m),
-        other => broker_error(other.to_string()),
-    }
+/// The broker socket: `explicit`, else $VMNET_RS_SOCKET, else `configured`
+/// (`broker::launch::socket_path`).
+#[pyfunction]
+#[pyo3(signature = (explicit=None, configured=xpc::DEFAULT_SOCKET_PATH))]
+fn socket_path(explicit: Option<PathBuf>, configured: &str) -> String {
+    launch::socket_path(explicit.as_deref(), configured).display().to_string()
+}
+
+/// The endpoint directory of a broker on `socket`: `explicit`, else
+/// `configured` (the config's `endpointDir`), else the platform default
+/// (`macos` None: this platform; `home` None: $HOME).
+#[pyfunction]
+#[pyo3(signature = (explicit, configured, socket, macos=None, home=None))]
+fn endpoint_dir(explicit: Option<PathBuf>, configured: &str, socket: PathBuf, macos: Option<bool>, home: Option<PathBuf>) -> String {
+    let home = home.or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+    let macos = macos.unwrap_or(cfg!(target_os = "macos"));
+    launch::endpoint_dir_for(explicit.as_deref(), configured, &socket, macos, home.as_deref()).display().to_string()
+}
+
+/// The socket path of `network`'s endpoint of `kind` ("stream" or
+/// "datagram") under `dir`.
+#[pyfunction]
+fn endpoint_path(dir: PathBuf, network: &str, kind: &str) -> PyResult<String> {
+    let kind = EndpointKind::parse(kind).ok_or_else(|| Error::Argument(format!("endpoint kind {kind:?} is not stream or datagram")))?;
+    Ok(broker::endpoints::endpoint_path(&dir, network, kind).display().to_string())
 }
 
 /// Python `dict` -> message. Values: str, bool, int (int64), bytes, dict.
@@ -86,15 +128,17 @@ fn from_dict<'py>(py: Python<'py>, d: Dict) -> PyResult<Bound<'py, PyDict>> {
 /// An in-process broker serving a Unix socket.
 #[pyclass(name = "Broker", module = "vmnet_rs._native", frozen)]
 pub struct PyBroker {
-    options: BrokerOptions,
-    /// Linux: the socket path; macOS: the Mach service name.
-    endpoint: String,
+    /// Its options and where it serves (Linux: the socket path; macOS: the
+    /// Mach service name), decided by `broker::launch` as for `vmnet-rs-broker`.
+    launch: Launch,
     running: Mutex<Option<broker::Broker>>,
 }
 
 #[pymethods]
 impl PyBroker {
-    /// socket: path (None: $VMNET_RS_SOCKET, else the default); config_json:
+    /// Every default below is `broker::launch`'s (the same as
+    /// `vmnet-rs-broker`'s). socket: path (None: $VMNET_RS_SOCKET, else the
+    /// config's `socket`); config_json:
     /// the whole configuration in the file's shape (`{"broker": {...},
     /// "vmnet": {...}}`, as `vmnet_rs.config.Config.to_json()` writes it;
     /// None: the built-ins); idle_timeout overrides the settings' (seconds,
@@ -108,9 +152,11 @@ impl PyBroker {
     /// endpoint_dir (None: the config's `endpointDir`, else the platform
     /// default); config_source: the file config_json came from, named in
     /// refusals (None: the built-ins); exit_when_idle: exit by itself when
-    /// idle even if not started on demand (None: when idle_timeout is given).
+    /// idle even if not started on demand (None: when idle_timeout is given);
+    /// host_dns (Linux): the DNS proxy forwards to the host's resolvers unless
+    /// $VMNET_RS_DNS_RESOLV_FILE chose (the broker command's default).
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None, exit_when_idle=None))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None, exit_when_idle=None, host_dns=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         socket: Option<PathBuf>,
@@ -126,50 +172,28 @@ impl PyBroker {
         endpoint_dir: Option<PathBuf>,
         config_source: Option<String>,
         exit_when_idle: Option<bool>,
+        host_dns: bool,
     ) -> PyResult<Self> {
-        let mut options = BrokerOptions::new();
-        options.config_source = config_source;
-        options.exit_when_idle = exit_when_idle.unwrap_or(idle_timeout.is_some());
-        if let Some(text) = config_json {
-            let file = FileConfig::from_json(text, "broker configuration").map_err(|e| errors::config_error(e))?;
-            options.settings = file.broker;
-            options.networks = file.networks;
-        }
-        if let Some(t) = idle_timeout {
-            options.settings.idle_timeout = t;
-        }
-        options.backend = Backend::parse(backend)
-            .ok_or_else(|| errors::ConfigError::new_err(format!("unknown backend {backend:?} (platform or hub)")))?;
-        if let Some(d) = state_dir {
-            options.backend_options.state_dir = d;
-        }
-        if !(monitor_interval > 0.0 && monitor_interval < 3600.0) {
-            return Err(errors::ConfigError::new_err(format!("monitor_interval {monitor_interval} must be in (0, 3600) seconds")));
-        }
-        options.monitor_interval = Duration::from_secs_f64(monitor_interval);
-        options.code_signing_requirement = code_signing_requirement;
-        options.lima_serialization_rule = lima_serialization_rule;
-        #[cfg(target_os = "linux")]
-        let endpoint = {
-            let _ = mach_service;
-            xpc::unix::socket_path(socket.as_deref()).display().to_string()
+        let config = config_json.map(|text| FileConfig::from_json(text, "broker configuration")).transpose()?;
+        let args = LaunchArgs {
+            config,
+            config_source,
+            config_error: None,
+            socket,
+            mach_service,
+            state_dir,
+            idle_timeout,
+            exit_when_idle,
+            backend: Some(backend.to_owned()),
+            monitor_interval: Some(monitor_interval),
+            code_signing_requirement,
+            lima_serialization_rule,
+            endpoints,
+            endpoint_dir,
+            host_dns,
         };
-        #[cfg(target_os = "macos")]
-        let endpoint = {
-            let _ = socket;
-            mach_service.unwrap_or_else(|| options.settings.mach_service.clone())
-        };
-        if endpoints {
-            let configured = Some(PathBuf::from(&options.settings.endpoint_dir)).filter(|p| !p.as_os_str().is_empty());
-            #[cfg(target_os = "linux")]
-            let default = broker::endpoints::default_dir(std::path::Path::new(&endpoint));
-            #[cfg(target_os = "macos")]
-            let default = broker::endpoints::default_dir(std::path::Path::new(""));
-            options.endpoint_dir = Some(endpoint_dir.or(configured).unwrap_or(default));
-        } else if endpoint_dir.is_some() {
-            return Err(errors::ConfigError::new_err("endpoint_dir given with endpoints=False: turn endpoints on or leave the directory out"));
-        }
-        Ok(PyBroker { options, endpoint, running: Mutex::new(None) })
+        let l = launch::launch(args).map_err(|e| Error::Argument(e.to_string()))?;
+        Ok(PyBroker { launch: l, running: Mutex::new(None) })
     }
 
     /// Binds the socket (or takes systemd's) and starts serving. Raises
@@ -177,18 +201,10 @@ impl PyBroker {
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if running.as_ref().is_some_and(|b| b.core().exit_reason().is_none()) {
-            return Err(broker_error("the broker is already running".into()));
+            return Err(Error::BrokerState("the broker is already running".into()).into());
         }
-        let options = self.options.clone();
-        let endpoint = self.endpoint.clone();
-        let b = py
-            .detach(move || -> Result<broker::Broker, broker::Error> {
-                #[cfg(target_os = "linux")]
-                return broker::Broker::start_unix(options, xpc::unix::Socket::open(std::path::Path::new(&endpoint))?);
-                #[cfg(target_os = "macos")]
-                return broker::Broker::start_mach(options, &endpoint);
-            })
-            .map_err(|e| broker_error(e.to_string()))?;
+        let l = self.launch.clone();
+        let b = py.detach(move || l.start())?;
         *running = Some(b);
         Ok(())
     }
@@ -222,7 +238,7 @@ impl PyBroker {
     /// The socket path (Linux) or Mach service (macOS) served.
     #[getter]
     fn socket(&self) -> String {
-        self.endpoint.clone()
+        self.launch.endpoint.clone()
     }
 
     /// Network -> {"stream": path, "datagram": path} of the endpoints served
@@ -246,13 +262,20 @@ impl PyBroker {
     fn start_line(&self) -> String {
         match self.running.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             Some(b) => b.start_line(),
-            None => broker::start_line(&self.endpoint),
+            None => broker::start_line(&self.launch.endpoint),
         }
+    }
+
+    /// The DNS proxy's upstream file this broker sets at start (Linux, with
+    /// host_dns), or None.
+    #[getter]
+    fn dns_resolv_file(&self) -> Option<String> {
+        self.launch.dns_resolv_file.as_ref().map(|p| p.display().to_string())
     }
 
     #[getter]
     fn idle_timeout(&self) -> u64 {
-        self.options.settings.idle_timeout
+        self.launch.options.settings.idle_timeout
     }
 }
 
@@ -307,16 +330,16 @@ impl PyClient {
         let (conn, endpoint) = {
             let _ = mach_service;
             let path = xpc::unix::socket_path(socket.as_deref());
-            let client = py.detach(|| xpc::unix::Client::connect(&path)).map_err(|e| transport_error(e))?;
-            client.set_timeout(timeout).map_err(|e| transport_error(e))?;
+            let client = py.detach(|| xpc::unix::Client::connect(&path))?;
+            client.set_timeout(timeout)?;
             (Conn::Unix(client), path.display().to_string())
         };
         #[cfg(target_os = "macos")]
         let (conn, endpoint) = {
             let _ = socket;
             let service = mach_service.unwrap_or_else(|| crate::config::DEFAULT_MACH_SERVICE.to_owned());
-            let client = py.detach(|| xpc::apple::Client::connect(&service, false)).map_err(|e| transport_error(e))?;
-            client.set_timeout(timeout).map_err(|e| transport_error(e))?;
+            let client = py.detach(|| xpc::apple::Client::connect(&service, false))?;
+            client.set_timeout(timeout)?;
             (Conn::Mach(client), service)
         };
         Ok(PyClient { inner: Mutex::new(Some(conn)), socket: endpoint })
@@ -362,9 +385,9 @@ impl PyClient {
             #[cfg(target_os = "macos")]
             Some(conn) => {
                 *guard = Some(conn);
-                Err(broker_error("the broker connection is an XPC session, which cannot be passed to another process".into()))
+                Err(Error::BrokerState("the broker connection is an XPC session, which cannot be passed to another process".into()).into())
             }
-            None => Err(broker_error(format!("the connection to the broker on {} is closed", self.socket))),
+            None => Err(Error::BrokerState(format!("the connection to the broker on {} is closed", self.socket)).into()),
         }
     }
 
@@ -386,9 +409,9 @@ impl PyClient {
             guard.as_mut().map(f)
         });
         match result {
-            None => Err(broker_error(format!("the connection to the broker on {} is closed", self.socket))),
+            None => Err(Error::BrokerState(format!("the connection to the broker on {} is closed", self.socket)).into()),
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(transport_error(e)),
+            Some(Err(e)) => Err(e.into()),
         }
     }
 }

@@ -10,13 +10,13 @@
 
 use pyo3::prelude::*;
 
-use super::errors;
+use super::errors::Error;
 use crate::config::{self, FileConfig, NetworkConfig};
 
 /// Parses a MAC address argument with the configuration's rules
 /// ([`config::parse_mac`]); anything else raises `ConfigError`.
 pub fn mac_arg(text: &str) -> PyResult<[u8; 6]> {
-    config::parse_mac(text).ok_or_else(|| errors::ConfigError::new_err(format!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff")))
+    config::parse_mac(text).ok_or_else(|| Error::Argument(format!("MAC {text:?} is not of the form aa:bb:cc:dd:ee:ff")).into())
 }
 
 /// Validates a whole configuration document (the file's shape, as JSON) and
@@ -25,7 +25,7 @@ pub fn mac_arg(text: &str) -> PyResult<[u8; 6]> {
 fn validate_config(json_text: &str, source: &str) -> PyResult<String> {
     FileConfig::from_json(json_text, source)
         .map(|c| c.to_json())
-        .map_err(|e| errors::config_error(e))
+        .map_err(PyErr::from)
 }
 
 /// Validates one network entry (absent keys take Lima's defaults) and returns
@@ -39,7 +39,7 @@ fn validate_network(json_text: &str, source: &str, name: &str, lima: bool) -> Py
     } else {
         NetworkConfig::from_json(json_text, source, name)
     };
-    parsed.map(|c| c.to_json()).map_err(|e| errors::config_error(e))
+    parsed.map(|c| c.to_json()).map_err(PyErr::from)
 }
 
 /// Checks a whole configuration document (the file's shape, as JSON) and
@@ -97,8 +97,8 @@ fn check_mac(text: &str) -> (Option<String>, Option<&'static str>) {
 /// JSON, as from `validate_network`) differ.
 #[pyfunction]
 fn network_differences(a_json: &str, b_json: &str) -> PyResult<Vec<String>> {
-    let a = NetworkConfig::from_json(a_json, "first", "a").map_err(|e| errors::config_error(e))?;
-    let b = NetworkConfig::from_json(b_json, "second", "b").map_err(|e| errors::config_error(e))?;
+    let a = NetworkConfig::from_json(a_json, "first", "a")?;
+    let b = NetworkConfig::from_json(b_json, "second", "b")?;
     Ok(a.differences(&b))
 }
 

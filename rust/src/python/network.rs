@@ -10,16 +10,9 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::errors;
+use super::errors::Error;
 use crate::config::NetworkConfig;
 use crate::vmnet::{self, BackendOptions, Lease, Network};
-
-fn network_error(err: vmnet::Error) -> PyErr {
-    match err {
-        vmnet::Error::Config(e) => errors::config_error(e),
-        other => errors::NetworkError::new_err(other.to_string()),
-    }
-}
 
 fn lease_dicts<'py>(py: Python<'py>, leases: Vec<Lease>) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
@@ -44,7 +37,7 @@ pub struct PyNetwork {
 
 impl PyNetwork {
     fn live(&self) -> PyResult<&dyn Network> {
-        self.inner.as_deref().ok_or_else(|| errors::NetworkError::new_err(format!("network {:?} is closed", self.name)))
+        self.inner.as_deref().ok_or_else(|| Error::NetworkState(format!("network {:?} is closed", self.name)).into())
     }
 }
 
@@ -55,10 +48,10 @@ impl PyNetwork {
     /// `state_dir`.
     #[new]
     fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf) -> PyResult<Self> {
-        let config = NetworkConfig::from_json(config_json, "config_json", &name).map_err(|e| errors::config_error(e))?;
+        let config = NetworkConfig::from_json(config_json, "config_json", &name)?;
         let options = BackendOptions { state_dir };
         let n = name.clone();
-        let inner = py.detach(move || vmnet::create_network(&n, &config, &options)).map_err(|e| network_error(e))?;
+        let inner = py.detach(move || vmnet::create_network(&n, &config, &options))?;
         Ok(PyNetwork { name, inner: Some(inner) })
     }
 
@@ -86,7 +79,7 @@ impl PyNetwork {
 
     /// The DHCP leases: a list of `{"mac", "address", "hostname", "expires"}`.
     fn leases<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let leases = self.live()?.leases().map_err(|e| network_error(e))?;
+        let leases = self.live()?.leases()?;
         lease_dicts(py, leases)
     }
 
@@ -100,7 +93,7 @@ impl PyNetwork {
         let mac = mac.map(|m| super::config::mac_arg(m)).transpose()?;
         let desc = vmnet::InterfaceDesc { mac, isolation, offload: vnet_hdr };
         let net = self.live()?;
-        let tap = py.detach(|| net.start_tap(&desc, vnet_hdr)).map_err(|e| network_error(e))?;
+        let tap = py.detach(|| net.start_tap(&desc, vnet_hdr))?;
         let name = tap.name().to_string();
         Ok((tap.into_fd().into_raw_fd(), name))
     }
@@ -134,7 +127,7 @@ impl PyNetwork {
 #[pyfunction]
 fn cleanup_stale_networks(py: Python<'_>, state_dir: PathBuf) -> PyResult<Vec<String>> {
     let options = BackendOptions { state_dir };
-    py.detach(move || vmnet::cleanup_stale(&options)).map_err(|e| network_error(e))
+    py.detach(move || vmnet::cleanup_stale(&options)).map_err(PyErr::from)
 }
 
 /// The DHCP leases of network `name` recorded in `state_dir`, read from its
@@ -143,13 +136,13 @@ fn cleanup_stale_networks(py: Python<'_>, state_dir: PathBuf) -> PyResult<Vec<St
 fn network_leases<'py>(py: Python<'py>, name: &str, state_dir: PathBuf) -> PyResult<Bound<'py, PyList>> {
     #[cfg(target_os = "linux")]
     {
-        let leases = vmnet::linux::read_leases(name, &BackendOptions { state_dir }).map_err(|e| network_error(e))?;
+        let leases = vmnet::linux::read_leases(name, &BackendOptions { state_dir })?;
         lease_dicts(py, leases)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (py, state_dir);
-        Err(errors::NetworkError::new_err(format!("leases of network {name:?}: only the Linux backend keeps a lease file; ask the broker")))
+        Err(Error::NetworkState(format!("leases of network {name:?}: only the Linux backend keeps a lease file; ask the broker")).into())
     }
 }
 

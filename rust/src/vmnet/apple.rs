@@ -97,7 +97,7 @@ fn apply_step(v: &ffi::Vmnet, cfg: &CfRef<ffi::vmnet_network_configuration>, ste
             Step::Create { .. } => Ok(()),
             Step::SetExternalInterface(name) => {
                 let name = CString::new(name.as_str())
-                    .map_err(|_| Error::Platform { op: step.to_string(), detail: "name contains a NUL byte".into() })?;
+                    .map_err(|_| Error::Platform { op: step.to_string(), source: "name contains a NUL byte".into() })?;
                 check(step, (v.f.vmnet_network_configuration_set_external_interface)(c, name.as_ptr()))
             }
             Step::DisableNat44 => {
@@ -191,7 +191,7 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
     let steps = mapping::configuration_steps(config)?;
     let v = ffi::vmnet()?;
     let Some(Step::Create { mode }) = steps.first() else {
-        return Err(Error::Platform { op: "plan vmnet configuration".into(), detail: "no create step".into() });
+        return Err(Error::Platform { op: "plan vmnet configuration".into(), source: "no create step".into() });
     };
 
     let mut raw_status: ffi::vmnet_return_t = 0;

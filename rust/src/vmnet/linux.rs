@@ -258,7 +258,7 @@ impl LinuxNetwork {
             };
             // On error the TAP drops, and with its only fd the device goes.
             if vnet_hdr {
-                set_vnet_hdr_size(&tap).map_err(|e| Error::io(format!("set the virtio-net header size of TAP {name}"), e))?;
+                tap.set_vnet_hdr_size().map_err(|e| Error::io(format!("set the virtio-net header size of TAP {name}"), e))?;
             }
             rtnl::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)
                 .map_err(|e| Error::AddPort { network: self.name.clone(), port: name.clone(), source: Box::new(e) })?;
@@ -305,24 +305,8 @@ impl LinuxNetwork {
     }
 }
 
-/// `TUNSETVNETHDRSZ`, `_IOW('T', 216, int)` (linux/if_tun.h).
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-
-/// Makes the kernel use the header size the relay expects
-/// ([`VNET_HDR_BYTES`](super::tap::VNET_HDR_BYTES), `virtio_net_hdr_v1`)
-/// instead of its default of 10 bytes. A VM given the fd may set its own.
-fn set_vnet_hdr_size(tap: &Tap) -> std::io::Result<()> {
-    let size: libc::c_int = super::tap::VNET_HDR_BYTES as libc::c_int;
-    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is
-    // valid for the duration of the call; the fd is an open TAP.
-    if unsafe { libc::ioctl(tap.fd(), TUNSETVNETHDRSZ, &size) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn platform(op: &str, detail: String) -> Error {
-    Error::Platform { op: op.into(), detail }
+    Error::Platform { op: op.into(), source: detail.into() }
 }
 
 impl Drop for LinuxNetwork {

@@ -86,7 +86,7 @@ impl From<Error> for super::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Config { .. } => super::Error::Config(ConfigError::new(e.to_string())),
-            other => super::Error::Platform { op: "vmnet".into(), detail: other.to_string() },
+            other => super::Error::Platform { op: "vmnet".into(), source: Box::new(other) },
         }
     }
 }
@@ -209,9 +209,11 @@ impl fmt::Display for Status {
     }
 }
 
+impl std::error::Error for Status {}
+
 /// The backend error for a vmnet call `op` that returned `status`.
 pub fn status_error(op: impl Into<String>, status: Status) -> super::Error {
-    super::Error::Platform { op: op.into(), detail: status.to_string() }
+    super::Error::Platform { op: op.into(), source: Box::new(status) }
 }
 
 /// What to do when vmnet refuses to create a network for want of the
@@ -230,7 +232,7 @@ pub fn network_create_error(op: impl Into<String>, status: Status) -> super::Err
     match status {
         Status::MemFailure | Status::NotAuthorized => super::Error::Platform {
             op: op.into(),
-            detail: format!("{} ({}): {MISSING_ENTITLEMENT}", status.name(), status.raw()),
+            source: format!("{} ({}): {MISSING_ENTITLEMENT}", status.name(), status.raw()).into(),
         },
         other => status_error(op, other),
     }

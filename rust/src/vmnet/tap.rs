@@ -15,24 +15,14 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::{read_each, write_each, Error, Interface, InterfaceInfo};
 
+mod if_tun;
 mod uring;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
+use if_tun::{IfReq, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNGETIFF, TUNSETIFF, TUNSETVNETHDRSZ};
 
 /// Bytes of the virtio-net header a TAP with IFF_VNET_HDR prepends
 /// (`struct virtio_net_hdr_v1`, with `num_buffers`).
 pub const VNET_HDR_BYTES: usize = 12;
-
-#[repr(C)]
-struct IfReq {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
 
 /// An open TAP device.
 #[derive(Debug)]
@@ -76,15 +66,10 @@ impl Tap {
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI, _pad: [0; 22] };
-        if vnet_hdr {
-            req.flags |= IFF_VNET_HDR;
-        }
-        for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
+        let flags = IFF_TAP | IFF_NO_PI | if vnet_hdr { IFF_VNET_HDR } else { 0 };
+        let mut req = IfReq::new(name, flags);
         // SAFETY: TUNSETIFF reads and writes one `struct ifreq`, which IfReq
-        // matches in size and layout (16-byte name, flags, padding to 40).
+        // matches in size and layout (asserted in `if_tun`).
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -105,7 +90,7 @@ impl Tap {
     /// Wraps an fd already attached to a TAP device (from `/dev/net/tun` after
     /// TUNSETIFF, e.g. one inherited from a parent). Sets it non-blocking.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Tap> {
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let mut req = IfReq::new("", 0);
         // SAFETY: TUNGETIFF fills one `struct ifreq`.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
@@ -122,7 +107,7 @@ impl Tap {
     }
 
     fn from_configured_fd(fd: OwnedFd, vnet_hdr: bool) -> io::Result<Tap> {
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
+        let mut req = IfReq::new("", 0);
         // SAFETY: TUNGETIFF fills one `struct ifreq`.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req) } < 0 {
             return Err(io::Error::last_os_error());
@@ -229,6 +214,19 @@ pub fn link_mtu(name: &str) -> Option<u32> {
 }
 
 impl Tap {
+    /// Makes the kernel use the header size the relay expects
+    /// ([`VNET_HDR_BYTES`], `virtio_net_hdr_v1`) instead of its default of
+    /// 10 bytes. A VM given the fd may set its own.
+    pub fn set_vnet_hdr_size(&self) -> io::Result<()> {
+        let size: libc::c_int = VNET_HDR_BYTES as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which is
+        // valid for the duration of the call; the fd is an open TAP.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The io_uring to batch with, set up on first use; `None` means one
     /// syscall per frame.
     fn batching(&mut self) -> Option<(&mut uring::Uring, &mut usize)> {

@@ -18,9 +18,7 @@ pub use listener::{Listener, Socket};
 
 /// Where the broker listens when neither `--socket` nor [`SOCKET_ENV`] says.
 pub const DEFAULT_SOCKET: &str = crate::xpc::DEFAULT_SOCKET_PATH;
-/// The environment variable naming the broker socket, for the broker and
-/// every client alike.
-pub const SOCKET_ENV: &str = "VMNET_RS_SOCKET";
+pub use crate::xpc::SOCKET_ENV;
 
 /// The socket path: `explicit` if given, else `$VMNET_RS_SOCKET` if set and
 /// not empty, else [`DEFAULT_SOCKET`].

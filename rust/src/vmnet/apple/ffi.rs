@@ -234,7 +234,7 @@ pub fn vmnet() -> Result<&'static Vmnet, crate::vmnet::Error> {
     TABLE
         .get_or_init(load)
         .as_ref()
-        .map_err(|detail| crate::vmnet::Error::Platform { op: "load vmnet.framework".into(), detail: detail.clone() })
+        .map_err(|detail| crate::vmnet::Error::Platform { op: "load vmnet.framework".into(), source: detail.clone().into() })
 }
 
 // CoreFoundation/CFBase.h.

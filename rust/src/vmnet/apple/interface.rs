@@ -212,10 +212,11 @@ fn stop_raw(v: &ffi::Vmnet, iface: ffi::interface_ref, queue: &DispatchQueue, na
         }
         Err(_) => Err(Error::Platform {
             op: format!("vmnet_stop_interface({name})"),
-            detail: format!(
+            source: format!(
                 "no completion within {} s; the interface may linger until the broker exits",
                 STOP_TIMEOUT.as_secs()
-            ),
+            )
+            .into(),
         }),
     }
 }
@@ -246,7 +247,7 @@ impl VmnetInterface {
         })?;
 
         let xdesc = Object::empty_dictionary()
-            .map_err(|e| Error::Platform { op: name.clone(), detail: e.to_string() })?;
+            .map_err(|e| Error::Platform { op: name.clone(), source: Box::new(e) })?;
         for (key, value) in entries {
             // SAFETY: a live dictionary and a key symbol exported by vmnet.
             unsafe { xffi::xpc_dictionary_set_bool(xdesc.as_ptr(), desc_key(&v.keys, key), value) };
@@ -281,7 +282,7 @@ impl VmnetInterface {
                 }
                 return Err(Error::Platform {
                     op: format!("vmnet_interface_start_with_network({network_name})"),
-                    detail: format!("no completion within {} s", START_TIMEOUT.as_secs()),
+                    source: format!("no completion within {} s", START_TIMEOUT.as_secs()).into(),
                 });
             }
         };

@@ -43,7 +43,7 @@ impl VmnetAttachment {
 /// kept object itself).
 pub fn attachment_from_serialization(serialization: &Dict) -> Result<VmnetAttachment, Error> {
     let xser = value_to_xpc_object(serialization)
-        .map_err(|e| Error::Platform { op: "convert the network serialization".into(), detail: e.to_string() })?;
+        .map_err(|e| Error::Platform { op: "convert the network serialization".into(), source: Box::new(e) })?;
     attachment_from_xpc(&xser)
 }
 
@@ -62,10 +62,10 @@ pub fn attachment_from_xpc(xser: &Object) -> Result<VmnetAttachment, Error> {
     // Loaded on first use rather than linked, so importing the library does
     // not load Virtualization.framework.
     crate::xpc::apple::dynamic::open_framework(c"/System/Library/Frameworks/Virtualization.framework/Virtualization")
-        .map_err(|detail| Error::Platform { op: "load Virtualization.framework".into(), detail })?;
+        .map_err(|detail| Error::Platform { op: "load Virtualization.framework".into(), source: detail.into() })?;
     let class = AnyClass::get(c"VZVmnetNetworkDeviceAttachment").ok_or_else(|| Error::Platform {
         op: "find VZVmnetNetworkDeviceAttachment".into(),
-        detail: "the class is missing: Virtualization.framework of macOS 26 or later is needed".into(),
+        source: "the class is missing: Virtualization.framework of macOS 26 or later is needed".into(),
     })?;
     // SAFETY: `+alloc` on an NSObject subclass returns an allocated instance.
     let allocated: Allocated<AnyObject> = unsafe { msg_send![class, alloc] };
@@ -76,7 +76,7 @@ pub fn attachment_from_xpc(xser: &Object) -> Result<VmnetAttachment, Error> {
     let attachment: Option<Retained<AnyObject>> = unsafe { msg_send![allocated, initWithNetwork: net] };
     let attachment = attachment.ok_or_else(|| Error::Platform {
         op: "-[VZVmnetNetworkDeviceAttachment initWithNetwork:]".into(),
-        detail: "returned nil; is the network from a broker on this Mac, and (before macOS 26.2) the same executable?"
+        source: "returned nil; is the network from a broker on this Mac, and (before macOS 26.2) the same executable?"
             .into(),
     })?;
     Ok(VmnetAttachment { attachment, _network: network })

@@ -23,8 +23,6 @@
 pub mod auth;
 pub mod endpoints;
 pub mod launch;
-#[cfg(test)]
-mod limits_tests;
 pub mod netconfig;
 pub mod policy;
 pub mod protocol;

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -488,7 +488,8 @@ impl NetworkConfig {
             .collect()
     }
 
-    /// The IPv6 prefix, parsed; `None` when the platform chooses it.
+    /// The IPv6 prefix, parsed by the one IPv6 prefix parser
+    /// ([`Ipv6Prefix::parse`]); `None` when the platform chooses it.
     pub fn ipv6_prefix_parsed(&self) -> Option<Ipv6Prefix> {
         Ipv6Prefix::parse(self.ipv6_prefix.as_deref()?).ok()
     }
@@ -496,6 +497,11 @@ impl NetworkConfig {
     /// Whether the network names its own users or groups.
     pub fn has_own_access(&self) -> bool {
         self.allowed_users.is_some() || self.allowed_groups.is_some()
+    }
+
+    /// The port forwards with their internal addresses parsed.
+    pub fn forwards(&self) -> Vec<(&PortForward, IpAddr)> {
+        self.port_forwarding.iter().filter_map(|f| Some((f, f.internal_address.parse().ok()?))).collect()
     }
 
     /// The DHCP reservations as parsed (MAC, address) pairs.

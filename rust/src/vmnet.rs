@@ -209,8 +209,15 @@ pub struct BackendOptions {
     pub state_dir: std::path::PathBuf,
 }
 
-/// Creates a network on this platform.
+/// Creates a network on this platform from a configuration the validator
+/// accepted (`config::NetworkConfig::from_*`); the backends judge no value
+/// of it again. `name` must be a network name (it names links, tables and
+/// files), checked here once for both backends.
 pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
+    if !crate::config::valid_network_name(name) {
+        let message = format!("network {name:?}: invalid network name; {}", crate::config::NETWORK_NAME_RULE);
+        return Err(Error::Config(crate::config::ConfigError::new(message)));
+    }
     #[cfg(target_os = "linux")]
     return linux::create_network(name, config, options);
     #[cfg(target_os = "macos")]

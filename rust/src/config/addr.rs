@@ -188,6 +188,21 @@ impl Ipv6Prefix {
         self.len
     }
 
+    /// The host's own address on the network: the prefix's `::1`.
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) + 1)
+    }
+
+    /// `fd00:1:2:3::/64`.
+    pub fn cidr(&self) -> String {
+        self.to_string()
+    }
+
+    /// The gateway with the prefix length: `fd00:1:2:3::1/64`.
+    pub fn gateway_cidr(&self) -> String {
+        format!("{}/{}", self.gateway(), self.len)
+    }
+
     /// Whether the prefix is inside fc00::/7 (unique local addresses).
     pub fn is_unique_local(&self) -> bool {
         self.addr.segments()[0] & 0xfe00 == 0xfc00

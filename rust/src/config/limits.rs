@@ -1,8 +1,7 @@
 //! The one limit of each value a network is described by: names, subnets,
-//! MTUs, ports and MACs. The configuration validator, the broker's request
-//! parsing, the macOS mapping and the Linux plan all use these, so a value
-//! one accepts the others accept too (`tests.rs` drives each limit through
-//! all four).
+//! MTUs, ports and MACs. The configuration validator applies them (the
+//! broker's requests go through it too); the macOS mapping and the Linux
+//! plan take only configurations it accepted and judge nothing again.
 //!
 //! Why each limit is what it is:
 //! - name: 1..=63 letters, digits, `-`, `_`, `.`, starting with a letter or

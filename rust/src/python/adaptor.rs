@@ -77,8 +77,7 @@ fn open_interface(
 ) -> Result<Started, Error> {
     if let Some(name) = network {
         let config_json = config_json.ok_or_else(|| Error::Argument(format!("network {name:?}: a configuration (config_json) is needed to create it")))?;
-        let config: crate::NetworkConfig =
-            serde_json::from_str(&config_json).map_err(|e| Error::Argument(format!("network {name:?}: configuration JSON: {e}")))?;
+        let config = crate::NetworkConfig::from_json(&config_json, "config_json", &name)?;
         #[cfg(target_os = "linux")]
         let default_dir = PathBuf::from(vmnet::linux::DEFAULT_STATE_DIR);
         #[cfg(not(target_os = "linux"))]

@@ -36,6 +36,9 @@ pub enum Error {
     /// An argument the binding cannot use (no cause: the text says what to give).
     #[error("{0}")]
     Argument(String),
+    /// A configuration the validator refused.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     /// A network or TAP operation failed.
     #[error("{op}: {source}")]
     Network {
@@ -96,6 +99,7 @@ impl From<Error> for PyErr {
     fn from(err: Error) -> PyErr {
         match &err {
             Error::Argument(m) => ConfigError::new_err(m.clone()),
+            Error::Config(c) => ConfigError::new_err(c.message.clone()),
             Error::Network { source, .. } => match config_in_chain(source.as_ref()) {
                 Some(c) => ConfigError::new_err(c.message.clone()),
                 None => NetworkError::new_err(err.to_string()),

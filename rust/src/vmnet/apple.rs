@@ -188,7 +188,7 @@ impl VmnetNetwork {
 /// every object made so far is released.
 pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
     let _ = options;
-    let steps = mapping::configuration_steps(config)?;
+    let steps = mapping::configuration_steps(config);
     let v = ffi::vmnet()?;
     let Some(Step::Create { mode }) = steps.first() else {
         return Err(Error::Platform { op: "plan vmnet configuration".into(), source: "no create step".into() });

@@ -122,7 +122,7 @@ pub fn args(plan: &Plan, bridge: &str, files: &Files, resolv_file: Option<&str>)
     if let (true, Some(p)) = (plan.router_advertisement, &plan.v6) {
         a.push("--enable-ra".into());
         let kind = if plan.dhcp && plan.dns_proxy { "ra-stateless" } else { "ra-only" };
-        a.push(format!("--dhcp-range={},{kind},{}", p.network, p.prefix));
+        a.push(format!("--dhcp-range={},{kind},{}", p.addr(), p.prefix_len()));
         // Host mode: announce the prefix but not a default router.
         let lifetime = if plan.forwards_out() { "" } else { ",0" };
         a.push(format!("--ra-param={bridge},mtu:{},60{lifetime}", plan.mtu));

@@ -17,6 +17,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    apple_api();
     if env::var_os("CARGO_FEATURE_BUNDLE_BROKER").is_none() {
         return;
     }
@@ -65,6 +66,46 @@ fn main() {
     let built = if cross { target_dir.join(&target).join(profile_dir) } else { target_dir.join(profile_dir) }.join("vmnet-rs-broker");
     let scripts = root.join("rust/broker-bin/wheel-data/scripts");
     copy(&built, &scripts.join("vmnet-rs-broker"));
+}
+
+/// The `apple_api` cfg: on for macOS builds and, with the `apple-model`
+/// feature, for Linux builds of the same Apple modules, linked against the
+/// model of Apple's libraries (rust/apple-model; docs/macos.md, "The
+/// model"). The model is found where cargo builds it in the same target
+/// directory (`cargo build -p vmnet-apple-model` first, as
+/// scripts/apple-model does), or in `$VMNET_RS_APPLE_MODEL_DIR`; the
+/// loader's search path (rpath) names that directory, so the programs need
+/// no environment to find it. dispatch2 asks for `-ldispatch` on Linux:
+/// a `libdispatch.so` link beside the model names the same library (one
+/// file, one soname, as libSystem holds both libxpc and libdispatch).
+fn apple_api() {
+    println!("cargo::rustc-check-cfg=cfg(apple_api)");
+    let macos = env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos");
+    let model = env::var_os("CARGO_FEATURE_APPLE_MODEL").is_some();
+    if macos || model {
+        println!("cargo::rustc-cfg=apple_api");
+    }
+    if !model || macos {
+        return;
+    }
+    println!("cargo:rerun-if-env-changed=VMNET_RS_APPLE_MODEL_DIR");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let dir = env::var_os("VMNET_RS_APPLE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| out_dir.ancestors().nth(3).expect("OUT_DIR is inside the target directory").to_path_buf());
+    let lib = dir.join("libvmnet_apple_model.so");
+    println!("cargo:rerun-if-changed={}", lib.display());
+    if !lib.is_file() {
+        panic!("the apple-model feature links {}: build it first with `cargo build -p vmnet-apple-model` (scripts/apple-model does)", lib.display());
+    }
+    let link = out_dir.join("libdispatch.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link).unwrap_or_else(|e| panic!("link {}: {e}", link.display()));
+    println!("cargo:rustc-link-search=native={}", out_dir.display());
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rustc-link-lib=dylib=vmnet_apple_model");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
 }
 
 /// Writes `dir/Cargo.toml`: rust/broker-bin/Cargo.toml with absolute paths,

@@ -23,9 +23,13 @@
 pub mod adaptor;
 pub mod broker;
 pub mod config;
+#[cfg(any(apple_api, test))]
+pub(crate) mod darwin_shim;
 pub mod vmnet;
 pub mod xpc;
 
+#[cfg(all(test, apple_api, not(target_os = "macos")))]
+mod apple_model_tests;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 
 pub mod activation;
-#[cfg(target_os = "macos")]
+#[cfg(apple_api)]
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
 pub mod apple;
 pub mod darwin;
 pub mod peer_policy;

@@ -64,7 +64,6 @@ extern "C" {
     pub fn xpc_retain(object: xpc_object_t) -> xpc_object_t;
     pub fn xpc_release(object: xpc_object_t);
     pub fn xpc_get_type(object: xpc_object_t) -> xpc_type_t;
-    pub fn xpc_copy_description(object: xpc_object_t) -> *mut c_char;
     /// Deep comparison of two objects of the same type (10.7).
     pub fn xpc_equal(object1: xpc_object_t, object2: xpc_object_t) -> bool;
 
@@ -107,7 +106,6 @@ extern "C" {
     /// what `xpc_array_create_empty` (11.0) makes, without needing 11.0.
     pub fn xpc_array_create(objects: *const xpc_object_t, count: usize) -> xpc_object_t;
     pub fn xpc_array_append_value(xarray: xpc_object_t, value: xpc_object_t);
-    pub fn xpc_array_get_count(xarray: xpc_object_t) -> usize;
     pub fn xpc_array_apply(xarray: xpc_object_t, applier: &ArrayApplier<'_>) -> bool;
 
     /// `xpc_dictionary_create(keys, values, count)` (10.7); with NULL, NULL
@@ -119,15 +117,8 @@ extern "C" {
     pub fn xpc_dictionary_set_value(xdict: xpc_object_t, key: *const c_char, value: xpc_object_t);
     /// Borrowed.
     pub fn xpc_dictionary_get_value(xdict: xpc_object_t, key: *const c_char) -> xpc_object_t;
-    pub fn xpc_dictionary_get_count(xdict: xpc_object_t) -> usize;
     pub fn xpc_dictionary_apply(xdict: xpc_object_t, applier: &DictionaryApplier<'_>) -> bool;
-    pub fn xpc_dictionary_set_string(xdict: xpc_object_t, key: *const c_char, string: *const c_char);
-    pub fn xpc_dictionary_get_string(xdict: xpc_object_t, key: *const c_char) -> *const c_char;
     pub fn xpc_dictionary_set_bool(xdict: xpc_object_t, key: *const c_char, value: bool);
-    pub fn xpc_dictionary_set_int64(xdict: xpc_object_t, key: *const c_char, value: i64);
-    pub fn xpc_dictionary_set_data(xdict: xpc_object_t, key: *const c_char, bytes: *const c_void, length: usize);
-    /// Dups `fd`; the caller keeps its own.
-    pub fn xpc_dictionary_set_fd(xdict: xpc_object_t, key: *const c_char, fd: c_int);
     /// Borrowed; NULL for messages that did not arrive over a connection.
     pub fn xpc_dictionary_get_remote_connection(xdict: xpc_object_t) -> xpc_connection_t;
 }

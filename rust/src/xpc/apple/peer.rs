@@ -90,7 +90,9 @@ fn sysctl_string(name: &CStr) -> Option<String> {
     let mut buf = [0u8; 64];
     let mut len = buf.len();
     // SAFETY: sysctlbyname writes at most `len` bytes into `buf`.
-    let rc = unsafe { libc::sysctlbyname(name.as_ptr(), buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0) };
+    let rc = unsafe {
+        crate::darwin_shim::sysctlbyname(name.as_ptr(), buf.as_mut_ptr().cast(), &mut len, std::ptr::null_mut(), 0)
+    };
     if rc != 0 {
         return None;
     }

@@ -1,0 +1,120 @@
+//! The Darwin kernel calls the Apple modules make, in one place: on macOS
+//! they are libc's; in the model build (`apple_api` on Linux, docs/macos.md
+//! "The model") they meet the Linux kernel, which has no such calls, and
+//! answer as the modelled macOS would. This is the only code the model
+//! build has that macOS does not; its logic is pure and tested here, its
+//! kernel behaviour only on a Mac (docs/macos.md, things to try first).
+//!
+//! - `sysctlbyname` (sys/sysctl.h): the model answers
+//!   `kern.osproductversion` with [`MODEL_MACOS_VERSION`] and
+//!   `kern.osrelease` with [`MODEL_DARWIN_RELEASE`]; any other name is
+//!   ENOENT, as for a name the kernel does not know.
+
+#[cfg(target_os = "macos")]
+pub use libc::sysctlbyname;
+
+/// The macOS release the model stands for (the xpc and vmnet calls it
+/// provides are those of macOS 26.2 and later).
+pub const MODEL_MACOS_VERSION: &str = "26.2";
+/// The Darwin release of that macOS (macOS 26 is Darwin 25).
+pub const MODEL_DARWIN_RELEASE: &str = "25.2.0";
+
+/// sysctl(3)'s copy-out rule: with `old` NULL, only the size; else the
+/// value if it fits in `*oldlenp` (which then holds its size), or ENOMEM.
+/// `Err` is the errno.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
+fn copy_out(value: &[u8], old: Option<&mut [u8]>, oldlen: &mut usize) -> Result<(), i32> {
+    match old {
+        None => {
+            *oldlen = value.len();
+            Ok(())
+        }
+        Some(buf) => {
+            let room = (*oldlen).min(buf.len());
+            if room < value.len() {
+                return Err(libc::ENOMEM);
+            }
+            buf[..value.len()].copy_from_slice(value);
+            *oldlen = value.len();
+            Ok(())
+        }
+    }
+}
+
+/// What the modelled kernel answers for `name` (a C string value with its
+/// NUL), or ENOENT.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
+fn model_value(name: &[u8]) -> Result<Vec<u8>, i32> {
+    match name {
+        b"kern.osproductversion" => Ok([MODEL_MACOS_VERSION.as_bytes(), b"\0"].concat()),
+        b"kern.osrelease" => Ok([MODEL_DARWIN_RELEASE.as_bytes(), b"\0"].concat()),
+        _ => Err(libc::ENOENT),
+    }
+}
+
+/// sys/sysctl.h `sysctlbyname`, answered by the model (reads only: a
+/// non-NULL `newp` is EPERM).
+///
+/// # Safety
+/// As sysctlbyname(3): `name` a C string; `oldp` NULL or `*oldlenp`
+/// writable bytes; `oldlenp` valid.
+#[cfg(not(target_os = "macos"))]
+#[cfg_attr(not(apple_api), allow(dead_code))]
+pub unsafe fn sysctlbyname(
+    name: *const libc::c_char,
+    oldp: *mut libc::c_void,
+    oldlenp: *mut libc::size_t,
+    newp: *mut libc::c_void,
+    _newlen: libc::size_t,
+) -> libc::c_int {
+    // SAFETY: caller's contract.
+    let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes();
+    let result = if !newp.is_null() {
+        Err(libc::EPERM)
+    } else {
+        model_value(name).and_then(|v| {
+            // SAFETY: caller's contract: `oldlenp` valid, `oldp` NULL or
+            // `*oldlenp` writable bytes.
+            let (len, old) = unsafe {
+                let len = &mut *oldlenp;
+                let old = (!oldp.is_null()).then(|| std::slice::from_raw_parts_mut(oldp.cast::<u8>(), *len));
+                (len, old)
+            };
+            copy_out(&v, old, len)
+        })
+    };
+    match result {
+        Ok(()) => 0,
+        Err(errno) => {
+            // SAFETY: errno is thread-local.
+            unsafe { *libc::__errno_location() = errno };
+            -1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_out_follows_sysctl_rules() {
+        let mut len = 0;
+        assert_eq!(copy_out(b"26.2\0", None, &mut len), Ok(()));
+        assert_eq!(len, 5);
+        let mut buf = [0u8; 8];
+        let mut len = 8;
+        assert_eq!(copy_out(b"26.2\0", Some(&mut buf), &mut len), Ok(()));
+        assert_eq!((&buf[..5], len), (&b"26.2\0"[..], 5));
+        let mut small = [0u8; 3];
+        let mut len = 3;
+        assert_eq!(copy_out(b"26.2\0", Some(&mut small), &mut len), Err(libc::ENOMEM));
+    }
+
+    #[test]
+    fn model_knows_only_the_versions() {
+        assert_eq!(model_value(b"kern.osproductversion"), Ok(b"26.2\0".to_vec()));
+        assert_eq!(model_value(b"kern.osrelease"), Ok(b"25.2.0\0".to_vec()));
+        assert_eq!(model_value(b"kern.osversion"), Err(libc::ENOENT));
+    }
+}

@@ -14,8 +14,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 mod objects;
+mod sessions;
 
-#[allow(dead_code)] // The session tests use the rest.
 extern "C" {
     fn vmnet_model_settle(timeout_ms: u32) -> bool;
     fn vmnet_model_leak_report() -> *mut c_char;
@@ -98,7 +98,6 @@ macro_rules! model_test_name {
 }
 
 /// Advertises `name` as launchd does for the broker's job.
-#[allow(dead_code)]
 pub fn advertise(name: &str) {
     let c = CString::new(name).expect("no NUL");
     // SAFETY: a C string for the call.
@@ -107,7 +106,6 @@ pub fn advertise(name: &str) {
 
 /// The next sessions' client is another executable (another CDHash), or
 /// with `None` this one again.
-#[allow(dead_code)]
 pub fn set_client(other: Option<(u32, u32, i32, [u8; 20])>) {
     // SAFETY: 20 readable bytes or NULL.
     unsafe {
@@ -119,7 +117,6 @@ pub fn set_client(other: Option<(u32, u32, i32, [u8; 20])>) {
 }
 
 /// The model's CDHash of this process.
-#[allow(dead_code)]
 pub fn own_cdhash() -> [u8; 20] {
     let mut h = [0u8; 20];
     // SAFETY: 20 writable bytes.

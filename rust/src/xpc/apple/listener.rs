@@ -23,11 +23,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use block2::RcBlock;
+use block2::{RcBlock, StackBlock};
 use dispatch2::{DispatchQueue, DispatchRetained};
 
 use super::ffi;
-use super::object::{fill, from_xpc, take_rich_error, Object};
+use super::object::{from_xpc, take_rich_error, to_xpc, Object};
 use super::peer::{identify, own_cdhash, SameCdhash};
 use crate::xpc::peer_policy::{ListenerRequirement, PeerPolicy};
 use crate::xpc::{Dict, Error, Handler, Peer, Value};
@@ -307,28 +307,41 @@ fn handle_message(peer: ffi::xpc_session_t, message: ffi::xpc_object_t, shared: 
 }
 
 /// Sends `answer` as the reply to `message`, if one is expected.
+///
+/// A message has one reply: `xpc_dictionary_create_reply` returns NULL when
+/// asked again. So the answer is encoded first, on its own; one the
+/// transport cannot carry is replaced by the handler's error text; then the
+/// one reply is made and given the encoded entries.
 fn reply(shared: &Shared, peer: ffi::xpc_session_t, message: ffi::xpc_object_t, answer: &Dict) {
-    let x = shared.x;
+    let body = match to_xpc(answer) {
+        Ok(body) => body,
+        Err(e) => {
+            // A reply the transport cannot carry becomes the handler's answer
+            // to a message it could not carry.
+            log::error!("a reply could not be encoded: {e}");
+            let e = Error::Malformed(format!("the broker's reply could not be encoded: {e}"));
+            match to_xpc(&Dict::new().with("Error", Value::String(e.to_string()))) {
+                Ok(body) => body,
+                Err(e) => {
+                    log::error!("the error reply could not be encoded either: {e}");
+                    return;
+                }
+            }
+        }
+    };
     // SAFETY: `message` is live; the result is +1 or NULL (no reply wanted).
     let Some(out) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
         return;
     };
-    if let Err(e) = fill(&out, answer, 0) {
-        // A reply the transport cannot carry becomes the handler's answer to
-        // a message it could not carry.
-        log::error!("a reply could not be encoded: {e}");
-        // SAFETY: `message` is live.
-        let Some(fallback) = (unsafe { Object::from_owned(ffi::xpc_dictionary_create_reply(message)) }) else {
-            return;
-        };
-        let e = Error::Malformed(format!("the broker's reply could not be encoded: {e}"));
-        let text = Dict::new().with("Error", Value::String(e.to_string()));
-        if fill(&fallback, &text, 0).is_ok() {
-            send(x, peer, &fallback);
-        }
-        return;
-    }
-    send(x, peer, &out);
+    let copy = StackBlock::new(|key: *const std::ffi::c_char, value: ffi::xpc_object_t| -> u8 {
+        // SAFETY: `key` and `value` are borrowed for this call; set_value
+        // retains `value` into the live reply.
+        unsafe { ffi::xpc_dictionary_set_value(out.as_ptr(), key, value) };
+        1
+    });
+    // SAFETY: `body` is a live dictionary; the block runs synchronously.
+    unsafe { ffi::xpc_dictionary_apply(body.as_ptr(), &copy) };
+    send(shared.x, peer, &out);
 }
 
 fn send(x: &ffi::Xpc, peer: ffi::xpc_session_t, out: &Object) {

@@ -105,6 +105,7 @@ fn apple_api() {
     println!("cargo:rustc-link-search=native={}", out_dir.display());
     println!("cargo:rustc-link-search=native={}", dir.display());
     println!("cargo:rustc-link-lib=dylib=vmnet_apple_model");
+    println!("cargo:rustc-env=VMNET_RS_APPLE_MODEL_LIB={}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
 }
 

@@ -15,6 +15,7 @@ use std::process::Command;
 
 mod objects;
 mod sessions;
+mod vmnet;
 
 extern "C" {
     fn vmnet_model_settle(timeout_ms: u32) -> bool;

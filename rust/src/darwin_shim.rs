@@ -5,6 +5,8 @@
 //! build has that macOS does not; its logic is pure and tested here, its
 //! kernel behaviour only on a Mac (docs/macos.md, things to try first).
 //!
+//! - `sa_family_t`: Darwin's 8-bit width.
+//! - `VMNET_FRAMEWORK`: the path vmnet.framework is loaded from.
 //! - `sysctlbyname` (sys/sysctl.h): the model answers
 //!   `kern.osproductversion` with [`MODEL_MACOS_VERSION`] and
 //!   `kern.osrelease` with [`MODEL_DARWIN_RELEASE`]; any other name is
@@ -12,6 +14,27 @@
 
 #[cfg(target_os = "macos")]
 pub use libc::sysctlbyname;
+
+/// Darwin's `sa_family_t` (sys/_types/_sa_family_t.h: `__uint8_t`; Linux's
+/// is 16 bits), for declarations of Darwin functions that take one.
+#[cfg(target_os = "macos")]
+pub use libc::sa_family_t;
+#[cfg(not(target_os = "macos"))]
+#[allow(non_camel_case_types)]
+pub type sa_family_t = u8;
+
+/// Where vmnet.framework is loaded from: the system's framework on macOS;
+/// in the model build, the model library, whose path build.rs fixes at
+/// build time (it is linked already, so `dlopen` hands back the same
+/// library, and `dlsym` on it finds vmnet's functions and keys).
+#[cfg(target_os = "macos")]
+pub const VMNET_FRAMEWORK: &std::ffi::CStr = c"/System/Library/Frameworks/vmnet.framework/vmnet";
+#[cfg(all(apple_api, not(target_os = "macos")))]
+pub const VMNET_FRAMEWORK: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(env!("VMNET_RS_APPLE_MODEL_LIB"), "\0").as_bytes()) {
+        Ok(path) => path,
+        Err(_) => panic!("VMNET_RS_APPLE_MODEL_LIB contains a NUL byte"),
+    };
 
 /// The macOS release the model stands for (the xpc and vmnet calls it
 /// provides are those of macOS 26.2 and later).

@@ -14,7 +14,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use crate::config::NetworkConfig;
 use crate::xpc::Dict;
 
-#[cfg(target_os = "macos")]
+#[cfg(apple_api)]
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
 pub mod apple;
 pub mod host_interface;
 pub mod mapping;

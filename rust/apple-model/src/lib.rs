@@ -14,7 +14,7 @@
 //!
 //! Layout: `object.rs` (XPC objects and values), `dispatch.rs` (queues),
 //! `session.rs` (sessions, listeners, rich errors, peer requirements,
-//! connections), `control.rs` (the `vmnet_model_*` calls tests use: settle,
+//! connections), `vmnet.rs` (vmnet.framework networks and interfaces), `control.rs` (the `vmnet_model_*` calls tests use: settle,
 //! leaks, launchd's advertised services, the calls made).
 #![cfg(not(target_vendor = "apple"))]
 #![allow(clippy::missing_safety_doc)]
@@ -23,6 +23,7 @@ pub mod control;
 pub mod dispatch;
 pub mod object;
 pub mod session;
+pub mod vmnet;
 
 /// Aborts the process the way libxpc does on API misuse, naming the API and
 /// the rule (xpc_abort(3)).

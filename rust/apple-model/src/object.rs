@@ -282,7 +282,7 @@ fn key_of(key: *const c_char, api: &str) -> CString {
 /// Sets (or with NULL removes) `key`, retaining the new value and releasing
 /// the old one (xpc/xpc.h, xpc_dictionary_set_value: "If the value is NULL,
 /// the key will be removed").
-fn dict_set(xdict: Ptr, key: *const c_char, value: Ptr, api: &str) {
+pub fn dict_set(xdict: Ptr, key: *const c_char, value: Ptr, api: &str) {
     let d = dict_of(get(xdict, api), api);
     let key = key_of(key, api);
     if !value.is_null() {
@@ -308,7 +308,7 @@ fn dict_set_new(xdict: Ptr, key: *const c_char, kind: Kind, api: &str) {
     release(v, api);
 }
 
-fn dict_get(xdict: Ptr, key: *const c_char, api: &str) -> Ptr {
+pub fn dict_get(xdict: Ptr, key: *const c_char, api: &str) -> Ptr {
     let d = dict_of(get(xdict, api), api);
     let key = key_of(key, api);
     d.lock().unwrap_or_else(|e| e.into_inner()).entries.get(&key).map_or(std::ptr::null_mut(), |v| *v as Ptr)

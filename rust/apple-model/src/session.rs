@@ -38,7 +38,7 @@ const SESSION_CREATE_INACTIVE: u64 = 1 << 0;
 const LISTENER_CREATE_INACTIVE: u64 = 1 << 0;
 
 /// A copied block, kept to be called on a queue's thread.
-pub struct Kept<F: ?Sized>(RcBlock<F>);
+pub struct Kept<F: ?Sized>(pub RcBlock<F>);
 // SAFETY: a copied block is an immutable heap object whose reference count
 // is atomic (BlocksRuntime); the blocks vmnet-rs hands over capture only
 // `Send + Sync` state.

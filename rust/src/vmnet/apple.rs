@@ -23,6 +23,8 @@
 
 mod ffi;
 mod interface;
+// Virtualization.framework (objc2 class calls) is not in the model build.
+#[cfg(target_os = "macos")]
 pub mod vz;
 
 use std::ffi::{c_void, CString};

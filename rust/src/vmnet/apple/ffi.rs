@@ -98,7 +98,7 @@ crate::xpc::apple::dynamic::dynamic_functions! {
         fn vmnet_network_configuration_add_port_forwarding_rule(
             configuration: vmnet_network_configuration_ref,
             protocol: u8,
-            address_family: libc::sa_family_t,
+            address_family: crate::darwin_shim::sa_family_t,
             internal_port: u16,
             external_port: u16,
             internal_address: *const c_void,
@@ -195,7 +195,7 @@ unsafe fn key(handle: *mut c_void, name: &std::ffi::CStr) -> *const c_char {
 }
 
 fn load() -> Result<Vmnet, String> {
-    let handle = crate::xpc::apple::dynamic::open_framework(c"/System/Library/Frameworks/vmnet.framework/vmnet")?;
+    let handle = crate::xpc::apple::dynamic::open_framework(crate::darwin_shim::VMNET_FRAMEWORK)?;
     // SAFETY: a live handle; the signatures are the SDK's (declared above).
     let f = unsafe { Functions::load(handle)? };
     // SAFETY: as above.
@@ -237,8 +237,8 @@ pub fn vmnet() -> Result<&'static Vmnet, crate::vmnet::Error> {
         .map_err(|detail| crate::vmnet::Error::Platform { op: "load vmnet.framework".into(), source: detail.clone().into() })
 }
 
-// CoreFoundation/CFBase.h.
-#[link(name = "CoreFoundation", kind = "framework")]
+// CoreFoundation/CFBase.h (in the model build, the model library has it).
+#[cfg_attr(target_os = "macos", link(name = "CoreFoundation", kind = "framework"))]
 extern "C" {
     pub fn CFRelease(cf: *const c_void);
 }

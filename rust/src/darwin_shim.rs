@@ -21,6 +21,7 @@ pub use libc::sysctlbyname;
 pub use libc::sa_family_t;
 #[cfg(not(target_os = "macos"))]
 #[allow(non_camel_case_types)]
+#[cfg_attr(not(apple_api), allow(dead_code))]
 pub type sa_family_t = u8;
 
 /// Where vmnet.framework is loaded from: the system's framework on macOS;

@@ -86,6 +86,7 @@ pub extern "C" fn vmnet_model_settle(timeout_ms: u32) -> bool {
 pub extern "C" fn vmnet_model_leak_report() -> *mut c_char {
     let mut parts: Vec<String> =
         crate::object::live_by_type().into_iter().map(|(ty, n)| format!("{n} xpc {ty}")).collect();
+    parts.extend(crate::cf::live());
     parts.extend(crate::vmnet::live());
     for label in crate::dispatch::live_queues() {
         parts.push(format!("dispatch queue {label:?}"));

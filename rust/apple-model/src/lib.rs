@@ -12,16 +12,22 @@
 //! rule it broke (`misuse`). Every object is accounted for: `control.rs`
 //! tells a test what is still alive at its end.
 //!
-//! Layout: `object.rs` (XPC objects and values), `dispatch.rs` (queues),
+//! Layout: `cf.rs` (CoreFoundation and SecTask objects), `launchd.rs`
+//! (`launch_activate_socket`), `object.rs` (XPC objects and values), `dispatch.rs` (queues),
 //! `session.rs` (sessions, listeners, rich errors, peer requirements,
 //! connections), `vmnet.rs` (vmnet.framework networks and interfaces), `control.rs` (the `vmnet_model_*` calls tests use: settle,
 //! leaks, launchd's advertised services, the calls made).
 #![cfg(not(target_vendor = "apple"))]
 #![allow(clippy::missing_safety_doc)]
+// The exported functions are C's, called with the pointers their headers
+// describe; their contracts are the headers', not Rust `unsafe fn`s'.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod cf;
 pub mod control;
 pub mod dispatch;
 pub mod object;
+pub mod launchd;
 pub mod session;
 pub mod vmnet;
 

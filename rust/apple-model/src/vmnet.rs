@@ -1,7 +1,7 @@
 //! vmnet.framework (vmnet/vmnet.h, macOS 26 SDK): network configurations,
 //! networks, their serialization, interfaces, `vmnet_read`/`vmnet_write`,
-//! the packets-available event and stop; and `CFRelease`
-//! (CoreFoundation/CFBase.h) for the configuration and network objects.
+//! the packets-available event and stop. Configurations and networks are
+//! CoreFoundation objects (`cf.rs`).
 //!
 //! A network is a switch: a frame written on one interface goes to the
 //! interface with its destination MAC, or to every other one for a
@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use block2::Block;
@@ -28,6 +28,7 @@ use crate::control::called;
 use crate::dispatch;
 use crate::misuse;
 use crate::object::{self, Kind, Ptr};
+use crate::cf::{cf, new_cf, Cf};
 use crate::session::Kept;
 
 const VMNET_SUCCESS: u32 = 1000;
@@ -77,7 +78,7 @@ pub struct VmPktDesc {
 }
 
 #[derive(Clone, Default)]
-struct Config {
+pub struct Config {
     mode: u32,
     subnet: Option<(u32, u32)>,
     prefix: Option<([u8; 16], u8)>,
@@ -85,7 +86,7 @@ struct Config {
 }
 
 /// One network: its settings and the interfaces on it.
-struct Switch {
+pub struct Switch {
     id: u64,
     subnet: (u32, u32),
     prefix: ([u8; 16], u8),
@@ -93,27 +94,15 @@ struct Switch {
     ports: Mutex<Vec<Arc<Port>>>,
 }
 
+/// An interface's event block and the queue it runs on (one reference).
+type EventCallback = (Arc<Kept<dyn Fn(u32, Ptr)>>, usize);
+
 struct Port {
     mac: [u8; 6],
     isolated: bool,
     max_packet: usize,
     rx: Mutex<VecDeque<Vec<u8>>>,
-    event: Mutex<Option<(Arc<Kept<dyn Fn(u32, Ptr)>>, usize)>>,
-}
-
-enum Cf {
-    Config(Mutex<Config>),
-    Network(Arc<Switch>),
-}
-
-struct CfObj {
-    refs: AtomicUsize,
-    cf: Cf,
-}
-
-fn cfs() -> &'static Mutex<HashMap<usize, &'static CfObj>> {
-    static C: OnceLock<Mutex<HashMap<usize, &'static CfObj>>> = OnceLock::new();
-    C.get_or_init(|| Mutex::new(HashMap::new()))
+    event: Mutex<Option<EventCallback>>,
 }
 
 fn switches() -> &'static Mutex<HashMap<u64, Weak<Switch>>> {
@@ -134,43 +123,23 @@ fn ifaces() -> &'static Mutex<HashMap<usize, &'static Iface>> {
 /// Live vmnet objects, for the leak report.
 pub fn live() -> Vec<String> {
     let mut out = Vec::new();
-    for o in cfs().lock().unwrap_or_else(|e| e.into_inner()).values() {
-        out.push(match o.cf {
-            Cf::Config(_) => "vmnet network configuration".to_owned(),
-            Cf::Network(_) => "vmnet network".to_owned(),
-        });
-    }
     for _ in ifaces().lock().unwrap_or_else(|e| e.into_inner()).values() {
         out.push("vmnet interface (not stopped)".to_owned());
     }
     out
 }
 
-fn new_cf(cf: Cf) -> *mut c_void {
-    let o: &'static CfObj = Box::leak(Box::new(CfObj { refs: AtomicUsize::new(1), cf }));
-    let addr = o as *const CfObj as usize;
-    cfs().lock().unwrap_or_else(|e| e.into_inner()).insert(addr, o);
-    addr as *mut c_void
-}
-
-fn cf(ptr: *const c_void, api: &str) -> &'static CfObj {
-    match cfs().lock().unwrap_or_else(|e| e.into_inner()).get(&(ptr as usize)) {
-        Some(o) => o,
-        None => misuse(api, &format!("object {ptr:p} is not a live vmnet object (used after CFRelease?)")),
-    }
-}
-
 fn config<'a>(ptr: *mut c_void, api: &str) -> &'a Mutex<Config> {
     match &cf(ptr, api).cf {
         Cf::Config(c) => c,
-        Cf::Network(_) => misuse(api, "a network where a configuration is expected"),
+        _ => misuse(api, "not a network configuration"),
     }
 }
 
 fn network(ptr: *const c_void, api: &str) -> Arc<Switch> {
     match &cf(ptr, api).cf {
         Cf::Network(s) => Arc::clone(s),
-        Cf::Config(_) => misuse(api, "a configuration where a network is expected"),
+        _ => misuse(api, "not a network"),
     }
 }
 
@@ -185,20 +154,6 @@ fn set_status(status: *mut u32, value: u32) {
     if !status.is_null() {
         // SAFETY: the caller's status out-pointer.
         unsafe { *status = value };
-    }
-}
-
-/// CoreFoundation/CFBase.h `CFRelease`: the last release frees the object;
-/// releasing a freed one aborts (CF crashes there).
-#[no_mangle]
-pub extern "C" fn CFRelease(obj: *const c_void) {
-    called("CFRelease");
-    if obj.is_null() {
-        misuse("CFRelease", "NULL (CFBase.h: cf must not be NULL)");
-    }
-    let o = cf(obj, "CFRelease");
-    if o.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-        cfs().lock().unwrap_or_else(|e| e.into_inner()).remove(&(obj as usize));
     }
 }
 
@@ -549,8 +504,9 @@ fn switch_frame(sw: &Switch, from: &Port, frame: &[u8]) {
 /// vmnet does).
 ///
 /// # Safety
-/// `d` is a caller's descriptor.
-unsafe fn one_iov(d: &VmPktDesc) -> Option<&mut [u8]> {
+/// `d` is a caller's descriptor whose buffer outlives `'a` and is not
+/// otherwise borrowed.
+unsafe fn one_iov<'a>(d: &VmPktDesc) -> Option<&'a mut [u8]> {
     if d.vm_pkt_iovcnt != 1 || d.vm_pkt_iov.is_null() {
         return None;
     }

@@ -65,6 +65,7 @@ fn every_value_kind_round_trips() {
             .with("u", tagged::tag(Tagged::Uint64(u64::MAX)))
             .with("uuid", tagged::tag(Tagged::Uuid([7; 16])))
             .with("null", tagged::tag(Tagged::Null))
+            .with("f", tagged::tag(Tagged::Double(0.5)))
             .with("arr", tagged::tag(Tagged::Array(vec![Value::Int(1)]))))
         .expect("to XPC");
         // SAFETY: live dictionaries.

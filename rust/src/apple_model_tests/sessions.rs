@@ -152,6 +152,44 @@ fn a_peer_without_the_listener_requirement_is_rejected() {
 }
 
 #[test]
+fn a_peer_without_the_code_signing_requirement_is_rejected() {
+    own_process(model_test_name!("a_peer_without_the_code_signing_requirement_is_rejected"), Expect::Pass, || {
+        advertise(SERVICE);
+        let requirement = Some(ListenerRequirement::CodeSigning("anchor apple generic".into()));
+        let listener = serve(SERVICE, Arc::new(Echo::default()), options(requirement, false)).expect("serve");
+        set_client(Some((501, 20, 4242, OTHER_CDHASH)));
+        let stranger = Client::connect(SERVICE, false).expect("connect");
+        let err = stranger.request(&op("hello")).expect_err("rejected");
+        assert!(err.to_string().contains("code signing requirement"), "{err}");
+        set_client(None);
+        let same = Client::connect(SERVICE, false).expect("connect");
+        assert_eq!(same.request(&op("hello")).expect("admitted").get_str("op"), Some("hello"));
+        drop((stranger, same, listener));
+    });
+}
+
+#[test]
+fn a_rejected_peer_sees_its_session_end_and_the_listener_goes_on() {
+    own_process(model_test_name!("a_rejected_peer_sees_its_session_end_and_the_listener_goes_on"), Expect::Pass, || {
+        let x = ffi::xpc().expect("xpc");
+        let reject = x.xpc_listener_reject_peer;
+        // SAFETY: the inactive peer handed to the handler, refused the way
+        // listener.h allows.
+        let incoming = RcBlock::new(move |peer: ffi::xpc_session_t| unsafe { reject(peer, c"not today".as_ptr()) });
+        let l = raw_listener(x, 0, &incoming);
+        let client = Client::connect(SERVICE, false).expect("connect");
+        let err = client.request(&op("hello")).expect_err("rejected");
+        assert!(err.to_string().contains("not today"), "{err}");
+        drop(client);
+        // SAFETY: the listener is live and ours; cancelled, then released.
+        unsafe {
+            (x.xpc_listener_cancel)(l);
+            ffi::xpc_release(l);
+        }
+    });
+}
+
+#[test]
 fn before_26_2_a_serialization_needs_the_same_executable() {
     own_process(model_test_name!("before_26_2_a_serialization_needs_the_same_executable"), Expect::Pass, || {
         advertise(SERVICE);

@@ -68,6 +68,19 @@ fn a_network_from_a_full_configuration() {
 }
 
 #[test]
+fn a_network_without_its_services() {
+    own_process(model_test_name!("a_network_without_its_services"), Expect::Pass, || {
+        let cfg = config(
+            r#"{"mode": "shared", "dhcp": false, "dnsProxy": false, "nat44": false, "nat66": false,
+                "routerAdvertisement": false, "externalInterface": "en0"}"#,
+        );
+        let net = create_network("bare", &cfg, &options()).expect("create");
+        assert_eq!(net.state().subnet, "192.168.64.1/24", "the model's default subnet");
+        drop(net);
+    });
+}
+
+#[test]
 fn frames_cross_between_two_ports_switched_by_mac() {
     own_process(model_test_name!("frames_cross_between_two_ports_switched_by_mac"), Expect::Pass, || {
         let net = create_network("net", &config(r#"{"mode": "host"}"#), &options()).expect("create");

@@ -121,8 +121,9 @@ mod linux {
     }
 }
 
-#[cfg(target_os = "macos")]
-mod apple {
+#[cfg(apple_api)]
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+pub(crate) mod apple {
     //! The entitlement check through Security.framework's SecTask API.
     use super::{Check, VIRTUALIZATION_ENTITLEMENT};
     use std::ffi::{c_char, c_void};
@@ -138,7 +139,7 @@ mod apple {
     // <Security/SecTask.h>:
     //   SecTaskRef SecTaskCreateFromSelf(CFAllocatorRef allocator);
     //   CFTypeRef SecTaskCopyValueForEntitlement(SecTaskRef task, CFStringRef entitlement, CFErrorRef *error);
-    #[link(name = "Security", kind = "framework")]
+    #[cfg_attr(target_os = "macos", link(name = "Security", kind = "framework"))]
     extern "C" {
         fn SecTaskCreateFromSelf(allocator: CFAllocatorRef) -> SecTaskRef;
         fn SecTaskCopyValueForEntitlement(task: SecTaskRef, entitlement: CFStringRef, error: *mut *const c_void) -> CFTypeRef;
@@ -149,7 +150,7 @@ mod apple {
     //   void CFRelease(CFTypeRef cf);
     //   CFTypeID CFGetTypeID(CFTypeRef cf); CFTypeID CFBooleanGetTypeID(void);
     //   Boolean CFBooleanGetValue(CFBooleanRef boolean);
-    #[link(name = "CoreFoundation", kind = "framework")]
+    #[cfg_attr(target_os = "macos", link(name = "CoreFoundation", kind = "framework"))]
     extern "C" {
         fn CFStringCreateWithCString(alloc: CFAllocatorRef, c_str: *const c_char, encoding: u32) -> CFStringRef;
         fn CFRelease(cf: CFTypeRef);

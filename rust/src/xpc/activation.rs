@@ -195,8 +195,9 @@ fn take_kept(kept: &Kept, name: &str, activate: impl FnOnce(&str) -> (i32, Vec<O
     }
 }
 
-#[cfg(target_os = "macos")]
-mod launchd {
+#[cfg(apple_api)]
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+pub(crate) mod launchd {
     use std::ffi::CString;
     use std::os::fd::{FromRawFd, OwnedFd};
 

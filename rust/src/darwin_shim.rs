@@ -6,6 +6,7 @@
 //! kernel behaviour only on a Mac (docs/macos.md, things to try first).
 //!
 //! - `sa_family_t`: Darwin's 8-bit width.
+//! - `fcntl(F_SETNOSIGPIPE)`: accepted, as Darwin does.
 //! - `VMNET_FRAMEWORK`: the path vmnet.framework is loaded from.
 //! - `sysctlbyname` (sys/sysctl.h): the model answers
 //!   `kern.osproductversion` with [`MODEL_MACOS_VERSION`] and
@@ -23,6 +24,45 @@ pub use libc::sa_family_t;
 #[allow(non_camel_case_types)]
 #[cfg_attr(not(apple_api), allow(dead_code))]
 pub type sa_family_t = u8;
+
+/// `F_SETNOSIGPIPE` (Darwin sys/fcntl.h): a write to a closed pipe or
+/// socket on this fd fails with EPIPE instead of raising SIGPIPE.
+#[cfg(target_os = "macos")]
+pub use libc::F_SETNOSIGPIPE;
+#[cfg(not(target_os = "macos"))]
+#[cfg_attr(not(apple_api), allow(dead_code))]
+pub const F_SETNOSIGPIPE: libc::c_int = 73;
+
+#[cfg(target_os = "macos")]
+pub use libc::fcntl;
+
+/// What the modelled Darwin kernel answers for an fcntl(2) command Linux
+/// lacks: `Some(0)` for `F_SETNOSIGPIPE` with 0 or 1 (Linux has no per-fd
+/// switch; the processes the model runs ignore SIGPIPE, as Rust programs
+/// do), `Some(EINVAL)` for another argument; `None` for commands Linux has.
+#[cfg_attr(target_os = "macos", allow(dead_code))]
+fn darwin_only_fcntl(cmd: libc::c_int, arg: libc::c_int) -> Option<i32> {
+    (cmd == F_SETNOSIGPIPE).then_some(if arg == 0 || arg == 1 { 0 } else { libc::EINVAL })
+}
+
+/// fcntl(2) with one int argument, with Darwin's extra commands answered as
+/// [`darwin_only_fcntl`] says and the rest passed to Linux.
+///
+/// # Safety
+/// As fcntl(2).
+#[cfg(all(apple_api, not(target_os = "macos")))]
+pub unsafe fn fcntl(fd: libc::c_int, cmd: libc::c_int, arg: libc::c_int) -> libc::c_int {
+    match darwin_only_fcntl(cmd, arg) {
+        Some(0) => 0,
+        Some(errno) => {
+            // SAFETY: errno is thread-local.
+            unsafe { *libc::__errno_location() = errno };
+            -1
+        }
+        // SAFETY: caller's contract.
+        None => unsafe { libc::fcntl(fd, cmd, arg) },
+    }
+}
 
 /// Where vmnet.framework is loaded from: the system's framework on macOS;
 /// in the model build, the model library, whose path build.rs fixes at
@@ -133,6 +173,13 @@ mod tests {
         let mut small = [0u8; 3];
         let mut len = 3;
         assert_eq!(copy_out(b"26.2\0", Some(&mut small), &mut len), Err(libc::ENOMEM));
+    }
+
+    #[test]
+    fn only_darwins_own_fcntl_commands_are_answered_here() {
+        assert_eq!(darwin_only_fcntl(F_SETNOSIGPIPE, 1), Some(0));
+        assert_eq!(darwin_only_fcntl(F_SETNOSIGPIPE, 2), Some(libc::EINVAL));
+        assert_eq!(darwin_only_fcntl(libc::F_SETFD, 1), None);
     }
 
     #[test]

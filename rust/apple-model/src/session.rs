@@ -220,6 +220,8 @@ struct SessionState {
     cancelled_here: bool,
     /// Why the session ended, for the errors of later sends.
     end_reason: String,
+    /// Client side: the Mach service it connects to.
+    service: Option<CString>,
     /// The target queue (one reference).
     target: usize,
     on_message: Option<Handler1>,
@@ -279,6 +281,7 @@ fn new_session(target: usize, is_peer: bool, connection: usize, listener: usize,
             phase,
             cancelled_here: false,
             end_reason: String::new(),
+            service: None,
             target,
             on_message: None,
             on_cancel: None,
@@ -410,10 +413,11 @@ fn invalidate(addr: usize, reason: &str) {
     }
 }
 
-/// xpc/session.h `xpc_session_create_mach_service`: a new session (+1),
-/// active (the model opens no inactive client session: vmnet-rs declares
-/// no `xpc_session_activate`), or NULL with `*error_out` (+1) when no
-/// listener serves the name.
+/// xpc/session.h `xpc_session_create_mach_service`: a new session (+1) to
+/// the Mach service `mach_service`. Active at once, or NULL with
+/// `*error_out` (+1) when no listener serves the name; with
+/// `XPC_SESSION_CREATE_INACTIVE` inactive, the service looked up by
+/// `xpc_session_activate`.
 #[no_mangle]
 pub extern "C" fn xpc_session_create_mach_service(
     mach_service: *const c_char,
@@ -426,36 +430,79 @@ pub extern "C" fn xpc_session_create_mach_service(
     if mach_service.is_null() {
         misuse(API, "NULL service name");
     }
-    if flags & SESSION_CREATE_INACTIVE != 0 {
-        misuse(API, "XPC_SESSION_CREATE_INACTIVE needs xpc_session_activate, which the model does not provide");
-    }
     // SAFETY: a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(mach_service) }.to_owned();
-    let Some(listener) = listeners().lock().unwrap_or_else(|e| e.into_inner()).get(&name).copied() else {
-        set_error(error_out, rich_error(&format!("no service named {} is listening", name.to_string_lossy()), false));
-        return std::ptr::null_mut();
-    };
     let client_q = queue_or_default(target_queue, API);
-    let l = listener_of(listener as Ptr, API);
+    let client = new_session(client_q, false, 0, 0, Phase::Inactive);
+    session(client as Ptr, API).st.lock().unwrap_or_else(|e| e.into_inner()).service = Some(name);
+    if flags & SESSION_CREATE_INACTIVE != 0 {
+        return client as Ptr;
+    }
+    if let Err(e) = connect(client, API) {
+        set_error(error_out, e);
+        release(client as Ptr, API);
+        return std::ptr::null_mut();
+    }
+    client as Ptr
+}
+
+/// Activates client session `client`: finds the listener of its service
+/// and hands it a peer session; a +1 error when none listens (the session
+/// is then cancelled, never having been active).
+fn connect(client: usize, api: &str) -> Result<(), usize> {
+    let c = session(client as Ptr, api);
+    let name = c.st.lock().unwrap_or_else(|e| e.into_inner()).service.clone().unwrap_or_default();
+    let Some(listener) = listeners().lock().unwrap_or_else(|e| e.into_inner()).get(&name).copied() else {
+        let mut st = c.st.lock().unwrap_or_else(|e| e.into_inner());
+        st.phase = Phase::Cancelled;
+        st.end_reason = format!("no service named {} is listening", name.to_string_lossy());
+        return Err(rich_error(&st.end_reason, false));
+    };
+    let l = listener_of(listener as Ptr, api);
     let lq = {
         let st = l.st.lock().unwrap_or_else(|e| e.into_inner());
-        dispatch::retain(st.target, API);
+        dispatch::retain(st.target, api);
         st.target
     };
     let conn = create(Kind::Connection(Connection { id: client_identity() })) as usize;
-    retain(listener as Ptr, API);
-    let client = new_session(client_q, false, 0, 0, Phase::Active);
+    retain(listener as Ptr, api);
     let peer = new_session(lq, true, conn, listener, Phase::Inactive);
     {
-        let c = session(client as Ptr, API);
         let mut st = c.st.lock().unwrap_or_else(|e| e.into_inner());
         st.other = peer;
         st.held = true;
+        st.phase = Phase::Active;
     }
-    retain(client as Ptr, API);
-    session(peer as Ptr, API).st.lock().unwrap_or_else(|e| e.into_inner()).other = client;
+    retain(client as Ptr, api);
+    session(peer as Ptr, api).st.lock().unwrap_or_else(|e| e.into_inner()).other = client;
     dispatch::submit(lq, move || handoff(listener, peer));
-    client as Ptr
+    Ok(())
+}
+
+/// xpc/session.h `xpc_session_activate`: false with `*error_out` (+1) when
+/// no listener serves the session's name. Activating a session twice, or a
+/// peer session (the listener activates those), aborts.
+#[no_mangle]
+pub extern "C" fn xpc_session_activate(session_: Ptr, error_out: *mut Ptr) -> bool {
+    const API: &str = "xpc_session_activate";
+    called(API);
+    let s = session(session_, API);
+    {
+        let st = s.st.lock().unwrap_or_else(|e| e.into_inner());
+        if st.is_peer {
+            misuse(API, "a peer session is activated by its listener, not by the handler");
+        }
+        if st.phase != Phase::Inactive {
+            misuse(API, "the session was activated before (xpc/session.h: activate once)");
+        }
+    }
+    match connect(session_ as usize, API) {
+        Ok(()) => true,
+        Err(e) => {
+            set_error(error_out, e);
+            false
+        }
+    }
 }
 
 /// On the listener's queue: the listener's requirement, then its

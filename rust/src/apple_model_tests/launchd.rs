@@ -8,7 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use super::{own_process, Expect};
 use crate::model_test_name;
 use crate::vmnet::preflight::{apple::entitlement_check, refusal, VIRTUALIZATION_ENTITLEMENT};
-use crate::xpc::activation::launchd;
+use crate::xpc::activation::{activation_outcome, launchd, Activation};
 
 extern "C" {
     fn vmnet_model_launchd_socket(name: *const c_char, fd: c_int);
@@ -18,7 +18,11 @@ extern "C" {
 #[test]
 fn endpoint_sockets_are_handed_over_by_launchd() {
     own_process(model_test_name!("endpoint_sockets_are_handed_over_by_launchd"), Expect::Pass, || {
-        assert!(launchd::activate("shared.stream").expect("not a job").is_empty(), "ESRCH: not a launchd job");
+        let outcome = |name: &str| {
+            let (rc, fds) = launchd::activate(name);
+            (activation_outcome(rc), fds)
+        };
+        assert_eq!(outcome("shared.stream").0, Activation::NotManaged, "ESRCH: not a launchd job");
         let dir = std::env::temp_dir().join(format!("vmnet-rs-model-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("shared.stream");
@@ -28,14 +32,13 @@ fn endpoint_sockets_are_handed_over_by_launchd() {
         // SAFETY: a C string and a live fd (the model keeps a duplicate).
         unsafe { vmnet_model_launchd_socket(name.as_ptr(), listener.as_raw_fd()) };
         drop(listener);
-        assert!(launchd::activate("host.dgram").expect("ENOENT").is_empty(), "a name the plist lacks");
-        let fds = launchd::activate("shared.stream").expect("the job's socket");
-        assert_eq!(fds.len(), 1);
+        assert_eq!(outcome("host.dgram").0, Activation::NotManaged, "ENOENT: a name the plist lacks");
+        let (handed, fds) = outcome("shared.stream");
+        assert_eq!((handed, fds.len()), (Activation::Handed, 1));
         let handed = UnixListener::from(fds.into_iter().next().unwrap());
         let _client = UnixStream::connect(&path).expect("connect to the handed-over socket");
         handed.accept().expect("the socket launchd held accepts");
-        let again = launchd::activate("shared.stream").expect_err("EALREADY");
-        assert_eq!(again.raw_os_error(), Some(libc::EALREADY));
+        assert_eq!(outcome("shared.stream").0, Activation::AlreadyActivated, "EALREADY the second time");
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -141,8 +141,13 @@ fn a_peer_without_the_listener_requirement_is_rejected() {
         let listener = serve(SERVICE, Arc::new(Echo::default()), options(requirement, false)).expect("serve");
         set_client(Some((501, 20, 4242, OTHER_CDHASH)));
         let stranger = Client::connect(SERVICE, false).expect("the session opens; the listener rejects it");
+        // The rejection's reason reaches the client as its session's
+        // cancellation; whether the request sees the reason or only the
+        // cancellation depends on which it meets first.
         let err = stranger.request(&op("hello")).expect_err("rejected");
-        assert!(err.to_string().contains("CDHash differs"), "{err}");
+        assert!(matches!(err, Error::Transport(_)), "{err}");
+        leaks();
+        assert_eq!(listener.connection_count(), 0, "the stranger's session was never accepted");
         set_client(None);
         let same = Client::connect(SERVICE, false).expect("connect");
         assert_eq!(same.request(&op("hello")).expect("admitted").get_str("op"), Some("hello"));
@@ -160,7 +165,9 @@ fn a_peer_without_the_code_signing_requirement_is_rejected() {
         set_client(Some((501, 20, 4242, OTHER_CDHASH)));
         let stranger = Client::connect(SERVICE, false).expect("connect");
         let err = stranger.request(&op("hello")).expect_err("rejected");
-        assert!(err.to_string().contains("code signing requirement"), "{err}");
+        assert!(matches!(err, Error::Transport(_)), "{err}");
+        leaks();
+        assert_eq!(listener.connection_count(), 0, "the stranger's session was never accepted");
         set_client(None);
         let same = Client::connect(SERVICE, false).expect("connect");
         assert_eq!(same.request(&op("hello")).expect("admitted").get_str("op"), Some("hello"));
@@ -179,7 +186,7 @@ fn a_rejected_peer_sees_its_session_end_and_the_listener_goes_on() {
         let l = raw_listener(x, 0, &incoming);
         let client = Client::connect(SERVICE, false).expect("connect");
         let err = client.request(&op("hello")).expect_err("rejected");
-        assert!(err.to_string().contains("not today"), "{err}");
+        assert!(matches!(err, Error::Transport(_)), "{err}");
         drop(client);
         // SAFETY: the listener is live and ours; cancelled, then released.
         unsafe {
@@ -254,19 +261,6 @@ fn trap_session_handler_set_after_activation() {
         let on_cancel = RcBlock::new(|_e: ffi::xpc_rich_error_t| {});
         // SAFETY: a live session, active since creation: the misuse.
         unsafe { (x.xpc_session_set_cancel_handler)(session, &on_cancel) };
-        drop(listener);
-    });
-}
-
-#[test]
-fn trap_target_queue_set_after_activation() {
-    own_process(model_test_name!("trap_target_queue_set_after_activation"), Expect::Abort("xpc_session_set_target_queue: called after the session was activated"), || {
-        let x = ffi::xpc().expect("xpc");
-        let listener = serve(SERVICE, Arc::new(Echo::default()), { advertise(SERVICE); options(None, false) }).expect("serve");
-        let session = raw_session(x);
-        let queue = dispatch2::DispatchQueue::new("test", None);
-        // SAFETY: a live, active session: the misuse.
-        unsafe { (x.xpc_session_set_target_queue)(session, &*queue) };
         drop(listener);
     });
 }

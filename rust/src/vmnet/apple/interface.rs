@@ -169,7 +169,7 @@ fn nonblocking_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SIGPIPE in whatever process embeds the library (a Python host
     // included). F_SETNOSIGPIPE (sys/fcntl.h) turns that into EPIPE, ignored.
     // SAFETY: fcntl on an fd we own.
-    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETNOSIGPIPE, 1) } < 0 {
+    if unsafe { crate::darwin_shim::fcntl(w.as_raw_fd(), crate::darwin_shim::F_SETNOSIGPIPE, 1) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok((r, w))

@@ -294,3 +294,80 @@ fn trap_async_send_on_a_cancelled_session() {
         drop(listener);
     });
 }
+
+#[test]
+fn trap_session_activated_twice() {
+    own_process(model_test_name!("trap_session_activated_twice"), Expect::Abort("xpc_session_activate: the session was activated before"), || {
+        let x = ffi::xpc().expect("xpc");
+        let listener = serve(SERVICE, Arc::new(Echo::default()), { advertise(SERVICE); options(None, false) }).expect("serve");
+        let name = std::ffi::CString::new(SERVICE).unwrap();
+        let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+        // SAFETY: an inactive session, activated, then activated again: the misuse.
+        unsafe {
+            let s = (x.xpc_session_create_mach_service)(name.as_ptr(), std::ptr::null(), ffi::XPC_SESSION_CREATE_INACTIVE, &mut err);
+            assert!((x.xpc_session_activate)(s, &mut err));
+            (x.xpc_session_activate)(s, &mut err);
+        }
+        drop(listener);
+    });
+}
+
+#[test]
+fn trap_sync_send_on_the_sessions_own_queue() {
+    own_process(model_test_name!("trap_sync_send_on_the_sessions_own_queue"), Expect::Abort("xpc_session_send_message_with_reply_sync: called on the session's own target queue"), || {
+        let x = ffi::xpc().expect("xpc");
+        let (set_handler, sync) = (x.xpc_session_set_incoming_message_handler, x.xpc_session_send_message_with_reply_sync);
+        let incoming = RcBlock::new(move |peer: ffi::xpc_session_t| {
+            let peer_addr = peer as usize;
+            // The handler runs on the peer's own queue: a sync send from it
+            // would wait for a reply that queue can never deliver.
+            let on_message = RcBlock::new(move |message: ffi::xpc_object_t| {
+                let mut err: ffi::xpc_rich_error_t = std::ptr::null_mut();
+                // SAFETY: the live peer session and message: the misuse.
+                unsafe { sync(peer_addr as ffi::xpc_session_t, message, &mut err) };
+            });
+            // SAFETY: the inactive peer handed to the handler.
+            unsafe { set_handler(peer, &on_message) };
+        });
+        let _l = raw_listener(x, 0, &incoming);
+        let client = Client::connect(SERVICE, false).expect("connect");
+        client.set_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let _ = client.request(&op("hello"));
+    });
+}
+
+#[test]
+fn trap_second_peer_requirement() {
+    own_process(model_test_name!("trap_second_peer_requirement"), Expect::Abort("the listener already has a peer requirement"), || {
+        let x = ffi::xpc().expect("xpc");
+        let incoming = RcBlock::new(|_peer: ffi::xpc_session_t| {});
+        let l = raw_listener(x, ffi::XPC_LISTENER_CREATE_INACTIVE, &incoming);
+        // SAFETY: an inactive listener given two requirements: the misuse.
+        unsafe {
+            assert_eq!((x.xpc_listener_set_peer_code_signing_requirement)(l, c"anchor apple".as_ptr()), 0);
+            (x.xpc_listener_set_peer_code_signing_requirement)(l, c"anchor apple".as_ptr());
+        }
+    });
+}
+
+#[test]
+fn trap_inactive_listener_released_uncancelled() {
+    own_process(model_test_name!("trap_inactive_listener_released_uncancelled"), Expect::Abort("an inactive listener was released without xpc_listener_cancel"), || {
+        let x = ffi::xpc().expect("xpc");
+        let incoming = RcBlock::new(|_peer: ffi::xpc_session_t| {});
+        let l = raw_listener(x, ffi::XPC_LISTENER_CREATE_INACTIVE, &incoming);
+        // SAFETY: the last release of an inactive listener: the misuse.
+        unsafe { ffi::xpc_release(l) };
+    });
+}
+
+#[test]
+fn trap_incoming_session_neither_accepted_nor_rejected() {
+    own_process(model_test_name!("trap_incoming_session_neither_accepted_nor_rejected"), Expect::Abort("the handler returned without setting the peer's incoming message handler"), || {
+        let x = ffi::xpc().expect("xpc");
+        let incoming = RcBlock::new(|_peer: ffi::xpc_session_t| {});
+        let _l = raw_listener(x, 0, &incoming);
+        let _s = raw_session(x);
+        leaks();
+    });
+}

@@ -6,10 +6,13 @@
 //! environment's `bin/`. maturin cannot yet put a binary and a PyO3 module of
 //! one crate into one wheel; docs/packaging.md explains this choice.
 //!
-//! The nested `cargo build` uses the same profile and target, its own target
+//! The nested `cargo build` uses the same profile, target, linker and
+//! rustflags as the outer build (a wheel built with `maturin build --zig`
+//! links both through zig against the wheel's oldest glibc), its own target
 //! directory (the outer build holds the lock of its own), the same Cargo.lock,
-//! and an environment without the outer build's CARGO_*/PyO3 variables, so the
-//! executable is built as `cargo build -p vmnet-rs-broker` would build it.
+//! and an environment without the outer build's other CARGO_*/PyO3 variables,
+//! so the executable is built as `cargo build -p vmnet-rs-broker --target
+//! TARGET` would build it with that linker.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -28,7 +31,9 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let target_dir = out_dir.join("broker-bin-target");
     let target = env::var("TARGET").expect("cargo sets TARGET");
-    let host = env::var("HOST").expect("cargo sets HOST");
+    for v in ["RUSTC_LINKER", "CARGO_ENCODED_RUSTFLAGS"] {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
     // PROFILE is "release" for release-based profiles, else "debug".
     let release = env::var("PROFILE").map(|p| p == "release").unwrap_or(false);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -44,26 +49,31 @@ fn main() {
     if release {
         cmd.arg("--release");
     }
-    let cross = target != host;
-    if cross {
-        cmd.args(["--target", &target]);
-    }
+    // Always an explicit target, so the target's linker and rustflags below
+    // apply to the executable only, not to build scripts run on this host.
+    cmd.args(["--target", &target]);
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy();
-        let scrub = (k.starts_with("CARGO_") && k != "CARGO_HOME" && !k.starts_with("CARGO_REGISTRIES") && !k.starts_with("CARGO_NET"))
+        let scrub = (k.starts_with("CARGO_") && !keep_cargo_var(&k, &target))
             || k.starts_with("PYO3_")
             || k.starts_with("DEP_")
-            || matches!(k.as_ref(), "OUT_DIR" | "TARGET" | "HOST" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER");
+            || matches!(k.as_ref(), "OUT_DIR" | "TARGET" | "HOST" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTC_LINKER");
         if scrub {
             cmd.env_remove(k.as_ref());
         }
+    }
+    // The linker cargo resolved for the outer build's target, from whichever
+    // source (CARGO_TARGET_<TRIPLE>_LINKER, which `maturin build --zig` sets
+    // to its zig wrapper, or a config file's `target.<triple>.linker`).
+    if let Some(linker) = env::var_os("RUSTC_LINKER") {
+        cmd.env(target_var(&target, "LINKER"), linker);
     }
     let status = cmd.status().unwrap_or_else(|e| panic!("could not run {cargo:?} to build vmnet-rs-broker: {e}"));
     if !status.success() {
         panic!("building vmnet-rs-broker failed ({status}); try `cargo build -p vmnet-rs-broker` to see why");
     }
     let profile_dir = if release { "release" } else { "debug" };
-    let built = if cross { target_dir.join(&target).join(profile_dir) } else { target_dir.join(profile_dir) }.join("vmnet-rs-broker");
+    let built = target_dir.join(&target).join(profile_dir).join("vmnet-rs-broker");
     let scripts = root.join("rust/broker-bin/wheel-data/scripts");
     copy(&built, &scripts.join("vmnet-rs-broker"));
 }
@@ -107,6 +117,24 @@ fn apple_api() {
     println!("cargo:rustc-link-lib=dylib=vmnet_apple_model");
     println!("cargo:rustc-env=VMNET_RS_APPLE_MODEL_LIB={}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+}
+
+/// The outer build's CARGO_* variables the nested build keeps: where cargo
+/// and its registries live, and the settings of the target being built (its
+/// `CARGO_TARGET_<TRIPLE>_*` linker, rustflags and runner, and the rustflags
+/// cargo resolved for it, `CARGO_ENCODED_RUSTFLAGS`).
+fn keep_cargo_var(name: &str, target: &str) -> bool {
+    name == "CARGO_HOME"
+        || name == "CARGO_ENCODED_RUSTFLAGS"
+        || name.starts_with("CARGO_REGISTRIES")
+        || name.starts_with("CARGO_NET")
+        || name.starts_with(&target_var(target, ""))
+}
+
+/// `CARGO_TARGET_<TRIPLE>_<key>`, the triple upper-cased with `-`/`.` as `_`.
+fn target_var(target: &str, key: &str) -> String {
+    let triple: String = target.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("CARGO_TARGET_{triple}_{key}")
 }
 
 /// Writes `dir/Cargo.toml`: rust/broker-bin/Cargo.toml with absolute paths,

@@ -210,12 +210,12 @@ def test_python_m_cli_registers_every_command() -> None:
 
 
 def test_adaptor_examples_give_the_vm_the_adaptors_mac() -> None:
-    """The Adaptor docstring and the README's Adaptor section pass the
+    """The Adaptor docstring and docs/adaptors.md's Python section pass the
     adaptor's MAC to the VM (without it DHCP and port filters miss the VM)."""
     from vmnet_rs import Adaptor, adaptor
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme.split("\n## Adaptor\n", 1)[1].split("\n## ", 1)[0]
+    doc = (Path(__file__).parent.parent / "docs" / "adaptors.md").read_text()
+    section = doc.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
     for text in (adaptor.__doc__ or "", section):
         assert 'f"virtio-net-pci,netdev=n0,mac={a.mac}"' in text
     assert Adaptor.mac.__doc__

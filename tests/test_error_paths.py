@@ -1,7 +1,7 @@
 """Every command a user can reach, under three failures: an unreadable HOME,
 no broker, and a broker that goes away mid-request. Each ends in one
 ``vmnet-rs: ...`` line on stderr that says what to do, no traceback, and an
-exit code from the README's table (1 failed, 2 bad usage or configuration)."""
+exit code from docs/usage.md's table (1 failed, 2 bad usage or configuration)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every command takes ``-h``/``--help``; ``-v`` (info) and ``-vv`` (debug)
 before the command turn on logging to stderr.
 
-Exit codes (also in the README):
+Exit codes (also in docs/usage.md):
 
 * 0: success
 * 1: the operation failed (a :class:`vmnet_rs.VmnetError`, printed as one line)

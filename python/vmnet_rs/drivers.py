@@ -317,12 +317,14 @@ def _generic_backends(platform: str) -> list[Backend]:
     return table
 
 
-# Default backends, and why (README "Choosing a backend" has the numbers):
+# Default backends, and why (docs/usage.md "Backends"; the numbers are in
+# docs/performance.md):
 # - qemu on Linux: tap_next hands QEMU the TAP fd itself (no relay at all)
 #   with IFF_VNET_HDR, so the guest gets checksum offload and TSO. In the
 #   VM-to-VM iperf3 e2e measurement (two TCG guests, tests/test_e2e_qemu.py)
 #   it was 2.5-4x ahead of every other backend in every run and as fast as
-#   a hand-made bridge + TAP (tests/vm/bench.py; README has the table).
+#   a hand-made bridge + TAP (tests/vm/bench.py; docs/performance.md has the
+#   table).
 # - qemu on macOS: tap (a datagram socketpair), Lima's default and fastest
 #   in Lima's ranking (tap > socket = stream > dgram > dgram_next > tap_next).
 # - krunkit: stream. Datagram is reported slightly faster, but under
@@ -523,6 +525,6 @@ def vz_network(client: Any, network: str) -> dict[str, Any]:
     configuration). The lease lasts while ``client`` stays open; on macOS the
     app turns the serialization into a ``vmnet_network_ref`` with
     ``vmnet_network_create_with_serialization`` and attaches it with
-    ``VZVmnetNetworkDeviceAttachment`` (see the README's Usage section).
+    ``VZVmnetNetworkDeviceAttachment`` (see the README's example).
     """
     return client.acquire(network)

@@ -1,5 +1,5 @@
 """VM-to-VM throughput per QEMU backend, through a real broker: the benchmark
-behind the README's backend table.
+behind docs/performance.md's backend table.
 
 Run as root from the repository root (it creates and deletes its own network
 namespaces; it never touches the machine's network)::

@@ -53,27 +53,24 @@ impl Drop for Port {
     }
 }
 
-/// Whether a link of that name exists in the broker's network namespace.
-pub fn link_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
+/// Whether a TAP of that name exists in the broker's network namespace
+/// (Linux; there are no TAP ports elsewhere).
+fn link_exists(name: &str) -> bool {
+    #[cfg(target_os = "linux")]
+    return crate::vmnet::linux::link_exists(name);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = name;
+        false
+    }
 }
 
-/// Ends a TAP port whose lease ended: a TAP the VM still holds is taken
-/// off the bridge and set down, not deleted, so the VM's fd stays valid
-/// (QEMU keeps running, without a network) and the kernel removes the TAP
-/// when the VM closes it or exits. A TAP already gone is fine.
+/// Ends a TAP port whose lease ended (`vmnet::linux::unplug_tap`).
 fn unplug_tap(name: &str) {
-    if !link_exists(name) {
-        return;
-    }
-    let status = std::process::Command::new("ip")
-        .args(["link", "set", "dev", name, "nomaster", "down"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !matches!(status, Ok(s) if s.success()) && link_exists(name) {
-        log::warn!("could not take TAP {name} off its bridge after its lease ended; remove it with `ip link delete {name}`");
-    }
+    #[cfg(target_os = "linux")]
+    crate::vmnet::linux::unplug_tap(name);
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
 }
 
 pub struct Lease {

@@ -90,6 +90,24 @@ pub struct LinuxNetwork {
 }
 
 /// Creates network `name`: see [`LinuxNetwork::create`].
+/// Whether link `name` exists in the calling thread's network namespace.
+pub fn link_exists(name: &str) -> bool {
+    links::link_index(name).is_some()
+}
+
+/// Ends a TAP port whose lease ended: a TAP the VM still holds is taken off
+/// the bridge and set down, not deleted, so the VM's fd stays valid (QEMU
+/// keeps running, without a network) and the kernel removes the TAP when
+/// the VM closes it or exits. A TAP already gone is fine.
+pub fn unplug_tap(name: &str) {
+    if !link_exists(name) {
+        return;
+    }
+    if links::unplug(name).is_err() && link_exists(name) {
+        log::warn!("could not take TAP {name} off its bridge after its lease ended; remove it with `ip link delete {name}`");
+    }
+}
+
 pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
     Ok(Box::new(LinuxNetwork::create(name, config, options)?))
 }

@@ -47,6 +47,12 @@ pub fn set_up(dev: &str) -> Result<(), cmd::Error> {
     Ok(())
 }
 
+/// Takes link `name` off its bridge and sets it down.
+pub fn unplug(name: &str) -> Result<(), cmd::Error> {
+    run(&["ip", "link", "set", "dev", name, "nomaster", "down"], None)?;
+    Ok(())
+}
+
 pub fn delete_link(name: &str) -> Result<(), cmd::Error> {
     run(&["ip", "link", "del", "dev", name], None)?;
     Ok(())

@@ -612,3 +612,13 @@ def test_one_named_list_fails_closed_and_networks_warns(tmp_path: Path) -> None:
     check = CliRunner().invoke(cli, ["networks", "check", str(path)])
     assert check.exit_code == 0, check.output
     assert [line.split(": ", 1)[1] for line in check.stderr.splitlines()] == warnings
+
+
+def test_python_fields_are_the_rust_keys_in_order():
+    """The model's to_dict/from_dict are derived from its fields; the fields
+    must be Rust's keys (rust/src/config.rs), in Rust's order, or a key would
+    be dropped on its way back to the broker."""
+    rust = json.loads(_native.validate_network("{}", "<test>", "t", False))
+    mine = cfgmod.NetworkConfig.lima_default()
+    assert list(mine.to_dict()) == list(rust)
+    assert cfgmod.NetworkConfig.from_dict(rust) == mine

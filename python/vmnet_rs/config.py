@@ -29,9 +29,10 @@ import json
 import math
 import os
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -64,9 +65,56 @@ _Problem = Tuple[_Path, str]
 
 # --- the typed model -----------------------------------------------------------------
 
+# The model's fields are Rust's (``rust/src/config.rs``) under their snake_case
+# names; the camelCase mapping Rust reads and writes is derived from them, so a
+# key is one field line here and no hand-written copy of each field.
+
+_T = TypeVar("_T", bound="_Camel")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {_camel(f.name): _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(tp: Any, value: Any) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:
+        if value is None:
+            return None
+        return _from_plain(next(a for a in args if a is not type(None)), value)
+    if origin is tuple:
+        return tuple(_from_plain(args[0], v) for v in value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = get_type_hints(tp)
+        return tp(**{f.name: _from_plain(hints[f.name], value[_camel(f.name)]) for f in dataclasses.fields(tp)})
+    return value
+
+
+class _Camel:
+    """``to_dict``/``from_dict`` in Rust's camelCase shape, derived from the fields."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The camelCase mapping, keys in field (documented) order."""
+        return dict(_to_plain(self))
+
+    @classmethod
+    def from_dict(cls: Type[_T], d: Mapping[str, Any]) -> _T:
+        """Builds from a normalised mapping (as the native validator returns it)."""
+        built: _T = _from_plain(cls, d)
+        return built
+
 
 @dataclass(frozen=True)
-class PortForward:
+class PortForward(_Camel):
     """A host port forwarded to an address and port inside the network (shared mode)."""
 
     protocol: str
@@ -75,43 +123,17 @@ class PortForward:
     internal_port: int
     address_family: str
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "protocol": self.protocol,
-            "externalPort": self.external_port,
-            "internalAddress": self.internal_address,
-            "internalPort": self.internal_port,
-            "addressFamily": self.address_family,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> PortForward:
-        return cls(
-            protocol=d["protocol"],
-            external_port=d["externalPort"],
-            internal_address=d["internalAddress"],
-            internal_port=d["internalPort"],
-            address_family=d["addressFamily"],
-        )
-
 
 @dataclass(frozen=True)
-class DhcpReservation:
+class DhcpReservation(_Camel):
     """A fixed IPv4 address for one MAC address."""
 
     mac: str
     address: str
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {"mac": self.mac, "address": self.address}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DhcpReservation:
-        return cls(mac=d["mac"], address=d["address"])
-
 
 @dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(_Camel):
     """One network with every default filled in (see ``docs/config.md``).
 
     The defaults live in the native validator; :meth:`lima_default` is an
@@ -142,51 +164,6 @@ class NetworkConfig:
         """Lima's defaults for an entry giving only its mode (as the validator fills them)."""
         return cls.from_json(json.dumps({"mode": mode}), mode)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """The camelCase mapping, keys in documented order."""
-        return {
-            "mode": self.mode,
-            "dhcp": self.dhcp,
-            "dnsProxy": self.dns_proxy,
-            "mtu": self.mtu,
-            "nat44": self.nat44,
-            "nat66": self.nat66,
-            "routerAdvertisement": self.router_advertisement,
-            "subnet": self.subnet,
-            "ipv6Prefix": self.ipv6_prefix,
-            "portForwarding": [p.to_dict() for p in self.port_forwarding],
-            "dhcpReservations": [r.to_dict() for r in self.dhcp_reservations],
-            "externalInterface": self.external_interface,
-            "isolation": self.isolation,
-            "offload": self.offload,
-            "endpoints": list(self.endpoints),
-            "allowedUsers": list(self.allowed_users) if self.allowed_users is not None else None,
-            "allowedGroups": list(self.allowed_groups) if self.allowed_groups is not None else None,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> NetworkConfig:
-        """Builds from a normalised mapping (as the native validator returns it)."""
-        return cls(
-            mode=d["mode"],
-            dhcp=d["dhcp"],
-            dns_proxy=d["dnsProxy"],
-            mtu=d["mtu"],
-            nat44=d["nat44"],
-            nat66=d["nat66"],
-            router_advertisement=d["routerAdvertisement"],
-            subnet=d["subnet"],
-            ipv6_prefix=d["ipv6Prefix"],
-            port_forwarding=tuple(PortForward.from_dict(p) for p in d["portForwarding"]),
-            dhcp_reservations=tuple(DhcpReservation.from_dict(r) for r in d["dhcpReservations"]),
-            external_interface=d["externalInterface"],
-            isolation=d["isolation"],
-            offload=d["offload"],
-            endpoints=tuple(d["endpoints"]),
-            allowed_users=_accounts(d["allowedUsers"]),
-            allowed_groups=_accounts(d["allowedGroups"]),
-        )
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
@@ -206,12 +183,8 @@ class NetworkConfig:
         return self.subnet.split("/")[0] if self.subnet else None
 
 
-def _accounts(value: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
-    return tuple(value) if value is not None else None
-
-
 @dataclass(frozen=True)
-class BrokerSettings:
+class BrokerSettings(_Camel):
     """The broker's own settings (see ``docs/config.md``); :meth:`default`
     gives the validator's defaults."""
 
@@ -228,32 +201,6 @@ class BrokerSettings:
     @classmethod
     def default(cls) -> BrokerSettings:
         return Config.defaults().broker
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {
-            "idleTimeout": self.idle_timeout,
-            "allowedUsers": list(self.allowed_users),
-            "allowedGroups": list(self.allowed_groups),
-            "clientNetworks": self.client_networks,
-            "maxPortsPerUser": self.max_ports_per_user,
-            "socket": self.socket,
-            "machService": self.mach_service,
-            "endpointDir": self.endpoint_dir,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> BrokerSettings:
-        return cls(
-            idle_timeout=d["idleTimeout"],
-            allowed_users=tuple(d["allowedUsers"]),
-            allowed_groups=tuple(d["allowedGroups"]),
-            client_networks=d["clientNetworks"],
-            max_ports_per_user=d["maxPortsPerUser"],
-            socket=d["socket"],
-            mach_service=d["machService"],
-            endpoint_dir=d["endpointDir"],
-        )
-
 
 @dataclass(frozen=True)
 class Config:

@@ -12,8 +12,8 @@
 //! an async reply on the sending session's. A session's cancel handler runs
 //! once and is the last thing it delivers.
 //!
-//! Strict where Apple is (each `misuse` names the rule): handlers and the
-//! target queue are set only before activation; a listener is activated
+//! Strict where Apple is (each `misuse` names the rule): handlers are set
+//! only before activation; a session is activated once; a listener is activated
 //! once; a session that was never activated cannot be cancelled (a listener
 //! refuses a peer with `xpc_listener_reject_peer`); an async send on a
 //! session this process cancelled aborts; a sync send on the session's own
@@ -568,7 +568,7 @@ fn reject(peer: usize, reason: &str) {
 fn before_activation<'a>(s: &'a Session, api: &str) -> std::sync::MutexGuard<'a, SessionState> {
     let st = s.st.lock().unwrap_or_else(|e| e.into_inner());
     if st.phase != Phase::Inactive {
-        misuse(api, "called after the session was activated (xpc/session.h: handlers and the target queue are set before activation)");
+        misuse(api, "called after the session was activated (xpc/session.h: handlers are set before activation)");
     }
     st
 }
@@ -589,19 +589,6 @@ pub extern "C" fn xpc_session_set_cancel_handler(session_: Ptr, cancel_handler: 
     called(API);
     let s = session(session_, API);
     before_activation(s, API).on_cancel = Some(Arc::new(Kept(cancel_handler.copy())));
-}
-
-/// xpc/session.h `xpc_session_set_target_queue`: retains the queue.
-#[no_mangle]
-pub extern "C" fn xpc_session_set_target_queue(session_: Ptr, target_queue: *const libc::c_void) {
-    const API: &str = "xpc_session_set_target_queue";
-    called(API);
-    let s = session(session_, API);
-    let q = queue_or_default(target_queue, API);
-    let old = std::mem::replace(&mut before_activation(s, API).target, q);
-    if old != 0 && old != dispatch::default_queue() {
-        dispatch::release(old, API);
-    }
 }
 
 /// xpc/session.h `xpc_session_cancel`: idempotent on an active or

@@ -107,8 +107,14 @@ impl fmt::Display for Mode {
 }
 
 /// One network, with every default filled in.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+///
+/// Built from text only by the validator (`from_json`, `from_value`,
+/// `from_lima_json`; it has no `Deserialize`), and in code from the
+/// built-ins; a configuration built in code goes through
+/// [`NetworkConfig::validated`] before a platform sees it. The backends
+/// (`vmnet::create_network`) judge none of its values again.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
     pub mode: Mode,
     pub dhcp: bool,
@@ -119,36 +125,26 @@ pub struct NetworkConfig {
     pub router_advertisement: bool,
     /// Gateway (first host) address and prefix length, e.g. `192.168.107.1/24`;
     /// `None` lets the platform choose.
-    #[serde(default)]
     pub subnet: Option<String>,
     /// IPv6 prefix, e.g. `fd00:1:2:3::/64`; `None` lets the platform choose.
-    #[serde(default)]
     pub ipv6_prefix: Option<String>,
-    #[serde(default)]
     pub port_forwarding: Vec<PortForward>,
-    #[serde(default)]
     pub dhcp_reservations: Vec<DhcpReservation>,
     /// Shared mode only: the host interface to NAT through.
-    #[serde(default)]
     pub external_interface: Option<String>,
     /// Block VM-to-VM traffic on this network.
-    #[serde(default)]
     pub isolation: bool,
     /// TSO and checksum offload for every interface on the network.
-    #[serde(default)]
     pub offload: bool,
     /// The socket paths the broker offers for this network
     /// (docs/endpoints.md); a broker-side setting, never a difference
     /// between two configurations of one network.
-    #[serde(default = "EndpointKind::all")]
     pub endpoints: Vec<EndpointKind>,
     /// Users who may use this network (names or numeric uids). Naming this
     /// or `allowed_groups` replaces both of the broker's lists (the unnamed
     /// one is empty); naming neither: the broker's (`policy::network_access`).
-    #[serde(default)]
     pub allowed_users: Option<Vec<String>>,
     /// Groups whose members may use this network; as `allowed_users`.
-    #[serde(default)]
     pub allowed_groups: Option<Vec<String>>,
 }
 
@@ -223,8 +219,8 @@ impl fmt::Display for AddressFamily {
 }
 
 /// A port on the host forwarded to an address and port inside the network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PortForward {
     pub protocol: Protocol,
     pub external_port: u16,
@@ -234,8 +230,8 @@ pub struct PortForward {
 }
 
 /// A fixed IPv4 address for one MAC address.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DhcpReservation {
     pub mac: String,
     pub address: String,
@@ -294,8 +290,8 @@ impl fmt::Display for ClientNetworks {
 }
 
 /// The broker's own settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BrokerSettings {
     /// Seconds a network with no lease (and then the broker) stays up.
     pub idle_timeout: u64,
@@ -314,7 +310,6 @@ pub struct BrokerSettings {
     /// Where the per-network endpoint sockets go (docs/endpoints.md);
     /// empty: the platform default (Linux: the broker socket's directory;
     /// macOS: `~/Library/Application Support/vmnet-rs/endpoints`).
-    #[serde(default)]
     pub endpoint_dir: String,
 }
 
@@ -516,8 +511,7 @@ impl NetworkConfig {
 /// A whole configuration file: the broker's settings and every network,
 /// built-ins included. Serialises as `{"broker": ..., "vmnet": {...}}`, the
 /// same shape as the file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FileConfig {
     pub broker: BrokerSettings,
     #[serde(rename = "vmnet")]

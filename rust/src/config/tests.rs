@@ -496,8 +496,6 @@ fn json_round_trip_is_lossless() {
     assert_eq!(again.to_json(), text);
     let lab = f.network("lab").unwrap();
     assert_eq!(NetworkConfig::from_json(&lab.to_json(), "x", "lab").unwrap(), *lab);
-    // serde's own derive reads the same JSON (other layers may use it).
-    assert_eq!(serde_json::from_str::<FileConfig>(&text).unwrap(), f);
 }
 
 #[test]

@@ -439,8 +439,9 @@ impl Broker {
     }
 
     /// Serves the Mach service `service` on macOS (launchd must advertise it
-    /// for this job: `MachServices` in the LaunchAgent's plist).
-    #[cfg(target_os = "macos")]
+    /// for this job: `MachServices` in the LaunchAgent's plist). Also built
+    /// in the model build (`apple_api`, docs/macos.md "The model").
+    #[cfg(apple_api)]
     pub fn start_mach(options: BrokerOptions, service: &str) -> Result<Broker, Error> {
         // The broker decides who may call; the listener applies it.
         let os = crate::xpc::apple::os_version();

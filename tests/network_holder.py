@@ -58,9 +58,11 @@ def serve_taps(net: Network, path: str, vnet_hdr: bool) -> None:
 
 def main() -> int:
     name, state_dir = sys.argv[1], sys.argv[2]
+    # Optional: a JSON list of the pieces the network puts back (default all).
+    repair = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
     config = sys.stdin.readline()
     try:
-        net = Network(name, config, state_dir)
+        net = Network(name, config, state_dir, repair)
     except VmnetError as e:
         reply({"ok": False, "error": str(e), "type": type(e).__name__})
         return 1

@@ -62,13 +62,14 @@ def config(**over: object) -> dict:
 class Holder:
     """A network created and held by a process inside namespace ``ns``."""
 
-    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path, path_prefix: Path | None = None) -> None:
+    def __init__(self, ns: NetNs, name: str, cfg: dict, state_dir: Path, path_prefix: Path | None = None, repair: list | None = None) -> None:
         self.ns, self.name, self.state_dir = ns, name, state_dir
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if path_prefix:
             env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
         env["VMNET_RS_DNS_RESOLV_FILE"] = ""  # never an upstream resolver in tests
-        self.proc = ns.popen([sys.executable, str(HOLDER), name, str(state_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        extra = [json.dumps(repair)] if repair is not None else []
+        self.proc = ns.popen([sys.executable, str(HOLDER), name, str(state_dir), *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.first = self.call(json.dumps(cfg))
         self.state = self.first.get("state")
 
@@ -119,8 +120,8 @@ def namespaces():
 def holders():
     made: list[Holder] = []
 
-    def make(*args) -> Holder:
-        h = Holder(*args)
+    def make(*args, **kw) -> Holder:
+        h = Holder(*args, **kw)
         made.append(h)
         return h
 
@@ -277,7 +278,8 @@ def test_shared_network_dhcp_ping_forward_nat(netns, namespaces, holders, tmp_pa
 def test_host_mode_blocks_forwarding(netns, namespaces, holders, tmp_path):
     state = tmp_path / "state"
     make = holders
-    net = make(netns, "hostonly", config(mode="host", subnet="10.93.0.1/24"), state)
+    # The control below removes the table, so it must not be put back.
+    net = make(netns, "hostonly", config(mode="host", subnet="10.93.0.1/24"), state, repair=[])
     assert net.first["ok"], net.first
     ep, outside = namespaces(), namespaces()
     veth_endpoint(netns, ep, net.bridge, "52:54:00:93:00:01")

@@ -45,6 +45,7 @@ __all__ = [
     "DhcpReservation",
     "NetworkConfig",
     "PortForward",
+    "RepairSettings",
     "ENV_VAR",
     "config_search_path",
     "find_config_file",
@@ -184,6 +185,17 @@ class NetworkConfig(_Camel):
 
 
 @dataclass(frozen=True)
+class RepairSettings(_Camel):
+    """Linux: the pieces of a live network the broker puts back when the host
+    removes them, and when it stops (another program manages a piece); see
+    ``docs/linux.md``."""
+
+    pieces: Tuple[str, ...]
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True)
 class BrokerSettings(_Camel):
     """The broker's own settings (see ``docs/config.md``); :meth:`default`
     gives the validator's defaults."""
@@ -197,6 +209,8 @@ class BrokerSettings(_Camel):
     mach_service: str
     #: Where the per-network endpoint sockets go; "" means the platform default.
     endpoint_dir: str
+    #: Linux: which pieces of a live network are put back when the host removes them.
+    repair: RepairSettings
 
     @classmethod
     def default(cls) -> BrokerSettings:

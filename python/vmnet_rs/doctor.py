@@ -3,7 +3,9 @@ a live test, one verdict per line, then a summary to paste into a bug report.
 
 Linux: ``/dev/net/tun``, ``ip``, ``nft``, ``dnsmasq``, CAP_NET_ADMIN (the
 broker's own start-up checks, ``vmnet::preflight``), IPv4 forwarding, the
-broker socket and its group, subnets that collide with host routes, the
+broker socket and its group, subnets that collide with host routes, each
+watched piece of every live network (bridge, addresses, nftables table,
+forwarding, dnsmasq: FAIL naming the network and the missing piece), the
 broker answering, and a relay test: two ports opened on a network through
 the broker for each adaptor kind (datagram, datagram_next, stream), a frame
 sent each way, each checked on arrival.
@@ -324,12 +326,35 @@ def _live_checks(connect: Any, where: str, network: str, serialization: bool = F
         first = Check("broker answers", FAIL, f"{where}: {e}")
         return [first] + [Check(n, SKIP, "no broker to test through") for n in names[1:]]
     out = [Check("broker answers", OK, f"{where}: pid {st.get('pid')} version {st.get('version')} backend {st.get('backend')}")]
+    out += network_piece_checks(st)
     if st.get("config_error"):
         out.append(Check("broker configuration", WARN, f"serving the last good configuration: {st['config_error']}", "fix the file named; `vmnet-rs networks check FILE`"))
     with client:
         if serialization:
             out.append(_serialization_check(client, network))
         out += [relay_check(client, network, kind) for kind in RELAY_KINDS]
+    return out
+
+
+def network_piece_checks(status: Mapping[str, Any]) -> List[Check]:
+    """One check per watched piece of each live network (Linux: bridge,
+    address, table, forwarding, dnsmasq), from the broker's ``status``:
+    FAIL naming the network and the piece when it is missing, warn when it
+    is present but left alone (repairs off, or another program manages it)."""
+    out = []
+    for name, n in sorted(status.get("networks", {}).items()):
+        for piece, p in sorted(n.get("pieces", {}).items()):
+            label = f"network {name} {piece}"
+            repairs = f", repaired {p['repairs']} time(s)" if p.get("repairs") else ""
+            alone = p.get("left_alone")
+            if not p.get("ok"):
+                why = f"; left alone: {alone}" if alone else "; the broker is putting it back"
+                fix = "see the broker's log; docs/linux.md says what repairs do and how to turn them off" if alone else "run doctor again in a few seconds"
+                out.append(Check(label, FAIL, f"{p.get('missing') or piece} is missing from network {name}{why}{repairs}", fix))
+            elif alone:
+                out.append(Check(label, WARN, f"present, but left alone: {alone}{repairs}", "see docs/linux.md (repairs)"))
+            else:
+                out.append(Check(label, OK, f"present{repairs}"))
     return out
 
 
@@ -381,5 +406,5 @@ def doctor_command(as_json: bool, socket: Optional[str], mach_service: Optional[
         raise click.exceptions.Exit(1)
 
 
-__all__ = ["doctor_command", "Check", "subnet_collisions", "relay_check"]
+__all__ = ["doctor_command", "Check", "subnet_collisions", "relay_check", "network_piece_checks"]
 

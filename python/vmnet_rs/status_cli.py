@@ -45,7 +45,13 @@ def format_status(out: Dict[str, Any]) -> List[str]:
         lines += [f"  config error: {line}" for line in str(b["config_error"]).splitlines()]
     for name, n in sorted(b.get("networks", {}).items()):
         idle_s = f", idle {n['idle_s']}s" if "idle_s" in n else ""
-        lines.append(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle_s}")
+        repairs = f", {n['repairs']} repair(s)" if "repairs" in n else ""
+        lines.append(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle_s}{repairs}")
+        for piece, p in sorted(n.get("pieces", {}).items()):
+            if not p["ok"] or p.get("left_alone"):
+                state = "ok" if p["ok"] else f"MISSING {p.get('missing', '')}".rstrip()
+                alone = f"; left alone: {p['left_alone']}" if p.get("left_alone") else ""
+                lines.append(f"    {piece}: {state}{alone}")
     for lid, lease in sorted(b.get("leases", {}).items(), key=lambda kv: int(kv[0])):
         process = f" ({lease['process']})" if lease.get("process") else ""
         line = (

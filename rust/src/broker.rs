@@ -104,7 +104,7 @@ impl BrokerOptions {
             networks: netconfig::builtin_networks(),
             config_source: None,
             backend: Backend::Platform,
-            backend_options: BackendOptions { state_dir: PathBuf::from(launch::DEFAULT_STATE_DIR) },
+            backend_options: BackendOptions { state_dir: PathBuf::from(launch::DEFAULT_STATE_DIR), ..Default::default() },
             monitor_interval: Duration::from_secs(1),
             code_signing_requirement: None,
             lima_serialization_rule: false,
@@ -302,7 +302,11 @@ impl Core {
 
     fn create_network(&self, name: &str, config: &NetworkConfig) -> Result<Box<dyn Network>, crate::vmnet::Error> {
         match self.options.backend {
-            Backend::Platform => crate::vmnet::create_network(name, config, &self.options.backend_options),
+            Backend::Platform => {
+                // The broker's `repair` setting says what the backend puts back.
+                let options = crate::vmnet::BackendOptions { repair: self.options.settings.repair.clone(), ..self.options.backend_options.clone() };
+                crate::vmnet::create_network(name, config, &options)
+            }
             #[cfg(target_os = "linux")]
             Backend::Hub => Ok(Box::new(testing::HubNetwork::create(name, config)?)),
             #[cfg(not(target_os = "linux"))]

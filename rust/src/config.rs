@@ -77,7 +77,17 @@ pub const BROKER_KEYS: &[&str] = &[
     "socket",
     "machService",
     "endpointDir",
+    "repair",
 ];
+/// Keys of the broker's `repair:` mapping.
+pub const REPAIR_KEYS: &[&str] = &["pieces", "limit", "window"];
+/// The pieces of a live Linux network the broker watches and can put back
+/// (docs/linux.md, "When the host changes under a network").
+pub const REPAIR_PIECES: &[&str] = &["bridge", "address", "table", "forwarding", "dnsmasq"];
+/// Removals of one piece within the window after which it is left alone.
+pub const DEFAULT_REPAIR_LIMIT: u32 = 5;
+/// The window, in seconds (also how long a piece is then left alone).
+pub const DEFAULT_REPAIR_WINDOW_SECS: u64 = 60;
 /// Most ports (relays, TAPs) one non-root user may hold at once, by default.
 pub const DEFAULT_MAX_PORTS_PER_USER: u32 = 64;
 /// Largest `maxPortsPerUser` accepted.
@@ -311,6 +321,36 @@ pub struct BrokerSettings {
     /// empty: the platform default (Linux: the broker socket's directory;
     /// macOS: `~/Library/Application Support/vmnet-rs/endpoints`).
     pub endpoint_dir: String,
+    /// Linux: which pieces of a live network are put back when the host
+    /// removes them, and when to stop (another program manages them).
+    #[serde(default)]
+    pub repair: RepairSettings,
+}
+
+/// The broker's `repair:` setting (docs/config.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepairSettings {
+    /// The pieces put back when they go (of [`REPAIR_PIECES`]); the others
+    /// are only reported. Empty: report only.
+    pub pieces: Vec<String>,
+    /// A piece removed more than this many times within `window` seconds is
+    /// left alone for `window` seconds.
+    pub limit: u32,
+    pub window: u64,
+}
+
+impl Default for RepairSettings {
+    fn default() -> Self {
+        RepairSettings { pieces: REPAIR_PIECES.iter().map(|s| s.to_string()).collect(), limit: DEFAULT_REPAIR_LIMIT, window: DEFAULT_REPAIR_WINDOW_SECS }
+    }
+}
+
+impl RepairSettings {
+    /// Whether `piece` is put back when it goes.
+    pub fn repairs(&self, piece: &str) -> bool {
+        self.pieces.iter().any(|p| p == piece)
+    }
 }
 
 impl Default for BrokerSettings {
@@ -324,6 +364,7 @@ impl Default for BrokerSettings {
             socket: DEFAULT_SOCKET.to_string(),
             mach_service: DEFAULT_MACH_SERVICE.to_string(),
             endpoint_dir: String::new(),
+            repair: RepairSettings::default(),
         }
     }
 }

@@ -132,6 +132,29 @@ pub trait Network: Send + Sync {
         let _ = (desc, vnet_hdr);
         Err(Error::Platform { op: format!("start a TAP on network {:?}", self.name()), source: "this backend has no TAP ports".into() })
     }
+
+    /// The pieces of the network in the host that the backend watches, as
+    /// last seen (Linux: bridge, addresses, nftables table, forwarding,
+    /// dnsmasq); empty where nothing is watched.
+    fn pieces(&self) -> Vec<PieceHealth> {
+        Vec::new()
+    }
+}
+
+/// One watched piece of a live network (`status`, `doctor`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceHealth {
+    /// `bridge`, `address`, `table`, `forwarding` or `dnsmasq`.
+    pub piece: String,
+    /// Present (as the network was made) when last looked at.
+    pub ok: bool,
+    /// What is missing, when not ok.
+    pub missing: Option<String>,
+    /// Times it was put back.
+    pub repairs: u64,
+    /// Not put back now: repairs of it are off, or another program keeps
+    /// removing it (the reason, naming that program when it can be seen).
+    pub left_alone: Option<String>,
 }
 
 /// One DHCP lease a network handed out.
@@ -201,13 +224,16 @@ impl Error {
     }
 }
 
-/// Where a backend keeps its records.
-#[derive(Clone, Debug)]
+/// Where a backend keeps its records, and what it repairs.
+#[derive(Clone, Debug, Default)]
 pub struct BackendOptions {
     /// Linux: a directory for the record of what was created (bridges, TAPs,
     /// nftables tables, dnsmasq pids), so a later run can remove what a
     /// crashed one left. Unused on macOS.
     pub state_dir: std::path::PathBuf,
+    /// Linux: which pieces of a live network are put back when the host
+    /// removes them (the broker's `repair` setting). Unused on macOS.
+    pub repair: crate::config::RepairSettings,
 }
 
 /// Creates a network on this platform from a configuration the validator

@@ -549,6 +549,23 @@ impl Core {
             if let Some(t) = e.idle_since {
                 d.insert("idle_s", Value::Int(t.elapsed().as_secs() as i64));
             }
+            // The pieces the backend watches in the host, and their repairs.
+            let pieces = e.network.pieces();
+            if !pieces.is_empty() {
+                d.insert("repairs", Value::Int(pieces.iter().map(|p| p.repairs as i64).sum()));
+                let mut by_piece = Dict::new();
+                for p in pieces {
+                    let mut x = Dict::new().with("ok", Value::Bool(p.ok)).with("repairs", Value::Int(p.repairs as i64));
+                    if let Some(m) = p.missing {
+                        x.insert("missing", Value::String(m));
+                    }
+                    if let Some(l) = p.left_alone {
+                        x.insert("left_alone", Value::String(l));
+                    }
+                    by_piece.insert(p.piece, Value::Dict(x));
+                }
+                d.insert("pieces", Value::Dict(by_piece));
+            }
             // DHCP leases, where the backend can tell (Linux: dnsmasq).
             if let Ok(dhcp) = e.network.leases() {
                 let mut by_mac = Dict::new();

@@ -21,7 +21,7 @@ use super::limits::{usable_mac, valid_mtu, valid_network_name, valid_port, NETWO
 use super::problem::{key_parts, quote, PathPart, Problem, Section};
 use super::{
     AddressFamily, BrokerSettings, DhcpReservation, EndpointKind, Mode, NetworkConfig, PortForward, Protocol,
-    BROKER_KEYS, ClientNetworks, DEFAULT_MTU, MAX_PORTS_PER_USER_MAX, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
+    BROKER_KEYS, REPAIR_KEYS, REPAIR_PIECES, RepairSettings, ClientNetworks, DEFAULT_MTU, MAX_PORTS_PER_USER_MAX, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
     MTU_MIN, NETWORK_KEYS, PORT_FORWARD_KEYS, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN, TOP_KEYS,
 };
 
@@ -762,7 +762,51 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
         }
         b.endpoint_dir = s;
     }
+    if let Some(r) = read_repair(scope, get(map, "repair")) {
+        b.repair = r;
+    }
     b
+}
+
+/// Reads `broker: repair:` (`pieces`: `all`, `none` or a list of
+/// [`REPAIR_PIECES`]; `limit`; `window` in seconds); `None` when absent.
+fn read_repair(scope: &mut Scope<'_>, value: Option<&Value>) -> Option<RepairSettings> {
+    let map = match value? {
+        Value::Object(map) => map,
+        v => {
+            scope.key("repair", format!("{}; use a mapping with keys {}", is_kind(v), REPAIR_KEYS.join(", ")));
+            return None;
+        }
+    };
+    check_keys(scope, map, REPAIR_KEYS, "repair.");
+    let mut r = RepairSettings::default();
+    let choices = format!("all, none, or a list of {}", REPAIR_PIECES.join(", "));
+    match get(map, "pieces") {
+        None => {}
+        Some(Value::String(s)) if s == "all" => {}
+        Some(Value::String(s)) if s == "none" => r.pieces.clear(),
+        Some(Value::Array(items)) => {
+            r.pieces.clear();
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Value::String(s) if REPAIR_PIECES.contains(&s.as_str()) => r.pieces.push(s.clone()),
+                    v => scope.key(&format!("repair.pieces[{i}]"), format!("{} is not a piece; use one of {}", show(v), REPAIR_PIECES.join(", "))),
+                }
+            }
+        }
+        Some(v) => scope.key("repair.pieces", format!("{} is not a choice; use {choices}", show(v))),
+    }
+    match read_uint(scope, map, "repair.", "limit", 1000, "1..1000 (removals in the window before a piece is left alone)") {
+        Some(0) => scope.key("repair.limit", "0 is out of range; use 1..1000 (or pieces: none to turn repairs off)"),
+        Some(n) => r.limit = n as u32,
+        None => {}
+    }
+    match read_uint(scope, map, "repair.", "window", 86_400, "1..86400 (seconds)") {
+        Some(0) => scope.key("repair.window", "0 is out of range; use 1..86400 (seconds)"),
+        Some(n) => r.window = n,
+        None => {}
+    }
+    Some(r)
 }
 
 /// Reads a list of user or group names (or numeric ids); `None` when the

@@ -454,12 +454,13 @@ fn broker_settings() {
         socket: "/tmp/b.sock".into(),
         mach_service: "com.example.vmnet".into(),
         endpoint_dir: String::new(),
+        repair: RepairSettings::default(),
     });
     assert_eq!(file(json!({"broker": {"idleTimeout": 0}})).unwrap().broker.idle_timeout, 0);
     let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
     let p: Vec<&str> = err.lines().collect();
     assert_eq!(p, vec![
-        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, clientNetworks, maxPortsPerUser, socket, machService, endpointDir",
+        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, clientNetworks, maxPortsPerUser, socket, machService, endpointDir, repair",
         "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
         "networks.yaml: broker: key \"allowedUsers\": \"root\" is a string; use a list of user names or numeric ids",
         "networks.yaml: broker: key \"socket\": \"relative.sock\" is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
@@ -645,4 +646,17 @@ fn a_network_entry_with_every_key_commented_out_takes_the_defaults() {
     // Lima's template has `debug:` with only comments under it: null in YAML.
     let cfg = FileConfig::from_value(&json!({ "vmnet": { "debug": null } }), "t.yaml").unwrap();
     assert_eq!(cfg.networks["debug"], NetworkConfig::lima_default());
+}
+
+#[test]
+fn broker_repair_setting() {
+    let f = file(json!({"broker": {"repair": {"pieces": ["table", "address"], "limit": 3, "window": 10}}})).unwrap();
+    assert_eq!(f.broker.repair, RepairSettings { pieces: vec!["table".into(), "address".into()], limit: 3, window: 10 });
+    assert!(f.broker.repair.repairs("table") && !f.broker.repair.repairs("dnsmasq"));
+    assert!(file(json!({"broker": {"repair": {"pieces": "none"}}})).unwrap().broker.repair.pieces.is_empty());
+    assert_eq!(file(json!({"broker": {}})).unwrap().broker.repair, RepairSettings::default());
+    let err = file(json!({"broker": {"repair": {"pieces": ["tabel"], "limit": 0, "windw": 5}}})).unwrap_err().message;
+    assert!(err.contains("broker: key \"repair.windw\": unknown key"), "{err}");
+    assert!(err.contains("key \"repair.pieces[0]\": \"tabel\" is not a piece; use one of bridge, address, table, forwarding, dnsmasq"), "{err}");
+    assert!(err.contains("key \"repair.limit\": 0 is out of range"), "{err}");
 }

@@ -82,7 +82,7 @@ fn open_interface(
         let default_dir = PathBuf::from(vmnet::linux::DEFAULT_STATE_DIR);
         #[cfg(not(target_os = "linux"))]
         let default_dir = std::env::temp_dir().join("vmnet-rs");
-        let options = vmnet::BackendOptions { state_dir: state_dir.unwrap_or(default_dir) };
+        let options = vmnet::BackendOptions { state_dir: state_dir.unwrap_or(default_dir), ..Default::default() };
         let net = vmnet::create_network(&name, &config, &options).map_err(Error::network(format!("create network {name:?}")))?;
         let desc = vmnet::InterfaceDesc { mac, isolation: false, offload: vnet_hdr };
         let interface = net.start_interface(&desc).map_err(Error::network(format!("start a port on network {name:?}")))?;

@@ -45,11 +45,16 @@ impl PyNetwork {
 impl PyNetwork {
     /// Creates network `name` from `config_json` (one network entry, Lima's
     /// camelCase keys; absent keys take Lima's defaults), recording what it creates in
-    /// `state_dir`.
+    /// `state_dir`. `repair`: the pieces put back when the host removes
+    /// them (`None`: all, as the broker's default `repair` setting).
     #[new]
-    fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (name, config_json, state_dir, repair=None))]
+    fn new(py: Python<'_>, name: String, config_json: &str, state_dir: PathBuf, repair: Option<Vec<String>>) -> PyResult<Self> {
         let config = NetworkConfig::from_json(config_json, "config_json", &name)?;
-        let options = BackendOptions { state_dir };
+        let mut options = BackendOptions { state_dir, ..Default::default() };
+        if let Some(pieces) = repair {
+            options.repair.pieces = pieces;
+        }
         let n = name.clone();
         let inner = py.detach(move || vmnet::create_network(&n, &config, &options))?;
         Ok(PyNetwork { name, inner: Some(inner) })
@@ -126,7 +131,7 @@ impl PyNetwork {
 /// whose creating process is gone); returns a line per thing removed.
 #[pyfunction]
 fn cleanup_stale_networks(py: Python<'_>, state_dir: PathBuf) -> PyResult<Vec<String>> {
-    let options = BackendOptions { state_dir };
+    let options = BackendOptions { state_dir, ..Default::default() };
     py.detach(move || vmnet::cleanup_stale(&options)).map_err(PyErr::from)
 }
 
@@ -136,7 +141,7 @@ fn cleanup_stale_networks(py: Python<'_>, state_dir: PathBuf) -> PyResult<Vec<St
 fn network_leases<'py>(py: Python<'py>, name: &str, state_dir: PathBuf) -> PyResult<Bound<'py, PyList>> {
     #[cfg(target_os = "linux")]
     {
-        let leases = vmnet::linux::read_leases(name, &BackendOptions { state_dir })?;
+        let leases = vmnet::linux::read_leases(name, &BackendOptions { state_dir, ..Default::default() })?;
         lease_dicts(py, leases)
     }
     #[cfg(not(target_os = "linux"))]

@@ -8,11 +8,15 @@
 //! sysctls through iproute2), `rtnl` (per-port link changes over netlink, no
 //! fork on the path a VM waits on), `nft`
 //! (the ruleset), `dnsmasq` (arguments, supervisor thread, leases), `record`
-//! (what was created, for crash recovery), `cmd` (running the tools).
+//! (what was created, for crash recovery), `cmd` (running the tools),
+//! `watch` (noticing what the host removed and putting it back), `repair`
+//! (counting repairs, the no-fight rule), `forwarding` (IP forwarding turned
+//! on and given back as found).
 //!
 //! Threads: creation, interface starts and teardown run on the caller's
 //! thread and act on that thread's network namespace; each network has one
-//! dnsmasq supervisor thread. Needs CAP_NET_ADMIN.
+//! dnsmasq supervisor thread and one watcher thread (`vmnet-rs-watch`).
+//! Needs CAP_NET_ADMIN.
 //!
 //! Invariants:
 //! - Creation is all-or-nothing: the configuration is checked completely
@@ -31,19 +35,22 @@
 
 mod cmd;
 mod dnsmasq;
+mod forwarding;
 mod links;
 mod naming;
 mod nft;
 pub(crate) mod plan;
 mod record;
+mod repair;
 mod rtnl;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::tap::Tap;
-use super::{BackendOptions, Error, Interface, InterfaceDesc, Lease, Network, NetworkState};
+use super::{BackendOptions, Error, Interface, InterfaceDesc, Lease, Network, NetworkState, PieceHealth};
 use crate::config::{ConfigError, NetworkConfig};
 use crate::xpc::{Dict, Value};
 
@@ -87,6 +94,12 @@ pub struct LinuxNetwork {
     dnsmasq: Mutex<Option<dnsmasq::Supervisor>>,
     next_tap: AtomicU32,
     torn_down: AtomicBool,
+    state_dir: PathBuf,
+    /// Repairs of this network's pieces (watcher, dnsmasq supervisor, status).
+    guard: Arc<Mutex<repair::Guard>>,
+    watcher: Mutex<Option<watch::Watcher>>,
+    /// The forwarding sysctls this network turned on (given back at close).
+    forwarding: Mutex<Vec<&'static str>>,
 }
 
 /// Creates network `name`: see [`LinuxNetwork::create`].
@@ -174,6 +187,13 @@ impl LinuxNetwork {
         }
 
         // 2. Record what is about to be made, then make it.
+        let mut pieces = vec!["bridge", "address", "table"];
+        if plan.forwards_out() {
+            pieces.push("forwarding");
+        }
+        if dnsmasq::needed(&plan) {
+            pieces.push("dnsmasq");
+        }
         let me = std::process::id();
         let rec = record::Record {
             version: record::RECORD_VERSION,
@@ -198,6 +218,10 @@ impl LinuxNetwork {
             dnsmasq: Mutex::new(None),
             next_tap: AtomicU32::new(0),
             torn_down: AtomicBool::new(false),
+            state_dir: dir.clone(),
+            guard: Arc::new(Mutex::new(repair::Guard::new(name, options.repair.clone(), &pieces))),
+            watcher: Mutex::new(None),
+            forwarding: Mutex::new(Vec::new()),
         };
         // On error `net` drops here, which tears down whatever was made.
         net.build()?;
@@ -213,13 +237,19 @@ impl LinuxNetwork {
             links::add_address(&self.bridge, &v6.gateway_cidr())?;
         }
         links::set_up(&self.bridge)?;
+        let mut sysctls = Vec::new();
         if p.forwards_out() {
-            links::write_sysctl("net/ipv4/ip_forward", "1").map_err(|e| Error::io("enable IPv4 forwarding (net.ipv4.ip_forward)", e))?;
+            sysctls.push(forwarding::IPV4);
             if p.v6.is_some() {
-                links::write_sysctl("net/ipv6/conf/all/forwarding", "1").map_err(|e| Error::io("enable IPv6 forwarding (net.ipv6.conf.all.forwarding)", e))?;
+                sysctls.push(forwarding::IPV6);
             }
         }
-        nft::apply(&nft::ruleset(p, &self.bridge, &self.table))?;
+        for key in &sysctls {
+            forwarding::acquire(&self.state_dir, key).map_err(|e| Error::io(format!("enable forwarding ({})", forwarding::dotted(key)), e))?;
+            self.forwarding.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+        }
+        let ruleset = nft::ruleset(p, &self.bridge, &self.table);
+        nft::apply(&ruleset)?;
         if dnsmasq::needed(p) {
             let resolv = std::env::var(RESOLV_FILE_ENV).ok().filter(|s| !s.is_empty());
             let args = dnsmasq::args(p, &self.bridge, &self.files, resolv.as_deref());
@@ -232,10 +262,43 @@ impl LinuxNetwork {
                     log::warn!("could not update {}: {e}", path.display());
                 }
             });
-            let sup = dnsmasq::Supervisor::start(&self.bridge, args, self.files.clone(), on_pid)?;
+            let (guard, guard2) = (self.guard.clone(), self.guard.clone());
+            let network = self.name.clone();
+            let hooks = dnsmasq::Hooks {
+                on_pid,
+                // A dnsmasq that died is one outage of the piece; the guard
+                // says whether to start it again (repairs on, no fight).
+                may_restart: Box::new(move |what: &str| {
+                    let who = || repair::other_manager(&format!("something keeps stopping dnsmasq of network {network}"));
+                    let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
+                    g.missing("dnsmasq", what, &who, std::time::Instant::now()) == repair::Action::Repair
+                }),
+                restarted: Box::new(move |pid| guard2.lock().unwrap_or_else(|e| e.into_inner()).repaired("dnsmasq", &format!("dnsmasq (pid {pid})"))),
+            };
+            let sup = dnsmasq::Supervisor::start(&self.bridge, args, self.files.clone(), hooks)?;
             *self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()) = Some(sup);
         }
+        let mut addresses = vec![p.v4.to_string()];
+        if let Some(v6) = &p.v6 {
+            addresses.push(v6.gateway_cidr());
+        }
+        let needs = watch::Needs {
+            network: self.name.clone(),
+            bridge: self.bridge.clone(),
+            table: self.table.clone(),
+            addresses,
+            shape: nft::shape(&ruleset),
+            ruleset,
+            forwarding: sysctls,
+        };
+        let w = watch::Watcher::start(needs, self.guard.clone()).map_err(|e| Error::io("start the watcher thread", e))?;
+        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
         Ok(())
+    }
+
+    /// Repairs of this network's pieces so far.
+    pub fn repairs(&self) -> u64 {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner()).total_repairs()
     }
 
     pub fn bridge(&self) -> &str {
@@ -295,6 +358,10 @@ impl LinuxNetwork {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // The watcher first, so it never puts back what is removed here.
+        if let Some(mut w) = self.watcher.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.stop();
+        }
         if let Some(mut s) = self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner()).take() {
             s.stop();
         }
@@ -307,6 +374,11 @@ impl LinuxNetwork {
         if links::link_index(&self.bridge).is_some() {
             if let Err(e) = links::delete_link(&self.bridge) {
                 first.get_or_insert(e.into());
+            }
+        }
+        for key in std::mem::take(&mut *self.forwarding.lock().unwrap_or_else(|e| e.into_inner())) {
+            if let Some(line) = forwarding::release(&self.state_dir, key) {
+                log::info!("network {:?} closed: {line}", self.name);
             }
         }
         if first.is_none() {
@@ -376,6 +448,10 @@ impl Network for LinuxNetwork {
     fn start_tap(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Tap, Error> {
         self.open_tap_port(desc, vnet_hdr)
     }
+
+    fn pieces(&self) -> Vec<PieceHealth> {
+        self.guard.lock().unwrap_or_else(|e| e.into_inner()).health(std::time::Instant::now())
+    }
 }
 
 /// The leases of network `name` from its lease file in `options.state_dir`
@@ -432,6 +508,8 @@ pub fn cleanup_stale(options: &BackendOptions) -> Result<Vec<String>, Error> {
         let (_, files) = files_for(dir, &rec.name);
         done.extend(remove_stale(&rec, &path, &files));
     }
+    // Forwarding an earlier broker turned on and could not give back.
+    done.extend(forwarding::give_back_stale(dir));
     Ok(done)
 }
 
@@ -511,18 +589,18 @@ mod tests {
         let me = std::process::id();
         let live = write_record(&dir, "live", record::current_netns(), me, record::process_start_time(me).unwrap());
         let elsewhere = write_record(&dir, "elsewhere", "net:[1]".into(), 0, 0);
-        let done = cleanup_stale(&BackendOptions { state_dir: dir.clone() }).unwrap();
+        let done = cleanup_stale(&BackendOptions { state_dir: dir.clone(), ..Default::default() }).unwrap();
         assert!(done.is_empty(), "{done:?}");
         assert!(live.exists() && elsewhere.exists());
         std::fs::remove_dir_all(&dir).unwrap();
         // A state directory that does not exist yet holds nothing stale.
-        assert!(cleanup_stale(&BackendOptions { state_dir: dir }).unwrap().is_empty());
+        assert!(cleanup_stale(&BackendOptions { state_dir: dir, ..Default::default() }).unwrap().is_empty());
     }
 
     #[test]
     fn leases_of_an_unknown_network_say_where_they_looked() {
         let dir = std::env::temp_dir().join("vmnet-rs-no-such-dir");
-        let e = read_leases("lab", &BackendOptions { state_dir: dir }).unwrap_err().to_string();
+        let e = read_leases("lab", &BackendOptions { state_dir: dir, ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("\"lab\"") && e.contains("vmnet-rs-no-such-dir"), "{e}");
     }
 
@@ -541,7 +619,7 @@ mod tests {
         cmd::run(&["ip", "link", "set", "lo", "up"], None).unwrap();
         let dir = std::env::temp_dir().join(format!("vmnet-rs-iface-{}", std::process::id()));
         let config = NetworkConfig { subnet: Some("10.123.0.1/24".into()), ..NetworkConfig::lima_default() };
-        let net = create_network("rustport", &config, &BackendOptions { state_dir: dir.clone() }).unwrap();
+        let net = create_network("rustport", &config, &BackendOptions { state_dir: dir.clone(), ..Default::default() }).unwrap();
         assert!(net.is_alive());
         assert_eq!(net.state().subnet, "10.123.0.1/24");
         let mac = [0x52, 0x54, 0, 0x12, 0x30, 0x01];

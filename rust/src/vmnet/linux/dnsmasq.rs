@@ -158,6 +158,18 @@ pub fn read_leases(path: &Path) -> std::io::Result<Vec<Lease>> {
     }
 }
 
+/// What the owner of a [`Supervisor`] is told and asked, from the
+/// supervisor thread.
+pub struct Hooks {
+    /// Each new pid, first and after every restart.
+    pub on_pid: Box<dyn Fn(u32) + Send>,
+    /// dnsmasq died (`what`: which one and how); may it be started again
+    /// now? Asked before each attempt; false: asked again later.
+    pub may_restart: Box<dyn Fn(&str) -> bool + Send>,
+    /// dnsmasq runs again, with this pid.
+    pub restarted: Box<dyn Fn(u32) + Send>,
+}
+
 /// Keeps one dnsmasq running; see the module header.
 pub struct Supervisor {
     stop: Option<mpsc::Sender<()>>,
@@ -167,16 +179,16 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Starts dnsmasq with `args` and returns once it is ready (its pid file
-    /// written) or has failed. `on_pid` is called (from the supervisor
-    /// thread) with each new pid, first and after every restart.
-    pub fn start(name: &str, args: Vec<String>, files: Files, on_pid: Box<dyn Fn(u32) + Send>) -> Result<Supervisor, Error> {
+    /// written) or has failed; `hooks` are called from the supervisor
+    /// thread.
+    pub fn start(name: &str, args: Vec<String>, files: Files, hooks: Hooks) -> Result<Supervisor, Error> {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), Error>>();
         let pid = Arc::new(AtomicU32::new(0));
         let pid2 = pid.clone();
         let thread = std::thread::Builder::new()
             .name(format!("dnsmasq-{name}"))
-            .spawn(move || supervise(args, files, stop_rx, ready_tx, pid2, on_pid))
+            .spawn(move || supervise(args, files, stop_rx, ready_tx, pid2, hooks))
             .map_err(Error::Thread)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Supervisor { stop: Some(stop_tx), thread: Some(thread), pid }),
@@ -288,7 +300,7 @@ fn supervise(
     stop: mpsc::Receiver<()>,
     ready: mpsc::Sender<Result<(), Error>>,
     pid: Arc<AtomicU32>,
-    on_pid: Box<dyn Fn(u32) + Send>,
+    hooks: Hooks,
 ) {
     let start = || spawn(&args, &files).and_then(|mut c| wait_ready(&mut c, &files).map(|()| c));
     let mut child = match start() {
@@ -300,7 +312,8 @@ fn supervise(
     };
     let first = child.as_ref().map(Child::id).unwrap_or(0);
     pid.store(first, Ordering::SeqCst);
-    on_pid(first);
+    (hooks.on_pid)(first);
+    let mut died = String::new();
     let _ = ready.send(Ok(()));
     let mut started = Instant::now();
     let mut delay = RESTART_DELAY_MIN;
@@ -317,19 +330,26 @@ fn supervise(
         match child.as_mut() {
             Some(c) => {
                 let Ok(Some(status)) = c.try_wait() else { continue };
+                died = format!("dnsmasq (pid {}, {status})", c.id());
                 child = None;
                 pid.store(0, Ordering::SeqCst);
                 if started.elapsed() >= HEALTHY_RUN {
                     delay = RESTART_DELAY_MIN;
                 }
-                log::warn!("dnsmasq ({}) exited ({status}): {}; restarting in {delay:?}", files.log.display(), log_tail(&files.log));
+                // The restart's own line says what was missing and what came back.
+                log::debug!("{died} exited: {}; restarting in {delay:?}", log_tail(&files.log));
                 restart_at = Instant::now() + delay;
                 delay = (delay * 2).min(RESTART_DELAY_MAX);
+            }
+            None if Instant::now() >= restart_at && !(hooks.may_restart)(&died) => {
+                // Left alone for now (repairs off, or something keeps stopping it).
+                restart_at = Instant::now() + POLL_INTERVAL;
             }
             None if Instant::now() >= restart_at => match start() {
                 Ok(c) => {
                     pid.store(c.id(), Ordering::SeqCst);
-                    on_pid(c.id());
+                    (hooks.on_pid)(c.id());
+                    (hooks.restarted)(c.id());
                     child = Some(c);
                     started = Instant::now();
                 }

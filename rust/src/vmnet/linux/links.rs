@@ -53,6 +53,31 @@ pub fn unplug(name: &str) -> Result<(), cmd::Error> {
     Ok(())
 }
 
+/// Whether link `name` is administratively up (`IFF_UP` in
+/// `/sys/class/net/NAME/flags`, include/uapi/linux/if.h).
+pub fn is_up(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/flags"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & libc::IFF_UP as u32 != 0)
+}
+
+/// The addresses of `dev` as `addr/prefix` (from `ip -j addr show`).
+pub fn addresses(dev: &str) -> Result<Vec<String>, cmd::Error> {
+    Ok(parse_addresses(&run(&["ip", "-j", "addr", "show", "dev", dev], None)?))
+}
+
+/// Parses `ip -j addr show` output into `addr/prefix` strings.
+pub fn parse_addresses(json: &str) -> Vec<String> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
+    links
+        .iter()
+        .filter_map(|l| l.get("addr_info")?.as_array())
+        .flatten()
+        .filter_map(|a| Some(format!("{}/{}", a.get("local")?.as_str()?, a.get("prefixlen")?.as_u64()?)))
+        .collect()
+}
+
 pub fn delete_link(name: &str) -> Result<(), cmd::Error> {
     run(&["ip", "link", "del", "dev", name], None)?;
     Ok(())
@@ -123,5 +148,13 @@ mod tests {
         assert_eq!(r[1].describe(), "10.1.2.3/32 dev tun0");
         assert_eq!(r[2].describe(), "fd00::/64 dev br0");
         assert!(parse_routes("not json").is_empty());
+    }
+
+    #[test]
+    fn addresses_parse() {
+        let json = r#"[{"ifname":"vmr-x","addr_info":[{"family":"inet","local":"10.0.0.1","prefixlen":24},
+            {"family":"inet6","local":"fd00::1","prefixlen":64}]}]"#;
+        assert_eq!(parse_addresses(json), vec!["10.0.0.1/24", "fd00::1/64"]);
+        assert!(parse_addresses("[]").is_empty());
     }
 }

@@ -105,6 +105,35 @@ pub fn apply(script: &str) -> Result<(), cmd::Error> {
     Ok(())
 }
 
+/// The number of chains and rules `ruleset` (as [`ruleset`] writes it) makes.
+pub fn shape(ruleset: &str) -> (usize, usize) {
+    let chains = ruleset.lines().filter(|l| l.starts_with("\tchain ")).count();
+    let lines = ruleset.lines().filter(|l| l.starts_with("\t\t")).count();
+    // Each chain's first line is its hook, not a rule.
+    (chains, lines - chains)
+}
+
+/// The chains and rules table `inet table` holds now; `None` if it is gone.
+pub fn live_shape(table: &str) -> Option<(usize, usize)> {
+    let out = run(&["nft", "-j", "list", "table", "inet", table], None).ok()?;
+    parse_shape(&out)
+}
+
+/// Counts the chains and rules of `nft -j list table` output.
+pub fn parse_shape(json: &str) -> Option<(usize, usize)> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let items = v.get("nftables")?.as_array()?;
+    let count = |k: &str| items.iter().filter(|i| i.get(k).is_some()).count();
+    (count("table") > 0).then(|| (count("chain"), count("rule")))
+}
+
+/// Puts table `table` back as `ruleset` makes it, in one transaction: made
+/// if missing, emptied of whatever is left, filled again. Other tables are
+/// not touched.
+pub fn replace(table: &str, ruleset: &str) -> Result<(), cmd::Error> {
+    apply(&format!("add table inet {table}\ndelete table inet {table}\n{ruleset}"))
+}
+
 pub fn table_exists(table: &str) -> bool {
     run(&["nft", "list", "table", "inet", table], None).is_ok()
 }
@@ -143,6 +172,17 @@ mod tests {
         assert!(s.contains("oifname \"vmr-t\" ct status dnat accept"), "{s}");
         // Every opened brace is closed.
         assert_eq!(s.matches('{').count(), s.matches('}').count());
+        // forward (7 rules), postrouting (2), prerouting (2), output (2).
+        assert_eq!(shape(&s), (4, 13));
+    }
+
+    #[test]
+    fn live_shape_counts_chains_and_rules() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "t"}},
+            {"chain": {"name": "c"}}, {"rule": {"chain": "c"}}, {"rule": {"chain": "c"}}]}"#;
+        assert_eq!(parse_shape(json), Some((1, 2)));
+        assert_eq!(parse_shape(r#"{"nftables": [{"metainfo": {}}]}"#), None);
+        assert_eq!(parse_shape("Error"), None);
     }
 
     #[test]

@@ -133,45 +133,38 @@ fn a_service_launchd_does_not_advertise_is_refused_with_the_fix() {
     });
 }
 
+/// A peer that does not meet `requirement` is rejected before any of its
+/// messages reaches the handler; the broker's own process is then admitted.
+fn a_stranger_is_rejected_and_the_own_process_admitted(requirement: ListenerRequirement) {
+    advertise(SERVICE);
+    let listener = serve(SERVICE, Arc::new(Echo::default()), options(Some(requirement), false)).expect("serve");
+    set_client(Some((501, 20, 4242, OTHER_CDHASH)));
+    let stranger = Client::connect(SERVICE, false).expect("the session opens; the listener rejects it");
+    // The rejection's reason reaches the client as its session's
+    // cancellation; whether the request sees the reason or only the
+    // cancellation depends on which it meets first.
+    let err = stranger.request(&op("hello")).expect_err("rejected");
+    assert!(matches!(err, Error::Transport(_)), "{err}");
+    leaks();
+    assert_eq!(listener.connection_count(), 0, "the stranger's session was never accepted");
+    set_client(None);
+    let same = Client::connect(SERVICE, false).expect("connect");
+    assert_eq!(same.request(&op("hello")).expect("admitted").get_str("op"), Some("hello"));
+    assert_eq!(listener.connection_count(), 1, "only the admitted session was accepted");
+    drop((stranger, same, listener));
+}
+
 #[test]
 fn a_peer_without_the_listener_requirement_is_rejected() {
     own_process(model_test_name!("a_peer_without_the_listener_requirement_is_rejected"), Expect::Pass, || {
-        advertise(SERVICE);
-        let requirement = Some(ListenerRequirement::SameCdhash(own_cdhash()));
-        let listener = serve(SERVICE, Arc::new(Echo::default()), options(requirement, false)).expect("serve");
-        set_client(Some((501, 20, 4242, OTHER_CDHASH)));
-        let stranger = Client::connect(SERVICE, false).expect("the session opens; the listener rejects it");
-        // The rejection's reason reaches the client as its session's
-        // cancellation; whether the request sees the reason or only the
-        // cancellation depends on which it meets first.
-        let err = stranger.request(&op("hello")).expect_err("rejected");
-        assert!(matches!(err, Error::Transport(_)), "{err}");
-        leaks();
-        assert_eq!(listener.connection_count(), 0, "the stranger's session was never accepted");
-        set_client(None);
-        let same = Client::connect(SERVICE, false).expect("connect");
-        assert_eq!(same.request(&op("hello")).expect("admitted").get_str("op"), Some("hello"));
-        assert_eq!(listener.connection_count(), 1, "only the admitted session was accepted");
-        drop((stranger, same, listener));
+        a_stranger_is_rejected_and_the_own_process_admitted(ListenerRequirement::SameCdhash(own_cdhash()))
     });
 }
 
 #[test]
 fn a_peer_without_the_code_signing_requirement_is_rejected() {
     own_process(model_test_name!("a_peer_without_the_code_signing_requirement_is_rejected"), Expect::Pass, || {
-        advertise(SERVICE);
-        let requirement = Some(ListenerRequirement::CodeSigning("anchor apple generic".into()));
-        let listener = serve(SERVICE, Arc::new(Echo::default()), options(requirement, false)).expect("serve");
-        set_client(Some((501, 20, 4242, OTHER_CDHASH)));
-        let stranger = Client::connect(SERVICE, false).expect("connect");
-        let err = stranger.request(&op("hello")).expect_err("rejected");
-        assert!(matches!(err, Error::Transport(_)), "{err}");
-        leaks();
-        assert_eq!(listener.connection_count(), 0, "the stranger's session was never accepted");
-        set_client(None);
-        let same = Client::connect(SERVICE, false).expect("connect");
-        assert_eq!(same.request(&op("hello")).expect("admitted").get_str("op"), Some("hello"));
-        drop((stranger, same, listener));
+        a_stranger_is_rejected_and_the_own_process_admitted(ListenerRequirement::CodeSigning("anchor apple generic".into()))
     });
 }
 

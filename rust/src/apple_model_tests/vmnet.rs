@@ -13,7 +13,7 @@ use crate::vmnet::{BackendOptions, Interface, InterfaceDesc};
 use crate::xpc::apple::object::value_to_xpc_object;
 
 fn options() -> BackendOptions {
-    BackendOptions { state_dir: std::env::temp_dir() }
+    BackendOptions { state_dir: std::env::temp_dir(), ..Default::default() }
 }
 
 fn config(json: &str) -> NetworkConfig {

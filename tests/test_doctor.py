@@ -169,3 +169,37 @@ def test_macos_checks_name_each_problem(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(doctor.platform, "release", lambda: "25.2.0")
     checks = {c.name: c for c in doctor.macos_checks(None, "shared")}
     assert checks["macOS"].verdict == "ok" and checks["macOS"].detail.startswith("26.2"), checks["macOS"].detail
+
+
+def test_each_watched_piece_of_a_live_network_gets_its_line() -> None:
+    """From a broker's status: FAIL names the network and the missing piece,
+    warn a piece left alone, ok the rest (with its repairs)."""
+    from vmnet_rs.doctor import FAIL, OK, WARN, network_piece_checks
+
+    status = {"networks": {"nat": {"pieces": {
+        "table": {"ok": False, "repairs": 5, "missing": "nftables table inet vmnet_rs_nat", "left_alone": "removed 6 times within 60s: another program manages it (firewalld, pid 7)"},
+        "address": {"ok": True, "repairs": 1},
+        "forwarding": {"ok": True, "repairs": 0, "left_alone": "repairs are off in the broker's repair setting; only reported"},
+    }}, "hub": {}}}
+    checks = {c.name: c for c in network_piece_checks(status)}
+    assert sorted(checks) == ["network nat address", "network nat forwarding", "network nat table"]
+    table = checks["network nat table"]
+    assert table.verdict == FAIL
+    assert table.detail.startswith("nftables table inet vmnet_rs_nat is missing from network nat; left alone: removed 6 times"), table.detail
+    assert "firewalld, pid 7" in table.detail and "repaired 5 time(s)" in table.detail
+    assert (checks["network nat address"].verdict, checks["network nat address"].detail) == (OK, "present, repaired 1 time(s)")
+    assert checks["network nat forwarding"].verdict == WARN
+
+
+def test_status_shows_repairs_and_pieces_that_need_attention() -> None:
+    from vmnet_rs.status_cli import format_status
+
+    net = {"subnet": "10.241.0.1/24", "device": "vmr-nat", "leases": 1, "repairs": 2, "pieces": {
+        "table": {"ok": False, "repairs": 1, "missing": "nftables table inet vmnet_rs_nat", "left_alone": "another program manages it"},
+        "address": {"ok": True, "repairs": 1},
+    }}
+    broker = {"pid": 1, "version": "x", "endpoint": "/s", "uptime_s": 3, "idle_timeout_s": 0, "networks": {"nat": net}, "leases": {}, "counters": {}}
+    lines = format_status({"installed": {"installed": False, "platform": "linux"}, "broker": broker})
+    assert "  network nat: 10.241.0.1/24 on vmr-nat, 1 lease(s), 2 repair(s)" in lines, lines
+    assert "    table: MISSING nftables table inet vmnet_rs_nat; left alone: another program manages it" in lines, lines
+    assert not any(line.startswith("    address") for line in lines), lines

@@ -6,8 +6,9 @@ port on a shared network, and "VMs" are namespaces joined to the bridge by
 veth pairs (busybox udhcpc) whose traffic to an "outside" namespace goes
 through NAT. Every change (``nft flush ruleset``, ``ip_forward=0``, the
 bridge address deleted, dnsmasq killed) runs inside the host namespace;
-never on the machine's own network. Repair times are printed (measured, not
-asserted). Needs root.
+never on the machine's own network. Each repair is held to the documented
+bound (docs/linux.md: within 2 s), with 1 s of slack for a loaded machine;
+the times are printed too. Needs root.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ pytestmark = [pytest.mark.root, pytest.mark.skipif(sys.platform != "linux", reas
 
 NET = {"nat": {"mode": "shared", "subnet": "10.241.0.1/24", "dhcp": True, "dnsProxy": False, "routerAdvertisement": False}}
 FORWARDING = "/proc/sys/net/ipv4/ip_forward"
+# docs/linux.md: a piece that went is put back within 2 s; 1 s of slack.
+REPAIR_BOUND_S = 2.0 + 1.0
 
 
 def start(netns: NetNs, tmp_path: Path, repair: dict | None = None) -> BrokerProcess:
@@ -76,6 +79,7 @@ def after(b: BrokerProcess, c: Client, piece: str, event: list[str]) -> float:
     took = time.monotonic() - t0
     wait_until(f"the log line of the {piece} repair", lambda: len(repaired_lines(b, piece)) == lines + 1, timeout=10)
     print(f"repair of {piece} after {' '.join(event)}: {took * 1000:.0f} ms")
+    assert took <= REPAIR_BOUND_S, f"{piece} came back after {took:.2f} s, past the documented 2 s"
     return took
 
 

@@ -320,11 +320,9 @@ def _generic_backends(platform: str) -> list[Backend]:
 # Default backends, and why (docs/usage.md "Backends"; the numbers are in
 # docs/performance.md):
 # - qemu on Linux: tap_next hands QEMU the TAP fd itself (no relay at all)
-#   with IFF_VNET_HDR, so the guest gets checksum offload and TSO. In the
-#   VM-to-VM iperf3 e2e measurement (two TCG guests, tests/test_e2e_qemu.py)
-#   it was 2.5-4x ahead of every other backend in every run and as fast as
-#   a hand-made bridge + TAP (tests/vm/bench.py; docs/performance.md has the
-#   table).
+#   with IFF_VNET_HDR, so the guest gets checksum offload and TSO: it moves
+#   64 KiB segments where the socket backends move 1514-byte frames
+#   (VM to VM per backend: tests/vm/bench.py, numbers in docs/performance.md).
 # - qemu on macOS: tap (a datagram socketpair), Lima's default and fastest
 #   in Lima's ranking (tap > socket = stream > dgram > dgram_next > tap_next).
 # - krunkit: stream. Datagram is reported slightly faster, but under

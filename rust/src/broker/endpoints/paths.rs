@@ -1,0 +1,269 @@
+//! Where endpoints live and how their sockets are made: the path rule
+//! (`<dir>/<network>.<kind>.sock`), the service manager's names for them,
+//! binding (or taking over a socket systemd or launchd holds), modes and
+//! group, and the buffers and credential passing of a datagram endpoint.
+//!
+//! Owner: [`super::Endpoints::start`], on the thread that starts the
+//! broker; nothing here runs on the endpoint thread but [`Bound::unlink`].
+//!
+//! Invariants: a path is unlinked only if it was bound here
+//! ([`Bound::owns_path`]), never one a service manager made; a live socket
+//! at a path is never taken over (only a stale file is removed); on error
+//! nothing bound here is left behind.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::datagram::{RECV_BUFFER_BYTES, SEND_BUFFER_BYTES};
+use super::{io_error, Error, LISTEN_BACKLOG};
+use crate::adaptor::socket as adaptor_socket;
+use crate::config::EndpointKind;
+
+/// Longest socket path the platform takes (`sun_path` less the NUL).
+pub fn max_path_bytes() -> usize {
+    // SAFETY: sockaddr_un is plain old data; only its field size is read.
+    let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_path.len() - 1
+}
+
+/// Where the endpoints go when neither `endpointDir` nor `--endpoint-dir`
+/// says: the broker socket's directory (Linux), the user's
+/// `~/Library/Application Support/vmnet-rs/endpoints` (macOS).
+pub fn default_dir(broker_socket: &Path) -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    default_dir_for(cfg!(target_os = "macos"), home.as_deref(), broker_socket)
+}
+
+/// [`default_dir`] for either platform (`macos`), with the user's home
+/// `home` (`None`: `/tmp`), so a plan for a Mac can be made anywhere.
+pub fn default_dir_for(macos: bool, home: Option<&Path>, broker_socket: &Path) -> PathBuf {
+    if macos {
+        return home.unwrap_or(Path::new("/tmp")).join("Library/Application Support/vmnet-rs/endpoints");
+    }
+    broker_socket.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_owned).unwrap_or_else(|| PathBuf::from("/run/vmnet-rs"))
+}
+
+/// The socket path of one endpoint.
+pub fn endpoint_path(dir: &Path, network: &str, kind: EndpointKind) -> PathBuf {
+    dir.join(format!("{network}.{}.sock", kind.suffix()))
+}
+
+/// The service manager's name for one endpoint socket (`FileDescriptorName=`,
+/// launchd `Sockets` key).
+pub fn activation_name(network: &str, kind: EndpointKind) -> String {
+    format!("{network}.{}", kind.suffix())
+}
+
+pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+pub(super) fn new_socket(ty: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; checked below.
+    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, ty, 0) })?;
+    // SAFETY: fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_flags(fd.as_raw_fd())?;
+    Ok(fd)
+}
+
+/// Close-on-exec and non-blocking.
+pub(super) fn set_flags(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own, integer arguments only.
+    unsafe {
+        let fdflags = cvt(libc::fcntl(fd, libc::F_GETFD))?;
+        cvt(libc::fcntl(fd, libc::F_SETFD, fdflags | libc::FD_CLOEXEC))?;
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        cvt(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+pub(super) fn set_int_option(fd: RawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt reads one c_int from the pointer.
+    cvt(unsafe { libc::setsockopt(fd, level, option, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) })
+        .map(|_| ())
+}
+
+pub(super) fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most len bytes into value.
+    cvt(unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut value as *mut libc::c_int).cast(), &mut len) })?;
+    Ok(value)
+}
+
+/// A `sockaddr_un` for raw `sun_path` bytes (a path, or on Linux an
+/// abstract name starting with NUL) and its length.
+pub(super) fn sockaddr(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain old data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() > addr.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    #[cfg(target_vendor = "apple")]
+    let base = base + 1; // sun_len comes first on the BSDs.
+    #[cfg(target_vendor = "apple")]
+    {
+        addr.sun_len = (base + path.len()) as u8;
+    }
+    Ok((addr, (base + path.len()) as libc::socklen_t))
+}
+
+/// Offset of `sun_path` in `sockaddr_un`.
+pub(super) fn sun_path_offset() -> usize {
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    #[cfg(target_vendor = "apple")]
+    let base = base + 1;
+    base
+}
+
+pub(super) fn connect(fd: RawFd, path: &[u8]) -> io::Result<()> {
+    let (addr, len) = sockaddr(path)?;
+    // SAFETY: addr is a valid sockaddr_un of len bytes.
+    cvt(unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) }).map(|_| ())
+}
+
+/// Whether a socket of type `ty` answers at `path`.
+pub(super) fn someone_listens(path: &Path, ty: libc::c_int) -> bool {
+    let Ok(probe) = new_socket(ty) else { return false };
+    match connect(probe.as_raw_fd(), path.as_os_str().as_bytes()) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN),
+    }
+}
+
+/// How endpoint files are made: directory and file modes, and a group.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub dir_mode: u32,
+    pub file_mode: u32,
+    /// Group to give the files (Linux: the allowed group); `None`: leave it.
+    pub group: Option<u32>,
+}
+
+/// One endpoint socket, bound here or handed over by the service manager.
+pub(super) struct Bound {
+    pub(super) fd: OwnedFd,
+    pub(super) path: PathBuf,
+    pub(super) network: String,
+    pub(super) kind: EndpointKind,
+    /// We bound the path and remove it on stop.
+    pub(super) owns_path: bool,
+}
+
+impl Bound {
+    pub(super) fn unlink(&self) {
+        if self.owns_path {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds (or takes over from the service manager) one endpoint socket.
+pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, access: &Access) -> Result<Bound, Error> {
+    let path = endpoint_path(dir, network, kind);
+    let ty = match kind {
+        EndpointKind::Stream => libc::SOCK_STREAM,
+        EndpointKind::Datagram => libc::SOCK_DGRAM,
+    };
+    let name = activation_name(network, kind);
+    if let Some(fd) = crate::xpc::activation::take(&name).map_err(io_error("take the socket the service manager holds", &path))? {
+        let got = socket_type(fd.as_raw_fd()).map_err(io_error("inspect the socket the service manager passed", &path))?;
+        if got != ty {
+            return Err(Error::Refused {
+                path: path.display().to_string(),
+                message: format!(
+                    "the socket passed as {name:?} is of the wrong type: use {} for it in the socket unit (or plist)",
+                    if ty == libc::SOCK_STREAM { "ListenStream=" } else { "ListenDatagram=" }
+                ),
+            });
+        }
+        set_flags(fd.as_raw_fd()).map_err(io_error("make the passed socket non-blocking", &path))?;
+        let actual = crate::xpc::activation::bound_path(fd.as_raw_fd()).unwrap_or(path);
+        return finish_socket(Bound { fd, path: actual, network: network.to_owned(), kind, owns_path: false });
+    }
+    let bytes = path.as_os_str().as_bytes().len();
+    if bytes > max_path_bytes() {
+        return Err(Error::Refused {
+            path: path.display().to_string(),
+            message: format!(
+                "the path is {bytes} bytes, past the {}-byte limit of a Unix socket path; pick a shorter endpointDir (--endpoint-dir) or network name",
+                max_path_bytes()
+            ),
+        });
+    }
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io_error("create the endpoint directory", dir))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(access.dir_mode)).map_err(io_error("set the endpoint directory's mode", dir))?;
+    }
+    let fd = new_socket(ty).map_err(io_error("create the socket", &path))?;
+    let (addr, len) = sockaddr(path.as_os_str().as_bytes()).map_err(io_error("name the socket", &path))?;
+    // SAFETY: addr is a valid sockaddr_un of len bytes; fd is ours.
+    let bind = || cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) });
+    match bind() {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if someone_listens(&path, ty) {
+                return Err(Error::Refused {
+                    path: path.display().to_string(),
+                    message: "another process serves this path: stop it (another broker?), or pick another endpointDir (--endpoint-dir)".into(),
+                });
+            }
+            std::fs::remove_file(&path).map_err(io_error("remove the stale socket file", &path))?;
+            bind().map_err(io_error("bind", &path))?;
+        }
+        Err(e) => return Err(io_error("bind", &path)(e)),
+    }
+    let bound = Bound { fd, path: path.clone(), network: network.to_owned(), kind, owns_path: true };
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(access.file_mode)) {
+        bound.unlink();
+        return Err(io_error("set the socket's mode", &path)(e));
+    }
+    if let Some(gid) = access.group {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Refused { path: path.display().to_string(), message: "NUL in path".into() })?;
+        // SAFETY: c is a NUL-terminated path; uid -1 leaves the owner.
+        if unsafe { libc::chown(c.as_ptr(), u32::MAX as libc::uid_t, gid as libc::gid_t) } < 0 {
+            log::debug!("endpoint {}: could not give it group {gid}: {}", path.display(), io::Error::last_os_error());
+        }
+    }
+    if kind == EndpointKind::Stream {
+        // SAFETY: listen on our bound socket.
+        if let Err(e) = cvt(unsafe { libc::listen(bound.fd.as_raw_fd(), LISTEN_BACKLOG) }) {
+            bound.unlink();
+            return Err(io_error("listen", &path)(e));
+        }
+    }
+    finish_socket(bound)
+}
+
+/// Buffers and credential passing on a ready endpoint socket.
+pub(super) fn finish_socket(b: Bound) -> Result<Bound, Error> {
+    if b.kind == EndpointKind::Datagram {
+        // Best effort, as the adaptors do (root passes net.core.*mem_max);
+        // what the kernel granted is logged.
+        match adaptor_socket::set_buffers(&b.fd, SEND_BUFFER_BYTES, RECV_BUFFER_BYTES) {
+            Ok(got) => log::debug!("endpoint {}: SO_SNDBUF {} SO_RCVBUF {}", b.path.display(), got.send_bytes, got.recv_bytes),
+            Err(e) => log::warn!("endpoint {}: could not set its socket buffers: {e}", b.path.display()),
+        }
+        #[cfg(target_os = "linux")]
+        if let Err(e) = set_int_option(b.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1) {
+            b.unlink();
+            return Err(io_error("turn on SO_PASSCRED", &b.path)(e));
+        }
+    }
+    Ok(b)
+}

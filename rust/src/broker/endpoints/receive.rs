@@ -1,0 +1,191 @@
+//! One receive on a datagram endpoint socket, decoded: the sender's
+//! address, its credentials (SCM_CREDENTIALS, Linux) and whether the
+//! datagram arrived cut. Kernel-facing and portable; the demux
+//! ([`super::datagram`]) decides what to do with it.
+//!
+//! Thread: the endpoint thread.
+//!
+//! Invariants (each with a test below, on every OS): an unbound sender is
+//! an empty address (Linux: no name; macOS: XNU's `sun_noname`), so it can
+//! never get a port; every descriptor a client sends (SCM_RIGHTS) is
+//! closed; a datagram longer than the buffer is marked cut (`MSG_TRUNC`).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use super::paths::sun_path_offset;
+
+pub(super) struct Datagram {
+    pub(super) len: usize,
+    /// The sender's `sun_path` bytes (empty: unbound sender).
+    pub(super) addr: Vec<u8>,
+    /// uid, gid, pid from SCM_CREDENTIALS (Linux).
+    pub(super) creds: Option<(u32, u32, i32)>,
+    /// The datagram was longer than the buffer and arrived cut (`MSG_TRUNC`).
+    pub(super) truncated: bool,
+}
+
+/// A sender's address from the `sun_path` bytes `recvmsg` filled in (up to
+/// `msg_namelen`); empty for an unbound sender. With `abstract_names`
+/// (Linux) a leading NUL starts an abstract name, kept whole. Without them
+/// (macOS, the BSDs) a leading NUL is an unbound sender: XNU reports one as
+/// `sun_noname`, 14 zero bytes (docs/macos.md), which no reply can reach.
+fn sender_address(sun_path: &[u8], abstract_names: bool) -> Vec<u8> {
+    match sun_path.first() {
+        None => Vec::new(),
+        Some(0) if abstract_names => sun_path.to_vec(),
+        Some(0) => Vec::new(),
+        // A filesystem path: up to its NUL.
+        Some(_) => sun_path.iter().copied().take_while(|&c| c != 0).collect(),
+    }
+}
+
+/// Walks the control messages `recvmsg` wrote for `msg`: returns the
+/// sender's credentials (SCM_CREDENTIALS, Linux) and closes every
+/// descriptor a client sent (SCM_RIGHTS), on every platform: fds sent to an
+/// endpoint are not ours to keep, and the kernel installed them in this
+/// process (XNU `unp_externalize` as Linux `scm_detach_fds`).
+///
+/// # Safety
+/// `msg` is the header a successful `recvmsg` just filled in, its control
+/// buffer still live.
+unsafe fn take_control(msg: &libc::msghdr) -> Option<(u32, u32, i32)> {
+    #[allow(unused_mut)]
+    let mut creds = None;
+    // SAFETY: walks the control messages the kernel wrote into the buffer
+    // `msg` points at (the caller's promise); CMSG_* stay inside it.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            #[cfg(target_os = "linux")]
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS {
+                let c: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                creds = Some((c.uid, c.gid, c.pid));
+            }
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let count = ((*cmsg).cmsg_len as usize).saturating_sub(data as usize - cmsg as usize) / std::mem::size_of::<libc::c_int>();
+                for k in 0..count {
+                    let fd: libc::c_int = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(k));
+                    drop(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    creds
+}
+
+/// One datagram with its sender's address (and credentials on Linux);
+/// `None` when nothing is waiting.
+pub(super) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram>> {
+    // SAFETY: sockaddr_un is plain old data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain old data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut addr as *mut libc::sockaddr_un).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at valid buffers of the stated sizes.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: recvmsg succeeded and `control` is still live.
+    let creds = unsafe { take_control(&msg) };
+    let path_len = (msg.msg_namelen as usize).saturating_sub(sun_path_offset()).min(addr.sun_path.len());
+    let sun_path: Vec<u8> = addr.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+    let addr = sender_address(&sun_path, cfg!(target_os = "linux"));
+    let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
+    Ok(Some(Datagram { len: (n as usize).min(buf.len()), addr, creds, truncated }))
+}
+
+/// The receive path's decisions, on every OS (docs/macos.md: what XNU
+/// hands a datagram receiver).
+#[cfg(test)]
+mod receive_tests {
+    use super::*;
+    use crate::broker::endpoints::paths::set_flags;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn an_unbound_sender_on_macos_is_no_address() {
+        // XNU's `sun_noname`: sun_len 16, AF_LOCAL, 14 zero bytes of path.
+        assert_eq!(sender_address(&[0u8; 14], false), Vec::<u8>::new(), "unbound on macOS: never a port");
+        assert_eq!(sender_address(b"/tmp/vm.sock\0\0", false), b"/tmp/vm.sock".to_vec());
+        assert_eq!(sender_address(b"/tmp/vm.sock\0\0", true), b"/tmp/vm.sock".to_vec());
+        // Linux: an autobound or abstract name is a real address.
+        assert_eq!(sender_address(b"\0abcde", true), b"\0abcde".to_vec());
+        assert_eq!(sender_address(b"", true), Vec::<u8>::new());
+        assert_eq!(sender_address(b"", false), Vec::<u8>::new());
+    }
+
+    /// Sends `data` with `fd` attached (SCM_RIGHTS) on `sock`.
+    fn send_with_fd(sock: &UnixDatagram, data: &[u8], fd: RawFd) {
+        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        let mut control = [0u64; 8];
+        // SAFETY: msghdr is plain old data; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+        // SAFETY: the control buffer has room for one header and one int.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        }
+        // SAFETY: msg points at live buffers of the stated sizes.
+        assert!(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) } >= 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn descriptors_a_client_sends_are_closed() {
+        let (client, endpoint) = UnixDatagram::pair().unwrap();
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: room for two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe() just returned two fds we own.
+        let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        send_with_fd(&client, b"frame", write_end.as_raw_fd());
+        drop(write_end);
+        let mut buf = [0u8; 64];
+        let got = recv_from(endpoint.as_raw_fd(), &mut buf).unwrap().expect("a datagram");
+        assert_eq!(&buf[..got.len], b"frame");
+        // The only other copy of the write end was the one received: once it
+        // is closed, the pipe reads end-of-file (not EAGAIN, as it would
+        // while the received copy leaked).
+        set_flags(read_end.as_raw_fd()).unwrap();
+        let mut one = [0u8; 1];
+        // SAFETY: reads at most one byte into `one`.
+        let n = unsafe { libc::read(read_end.as_raw_fd(), one.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, 0, "the received descriptor was closed ({})", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn a_datagram_longer_than_the_buffer_is_marked_cut() {
+        let (client, endpoint) = UnixDatagram::pair().unwrap();
+        client.send(&[7u8; 200]).unwrap();
+        client.send(&[8u8; 100]).unwrap();
+        let mut buf = [0u8; 100];
+        let cut = recv_from(endpoint.as_raw_fd(), &mut buf).unwrap().expect("a datagram");
+        assert!(cut.truncated, "200 bytes into 100");
+        assert_eq!(cut.len, 100);
+        let whole = recv_from(endpoint.as_raw_fd(), &mut buf).unwrap().expect("a datagram");
+        assert!(!whole.truncated, "exactly the buffer's size is whole");
+    }
+}

@@ -75,6 +75,27 @@ def test_networks_show_what_the_platform_really_runs(tmp_path: Path) -> None:
     assert "lan: off on macos: nat44 (host mode has no NAT), nat66 (host mode has no NAT), routerAdvertisement (vmnet ignores it in host mode)" in macos
 
 
+def test_an_offload_datagram_endpoint_says_which_clients_carry_64k_frames(tmp_path: Path) -> None:
+    """macOS: an offload network's datagram endpoint line names the clients
+    that raise their buffers and sends QEMU to the stream endpoint; no note
+    without offload, without a datagram endpoint, or on Linux."""
+    from vmnet_rs.networks_cli import format_table
+
+    cfg = cfgmod.load_config(write(tmp_path, (
+        "vmnet:\n"
+        "  fast:\n    mode: shared\n    subnet: 10.9.0.0/24\n    offload: true\n"
+        "  plain:\n    mode: shared\n    subnet: 10.8.0.0/24\n"
+        "  streamonly:\n    mode: shared\n    subnet: 10.7.0.0/24\n    offload: true\n    endpoints: [stream]\n"
+    )))
+    macos = format_table(cfg, "macos").splitlines()
+    fast = [line for line in macos if line.startswith("fast: datagram endpoint ")]
+    assert len(fast) == 1 and "vfkit" in fast[0] and "65550" in fast[0] and "stream endpoint" in fast[0], fast
+    assert [line for line in macos if line.startswith("fast: stream endpoint ")][0].endswith(".stream.sock")
+    assert [line for line in macos if line.startswith("plain: datagram endpoint ")][0].endswith(".dgram.sock")
+    assert not any("65550" in line for line in macos if not line.startswith("fast:"))
+    assert not any("65550" in line for line in format_table(cfg, "linux").splitlines())
+
+
 def test_networks_json_is_the_resolved_config(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["networks", "--config", str(DATA / "full.yaml"), "--json"])
     assert result.exit_code == 0, result.output

@@ -203,3 +203,27 @@ def test_status_shows_repairs_and_pieces_that_need_attention() -> None:
     assert "  network nat: 10.241.0.1/24 on vmr-nat, 1 lease(s), 2 repair(s)" in lines, lines
     assert "    table: MISSING nftables table inet vmnet_rs_nat; left alone: another program manages it" in lines, lines
     assert not any(line.startswith("    address") for line in lines), lines
+
+
+def test_an_offload_datagram_endpoint_gets_a_doctor_line_on_macos(tmp_path: Path) -> None:
+    """doctor warns, per offload network with a datagram endpoint, that
+    only clients that raise their buffers carry 64 KiB frames (macOS)."""
+    from vmnet_rs import config as cfgmod
+    from vmnet_rs import doctor
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "vmnet:\n"
+        "  fast:\n    mode: shared\n    subnet: 10.9.0.0/24\n    offload: true\n"
+        "  plain:\n    mode: shared\n    subnet: 10.8.0.0/24\n"
+    )
+    networks = cfgmod.load_config(str(path)).networks
+    checks = doctor.datagram_size_checks(networks, "macos")
+    assert [c.name for c in checks] == ["datagram endpoint fast"]
+    assert checks[0].verdict == doctor.WARN and "vfkit" in checks[0].detail and "65550" in checks[0].detail
+    assert "stream endpoint" in checks[0].line()
+    assert doctor.datagram_size_checks(networks, "linux") == []
+    assert doctor._datagram_size_checks(str(path), "macos")[0].name == "datagram endpoint fast"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vmnet:\n  x:\n    mode: nope\n")
+    assert doctor._datagram_size_checks(str(bad), "macos")[0].verdict == doctor.SKIP

@@ -371,6 +371,31 @@ def _serialization_check(client: Any, network: str) -> Check:
     return Check("serialization", OK, f"{network}: {len(first)} keys, the same on a second acquire")
 
 
+def datagram_size_checks(networks: Mapping[str, Any], platform_name: str) -> List[Check]:
+    """One line per ``offload`` network with a datagram endpoint on macOS:
+    only clients that raise their buffers carry its 64 KiB frames
+    (``networks_cli.datagram_size_note``; docs/engines.md)."""
+    from .networks_cli import datagram_size_note
+
+    out = []
+    for name, net in sorted(networks.items()):
+        note = datagram_size_note(net, platform_name)
+        if note:
+            out.append(Check(f"datagram endpoint {name}", WARN, note, "QEMU on macOS: use the stream endpoint or `vmnet-rs run` (docs/engines.md)"))
+    return out
+
+
+def _datagram_size_checks(config: Optional[str], platform_name: str) -> List[Check]:
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        return [Check("datagram endpoints", SKIP, f"configuration not read: {e}")]
+    return datagram_size_checks(cfg.networks, platform_name)
+
+
 def summary(checks: List[Check]) -> Dict[str, Any]:
     counts = {v: sum(1 for c in checks if c.verdict == v) for v in (OK, WARN, FAIL, SKIP)}
     return {
@@ -391,6 +416,7 @@ def summary(checks: List[Check]) -> Dict[str, Any]:
 def doctor_command(as_json: bool, socket: Optional[str], mach_service: Optional[str], network: str, config: Optional[str]) -> None:
     """Check every precondition and run a live relay test; one verdict per line."""
     checks = macos_checks(mach_service, network) if sys.platform == "darwin" else linux_checks(socket, network, config)
+    checks += _datagram_size_checks(config, "macos" if sys.platform == "darwin" else "linux")
     info = summary(checks)
     if as_json:
         click.echo(json.dumps({"checks": [asdict(c) for c in checks], "summary": info}, indent=2))
@@ -406,5 +432,5 @@ def doctor_command(as_json: bool, socket: Optional[str], mach_service: Optional[
         raise click.exceptions.Exit(1)
 
 
-__all__ = ["doctor_command", "Check", "subnet_collisions", "relay_check", "network_piece_checks"]
+__all__ = ["doctor_command", "Check", "subnet_collisions", "relay_check", "network_piece_checks", "datagram_size_checks"]
 

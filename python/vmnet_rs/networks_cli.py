@@ -116,6 +116,17 @@ def effective_flags(net: NetworkConfig, platform: str) -> Tuple[List[str], List[
     return on, off
 
 
+def datagram_size_note(net: NetworkConfig, platform: str) -> Optional[str]:
+    """What a datagram endpoint client must do to carry an ``offload``
+    network's 64 KiB frames on macOS, where a Unix datagram socket keeps
+    2048-byte sends and a 4096-byte receive queue unless the client raises
+    them (docs/engines.md, "QEMU on macOS"); ``None`` elsewhere."""
+    if platform != "macos" or not net.offload or "datagram" not in net.endpoints:
+        return None
+    return ("offload: only clients that raise their socket buffers (vfkit; libkrun/krunkit, send buffer >= 65550 bytes) "
+            "carry 64 KiB frames; QEMU -netdev dgram keeps 2048-byte sends: give QEMU the stream endpoint")
+
+
 def _platform() -> str:
     return "macos" if sys.platform == "darwin" else "linux"
 
@@ -149,7 +160,9 @@ def format_table(cfg: Config, platform: Optional[str] = None) -> str:
         off = effective_flags(net, platform)[1]
         if off:
             details.append(f"{name}: off on {platform}: {', '.join(off)}")
-        details.extend(f"{name}: {kind} endpoint {path}" for kind, path in sorted(paths.get(name, {}).items(), reverse=True))
+        for kind, path in sorted(paths.get(name, {}).items(), reverse=True):
+            note = datagram_size_note(net, platform) if kind == "datagram" else None
+            details.append(f"{name}: {kind} endpoint {path}" + (f" ({note})" if note else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     b = cfg.broker
     lines = [header]

@@ -258,7 +258,7 @@ impl Core {
             .iter()
             .map(|(name, c)| {
                 let mode = if c.mode == crate::config::Mode::Shared { "shared" } else { "host" };
-                format!("{name} ({mode}, {})", c.subnet.as_deref().unwrap_or("subnet chosen at creation"))
+                format!("{name} ({mode}, {})", c.subnet.map_or_else(|| "subnet chosen at creation".to_string(), |s| s.to_string()))
             })
             .collect();
         let networks = if networks.is_empty() { "none configured".to_owned() } else { networks.join(", ") };

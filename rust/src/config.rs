@@ -12,9 +12,11 @@
 //! and the built-in `shared` and `host` networks exist unless redefined.
 //!
 //! Invariants of a value returned by any `from_*` constructor here: every
-//! rule below holds, and strings are normalised (subnet as gateway/prefix,
-//! canonical IPv6, lower-case MACs), so two equal configurations compare
-//! equal and serialise to the same JSON. Pure code; any thread.
+//! rule below holds, and addresses are held as types (`Ipv4Subnet` as
+//! gateway/prefix, `Ipv6Prefix`, `MacAddr`, `IpAddr`), so two equal
+//! configurations compare equal and serialise to the same JSON (each address
+//! in its printed form). Backends read these types and parse nothing. Pure
+//! code; any thread.
 //!
 //! Every limit (names, subnets, MTUs, ports, MACs) is in `config/limits.rs`.
 
@@ -133,11 +135,12 @@ pub struct NetworkConfig {
     pub nat44: bool,
     pub nat66: bool,
     pub router_advertisement: bool,
-    /// Gateway (first host) address and prefix length, e.g. `192.168.107.1/24`;
-    /// `None` lets the platform choose.
-    pub subnet: Option<String>,
-    /// IPv6 prefix, e.g. `fd00:1:2:3::/64`; `None` lets the platform choose.
-    pub ipv6_prefix: Option<String>,
+    /// Gateway (first host) address and prefix length, serialised as
+    /// `192.168.107.1/24`; `None` lets the platform choose.
+    pub subnet: Option<Ipv4Subnet>,
+    /// IPv6 prefix, serialised as `fd00:1:2:3::/64`; `None` lets the
+    /// platform choose.
+    pub ipv6_prefix: Option<Ipv6Prefix>,
     pub port_forwarding: Vec<PortForward>,
     pub dhcp_reservations: Vec<DhcpReservation>,
     /// Shared mode only: the host interface to NAT through.
@@ -234,7 +237,8 @@ impl fmt::Display for AddressFamily {
 pub struct PortForward {
     pub protocol: Protocol,
     pub external_port: u16,
-    pub internal_address: String,
+    /// Of `address_family`'s family (the validator holds them together).
+    pub internal_address: IpAddr,
     pub internal_port: u16,
     pub address_family: AddressFamily,
 }
@@ -243,8 +247,8 @@ pub struct PortForward {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpReservation {
-    pub mac: String,
-    pub address: String,
+    pub mac: MacAddr,
+    pub address: Ipv4Addr,
 }
 
 /// Whether callers other than the broker's owner (root, or the broker's
@@ -405,11 +409,9 @@ fn parse_json(text: &str, source: &str) -> Result<Value, ConfigError> {
 }
 
 impl NetworkConfig {
-    /// The subnet as its one type, with the one set of limits
-    /// ([`SUBNET_PREFIX_MIN`]..[`SUBNET_PREFIX_MAX`]); `Ok(None)`: the
-    /// platform chooses. A validated config always parses.
-    pub fn ipv4_subnet(&self) -> Result<Option<Ipv4Subnet>, addr::SubnetError> {
-        self.subnet.as_deref().map(|s| Ipv4Subnet::parse(s, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX)).transpose()
+    /// The subnet; `None`: the platform chooses.
+    pub fn ipv4_subnet(&self) -> Option<Ipv4Subnet> {
+        self.subnet
     }
 
     /// Lima's defaults for an entry with no keys: shared mode, DHCP, DNS
@@ -447,13 +449,13 @@ impl NetworkConfig {
 
     /// The built-in `shared` network: Lima's, 192.168.107.0/24 with NAT.
     pub fn builtin_shared() -> Self {
-        NetworkConfig { subnet: Some("192.168.107.1/24".into()), ..Self::lima_default() }
+        NetworkConfig { subnet: Some(builtin_subnet("192.168.107.1/24")), ..Self::lima_default() }
     }
 
     /// The built-in `host` network: Lima's, 192.168.108.0/24 host-only,
     /// router advertisement off.
     pub fn builtin_host() -> Self {
-        NetworkConfig { subnet: Some("192.168.108.1/24".into()), ..Self::lima_default_for(Mode::Host) }
+        NetworkConfig { subnet: Some(builtin_subnet("192.168.108.1/24")), ..Self::lima_default_for(Mode::Host) }
     }
 
     /// Reads one network entry (absent keys take Lima's defaults), validates
@@ -490,8 +492,7 @@ impl NetworkConfig {
     /// Checks a configuration built in code, returning its normalised form.
     pub fn validated(&self, source: &str, name: &str) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
-        let mut cfg = self.clone();
-        read::check_network(&mut read::Scope::network(source, name, &mut problems), &mut cfg, read::Unreadable::default());
+        let cfg = read::check_network(&mut read::Scope::network(source, name, &mut problems), read::Draft::of(self), read::Unreadable::default());
         if problems.is_empty() {
             Ok(cfg)
         } else {
@@ -524,10 +525,9 @@ impl NetworkConfig {
             .collect()
     }
 
-    /// The IPv6 prefix, parsed by the one IPv6 prefix parser
-    /// ([`Ipv6Prefix::parse`]); `None` when the platform chooses it.
+    /// The IPv6 prefix; `None` when the platform chooses it.
     pub fn ipv6_prefix_parsed(&self) -> Option<Ipv6Prefix> {
-        Ipv6Prefix::parse(self.ipv6_prefix.as_deref()?).ok()
+        self.ipv6_prefix
     }
 
     /// Whether the network names its own users or groups.
@@ -535,18 +535,20 @@ impl NetworkConfig {
         self.allowed_users.is_some() || self.allowed_groups.is_some()
     }
 
-    /// The port forwards with their internal addresses parsed.
+    /// The port forwards with their internal addresses.
     pub fn forwards(&self) -> Vec<(&PortForward, IpAddr)> {
-        self.port_forwarding.iter().filter_map(|f| Some((f, f.internal_address.parse().ok()?))).collect()
+        self.port_forwarding.iter().map(|f| (f, f.internal_address)).collect()
     }
 
-    /// The DHCP reservations as parsed (MAC, address) pairs.
+    /// The DHCP reservations as (MAC, address) pairs.
     pub fn reservations(&self) -> Vec<([u8; 6], Ipv4Addr)> {
-        self.dhcp_reservations
-            .iter()
-            .filter_map(|r| Some((parse_mac(&r.mac)?, r.address.parse().ok()?)))
-            .collect()
+        self.dhcp_reservations.iter().map(|r| (r.mac.octets(), r.address)).collect()
     }
+}
+
+/// A built-in network's subnet (a constant that parses).
+fn builtin_subnet(text: &str) -> Ipv4Subnet {
+    Ipv4Subnet::parse(text, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX).expect("a built-in subnet parses")
 }
 
 /// A whole configuration file: the broker's settings and every network,

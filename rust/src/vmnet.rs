@@ -97,6 +97,14 @@ pub struct NetworkState {
     pub device: String,
 }
 
+impl NetworkState {
+    /// The subnet the platform reported, as the configuration's type
+    /// (`None` if it is not one a configuration could name).
+    pub fn ipv4_subnet(&self) -> Option<crate::config::Ipv4Subnet> {
+        crate::config::Ipv4Subnet::parse(&self.subnet, crate::config::SUBNET_PREFIX_MIN, crate::config::SUBNET_PREFIX_MAX).ok()
+    }
+}
+
 /// A live network. Dropping it tears it down.
 pub trait Network: Send + Sync {
     fn name(&self) -> &str;

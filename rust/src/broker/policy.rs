@@ -31,7 +31,7 @@
 use std::collections::BTreeMap;
 
 use super::protocol::{code, Failure};
-use crate::config::{AddressFamily, BrokerSettings, ClientNetworks, Ipv6Prefix, NetworkConfig, Protocol};
+use crate::config::{AddressFamily, BrokerSettings, ClientNetworks, NetworkConfig, Protocol};
 
 /// Host ports below this are privileged: only the configuration may forward them.
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
@@ -227,10 +227,10 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
             ));
         }
     }
-    let Some(subnet) = config.ipv4_subnet().ok().flatten() else {
+    let Some(subnet) = config.ipv4_subnet() else {
         return Err(refused("no subnet", "a caller's network needs a subnet, so it can be checked against every other".into()));
     };
-    let prefix = config.ipv6_prefix.as_deref().and_then(|p| Ipv6Prefix::parse(p).ok());
+    let prefix = config.ipv6_prefix;
     let others = facts
         .configured
         .iter()
@@ -238,12 +238,12 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
         .chain(facts.live.iter().filter(|(n, _)| !facts.configured.contains_key(*n)).map(|(n, c)| (n, c, "live")));
     let mut forwarded: std::collections::HashMap<(Protocol, AddressFamily, u16), &str> = Default::default();
     for (other, c, kind) in others {
-        if let Some(theirs) = c.ipv4_subnet().ok().flatten() {
+        if let Some(theirs) = c.ipv4_subnet() {
             if subnet.overlaps(&theirs) {
                 return Err(refused("subnet collides", format!("subnet {subnet} overlaps {theirs} of {kind} network {other}; choose another subnet")));
             }
         }
-        if let (Some(mine), Some(theirs)) = (&prefix, c.ipv6_prefix.as_deref().and_then(|p| Ipv6Prefix::parse(p).ok())) {
+        if let (Some(mine), Some(theirs)) = (&prefix, c.ipv6_prefix) {
             if mine.overlaps(&theirs) {
                 return Err(refused("ipv6Prefix collides", format!("ipv6Prefix {mine} overlaps {theirs} of {kind} network {other}; choose another prefix")));
             }
@@ -332,7 +332,7 @@ mod tests {
             let mut file = FileConfig::default();
             file.broker.allowed_groups = vec!["users".into()];
             file.broker.client_networks = client_networks;
-            file.networks.insert("lab".into(), NetworkConfig { subnet: Some("10.40.0.1/24".into()), allowed_groups: Some(vec!["lab".into()]), ..NetworkConfig::builtin_host() });
+            file.networks.insert("lab".into(), NetworkConfig { subnet: Some("10.40.0.1/24".parse().unwrap()), allowed_groups: Some(vec!["lab".into()]), ..NetworkConfig::builtin_host() });
             let routes = vec![(Ipv4Subnet::parse("172.17.0.0/16", 8, 29).unwrap(), "172.17.0.0/16 dev docker0")];
             World { file, live: BTreeMap::new(), broker_uid: 0, routes }
         }
@@ -346,7 +346,7 @@ mod tests {
 
         fn with<R>(&self, f: impl FnOnce(&Facts<'_>) -> R) -> R {
             let routes = |c: &NetworkConfig| -> Result<Option<String>, String> {
-                let mine = c.ipv4_subnet().ok().flatten().ok_or("no subnet")?;
+                let mine = c.ipv4_subnet().ok_or("no subnet")?;
                 Ok(self.routes.iter().find(|(r, _)| r.overlaps(&mine)).map(|(_, d)| d.to_string()))
             };
             let facts = Facts {
@@ -371,11 +371,11 @@ mod tests {
     const BOB: u32 = 1001;
 
     fn mine(subnet: &str) -> NetworkConfig {
-        NetworkConfig { subnet: Some(subnet.into()), ..NetworkConfig::lima_default() }
+        NetworkConfig { subnet: Some(subnet.parse().unwrap()), ..NetworkConfig::lima_default() }
     }
 
     fn forward(port: u16) -> PortForward {
-        PortForward { protocol: Protocol::Tcp, external_port: port, internal_address: "10.60.0.10".into(), internal_port: 80, address_family: AddressFamily::Ipv4 }
+        PortForward { protocol: Protocol::Tcp, external_port: port, internal_address: "10.60.0.10".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 }
     }
 
     #[test]

@@ -334,7 +334,7 @@ impl Core {
             .map(|(n, e)| {
                 let mut c = e.config.clone();
                 if c.subnet.is_none() {
-                    c.subnet = Some(e.network.state().subnet);
+                    c.subnet = e.network.state().ipv4_subnet();
                 }
                 (n.clone(), c)
             })
@@ -517,7 +517,7 @@ impl Core {
                 d.insert("allowed_groups", Value::String(groups.join(",")));
                 d.insert("own_access", Value::Bool(c.has_own_access()));
             }
-            let subnet = live.map(|e| e.network.state().subnet).or_else(|| config.and_then(|c| c.subnet.clone()));
+            let subnet = live.map(|e| e.network.state().subnet).or_else(|| config.and_then(|c| c.subnet.map(|s| s.to_string())));
             if let Some(s) = subnet {
                 d.insert("subnet", Value::String(s));
             }
@@ -814,7 +814,7 @@ mod tests {
         let lima = Dict::new().with("Network", Value::String("host".into())).with("Configuration", Value::Data(MINE.to_vec()));
         let reply = c.request(&caller(1), lima);
         assert!(reply.get_str("ConfigurationDifference").is_some_and(|d| d.contains("subnet")), "{reply:?}");
-        assert_eq!(c.lock_state().networks["host"].config.subnet.as_deref(), Some("192.168.108.1/24"));
+        assert_eq!(c.lock_state().networks["host"].config.subnet.map(|s| s.to_string()).as_deref(), Some("192.168.108.1/24"));
         // Root defines as before.
         let root = Peer { uid: 0, gid: 0, pid: 1, connection: 9 };
         let reply = c.request(&root, cmd("acquire").with("network_name", Value::String("mine".into())).with("config", Value::Data(MINE.to_vec())));

@@ -120,8 +120,8 @@ impl HubNetwork {
                 .map_err(|e| Error::io("start the hub thread", e))?
         };
         let state = NetworkState {
-            subnet: config.subnet.clone().unwrap_or_else(|| "10.99.0.1/24".into()),
-            ipv6_prefix: config.ipv6_prefix.clone(),
+            subnet: config.subnet.map_or_else(|| "10.99.0.1/24".into(), |s| s.to_string()),
+            ipv6_prefix: config.ipv6_prefix.map(|p| p.to_string()),
             device: format!("hub-{name}"),
         };
         Ok(HubNetwork { config: config.clone(), state, inner, thread: Some(thread) })

@@ -132,6 +132,42 @@ impl fmt::Display for Ipv4Subnet {
     }
 }
 
+/// A subnet as a configuration writes it, within the configuration's limits
+/// ([`SUBNET_PREFIX_MIN`](super::SUBNET_PREFIX_MIN)..[`SUBNET_PREFIX_MAX`](super::SUBNET_PREFIX_MAX)).
+impl std::str::FromStr for Ipv4Subnet {
+    type Err = SubnetError;
+    fn from_str(text: &str) -> Result<Self, SubnetError> {
+        Ipv4Subnet::parse(text, super::limits::SUBNET_PREFIX_MIN, super::limits::SUBNET_PREFIX_MAX)
+    }
+}
+
+impl std::str::FromStr for Ipv6Prefix {
+    type Err = PrefixError;
+    fn from_str(text: &str) -> Result<Self, PrefixError> {
+        Ipv6Prefix::parse(text)
+    }
+}
+
+impl std::str::FromStr for MacAddr {
+    type Err = &'static str;
+    fn from_str(text: &str) -> Result<Self, &'static str> {
+        MacAddr::parse(text).ok_or("not six hex pairs separated by \":\" or \"-\"")
+    }
+}
+
+/// The three address types serialise as their printed form (the JSON shape
+/// configs and Python read).
+macro_rules! serialize_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_text!(Ipv4Subnet, Ipv6Prefix, MacAddr);
+
 fn mask_bits(prefix: u8) -> u32 {
     if prefix == 0 {
         0

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value};
 
-use super::addr::{self, Ipv4Subnet, Ipv6Prefix, PrefixError, SubnetError};
+use super::addr::{self, Ipv4Subnet, Ipv6Prefix, MacAddr, PrefixError, SubnetError};
 use super::limits::{usable_mac, valid_mtu, valid_network_name, valid_port, NETWORK_NAME_RULE, PORT_MAX, PORT_MIN};
 use super::problem::{key_parts, quote, PathPart, Problem, Section};
 use super::{
@@ -303,7 +303,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
     let ipv6_prefix = read_string(scope, map, "", "ipv6Prefix", "a unique local /64 like \"fd00:1:2:3::/64\"");
     unreadable.ipv6_prefix = scope.count() > n;
     let external_interface = read_string(scope, map, "", "externalInterface", "a host interface name like \"en0\"");
-    let mut cfg = NetworkConfig {
+    let cfg = NetworkConfig {
         mode,
         dhcp,
         dns_proxy,
@@ -311,8 +311,8 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         nat44,
         nat66,
         router_advertisement,
-        subnet,
-        ipv6_prefix,
+        subnet: None,
+        ipv6_prefix: None,
         port_forwarding: Vec::new(),
         dhcp_reservations: Vec::new(),
         external_interface,
@@ -322,20 +322,68 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         allowed_users: read_accounts(scope, map, "allowedUsers", "user"),
         allowed_groups: read_accounts(scope, map, "allowedGroups", "group"),
     };
+    let mut draft = Draft { cfg, subnet, ipv6_prefix, forwards: Vec::new(), reservations: Vec::new() };
     let items = read_list(scope, map, "portForwarding", "mappings with protocol, externalPort, internalAddress and internalPort");
     for (i, item) in items.iter().enumerate() {
         if let Some(pf) = read_port_forward(scope, i, item) {
-            cfg.port_forwarding.push(pf);
+            draft.forwards.push(pf);
         }
     }
     let items = read_list(scope, map, "dhcpReservations", "mappings with mac and address");
     for (i, item) in items.iter().enumerate() {
         if let Some(r) = read_reservation(scope, i, item) {
-            cfg.dhcp_reservations.push(r);
+            draft.reservations.push(r);
         }
     }
-    check_network(scope, &mut cfg, unreadable);
+    let cfg = check_network(scope, draft, unreadable);
     (scope.count() == before).then_some(cfg)
+}
+
+/// A network entry as read, before its address values are parsed: every
+/// other setting typed in `cfg` (whose address fields are still empty), the
+/// addresses as written, so problems quote them as the user wrote them.
+pub(super) struct Draft {
+    pub cfg: NetworkConfig,
+    pub subnet: Option<String>,
+    pub ipv6_prefix: Option<String>,
+    pub forwards: Vec<ForwardText>,
+    /// (mac, address) as written.
+    pub reservations: Vec<(String, String)>,
+}
+
+/// A port forward as read, its internal address as written.
+pub(super) struct ForwardText {
+    protocol: Protocol,
+    external_port: u16,
+    internal_address: String,
+    internal_port: u16,
+    address_family: AddressFamily,
+}
+
+impl Draft {
+    /// A configuration built in code, printed back into its draft (the
+    /// printed forms parse to the same values), to be checked again.
+    pub(super) fn of(cfg: &NetworkConfig) -> Draft {
+        let forwards = cfg
+            .port_forwarding
+            .iter()
+            .map(|f| ForwardText {
+                protocol: f.protocol,
+                external_port: f.external_port,
+                internal_address: f.internal_address.to_string(),
+                internal_port: f.internal_port,
+                address_family: f.address_family,
+            })
+            .collect();
+        let reservations = cfg.dhcp_reservations.iter().map(|r| (r.mac.to_string(), r.address.to_string())).collect();
+        Draft {
+            cfg: NetworkConfig { subnet: None, ipv6_prefix: None, port_forwarding: Vec::new(), dhcp_reservations: Vec::new(), ..cfg.clone() },
+            subnet: cfg.subnet.map(|s| s.to_string()),
+            ipv6_prefix: cfg.ipv6_prefix.map(|p| p.to_string()),
+            forwards,
+            reservations,
+        }
+    }
 }
 
 const ENDPOINTS_ALLOWED: &str = "a list of \"stream\" and \"datagram\" (or [] for none)";
@@ -373,7 +421,7 @@ pub(super) struct Unreadable {
     pub ipv6_prefix: bool,
 }
 
-fn read_port_forward(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<PortForward> {
+fn read_port_forward(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<ForwardText> {
     let path = format!("portForwarding[{i}].");
     let Value::Object(map) = item else {
         scope.key(&format!("portForwarding[{i}]"), format!("{}; use a mapping with protocol, externalPort, internalAddress and internalPort", is_kind(item)));
@@ -428,7 +476,7 @@ fn read_port_forward(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<Po
     } else {
         AddressFamily::Ipv4
     });
-    Some(PortForward {
+    Some(ForwardText {
         protocol: protocol?,
         external_port: external? as u16,
         internal_address,
@@ -437,7 +485,7 @@ fn read_port_forward(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<Po
     })
 }
 
-fn read_reservation(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<DhcpReservation> {
+fn read_reservation(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<(String, String)> {
     let path = format!("dhcpReservations[{i}].");
     let Value::Object(map) = item else {
         scope.key(&format!("dhcpReservations[{i}]"), format!("{}; use a mapping with mac and address", is_kind(item)));
@@ -456,13 +504,15 @@ fn read_reservation(scope: &mut Scope<'_>, i: usize, item: &Value) -> Option<Dhc
     if scope.count() > before {
         return None;
     }
-    Some(DhcpReservation { mac: mac?, address: address? })
+    Some((mac?, address?))
 }
 
-/// Checks the values of a typed network and normalises them in place: the
-/// subnet to its first host, the IPv6 prefix, MACs and addresses to their
-/// canonical spelling, an MTU of 0 (Lima's "unset") to the default.
-pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unreadable: Unreadable) {
+/// Checks the values of a network entry and parses its addresses into the
+/// configuration it returns (the subnet held as its first host, an MTU of 0,
+/// Lima's "unset", as the default). The returned value is only meaningful
+/// when no problem was added to `scope`.
+pub(super) fn check_network(scope: &mut Scope<'_>, draft: Draft, unreadable: Unreadable) -> NetworkConfig {
+    let Draft { mut cfg, subnet: subnet_text, ipv6_prefix: prefix_text, forwards, reservations } = draft;
     if cfg.mtu == 0 {
         cfg.mtu = DEFAULT_MTU;
     }
@@ -470,7 +520,7 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
         scope.key("mtu", format!("{} is out of range; use {}", cfg.mtu, mtu_allowed()));
     }
 
-    let subnet = cfg.subnet.as_deref().and_then(|text| {
+    let subnet = subnet_text.as_deref().and_then(|text| {
         let problem = match Ipv4Subnet::parse(text, SUBNET_PREFIX_MIN, SUBNET_PREFIX_MAX) {
             Ok(s) if !addr::is_private_v4(s.network()) => {
                 "is not a private (RFC 1918) range; use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16".to_string()
@@ -495,11 +545,9 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
         scope.key("subnet", format!("{} {problem}", quote(text)));
         None
     });
-    if let Some(s) = subnet {
-        cfg.subnet = Some(s.to_string());
-    }
+    cfg.subnet = subnet;
 
-    let prefix = cfg.ipv6_prefix.as_deref().and_then(|text| {
+    let prefix = prefix_text.as_deref().and_then(|text| {
         let problem = match Ipv6Prefix::parse(text) {
             Ok(p) if p.prefix_len() != IPV6_PREFIX_LEN || !p.is_unique_local() => {
                 "is not a unique local /64; use a /64 inside fc00::/7, like \"fd00:1:2:3::/64\"".to_string()
@@ -511,9 +559,7 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
         scope.key("ipv6Prefix", format!("{} {problem}", quote(text)));
         None
     });
-    if let Some(p) = prefix {
-        cfg.ipv6_prefix = Some(p.to_string());
-    }
+    cfg.ipv6_prefix = prefix;
 
     if let Some(name) = &cfg.external_interface {
         if cfg.mode != Mode::Shared && !unreadable.mode {
@@ -529,14 +575,14 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
         }
     }
 
-    if !cfg.port_forwarding.is_empty() && cfg.mode != Mode::Shared && !unreadable.mode {
+    if !forwards.is_empty() && cfg.mode != Mode::Shared && !unreadable.mode {
         scope.key("portForwarding", format!(
             "is set but mode is \"{}\"; port forwarding needs mode \"shared\" (in host mode the host reaches VMs directly)",
             cfg.mode
         ));
     }
     let mut seen_ports: HashMap<(Protocol, AddressFamily, u16), usize> = HashMap::new();
-    for (i, pf) in cfg.port_forwarding.iter_mut().enumerate() {
+    for (i, pf) in forwards.iter().enumerate() {
         let path = format!("portForwarding[{i}].");
         for (key, port) in [("externalPort", pf.external_port), ("internalPort", pf.internal_port)] {
             if !valid_port(port) {
@@ -544,7 +590,13 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
             }
         }
         if let Some(addr) = check_internal_address(scope, &path, pf, subnet.as_ref(), prefix.as_ref(), unreadable) {
-            pf.internal_address = addr.to_string();
+            cfg.port_forwarding.push(PortForward {
+                protocol: pf.protocol,
+                external_port: pf.external_port,
+                internal_address: addr,
+                internal_port: pf.internal_port,
+                address_family: pf.address_family,
+            });
         }
         let k = (pf.protocol, pf.address_family, pf.external_port);
         if let Some(first) = seen_ports.get(&k) {
@@ -557,53 +609,62 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
         }
     }
 
-    if !cfg.dhcp_reservations.is_empty() && !cfg.dhcp && !unreadable.dhcp {
+    if !reservations.is_empty() && !cfg.dhcp && !unreadable.dhcp {
         scope.key("dhcpReservations", "is set but dhcp is false; reservations need dhcp: true");
     }
     let mut seen_macs: HashMap<[u8; 6], usize> = HashMap::new();
     let mut seen_addrs: HashMap<Ipv4Addr, usize> = HashMap::new();
-    for (i, r) in cfg.dhcp_reservations.iter_mut().enumerate() {
+    for (i, (mac_text, address_text)) in reservations.iter().enumerate() {
         let path = format!("dhcpReservations[{i}].");
-        match addr::parse_mac(&r.mac) {
-            None => scope.key(&format!("{path}mac"), format!(
-                "{} is not a MAC address; use six hex pairs like \"52:54:00:12:34:56\"",
-                quote(&r.mac)
-            )),
-            Some(mac) if !usable_mac(&mac) => scope.key(&format!("{path}mac"), format!(
-                "{} is not a unicast MAC address; use one whose first byte is even, like \"52:54:00:12:34:56\"",
-                quote(&r.mac)
-            )),
+        let mac = match MacAddr::parse(mac_text) {
+            None => {
+                scope.key(&format!("{path}mac"), format!(
+                    "{} is not a MAC address; use six hex pairs like \"52:54:00:12:34:56\"",
+                    quote(mac_text)
+                ));
+                None
+            }
+            Some(mac) if !usable_mac(&mac.octets()) => {
+                scope.key(&format!("{path}mac"), format!(
+                    "{} is not a unicast MAC address; use one whose first byte is even, like \"52:54:00:12:34:56\"",
+                    quote(mac_text)
+                ));
+                None
+            }
             Some(mac) => {
-                r.mac = addr::format_mac(&mac);
-                if let Some(first) = seen_macs.get(&mac) {
+                if let Some(first) = seen_macs.get(&mac.octets()) {
                     scope.key(&format!("{path}mac"), format!(
                         "{} is already reserved by dhcpReservations[{first}]; give each MAC one reservation",
-                        quote(&r.mac)
+                        quote(&mac.to_string())
                     ));
                 } else {
-                    seen_macs.insert(mac, i);
+                    seen_macs.insert(mac.octets(), i);
                 }
+                Some(mac)
             }
-        }
+        };
         let key = format!("{path}address");
-        let Ok(a) = r.address.parse::<Ipv4Addr>() else {
-            scope.key(&key, format!("{} is not an IPv4 address; use one inside the subnet", quote(&r.address)));
+        let Ok(a) = address_text.parse::<Ipv4Addr>() else {
+            scope.key(&key, format!("{} is not an IPv4 address; use one inside the subnet", quote(address_text)));
             continue;
         };
-        r.address = a.to_string();
+        if let Some(mac) = mac {
+            cfg.dhcp_reservations.push(DhcpReservation { mac, address: a });
+        }
+        let address = a.to_string();
         match &subnet {
-            None if cfg.subnet.is_none() && !unreadable.subnet => scope.key(&key, format!(
+            None if subnet_text.is_none() && !unreadable.subnet => scope.key(&key, format!(
                 "{} cannot be reserved: the network has no subnet; set \"subnet\" so the address range is fixed",
-                quote(&r.address)
+                quote(&address)
             )),
             None => {} // the subnet itself is wrong, and already reported
             Some(s) => {
                 if let Some(why) = host_address_problem(s, a) {
-                    scope.key(&key, format!("{} {why}; use an address from {} to {}", quote(&r.address), s.dhcp_range().0, s.dhcp_range().1));
+                    scope.key(&key, format!("{} {why}; use an address from {} to {}", quote(&address), s.dhcp_range().0, s.dhcp_range().1));
                 } else if let Some(first) = seen_addrs.get(&a) {
                     scope.key(&key, format!(
                         "{} is already reserved by dhcpReservations[{first}]; give each reservation its own address",
-                        quote(&r.address)
+                        quote(&address)
                     ));
                 } else {
                     seen_addrs.insert(a, i);
@@ -611,6 +672,7 @@ pub(super) fn check_network(scope: &mut Scope<'_>, cfg: &mut NetworkConfig, unre
             }
         }
     }
+    cfg
 }
 
 /// Why `a` cannot be a VM's address in `s`, if it cannot.
@@ -631,7 +693,7 @@ fn host_address_problem(s: &Ipv4Subnet, a: Ipv4Addr) -> Option<String> {
 fn check_internal_address(
     scope: &mut Scope<'_>,
     path: &str,
-    pf: &PortForward,
+    pf: &ForwardText,
     subnet: Option<&Ipv4Subnet>,
     prefix: Option<&Ipv6Prefix>,
     unreadable: Unreadable,
@@ -978,9 +1040,9 @@ pub(super) fn check_across(
 }
 
 fn subnet_of(cfg: &NetworkConfig) -> Option<Ipv4Subnet> {
-    cfg.ipv4_subnet().ok().flatten()
+    cfg.subnet
 }
 
 fn prefix_of(cfg: &NetworkConfig) -> Option<Ipv6Prefix> {
-    Ipv6Prefix::parse(cfg.ipv6_prefix.as_deref()?).ok()
+    cfg.ipv6_prefix
 }

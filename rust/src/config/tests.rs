@@ -45,7 +45,7 @@ fn host_mode_defaults_to_no_router_advertisement() {
 fn builtins_and_defaults() {
     let f = file(json!({})).unwrap();
     assert_eq!(f, FileConfig::default());
-    assert_eq!(f.network("shared").unwrap().subnet.as_deref(), Some("192.168.107.1/24"));
+    assert_eq!(f.network("shared").unwrap().subnet.map(|s| s.to_string()).as_deref(), Some("192.168.107.1/24"));
     let host = f.network("host").unwrap();
     assert_eq!((host.mode, host.router_advertisement), (Mode::Host, false));
     assert_eq!(f.broker.idle_timeout, 120);
@@ -59,7 +59,7 @@ fn builtins_and_defaults() {
 fn redefining_a_builtin_replaces_it() {
     let f = file(json!({"vmnet": {"shared": {"subnet": "192.168.200.0/24", "mtu": 9000}}})).unwrap();
     let shared = f.network("shared").unwrap();
-    assert_eq!(shared.subnet.as_deref(), Some("192.168.200.1/24"));
+    assert_eq!(shared.subnet.map(|s| s.to_string()).as_deref(), Some("192.168.200.1/24"));
     assert_eq!(shared.mtu, 9000);
     assert_eq!(f.network("host"), Some(&NetworkConfig::builtin_host()));
 }
@@ -78,8 +78,8 @@ fn lima_keys_are_ignored_at_the_top() {
 
 #[test]
 fn subnet_network_address_is_normalised_first_host_kept() {
-    assert_eq!(net(json!({"subnet": "10.9.0.0/16"})).unwrap().subnet.as_deref(), Some("10.9.0.1/16"));
-    assert_eq!(net(json!({"subnet": "10.9.0.1/16"})).unwrap().subnet.as_deref(), Some("10.9.0.1/16"));
+    assert_eq!(net(json!({"subnet": "10.9.0.0/16"})).unwrap().subnet.map(|s| s.to_string()).as_deref(), Some("10.9.0.1/16"));
+    assert_eq!(net(json!({"subnet": "10.9.0.1/16"})).unwrap().subnet.map(|s| s.to_string()).as_deref(), Some("10.9.0.1/16"));
 }
 
 #[test]
@@ -228,7 +228,7 @@ fn overlapping_ipv6_prefixes() {
 
 #[test]
 fn ipv6_prefix_rules() {
-    assert_eq!(net(json!({"ipv6Prefix": "FD00:0:0:1::/64"})).unwrap().ipv6_prefix.as_deref(), Some("fd00:0:0:1::/64"));
+    assert_eq!(net(json!({"ipv6Prefix": "FD00:0:0:1::/64"})).unwrap().ipv6_prefix.map(|s| s.to_string()).as_deref(), Some("fd00:0:0:1::/64"));
     assert_eq!(
         one(json!({"ipv6Prefix": "2001:db8::/64"})),
         format!("{PFX}key \"ipv6Prefix\": \"2001:db8::/64\" is not a unique local /64; use a /64 inside fc00::/7, like \"fd00:1:2:3::/64\"")
@@ -254,7 +254,7 @@ fn with_reservation(mac: &str, address: &str) -> Value {
 #[test]
 fn reservations_are_normalised() {
     let cfg = net(with_reservation("52-54-00-AB-CD-EF", "192.168.50.10")).unwrap();
-    assert_eq!(cfg.dhcp_reservations, vec![DhcpReservation { mac: "52:54:00:ab:cd:ef".into(), address: "192.168.50.10".into() }]);
+    assert_eq!(cfg.dhcp_reservations, vec![DhcpReservation { mac: "52:54:00:ab:cd:ef".parse().unwrap(), address: "192.168.50.10".parse().unwrap() }]);
     assert_eq!(cfg.reservations(), vec![([0x52, 0x54, 0, 0xab, 0xcd, 0xef], Ipv4Addr::new(192, 168, 50, 10))]);
 }
 
@@ -334,13 +334,13 @@ fn port_forward_defaults_and_family() {
     assert_eq!(cfg.port_forwarding, vec![PortForward {
         protocol: Protocol::Tcp,
         external_port: 2222,
-        internal_address: "192.168.50.10".into(),
+        internal_address: "192.168.50.10".parse().unwrap(),
         internal_port: 2222,
         address_family: AddressFamily::Ipv4,
     }]);
     let cfg = net(forward(json!({"protocol": "udp", "externalPort": 53, "internalAddress": "FD00:50::0010", "internalPort": 5353}))).unwrap();
     assert_eq!(cfg.port_forwarding[0].address_family, AddressFamily::Ipv6);
-    assert_eq!(cfg.port_forwarding[0].internal_address, "fd00:50::10");
+    assert_eq!(cfg.port_forwarding[0].internal_address.to_string(), "fd00:50::10");
 }
 
 #[test]
@@ -517,8 +517,8 @@ fn validated_checks_code_built_configs() {
         bad.validated("code", "x").unwrap_err().message,
         "code: network \"x\": key \"mtu\": 100 is out of range; use 1280..9000"
     );
-    let ok = NetworkConfig { subnet: Some("10.0.0.0/24".into()), ..NetworkConfig::builtin_shared() };
-    assert_eq!(ok.validated("code", "x").unwrap().subnet.as_deref(), Some("10.0.0.1/24"));
+    let ok = NetworkConfig { subnet: Some("10.0.0.0/24".parse().unwrap()), ..NetworkConfig::builtin_shared() };
+    assert_eq!(ok.validated("code", "x").unwrap().subnet.map(|s| s.to_string()).as_deref(), Some("10.0.0.1/24"));
 }
 
 #[test]

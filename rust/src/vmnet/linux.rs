@@ -162,11 +162,7 @@ impl LinuxNetwork {
             }
         }
         let routes = links::routes()?;
-        let configured = config.ipv4_subnet().map_err(|e| plan::PlanError {
-            network: name.into(),
-            message: format!("subnet {:?} {e}", config.subnet.as_deref().unwrap_or("")),
-        })?;
-        let subnet = match configured {
+        let subnet = match config.ipv4_subnet() {
             Some(s) => s,
             None => plan::choose_subnet(&routes).ok_or_else(|| plan::PlanError {
                 network: name.into(),
@@ -618,7 +614,7 @@ mod tests {
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
         cmd::run(&["ip", "link", "set", "lo", "up"], None).unwrap();
         let dir = std::env::temp_dir().join(format!("vmnet-rs-iface-{}", std::process::id()));
-        let config = NetworkConfig { subnet: Some("10.123.0.1/24".into()), ..NetworkConfig::lima_default() };
+        let config = NetworkConfig { subnet: Some("10.123.0.1/24".parse().unwrap()), ..NetworkConfig::lima_default() };
         let net = create_network("rustport", &config, &BackendOptions { state_dir: dir.clone(), ..Default::default() }).unwrap();
         assert!(net.is_alive());
         assert_eq!(net.state().subnet, "10.123.0.1/24");

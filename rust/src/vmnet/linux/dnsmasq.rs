@@ -375,13 +375,13 @@ mod tests {
     }
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
-        Plan::new("t", c, c.ipv4_subnet().unwrap().unwrap(), &[]).unwrap()
+        Plan::new("t", c, c.ipv4_subnet().unwrap(), &[]).unwrap()
     }
 
     #[test]
     fn shared_args() {
         let mut c = config();
-        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:00:00:01".into(), address: "10.77.0.9".into() }];
+        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:00:00:01".parse().unwrap(), address: "10.77.0.9".parse().unwrap() }];
         let a = args(&plan(&c), "vmr-t", &files(), None);
         for want in [
             "--interface=vmr-t",
@@ -408,7 +408,7 @@ mod tests {
         c.dns_proxy = false;
         c.dhcp = false;
         c.mode = Mode::Host;
-        c.ipv6_prefix = Some("fd00:5::/64".into());
+        c.ipv6_prefix = Some("fd00:5::/64".parse().unwrap());
         let p = plan(&c);
         assert!(needed(&p));
         let a = args(&p, "vmr-t", &files(), None);
@@ -437,7 +437,7 @@ mod tests {
                     garbage\n";
         let l = parse_leases(text);
         assert_eq!(l.len(), 2);
-        assert_eq!(l[0], Lease { expires: 1_764_100_000, mac: "52:54:00:aa:bb:01".into(), address: "10.77.0.50".into(), hostname: Some("vm1".into()) });
+        assert_eq!(l[0], Lease { expires: 1_764_100_000, mac: "52:54:00:aa:bb:01".parse().unwrap(), address: "10.77.0.50".parse().unwrap(), hostname: Some("vm1".into()) });
         assert_eq!(l[1].hostname, None);
     }
 }

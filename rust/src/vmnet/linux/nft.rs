@@ -150,17 +150,17 @@ mod tests {
     use crate::vmnet::linux::plan::{tests::config, Plan};
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
-        Plan::new("t", c, c.ipv4_subnet().unwrap().unwrap(), &[]).unwrap()
+        Plan::new("t", c, c.ipv4_subnet().unwrap(), &[]).unwrap()
     }
 
     #[test]
     fn shared_ruleset_masquerades_and_forwards() {
         let mut c = config();
-        c.ipv6_prefix = Some("fd00:1::/64".into());
+        c.ipv6_prefix = Some("fd00:1::/64".parse().unwrap());
         c.external_interface = Some("eth0".into());
         c.port_forwarding = vec![
-            PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.5".into(), internal_port: 80, address_family: AddressFamily::Ipv4 },
-            PortForward { protocol: Protocol::Udp, external_port: 5353, internal_address: "fd00:1::5".into(), internal_port: 53, address_family: AddressFamily::Ipv6 },
+            PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.5".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 },
+            PortForward { protocol: Protocol::Udp, external_port: 5353, internal_address: "fd00:1::5".parse().unwrap(), internal_port: 53, address_family: AddressFamily::Ipv6 },
         ];
         let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
         assert!(s.starts_with("table inet vmnet_rs_t {\n"), "{s}");

@@ -147,7 +147,7 @@ impl Plan {
 /// described as `10.0.0.0/16 dev eth9`; `None` when nothing overlaps (or the
 /// platform chooses the subnet).
 pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Result<Option<String>, String> {
-    if let Some(v4) = config.ipv4_subnet().map_err(|e| format!("subnet {:?} {e}", config.subnet.as_deref().unwrap_or("")))? {
+    if let Some(v4) = config.ipv4_subnet() {
         if let Some(r) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
             return Ok(Some(r.describe()));
         }
@@ -173,11 +173,11 @@ pub(crate) mod tests {
     use crate::config::{AddressFamily, DhcpReservation, PortForward};
 
     pub fn config() -> NetworkConfig {
-        NetworkConfig { subnet: Some("10.77.0.1/24".into()), ..NetworkConfig::lima_default() }
+        NetworkConfig { subnet: Some("10.77.0.1/24".parse().unwrap()), ..NetworkConfig::lima_default() }
     }
 
     fn plan(c: &NetworkConfig) -> Result<Plan, PlanError> {
-        Plan::new("t", c, c.ipv4_subnet().unwrap().unwrap(), &[])
+        Plan::new("t", c, c.ipv4_subnet().unwrap(), &[])
     }
 
     fn route(s: &str, dev: &str) -> Route {
@@ -188,8 +188,8 @@ pub(crate) mod tests {
     #[test]
     fn good_config_plans() {
         let mut c = config();
-        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:AA:BB:01".into(), address: "10.77.0.50".into() }];
-        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.50".into(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
+        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:AA:BB:01".parse().unwrap(), address: "10.77.0.50".parse().unwrap() }];
+        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.50".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
         let p = plan(&c).unwrap();
         assert_eq!(p.reservations, vec![("52:54:00:aa:bb:01".to_string(), Ipv4Addr::new(10, 77, 0, 50))]);
         assert_eq!(p.forwards.len(), 1);
@@ -199,30 +199,30 @@ pub(crate) mod tests {
     fn addresses_outside_the_chosen_subnet_are_refused() {
         // The validator cannot know a subnet the backend chooses; the plan does.
         let mut c = config();
-        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:aa:bb:01".into(), address: "10.78.0.5".into() }];
+        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:aa:bb:01".parse().unwrap(), address: "10.78.0.5".parse().unwrap() }];
         assert!(plan(&c).unwrap_err().message.contains("not a client address"));
         let mut c = config();
-        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 80, internal_address: "10.78.0.9".into(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
+        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 80, internal_address: "10.78.0.9".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
         assert!(plan(&c).unwrap_err().message.contains("not a client address"));
     }
 
     #[test]
     fn overlapping_route_is_named() {
-        let c = NetworkConfig { subnet: Some("10.0.0.1/24".into()), ..config() };
+        let c = NetworkConfig { subnet: Some("10.0.0.1/24".parse().unwrap()), ..config() };
         let routes = [route("0.0.0.0/0", "eth0"), route("192.168.1.0/24", "eth1"), route("10.0.0.0/16", "eth9")];
-        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap().unwrap(), &routes).unwrap_err();
+        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap(), &routes).unwrap_err();
         assert_eq!(e.to_string(), "network \"x\": subnet 10.0.0.1/24 of network \"x\" overlaps route 10.0.0.0/16 dev eth9; choose another subnet");
         // A more specific route inside the subnet overlaps too.
-        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap().unwrap(), &[route("10.0.0.128/25", "eth3")]).unwrap_err();
+        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap(), &[route("10.0.0.128/25", "eth3")]).unwrap_err();
         assert!(e.message.contains("10.0.0.128/25 dev eth3"));
-        assert!(Plan::new("x", &c, c.ipv4_subnet().unwrap().unwrap(), &[route("10.0.1.0/24", "eth3")]).is_ok());
+        assert!(Plan::new("x", &c, c.ipv4_subnet().unwrap(), &[route("10.0.1.0/24", "eth3")]).is_ok());
     }
 
     #[test]
     fn auto_subnet_skips_used_ones() {
         assert_eq!(choose_subnet(&[]).map(|s| s.to_string()).as_deref(), Some("192.168.64.1/24"));
         let docker = [route("172.17.0.0/16", "docker0")];
-        let c = |s: &str| NetworkConfig { subnet: Some(s.into()), ..NetworkConfig::lima_default() };
+        let c = |s: &str| NetworkConfig { subnet: Some(s.parse().unwrap()), ..NetworkConfig::lima_default() };
         assert_eq!(route_conflict(&c("172.17.3.1/24"), &docker), Ok(Some("172.17.0.0/16 dev docker0".into())));
         assert_eq!(route_conflict(&c("10.3.0.1/24"), &docker), Ok(None));
         assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).map(|s| s.to_string()).as_deref(), Some("192.168.66.1/24"));

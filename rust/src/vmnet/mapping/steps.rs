@@ -127,7 +127,7 @@ pub fn configuration_steps(config: &NetworkConfig) -> Vec<Step> {
     if !config.router_advertisement {
         steps.push(Step::DisableRouterAdvertisement);
     }
-    if let Ok(Some(subnet)) = config.ipv4_subnet() {
+    if let Some(subnet) = config.ipv4_subnet() {
         steps.push(Step::SetIpv4Subnet { first_host: subnet.gateway(), mask: subnet.netmask() });
     }
     if let Some(p) = config.ipv6_prefix_parsed() {
@@ -214,19 +214,19 @@ mod tests {
         let c = NetworkConfig {
             mtu: 9000,
             nat66: false,
-            subnet: Some("192.168.107.0/24".into()),
-            ipv6_prefix: Some("fd00:1:2:3::/64".into()),
+            subnet: Some("192.168.107.0/24".parse().unwrap()),
+            ipv6_prefix: Some("fd00:1:2:3::/64".parse().unwrap()),
             external_interface: Some("en0".into()),
             port_forwarding: vec![PortForward {
                 protocol: Protocol::Tcp,
                 external_port: 2222,
-                internal_address: "192.168.107.10".into(),
+                internal_address: "192.168.107.10".parse().unwrap(),
                 internal_port: 22,
                 address_family: AddressFamily::Ipv4,
             }],
             dhcp_reservations: vec![DhcpReservation {
-                mac: "52:54:00:12:34:56".into(),
-                address: "192.168.107.20".into(),
+                mac: "52:54:00:12:34:56".parse().unwrap(),
+                address: "192.168.107.20".parse().unwrap(),
             }],
             ..base()
         };
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn subnet_is_normalised_to_first_host() {
         for text in ["192.168.107.0/24", "192.168.107.1/24"] {
-            let c = NetworkConfig { subnet: Some(text.into()), ..base() };
+            let c = NetworkConfig { subnet: Some(text.parse().unwrap()), ..base() };
             assert_eq!(
                 configuration_steps(&c)[1],
                 Step::SetIpv4Subnet {
@@ -275,7 +275,7 @@ mod tests {
                 "{text}"
             );
         }
-        let c = NetworkConfig { subnet: Some("10.20.0.0/16".into()), ..base() };
+        let c = NetworkConfig { subnet: Some("10.20.0.0/16".parse().unwrap()), ..base() };
         assert_eq!(
             configuration_steps(&c)[1],
             Step::SetIpv4Subnet { first_host: Ipv4Addr::new(10, 20, 0, 1), mask: Ipv4Addr::new(255, 255, 0, 0) }
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn ipv6_prefix_is_the_configs() {
-        let c = NetworkConfig { ipv6_prefix: Some("fd12:3456:789a:1::/64".into()), ..base() };
+        let c = NetworkConfig { ipv6_prefix: Some("fd12:3456:789a:1::/64".parse().unwrap()), ..base() };
         assert_eq!(
             configuration_steps(&c)[1],
             Step::SetIpv6Prefix { prefix: "fd12:3456:789a:1::".parse().unwrap(), len: 64 }
@@ -301,7 +301,7 @@ mod tests {
         let rule = |family, addr: &str| PortForward {
             protocol: Protocol::Udp,
             external_port: 5353,
-            internal_address: addr.into(),
+            internal_address: addr.parse().unwrap(),
             internal_port: 53,
             address_family: family,
         };
@@ -320,9 +320,9 @@ mod tests {
 
     #[test]
     fn reservations_follow_the_forwards() {
-        let res = |mac: &str, addr: &str| DhcpReservation { mac: mac.into(), address: addr.into() };
+        let res = |mac: &str, addr: &str| DhcpReservation { mac: mac.parse().unwrap(), address: addr.parse().unwrap() };
         let with = |r, dhcp| NetworkConfig {
-            subnet: Some("192.168.107.1/24".into()),
+            subnet: Some("192.168.107.1/24".parse().unwrap()),
             dhcp,
             dhcp_reservations: vec![r],
             ..base()

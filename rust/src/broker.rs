@@ -257,8 +257,8 @@ impl Core {
             .networks
             .iter()
             .map(|(name, c)| {
-                let mode = if c.mode == crate::config::Mode::Shared { "shared" } else { "host" };
-                format!("{name} ({mode}, {})", c.subnet.map_or_else(|| "subnet chosen at creation".to_string(), |s| s.to_string()))
+                let mode = if c.mode() == crate::config::Mode::Shared { "shared" } else { "host" };
+                format!("{name} ({mode}, {})", c.subnet().map_or_else(|| "subnet chosen at creation".to_string(), |s| s.to_string()))
             })
             .collect();
         let networks = if networks.is_empty() { "none configured".to_owned() } else { networks.join(", ") };
@@ -325,8 +325,8 @@ impl Core {
             .options
             .networks
             .iter()
-            .filter(|(_, c)| !c.endpoints.is_empty())
-            .map(|(n, c)| (n.clone(), c.endpoints.clone()))
+            .filter(|(_, c)| !c.endpoints().is_empty())
+            .map(|(n, c)| (n.clone(), c.endpoints().to_vec()))
             .collect();
         if wanted.is_empty() {
             return Ok(());

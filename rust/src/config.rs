@@ -120,45 +120,45 @@ impl fmt::Display for Mode {
 
 /// One network, with every default filled in.
 ///
-/// Built from text only by the validator (`from_json`, `from_value`,
-/// `from_lima_json`; it has no `Deserialize`), and in code from the
-/// built-ins; a configuration built in code goes through
-/// [`NetworkConfig::validated`] before a platform sees it. The backends
-/// (`vmnet::create_network`) judge none of its values again.
+/// Built only by the validator (`from_json`, `from_value`,
+/// `from_lima_json`; it has no `Deserialize`) and as the built-ins; its
+/// fields are private and read through accessors, so every value a backend
+/// (`vmnet::create_network`) sees has passed the validator, and none is
+/// judged again.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
-    pub mode: Mode,
-    pub dhcp: bool,
-    pub dns_proxy: bool,
-    pub mtu: u32,
-    pub nat44: bool,
-    pub nat66: bool,
-    pub router_advertisement: bool,
+    mode: Mode,
+    dhcp: bool,
+    dns_proxy: bool,
+    mtu: u32,
+    nat44: bool,
+    nat66: bool,
+    router_advertisement: bool,
     /// Gateway (first host) address and prefix length, serialised as
     /// `192.168.107.1/24`; `None` lets the platform choose.
-    pub subnet: Option<Ipv4Subnet>,
+    subnet: Option<Ipv4Subnet>,
     /// IPv6 prefix, serialised as `fd00:1:2:3::/64`; `None` lets the
     /// platform choose.
-    pub ipv6_prefix: Option<Ipv6Prefix>,
-    pub port_forwarding: Vec<PortForward>,
-    pub dhcp_reservations: Vec<DhcpReservation>,
+    ipv6_prefix: Option<Ipv6Prefix>,
+    port_forwarding: Vec<PortForward>,
+    dhcp_reservations: Vec<DhcpReservation>,
     /// Shared mode only: the host interface to NAT through.
-    pub external_interface: Option<String>,
+    external_interface: Option<String>,
     /// Block VM-to-VM traffic on this network.
-    pub isolation: bool,
+    isolation: bool,
     /// TSO and checksum offload for every interface on the network.
-    pub offload: bool,
+    offload: bool,
     /// The socket paths the broker offers for this network
     /// (docs/endpoints.md); a broker-side setting, never a difference
     /// between two configurations of one network.
-    pub endpoints: Vec<EndpointKind>,
+    endpoints: Vec<EndpointKind>,
     /// Users who may use this network (names or numeric uids). Naming this
     /// or `allowed_groups` replaces both of the broker's lists (the unnamed
     /// one is empty); naming neither: the broker's (`policy::network_access`).
-    pub allowed_users: Option<Vec<String>>,
+    allowed_users: Option<Vec<String>>,
     /// Groups whose members may use this network; as `allowed_users`.
-    pub allowed_groups: Option<Vec<String>>,
+    allowed_groups: Option<Vec<String>>,
 }
 
 /// A kind of socket path a network is offered on (docs/endpoints.md).
@@ -409,10 +409,89 @@ fn parse_json(text: &str, source: &str) -> Result<Value, ConfigError> {
 }
 
 impl NetworkConfig {
-    /// The subnet; `None`: the platform chooses.
-    pub fn ipv4_subnet(&self) -> Option<Ipv4Subnet> {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn dhcp(&self) -> bool {
+        self.dhcp
+    }
+
+    pub fn dns_proxy(&self) -> bool {
+        self.dns_proxy
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    pub fn nat44(&self) -> bool {
+        self.nat44
+    }
+
+    pub fn nat66(&self) -> bool {
+        self.nat66
+    }
+
+    pub fn router_advertisement(&self) -> bool {
+        self.router_advertisement
+    }
+
+    /// Gateway (first host) address and prefix length; `None`: the platform chooses.
+    pub fn subnet(&self) -> Option<Ipv4Subnet> {
         self.subnet
     }
+
+    /// `None`: the platform chooses.
+    pub fn ipv6_prefix(&self) -> Option<Ipv6Prefix> {
+        self.ipv6_prefix
+    }
+
+    pub fn port_forwarding(&self) -> &[PortForward] {
+        &self.port_forwarding
+    }
+
+    pub fn dhcp_reservations(&self) -> &[DhcpReservation] {
+        &self.dhcp_reservations
+    }
+
+    pub fn external_interface(&self) -> Option<&str> {
+        self.external_interface.as_deref()
+    }
+
+    pub fn isolation(&self) -> bool {
+        self.isolation
+    }
+
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    pub fn endpoints(&self) -> &[EndpointKind] {
+        &self.endpoints
+    }
+
+    pub fn allowed_users(&self) -> Option<&[String]> {
+        self.allowed_users.as_deref()
+    }
+
+    pub fn allowed_groups(&self) -> Option<&[String]> {
+        self.allowed_groups.as_deref()
+    }
+
+    /// This configuration with what a platform chose where it leaves the
+    /// choice to the platform (subnet, IPv6 prefix, external interface):
+    /// facts of a live network, not settings to judge.
+    pub fn with_chosen(&self, subnet: Option<Ipv4Subnet>, ipv6_prefix: Option<Ipv6Prefix>, external_interface: Option<&str>) -> NetworkConfig {
+        let mut c = self.clone();
+        c.subnet = c.subnet.or(subnet);
+        c.ipv6_prefix = c.ipv6_prefix.or(ipv6_prefix);
+        if c.external_interface.is_none() {
+            c.external_interface = external_interface.map(str::to_owned);
+        }
+        c
+    }
+
 
     /// Lima's defaults for an entry with no keys: shared mode, DHCP, DNS
     /// proxy, NAT44, NAT66 and router advertisement on, MTU 1500, subnet and
@@ -525,10 +604,6 @@ impl NetworkConfig {
             .collect()
     }
 
-    /// The IPv6 prefix; `None` when the platform chooses it.
-    pub fn ipv6_prefix_parsed(&self) -> Option<Ipv6Prefix> {
-        self.ipv6_prefix
-    }
 
     /// Whether the network names its own users or groups.
     pub fn has_own_access(&self) -> bool {
@@ -543,6 +618,14 @@ impl NetworkConfig {
     /// The DHCP reservations as (MAC, address) pairs.
     pub fn reservations(&self) -> Vec<([u8; 6], Ipv4Addr)> {
         self.dhcp_reservations.iter().map(|r| (r.mac.octets(), r.address)).collect()
+    }
+}
+
+#[cfg(test)]
+impl NetworkConfig {
+    /// A configuration for a test, through the validator; panics on a problem.
+    pub(crate) fn test(value: Value) -> NetworkConfig {
+        NetworkConfig::from_value(&value, "test", "t").unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -334,7 +334,7 @@ impl Core {
         // A network found gone at the start is made again once (requests.rs).
         let interface = self.start_on_network(&mut st, network, &wanted, verdict, |_, st| {
             let entry = &st.networks[network];
-            let desc = InterfaceDesc { mac: None, isolation: entry.config.isolation, offload: entry.config.offload };
+            let desc = InterfaceDesc { mac: None, isolation: entry.config.isolation(), offload: entry.config.offload() };
             entry.network.start_interface(&desc).map_err(|e| failure("start an interface", &e))
         })?;
         let (adaptor, theirs) = match socket {

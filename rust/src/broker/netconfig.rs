@@ -35,16 +35,7 @@ pub fn to_json(config: &NetworkConfig) -> Vec<u8> {
 /// external interface the request leaves unset is not a difference (the
 /// platform chose it).
 pub fn differences(reference: &NetworkConfig, requested: &NetworkConfig) -> Vec<String> {
-    let mut req = requested.clone();
-    if req.subnet.is_none() {
-        req.subnet = reference.subnet.clone();
-    }
-    if req.ipv6_prefix.is_none() {
-        req.ipv6_prefix = reference.ipv6_prefix.clone();
-    }
-    if req.external_interface.is_none() {
-        req.external_interface = reference.external_interface.clone();
-    }
+    let req = requested.with_chosen(reference.subnet(), reference.ipv6_prefix(), reference.external_interface());
     reference.differences(&req)
 }
 
@@ -56,8 +47,8 @@ mod tests {
     #[test]
     fn lima_entry_gets_defaults() {
         let c = parse_json(br#"{"mode":"host","subnet":"192.168.108.0/24","mtu":0,"routerAdvertisement":false}"#, "host", true).unwrap();
-        assert_eq!(c.mode, Mode::Host);
-        assert!(c.dhcp && !c.router_advertisement);
+        assert_eq!(c.mode(), Mode::Host);
+        assert!(c.dhcp() && !c.router_advertisement());
         assert_eq!(c, builtin_networks()["host"]);
     }
 
@@ -73,10 +64,8 @@ mod tests {
     #[test]
     fn differences_name_both_sides() {
         let live = builtin_networks()["shared"].clone();
-        let mut req = live.clone();
-        assert!(differences(&live, &req).is_empty());
-        req.mtu = 9000;
-        req.subnet = None;
+        assert!(differences(&live, &live.clone()).is_empty());
+        let req = NetworkConfig::test(serde_json::json!({"mtu": 9000}));
         assert_eq!(differences(&live, &req), vec!["mtu: 1500 != 9000".to_owned()]);
         let round = parse_json(&to_json(&live), "shared", false).unwrap();
         assert_eq!(round, live);

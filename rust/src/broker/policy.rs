@@ -179,7 +179,7 @@ pub fn decide(facts: &Facts<'_>, caller: &Caller, network: &str, client: Option<
 /// these"); a network that names neither has the broker's (docs/config.md).
 pub fn network_access<'a>(config: &'a NetworkConfig, settings: &'a BrokerSettings) -> (&'a [String], &'a [String]) {
     if config.has_own_access() {
-        (config.allowed_users.as_deref().unwrap_or(&[]), config.allowed_groups.as_deref().unwrap_or(&[]))
+        (config.allowed_users().unwrap_or(&[]), config.allowed_groups().unwrap_or(&[]))
     } else {
         (&settings.allowed_users, &settings.allowed_groups)
     }
@@ -213,10 +213,10 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
             format!("network {network}: {what} (clientNetworks: restricted); {}", facts.not_defined(network)),
         )
     };
-    if let Some(ext) = &config.external_interface {
+    if let Some(ext) = config.external_interface() {
         return Err(refused("externalInterface", format!("externalInterface {ext:?} is not allowed in a caller's network")));
     }
-    for (i, pf) in config.port_forwarding.iter().enumerate() {
+    for (i, pf) in config.port_forwarding().iter().enumerate() {
         if pf.external_port < FIRST_UNPRIVILEGED_PORT {
             return Err(refused(
                 "privileged port forward",
@@ -227,10 +227,10 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
             ));
         }
     }
-    let Some(subnet) = config.ipv4_subnet() else {
+    let Some(subnet) = config.subnet() else {
         return Err(refused("no subnet", "a caller's network needs a subnet, so it can be checked against every other".into()));
     };
-    let prefix = config.ipv6_prefix;
+    let prefix = config.ipv6_prefix();
     let others = facts
         .configured
         .iter()
@@ -238,21 +238,21 @@ fn check_restricted(facts: &Facts<'_>, network: &str, config: &NetworkConfig) ->
         .chain(facts.live.iter().filter(|(n, _)| !facts.configured.contains_key(*n)).map(|(n, c)| (n, c, "live")));
     let mut forwarded: std::collections::HashMap<(Protocol, AddressFamily, u16), &str> = Default::default();
     for (other, c, kind) in others {
-        if let Some(theirs) = c.ipv4_subnet() {
+        if let Some(theirs) = c.subnet() {
             if subnet.overlaps(&theirs) {
                 return Err(refused("subnet collides", format!("subnet {subnet} overlaps {theirs} of {kind} network {other}; choose another subnet")));
             }
         }
-        if let (Some(mine), Some(theirs)) = (&prefix, c.ipv6_prefix) {
+        if let (Some(mine), Some(theirs)) = (&prefix, c.ipv6_prefix()) {
             if mine.overlaps(&theirs) {
                 return Err(refused("ipv6Prefix collides", format!("ipv6Prefix {mine} overlaps {theirs} of {kind} network {other}; choose another prefix")));
             }
         }
-        for pf in &c.port_forwarding {
+        for pf in c.port_forwarding() {
             forwarded.insert((pf.protocol, pf.address_family, pf.external_port), other.as_str());
         }
     }
-    for pf in &config.port_forwarding {
+    for pf in config.port_forwarding() {
         if let Some(other) = forwarded.get(&(pf.protocol, pf.address_family, pf.external_port)) {
             return Err(refused(
                 "port forward collides",
@@ -288,7 +288,7 @@ pub fn check_port_quota(facts: &Facts<'_>, caller: &Caller, held: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, Ipv4Subnet, PortForward};
+    use crate::config::{FileConfig, Ipv4Subnet};
 
     /// uid 1000 is alice (group 100, and member of `lab`, gid 500); 1001 is bob (group 100).
     struct Fake;
@@ -332,7 +332,7 @@ mod tests {
             let mut file = FileConfig::default();
             file.broker.allowed_groups = vec!["users".into()];
             file.broker.client_networks = client_networks;
-            file.networks.insert("lab".into(), NetworkConfig { subnet: Some("10.40.0.1/24".parse().unwrap()), allowed_groups: Some(vec!["lab".into()]), ..NetworkConfig::builtin_host() });
+            file.networks.insert("lab".into(), NetworkConfig::test(serde_json::json!({"mode": "host", "subnet": "10.40.0.1/24", "allowedGroups": ["lab"]})));
             let routes = vec![(Ipv4Subnet::parse("172.17.0.0/16", 8, 29).unwrap(), "172.17.0.0/16 dev docker0")];
             World { file, live: BTreeMap::new(), broker_uid: 0, routes }
         }
@@ -346,7 +346,7 @@ mod tests {
 
         fn with<R>(&self, f: impl FnOnce(&Facts<'_>) -> R) -> R {
             let routes = |c: &NetworkConfig| -> Result<Option<String>, String> {
-                let mine = c.ipv4_subnet().ok_or("no subnet")?;
+                let mine = c.subnet().ok_or("no subnet")?;
                 Ok(self.routes.iter().find(|(r, _)| r.overlaps(&mine)).map(|(_, d)| d.to_string()))
             };
             let facts = Facts {
@@ -371,11 +371,21 @@ mod tests {
     const BOB: u32 = 1001;
 
     fn mine(subnet: &str) -> NetworkConfig {
-        NetworkConfig { subnet: Some(subnet.parse().unwrap()), ..NetworkConfig::lima_default() }
+        mine_with(subnet, serde_json::json!({}))
     }
 
-    fn forward(port: u16) -> PortForward {
-        PortForward { protocol: Protocol::Tcp, external_port: port, internal_address: "10.60.0.10".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 }
+    /// A network on `subnet` with `extra` keys.
+    fn mine_with(subnet: &str, extra: serde_json::Value) -> NetworkConfig {
+        let mut v = serde_json::json!({ "subnet": subnet });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        NetworkConfig::test(v)
+    }
+
+    /// `portForwarding` with host port `port` to the `.10` of `subnet`.
+    fn forward(port: u16, subnet: &str) -> serde_json::Value {
+        let s: Ipv4Subnet = subnet.parse().unwrap();
+        let vm = std::net::Ipv4Addr::from(u32::from(s.network()) + 10);
+        serde_json::json!({"portForwarding": [{"protocol": "tcp", "externalPort": port, "internalAddress": vm.to_string(), "internalPort": 80}]})
     }
 
     #[test]
@@ -429,7 +439,7 @@ mod tests {
         assert_eq!(w.decide(ROOT, "lab", None), Ok(Verdict::Define));
         // A live network's own list applies too.
         let mut w = World::linux(ClientNetworks::Any);
-        w.live.insert("alices".into(), NetworkConfig { allowed_users: Some(vec!["alice".into()]), allowed_groups: Some(vec![]), ..mine("10.80.0.1/24") });
+        w.live.insert("alices".into(), mine_with("10.80.0.1/24", serde_json::json!({"allowedUsers": ["alice"], "allowedGroups": []})));
         assert!(w.decide(BOB, "alices", None).is_err());
         assert_eq!(w.decide(ALICE, "alices", None), Ok(Verdict::Use));
     }
@@ -439,8 +449,8 @@ mod tests {
         // Bob is in the broker's group `users`; a network naming only
         // allowedUsers (or only allowedGroups) must not let him in through it.
         let mut w = World::linux(ClientNetworks::Any);
-        w.file.networks.insert("onlyalice".into(), NetworkConfig { allowed_users: Some(vec!["alice".into()]), ..mine("10.81.0.1/24") });
-        w.file.networks.insert("onlylab".into(), NetworkConfig { allowed_groups: Some(vec!["lab".into()]), ..mine("10.82.0.1/24") });
+        w.file.networks.insert("onlyalice".into(), mine_with("10.81.0.1/24", serde_json::json!({"allowedUsers": ["alice"]})));
+        w.file.networks.insert("onlylab".into(), mine_with("10.82.0.1/24", serde_json::json!({"allowedGroups": ["lab"]})));
         w.file.networks.insert("brokers".into(), mine("10.83.0.1/24"));
         let r = w.decide(BOB, "onlyalice", None).unwrap_err();
         assert_eq!(r.failure.code, code::NOT_ALLOWED);
@@ -459,12 +469,12 @@ mod tests {
     #[test]
     fn restricted_refuses_what_takes_over_the_host() {
         let w = World::linux(ClientNetworks::Restricted);
-        let ok = NetworkConfig { port_forwarding: vec![forward(8080)], ..mine("10.60.0.1/24") };
+        let ok = mine_with("10.60.0.1/24", forward(8080, "10.60.0.1/24"));
         assert_eq!(w.decide(ALICE, "mine", Some(&ok)), Ok(Verdict::Define));
         let cases: Vec<(NetworkConfig, &str)> = vec![
-            (NetworkConfig { port_forwarding: vec![forward(80)], ..mine("10.60.0.1/24") }, "forwards host port 80 tcp/ipv4, below 1024"),
-            (NetworkConfig { external_interface: Some("eth0".into()), ..mine("10.60.0.1/24") }, "externalInterface \"eth0\" is not allowed"),
-            (NetworkConfig { subnet: None, ..mine("10.60.0.1/24") }, "needs a subnet"),
+            (mine_with("10.60.0.1/24", forward(80, "10.60.0.1/24")), "forwards host port 80 tcp/ipv4, below 1024"),
+            (mine_with("10.60.0.1/24", serde_json::json!({"externalInterface": "eth0"})), "externalInterface \"eth0\" is not allowed"),
+            (NetworkConfig::test(serde_json::json!({})), "needs a subnet"),
             (mine("192.168.107.1/25"), "overlaps 192.168.107.1/24 of configured network shared"),
             (mine("10.40.0.1/16"), "overlaps 10.40.0.1/24 of configured network lab"),
             (mine("172.17.5.1/24"), "collides with the host's route 172.17.0.0/16 dev docker0"),
@@ -478,7 +488,7 @@ mod tests {
             assert_eq!(w.decide(ROOT, "mine", Some(&config)), Ok(Verdict::Define));
         }
         let mut w = World::linux(ClientNetworks::Restricted);
-        w.live.insert("bobs".into(), NetworkConfig { port_forwarding: vec![forward(8080)], ..mine("10.90.0.1/24") });
+        w.live.insert("bobs".into(), mine_with("10.90.0.1/24", forward(8080, "10.90.0.1/24")));
         let r = w.decide(ALICE, "mine", Some(&mine("10.90.0.1/28"))).unwrap_err();
         assert!(r.failure.message.contains("of live network bobs"), "{r:?}");
         let r = w.decide(ALICE, "mine", Some(&ok)).unwrap_err();
@@ -491,7 +501,7 @@ mod tests {
         assert_eq!(w.file.broker.client_networks, ClientNetworks::Any);
         // The agent's own user (and root) define networks from a client's
         // configuration, as Lima's vmnet-broker does.
-        let lima = NetworkConfig { port_forwarding: vec![forward(80)], ..mine("10.60.0.1/24") };
+        let lima = mine_with("10.60.0.1/24", forward(80, "10.60.0.1/24"));
         assert_eq!(w.decide(ALICE, "lima-net", Some(&lima)), Ok(Verdict::Define));
         assert_eq!(w.decide(ROOT, "lima-net", Some(&lima)), Ok(Verdict::Define));
         assert_eq!(w.decide(ALICE, "shared", Some(&lima)), Ok(Verdict::Define));

@@ -332,11 +332,7 @@ impl Core {
             .networks
             .iter()
             .map(|(n, e)| {
-                let mut c = e.config.clone();
-                if c.subnet.is_none() {
-                    c.subnet = e.network.state().ipv4_subnet();
-                }
-                (n.clone(), c)
+                (n.clone(), e.config.with_chosen(e.network.state().ipv4_subnet(), None, None))
             })
             .collect();
         let route_conflict = |c: &NetworkConfig| host_route_conflict(c);
@@ -458,7 +454,7 @@ impl Core {
     /// Starts a port on live network `name`.
     fn start_port(&self, st: &State, name: &str, fd_type: FdType, mac: Option<[u8; 6]>, vnet_hdr: bool) -> Result<Opened, Failure> {
         let entry = &st.networks[name];
-        let desc = InterfaceDesc { mac, isolation: entry.config.isolation, offload: entry.config.offload };
+        let desc = InterfaceDesc { mac, isolation: entry.config.isolation(), offload: entry.config.offload() };
         let create_failure = |what: &str, e: &dyn std::fmt::Display| Failure::new(code::CREATE_FAILURE, format!("network {name}: could not {what}: {e}"));
         match fd_type {
             FdType::Relay(kind) => {
@@ -507,7 +503,7 @@ impl Core {
                 .with("configured", Value::Bool(self.options.networks.contains_key(name)))
                 .with("leases", Value::Int(st.leases_on(name) as i64));
             if let Some(c) = config {
-                d.insert("mode", Value::String(if c.mode == crate::config::Mode::Shared { "shared" } else { "host" }.into()));
+                d.insert("mode", Value::String(if c.mode() == crate::config::Mode::Shared { "shared" } else { "host" }.into()));
                 d.insert("config", Value::Data(netconfig::to_json(c)));
                 // Who may use it besides the broker's owner: its own lists
                 // (an unnamed one empty), else the broker's.
@@ -517,7 +513,7 @@ impl Core {
                 d.insert("allowed_groups", Value::String(groups.join(",")));
                 d.insert("own_access", Value::Bool(c.has_own_access()));
             }
-            let subnet = live.map(|e| e.network.state().subnet).or_else(|| config.and_then(|c| c.subnet.map(|s| s.to_string())));
+            let subnet = live.map(|e| e.network.state().subnet).or_else(|| config.and_then(|c| c.subnet().map(|s| s.to_string())));
             if let Some(s) = subnet {
                 d.insert("subnet", Value::String(s));
             }
@@ -814,7 +810,7 @@ mod tests {
         let lima = Dict::new().with("Network", Value::String("host".into())).with("Configuration", Value::Data(MINE.to_vec()));
         let reply = c.request(&caller(1), lima);
         assert!(reply.get_str("ConfigurationDifference").is_some_and(|d| d.contains("subnet")), "{reply:?}");
-        assert_eq!(c.lock_state().networks["host"].config.subnet.map(|s| s.to_string()).as_deref(), Some("192.168.108.1/24"));
+        assert_eq!(c.lock_state().networks["host"].config.subnet().map(|s| s.to_string()).as_deref(), Some("192.168.108.1/24"));
         // Root defines as before.
         let root = Peer { uid: 0, gid: 0, pid: 1, connection: 9 };
         let reply = c.request(&root, cmd("acquire").with("network_name", Value::String("mine".into())).with("config", Value::Data(MINE.to_vec())));

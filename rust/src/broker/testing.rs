@@ -120,8 +120,8 @@ impl HubNetwork {
                 .map_err(|e| Error::io("start the hub thread", e))?
         };
         let state = NetworkState {
-            subnet: config.subnet.map_or_else(|| "10.99.0.1/24".into(), |s| s.to_string()),
-            ipv6_prefix: config.ipv6_prefix.map(|p| p.to_string()),
+            subnet: config.subnet().map_or_else(|| "10.99.0.1/24".into(), |s| s.to_string()),
+            ipv6_prefix: config.ipv6_prefix().map(|p| p.to_string()),
             device: format!("hub-{name}"),
         };
         Ok(HubNetwork { config: config.clone(), state, inner, thread: Some(thread) })
@@ -245,7 +245,7 @@ impl Network for HubNetwork {
         let id = self.inner.next_port.fetch_add(1, Ordering::Relaxed);
         self.inner.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(id, hub);
         self.wake();
-        let mtu = self.config.mtu;
+        let mtu = self.config.mtu();
         let info = InterfaceInfo {
             mac: desc.mac.unwrap_or([0x02, 0x00, 0x00, 0x00, (id >> 8) as u8, id as u8]),
             mtu,

@@ -162,7 +162,7 @@ impl LinuxNetwork {
             }
         }
         let routes = links::routes()?;
-        let subnet = match config.ipv4_subnet() {
+        let subnet = match config.subnet() {
             Some(s) => s,
             None => plan::choose_subnet(&routes).ok_or_else(|| plan::PlanError {
                 network: name.into(),
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", std::io::Error::last_os_error());
         cmd::run(&["ip", "link", "set", "lo", "up"], None).unwrap();
         let dir = std::env::temp_dir().join(format!("vmnet-rs-iface-{}", std::process::id()));
-        let config = NetworkConfig { subnet: Some("10.123.0.1/24".parse().unwrap()), ..NetworkConfig::lima_default() };
+        let config = NetworkConfig::test(serde_json::json!({"subnet": "10.123.0.1/24"}));
         let net = create_network("rustport", &config, &BackendOptions { state_dir: dir.clone(), ..Default::default() }).unwrap();
         assert!(net.is_alive());
         assert_eq!(net.state().subnet, "10.123.0.1/24");

@@ -232,7 +232,7 @@ impl VmnetInterface {
     ) -> Result<VmnetInterface, Error> {
         let v = ffi::vmnet()?;
         let name = format!("interface on {network_name}");
-        let entries = mapping::interface_desc_entries(desc, config.isolation, config.offload)?;
+        let entries = mapping::interface_desc_entries(desc, config.isolation(), config.offload())?;
 
         let mut raw_status: ffi::vmnet_return_t = 0;
         // SAFETY: the serialization is a live XPC object; +1 or NULL.

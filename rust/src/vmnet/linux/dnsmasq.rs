@@ -367,21 +367,20 @@ fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DhcpReservation, Mode};
-    use crate::vmnet::linux::plan::tests::config;
+    use serde_json::json;
+    use crate::vmnet::linux::plan::tests::config_with;
 
     fn files() -> Files {
         Files { leases: "/s/n.leases".into(), pid: "/s/n.pid".into(), log: "/s/n.log".into() }
     }
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
-        Plan::new("t", c, c.ipv4_subnet().unwrap(), &[]).unwrap()
+        Plan::new("t", c, c.subnet().unwrap(), &[]).unwrap()
     }
 
     #[test]
     fn shared_args() {
-        let mut c = config();
-        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:00:00:01".parse().unwrap(), address: "10.77.0.9".parse().unwrap() }];
+        let c = config_with(json!({"dhcpReservations": [{"mac": "52:54:00:00:00:01", "address": "10.77.0.9"}]}));
         let a = args(&plan(&c), "vmr-t", &files(), None);
         for want in [
             "--interface=vmr-t",
@@ -404,11 +403,8 @@ mod tests {
 
     #[test]
     fn switches_are_honoured() {
-        let mut c = config();
-        c.dns_proxy = false;
-        c.dhcp = false;
-        c.mode = Mode::Host;
-        c.ipv6_prefix = Some("fd00:5::/64".parse().unwrap());
+        let switches = json!({"dnsProxy": false, "dhcp": false, "mode": "host", "routerAdvertisement": true, "ipv6Prefix": "fd00:5::/64"});
+        let c = config_with(switches.clone());
         let p = plan(&c);
         assert!(needed(&p));
         let a = args(&p, "vmr-t", &files(), None);
@@ -417,13 +413,14 @@ mod tests {
         assert!(a.iter().any(|x| x == "--enable-ra"), "{a:?}");
         assert!(a.iter().any(|x| x == "--dhcp-range=fd00:5::,ra-only,64"), "{a:?}");
         assert!(a.iter().any(|x| x == "--ra-param=vmr-t,mtu:1500,60,0"), "{a:?}");
-        c.router_advertisement = false;
-        assert!(!needed(&plan(&c)));
+        let mut off = switches;
+        off["routerAdvertisement"] = json!(false);
+        assert!(!needed(&plan(&config_with(off))));
     }
 
     #[test]
     fn resolv_file_is_used_only_when_given() {
-        let a = args(&plan(&config()), "vmr-t", &files(), Some("/etc/resolv.conf"));
+        let a = args(&plan(&config_with(json!({}))), "vmr-t", &files(), Some("/etc/resolv.conf"));
         assert!(a.iter().any(|x| x == "--resolv-file=/etc/resolv.conf"));
         assert!(!a.iter().any(|x| x == "--no-resolv"));
     }

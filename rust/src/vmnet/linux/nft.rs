@@ -146,22 +146,23 @@ pub fn delete_table(table: &str) -> Result<(), cmd::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AddressFamily, Mode, PortForward};
-    use crate::vmnet::linux::plan::{tests::config, Plan};
+    use serde_json::json;
+    use crate::vmnet::linux::plan::{tests::config_with, Plan};
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
-        Plan::new("t", c, c.ipv4_subnet().unwrap(), &[]).unwrap()
+        Plan::new("t", c, c.subnet().unwrap(), &[]).unwrap()
     }
 
     #[test]
     fn shared_ruleset_masquerades_and_forwards() {
-        let mut c = config();
-        c.ipv6_prefix = Some("fd00:1::/64".parse().unwrap());
-        c.external_interface = Some("eth0".into());
-        c.port_forwarding = vec![
-            PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.5".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 },
-            PortForward { protocol: Protocol::Udp, external_port: 5353, internal_address: "fd00:1::5".parse().unwrap(), internal_port: 53, address_family: AddressFamily::Ipv6 },
-        ];
+        let c = config_with(json!({
+            "ipv6Prefix": "fd00:1::/64",
+            "externalInterface": "eth0",
+            "portForwarding": [
+                {"protocol": "tcp", "externalPort": 8080, "internalAddress": "10.77.0.5", "internalPort": 80},
+                {"protocol": "udp", "externalPort": 5353, "internalAddress": "fd00:1::5", "internalPort": 53, "addressFamily": "ipv6"},
+            ],
+        }));
         let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
         assert!(s.starts_with("table inet vmnet_rs_t {\n"), "{s}");
         assert!(s.contains("iifname \"vmr-t\" oifname \"eth0\" ip saddr 10.77.0.0/24 accept"), "{s}");
@@ -187,8 +188,7 @@ mod tests {
 
     #[test]
     fn nat_off_means_no_masquerade() {
-        let mut c = config();
-        c.nat44 = false;
+        let c = config_with(json!({"nat44": false}));
         let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
         assert!(!s.contains("masquerade"), "{s}");
         assert!(!s.contains("postrouting"), "{s}");
@@ -196,8 +196,7 @@ mod tests {
 
     #[test]
     fn host_ruleset_drops_all_forwarding() {
-        let mut c = config();
-        c.mode = Mode::Host;
+        let c = config_with(json!({"mode": "host"}));
         let s = ruleset(&plan(&c), "vmr-t", "vmnet_rs_t");
         assert!(s.contains("iifname \"vmr-t\" drop"), "{s}");
         assert!(s.contains("oifname \"vmr-t\" drop"), "{s}");

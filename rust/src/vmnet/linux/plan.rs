@@ -96,7 +96,7 @@ impl Plan {
     /// will live in.
     pub fn new(name: &str, config: &NetworkConfig, v4: Ipv4Subnet, routes: &[Route]) -> Result<Plan, PlanError> {
         let fail = |message: String| PlanError { network: name.to_string(), message };
-        let v6 = config.ipv6_prefix_parsed();
+        let v6 = config.ipv6_prefix();
         let reservations: Vec<(String, Ipv4Addr)> = config.reservations().into_iter().map(|(mac, ip)| (format_mac(&mac), ip)).collect();
         if let Some((mac, ip)) = reservations.iter().find(|(_, ip)| !v4.is_client_address(*ip)) {
             return Err(fail(format!("DHCP reservation {ip} for {mac} is not a client address of subnet {v4}")));
@@ -121,17 +121,17 @@ impl Plan {
 
         Ok(Plan {
             name: name.to_string(),
-            mode: config.mode,
+            mode: config.mode(),
             v4,
             v6,
-            mtu: config.mtu,
-            dhcp: config.dhcp,
-            dns_proxy: config.dns_proxy,
-            router_advertisement: config.router_advertisement,
-            nat44: config.nat44,
-            nat66: config.nat66,
-            isolation: config.isolation,
-            external_interface: config.external_interface.clone(),
+            mtu: config.mtu(),
+            dhcp: config.dhcp(),
+            dns_proxy: config.dns_proxy(),
+            router_advertisement: config.router_advertisement(),
+            nat44: config.nat44(),
+            nat66: config.nat66(),
+            isolation: config.isolation(),
+            external_interface: config.external_interface().map(str::to_owned),
             reservations,
             forwards,
         })
@@ -147,12 +147,12 @@ impl Plan {
 /// described as `10.0.0.0/16 dev eth9`; `None` when nothing overlaps (or the
 /// platform chooses the subnet).
 pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Result<Option<String>, String> {
-    if let Some(v4) = config.ipv4_subnet() {
+    if let Some(v4) = config.subnet() {
         if let Some(r) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
             return Ok(Some(r.describe()));
         }
     }
-    if let Some(v6) = config.ipv6_prefix_parsed() {
+    if let Some(v6) = config.ipv6_prefix() {
         if let Some(r) = routes.iter().find(|r| r.overlaps_v6(&v6)) {
             return Ok(Some(r.describe()));
         }
@@ -170,14 +170,18 @@ pub fn choose_subnet(routes: &[Route]) -> Option<Ipv4Subnet> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{AddressFamily, DhcpReservation, PortForward};
+    use serde_json::json;
 
-    pub fn config() -> NetworkConfig {
-        NetworkConfig { subnet: Some("10.77.0.1/24".parse().unwrap()), ..NetworkConfig::lima_default() }
+    /// A test configuration on 10.77.0.0/24, `extra` keys added.
+    pub fn config_with(extra: serde_json::Value) -> NetworkConfig {
+        let mut v = json!({"subnet": "10.77.0.1/24"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        NetworkConfig::test(v)
     }
 
+
     fn plan(c: &NetworkConfig) -> Result<Plan, PlanError> {
-        Plan::new("t", c, c.ipv4_subnet().unwrap(), &[])
+        Plan::new("t", c, c.subnet().unwrap(), &[])
     }
 
     fn route(s: &str, dev: &str) -> Route {
@@ -187,9 +191,10 @@ pub(crate) mod tests {
 
     #[test]
     fn good_config_plans() {
-        let mut c = config();
-        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:AA:BB:01".parse().unwrap(), address: "10.77.0.50".parse().unwrap() }];
-        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 8080, internal_address: "10.77.0.50".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
+        let c = config_with(json!({
+            "dhcpReservations": [{"mac": "52:54:00:AA:BB:01", "address": "10.77.0.50"}],
+            "portForwarding": [{"protocol": "tcp", "externalPort": 8080, "internalAddress": "10.77.0.50", "internalPort": 80}],
+        }));
         let p = plan(&c).unwrap();
         assert_eq!(p.reservations, vec![("52:54:00:aa:bb:01".to_string(), Ipv4Addr::new(10, 77, 0, 50))]);
         assert_eq!(p.forwards.len(), 1);
@@ -198,31 +203,30 @@ pub(crate) mod tests {
     #[test]
     fn addresses_outside_the_chosen_subnet_are_refused() {
         // The validator cannot know a subnet the backend chooses; the plan does.
-        let mut c = config();
-        c.dhcp_reservations = vec![DhcpReservation { mac: "52:54:00:aa:bb:01".parse().unwrap(), address: "10.78.0.5".parse().unwrap() }];
-        assert!(plan(&c).unwrap_err().message.contains("not a client address"));
-        let mut c = config();
-        c.port_forwarding = vec![PortForward { protocol: Protocol::Tcp, external_port: 80, internal_address: "10.78.0.9".parse().unwrap(), internal_port: 80, address_family: AddressFamily::Ipv4 }];
-        assert!(plan(&c).unwrap_err().message.contains("not a client address"));
+        let other = "10.78.0.1/24".parse().unwrap();
+        let c = config_with(json!({"dhcpReservations": [{"mac": "52:54:00:aa:bb:01", "address": "10.77.0.5"}]}));
+        assert!(Plan::new("t", &c, other, &[]).unwrap_err().message.contains("not a client address"));
+        let c = config_with(json!({"portForwarding": [{"protocol": "tcp", "externalPort": 80, "internalAddress": "10.77.0.9", "internalPort": 80}]}));
+        assert!(Plan::new("t", &c, other, &[]).unwrap_err().message.contains("not a client address"));
     }
 
     #[test]
     fn overlapping_route_is_named() {
-        let c = NetworkConfig { subnet: Some("10.0.0.1/24".parse().unwrap()), ..config() };
+        let c = NetworkConfig::test(json!({"subnet": "10.0.0.1/24"}));
         let routes = [route("0.0.0.0/0", "eth0"), route("192.168.1.0/24", "eth1"), route("10.0.0.0/16", "eth9")];
-        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap(), &routes).unwrap_err();
+        let e = Plan::new("x", &c, c.subnet().unwrap(), &routes).unwrap_err();
         assert_eq!(e.to_string(), "network \"x\": subnet 10.0.0.1/24 of network \"x\" overlaps route 10.0.0.0/16 dev eth9; choose another subnet");
         // A more specific route inside the subnet overlaps too.
-        let e = Plan::new("x", &c, c.ipv4_subnet().unwrap(), &[route("10.0.0.128/25", "eth3")]).unwrap_err();
+        let e = Plan::new("x", &c, c.subnet().unwrap(), &[route("10.0.0.128/25", "eth3")]).unwrap_err();
         assert!(e.message.contains("10.0.0.128/25 dev eth3"));
-        assert!(Plan::new("x", &c, c.ipv4_subnet().unwrap(), &[route("10.0.1.0/24", "eth3")]).is_ok());
+        assert!(Plan::new("x", &c, c.subnet().unwrap(), &[route("10.0.1.0/24", "eth3")]).is_ok());
     }
 
     #[test]
     fn auto_subnet_skips_used_ones() {
         assert_eq!(choose_subnet(&[]).map(|s| s.to_string()).as_deref(), Some("192.168.64.1/24"));
         let docker = [route("172.17.0.0/16", "docker0")];
-        let c = |s: &str| NetworkConfig { subnet: Some(s.parse().unwrap()), ..NetworkConfig::lima_default() };
+        let c = |s: &str| NetworkConfig::test(json!({"subnet": s}));
         assert_eq!(route_conflict(&c("172.17.3.1/24"), &docker), Ok(Some("172.17.0.0/16 dev docker0".into())));
         assert_eq!(route_conflict(&c("10.3.0.1/24"), &docker), Ok(None));
         assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).map(|s| s.to_string()).as_deref(), Some("192.168.66.1/24"));

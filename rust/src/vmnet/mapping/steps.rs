@@ -104,38 +104,36 @@ fn mode_name(mode: u32) -> &'static str {
 /// so every value is in range and well-formed: nothing is judged again
 /// here, and a value that still fails to parse is left to the platform.
 pub fn configuration_steps(config: &NetworkConfig) -> Vec<Step> {
-    let mode = match config.mode {
+    let mode = match config.mode() {
         Mode::Shared => VMNET_SHARED_MODE,
         Mode::Host => VMNET_HOST_MODE,
     };
     let mut steps = vec![Step::Create { mode }];
-    if let Some(name) = &config.external_interface {
-        steps.push(Step::SetExternalInterface(name.clone()));
+    if let Some(name) = config.external_interface() {
+        steps.push(Step::SetExternalInterface(name.to_owned()));
     }
-    if !config.nat44 {
+    if !config.nat44() {
         steps.push(Step::DisableNat44);
     }
-    if !config.nat66 {
+    if !config.nat66() {
         steps.push(Step::DisableNat66);
     }
-    if !config.dhcp {
+    if !config.dhcp() {
         steps.push(Step::DisableDhcp);
     }
-    if !config.dns_proxy {
+    if !config.dns_proxy() {
         steps.push(Step::DisableDnsProxy);
     }
-    if !config.router_advertisement {
+    if !config.router_advertisement() {
         steps.push(Step::DisableRouterAdvertisement);
     }
-    if let Some(subnet) = config.ipv4_subnet() {
+    if let Some(subnet) = config.subnet() {
         steps.push(Step::SetIpv4Subnet { first_host: subnet.gateway(), mask: subnet.netmask() });
     }
-    if let Some(p) = config.ipv6_prefix_parsed() {
+    if let Some(p) = config.ipv6_prefix() {
         steps.push(Step::SetIpv6Prefix { prefix: p.addr(), len: p.prefix_len() });
     }
-    if config.mtu != 0 {
-        steps.push(Step::SetMtu(config.mtu));
-    }
+    steps.push(Step::SetMtu(config.mtu()));
     for (rule, internal_address) in config.forwards() {
         let protocol = match rule.protocol {
             Protocol::Tcp => IPPROTO_TCP,
@@ -179,57 +177,47 @@ pub fn network_state(subnet: Ipv4Addr, mask: Ipv4Addr, ipv6: Option<(Ipv6Addr, u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AddressFamily, DhcpReservation, PortForward};
+    use serde_json::json;
 
-    fn base() -> NetworkConfig {
-        NetworkConfig { mtu: 0, ..NetworkConfig::lima_default() }
+    fn cfg(v: serde_json::Value) -> NetworkConfig {
+        NetworkConfig::test(v)
     }
 
+    const MTU: Step = Step::SetMtu(1500);
+
     #[test]
-    fn defaults_are_one_create_call() {
-        assert_eq!(configuration_steps(&base()), vec![Step::Create { mode: VMNET_SHARED_MODE }]);
-        let host = NetworkConfig { mode: Mode::Host, ..base() };
-        assert_eq!(configuration_steps(&host), vec![Step::Create { mode: VMNET_HOST_MODE }]);
+    fn defaults_are_create_and_mtu() {
+        assert_eq!(configuration_steps(&cfg(json!({}))), vec![Step::Create { mode: VMNET_SHARED_MODE }, MTU]);
+        let host = cfg(json!({"mode": "host", "routerAdvertisement": true}));
+        assert_eq!(configuration_steps(&host), vec![Step::Create { mode: VMNET_HOST_MODE }, MTU]);
     }
 
     #[test]
     fn each_false_flag_maps_to_its_disable_call() {
-        type Case = (fn(&mut NetworkConfig), Step);
-        let cases: [Case; 5] = [
-            (|c| c.nat44 = false, Step::DisableNat44),
-            (|c| c.nat66 = false, Step::DisableNat66),
-            (|c| c.dhcp = false, Step::DisableDhcp),
-            (|c| c.dns_proxy = false, Step::DisableDnsProxy),
-            (|c| c.router_advertisement = false, Step::DisableRouterAdvertisement),
+        let cases = [
+            ("nat44", Step::DisableNat44),
+            ("nat66", Step::DisableNat66),
+            ("dhcp", Step::DisableDhcp),
+            ("dnsProxy", Step::DisableDnsProxy),
+            ("routerAdvertisement", Step::DisableRouterAdvertisement),
         ];
-        for (set, step) in cases {
-            let mut c = base();
-            set(&mut c);
-            assert_eq!(configuration_steps(&c), vec![Step::Create { mode: VMNET_SHARED_MODE }, step]);
+        for (key, step) in cases {
+            let c = cfg(json!({ key: false }));
+            assert_eq!(configuration_steps(&c), vec![Step::Create { mode: VMNET_SHARED_MODE }, step, MTU]);
         }
     }
 
     #[test]
     fn full_config_in_call_order() {
-        let c = NetworkConfig {
-            mtu: 9000,
-            nat66: false,
-            subnet: Some("192.168.107.0/24".parse().unwrap()),
-            ipv6_prefix: Some("fd00:1:2:3::/64".parse().unwrap()),
-            external_interface: Some("en0".into()),
-            port_forwarding: vec![PortForward {
-                protocol: Protocol::Tcp,
-                external_port: 2222,
-                internal_address: "192.168.107.10".parse().unwrap(),
-                internal_port: 22,
-                address_family: AddressFamily::Ipv4,
-            }],
-            dhcp_reservations: vec![DhcpReservation {
-                mac: "52:54:00:12:34:56".parse().unwrap(),
-                address: "192.168.107.20".parse().unwrap(),
-            }],
-            ..base()
-        };
+        let c = cfg(json!({
+            "mtu": 9000,
+            "nat66": false,
+            "subnet": "192.168.107.0/24",
+            "ipv6Prefix": "fd00:1:2:3::/64",
+            "externalInterface": "en0",
+            "portForwarding": [{"protocol": "tcp", "externalPort": 2222, "internalAddress": "192.168.107.10", "internalPort": 22}],
+            "dhcpReservations": [{"mac": "52:54:00:12:34:56", "address": "192.168.107.20"}],
+        }));
         let steps = configuration_steps(&c);
         assert_eq!(
             steps,
@@ -265,7 +253,7 @@ mod tests {
     #[test]
     fn subnet_is_normalised_to_first_host() {
         for text in ["192.168.107.0/24", "192.168.107.1/24"] {
-            let c = NetworkConfig { subnet: Some(text.parse().unwrap()), ..base() };
+            let c = cfg(json!({ "subnet": text }));
             assert_eq!(
                 configuration_steps(&c)[1],
                 Step::SetIpv4Subnet {
@@ -275,7 +263,7 @@ mod tests {
                 "{text}"
             );
         }
-        let c = NetworkConfig { subnet: Some("10.20.0.0/16".parse().unwrap()), ..base() };
+        let c = cfg(json!({"subnet": "10.20.0.0/16"}));
         assert_eq!(
             configuration_steps(&c)[1],
             Step::SetIpv4Subnet { first_host: Ipv4Addr::new(10, 20, 0, 1), mask: Ipv4Addr::new(255, 255, 0, 0) }
@@ -284,7 +272,7 @@ mod tests {
 
     #[test]
     fn ipv6_prefix_is_the_configs() {
-        let c = NetworkConfig { ipv6_prefix: Some("fd12:3456:789a:1::/64".parse().unwrap()), ..base() };
+        let c = cfg(json!({"ipv6Prefix": "fd12:3456:789a:1::/64"}));
         assert_eq!(
             configuration_steps(&c)[1],
             Step::SetIpv6Prefix { prefix: "fd12:3456:789a:1::".parse().unwrap(), len: 64 }
@@ -292,23 +280,19 @@ mod tests {
     }
 
     #[test]
-    fn mtu_is_set_when_given() {
-        assert_eq!(configuration_steps(&NetworkConfig { mtu: 1500, ..base() })[1], Step::SetMtu(1500));
+    fn mtu_is_the_configs() {
+        assert_eq!(configuration_steps(&cfg(json!({"mtu": 9000})))[1], Step::SetMtu(9000));
     }
 
     #[test]
     fn port_forward_v6_udp() {
-        let rule = |family, addr: &str| PortForward {
-            protocol: Protocol::Udp,
-            external_port: 5353,
-            internal_address: addr.parse().unwrap(),
-            internal_port: 53,
-            address_family: family,
-        };
-        let c = NetworkConfig { port_forwarding: vec![rule(AddressFamily::Ipv6, "fd00::10")], ..base() };
+        let c = cfg(json!({
+            "ipv6Prefix": "fd00::/64",
+            "portForwarding": [{"protocol": "udp", "externalPort": 5353, "internalAddress": "fd00::10", "internalPort": 53, "addressFamily": "ipv6"}],
+        }));
         assert_eq!(
-            configuration_steps(&c)[1],
-            Step::AddPortForwardingRule {
+            configuration_steps(&c).last().unwrap(),
+            &Step::AddPortForwardingRule {
                 protocol: IPPROTO_UDP,
                 family: DARWIN_AF_INET6,
                 internal_port: 53,
@@ -320,14 +304,13 @@ mod tests {
 
     #[test]
     fn reservations_follow_the_forwards() {
-        let res = |mac: &str, addr: &str| DhcpReservation { mac: mac.parse().unwrap(), address: addr.parse().unwrap() };
-        let with = |r, dhcp| NetworkConfig {
-            subnet: Some("192.168.107.1/24".parse().unwrap()),
-            dhcp,
-            dhcp_reservations: vec![r],
-            ..base()
-        };
-        let steps = configuration_steps(&with(res("52:54:00:00:00:0a", "192.168.107.3"), true));
+        let c = cfg(json!({
+            "subnet": "192.168.107.1/24",
+            "portForwarding": [{"protocol": "tcp", "externalPort": 2222, "internalAddress": "192.168.107.10", "internalPort": 22}],
+            "dhcpReservations": [{"mac": "52:54:00:00:00:0a", "address": "192.168.107.3"}],
+        }));
+        let steps = configuration_steps(&c);
+        assert!(matches!(steps[steps.len() - 2], Step::AddPortForwardingRule { .. }), "{steps:?}");
         assert_eq!(
             steps.last().unwrap(),
             &Step::AddDhcpReservation { mac: [0x52, 0x54, 0, 0, 0, 0x0a], address: Ipv4Addr::new(192, 168, 107, 3) }

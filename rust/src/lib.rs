@@ -19,10 +19,14 @@
 //!   dnsmasq) and their interfaces; uses `config` and `xpc::Dict`.
 //! - `config`: network and broker settings as read and checked, and the
 //!   address types (IPv4 subnet, IPv6 prefix, MAC); imports no IPC.
+//! - `sys`: the Unix socket and descriptor calls every layer shares
+//!   (flags, socket options, `sockaddr_un`, sockets, pipes, peer
+//!   credentials); imports nothing of the crate.
 
 pub mod adaptor;
 pub mod broker;
 pub mod config;
+pub mod sys;
 #[cfg(any(apple_api, test))]
 pub(crate) mod darwin_shim;
 pub mod vmnet;

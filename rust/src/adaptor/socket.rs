@@ -3,10 +3,11 @@
 //! thread; nothing here keeps state.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::Kind;
+use crate::sys;
 
 /// SO_SNDBUF asked for by default (vfkit and gvproxy use 1 MiB).
 pub const DEFAULT_SEND_BUFFER_BYTES: usize = 1 << 20;
@@ -20,36 +21,13 @@ pub struct SocketBuffers {
     pub recv_bytes: usize,
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn set_cloexec(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    unsafe {
-        let flags = cvt(libc::fcntl(fd, libc::F_GETFD))?;
-        cvt(libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC))?;
-    }
-    Ok(())
-}
-
 /// A connected AF_UNIX pair of the kind's socket type, close-on-exec.
 pub(crate) fn socketpair(kind: Kind) -> io::Result<(OwnedFd, OwnedFd)> {
     let ty = match kind {
         Kind::Datagram | Kind::DatagramNext => libc::SOCK_DGRAM,
         Kind::Stream => libc::SOCK_STREAM,
     };
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: socketpair writes two descriptors into the 2-element array.
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    set_cloexec(pair.0.as_raw_fd())?;
-    set_cloexec(pair.1.as_raw_fd())?;
+    let pair = sys::socketpair(ty)?;
     #[cfg(target_vendor = "apple")]
     {
         // Writes to a closed stream peer fail with EPIPE instead of raising
@@ -60,34 +38,15 @@ pub(crate) fn socketpair(kind: Kind) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 pub(crate) fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-    unsafe {
-        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
-    }
-    Ok(())
+    sys::set_nonblocking(fd.as_raw_fd())
 }
 
 fn set_int_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt reads one c_int from the pointer for SOL_SOCKET integer options.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
+    sys::set_int_option(fd, libc::SOL_SOCKET, option, value)
 }
 
 pub(crate) fn get_int_option(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `value`.
-    cvt(unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len) })?;
-    Ok(value.max(0) as usize)
+    Ok(sys::get_int_option(fd, libc::SOL_SOCKET, option)?.max(0) as usize)
 }
 
 /// Sets SO_SNDBUF and SO_RCVBUF and reads back what the kernel granted. On
@@ -125,16 +84,7 @@ pub(crate) fn set_buffers(fd: &OwnedFd, send_bytes: usize, recv_bytes: usize) ->
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).
 pub(crate) fn wake_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [-1 as libc::c_int; 2];
-    // SAFETY: pipe writes two descriptors into the 2-element array.
-    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    for fd in [&rx, &tx] {
-        set_cloexec(fd.as_raw_fd())?;
-        set_nonblocking(fd)?;
-    }
-    Ok((rx, tx))
+    sys::pipe()
 }
 
 /// Writes one byte to the wake pipe; a full pipe already wakes the reader.

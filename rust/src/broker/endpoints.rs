@@ -31,7 +31,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -48,7 +48,7 @@ use crate::xpc::Peer;
 
 use datagram::{DatagramEndpoint, DATAGRAM_BYTES};
 pub use datagram::{MAX_DATAGRAM_CLIENTS, PROBE_INTERVAL, REFUSED_QUIET, VFKIT_MAGIC};
-use paths::{cvt, open_endpoint, set_flags, Bound};
+use paths::{open_endpoint, Bound};
 pub use paths::{activation_name, default_dir, default_dir_for, endpoint_path, max_path_bytes, Access};
 
 /// Pending connections the kernel queues on a stream endpoint.
@@ -121,16 +121,13 @@ impl Endpoints {
         }
         let served: Vec<String> = wanted.iter().flat_map(|(n, kinds)| kinds.iter().map(move |k| activation_name(n, *k))).collect();
         crate::xpc::activation::warn_unserved_launchd_sockets(&served);
-        let mut fds = [-1 as libc::c_int; 2];
-        // SAFETY: pipe writes two descriptors into the 2-element array.
-        if let Err(e) = cvt(unsafe { libc::pipe(fds.as_mut_ptr()) }) {
-            cleanup(&streams, &datagrams);
-            return Err(io_error("create the wake pipe", dir)(e));
-        }
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        let (wake_rx, wake_tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let _ = set_flags(wake_rx.as_raw_fd());
-        let _ = set_flags(wake_tx.as_raw_fd());
+        let (wake_rx, wake_tx) = match crate::sys::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup(&streams, &datagrams);
+                return Err(io_error("create the wake pipe", dir)(e));
+            }
+        };
         let shared = Arc::new(Shared { core: Arc::downgrade(core), stopping: AtomicBool::new(false), next_connection: AtomicU64::new(CONNECTION_BASE) });
         let count = streams.len() + datagrams.len();
         let thread = {

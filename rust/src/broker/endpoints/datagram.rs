@@ -28,11 +28,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::paths::{connect, new_socket, set_flags, sockaddr, Bound};
+use super::paths::Bound;
 use super::receive::recv_from;
 use super::Worker;
 use crate::adaptor::{DropCounter, RETRY_BUDGET, RETRY_DELAY_US};
 use crate::config::EndpointKind;
+use crate::sys;
 use crate::xpc::Peer;
 
 /// vfkit's handshake datagram (vfkit `vfkitMagic=on`, krunkit), swallowed.
@@ -105,7 +106,7 @@ enum Sent {
 
 /// Sends `frame` from endpoint socket `ep` to the client at `addr`.
 fn send_to_client(ep: RawFd, addr: &[u8], frame: &[u8]) -> Sent {
-    let Ok((sa, len)) = sockaddr(addr) else { return Sent::Gone("its address is unusable".into()) };
+    let Ok((sa, len)) = sys::sockaddr_un(addr) else { return Sent::Gone("its address is unusable".into()) };
     // SAFETY: sends frame.len() bytes of `frame` to a valid address of len bytes.
     let sent = unsafe { libc::sendto(ep, frame.as_ptr().cast(), frame.len(), send_flags(), (&sa as *const libc::sockaddr_un).cast(), len) };
     if sent >= 0 {
@@ -236,7 +237,7 @@ impl Worker {
             match core.open_endpoint_port(&network, &peer, EndpointKind::Datagram, None) {
                 Ok((lease, Some((inner, counter)))) => {
                     log::info!("endpoint {}: client {shown} (pid {pid} uid {uid}) joined (lease {lease})", path.display());
-                    let _ = set_flags(inner.as_raw_fd());
+                    let _ = sys::set_flags(inner.as_raw_fd());
                     let mut c = Client::new(got.addr, lease, inner, counter);
                     if got.truncated {
                         c.drop_from_vm();
@@ -325,8 +326,8 @@ fn show_addr(addr: &[u8]) -> String {
 /// Why the socket at `addr` is gone, if it is: a fresh socket's connect()
 /// fails with ECONNREFUSED (nobody bound) or ENOENT (no file).
 fn probe_address(addr: &[u8]) -> Option<String> {
-    let probe = new_socket(libc::SOCK_DGRAM).ok()?;
-    match connect(probe.as_raw_fd(), addr) {
+    let probe = sys::unix_socket(libc::SOCK_DGRAM, true).ok()?;
+    match sys::connect(probe.as_raw_fd(), addr) {
         Ok(()) => None,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED) | Some(libc::ENOENT)) => Some(format!("its socket is gone: {e}")),
         Err(_) => None,

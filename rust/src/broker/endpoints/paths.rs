@@ -12,7 +12,7 @@
 //! nothing bound here is left behind.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -20,13 +20,9 @@ use super::datagram::{RECV_BUFFER_BYTES, SEND_BUFFER_BYTES};
 use super::{io_error, Error, LISTEN_BACKLOG};
 use crate::adaptor::socket as adaptor_socket;
 use crate::config::EndpointKind;
+use crate::sys;
 
-/// Longest socket path the platform takes (`sun_path` less the NUL).
-pub fn max_path_bytes() -> usize {
-    // SAFETY: sockaddr_un is plain old data; only its field size is read.
-    let addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_path.len() - 1
-}
+pub use crate::sys::max_path_bytes;
 
 /// Where the endpoints go when neither `endpointDir` nor `--endpoint-dir`
 /// says: the broker socket's directory (Linux), the user's
@@ -56,89 +52,10 @@ pub fn activation_name(network: &str, kind: EndpointKind) -> String {
     format!("{network}.{}", kind.suffix())
 }
 
-pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-pub(super) fn new_socket(ty: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; checked below.
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, ty, 0) })?;
-    // SAFETY: fd was just created and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_flags(fd.as_raw_fd())?;
-    Ok(fd)
-}
-
-/// Close-on-exec and non-blocking.
-pub(super) fn set_flags(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we own, integer arguments only.
-    unsafe {
-        let fdflags = cvt(libc::fcntl(fd, libc::F_GETFD))?;
-        cvt(libc::fcntl(fd, libc::F_SETFD, fdflags | libc::FD_CLOEXEC))?;
-        let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
-        cvt(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK))?;
-    }
-    Ok(())
-}
-
-pub(super) fn set_int_option(fd: RawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: setsockopt reads one c_int from the pointer.
-    cvt(unsafe { libc::setsockopt(fd, level, option, (&value as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) })
-        .map(|_| ())
-}
-
-pub(super) fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most len bytes into value.
-    cvt(unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut value as *mut libc::c_int).cast(), &mut len) })?;
-    Ok(value)
-}
-
-/// A `sockaddr_un` for raw `sun_path` bytes (a path, or on Linux an
-/// abstract name starting with NUL) and its length.
-pub(super) fn sockaddr(path: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain old data.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if path.len() > addr.sun_path.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(path) {
-        *d = *s as libc::c_char;
-    }
-    let base = std::mem::size_of::<libc::sa_family_t>();
-    #[cfg(target_vendor = "apple")]
-    let base = base + 1; // sun_len comes first on the BSDs.
-    #[cfg(target_vendor = "apple")]
-    {
-        addr.sun_len = (base + path.len()) as u8;
-    }
-    Ok((addr, (base + path.len()) as libc::socklen_t))
-}
-
-/// Offset of `sun_path` in `sockaddr_un`.
-pub(super) fn sun_path_offset() -> usize {
-    let base = std::mem::size_of::<libc::sa_family_t>();
-    #[cfg(target_vendor = "apple")]
-    let base = base + 1;
-    base
-}
-
-pub(super) fn connect(fd: RawFd, path: &[u8]) -> io::Result<()> {
-    let (addr, len) = sockaddr(path)?;
-    // SAFETY: addr is a valid sockaddr_un of len bytes.
-    cvt(unsafe { libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) }).map(|_| ())
-}
-
 /// Whether a socket of type `ty` answers at `path`.
 pub(super) fn someone_listens(path: &Path, ty: libc::c_int) -> bool {
-    let Ok(probe) = new_socket(ty) else { return false };
-    match connect(probe.as_raw_fd(), path.as_os_str().as_bytes()) {
+    let Ok(probe) = sys::unix_socket(ty, true) else { return false };
+    match sys::connect(probe.as_raw_fd(), path.as_os_str().as_bytes()) {
         Ok(()) => true,
         Err(e) => e.raw_os_error() == Some(libc::EINPROGRESS) || e.raw_os_error() == Some(libc::EAGAIN),
     }
@@ -180,7 +97,7 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
     };
     let name = activation_name(network, kind);
     if let Some(fd) = crate::xpc::activation::take(&name).map_err(io_error("take the socket the service manager holds", &path))? {
-        let got = socket_type(fd.as_raw_fd()).map_err(io_error("inspect the socket the service manager passed", &path))?;
+        let got = sys::socket_type(fd.as_raw_fd()).map_err(io_error("inspect the socket the service manager passed", &path))?;
         if got != ty {
             return Err(Error::Refused {
                 path: path.display().to_string(),
@@ -190,7 +107,7 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
                 ),
             });
         }
-        set_flags(fd.as_raw_fd()).map_err(io_error("make the passed socket non-blocking", &path))?;
+        sys::set_flags(fd.as_raw_fd()).map_err(io_error("make the passed socket non-blocking", &path))?;
         let actual = crate::xpc::activation::bound_path(fd.as_raw_fd()).unwrap_or(path);
         return finish_socket(Bound { fd, path: actual, network: network.to_owned(), kind, owns_path: false });
     }
@@ -209,10 +126,8 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(access.dir_mode)).map_err(io_error("set the endpoint directory's mode", dir))?;
     }
-    let fd = new_socket(ty).map_err(io_error("create the socket", &path))?;
-    let (addr, len) = sockaddr(path.as_os_str().as_bytes()).map_err(io_error("name the socket", &path))?;
-    // SAFETY: addr is a valid sockaddr_un of len bytes; fd is ours.
-    let bind = || cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) });
+    let fd = sys::unix_socket(ty, true).map_err(io_error("create the socket", &path))?;
+    let bind = || sys::bind(fd.as_raw_fd(), path.as_os_str().as_bytes());
     match bind() {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
@@ -242,7 +157,7 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
     }
     if kind == EndpointKind::Stream {
         // SAFETY: listen on our bound socket.
-        if let Err(e) = cvt(unsafe { libc::listen(bound.fd.as_raw_fd(), LISTEN_BACKLOG) }) {
+        if let Err(e) = sys::cvt(unsafe { libc::listen(bound.fd.as_raw_fd(), LISTEN_BACKLOG) }) {
             bound.unlink();
             return Err(io_error("listen", &path)(e));
         }
@@ -260,7 +175,7 @@ pub(super) fn finish_socket(b: Bound) -> Result<Bound, Error> {
             Err(e) => log::warn!("endpoint {}: could not set its socket buffers: {e}", b.path.display()),
         }
         #[cfg(target_os = "linux")]
-        if let Err(e) = set_int_option(b.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1) {
+        if let Err(e) = sys::set_int_option(b.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1) {
             b.unlink();
             return Err(io_error("turn on SO_PASSCRED", &b.path)(e));
         }

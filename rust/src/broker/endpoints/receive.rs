@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use super::paths::sun_path_offset;
+use crate::sys::sun_path_offset;
 
 pub(super) struct Datagram {
     pub(super) len: usize,
@@ -114,7 +114,7 @@ pub(super) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram
 #[cfg(test)]
 mod receive_tests {
     use super::*;
-    use crate::broker::endpoints::paths::set_flags;
+    use crate::sys::set_flags;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixDatagram;
 

@@ -12,13 +12,11 @@
 //! (`SO_NOSIGPIPE` on macOS, `MSG_NOSIGNAL` in the relay on Linux).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::paths::{cvt, set_flags};
-#[cfg(target_vendor = "apple")]
-use super::paths::set_int_option;
 use super::{Worker, LISTEN_BACKLOG};
 use crate::config::EndpointKind;
+use crate::sys;
 use crate::xpc::Peer;
 
 impl Worker {
@@ -37,12 +35,12 @@ impl Worker {
             }
             // SAFETY: accept returned a new fd nobody else owns.
             let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-            let _ = set_flags(conn.as_raw_fd());
+            let _ = sys::set_flags(conn.as_raw_fd());
             // A write to a VM that went away fails with EPIPE instead of
             // raising SIGPIPE (Linux: MSG_NOSIGNAL on every send).
             #[cfg(target_vendor = "apple")]
-            let _ = set_int_option(conn.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NOSIGPIPE, 1);
-            let (uid, gid, pid) = match stream_peer(conn.as_raw_fd()) {
+            let _ = sys::set_int_option(conn.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NOSIGPIPE, 1);
+            let (uid, gid, pid) = match sys::peer_credentials(conn.as_raw_fd()) {
                 Ok(c) => c,
                 Err(e) => {
                     log::warn!("endpoint {}: could not read the peer's credentials ({e}); connection closed", s.path.display());
@@ -57,39 +55,5 @@ impl Worker {
                 Err(f) => log::warn!("endpoint {}: pid {pid} uid {uid} refused: {}", path.display(), f.message),
             }
         }
-    }
-}
-
-/// The credentials of a connected stream peer.
-fn stream_peer(fd: RawFd) -> io::Result<(u32, u32, i32)> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: ucred is plain old data.
-        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: SO_PEERCRED writes one ucred of at most len bytes.
-        cvt(unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) })?;
-        Ok((cred.uid, cred.gid, cred.pid))
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let (mut uid, mut gid) = (0 as libc::uid_t, 0 as libc::gid_t);
-        // SAFETY: getpeereid writes the two ids.
-        cvt(unsafe { libc::getpeereid(fd, &mut uid, &mut gid) })?;
-        #[cfg(target_vendor = "apple")]
-        let pid = {
-            let mut pid: libc::pid_t = 0;
-            let mut len = std::mem::size_of::<libc::pid_t>() as libc::socklen_t;
-            // SAFETY: LOCAL_PEERPID (<sys/un.h>, level SOL_LOCAL = 0) writes one pid_t.
-            let r = unsafe { libc::getsockopt(fd, 0, libc::LOCAL_PEERPID, (&mut pid as *mut libc::pid_t).cast(), &mut len) };
-            if r < 0 {
-                -1
-            } else {
-                pid
-            }
-        };
-        #[cfg(not(target_vendor = "apple"))]
-        let pid = -1;
-        Ok((uid, gid, pid))
     }
 }

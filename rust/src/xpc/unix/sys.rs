@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::codec::MAX_FDS;
+use crate::sys;
 
 /// What one `recv_record` saw.
 pub enum Received {
@@ -31,58 +32,26 @@ pub struct Credentials {
 }
 
 pub fn seqpacket_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    sys::unix_socket(libc::SOCK_SEQPACKET, false)
 }
 
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+/// The `sun_path` bytes of a socket path: 1 to 107 bytes without NUL.
+fn path_bytes(path: &Path) -> io::Result<&[u8]> {
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("socket path {path:?} must be 1 to {} bytes without NUL", addr.sun_path.len() - 1),
-        ));
+    if bytes.is_empty() || bytes.len() > sys::max_path_bytes() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("socket path {path:?} must be 1 to {} bytes without NUL", sys::max_path_bytes())));
     }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
+    Ok(bytes)
 }
 
 pub fn bind_listen(fd: &OwnedFd, path: &Path, backlog: i32) -> io::Result<()> {
-    let (addr, len) = sockaddr(path)?;
-    // SAFETY: addr is a valid sockaddr_un of length len.
-    if unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::bind(fd.as_raw_fd(), path_bytes(path)?)?;
     // SAFETY: plain listen(2) on our socket.
-    if unsafe { libc::listen(fd.as_raw_fd(), backlog) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    sys::cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(|_| ())
 }
 
 pub fn connect(fd: &OwnedFd, path: &Path) -> io::Result<()> {
-    let (addr, len) = sockaddr(path)?;
-    loop {
-        // SAFETY: addr is a valid sockaddr_un of length len.
-        if unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    sys::connect(fd.as_raw_fd(), path_bytes(path)?)
 }
 
 pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
@@ -96,26 +65,12 @@ pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 pub fn peer_credentials(fd: RawFd) -> io::Result<Credentials> {
-    // SAFETY: ucred is plain old data.
-    let mut cred: libc::ucred = unsafe { zeroed() };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes one ucred of at most len bytes.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Credentials { pid: cred.pid, uid: cred.uid, gid: cred.gid })
+    let (uid, gid, pid) = sys::peer_credentials(fd)?;
+    Ok(Credentials { pid, uid, gid })
 }
 
 pub fn socket_int_option(fd: RawFd, option: libc::c_int) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the option is an int; getsockopt writes at most len bytes.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&mut value as *mut libc::c_int).cast(), &mut len) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
+    sys::get_int_option(fd, libc::SOL_SOCKET, option)
 }
 
 /// The control-buffer size for `n` fds, as u64 words for alignment.

@@ -146,18 +146,18 @@ impl Plan {
 /// The first of `routes` that the subnet or IPv6 prefix of `config` overlaps,
 /// described as `10.0.0.0/16 dev eth9`; `None` when nothing overlaps (or the
 /// platform chooses the subnet).
-pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Result<Option<String>, String> {
+pub fn route_conflict(config: &NetworkConfig, routes: &[Route]) -> Option<String> {
     if let Some(v4) = config.subnet() {
         if let Some(r) = routes.iter().find(|r| r.overlaps_v4(&v4)) {
-            return Ok(Some(r.describe()));
+            return Some(r.describe());
         }
     }
     if let Some(v6) = config.ipv6_prefix() {
         if let Some(r) = routes.iter().find(|r| r.overlaps_v6(&v6)) {
-            return Ok(Some(r.describe()));
+            return Some(r.describe());
         }
     }
-    Ok(None)
+    None
 }
 
 /// The first `192.168.N.1/24` that overlaps none of `routes`.
@@ -227,8 +227,8 @@ pub(crate) mod tests {
         assert_eq!(choose_subnet(&[]).map(|s| s.to_string()).as_deref(), Some("192.168.64.1/24"));
         let docker = [route("172.17.0.0/16", "docker0")];
         let c = |s: &str| NetworkConfig::test(json!({"subnet": s}));
-        assert_eq!(route_conflict(&c("172.17.3.1/24"), &docker), Ok(Some("172.17.0.0/16 dev docker0".into())));
-        assert_eq!(route_conflict(&c("10.3.0.1/24"), &docker), Ok(None));
+        assert_eq!(route_conflict(&c("172.17.3.1/24"), &docker), Some("172.17.0.0/16 dev docker0".into()));
+        assert_eq!(route_conflict(&c("10.3.0.1/24"), &docker), None);
         assert_eq!(choose_subnet(&[route("192.168.64.0/23", "br0")]).map(|s| s.to_string()).as_deref(), Some("192.168.66.1/24"));
         assert_eq!(choose_subnet(&[route("192.168.0.0/16", "br0")]), None);
     }

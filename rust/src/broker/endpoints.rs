@@ -310,30 +310,18 @@ impl Core {
             f
         };
         self.authorise(peer).map_err(refused)?;
-        let mut st = self.lock_state();
-        st.last_activity = Instant::now();
         let wanted = super::requests::Wanted { config: None, accept_existing: true, lima: false };
-        // The broker's policy (broker/policy.rs): the network's own users and
-        // groups, and the per-user port quota, as for every other request.
-        let caller = super::policy::Caller::from(peer);
-        let admitted = self
-            .admit(&st, &caller, network, None)
-            .and_then(|verdict| self.admit_port(&st, &caller, network).map(|()| verdict))
-            .and_then(|verdict| self.ensure_network(&mut st, network, &wanted, verdict).map(|_| verdict));
-        let verdict = match admitted {
-            Ok(v) => v,
-            Err(f) => {
-                drop(st);
-                return Err(refused(f));
-            }
-        };
         let failure = |what: &str, e: &dyn std::fmt::Display| Failure::new(code::CREATE_FAILURE, format!("network {network}: could not {what}: {e}"));
-        // A network found gone at the start is made again once (requests.rs).
-        let interface = self.start_on_network(&mut st, network, &wanted, verdict, |_, st| {
-            let entry = &st.networks[network];
-            let desc = InterfaceDesc { mac: None, isolation: entry.config.isolation(), offload: entry.config.offload() };
-            entry.network.start_interface(&desc).map_err(|e| failure("start an interface", &e))
-        })?;
+        // The broker's policy (broker/policy.rs) and the per-user port quota,
+        // as for every other request; a network found gone is made again.
+        let (mut st, interface, _) = self
+            .open_port(peer, network, &wanted, false, |_, st| {
+                let entry = &st.networks[network];
+                let desc = InterfaceDesc { mac: None, isolation: entry.config.isolation(), offload: entry.config.offload() };
+                entry.network.start_interface(&desc).map_err(|e| failure("start an interface", &e))
+            })
+            .map_err(refused)?;
+        st.last_activity = Instant::now();
         let (adaptor, theirs) = match socket {
             Some(s) => (Adaptor::start_with_socket(interface, Kind::Stream, s, &Options::default()).map_err(|e| failure("start the relay", &e))?, None),
             None => {

@@ -157,14 +157,20 @@ impl Core {
             None => None,
         };
         let desc = args.dict("InterfaceDesc")?;
-        let mut st = self.lock_state();
-        let caller = Caller::from(peer);
-        let verdict = self.admit(&st, &caller, name, config.as_ref().map(|(c, _)| c))?;
-        if fd_type.is_some() {
-            self.check_lease_limit(&st, peer)?;
-            self.admit_port(&st, &caller, name)?;
-        }
-        let diffs = self.ensure_network(&mut st, name, &Wanted { config, accept_existing: true, lima: true }, verdict)?;
+        let wanted = Wanted { config, accept_existing: true, lima: true };
+        let (mut st, opened, diffs) = match fd_type {
+            Some(kind) => {
+                let mac = desc.and_then(lima_desc_mac);
+                let (st, opened, diffs) = self.open_port(peer, name, &wanted, true, |core, st| core.start_port(st, name, kind, mac, false))?;
+                (st, Some(opened), diffs)
+            }
+            None => {
+                let mut st = self.lock_state();
+                let verdict = self.admit(&st, &Caller::from(peer), name, wanted.config.as_ref().map(|(c, _)| c))?;
+                let diffs = self.ensure_network(&mut st, name, &wanted, verdict)?;
+                (st, None, diffs)
+            }
+        };
         let entry = &st.networks[name];
         let mut reply = Dict::new()
             .with("Configuration", Value::Data(entry.config_json.clone()))
@@ -172,10 +178,8 @@ impl Core {
         if !diffs.is_empty() {
             reply.insert("ConfigurationDifference", Value::String(diffs.join("; ")));
         }
-        match fd_type {
-            Some(kind) => {
-                let mac = desc.and_then(lima_desc_mac);
-                let opened = self.start_port(&st, name, kind, mac, false)?;
+        match opened {
+            Some(opened) => {
                 let mac = format_mac(&opened.mac);
                 reply.insert("FileDescriptor", Value::Fd(opened.fd));
                 reply.insert("MACAddress", Value::String(mac.clone()));
@@ -263,13 +267,7 @@ impl Core {
             return Err(Failure::invalid(format!("vnet_hdr applies only to fd_type \"tap\", not {type_name:?}")));
         }
         let wanted = self.wanted(args, name)?;
-        let mut st = self.lock_state();
-        let caller = Caller::from(peer);
-        let verdict = self.admit(&st, &caller, name, wanted.config.as_ref().map(|(c, _)| c))?;
-        self.check_lease_limit(&st, peer)?;
-        self.admit_port(&st, &caller, name)?;
-        self.ensure_network(&mut st, name, &wanted, verdict)?;
-        let opened = self.start_on_network(&mut st, name, &wanted, verdict, |core, st| core.start_port(st, name, fd_type, mac, vnet_hdr))?;
+        let (mut st, opened, _) = self.open_port(peer, name, &wanted, true, |core, st| core.start_port(st, name, fd_type, mac, vnet_hdr))?;
         let entry = &st.networks[name];
         let mac = format_mac(&opened.mac);
         let mut reply = Dict::new()
@@ -426,6 +424,36 @@ impl Core {
         st.counters.networks_created += 1;
         st.refresh_idle();
         Ok(diffs)
+    }
+
+    /// Opens a port on network `name` for `peer`: the one path of an `open`
+    /// request, a Lima request with an `FdType`, and an endpoint client.
+    /// Checks the network's policy (`admit`), the connection's lease limit
+    /// (`lease_limit`: an endpoint client has no broker connection of its
+    /// own to count) and the per-user port quota, makes the network if
+    /// needed, and runs `start` (made again once if the network turns out
+    /// gone: [`Core::start_on_network`]). Returns the state, still locked so
+    /// the caller grants the lease, what `start` made, and the differences
+    /// between a live network and the configuration sent (Lima reports
+    /// them). Nothing is left started on error.
+    pub(super) fn open_port<T>(
+        &self,
+        peer: &Peer,
+        name: &str,
+        wanted: &Wanted<'_>,
+        lease_limit: bool,
+        start: impl Fn(&Self, &State) -> Result<T, Failure>,
+    ) -> Result<(std::sync::MutexGuard<'_, State>, T, Vec<String>), Failure> {
+        let mut st = self.lock_state();
+        let caller = Caller::from(peer);
+        let verdict = self.admit(&st, &caller, name, wanted.config.as_ref().map(|(c, _)| c))?;
+        if lease_limit {
+            self.check_lease_limit(&st, peer)?;
+        }
+        self.admit_port(&st, &caller, name)?;
+        let diffs = self.ensure_network(&mut st, name, wanted, verdict)?;
+        let started = self.start_on_network(&mut st, name, wanted, verdict, start)?;
+        Ok((st, started, diffs))
     }
 
     /// Runs `start` (a port start) on live network `name`. When it fails and

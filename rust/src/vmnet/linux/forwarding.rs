@@ -19,6 +19,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::links;
+
 /// The sysctl for IPv4 forwarding (under /proc/sys).
 pub const IPV4: &str = "net/ipv4/ip_forward";
 /// The sysctl for IPv6 forwarding.
@@ -64,10 +66,6 @@ pub fn read(key: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/sys/{key}")).ok().map(|s| s.trim().to_string())
 }
 
-fn write(key: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/{key}"), value)
-}
-
 /// `net/ipv4/ip_forward` as `net.ipv4.ip_forward`.
 pub fn dotted(key: &str) -> String {
     key.replace('/', ".")
@@ -84,7 +82,7 @@ pub fn acquire(dir: &Path, key: &'static str) -> std::io::Result<()> {
             rec.insert(key.to_string(), Found { found: now.clone(), set: ON.into() });
             write_record(dir, &rec)?;
         }
-        write(key, ON)?;
+        links::write_sysctl(key, ON)?;
         log::info!("turned {} on (it was {now}; given back when the last network that needs it goes)", dotted(key));
     }
     *users.entry((dir.to_path_buf(), key)).or_default() += 1;
@@ -117,7 +115,7 @@ fn give_back(dir: &Path, key: &'static str) -> Option<String> {
     let found = rec.remove(key)?;
     let now = read(key).unwrap_or_default();
     let line = if now == found.set {
-        match write(key, &found.found) {
+        match links::write_sysctl(key, &found.found) {
             Ok(()) => format!("gave {} back: {} as found before the broker turned it on", dotted(key), found.found),
             Err(e) => format!("could not give {} back ({}, as found): {e}", dotted(key), found.found),
         }

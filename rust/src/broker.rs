@@ -26,6 +26,7 @@ pub mod launch;
 pub mod netconfig;
 pub mod policy;
 pub mod protocol;
+pub mod records;
 mod requests;
 pub mod state;
 #[cfg(target_os = "linux")]

@@ -1,12 +1,19 @@
 //! Fuzz target: the Linux wire decoder (`xpc::unix::codec::decode`).
 //!
-//! Input: the first byte chooses how many fds arrive with the record (0 to
-//! `MAX_FDS + 1`, so the too-many-fds refusal is reached too); the rest is
-//! the record. Each attached fd is a copy of the write end of a fresh pipe.
-//! Checked on every input, from the codec's documented invariants:
-//! - `decode` returns (a panic is a crash libFuzzer reports);
-//! - a decoded message re-encodes to exactly the input bytes, with the
-//!   attached fds in the same order (the encoding is canonical);
+//! Input: the first byte's low seven bits choose how many fds arrive with
+//! the record (0 to `MAX_FDS + 1`, so the too-many-fds refusal is reached
+//! too); its top bit chooses the direction. Clear: the rest is one request
+//! record for `decode`. Set: the rest is a reply's records, each a 2-byte
+//! big-endian length and that many bytes, put together by `Joiner` and
+//! decoded with `Limits::REPLY`. Each attached fd is a copy of the write
+//! end of a fresh pipe. Checked on every input, from the codec's documented
+//! invariants:
+//! - `decode`, `Joiner::push` and `decode_with` return (a panic is a crash
+//!   libFuzzer reports);
+//! - a decoded message re-encodes to exactly the input bytes (a reply: the
+//!   joined message, which `split_reply` cuts into records that join to
+//!   it again), with the attached fds in the same order (the encoding is
+//!   canonical);
 //! - no fd leaks: once the message (or the error) is dropped, the pipe's
 //!   read end sees end-of-file, i.e. every copy of the write end is closed.
 //!
@@ -20,7 +27,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use _native::xpc::unix::codec::{decode, encode, MAX_FDS};
+use _native::xpc::unix::codec::{decode, decode_with, encode, encode_with, split_reply, Joiner, Limits, MAX_FDS};
 use _native::xpc::{Dict, Value};
 use libfuzzer_sys::fuzz_target;
 
@@ -101,7 +108,10 @@ fn seed_messages(fd: &dyn Fn() -> OwnedFd) -> Vec<(&'static str, Dict)> {
     ]
 }
 
-/// Writes each seed as `<name>`: one byte with its fd count, then its bytes.
+/// Writes each seed as `<name>`: one byte with its fd count, then its bytes;
+/// and as `<name>-reply`: the count with the top bit set, then the message
+/// as two records (its body cut in half, the first flagged MORE), each
+/// behind its 2-byte length.
 fn write_seeds(dir: &std::path::Path) {
     std::fs::create_dir_all(dir)
         .unwrap_or_else(|e| panic!("cannot create seed directory {}: {e}", dir.display()));
@@ -114,6 +124,47 @@ fn write_seeds(dir: &std::path::Path) {
         let path = dir.join(format!("seed-{name}"));
         std::fs::write(&path, input)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        let (header, body) = bytes.split_at(8);
+        let (a, b) = body.split_at(body.len() / 2);
+        let mut input = vec![fds.len() as u8 | 0x80];
+        for (part, flags) in [(a, 1u8), (b, 0)] {
+            input.extend_from_slice(&((header.len() + part.len()) as u16).to_be_bytes());
+            input.extend_from_slice(&header[..7]);
+            input.push(flags);
+            input.extend_from_slice(part);
+        }
+        let path = dir.join(format!("seed-{name}-reply"));
+        std::fs::write(&path, input)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+}
+
+/// The reply direction: length-prefixed records through a `Joiner`.
+fn reply(mut bytes: &[u8], fds: Vec<OwnedFd>, sent: &[RawFd]) {
+    let mut joiner = Joiner::default();
+    let mut complete = false;
+    while !complete && bytes.len() >= 2 {
+        let len = (u16::from_be_bytes([bytes[0], bytes[1]]) as usize).min(bytes.len() - 2);
+        let record = &bytes[2..2 + len];
+        bytes = &bytes[2 + len..];
+        match joiner.push(record) {
+            Ok(done) => complete = done,
+            Err(_) => return,
+        }
+    }
+    if !complete {
+        return;
+    }
+    if let Ok(message) = decode_with(joiner.message(), fds, &Limits::REPLY) {
+        let (again, again_fds) = encode_with(&message, &Limits::REPLY).expect("a decoded reply must encode again");
+        assert_eq!(again, joiner.message(), "decoded reply re-encodes to different bytes");
+        assert_eq!(again_fds, sent, "decoded reply re-encodes with its fds in another order");
+        let mut rejoined = Joiner::default();
+        let records = split_reply(&again);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(rejoined.push(r).expect("split records join"), i + 1 == records.len());
+        }
+        assert_eq!(rejoined.message(), &again[..], "split records join to another message");
     }
 }
 
@@ -125,14 +176,18 @@ fuzz_target!(
     },
     |data: &[u8]| {
         let Some((&count, bytes)) = data.split_first() else { return };
-        let n = count as usize % (MAX_FDS + 2);
+        let n = (count & 0x7f) as usize % (MAX_FDS + 2);
         let (_read_end, fds) = tracked(n);
         let sent: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let before = open_fd_count();
-        if let Ok(message) = decode(bytes, fds) {
-            let (again, again_fds) = encode(&message).expect("a decoded message must encode again");
-            assert_eq!(again, bytes, "decoded message re-encodes to different bytes");
-            assert_eq!(again_fds, sent, "decoded message re-encodes with its fds in another order");
+        if count & 0x80 == 0 {
+            if let Ok(message) = decode(bytes, fds) {
+                let (again, again_fds) = encode(&message).expect("a decoded message must encode again");
+                assert_eq!(again, bytes, "decoded message re-encodes to different bytes");
+                assert_eq!(again_fds, sent, "decoded message re-encodes with its fds in another order");
+            }
+        } else {
+            reply(bytes, fds, &sent);
         }
         // Single-threaded here: nothing else opens fds during the call, so
         // every attached fd must be closed and no new one left open.

@@ -26,6 +26,12 @@ def lease_vm_name(lease: Dict[str, Any]) -> str:
     return str(lease.get("vm_name") or lease.get("hostname") or "-")
 
 
+def queue(direction: Dict[str, Any]) -> str:
+    """Frames the interface's own queue dropped (a TAP's), when there were any."""
+    n = direction.get("queue_drops", 0)
+    return f" (+{n} at the TAP queue)" if n else ""
+
+
 def format_status(out: Dict[str, Any]) -> List[str]:
     """The human-readable status: installed state, broker, networks, leases."""
     inst = out["installed"]
@@ -61,7 +67,7 @@ def format_status(out: Dict[str, Any]) -> List[str]:
         ad = b.get("adaptors", {}).get(lid)
         if ad:
             h, v = ad["host_to_vm"], ad["vm_to_host"]
-            line += f"; host->vm {h['packets']} pkts/{h['drops']} drops, vm->host {v['packets']} pkts/{v['drops']} drops"
+            line += f"; host->vm {h['packets']} pkts/{h['drops']} drops{queue(h)}, vm->host {v['packets']} pkts/{v['drops']} drops{queue(v)}"
         lines.append(line)
     if not b.get("leases"):
         lines.append("  no leases")

@@ -280,6 +280,12 @@ impl Adaptor {
         DropCounter(Arc::clone(&self.shared))
     }
 
+    /// The interface's name in the host (a TAP on Linux), once the relay
+    /// started; `None` where the interface has none.
+    pub fn device(&self) -> Option<String> {
+        self.shared.device().map(str::to_owned)
+    }
+
     /// The source MAC of the first frame the VM sent, once one was passed on.
     pub fn vm_mac(&self) -> Option<[u8; 6]> {
         self.shared.vm_mac()

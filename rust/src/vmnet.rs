@@ -82,6 +82,12 @@ pub trait Interface: Send {
         (0, 0)
     }
 
+    /// The host's name for the interface where it has one (a TAP on Linux),
+    /// so `status` can show what its own queues dropped.
+    fn device(&self) -> Option<&str> {
+        None
+    }
+
     /// Stops the interface and releases it. Idempotent; also done on drop.
     fn stop(&mut self) -> Result<(), Error>;
 }

@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     vm_mac: AtomicU64,
     end: Mutex<Option<EndReason>>,
     ended: Condvar,
+    /// The interface's name in the host ([`Interface::device`]), set as the
+    /// relay starts.
+    device: std::sync::OnceLock<String>,
 }
 
 impl Default for Shared {
@@ -52,6 +55,7 @@ impl Default for Shared {
             vm_mac: AtomicU64::new(0),
             end: Mutex::new(None),
             ended: Condvar::new(),
+            device: std::sync::OnceLock::new(),
         }
     }
 }
@@ -77,6 +81,11 @@ impl Shared {
             b[2..].copy_from_slice(&frame[6..12]);
             self.vm_mac.store(u64::from_be_bytes(b) | 1 << 48, Ordering::Relaxed);
         }
+    }
+
+    /// The interface's name in the host, once the relay started.
+    pub(crate) fn device(&self) -> Option<&str> {
+        self.device.get().map(String::as_str)
     }
 
     pub(crate) fn end_reason(&self) -> Option<EndReason> {
@@ -225,6 +234,9 @@ impl Relay {
 
     /// Runs until the relay ends, then releases everything.
     pub(crate) fn run(mut self) {
+        if let Some(name) = self.iface.device() {
+            let _ = self.shared.device.set(name.to_owned());
+        }
         let reason = self.relay();
         match &reason {
             EndReason::Stopped | EndReason::VmClosed => log::info!("adaptor ({}): ended: {reason}", self.kind.as_str()),

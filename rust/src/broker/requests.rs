@@ -643,10 +643,7 @@ impl Core {
             }
             match &l.port {
                 Some(Port::Adaptor(a)) => {
-                    let s = a.stats();
-                    let dir = |x: &crate::adaptor::DirectionStats| {
-                        x.named().into_iter().fold(Dict::new(), |d, (name, value)| d.with(name, Value::Int(value as i64)))
-                    };
+                    let (host_to_vm, vm_to_host) = direction_stats(a);
                     let ad = Dict::new()
                         .with("lease", Value::Int(*id as i64))
                         .with("network", Value::String(l.network.clone()))
@@ -654,8 +651,8 @@ impl Core {
                         .with("running", Value::Bool(a.is_running()))
                         .with("send_buffer_bytes", Value::Int(a.socket_buffers().send_bytes as i64))
                         .with("recv_buffer_bytes", Value::Int(a.socket_buffers().recv_bytes as i64))
-                        .with("host_to_vm", Value::Dict(dir(&s.host_to_vm)))
-                        .with("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
+                        .with("host_to_vm", Value::Dict(host_to_vm))
+                        .with("vm_to_host", Value::Dict(vm_to_host));
                     adaptors.insert(id.to_string(), Value::Dict(ad));
                 }
                 Some(Port::Tap { name }) => {
@@ -679,13 +676,10 @@ impl Core {
                     if let Some(m) = a.vm_mac() {
                         p.insert("mac", Value::String(format_mac(&m)));
                     }
-                    let s = a.stats();
-                    let dir = |x: &crate::adaptor::DirectionStats| {
-                        x.named().into_iter().fold(Dict::new(), |d, (name, value)| d.with(name, Value::Int(value as i64)))
-                    };
+                    let (host_to_vm, vm_to_host) = direction_stats(a);
                     p.insert("running", Value::Bool(a.is_running()));
-                    p.insert("host_to_vm", Value::Dict(dir(&s.host_to_vm)));
-                    p.insert("vm_to_host", Value::Dict(dir(&s.vm_to_host)));
+                    p.insert("host_to_vm", Value::Dict(host_to_vm));
+                    p.insert("vm_to_host", Value::Dict(vm_to_host));
                 }
                 ports.insert(id.to_string(), Value::Dict(p));
             }
@@ -772,6 +766,24 @@ fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String>
 fn host_route_conflict(config: &NetworkConfig) -> Result<Option<String>, String> {
     let _ = config;
     Err("the broker does not read the host's routes on this platform; use clientNetworks: any or none".into())
+}
+
+/// A relay's counters per direction as `status` shows them, each with
+/// `queue_drops`: frames the interface's own queue dropped (a TAP's
+/// `tx_dropped` on the way to the VM, `rx_dropped` on the way from it;
+/// docs/protocol.md), 0 where the interface has no such counter.
+fn direction_stats(a: &Adaptor) -> (Dict, Dict) {
+    let s = a.stats();
+    let dir = |x: &crate::adaptor::DirectionStats, queue: u64| {
+        x.named().into_iter().fold(Dict::new(), |d, (name, value)| d.with(name, Value::Int(value as i64))).with("queue_drops", Value::Int(queue as i64))
+    };
+    #[cfg(target_os = "linux")]
+    let q = a.device().and_then(|name| crate::vmnet::linux::link_drops(&name)).unwrap_or_default();
+    #[cfg(target_os = "linux")]
+    let (to_vm, from_vm) = (q.tx_dropped, q.rx_dropped);
+    #[cfg(not(target_os = "linux"))]
+    let (to_vm, from_vm) = (0, 0);
+    (dir(&s.host_to_vm, to_vm), dir(&s.vm_to_host, from_vm))
 }
 
 /// The optional `vm_name` of `open` and `acquire`: the VM's name, shown in

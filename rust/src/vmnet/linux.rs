@@ -108,6 +108,14 @@ pub fn link_exists(name: &str) -> bool {
     links::link_index(name).is_some()
 }
 
+pub use rtnl::LinkDrops;
+
+/// What link `name`'s own queues dropped ([`LinkDrops`]), `None` when the
+/// link is gone or the kernel does not say.
+pub fn link_drops(name: &str) -> Option<LinkDrops> {
+    rtnl::link_drops(name).ok()
+}
+
 /// Ends a TAP port whose lease ended: a TAP the VM still holds is taken off
 /// the bridge and set down, not deleted, so the VM's fd stays valid (QEMU
 /// keeps running, without a network) and the kernel removes the TAP when

@@ -356,6 +356,10 @@ impl Interface for Tap {
         self.refused
     }
 
+    fn device(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
     fn stop(&mut self) -> Result<(), Error> {
         // The device goes away when its last fd closes (on drop).
         Ok(())

@@ -1,5 +1,5 @@
 //! The Linux (and any Unix) transport: an AF_UNIX SOCK_SEQPACKET socket,
-//! one record per message, fds in SCM_RIGHTS, the caller's identity from
+//! one record per request, a reply in one or more records, fds in SCM_RIGHTS, the caller's identity from
 //! SO_PEERCRED, and systemd socket activation (LISTEN_FDS/LISTEN_PID).
 //!
 //! `codec` is the byte encoding (docs/protocol.md), `sys` the raw socket
@@ -52,6 +52,11 @@ mod tests {
             }
             if let Some(ms) = message.get_int("sleep_ms") {
                 std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+            }
+            // A reply of that many keys of 1 KiB each, beyond one record.
+            if let Some(n) = message.get_int("grow") {
+                let big = (0..n).fold(Dict::new(), |d, i| d.with(format!("{i:05}"), Value::Data(vec![i as u8; 1024])));
+                message.insert("big", Value::Dict(big));
             }
             message.insert("uid", Value::Int(peer.uid as i64));
             message.insert("connection", Value::Int(peer.connection as i64));
@@ -132,6 +137,23 @@ mod tests {
         assert_eq!(reply.get_int("error"), Some(4));
         assert!(reply.get_str("message").unwrap().contains("too large"), "{reply:?}");
         assert!(client.request(&Dict::new()).is_ok());
+        listener.stop();
+    }
+
+    #[test]
+    fn a_reply_larger_than_a_record_arrives_whole_with_its_fd() {
+        let path = temp_socket("bigreply");
+        let listener = Listener::start(Socket::bind(&path).unwrap(), Arc::new(Echo::default())).unwrap();
+        let mut client = Client::connect(&path).unwrap();
+        let devnull = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        // 400 keys of 1 KiB: beyond both request limits (64 KiB, 256 keys).
+        let reply = client.request(&Dict::new().with("grow", Value::Int(400)).with("fd", Value::Fd(devnull))).unwrap();
+        let big = reply.get_dict("big").unwrap();
+        assert_eq!(big.len(), 400);
+        assert!(matches!(big.get("00399"), Some(Value::Data(d)) if d.len() == 1024 && d[0] == (399 % 256) as u8));
+        assert!(matches!(reply.get("fd"), Some(Value::Fd(_))));
+        // The connection goes on: the next reply is not a leftover record.
+        assert_eq!(client.request(&Dict::new().with("n", Value::Int(5))).unwrap().get_int("n"), Some(5));
         listener.stop();
     }
 

@@ -13,13 +13,16 @@
 //! `IFLA_LINKINFO { IFLA_INFO_SLAVE_KIND "bridge", IFLA_INFO_SLAVE_DATA {
 //! IFLA_BRPORT_ISOLATED } }`; `include/uapi/linux/if_link.h`).
 //!
+//! [`link_drops`] reads a port's drop counters the same way (`RTM_GETLINK`),
+//! for `status`.
+//!
 //! Acts on the calling thread's network namespace (the socket is opened in
 //! it).
 
 use std::io;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
-use netlink_packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, Stats64};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -103,6 +106,65 @@ impl Rtnl {
     }
 }
 
+impl Rtnl {
+    /// Sends `RTM_GETLINK` for link `index` and returns its 64-bit counters
+    /// from the kernel's `RTM_NEWLINK` answer (`IFLA_STATS64`).
+    fn link_stats(&mut self, index: u32) -> io::Result<Stats64> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(link(index, Vec::new()))));
+        packet.header.flags = NLM_F_REQUEST;
+        packet.header.sequence_number = self.seq;
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut rx = vec![0u8; 32 * 1024];
+        loop {
+            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable netlink reply: {e}")))?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number == self.seq {
+                    match reply.payload {
+                        NetlinkPayload::Error(e) => return Err(e.to_io()),
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                            return m
+                                .attributes
+                                .into_iter()
+                                .find_map(|a| if let LinkAttribute::Stats64(s) = a { Some(s) } else { None })
+                                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no IFLA_STATS64 in the link's description"));
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
+}
+
+/// Frames a link's own queues dropped, as the kernel counts them
+/// (`IFLA_STATS64`; `include/uapi/linux/if_link.h`, `struct
+/// rtnl_link_stats64`). On a TAP, `tx_dropped` counts frames the bridge
+/// passed to the TAP that its queue to the reader (the relay) had no room
+/// for; `rx_dropped` frames written to the TAP that the stack dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkDrops {
+    pub tx_dropped: u64,
+    pub rx_dropped: u64,
+}
+
+/// [`LinkDrops`] of link `name` in this namespace.
+pub fn link_drops(name: &str) -> io::Result<LinkDrops> {
+    let index = link_index(name).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link named {name:?}")))?;
+    let s = Rtnl::open()?.link_stats(index)?;
+    Ok(LinkDrops { tx_dropped: s.tx_dropped, rx_dropped: s.rx_dropped })
+}
+
 fn link(index: u32, attributes: Vec<LinkAttribute>) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
@@ -159,6 +221,8 @@ mod tests {
             assert!(l["flags"].as_array().unwrap().iter().any(|f| f == "UP"), "{out}");
             assert_eq!(l["linkinfo"]["info_slave_kind"], "bridge", "{out}");
             assert_eq!(l["linkinfo"]["info_slave_data"]["isolated"], true, "{out}");
+            assert_eq!(link_drops("tapt0").unwrap(), LinkDrops::default(), "a new TAP has dropped nothing");
+            assert_eq!(link_drops("nolink").unwrap_err().kind(), io::ErrorKind::NotFound);
             let e = attach_port("tapt0", "nobridge", 1400, false).unwrap_err();
             assert!(matches!(&e, Error::NoSuchLink(n) if n == "nobridge"), "{e}");
             // The kernel's refusal comes back with the step and its errno.

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::codec::{self, MAX_MESSAGE_BYTES};
+use super::codec::{self, MAX_RECORD_BYTES};
 use super::sys::{self, Received};
 use crate::xpc::{Dict, Error};
 
@@ -37,7 +37,7 @@ impl Client {
             };
             Error::Unavailable(format!("no broker answers on {}: {e}; {hint}", path.display()))
         })?;
-        Ok(Client { fd, path: path.to_owned(), buf: vec![0; MAX_MESSAGE_BYTES + 1], broken: false })
+        Ok(Client { fd, path: path.to_owned(), buf: vec![0; MAX_RECORD_BYTES + 1], broken: false })
     }
 
     pub fn path(&self) -> &Path {
@@ -100,18 +100,53 @@ impl Client {
             ))),
             Ok(Received::Record { len, fds, truncated, fds_truncated }) => {
                 if truncated {
-                    return Err(Error::TooLarge { size: len, limit: MAX_MESSAGE_BYTES });
+                    return Err(Error::TooLarge { size: len, limit: MAX_RECORD_BYTES });
                 }
                 if fds_truncated {
                     return Err(Error::Malformed(format!("the broker's reply carried more than {} fds", codec::MAX_FDS)));
                 }
-                codec::decode(&self.buf[..len], fds)
+                // A reply larger than one record goes on in further ones;
+                // its fds come with the first.
+                let mut joiner = codec::Joiner::default();
+                let mut complete = joiner.push(&self.buf[..len]).inspect_err(|_| self.broken = true)?;
+                while !complete {
+                    complete = self.next_record(&mut joiner)?;
+                }
+                codec::decode_with(joiner.message(), fds, &codec::Limits::REPLY)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.broken = true;
-                Err(Error::Transport(format!("the broker on {} did not reply in time", self.path.display())))
-            }
-            Err(source) => Err(self.gone_or(source, "receive the broker's reply")),
+            Err(e) => Err(self.receive_failed(e)),
         }
+    }
+
+    /// Receives one more record of a reply into `joiner`; true once whole.
+    /// Any failure leaves the connection unusable (the rest of the reply
+    /// could be taken for the next one's).
+    fn next_record(&mut self, joiner: &mut codec::Joiner) -> Result<bool, Error> {
+        self.broken = true;
+        let complete = match sys::recv_record(self.fd.as_raw_fd(), &mut self.buf) {
+            Ok(Received::Eof) => {
+                return Err(Error::Unavailable(format!("the broker on {} went away in the middle of a reply", self.path.display())))
+            }
+            Ok(Received::Record { len, fds, truncated, .. }) => {
+                if truncated {
+                    return Err(Error::TooLarge { size: len, limit: MAX_RECORD_BYTES });
+                }
+                if !fds.is_empty() {
+                    return Err(Error::Malformed("fds on a record after the first of a reply".into()));
+                }
+                joiner.push(&self.buf[..len])?
+            }
+            Err(e) => return Err(self.receive_failed(e)),
+        };
+        self.broken = false;
+        Ok(complete)
+    }
+
+    fn receive_failed(&mut self, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            self.broken = true;
+            return Error::Transport(format!("the broker on {} did not reply in time", self.path.display()));
+        }
+        self.gone_or(e, "receive the broker's reply")
     }
 }

@@ -1,9 +1,14 @@
 //! The Linux wire encoding of a [`Dict`] (docs/protocol.md, "Encoding").
 //!
-//! One message is one SOCK_SEQPACKET record: a 8-byte header (magic `VMRS`,
+//! A request is one SOCK_SEQPACKET record: a 8-byte header (magic `VMRS`,
 //! version, flags) and one dictionary as tag-length-value entries; the fds
 //! travel beside it in one SCM_RIGHTS array and an fd value is an index into
-//! that array. Pure functions, run on whichever thread sends or receives.
+//! that array. A reply may be larger than one record (a `status` of a broker
+//! with hundreds of ports): [`split_reply`] cuts its encoding into records
+//! of at most [`MAX_RECORD_BYTES`], each with the header and the
+//! [`FLAG_MORE`] flag on all but the last, and [`Joiner`] puts them back
+//! together. Requests and replies have their own [`Limits`]. Pure functions,
+//! run on whichever thread sends or receives.
 //!
 //! Invariants of [`decode`]: it never panics, never allocates more than the
 //! input's size allows, rejects trailing bytes, duplicate keys, unknown tags,
@@ -23,14 +28,41 @@ pub const VERSION: u16 = 1;
 /// Bytes before the top-level dictionary: magic, version, flags.
 pub const HEADER_BYTES: usize = 8;
 
-/// Largest encoded message (header included). Far above any real request
-/// (a Lima configuration is < 1 KiB) and below the default unix socket send
-/// buffer (208 KiB), so one record always fits.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest record (header included), and so the largest request. Far above
+/// any real request (a Lima configuration is < 1 KiB) and below the default
+/// unix socket send buffer (208 KiB), so one record always fits.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+/// Largest request (header included): one record.
+pub const MAX_MESSAGE_BYTES: usize = MAX_RECORD_BYTES;
+/// Largest reply (one header plus the dictionary), sent in records of at
+/// most [`MAX_RECORD_BYTES`]. A `status` costs about 1.2 KiB per port, so
+/// this holds some ten thousand ports.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// Deepest nesting of dictionaries; the top level is depth 1.
 pub const MAX_DEPTH: usize = 8;
-/// Most keys in one dictionary.
+/// Most keys in one dictionary of a request.
 pub const MAX_KEYS: usize = 256;
+/// Most keys in one dictionary of a reply (all a count of 16 bits holds: a
+/// `status` has one key per lease).
+pub const MAX_REPLY_KEYS: usize = u16::MAX as usize;
+/// Header flag: the message goes on in the next record (replies only).
+pub const FLAG_MORE: u16 = 1;
+
+/// How large a message may be, by direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoding, one header included.
+    pub bytes: usize,
+    /// Most keys in one dictionary.
+    pub keys: usize,
+}
+
+impl Limits {
+    /// A request: one record.
+    pub const REQUEST: Limits = Limits { bytes: MAX_MESSAGE_BYTES, keys: MAX_KEYS };
+    /// A reply: records joined by [`Joiner`].
+    pub const REPLY: Limits = Limits { bytes: MAX_REPLY_BYTES, keys: MAX_REPLY_KEYS };
+}
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 255;
 /// Most fds one message carries.
@@ -43,27 +75,107 @@ const TAG_DATA: u8 = 4;
 const TAG_DICT: u8 = 5;
 const TAG_FD: u8 = 6;
 
-/// Encodes `dict`; returns the bytes and the fds to send in SCM_RIGHTS, in
-/// index order (borrowed from the message, which must outlive the send).
+/// Encodes `dict` as a request (one record, [`Limits::REQUEST`]); returns
+/// the bytes and the fds to send in SCM_RIGHTS, in index order (borrowed
+/// from the message, which must outlive the send).
 pub fn encode(dict: &Dict) -> Result<(Vec<u8>, Vec<RawFd>), Error> {
+    encode_with(dict, &Limits::REQUEST)
+}
+
+/// Encodes `dict` within `limits` as one message (flags 0); a reply then
+/// goes out in the records [`split_reply`] makes of it.
+pub fn encode_with(dict: &Dict, limits: &Limits) -> Result<(Vec<u8>, Vec<RawFd>), Error> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_be_bytes());
     out.extend_from_slice(&0u16.to_be_bytes());
     let mut fds = Vec::new();
-    encode_dict(dict, 1, &mut out, &mut fds)?;
-    if out.len() > MAX_MESSAGE_BYTES {
-        return Err(Error::TooLarge { size: out.len(), limit: MAX_MESSAGE_BYTES });
+    encode_dict(dict, 1, limits, &mut out, &mut fds)?;
+    if out.len() > limits.bytes {
+        return Err(Error::TooLarge { size: out.len(), limit: limits.bytes });
     }
     Ok((out, fds))
 }
 
-fn encode_dict(dict: &Dict, depth: usize, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) -> Result<(), Error> {
+/// Cuts one encoded message (from [`encode_with`]) into records of at most
+/// [`MAX_RECORD_BYTES`]: each starts with the header, all but the last with
+/// [`FLAG_MORE`] set. A message that fits one record is returned as it is.
+/// The fds go with the first record.
+pub fn split_reply(message: &[u8]) -> Vec<Vec<u8>> {
+    let body = &message[HEADER_BYTES.min(message.len())..];
+    let chunk = MAX_RECORD_BYTES - HEADER_BYTES;
+    let count = body.len().div_ceil(chunk).max(1);
+    (0..count)
+        .map(|i| {
+            let part = &body[i * chunk..((i + 1) * chunk).min(body.len())];
+            let flags = if i + 1 < count { FLAG_MORE } else { 0 };
+            let mut record = Vec::with_capacity(HEADER_BYTES + part.len());
+            record.extend_from_slice(&MAGIC);
+            record.extend_from_slice(&VERSION.to_be_bytes());
+            record.extend_from_slice(&flags.to_be_bytes());
+            record.extend_from_slice(part);
+            record
+        })
+        .collect()
+}
+
+/// Puts a reply's records back together: [`Joiner::push`] each record as it
+/// arrives until it says the message is whole, then [`Joiner::message`] is
+/// the message as one encoding (flags 0) for [`decode_with`] and
+/// [`Limits::REPLY`].
+#[derive(Default)]
+pub struct Joiner {
+    message: Vec<u8>,
+}
+
+impl Joiner {
+    /// Takes one record; `Ok(true)` once the message is complete. Refuses a
+    /// record without the header and a message beyond [`MAX_REPLY_BYTES`].
+    pub fn push(&mut self, record: &[u8]) -> Result<bool, Error> {
+        let flags = check_header(record)?;
+        if flags & !FLAG_MORE != 0 {
+            return Err(Error::Malformed(format!("unknown flags {flags:#06x}")));
+        }
+        if self.message.is_empty() {
+            self.message.extend_from_slice(&MAGIC);
+            self.message.extend_from_slice(&VERSION.to_be_bytes());
+            self.message.extend_from_slice(&0u16.to_be_bytes());
+        }
+        let body = &record[HEADER_BYTES..];
+        if self.message.len() + body.len() > MAX_REPLY_BYTES {
+            return Err(Error::TooLarge { size: self.message.len() + body.len(), limit: MAX_REPLY_BYTES });
+        }
+        self.message.extend_from_slice(body);
+        Ok(flags & FLAG_MORE == 0)
+    }
+
+    /// The message so far (whole once [`Joiner::push`] returned true).
+    pub fn message(&self) -> &[u8] {
+        &self.message
+    }
+}
+
+/// Checks magic and version of a record; returns its flags.
+fn check_header(bytes: &[u8]) -> Result<u16, Error> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(Error::Malformed(format!("truncated at byte 0: the header needs {HEADER_BYTES} bytes, {} left", bytes.len())));
+    }
+    if bytes[..4] != MAGIC {
+        return Err(Error::Malformed(format!("bad magic {:02x?} (expected \"VMRS\"): not a vmnet-rs message", &bytes[..4])));
+    }
+    let version = u16::from_be_bytes([bytes[4], bytes[5]]);
+    if version != VERSION {
+        return Err(Error::Malformed(format!("encoding version {version} (this broker speaks {VERSION})")));
+    }
+    Ok(u16::from_be_bytes([bytes[6], bytes[7]]))
+}
+
+fn encode_dict(dict: &Dict, depth: usize, limits: &Limits, out: &mut Vec<u8>, fds: &mut Vec<RawFd>) -> Result<(), Error> {
     if depth > MAX_DEPTH {
         return Err(Error::Malformed(format!("dictionaries nested deeper than {MAX_DEPTH}")));
     }
-    if dict.len() > MAX_KEYS {
-        return Err(Error::Malformed(format!("{} keys in one dictionary (limit {MAX_KEYS})", dict.len())));
+    if dict.len() > limits.keys {
+        return Err(Error::Malformed(format!("{} keys in one dictionary (limit {})", dict.len(), limits.keys)));
     }
     out.extend_from_slice(&(dict.len() as u16).to_be_bytes());
     for (key, value) in dict.iter() {
@@ -75,7 +187,7 @@ fn encode_dict(dict: &Dict, depth: usize, out: &mut Vec<u8>, fds: &mut Vec<RawFd
         match value {
             Value::String(s) => {
                 out.push(TAG_STRING);
-                put_bytes(out, s.as_bytes())?;
+                put_bytes(out, s.as_bytes(), limits)?;
             }
             Value::Int(i) => {
                 out.push(TAG_INT);
@@ -87,11 +199,11 @@ fn encode_dict(dict: &Dict, depth: usize, out: &mut Vec<u8>, fds: &mut Vec<RawFd
             }
             Value::Data(d) => {
                 out.push(TAG_DATA);
-                put_bytes(out, d)?;
+                put_bytes(out, d, limits)?;
             }
             Value::Dict(d) => {
                 out.push(TAG_DICT);
-                encode_dict(d, depth + 1, out, fds)?;
+                encode_dict(d, depth + 1, limits, out, fds)?;
             }
             Value::Fd(fd) => {
                 if fds.len() >= MAX_FDS {
@@ -102,32 +214,39 @@ fn encode_dict(dict: &Dict, depth: usize, out: &mut Vec<u8>, fds: &mut Vec<RawFd
                 fds.push(fd.as_raw_fd());
             }
         }
-        if out.len() > MAX_MESSAGE_BYTES {
-            return Err(Error::TooLarge { size: out.len(), limit: MAX_MESSAGE_BYTES });
+        if out.len() > limits.bytes {
+            return Err(Error::TooLarge { size: out.len(), limit: limits.bytes });
         }
     }
     Ok(())
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), Error> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(Error::TooLarge { size: bytes.len(), limit: MAX_MESSAGE_BYTES });
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8], limits: &Limits) -> Result<(), Error> {
+    if bytes.len() > limits.bytes {
+        return Err(Error::TooLarge { size: bytes.len(), limit: limits.bytes });
     }
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
     Ok(())
 }
 
-/// Decodes one message. `fds` are the descriptors that arrived with it in
-/// SCM_RIGHTS; each must be referenced exactly once.
+/// Decodes one request (one record, [`Limits::REQUEST`]). `fds` are the
+/// descriptors that arrived with it in SCM_RIGHTS; each must be referenced
+/// exactly once.
 pub fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Dict, Error> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(Error::TooLarge { size: bytes.len(), limit: MAX_MESSAGE_BYTES });
+    decode_with(bytes, fds, &Limits::REQUEST)
+}
+
+/// Decodes one message within `limits` (a reply: the message a [`Joiner`]
+/// put together, with [`Limits::REPLY`]). Every fd is closed on error.
+pub fn decode_with(bytes: &[u8], fds: Vec<OwnedFd>, limits: &Limits) -> Result<Dict, Error> {
+    if bytes.len() > limits.bytes {
+        return Err(Error::TooLarge { size: bytes.len(), limit: limits.bytes });
     }
     if fds.len() > MAX_FDS {
         return Err(Error::Malformed(format!("{} fds attached (limit {MAX_FDS})", fds.len())));
     }
-    let mut reader = Reader { bytes, pos: 0, fds: fds.into_iter().map(Some).collect(), next_fd: 0 };
+    let mut reader = Reader { bytes, pos: 0, fds: fds.into_iter().map(Some).collect(), next_fd: 0, keys: limits.keys };
     let magic = reader.take(4, "magic")?;
     if magic != MAGIC {
         return Err(Error::Malformed(format!("bad magic {magic:02x?} (expected \"VMRS\"): not a vmnet-rs message")));
@@ -137,6 +256,9 @@ pub fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Dict, Error> {
         return Err(Error::Malformed(format!("encoding version {version} (this broker speaks {VERSION})")));
     }
     let flags = reader.u16("flags")?;
+    if flags == FLAG_MORE {
+        return Err(Error::Malformed("flag MORE on a request: a request is one record".into()));
+    }
     if flags != 0 {
         return Err(Error::Malformed(format!("unknown flags {flags:#06x}")));
     }
@@ -155,6 +277,7 @@ struct Reader<'a> {
     pos: usize,
     fds: Vec<Option<OwnedFd>>,
     next_fd: usize,
+    keys: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -193,8 +316,8 @@ impl<'a> Reader<'a> {
             return Err(Error::Malformed(format!("dictionaries nested deeper than {MAX_DEPTH}")));
         }
         let count = self.u16("key count")? as usize;
-        if count > MAX_KEYS {
-            return Err(Error::Malformed(format!("{count} keys in one dictionary (limit {MAX_KEYS})")));
+        if count > self.keys {
+            return Err(Error::Malformed(format!("{count} keys in one dictionary (limit {})", self.keys)));
         }
         let mut dict = Dict::new();
         let mut last_key: Option<String> = None;
@@ -360,8 +483,10 @@ mod tests {
         b[5] = 2;
         assert!(decode(&b, Vec::new()).unwrap_err().to_string().contains("version"));
         let mut b = bytes;
-        b[7] = 1;
+        b[7] = 2;
         assert!(decode(&b, Vec::new()).unwrap_err().to_string().contains("flags"));
+        b[7] = 1;
+        assert!(decode(&b, Vec::new()).unwrap_err().to_string().contains("a request is one record"));
     }
 
     #[test]
@@ -390,6 +515,65 @@ mod tests {
             bytes.extend_from_slice(&[1, b'k', TAG_BOOL, 1]);
         }
         assert!(decode(&bytes, Vec::new()).unwrap_err().to_string().contains("duplicate"));
+    }
+
+    /// A reply as large as a `status` with `ports` ports: one key per port
+    /// in two dictionaries, about 1.2 KiB per port.
+    fn big_reply(ports: usize) -> Dict {
+        let mut leases = Dict::new();
+        let mut adaptors = Dict::new();
+        for i in 0..ports {
+            leases.insert(i.to_string(), Value::Dict(Dict::new().with("network", Value::String("shared".into())).with("pad", Value::Data(vec![7; 600]))));
+            adaptors.insert(i.to_string(), Value::Dict(Dict::new().with("packets", Value::Int(i as i64)).with("pad", Value::Data(vec![9; 600]))));
+        }
+        Dict::new().with("ok", Value::Bool(true)).with("leases", Value::Dict(leases)).with("adaptors", Value::Dict(adaptors))
+    }
+
+    #[test]
+    fn a_reply_beyond_one_record_goes_in_several_and_joins_again() {
+        let reply = big_reply(300);
+        // As a request it is refused: too many keys in one dictionary.
+        assert!(encode(&reply).is_err());
+        let (message, fds) = encode_with(&reply, &Limits::REPLY).unwrap();
+        assert!(fds.is_empty());
+        assert!(message.len() > 3 * MAX_RECORD_BYTES, "{} bytes", message.len());
+        let records = split_reply(&message);
+        assert_eq!(records.len(), (message.len() - HEADER_BYTES).div_ceil(MAX_RECORD_BYTES - HEADER_BYTES));
+        let mut joiner = Joiner::default();
+        for (i, r) in records.iter().enumerate() {
+            assert!(r.len() <= MAX_RECORD_BYTES);
+            let last = i + 1 == records.len();
+            assert_eq!(u16::from_be_bytes([r[6], r[7]]), if last { 0 } else { FLAG_MORE });
+            assert_eq!(joiner.push(r).unwrap(), last);
+        }
+        assert_eq!(joiner.message(), &message[..]);
+        let back = decode_with(joiner.message(), Vec::new(), &Limits::REPLY).unwrap();
+        assert!(same(&reply, &back));
+        assert_eq!(back.get_dict("leases").unwrap().len(), 300);
+        // A reply that fits one record is that record, flags 0.
+        let (small, _) = encode_with(&sample(None), &Limits::REPLY).unwrap();
+        assert_eq!(split_reply(&small), vec![small.clone()]);
+        // Neither the request decoder nor the request limits take the big one.
+        assert!(matches!(decode(joiner.message(), Vec::new()), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_request_is_one_record_and_the_joiner_checks_each_header() {
+        let (message, _) = encode_with(&big_reply(100), &Limits::REPLY).unwrap();
+        let first = split_reply(&message).remove(0);
+        let err = decode(&first, Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("a request is one record"), "{err}");
+        let mut j = Joiner::default();
+        assert!(j.push(b"VMR").unwrap_err().to_string().contains("header"));
+        assert!(j.push(b"XMRS\0\x01\0\0").unwrap_err().to_string().contains("magic"));
+        assert!(j.push(b"VMRS\0\x02\0\0").unwrap_err().to_string().contains("version"));
+        assert!(j.push(b"VMRS\0\x01\0\x02").unwrap_err().to_string().contains("flags"));
+        // Records that never end are cut off at the reply limit.
+        let mut j = Joiner::default();
+        let mut record = b"VMRS\0\x01\0\x01".to_vec();
+        record.resize(MAX_RECORD_BYTES, 0);
+        let err = (0..MAX_REPLY_BYTES / MAX_RECORD_BYTES + 2).find_map(|_| j.push(&record).err()).expect("the limit holds");
+        assert!(matches!(err, Error::TooLarge { limit: MAX_REPLY_BYTES, .. }), "{err}");
     }
 
     #[test]
@@ -436,6 +620,7 @@ mod tests {
             encode(&Dict::new().with("Network", Value::String("shared".into())).with("Configuration", Value::Data(b"{}".to_vec())))
                 .unwrap()
                 .0,
+            split_reply(&encode_with(&big_reply(60), &Limits::REPLY).unwrap().0).remove(1),
         ];
         let mut accepted = 0usize;
         for _ in 0..iterations {
@@ -469,6 +654,18 @@ mod tests {
                 assert_eq!(encode(&d).unwrap().0, b);
             }
             assert!(all_closed(&r), "the decoder leaked an fd on input {b:02x?}");
+            // The same bytes as a reply record, through the joiner.
+            let (r, fds) = tracked((next() % 3) as usize);
+            let mut joiner = Joiner::default();
+            match joiner.push(&b) {
+                Ok(true) => {
+                    if let Ok(d) = decode_with(joiner.message(), fds, &Limits::REPLY) {
+                        assert_eq!(encode_with(&d, &Limits::REPLY).unwrap().0, joiner.message());
+                    }
+                }
+                _ => drop(fds),
+            }
+            assert!(all_closed(&r), "the reply decoder leaked an fd on input {b:02x?}");
         }
         assert!(accepted < iterations, "every mutation decoded: the mutator is broken");
     }

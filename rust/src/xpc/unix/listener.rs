@@ -354,13 +354,19 @@ fn internal_error_reply(message: &str) -> Dict {
         .with("Error", Value::String(message.into()))
 }
 
+/// Sends `reply` in as many records as it needs (docs/protocol.md,
+/// "Encoding"): its fds go with the first.
 fn send_reply(fd: RawFd, reply: &Dict) -> Result<(), Error> {
-    let (bytes, fds) = match codec::encode(reply) {
+    let (bytes, fds) = match codec::encode_with(reply, &codec::Limits::REPLY) {
         Ok(e) => e,
         Err(e) => {
             log::error!("a reply could not be encoded: {e}");
             codec::encode(&internal_error_reply(&format!("the broker's reply could not be encoded: {e}")))?
         }
     };
-    sys::send_record(fd, &bytes, &fds).map_err(|source| Error::Io { op: "send the reply", source })
+    for (i, record) in codec::split_reply(&bytes).iter().enumerate() {
+        let fds: &[RawFd] = if i == 0 { &fds } else { &[] };
+        sys::send_record(fd, record, fds).map_err(|source| Error::Io { op: "send the reply", source })?;
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ import pytest
 
 from vmnet_rs import bench as bench_mod
 from vmnet_rs.bench import KINDS, PAIRS, PATHS, SIZES, summarise
+from vmnet_rs.bench_endpoints import ENDPOINT_PATHS
 
 
 def test_summary_ratios_come_from_the_raw_figures():
@@ -53,6 +54,7 @@ def test_quick_bench_produces_the_documented_json(tmp_path):
         assert set(ratios["vs_kernel"]) == {"64", "1514"}
         assert "scaling_4_vs_1" in ratios
         assert set(result["kinds"][kind]["frames_per_s"]) == {"64", "1514"}
+    assert {c["path"] for c in result["endpoints"]["cases"]} == set(ENDPOINT_PATHS)
     ip = result["iperf3"]
     # scripts/install-deps installs iperf3: the TCP comparison runs.
     assert "skipped" not in ip, ip
@@ -109,3 +111,38 @@ def test_chart_one_colour_per_path_labelled_axes_from_zero_and_cpu_panel(tmp_pat
     assert [b.get_height() for b in axes[0].patches] == [100.0 * (k + 1) for k in range(len(PATHS))]
     out = bench_mod.chart(fake_result(), str(tmp_path / "c.png"))
     assert out == str(tmp_path / "c.png") and (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_endpoint_paths_run_on_a_real_bridge_and_account_for_every_frame() -> None:
+    """The endpoint cases alone, short: every case moves frames, loss is
+    sent minus received beside the drops status counted, and the slow
+    reader case measures both rates. Numbers are never judged."""
+    r = subprocess.run([sys.executable, "-m", "vmnet_rs", "bench", "--quick", "--json", "--no-iperf", "--sizes", "1514",
+                        "--paths", ",".join(ENDPOINT_PATHS)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["cases"] == []
+    ep = result["endpoints"]
+    assert [(c["path"], c["frame_bytes"]) for c in ep["cases"]] == [(p, 1514) for p in ENDPOINT_PATHS]
+    for c in ep["cases"]:
+        assert 0 < c["received"] <= c["sent"] and c["frames_per_s"] > 0, c
+        assert c["lost"] == c["sent"] - c["received"], c
+        assert set(c["counted_drops"]) == {"relay_and_endpoint", "tap_queue"}, c
+        assert c["uncounted"] == max(0, c["lost"] - sum(c["counted_drops"].values())), c
+        if c["path"].startswith("endpoint_"):
+            assert c["broker_cpu_s"] > 0 and c["relay_cpu_us_per_frame"] > 0, c
+        else:
+            assert c["broker_cpu_s"] == 0, c
+    assert [s["kind"] for s in ep["slow_reader"]] == ["datagram", "stream"]
+    for s in ep["slow_reader"]:
+        assert s["alone"]["frames_per_s"] > 0 and s["beside_stopped_reader"]["frames_per_s"] > 0, s
+        assert s["stopped_reader"]["frames_sent_to_it"] > 0, s
+        assert s["ratio"] == round(s["beside_stopped_reader"]["frames_per_s"] / s["alone"]["frames_per_s"], 3)
+    summary = ep["summary"]
+    assert set(summary) == {"datagram", "stream"}
+    assert "frames_per_s_vs_direct" in summary["datagram"]["1514"] and "slow_reader_ratio" in summary["stream"]
+    # Without the adaptor cases in the run there is no fd relay to compare with.
+    assert summary["datagram"]["1514"]["relay_cpu_per_frame_vs_datagram_next"] is None
+    assert any(line.startswith("endpoint datagram 1514 B: frames/s vs direct datagram link") for line in bench_mod.endpoint_table(ep))

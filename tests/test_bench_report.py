@@ -34,7 +34,22 @@ def results() -> dict:
         "endpoint_dgram": {"1514": [{"sent": 100, "received": 90, "lost": 10, "host_to_vm_drops": 4, "vm_to_host_drops": 0,
                                      "received_mbit_s": 777.0}]},
         "port_open": {"ports": 200, "p50_ms": 0.361, "p99_ms": 4.1, "max_ms": 9.0},
+        "vm_paths": {"seconds": 8, "rounds": 3,
+                     "mbit_per_s": {"direct-dgram": [400.0, 300.0, 350.0], "path-dgram": [330.0, 340.0, None]},
+                     "median": {"direct-dgram": 350.0, "path-dgram": None}, "ratios": {"dgram": None}},
     }
+
+
+def endpoints() -> dict:
+    case = {"path": "endpoint_datagram", "frame_bytes": 1514, "frames_per_s": 123_000, "relay_cpu_us_per_frame": 4.25, "lost": 7,
+            "counted_drops": {"relay_and_endpoint": 2, "tap_queue": 5}, "uncounted": 0}
+    direct = {**case, "path": "direct_datagram", "frames_per_s": 456_000, "lost": 0, "counted_drops": {"relay_and_endpoint": 0, "tap_queue": 0}}
+    slow = {"kind": "datagram", "frame_bytes": 1514, "ratio": 0.97, "alone": {"frames_per_s": 100_000},
+            "beside_stopped_reader": {"frames_per_s": 97_000}, "stopped_reader": {"frames_sent_to_it": 3000}}
+    summary = {"datagram": {"1514": {"frames_per_s_vs_direct": 0.27, "frames_per_s_vs_datagram": 1.1, "relay_cpu_per_frame_vs_datagram": 0.8,
+                                     "frames_per_s_vs_datagram_next": 0.95, "relay_cpu_per_frame_vs_datagram_next": 1.05},
+                            "slow_reader_ratio": 0.97}}
+    return {"cases": [direct, case], "slow_reader": [slow], "summary": summary}
 
 
 def check(root: Path) -> subprocess.CompletedProcess:
@@ -50,7 +65,9 @@ def tree(tmp_path: Path) -> Path:
     (tmp_path / "docs" / "perf.md").write_text(
         "# Perf\n\n<!-- bench-report: adaptors -->\n<!-- /bench-report -->\n\n"
         "<!-- bench-report: endpoint-dgram -->\nstale\n<!-- /bench-report -->\n\n"
-        "<!-- bench-report: port-open -->\n<!-- /bench-report -->\n")
+        "<!-- bench-report: port-open -->\n<!-- /bench-report -->\n\n"
+        "<!-- bench-report: endpoints -->\n<!-- /bench-report -->\n\n"
+        "<!-- bench-report: vm-paths -->\n<!-- /bench-report -->\n")
     r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return tmp_path
@@ -64,6 +81,26 @@ def test_rendered_docs_pass_and_show_the_results(tree: Path) -> None:
     assert "| received, Mbit/s | 777 |" in text
     assert "p50 0.36 ms, p99 4.10 ms" in text
     assert "2026-12-06T23:40Z, commit 0123456789" in text and "`bench/results.json`" in text
+    # Without endpoint cases in the run, the block says so.
+    assert "Endpoint paths: not measured in this run" in text
+    # The VM paths: every round, the median, failures shown as such.
+    assert "| `direct-dgram` | 400 | 300 | 350 | 350 |" in text and "| `path-dgram` | 330 | 340 | failed | failed |" in text
+    assert "datagram endpoint path / QEMU's direct `dgram` link (medians): -" in text
+
+
+def test_endpoint_cases_render_with_their_ratios_and_the_slow_reader(tree: Path) -> None:
+    data = results()
+    data["adaptors"]["endpoints"] = endpoints()
+    (tree / "bench" / "results.json").write_text(json.dumps(data))
+    r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tree)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = (tree / "docs" / "perf.md").read_text()
+    assert "| datagram endpoint | 1514 B | 123 k | 4.2 | 7 | 2 / 5 | 0 |" in text
+    assert "| direct datagram socketpair | 1514 B | 456 k | - | 0 | 0 / 0 | 0 |" in text
+    assert ("- datagram endpoint, 1514 B: frames/s vs the direct socketpair 0.27; vs the fd `datagram` relay: frames/s 1.10, "
+            "relay CPU per frame 0.80; vs the fd `datagram_next` relay: frames/s 0.95, relay CPU per frame 1.05") in text
+    assert "moved 0.97 of its rate alone (97 k against 100 k frames/s); 3000 frames were sent to the stopped client" in text
+    assert check(tree).returncode == 0
 
 
 def test_an_edited_block_a_stray_figure_and_a_loose_table_fail(tree: Path) -> None:

@@ -11,7 +11,11 @@ Everything happens in network namespaces this command creates and deletes
   blocking threads, socket_vmnet's design);
 * the same with 2 and 4 pairs at once (64-byte frames), for scaling;
 * a TCP iperf3 run between two namespaces attached through adaptors, next to
-  the same run over a plain veth pair.
+  the same run over a plain veth pair;
+* the endpoint paths (``bench_endpoints``): stream and datagram clients
+  through a broker's endpoint sockets on a real bridge, beside a direct
+  socket link of the same kind, with the drops the broker's ``status``
+  counts; and a client that stops reading beside one that reads.
 
 Generators and sinks are native threads (``_native.bench_flows``); the
 generator sends as fast as its socket accepts, so what is reported is the
@@ -37,6 +41,7 @@ import click
 
 from . import _native
 from .adaptor import Adaptor
+from .bench_endpoints import ENDPOINT_PATHS, endpoint_summary, run_endpoint_cases
 from .errors import VmnetError
 
 KINDS = ["datagram", "datagram_next", "stream"]
@@ -318,7 +323,7 @@ DEFAULT_DGRAM_QLEN = 512
 
 def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Optional[List[str]] = None,
         sizes: Optional[List[int]] = None, pairs: Optional[List[int]] = None, iperf: bool = True,
-        dgram_qlen: Optional[int] = DEFAULT_DGRAM_QLEN, tap_uring: bool = True) -> Dict[str, Any]:
+        dgram_qlen: Optional[int] = DEFAULT_DGRAM_QLEN, tap_uring: bool = True, slow_reader: bool = True) -> Dict[str, Any]:
     if os.geteuid() != 0:
         raise BenchError("the benchmark creates network namespaces and TAP devices: run it as root")
     if not sys.platform.startswith("linux"):
@@ -327,7 +332,14 @@ def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Option
     os.environ["VMNET_RS_TAP_URING"] = "1" if tap_uring else "0"
     bench = Bench(secs, iperf_seconds=1 if quick else 5, dgram_qlen=dgram_qlen, log=log)
     t0 = time.monotonic()
-    cases, qlen = bench.frame_cases(paths or PATHS, sizes or SIZES, pairs or PAIRS)
+    wanted = paths if paths is not None else PATHS + ENDPOINT_PATHS
+    adaptor_paths = [p for p in wanted if p in PATHS]
+    endpoint_paths = [p for p in wanted if p in ENDPOINT_PATHS]
+    cases, qlen = bench.frame_cases(adaptor_paths, sizes or SIZES, pairs or PAIRS) if adaptor_paths else ([], dgram_qlen)
+    endpoints: Dict[str, Any] = {"skipped": "not asked for (--paths)"}
+    if endpoint_paths:
+        endpoints = run_endpoint_cases(bench.namespace, secs, sizes or SIZES, endpoint_paths, slow_reader, BenchError, log or (lambda m: None))
+        endpoints["summary"] = endpoint_summary(endpoints, cases, sizes or SIZES)
     iperf_result = bench.iperf_cases() if iperf else {"skipped": "not asked for (--no-iperf)"}
     try:
         host_qlen: Optional[int] = int(open("/proc/sys/net/unix/max_dgram_qlen").read())
@@ -347,6 +359,7 @@ def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Option
         "cases": cases,
         "paths": summarise(cases),
         "kinds": {k: v for k, v in summarise(cases).items() if k in KINDS},
+        "endpoints": endpoints,
         "iperf3": iperf_result,
     }
 
@@ -370,6 +383,7 @@ def table(result: Dict[str, Any]) -> str:
         fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
         lines.append(f"{k:<14}{fmt(r['vs_per_frame']['64']) + ' / ' + fmt(r['vs_per_frame']['1514']):>22}"
                      f"{fmt(r['vs_kernel']['64']) + ' / ' + fmt(r['vs_kernel']['1514']):>20}{fmt(r['scaling_4_vs_1']):>14}")
+    lines += endpoint_table(result.get("endpoints", {}))
     ip = result["iperf3"]
     lines.append("")
     if "skipped" in ip:
@@ -377,6 +391,34 @@ def table(result: Dict[str, Any]) -> str:
     else:
         lines.append("iperf3 TCP, one stream: " + ", ".join(f"{k} {v['gbit_per_s']:.2f} Gbit/s" for k, v in ip.items() if isinstance(v, dict)))
     return "\n".join(lines)
+
+
+def endpoint_table(ep: Dict[str, Any]) -> List[str]:
+    """The endpoint cases and their ratios against the same run's baselines."""
+    if "cases" not in ep:
+        return ["", f"endpoint paths: skipped ({ep.get('skipped', 'not measured')})"] if ep else []
+    us = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    r2 = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    head = (f"{'endpoint path':<18}{'frame':>6}{'frames/s':>11}{'Gbit/s':>8}{'lost':>8}{'counted':>9}{'uncounted':>10}"
+            f"{'CPU us/frame':>13}{'relay us/frame':>15}")
+    lines = ["", head, "-" * len(head)]
+    for c in ep["cases"]:
+        counted = sum(c["counted_drops"].values())
+        lines.append(f"{c['path']:<18}{c['frame_bytes']:>6}{c['frames_per_s']:>11,}{c['gbit_per_s']:>8.2f}{c['lost']:>8}{counted:>9}"
+                     f"{c['uncounted']:>10}{us(c['cpu_us_per_frame']):>13}{us(c['relay_cpu_us_per_frame']):>15}")
+    lines.append("")
+    for kind, per in ep.get("summary", {}).items():
+        for size, x in per.items():
+            if not isinstance(x, dict):
+                continue
+            fd = ", ".join(f"vs fd {k[len('frames_per_s_vs_'):]} {r2(v)} (relay CPU/frame {r2(x.get('relay_cpu_per_frame_vs_' + k[len('frames_per_s_vs_'):]))})"
+                           for k, v in x.items() if k.startswith("frames_per_s_vs_") and k != "frames_per_s_vs_direct")
+            lines.append(f"endpoint {kind} {size} B: frames/s vs direct {kind} link {r2(x['frames_per_s_vs_direct'])}, {fd}")
+    for s in ep.get("slow_reader", []):
+        lines.append(f"slow reader ({s['kind']}, {s['frame_bytes']} B): a flow beside a client that stopped reading "
+                     f"{s['beside_stopped_reader']['frames_per_s']:,} frames/s, alone {s['alone']['frames_per_s']:,}: {r2(s['ratio'])}x; "
+                     f"{s['stopped_reader']['frames_sent_to_it']} frames sent to the stopped client")
+    return lines
 
 
 #: One colour per path, the same in every panel of the chart.
@@ -462,21 +504,23 @@ def chart(result: Dict[str, Any], path: str) -> str:
 @click.option("--quick", is_flag=True, help="A short run (under a minute), for CI.")
 @click.option("--png", "png", type=click.Path(dir_okay=False), help=f"Also write a chart to this PNG file (needs matplotlib: {BENCH_EXTRA}).")
 @click.option("--seconds", type=float, default=None, help="Seconds per case (default 3, or 0.3 with --quick).")
-@click.option("--paths", default=",".join(PATHS), show_default=True, help="Comma-separated paths to measure.")
+@click.option("--paths", default=",".join(PATHS + ENDPOINT_PATHS), show_default=True, help="Comma-separated paths to measure.")
 @click.option("--sizes", default="64,1514", show_default=True, help="Comma-separated frame sizes (bytes).")
 @click.option("--pairs", default="1,2,4", show_default=True, help="Comma-separated numbers of pairs (more than 1: 64-byte frames).")
 @click.option("--iperf/--no-iperf", default=True, show_default=True, help="Run the iperf3 TCP comparison.")
 @click.option("--dgram-qlen", default=str(DEFAULT_DGRAM_QLEN), show_default=True,
               help="net.unix.max_dgram_qlen in the benchmark namespaces (systemd sets 512; the kernel default is 10), or 'host' to keep the host's.")
 @click.option("--tap-uring/--no-tap-uring", default=True, show_default=True, help="Batch TAP reads and writes with io_uring.")
+@click.option("--slow-reader/--no-slow-reader", default=True, show_default=True,
+              help="Measure a flow beside an endpoint client that stopped reading.")
 def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[float], paths: str, sizes: str, pairs: str,
-          iperf: bool, dgram_qlen: str, tap_uring: bool) -> None:
+          iperf: bool, dgram_qlen: str, tap_uring: bool, slow_reader: bool) -> None:
     """Measure the adaptors against kernel-only and per-frame baselines (root; own namespaces)."""
     log = (lambda m: click.echo(m, err=True)) if not as_json else None
     path_list = [p for p in paths.split(",") if p]
-    unknown = [p for p in path_list if p not in PATHS]
+    unknown = [p for p in path_list if p not in PATHS + ENDPOINT_PATHS]
     if unknown:
-        raise click.BadParameter(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS)}", param_hint="--paths")
+        raise click.BadParameter(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS + ENDPOINT_PATHS)}", param_hint="--paths")
     try:
         size_list = [int(x) for x in sizes.split(",") if x]
         pair_list = [int(x) for x in pairs.split(",") if x]
@@ -486,7 +530,7 @@ def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[floa
     if png:
         require_matplotlib()
     result = run(quick, seconds, log=log, paths=path_list, sizes=size_list, pairs=pair_list, iperf=iperf,
-                 dgram_qlen=qlen, tap_uring=tap_uring)
+                 dgram_qlen=qlen, tap_uring=tap_uring, slow_reader=slow_reader)
     if png:
         result["png"] = chart(result, png)
         click.echo(f"vmnet-rs bench: chart written to {result['png']}", err=True)

@@ -20,10 +20,21 @@ vmnet-rs at all (static addresses, no DHCP):
   (``server=on``), the other connects;
 - ``path-dgram``: both guests send to ``shared.dgram.sock``
   (``-netdev dgram`` with unix paths); ``direct-dgram``: each sends to the
-  other's path. It prints a
-Markdown table (Mbit/s, one column per round) and writes the raw numbers as
-JSON (``--json``, default ``bench-out/vm-backends.json``). TCG makes every
-number low: compare backends within a round, not absolutes.
+  other's path.
+
+It prints a Markdown table (Mbit/s, one column per round, then the median)
+and writes the raw numbers as JSON (``--json``, default
+``bench-out/vm-backends.json``): per label the rates of every round and
+their median, the load average before each measurement, and per path kind
+the ratio of the endpoint path's median to its direct link's median
+(``ratios``). Issue 18's measurement is
+
+    .venv/bin/python tests/vm/bench.py --seconds 8 --repeat 3 --no-baseline \
+        --backend direct-dgram --backend path-dgram --backend direct-stream --backend path-stream
+
+(three rounds back to back, each measuring the four in that order).
+TCG makes every number low: compare backends within a round, not
+absolutes.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -142,13 +154,16 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="rounds over all backends (default 3)")
     ap.add_argument("--backend", action="append", choices=BACKENDS + PATHS,
                     help="only these backends or path kinds (repeatable; default: all)")
+    ap.add_argument("--no-baseline", action="store_true", help="leave out the hand-made bridge + TAP baseline")
     ap.add_argument("--json", type=Path, default=Path("bench-out/vm-backends.json"), help="where to write the numbers")
     args = ap.parse_args()
     backends = args.backend or BACKENDS + PATHS
-    results: dict[str, list[float | None]] = {BASELINE: []}
-    results.update({b: [] for b in backends})
+    labels = backends if args.no_baseline else [BASELINE, *backends]
+    results: dict[str, list[float | None]] = {label: [] for label in labels}
+    load: dict[str, list[float]] = {label: [] for label in labels}
     for r in range(args.repeat):
-        for label in [BASELINE, *backends]:
+        for label in labels:
+            load[label].append(round(os.getloadavg()[0], 2))
             with tempfile.TemporaryDirectory(prefix="vmnet-bench-") as tmp:
                 try:
                     rate = measure(label, args.seconds, Path(tmp))
@@ -157,16 +172,33 @@ def main() -> int:
                     results[label].append(None)
                     continue
             results[label].append(rate / 1e6)
-            print(f"round {r + 1} {label}: {rate / 1e6:.0f} Mbit/s", file=sys.stderr)
-    header = "| backend (Mbit/s) | " + " | ".join(f"round {i + 1}" for i in range(args.repeat)) + " |"
+            print(f"round {r + 1} {label}: {rate / 1e6:.0f} Mbit/s (load {load[label][-1]})", file=sys.stderr)
+    out = summarise(results)
+    header = "| backend (Mbit/s) | " + " | ".join(f"round {i + 1}" for i in range(args.repeat)) + " | median |"
     print(header)
-    print("|---|" + "---|" * args.repeat)
+    print("|---|" + "---|" * (args.repeat + 1))
     for label, rates in results.items():
         cells = " | ".join("failed" if x is None else f"{x:.0f}" for x in rates)
-        print(f"| {label} | {cells} |")
+        median = out["median"][label]
+        print(f"| {label} | {cells} | {'-' if median is None else f'{median:.0f}'} |")
+    for kind, ratio in out["ratios"].items():
+        print(f"{kind}: endpoint path / direct link (medians) = {'-' if ratio is None else f'{ratio:.2f}'}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"seconds": args.seconds, "mbit_per_s": results}, indent=2) + "\n")
+    args.json.write_text(json.dumps({"seconds": args.seconds, "rounds": args.repeat, "mbit_per_s": results, "loadavg_before": load, **out},
+                                    indent=2) + "\n")
     return 0 if all(x is not None for rates in results.values() for x in rates) else 1
+
+
+def summarise(results: dict[str, list[float | None]]) -> dict[str, dict[str, float | None]]:
+    """Per label the median of its rounds (None if any failed), and per path
+    kind the endpoint path's median over its direct link's."""
+    median = {label: (round(statistics.median(rates), 1) if rates and None not in rates else None) for label, rates in results.items()}
+    ratios: dict[str, float | None] = {}
+    for kind in ("dgram", "stream"):
+        path, direct = median.get(f"path-{kind}"), median.get(f"direct-{kind}")
+        if f"path-{kind}" in median and f"direct-{kind}" in median:
+            ratios[kind] = round(path / direct, 3) if path is not None and direct else None
+    return {"median": median, "ratios": ratios}
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def test_summary_ratios_come_from_the_raw_figures():
     assert s["stream"]["ratios"]["vs_kernel"]["64"] == 0.75
     assert s["datagram_next"]["ratios"]["scaling_4_vs_1"] == 1.0
     assert "vs_kernel" not in s["kernel"]["ratios"]
+    # No relay CPU figures in these cases: no ratio of them.
+    assert s["stream"]["ratios"]["relay_cpu_vs_per_frame"] == {"64": None, "1514": None}
 
 
 @pytest.mark.slow
@@ -50,6 +52,7 @@ def test_quick_bench_produces_the_documented_json(tmp_path):
         assert c["frames_per_s"] > 0, c
     for kind in KINDS:
         ratios = result["kinds"][kind]["ratios"]
+        assert set(ratios["relay_cpu_vs_per_frame"]) == {"64", "1514"}
         assert set(ratios["vs_per_frame"]) == {"64", "1514"}
         assert set(ratios["vs_kernel"]) == {"64", "1514"}
         assert "scaling_4_vs_1" in ratios

@@ -67,6 +67,7 @@ def tree(tmp_path: Path) -> Path:
         "<!-- bench-report: endpoint-dgram -->\nstale\n<!-- /bench-report -->\n\n"
         "<!-- bench-report: port-open -->\n<!-- /bench-report -->\n\n"
         "<!-- bench-report: endpoints -->\n<!-- /bench-report -->\n\n"
+        "<!-- bench-report: adaptor-ratios -->\n<!-- /bench-report -->\n\n"
         "<!-- bench-report: vm-paths -->\n<!-- /bench-report -->\n")
     r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -81,6 +82,8 @@ def test_rendered_docs_pass_and_show_the_results(tree: Path) -> None:
     assert "| received, Mbit/s | 777 |" in text
     assert "p50 0.36 ms, p99 4.10 ms" in text
     assert "2026-12-06T23:40Z, commit 0123456789" in text and "`bench/results.json`" in text
+    # Results without the relay CPU ratio render without its column.
+    assert "| `stream` | 1.30 / 1.40 | 0.50 / 0.60 | 1.20 |\n" in text
     # Without endpoint cases in the run, the block says so.
     assert "Endpoint paths: not measured in this run" in text
     # The VM paths: every round, the median, failures shown as such.
@@ -91,6 +94,8 @@ def test_rendered_docs_pass_and_show_the_results(tree: Path) -> None:
 def test_endpoint_cases_render_with_their_ratios_and_the_slow_reader(tree: Path) -> None:
     data = results()
     data["adaptors"]["endpoints"] = endpoints()
+    data["adaptors"]["kinds"] = {k: {"ratios": {**v["ratios"], "relay_cpu_vs_per_frame": {"64": 0.45, "1514": 0.5}}}
+                                 for k, v in data["adaptors"]["kinds"].items()}
     (tree / "bench" / "results.json").write_text(json.dumps(data))
     r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tree)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -100,6 +105,7 @@ def test_endpoint_cases_render_with_their_ratios_and_the_slow_reader(tree: Path)
     assert ("- datagram endpoint, 1514 B: frames/s vs the direct socketpair 0.27; vs the fd `datagram` relay: frames/s 1.10, "
             "relay CPU per frame 0.80; vs the fd `datagram_next` relay: frames/s 0.95, relay CPU per frame 1.05") in text
     assert "moved 0.97 of its rate alone (97 k against 100 k frames/s); 3000 frames were sent to the stopped client" in text
+    assert "| `stream` | 1.30 / 1.40 | 0.50 / 0.60 | 1.20 | 0.45 / 0.50 |" in text
     assert check(tree).returncode == 0
 
 

@@ -312,6 +312,10 @@ def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
         ratios: Dict[str, Any] = {"scaling_4_vs_1": _ratio(pairs["4"], pairs["1"])}
         if path in KINDS:
             ratios["vs_per_frame"] = {str(s): _ratio(fps[str(s)], (_find(cases, "per_frame", s, 1) or {}).get("frames_per_s")) for s in SIZES}
+            # Relay CPU per delivered frame against the per-frame relay's (lower is better).
+            ratios["relay_cpu_vs_per_frame"] = {
+                str(s): _ratio((_find(cases, path, s, 1) or {}).get("relay_cpu_us_per_frame"),
+                               (_find(cases, "per_frame", s, 1) or {}).get("relay_cpu_us_per_frame")) for s in SIZES}
             ratios["vs_kernel"] = {str(s): _ratio(fps[str(s)], (_find(cases, "kernel", s, 1) or {}).get("frames_per_s")) for s in SIZES}
         entry["ratios"] = ratios
         out[path] = entry
@@ -377,12 +381,15 @@ def table(result: Dict[str, Any]) -> str:
         us = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
         lines.append(f"{c['path']:<14}{c['frame_bytes']:>6}{c['pairs']:>6}{c['frames_per_s']:>11,}{c['gbit_per_s']:>8.2f}"
                      f"{loss:>8}{c['cpu_cores']:>10.2f}{us(c['cpu_us_per_frame']):>13}{us(c['relay_cpu_us_per_frame']):>15}")
-    lines += ["", f"{'kind':<14}{'vs per_frame 64/1514':>22}{'vs kernel 64/1514':>20}{'4 vs 1 pairs':>14}"]
+    lines += ["", f"{'kind':<14}{'vs per_frame 64/1514':>22}{'vs kernel 64/1514':>20}{'4 vs 1 pairs':>14}"
+                  f"{'relay CPU/frame vs per_frame 64/1514':>38}"]
     for k, v in result["kinds"].items():
         r = v["ratios"]
         fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+        cpu = r.get("relay_cpu_vs_per_frame", {})
         lines.append(f"{k:<14}{fmt(r['vs_per_frame']['64']) + ' / ' + fmt(r['vs_per_frame']['1514']):>22}"
-                     f"{fmt(r['vs_kernel']['64']) + ' / ' + fmt(r['vs_kernel']['1514']):>20}{fmt(r['scaling_4_vs_1']):>14}")
+                     f"{fmt(r['vs_kernel']['64']) + ' / ' + fmt(r['vs_kernel']['1514']):>20}{fmt(r['scaling_4_vs_1']):>14}"
+                     f"{fmt(cpu.get('64')) + ' / ' + fmt(cpu.get('1514')):>38}")
     lines += endpoint_table(result.get("endpoints", {}))
     ip = result["iperf3"]
     lines.append("")

@@ -175,11 +175,16 @@ impl StreamReader {
 pub(crate) struct StreamWriter {
     /// Bytes of the first pending frame (header included) already written.
     offset: usize,
+    /// Scratch for one `sendmsg`, kept between calls so a send allocates
+    /// nothing: the frames' headers and the gather list over them. Only
+    /// lengths survive a call; the iovecs are rebuilt (and cleared) by each.
+    headers: Vec<[u8; HEADER_BYTES]>,
+    iovs: Vec<libc::iovec>,
 }
 
 impl StreamWriter {
     pub(crate) fn new() -> Self {
-        StreamWriter { offset: 0 }
+        StreamWriter { offset: 0, headers: Vec::new(), iovs: Vec::new() }
     }
 
     /// True when the first pending frame is partly written and must be finished.
@@ -187,34 +192,38 @@ impl StreamWriter {
         self.offset > 0
     }
 
-    /// Writes as much of `frames` as the socket takes. Returns the number of
-    /// frames completed; `WouldBlock` when no byte was taken.
+    /// Writes as much of `frames` as the socket takes, in one `sendmsg`
+    /// (at most [`MAX_IOVECS`] / 2 frames). Returns the number of frames
+    /// completed; `WouldBlock` when no byte was taken.
     pub(crate) fn send(&mut self, fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
         if frames.is_empty() {
             return Ok(0);
         }
-        let headers: Vec<[u8; HEADER_BYTES]> = frames.iter().map(|f| framing::header(f.len())).collect();
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity((2 * frames.len()).min(MAX_IOVECS));
+        let frames = &frames[..frames.len().min(MAX_IOVECS / 2)];
+        self.headers.clear();
+        self.headers.extend(frames.iter().map(|f| framing::header(f.len())));
+        self.iovs.clear();
         for (i, frame) in frames.iter().enumerate() {
-            if iovs.len() + 2 > MAX_IOVECS {
-                break;
-            }
             let skip = if i == 0 { self.offset } else { 0 };
             if skip < HEADER_BYTES {
-                iovs.push(libc::iovec { iov_base: headers[i][skip..].as_ptr() as *mut libc::c_void, iov_len: HEADER_BYTES - skip });
-                iovs.push(libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() });
+                let h = &self.headers[i][skip..];
+                self.iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: h.len() });
+                self.iovs.push(libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() });
             } else {
-                let done = skip - HEADER_BYTES;
-                iovs.push(libc::iovec { iov_base: frame[done..].as_ptr() as *mut libc::c_void, iov_len: frame.len() - done });
+                let rest = &frame[skip - HEADER_BYTES..];
+                self.iovs.push(libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() });
             }
         }
         // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iovs.as_mut_ptr();
-        msg.msg_iovlen = iovs.len() as _;
-        // SAFETY: msg points to iovs, each over a live header or frame slice
-        // (headers and frames outlive the call); sendmsg only reads them.
+        msg.msg_iov = self.iovs.as_mut_ptr();
+        msg.msg_iovlen = self.iovs.len() as _;
+        // SAFETY: msg points to self.iovs, each over a live header (in
+        // self.headers, not touched until the call returns) or frame slice
+        // (borrowed for the call); sendmsg only reads them.
         let r = unsafe { libc::sendmsg(fd, &msg, SEND_FLAGS) };
+        // The pointers are dead once the call returns.
+        self.iovs.clear();
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -353,6 +362,22 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn one_send_gathers_many_frames_and_the_rest_goes_in_the_next() {
+        let (a, b) = pair();
+        let frames: Vec<Vec<u8>> = (0..700u32).map(|i| vec![i as u8; 14 + (i as usize * 7) % 200]).collect();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+        let mut w = StreamWriter::new();
+        // One gather list holds at most MAX_IOVECS / 2 frames (header + payload each).
+        assert_eq!(w.send(a.as_raw_fd(), &refs).unwrap(), MAX_IOVECS / 2);
+        assert_eq!(w.send(a.as_raw_fd(), &refs[MAX_IOVECS / 2..]).unwrap(), 700 - MAX_IOVECS / 2);
+        assert!(!w.in_frame());
+        drop(a);
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut { b }, &mut all).unwrap();
+        assert_eq!(all, framed(&frames));
     }
 
     #[test]

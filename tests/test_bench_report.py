@@ -134,3 +134,21 @@ def test_an_edited_block_a_stray_figure_and_a_loose_table_fail(tree: Path) -> No
 def test_the_repository_docs_quote_only_the_committed_results() -> None:
     r = check(REPO)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_stream_relay_block_compares_relay_cpu_with_the_per_frame_relay(tmp_path: Path) -> None:
+    r = results()
+    for c in r["adaptors"]["cases"]:
+        c["relay_cpu_us_per_frame"] = {"per_frame": 12.0, "stream": 3.0}.get(c["path"], 1.0) + (c["frame_bytes"] > 64)
+        c["adaptor_frames_per_batch"] = None if c["path"] == "per_frame" else 40.0
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps(r))
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "stream.md").write_text("# Stream\n\n<!-- bench-report: stream-relay -->\n<!-- /bench-report -->\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "docs" / "stream.md").read_text()
+    assert "| per-frame relay | 12.0 | 13.0 | 1 / 1 |" in text
+    assert "| `stream` | 3.0 | 4.0 | 40 / 40 |" in text
+    assert "0.25 at 64 B, 0.31 at 1514 B" in text
+    assert check(tmp_path).returncode == 0

@@ -1,6 +1,6 @@
 """Per-network endpoint sockets (docs/endpoints.md) with raw clients, against
 a broker subprocess on the test hub backend: framing, VFKT, bad frames,
-status fields, 32 clients at once leaking nothing, file-mode refusal, and
+status fields, 32 clients at once and 256 datagram clients leaking nothing, file-mode refusal, and
 sockets handed over by name (LISTEN_FDS / LISTEN_FDNAMES / LISTEN_PID).
 The real Linux backend: test_endpoints_netns.py."""
 
@@ -239,6 +239,43 @@ def test_32_clients_connecting_and_leaving_at_once_leak_no_fd_thread_or_port(bro
     wait_until("the 32 ports to be released", lambda: len(ports(broker)) == 1, timeout=30)
     assert_no_new_fds(broker, base_fds)
     wait_until("the relay threads to end", lambda: threads(broker) == base_threads, timeout=20)
+    warm.close()
+
+
+def test_256_datagram_clients_join_and_leave_with_no_fd_thread_or_port_left(broker: BrokerProcess, tmp_path: Path) -> None:
+    """The endpoint's limit of datagram clients at once, half of them
+    connected to the endpoint (vfkit) and half not (QEMU `-netdev dgram`):
+    each is one port with one relay thread and no other, and once they are
+    gone every fd, thread and port they had is gone too."""
+    dgram_path = str(broker.ep / "shared.dgram.sock")
+    warm = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    warm.connect(str(broker.ep / "shared.stream.sock"))
+    wait_until("the network", lambda: len(ports(broker)) == 1)
+    base_fds = settled_fds(broker)
+    base_threads = wait_until("the thread count to settle", lambda: (lambda a, b: a if a == b else 0)(threads(broker), threads(broker)))
+    clients: List[socket.socket] = []
+    for i in range(256):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        c.bind(str(tmp_path / f"d{i}.sock"))
+        if i % 2:
+            c.connect(dgram_path)
+            c.send(frame(bytes([0x52, 0x54, 0, 3, i >> 8, i & 0xFF]), b"hello"))
+        else:
+            c.sendto(frame(bytes([0x52, 0x54, 0, 3, i >> 8, i & 0xFF]), b"hello"), dgram_path)
+        clients.append(c)
+    # One relay thread per port and no other thread (status is not asked
+    # here: a reply listing 257 ports may exceed the reply's size limit).
+    wait_until("one relay thread per port", lambda: threads(broker) == base_threads + 256, timeout=120)
+    # Each hears the others through the network (the hub floods broadcasts).
+    clients[0].settimeout(20)
+    assert clients[0].recv(65536)[6:12] != bytes([0x52, 0x54, 0, 3, 0, 0])
+    for i, c in enumerate(clients):
+        c.close()
+        os.unlink(tmp_path / f"d{i}.sock")
+    wait_until("the relay threads to end", lambda: threads(broker) == base_threads, timeout=60)
+    wait_until("the 256 ports to be released", lambda: len(ports(broker)) == 1, timeout=60)
+    assert_no_new_fds(broker, base_fds)
+    wait_until("the relay threads to end", lambda: threads(broker) == base_threads, timeout=30)
     warm.close()
 
 

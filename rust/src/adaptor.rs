@@ -26,7 +26,9 @@
 //! a queue here.
 //!
 //! Files: `relay.rs` (the loop), `vm_datagram.rs` and `vm_stream.rs` (the
-//! VM-side wire formats), `batch_io.rs` (`recvmmsg`/`sendmmsg`,
+//! VM-side wire formats), `vm_shared.rs` (a datagram endpoint client's end:
+//! frames from an inbox, sends addressed to it on the shared endpoint
+//! socket; [`Adaptor::start_shared`]), `batch_io.rs` (`recvmmsg`/`sendmmsg`,
 //! `recvmsg_x`/`sendmsg_x` with per-frame fallback), `socket.rs` (socketpair,
 //! buffer sizes, poll, wake pipe), `counters.rs`, `bench.rs` (the
 //! benchmark's generators, sinks and per-frame baseline relay; Linux),
@@ -37,7 +39,7 @@
 //! closed VM end on its next send to the VM (ECONNREFUSED); the broker's
 //! lease on the VM ends it otherwise.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -52,6 +54,7 @@ pub mod framing;
 mod relay;
 pub(crate) mod socket;
 mod vm_datagram;
+pub mod vm_shared;
 mod vm_stream;
 
 #[cfg(test)]
@@ -265,6 +268,25 @@ impl Adaptor {
             .spawn(move || relay.run())
             .map_err(Error::StartThread)?;
         Ok(Adaptor { kind, shared, wake: Some(wake_tx), thread: Some(thread), buffers })
+    }
+
+    /// Starts a relay for one client of a shared datagram socket (the
+    /// datagram endpoint, [`vm_shared`]): frames come from `end`'s inbox and
+    /// go back addressed to the client on `end`'s socket, which its owner
+    /// set up (blocking, `SO_SNDTIMEO` of [`vm_shared::SEND_WAIT`] on
+    /// Linux). The kind shown is `datagram_next` (batched calls).
+    pub fn start_shared(interface: Box<dyn Interface>, end: vm_shared::SharedEnd) -> Result<Adaptor, Error> {
+        let send_bytes = socket::get_int_option(end.socket.as_raw_fd(), libc::SO_SNDBUF).map_err(Error::SetBuffers)?;
+        let recv_bytes = socket::get_int_option(end.socket.as_raw_fd(), libc::SO_RCVBUF).map_err(Error::SetBuffers)?;
+        let (wake_rx, wake_tx) = socket::wake_pipe().map_err(Error::CreateWakePipe)?;
+        let shared = Arc::new(relay::Shared::default());
+        let relay = relay::Relay::new_shared(interface, end, wake_rx, Arc::clone(&shared), send_bytes);
+        let kind = Kind::DatagramNext;
+        let thread = std::thread::Builder::new()
+            .name(format!("adaptor-{}", kind.as_str()))
+            .spawn(move || relay.run())
+            .map_err(Error::StartThread)?;
+        Ok(Adaptor { kind, shared, wake: Some(wake_tx), thread: Some(thread), buffers: SocketBuffers { send_bytes, recv_bytes } })
     }
 
     pub fn kind(&self) -> Kind {

@@ -44,6 +44,24 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears O_NONBLOCK on `fd`.
+pub fn set_blocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns, integer arguments only.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        cvt(libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// Sets `SO_SNDTIMEO`: how long a blocking send waits before EAGAIN.
+pub fn set_send_timeout(fd: RawFd, wait: std::time::Duration) -> io::Result<()> {
+    let tv = libc::timeval { tv_sec: wait.as_secs() as libc::time_t, tv_usec: wait.subsec_micros() as libc::suseconds_t };
+    // SAFETY: setsockopt reads one timeval from the pointer.
+    cvt(unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as libc::socklen_t) })
+        .map(|_| ())
+}
+
 /// Close-on-exec and non-blocking.
 pub fn set_flags(fd: RawFd) -> io::Result<()> {
     set_cloexec(fd)?;

@@ -196,6 +196,56 @@ pub(crate) fn send_batch(fd: RawFd, frames: &[&[u8]], send_limit: usize) -> io::
     };
 }
 
+/// Sends frames from an unconnected datagram socket to the one peer at
+/// `addr`, in as few calls as the platform allows; returns how many leading
+/// frames the peer took, or the error of the first one. A full peer is
+/// waited for, about `wait` at most per call, then reported as
+/// `WouldBlock`: Linux lets the socket's `SO_SNDTIMEO` (set to `wait` by
+/// its owner; the socket is blocking) sleep until that one peer has room;
+/// elsewhere (XNU fails a full receiver with ENOBUFS and has no such wait)
+/// the first refused frame is tried again once after sleeping `wait`.
+pub(crate) fn send_batch_to(
+    fd: RawFd,
+    addr: &libc::sockaddr_un,
+    addr_len: libc::socklen_t,
+    frames: &[&[u8]],
+    send_limit: usize,
+    wait: std::time::Duration,
+) -> io::Result<usize> {
+    if frames.is_empty() {
+        return Ok(0);
+    }
+    #[cfg(target_os = "linux")]
+    return {
+        let _ = (send_limit, wait);
+        mmsg::send_to(fd, addr, addr_len, frames)
+    };
+    #[cfg(not(target_os = "linux"))]
+    return {
+        let _ = send_limit;
+        let send_one = |frame: &[u8]| -> io::Result<()> {
+            // SAFETY: sends frame.len() bytes of `frame` to a valid address of addr_len bytes.
+            let r = unsafe { libc::sendto(fd, frame.as_ptr().cast(), frame.len(), SEND_FLAGS, (addr as *const libc::sockaddr_un).cast(), addr_len) };
+            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        };
+        let is_full = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS);
+        for (i, frame) in frames.iter().enumerate() {
+            let mut r = send_one(frame);
+            if matches!(&r, Err(e) if is_full(e)) {
+                std::thread::sleep(wait);
+                r = send_one(frame);
+            }
+            match r {
+                Ok(()) => {}
+                Err(_) if i > 0 => return Ok(i),
+                Err(e) if is_full(&e) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(frames.len())
+    };
+}
+
 #[cfg(target_os = "linux")]
 mod mmsg {
     use super::*;
@@ -230,6 +280,28 @@ mod mmsg {
             truncated[i] = is_cut(lens[i], bufs[i].len(), m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0);
         }
         Ok(n)
+    }
+
+    /// `sendmmsg` of every frame to `addr` on a blocking socket, without
+    /// `MSG_DONTWAIT`: each datagram may wait for the peer's room up to the
+    /// socket's `SO_SNDTIMEO`. The headers point at `addr` and `iovs`,
+    /// which outlive the call.
+    pub(super) fn send_to(fd: RawFd, addr: &libc::sockaddr_un, addr_len: libc::socklen_t, frames: &[&[u8]]) -> io::Result<usize> {
+        let mut iovs: Vec<libc::iovec> =
+            frames.iter().map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() }).collect();
+        let mut msgs = headers(&mut iovs);
+        for m in &mut msgs {
+            m.msg_hdr.msg_name = addr as *const libc::sockaddr_un as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = addr_len;
+        }
+        // SAFETY: msgs holds msgs.len() headers, each naming a live address
+        // of addr_len bytes and one iovec over a live frame; sendmmsg only
+        // reads them.
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_NOSIGNAL) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
     }
 
     pub(super) fn send(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {

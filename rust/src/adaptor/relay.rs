@@ -22,6 +22,7 @@ use std::time::Duration;
 use super::counters::Counters;
 use super::socket;
 use super::vm_datagram::{DatagramReader, DatagramWriter};
+use super::vm_shared::{AddressedWriter, Inbox, InboxReader, SharedEnd};
 use super::vm_stream::{StreamEnd, StreamReader, StreamWriter};
 use super::{EndReason, Kind, Stats, BATCH_FRAMES, RETRY_BUDGET, RETRY_DELAY_US};
 use crate::vmnet::Interface;
@@ -112,6 +113,8 @@ impl Shared {
 enum VmReader {
     Datagram(DatagramReader),
     Stream(StreamReader),
+    /// A client of a shared socket: frames the endpoint's demux handed over.
+    Inbox(InboxReader),
 }
 
 impl VmReader {
@@ -119,6 +122,7 @@ impl VmReader {
         match self {
             VmReader::Datagram(r) => r.has_pending(),
             VmReader::Stream(r) => r.has_pending(),
+            VmReader::Inbox(r) => r.has_pending(),
         }
     }
 
@@ -126,6 +130,7 @@ impl VmReader {
         match self {
             VmReader::Datagram(r) => r.pending_count(),
             VmReader::Stream(r) => r.pending_count(),
+            VmReader::Inbox(r) => r.pending_count(),
         }
     }
 
@@ -133,6 +138,7 @@ impl VmReader {
         match self {
             VmReader::Datagram(r) => r.pending(limit),
             VmReader::Stream(r) => r.pending(limit),
+            VmReader::Inbox(r) => r.pending(limit),
         }
     }
 
@@ -140,13 +146,14 @@ impl VmReader {
         match self {
             VmReader::Datagram(r) => r.consume(n),
             VmReader::Stream(r) => r.consume(n),
+            VmReader::Inbox(r) => r.consume(n),
         }
     }
 
     /// Frames (or a framing error) already read but not yet made pending.
     fn has_buffered(&self) -> bool {
         match self {
-            VmReader::Datagram(_) => false,
+            VmReader::Datagram(_) | VmReader::Inbox(_) => false,
             VmReader::Stream(r) => r.has_buffered(),
         }
     }
@@ -155,6 +162,8 @@ impl VmReader {
 enum VmWriter {
     Datagram(DatagramWriter),
     Stream(StreamWriter),
+    /// A client of a shared socket: sends addressed to it (`fd` unused).
+    Addressed(AddressedWriter),
 }
 
 impl VmWriter {
@@ -162,6 +171,7 @@ impl VmWriter {
         match self {
             VmWriter::Datagram(w) => w.send(fd, frames),
             VmWriter::Stream(w) => w.send(fd, frames),
+            VmWriter::Addressed(w) => w.send(frames),
         }
     }
 
@@ -204,6 +214,9 @@ pub(crate) struct Relay {
     kind: Kind,
     shared: Arc<Shared>,
     send_limit: usize,
+    /// A client of a shared socket (its duplicate of the socket, its
+    /// address, its inbox): `vm` is then its inbox's wake fd.
+    shared_end: Option<(OwnedFd, Vec<u8>, Arc<Inbox>)>,
 }
 
 /// Rate limit for per-frame error logs: the first few, then every 1000th.
@@ -229,7 +242,14 @@ impl HostToVm {
 impl Relay {
     /// `send_limit`: the VM socket's send buffer as granted (`SO_SNDBUF`).
     pub(crate) fn new(iface: Box<dyn Interface>, vm: OwnedFd, wake: OwnedFd, kind: Kind, shared: Arc<Shared>, send_limit: usize) -> Self {
-        Relay { iface, vm, wake, kind, shared, send_limit }
+        Relay { iface, vm, wake, kind, shared, send_limit, shared_end: None }
+    }
+
+    /// A relay for one client of a shared datagram socket
+    /// ([`super::vm_shared`]): its VM fd is the inbox's wake pipe.
+    pub(crate) fn new_shared(iface: Box<dyn Interface>, end: SharedEnd, wake: OwnedFd, shared: Arc<Shared>, send_limit: usize) -> Self {
+        let SharedEnd { socket, addr, inbox, readable } = end;
+        Relay { iface, vm: readable, wake, kind: Kind::DatagramNext, shared, send_limit, shared_end: Some((socket, addr, inbox)) }
     }
 
     /// Runs until the relay ends, then releases everything.
@@ -273,6 +293,13 @@ impl Relay {
                 _ => VmWriter::Datagram(DatagramWriter::new(batched, self.send_limit)),
             },
         };
+        if let Some((socket, addr, inbox)) = self.shared_end.take() {
+            reader = VmReader::Inbox(InboxReader::new(inbox, self.vm.as_raw_fd()));
+            h2v.writer = match AddressedWriter::new(socket, &addr, self.send_limit) {
+                Ok(w) => VmWriter::Addressed(w),
+                Err(e) => return EndReason::Internal(format!("the client's address: {e}")),
+            };
+        }
         let mut v2h_stalls = 0u32;
         let vm_fd = self.vm.as_raw_fd();
         let iface_fd = self.iface.readable_fd();
@@ -408,6 +435,13 @@ impl Relay {
                 Err(e) if is_full(&e) => Ok(()),
                 Err(e) if is_vm_closed(&e) => Err(EndReason::VmClosed),
                 Err(e) => Err(EndReason::Internal(format!("receive from the VM socket: {e}"))),
+            },
+            VmReader::Inbox(r) => match r.receive() {
+                Ok(got) => {
+                    counters.add_malformed(got.rejected as u64);
+                    Ok(())
+                }
+                Err(_) => Ok(()),
             },
             VmReader::Stream(r) => match r.receive(fd) {
                 Ok(_) => Ok(()),

@@ -6,8 +6,8 @@
 //! [`paths`] (paths, binding, socket activation), [`stream`] (accepting
 //! stream clients), [`datagram`] (the datagram demux and its clients).
 //!
-//! Threads: one `vmnet-rs-endpoints` thread polls every endpoint socket,
-//! every datagram client's socketpair end and a wake pipe. Starting a port
+//! Threads: one `vmnet-rs-endpoints` thread polls every endpoint socket
+//! and a wake pipe; each client's port has its relay thread, and no other. Starting a port
 //! takes the broker's state lock (and may create the network), so a slow
 //! network start holds up this thread, never the broker socket's.
 //!
@@ -29,24 +29,25 @@ mod stream;
 #[cfg(all(test, target_os = "linux"))]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::protocol::{code, Failure};
 use super::state::Port;
 use super::Core;
-use crate::adaptor::{socket as adaptor_socket, Adaptor, DropCounter, Kind, Options, RETRY_DELAY_US};
+use crate::adaptor::vm_shared::SharedEnd;
+use crate::adaptor::{socket as adaptor_socket, Adaptor, DropCounter, Kind, Options};
 use crate::config::EndpointKind;
 use crate::vmnet::InterfaceDesc;
 use crate::xpc::Peer;
 
-use datagram::{DatagramEndpoint, DATAGRAM_BYTES};
+use datagram::DatagramEndpoint;
 pub use datagram::{MAX_DATAGRAM_CLIENTS, PROBE_INTERVAL, REFUSED_QUIET, VFKIT_MAGIC};
 use paths::{open_endpoint, Bound};
 pub use paths::{activation_name, default_dir, default_dir_for, endpoint_path, max_path_bytes, Access};
@@ -115,7 +116,7 @@ impl Endpoints {
                 paths.entry(network.clone()).or_default().insert(*kind, b.path.clone());
                 match kind {
                     EndpointKind::Stream => streams.push(b),
-                    EndpointKind::Datagram => datagrams.push(DatagramEndpoint { bound: b, clients: Vec::new(), refused: HashMap::new() }),
+                    EndpointKind::Datagram => datagrams.push(DatagramEndpoint::new(b)),
                 }
             }
         }
@@ -132,7 +133,7 @@ impl Endpoints {
         let count = streams.len() + datagrams.len();
         let thread = {
             let shared = Arc::clone(&shared);
-            let mut worker = Worker { shared, wake: wake_rx, streams, datagrams, buf: vec![0u8; DATAGRAM_BYTES], last_probe: Instant::now() };
+            let mut worker = Worker { shared, wake: wake_rx, streams, datagrams, last_probe: Instant::now() };
             std::thread::Builder::new().name("vmnet-rs-endpoints".into()).spawn(move || worker.run())
         };
         let thread = thread.map_err(io_error("start the endpoint thread", dir))?;
@@ -181,7 +182,6 @@ struct Worker {
     wake: OwnedFd,
     streams: Vec<Bound>,
     datagrams: Vec<DatagramEndpoint>,
-    buf: Vec<u8>,
     last_probe: Instant,
 }
 
@@ -191,7 +191,13 @@ enum Slot {
     Wake,
     Stream(usize),
     Datagram(usize),
-    Client(usize, usize),
+}
+
+/// What a client that came through an endpoint relays with: the accepted
+/// stream connection, or its share of the datagram endpoint's socket.
+pub(super) enum EndpointEnd {
+    Stream(OwnedFd),
+    Datagram(SharedEnd),
 }
 
 impl Worker {
@@ -209,45 +215,16 @@ impl Worker {
             for (i, s) in self.streams.iter().enumerate() {
                 add(s.fd.as_raw_fd(), Slot::Stream(i));
             }
-            let mut waiting = false;
             for (i, d) in self.datagrams.iter().enumerate() {
                 add(d.bound.fd.as_raw_fd(), Slot::Datagram(i));
-                for (j, c) in d.clients.iter().enumerate() {
-                    // A client with a frame waiting is retried on a timer,
-                    // and its relay is not read until that frame is gone.
-                    if c.pending.is_some() {
-                        waiting = true;
-                    } else {
-                        add(c.inner.as_raw_fd(), Slot::Client(i, j));
-                    }
-                }
             }
-            let timeout = if waiting {
-                Some(Duration::from_micros(RETRY_DELAY_US))
-            } else if self.datagrams.iter().any(|d| !d.clients.is_empty()) {
-                Some(PROBE_INTERVAL)
-            } else {
-                None
-            };
+            let timeout = self.datagrams.iter().any(|d| !d.clients.is_empty()).then_some(PROBE_INTERVAL);
             if let Err(e) = adaptor_socket::poll(&mut fds, timeout) {
                 log::error!("endpoints: poll failed: {e}; the endpoints stop serving");
                 break;
             }
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break;
-            }
-            // Clients first (indices stay valid: removals happen after).
-            let mut gone: Vec<(usize, usize, String)> = Vec::new();
-            if waiting {
-                for i in 0..self.datagrams.len() {
-                    for j in 0..self.datagrams[i].clients.len() {
-                        if self.datagrams[i].clients[j].pending.is_some() {
-                            if let Some(why) = self.relay_to_client(i, j) {
-                                gone.push((i, j, why));
-                            }
-                        }
-                    }
-                }
             }
             for (k, fd) in fds.iter().enumerate() {
                 if fd.revents == 0 {
@@ -256,18 +233,7 @@ impl Worker {
                 match slots[k] {
                     Slot::Wake => {}
                     Slot::Stream(i) => self.accept(i),
-                    Slot::Datagram(_) => {}
-                    Slot::Client(i, j) => {
-                        if let Some(why) = self.relay_to_client(i, j) {
-                            gone.push((i, j, why));
-                        }
-                    }
-                }
-            }
-            self.remove_clients(gone);
-            for (k, fd) in fds.iter().enumerate() {
-                if let (Slot::Datagram(i), true) = (slots[k], fd.revents != 0) {
-                    self.receive_datagrams(i);
+                    Slot::Datagram(i) => self.receive_datagrams(i),
                 }
             }
             if self.last_probe.elapsed() >= PROBE_INTERVAL {
@@ -297,10 +263,15 @@ impl Core {
     /// Starts a port on `network` for a VM that came through an endpoint:
     /// checks `peer`, creates the network if needed, starts an interface
     /// and an adaptor, and records a lease that lasts as long as the relay.
-    /// Stream: `socket` is the accepted connection (the adaptor's VM end);
-    /// datagram: the adaptor gets a socketpair, whose other end is returned
-    /// with the handle that counts the demux's drops as the port's.
-    pub(super) fn open_endpoint_port(&self, network: &str, peer: &Peer, via: EndpointKind, socket: Option<OwnedFd>) -> Result<(u64, Option<(OwnedFd, DropCounter)>), Failure> {
+    /// Stream: the accepted connection is the adaptor's VM end; datagram:
+    /// the relay sends on its share of the endpoint socket and takes frames
+    /// from its inbox. Returns the lease and the handle that counts frames
+    /// dropped in front of the relay as the port's.
+    pub(super) fn open_endpoint_port(&self, network: &str, peer: &Peer, end: EndpointEnd) -> Result<(u64, DropCounter), Failure> {
+        let via = match end {
+            EndpointEnd::Stream(_) => EndpointKind::Stream,
+            EndpointEnd::Datagram(_) => EndpointKind::Datagram,
+        };
         let refused = |f: Failure| {
             let mut st = self.lock_state();
             st.counters.errors += 1;
@@ -322,19 +293,17 @@ impl Core {
             })
             .map_err(refused)?;
         st.last_activity = Instant::now();
-        let (adaptor, theirs) = match socket {
-            Some(s) => (Adaptor::start_with_socket(interface, Kind::Stream, s, &Options::default()).map_err(|e| failure("start the relay", &e))?, None),
-            None => {
-                let (a, fd) = Adaptor::start(interface, Kind::Datagram, &Options::default()).map_err(|e| failure("start the relay", &e))?;
-                let counter = a.drop_counter();
-                (a, Some((fd, counter)))
-            }
-        };
+        let adaptor = match end {
+            EndpointEnd::Stream(s) => Adaptor::start_with_socket(interface, Kind::Stream, s, &Options::default()),
+            EndpointEnd::Datagram(shared) => Adaptor::start_shared(interface, shared),
+        }
+        .map_err(|e| failure("start the relay", &e))?;
+        let counter = adaptor.drop_counter();
         let id = st.grant(network, peer, false, Some(Port::Adaptor(adaptor)), None, None);
         if let Some(l) = st.leases.get_mut(&id) {
             l.via = Some(via);
         }
-        Ok((id, theirs))
+        Ok((id, counter))
     }
 
     /// Releases an endpoint client's lease (its datagram client left).

@@ -1,38 +1,42 @@
 //! The datagram endpoint: one bound SOCK_DGRAM socket shared by every
 //! client. A client binds its own path and sends to the endpoint (vfkit,
 //! krunkit, QEMU `-netdev dgram`); it is known by its address. Its first
-//! datagram may be vfkit's `VFKT` magic, which is swallowed. Each client
-//! gets its own interface and a `datagram` adaptor on a socketpair; the
-//! demux here moves frames between the endpoint socket and the pair's other
-//! end, and sends replies *from* the endpoint socket (clients connect() to
-//! it and take nothing from elsewhere). A client whose socket is gone is
-//! noticed by a failed send (ECONNREFUSED, ENOENT) or by a probe (a
-//! connect() to its address) every [`PROBE_INTERVAL`], and its port
-//! released.
+//! datagram may be vfkit's `VFKT` magic, which is swallowed.
 //!
-//! Cost of this design: per frame, one extra receive, one extra send and
-//! one copy through the socketpair in each direction, all on the one
-//! endpoint thread (every datagram client of the broker shares it), plus
-//! one relay thread per client as for any adaptor.
+//! Each client gets its own port: an interface and a relay thread that
+//! sends to the client *from* the endpoint socket (a duplicate of it;
+//! clients that connect() to the endpoint take nothing from elsewhere),
+//! batched and addressed to the client, waiting for that one client when
+//! its queue is full ([`crate::adaptor::vm_shared`]). The demux here
+//! receives batches from the endpoint socket (`recvmmsg` on Linux), sorts
+//! them by sender and copies each into its client's inbox, from which the
+//! client's relay writes them to its interface. No socketpair and no extra
+//! system call per frame in either direction (docs/endpoints.md has the
+//! design, the alternatives and their numbers).
 //!
-//! Thread: the endpoint thread (`vmnet-rs-endpoints`) only.
+//! A client whose socket is gone is noticed by its relay (a send fails with
+//! ECONNREFUSED or ENOENT, and the relay ends) or by a probe (a connect() to
+//! its address) every [`PROBE_INTERVAL`], and its port released.
+//!
+//! Thread: the endpoint thread (`vmnet-rs-endpoints`) receives; each
+//! client's relay thread sends and writes its interface. No other thread.
 //!
 //! Invariants: an unbound sender (Linux: empty address; macOS: XNU's
 //! `sun_noname`) never gets a port; every descriptor a client sends
 //! (SCM_RIGHTS) is closed; a datagram that arrived cut (`MSG_TRUNC`) is
-//! never passed on, it is dropped and counted; every frame dropped here is
-//! counted on the client's port.
+//! never passed on, it is dropped and counted; every frame dropped here (cut,
+//! or its client's inbox full) is counted on the client's port.
 
 use std::collections::HashMap;
-use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::paths::Bound;
-use super::receive::recv_from;
-use super::Worker;
-use crate::adaptor::{DropCounter, RETRY_BUDGET, RETRY_DELAY_US};
-use crate::config::EndpointKind;
+use super::receive::{recv_batch_from, Datagram};
+use super::{EndpointEnd, Worker};
+use crate::adaptor::vm_shared::{Inbox, SharedEnd};
+use crate::adaptor::{DropCounter, BATCH_FRAMES};
 use crate::sys;
 use crate::xpc::Peer;
 
@@ -44,219 +48,175 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub const REFUSED_QUIET: Duration = Duration::from_secs(10);
 /// Most datagram clients one endpoint serves at once.
 pub const MAX_DATAGRAM_CLIENTS: usize = 256;
-/// Largest datagram read from a client or a relay (the relays' own maximum).
+/// Largest datagram read from a client (the relays' own maximum).
 pub(super) const DATAGRAM_BYTES: usize = 65_550;
-/// Frames moved per client and direction in one poll turn (fairness).
-pub(super) const FRAMES_PER_TURN: usize = 64;
-/// The endpoint socket's buffers (vfkit: 1 MiB send, 4 MiB receive).
-pub(super) const SEND_BUFFER_BYTES: usize = 1 << 20;
+/// Batches received from one endpoint per poll turn (fairness between
+/// endpoints and the stream listeners).
+const BATCHES_PER_TURN: usize = 4;
+/// The endpoint socket's send buffer: every datagram queued at any client
+/// is charged to it (Linux), so it is sized for every client's queue at
+/// once ([`MAX_DATAGRAM_CLIENTS`] x (`max_dgram_qlen` 10 + 1) datagrams of
+/// an MTU-1500 frame's ~2.8 KiB): a client that stops reading holds its
+/// own queue's worth and no more, never the others' room (docs/endpoints.md).
+/// Granted in full with CAP_NET_ADMIN (`SO_SNDBUFFORCE`), else capped by
+/// `net.core.wmem_max`. The receive buffer holds bursts from all clients.
+pub(super) const SEND_BUFFER_BYTES: usize = 8 << 20;
 pub(super) const RECV_BUFFER_BYTES: usize = 4 << 20;
-/// How long a frame a datagram client had no room for is retried before it
-/// is dropped: the adaptors' budget (docs/adaptors.md "Backpressure").
-pub(super) const PENDING_BUDGET: Duration = Duration::from_micros(RETRY_BUDGET as u64 * RETRY_DELAY_US);
 
-/// One datagram client: its address, its port's lease and the demux's end
-/// of its adaptor's socketpair.
+/// One datagram client: its port's lease and inbox.
 pub(super) struct Client {
-    addr: Vec<u8>,
     lease: u64,
-    pub(super) inner: OwnedFd,
+    inbox: Arc<Inbox>,
     /// Last time a datagram came from the client (probes skip busy ones).
     heard: Instant,
     /// Frames dropped here, also added to the port's own counters.
     drops: u64,
     counter: DropCounter,
-    /// A frame for the client that its queue had no room for, retried on
-    /// the next turns; while it waits nothing more is read from the relay,
-    /// so the relay's socket fills and backpressure reaches the relay.
-    pub(super) pending: Option<Pending>,
-}
-
-pub(super) struct Pending {
-    frame: Vec<u8>,
-    since: Instant,
 }
 
 impl Client {
-    fn new(addr: Vec<u8>, lease: u64, inner: OwnedFd, counter: DropCounter) -> Client {
-        Client { addr, lease, inner, heard: Instant::now(), drops: 0, counter, pending: None }
-    }
-
-    fn drop_to_vm(&mut self) {
-        self.drops += 1;
-        self.counter.host_to_vm(1);
-    }
-
     fn drop_from_vm(&mut self) {
         self.drops += 1;
         self.counter.vm_to_host(1);
     }
-}
 
-/// What became of one send to a datagram client.
-enum Sent {
-    Done,
-    /// Its queue is full (EAGAIN/ENOBUFS): try again later.
-    Full,
-    /// Its socket is gone.
-    Gone(String),
-    /// Any other failure: the frame is dropped.
-    Failed,
-}
-
-/// Sends `frame` from endpoint socket `ep` to the client at `addr`.
-fn send_to_client(ep: RawFd, addr: &[u8], frame: &[u8]) -> Sent {
-    let Ok((sa, len)) = sys::sockaddr_un(addr) else { return Sent::Gone("its address is unusable".into()) };
-    // SAFETY: sends frame.len() bytes of `frame` to a valid address of len bytes.
-    let sent = unsafe { libc::sendto(ep, frame.as_ptr().cast(), frame.len(), send_flags(), (&sa as *const libc::sockaddr_un).cast(), len) };
-    if sent >= 0 {
-        return Sent::Done;
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => Sent::Full,
-        Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::ENOTCONN) | Some(libc::EPERM) | Some(libc::ECONNRESET) => {
-            Sent::Gone(format!("a send to it failed: {e}"))
+    /// Hands `frame` to the relay; `Some(inbox)` when the relay must be woken.
+    fn pass(&mut self, frame: &[u8]) -> Option<Arc<Inbox>> {
+        match self.inbox.push(frame) {
+            Ok(true) => Some(Arc::clone(&self.inbox)),
+            Ok(false) => None,
+            Err(()) => {
+                self.drop_from_vm();
+                None
+            }
         }
-        _ => Sent::Failed,
     }
 }
 
 pub(super) struct DatagramEndpoint {
     pub(super) bound: Bound,
-    pub(super) clients: Vec<Client>,
+    /// Address (`sun_path` bytes) -> client.
+    pub(super) clients: HashMap<Vec<u8>, Client>,
     /// Addresses refused lately, with when.
     pub(super) refused: HashMap<Vec<u8>, Instant>,
+    bufs: Vec<Vec<u8>>,
+    got: Vec<Datagram>,
+}
+
+impl DatagramEndpoint {
+    pub(super) fn new(bound: Bound) -> DatagramEndpoint {
+        DatagramEndpoint { bound, clients: HashMap::new(), refused: HashMap::new(), bufs: Vec::new(), got: Vec::new() }
+    }
 }
 
 impl Worker {
-    /// Moves frames from datagram client `j` of endpoint `i`'s relay to the
-    /// client, its waiting frame first. A frame the client's queue has no
-    /// room for waits (see [`Client::pending`]) and is dropped and counted
-    /// once it is older than [`PENDING_BUDGET`]. Returns why the client is
-    /// gone, if it is.
-    pub(super) fn relay_to_client(&mut self, i: usize, j: usize) -> Option<String> {
-        let d = &mut self.datagrams[i];
-        let ep = d.bound.fd.as_raw_fd();
-        let c = &mut d.clients[j];
-        if let Some(p) = c.pending.take() {
-            match send_to_client(ep, &c.addr, &p.frame) {
-                Sent::Done => {}
-                Sent::Full if p.since.elapsed() < PENDING_BUDGET => {
-                    c.pending = Some(p);
-                    return None;
-                }
-                Sent::Full | Sent::Failed => c.drop_to_vm(),
-                Sent::Gone(why) => return Some(why),
-            }
-        }
-        for _ in 0..FRAMES_PER_TURN {
-            // SAFETY: recv into our buffer of its length.
-            let n = unsafe { libc::recv(c.inner.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_DONTWAIT) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
-                    _ => Some(format!("its relay's socket failed: {e}")),
-                };
-            }
-            let frame = &self.buf[..n as usize];
-            match send_to_client(ep, &c.addr, frame) {
-                Sent::Done => {}
-                Sent::Full => {
-                    let mut kept = c.pending.take().map(|p| p.frame).unwrap_or_default();
-                    kept.clear();
-                    kept.extend_from_slice(frame);
-                    c.pending = Some(Pending { frame: kept, since: Instant::now() });
-                    return None;
-                }
-                Sent::Failed => c.drop_to_vm(),
-                Sent::Gone(why) => return Some(why),
-            }
-        }
-        None
-    }
-
-    /// Receives what is waiting on datagram endpoint `i`.
+    /// Receives what is waiting on datagram endpoint `i`, in batches, and
+    /// hands each frame to its client's relay (a new client gets a port).
     pub(super) fn receive_datagrams(&mut self, i: usize) {
-        for _ in 0..FRAMES_PER_TURN * 4 {
-            let fd = self.datagrams[i].bound.fd.as_raw_fd();
-            let got = match recv_from(fd, &mut self.buf) {
-                Ok(Some(g)) => g,
-                Ok(None) => return,
+        let mut wake: Vec<Arc<Inbox>> = Vec::new();
+        for _ in 0..BATCHES_PER_TURN {
+            let d = &mut self.datagrams[i];
+            if d.bufs.is_empty() {
+                d.bufs = vec![vec![0u8; DATAGRAM_BYTES]; BATCH_FRAMES];
+            }
+            let fd = d.bound.fd.as_raw_fd();
+            let n = match recv_batch_from(fd, &mut d.bufs, &mut d.got) {
+                Ok(n) => n,
                 Err(e) => {
-                    log::warn!("endpoint {}: receive failed: {e}", self.datagrams[i].bound.path.display());
-                    return;
+                    log::warn!("endpoint {}: receive failed: {e}", d.bound.path.display());
+                    break;
                 }
             };
-            let d = &mut self.datagrams[i];
-            if got.addr.is_empty() {
-                // Unbound (Linux: an empty address; macOS: XNU's
-                // `sun_noname`): no reply can reach it, so it gets no port;
-                // held off like a refused address, logged once a while.
-                if d.refused.insert(Vec::new(), Instant::now()).map_or(true, |t| t.elapsed() >= REFUSED_QUIET) {
-                    log::warn!(
-                        "endpoint {}: a datagram from an unbound socket was dropped: clients must bind their own path to get replies",
-                        d.bound.path.display()
-                    );
-                }
-                continue;
+            for k in 0..n {
+                self.take_datagram(i, k, &mut wake);
             }
-            if let Some(c) = d.clients.iter_mut().find(|c| c.addr == got.addr) {
-                c.heard = Instant::now();
+            wake.drain(..).for_each(|inbox| inbox.wake());
+            if n < BATCH_FRAMES {
+                break;
+            }
+        }
+    }
+
+    /// Datagram `k` of the last batch on endpoint `i`.
+    fn take_datagram(&mut self, i: usize, k: usize, wake: &mut Vec<Arc<Inbox>>) {
+        let d = &mut self.datagrams[i];
+        let got = &d.got[k];
+        if got.addr.is_empty() {
+            // Unbound (Linux: an empty address; macOS: XNU's `sun_noname`):
+            // no reply can reach it, so it gets no port; held off like a
+            // refused address, logged once a while.
+            if d.refused.insert(Vec::new(), Instant::now()).map_or(true, |t| t.elapsed() >= REFUSED_QUIET) {
+                log::warn!(
+                    "endpoint {}: a datagram from an unbound socket was dropped: clients must bind their own path to get replies",
+                    d.bound.path.display()
+                );
+            }
+            return;
+        }
+        if let Some(c) = d.clients.get_mut(&got.addr) {
+            c.heard = Instant::now();
+            if got.truncated {
+                // Longer than any frame: it arrived cut, and a cut frame is
+                // never passed on (on an offload network it would be
+                // delivered cut). Dropped and counted.
+                c.drop_from_vm();
+            } else if let Some(inbox) = c.pass(&d.bufs[k][..got.len]) {
+                wake.push(inbox);
+            }
+            return;
+        }
+        if let Some(t) = d.refused.get(&got.addr) {
+            if t.elapsed() < REFUSED_QUIET {
+                return;
+            }
+        }
+        let addr = got.addr.clone();
+        let shown = show_addr(&addr);
+        let path = d.bound.path.clone();
+        if d.clients.len() >= MAX_DATAGRAM_CLIENTS {
+            d.refused.insert(addr, Instant::now());
+            log::warn!("endpoint {}: client {shown} refused: {MAX_DATAGRAM_CLIENTS} clients already", path.display());
+            return;
+        }
+        let network = d.bound.network.clone();
+        let (uid, gid, pid) = got.creds.unwrap_or_else(own_credentials);
+        let socket = match d.bound.fd.as_fd().try_clone_to_owned() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("endpoint {}: client {shown} refused: could not duplicate the endpoint socket: {e}", path.display());
+                d.refused.insert(addr, Instant::now());
+                return;
+            }
+        };
+        let (inbox, readable) = match Inbox::new() {
+            Ok(made) => made,
+            Err(e) => {
+                log::warn!("endpoint {}: client {shown} refused: could not create its inbox: {e}", path.display());
+                d.refused.insert(addr, Instant::now());
+                return;
+            }
+        };
+        let peer = Peer { uid, gid, pid, connection: self.next_connection() };
+        let Some(core) = self.core() else { return };
+        let end = SharedEnd { socket, addr: addr.clone(), inbox: Arc::clone(&inbox), readable };
+        let d = &mut self.datagrams[i];
+        match core.open_endpoint_port(&network, &peer, EndpointEnd::Datagram(end)) {
+            Ok((lease, counter)) => {
+                log::info!("endpoint {}: client {shown} (pid {pid} uid {uid}) joined (lease {lease})", path.display());
+                let mut c = Client { lease, inbox, heard: Instant::now(), drops: 0, counter };
+                let got = &d.got[k];
                 if got.truncated {
-                    // Longer than any frame: it arrived cut, and a cut frame
-                    // is never passed on (on an offload network it would be
-                    // delivered cut). Dropped and counted.
                     c.drop_from_vm();
-                    continue;
-                }
-                // SAFETY: sends len bytes of our buffer on the connected pair.
-                let r = unsafe { libc::send(c.inner.as_raw_fd(), self.buf.as_ptr().cast(), got.len, send_flags()) };
-                if r < 0 {
-                    c.drop_from_vm();
-                }
-                continue;
-            }
-            if let Some(t) = d.refused.get(&got.addr) {
-                if t.elapsed() < REFUSED_QUIET {
-                    continue;
-                }
-            }
-            let shown = show_addr(&got.addr);
-            let path = d.bound.path.clone();
-            if d.clients.len() >= MAX_DATAGRAM_CLIENTS {
-                d.refused.insert(got.addr.clone(), Instant::now());
-                log::warn!("endpoint {}: client {shown} refused: {MAX_DATAGRAM_CLIENTS} clients already", path.display());
-                continue;
-            }
-            let network = d.bound.network.clone();
-            let (uid, gid, pid) = got.creds.unwrap_or_else(own_credentials);
-            let peer = Peer { uid, gid, pid, connection: self.next_connection() };
-            let Some(core) = self.core() else { return };
-            match core.open_endpoint_port(&network, &peer, EndpointKind::Datagram, None) {
-                Ok((lease, Some((inner, counter)))) => {
-                    log::info!("endpoint {}: client {shown} (pid {pid} uid {uid}) joined (lease {lease})", path.display());
-                    let _ = sys::set_flags(inner.as_raw_fd());
-                    let mut c = Client::new(got.addr, lease, inner, counter);
-                    if got.truncated {
-                        c.drop_from_vm();
-                    } else if &self.buf[..got.len] != VFKIT_MAGIC {
-                        // SAFETY: as above.
-                        if unsafe { libc::send(c.inner.as_raw_fd(), self.buf.as_ptr().cast(), got.len, send_flags()) } < 0 {
-                            c.drop_from_vm();
-                        }
+                } else if &d.bufs[k][..got.len] != VFKIT_MAGIC {
+                    if let Some(inbox) = c.pass(&d.bufs[k][..got.len]) {
+                        wake.push(inbox);
                     }
-                    self.datagrams[i].clients.push(c);
                 }
-                Ok((lease, None)) => {
-                    log::error!("endpoint {}: lease {lease} came without a socket; releasing it", path.display());
-                    core.release_endpoint_lease(lease);
-                }
-                Err(f) => {
-                    log::warn!("endpoint {}: client {shown} (pid {pid} uid {uid}) refused: {}", path.display(), f.message);
-                    self.datagrams[i].refused.insert(got.addr, Instant::now());
-                }
+                d.clients.insert(addr, c);
+            }
+            Err(f) => {
+                log::warn!("endpoint {}: client {shown} (pid {pid} uid {uid}) refused: {}", path.display(), f.message);
+                d.refused.insert(addr, Instant::now());
             }
         }
     }
@@ -268,46 +228,26 @@ impl Worker {
         let mut gone = Vec::new();
         for (i, d) in self.datagrams.iter_mut().enumerate() {
             d.refused.retain(|_, t| t.elapsed() < REFUSED_QUIET);
-            for (j, c) in d.clients.iter().enumerate() {
+            for (addr, c) in &d.clients {
                 if !core.endpoint_lease_running(c.lease) {
-                    gone.push((i, j, "its port ended".to_owned()));
+                    gone.push((i, addr.clone(), "its port ended".to_owned()));
                 } else if c.heard.elapsed() >= PROBE_INTERVAL {
-                    if let Some(why) = probe_address(&c.addr) {
-                        gone.push((i, j, why));
+                    if let Some(why) = probe_address(addr) {
+                        gone.push((i, addr.clone(), why));
                     }
                 }
             }
         }
-        self.remove_clients(gone);
-    }
-
-    pub(super) fn remove_clients(&mut self, mut gone: Vec<(usize, usize, String)>) {
-        if gone.is_empty() {
-            return;
-        }
-        gone.sort_by_key(|g| std::cmp::Reverse((g.0, g.1)));
-        gone.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
-        let core = self.core();
-        for (i, j, why) in gone {
+        for (i, addr, why) in gone {
             let d = &mut self.datagrams[i];
-            let c = d.clients.swap_remove(j);
-            log::info!("endpoint {}: client {} left ({why}); lease {} released", d.bound.path.display(), show_addr(&c.addr), c.lease);
+            let Some(c) = d.clients.remove(&addr) else { continue };
+            log::info!("endpoint {}: client {} left ({why}); lease {} released", d.bound.path.display(), show_addr(&addr), c.lease);
             if c.drops > 0 {
-                log::info!("endpoint {}: {} frame(s) to or from {} were dropped (a queue stayed full)", d.bound.path.display(), c.drops, show_addr(&c.addr));
+                log::info!("endpoint {}: {} frame(s) from {} were dropped here (cut, or its relay's inbox full)", d.bound.path.display(), c.drops, show_addr(&addr));
             }
-            drop(c.inner);
-            if let Some(core) = &core {
-                core.release_endpoint_lease(c.lease);
-            }
+            core.release_endpoint_lease(c.lease);
         }
     }
-}
-
-fn send_flags() -> libc::c_int {
-    #[cfg(target_os = "linux")]
-    return libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    #[cfg(not(target_os = "linux"))]
-    return libc::MSG_DONTWAIT;
 }
 
 fn own_credentials() -> (u32, u32, i32) {

@@ -174,6 +174,13 @@ pub(super) fn finish_socket(b: Bound) -> Result<Bound, Error> {
             Ok(got) => log::debug!("endpoint {}: SO_SNDBUF {} SO_RCVBUF {}", b.path.display(), got.send_bytes, got.recv_bytes),
             Err(e) => log::warn!("endpoint {}: could not set its socket buffers: {e}", b.path.display()),
         }
+        // Blocking, for the relays' sends (each waits for its own client,
+        // up to SO_SNDTIMEO; crate::adaptor::vm_shared); every receive on it
+        // passes MSG_DONTWAIT.
+        if let Err(e) = sys::set_blocking(b.fd.as_raw_fd()).and_then(|()| sys::set_send_timeout(b.fd.as_raw_fd(), crate::adaptor::vm_shared::SEND_WAIT)) {
+            b.unlink();
+            return Err(io_error("make it blocking with a send timeout", &b.path)(e));
+        }
         #[cfg(target_os = "linux")]
         if let Err(e) = sys::set_int_option(b.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1) {
             b.unlink();

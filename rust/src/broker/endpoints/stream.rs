@@ -14,8 +14,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::{Worker, LISTEN_BACKLOG};
-use crate::config::EndpointKind;
+use super::{EndpointEnd, Worker, LISTEN_BACKLOG};
 use crate::sys;
 use crate::xpc::Peer;
 
@@ -50,7 +49,7 @@ impl Worker {
             let peer = Peer { uid, gid, pid, connection: self.next_connection() };
             let (network, path) = (s.network.clone(), s.path.clone());
             let Some(core) = self.core() else { return };
-            match core.open_endpoint_port(&network, &peer, EndpointKind::Stream, Some(conn)) {
+            match core.open_endpoint_port(&network, &peer, EndpointEnd::Stream(conn)) {
                 Ok((lease, _)) => log::info!("endpoint {}: pid {pid} uid {uid} connected (lease {lease})", path.display()),
                 Err(f) => log::warn!("endpoint {}: pid {pid} uid {uid} refused: {}", path.display(), f.message),
             }

@@ -3,6 +3,8 @@
 
 use super::*;
 use crate::adaptor::framing;
+use datagram::DATAGRAM_BYTES;
+use std::time::Duration;
 use crate::broker::{Backend, Broker, BrokerOptions};
 use crate::xpc::unix::Socket;
 use std::io::{Read, Write};

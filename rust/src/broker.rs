@@ -28,6 +28,7 @@ pub mod policy;
 pub mod protocol;
 pub mod records;
 mod requests;
+pub mod service;
 pub mod state;
 #[cfg(target_os = "linux")]
 pub mod testing;

@@ -88,3 +88,26 @@ def test_lease_line_takes_ip_and_hostname_from_the_dhcp_lease() -> None:
         "  lease 4: shared tap, VM guest, MAC 52:54:00:aa:bb:cc, IP 192.168.107.23, pid 99 (qemu-system-x86)",
         "  counters: requests 3",
     ]
+
+
+def test_a_broker_addressed_network_shows_its_service_port() -> None:
+    """An ``addresses: broker`` network's own DHCP/DNS port: its address,
+    state, resolvers and counters (test_service_netns.py checks a live one)."""
+    counters = {"dhcp_offers": 2, "dhcp_acks": 1, "dhcp_naks": 0, "dhcp_releases": 0, "malformed_dhcp": 3,
+                "dns_queries": 5, "dns_answered": 4, "dns_forwarded": 1, "dns_failed": 1, "malformed_dns": 6, "malformed_frames": 0}
+    doc = {
+        "installed": {"installed": False, "platform": "linux"},
+        "broker": {
+            "pid": 7, "version": "0.1.0", "endpoint": "/s", "uptime_s": 5, "idle_timeout_s": 0, "exits_when_idle": False,
+            "networks": {"lab": {"subnet": "10.0.0.1/24", "device": "vmr-lab", "leases": 1, "service": {
+                "address": "10.0.0.254", "mac": "52:54:aa:bb:cc:dd", "domain": "lab.vmnet.internal", "running": True,
+                "upstreams": "", "counters": counters}}},
+            "adaptors": {}, "leases": {}, "counters": {},
+        },
+    }
+    assert format_status(doc)[2:6] == [
+        "  network lab: 10.0.0.1/24 on vmr-lab, 1 lease(s)",
+        "    service: 10.0.0.254 (52:54:aa:bb:cc:dd) running, names in lab.vmnet.internal, resolvers none (other names REFUSED)",
+        "    service dhcp: 2 offers, 1 acks, 0 naks, 0 releases, 3 malformed",
+        "    service dns: 5 queries, 4 answered, 1 forwarded, 1 failed, 6 malformed; 0 malformed frames",
+    ]

@@ -151,6 +151,8 @@ class NetworkConfig(_Camel):
     ipv6_prefix: Optional[str]
     port_forwarding: Tuple[PortForward, ...]
     dhcp_reservations: Tuple[DhcpReservation, ...]
+    #: Who answers DHCP and DNS: ``"platform"`` (vmnet, dnsmasq) or ``"broker"`` (its own port).
+    addresses: str
     external_interface: Optional[str]
     isolation: bool
     offload: bool

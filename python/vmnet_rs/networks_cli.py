@@ -235,6 +235,8 @@ def access_lines(cfg: Config) -> List[str]:
 
 def _details(net: NetworkConfig) -> List[str]:
     out = []
+    if net.addresses == "broker":
+        out.append("addresses and names from the broker's own port (no vmnet DHCP, no dnsmasq)")
     if net.external_interface:
         out.append(f"external interface {net.external_interface}")
     for pf in net.port_forwarding:

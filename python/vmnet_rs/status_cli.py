@@ -32,6 +32,20 @@ def queue(direction: Dict[str, Any]) -> str:
     return f" (+{n} at the TAP queue)" if n else ""
 
 
+def format_service(sv: Dict[str, Any]) -> List[str]:
+    """The lines of a network's own DHCP/DNS port (``addresses: broker``)."""
+    c = sv.get("counters", {})
+    state = "running" if sv.get("running") else f"STOPPED: {sv.get('error') or 'unknown'}"
+    upstreams = sv.get("upstreams") or "none (other names REFUSED)"
+    return [
+        f"    service: {sv['address']} ({sv['mac']}) {state}, names in {sv['domain']}, resolvers {upstreams}",
+        f"    service dhcp: {c.get('dhcp_offers', 0)} offers, {c.get('dhcp_acks', 0)} acks, {c.get('dhcp_naks', 0)} naks, "
+        f"{c.get('dhcp_releases', 0)} releases, {c.get('malformed_dhcp', 0)} malformed",
+        f"    service dns: {c.get('dns_queries', 0)} queries, {c.get('dns_answered', 0)} answered, {c.get('dns_forwarded', 0)} forwarded, "
+        f"{c.get('dns_failed', 0)} failed, {c.get('malformed_dns', 0)} malformed; {c.get('malformed_frames', 0)} malformed frames",
+    ]
+
+
 def format_status(out: Dict[str, Any]) -> List[str]:
     """The human-readable status: installed state, broker, networks, leases."""
     inst = out["installed"]
@@ -53,6 +67,8 @@ def format_status(out: Dict[str, Any]) -> List[str]:
         idle_s = f", idle {n['idle_s']}s" if "idle_s" in n else ""
         repairs = f", {n['repairs']} repair(s)" if "repairs" in n else ""
         lines.append(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle_s}{repairs}")
+        if "service" in n:
+            lines += format_service(n["service"])
         for piece, p in sorted(n.get("pieces", {}).items()):
             if not p["ok"] or p.get("left_alone"):
                 state = "ok" if p["ok"] else f"MISSING {p.get('missing', '')}".rstrip()

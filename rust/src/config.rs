@@ -57,6 +57,7 @@ pub const NETWORK_KEYS: &[&str] = &[
     "ipv6Prefix",
     "portForwarding",
     "dhcpReservations",
+    "addresses",
     "externalInterface",
     "isolation",
     "offload",
@@ -143,6 +144,9 @@ pub struct NetworkConfig {
     ipv6_prefix: Option<Ipv6Prefix>,
     port_forwarding: Vec<PortForward>,
     dhcp_reservations: Vec<DhcpReservation>,
+    /// Who answers DHCP and DNS on the network: the platform (vmnet's
+    /// bootpd and DNS proxy; dnsmasq on Linux) or the broker's own port.
+    addresses: Addresses,
     /// Shared mode only: the host interface to NAT through.
     external_interface: Option<String>,
     /// Block VM-to-VM traffic on this network.
@@ -159,6 +163,33 @@ pub struct NetworkConfig {
     allowed_users: Option<Vec<String>>,
     /// Groups whose members may use this network; as `allowed_users`.
     allowed_groups: Option<Vec<String>>,
+}
+
+/// Who hands out addresses and answers names on a network (`addresses`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Addresses {
+    /// vmnet's DHCP server and DNS proxy (macOS); dnsmasq (Linux).
+    #[default]
+    Platform,
+    /// The broker's own port on the network (`broker::service`): vmnet's
+    /// DHCP is off (macOS), no dnsmasq runs (Linux).
+    Broker,
+}
+
+impl Addresses {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Addresses::Platform => "platform",
+            Addresses::Broker => "broker",
+        }
+    }
+}
+
+impl fmt::Display for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A kind of socket path a network is offered on (docs/endpoints.md).
@@ -455,6 +486,10 @@ impl NetworkConfig {
         &self.dhcp_reservations
     }
 
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
     pub fn external_interface(&self) -> Option<&str> {
         self.external_interface.as_deref()
     }
@@ -517,6 +552,7 @@ impl NetworkConfig {
             ipv6_prefix: None,
             port_forwarding: Vec::new(),
             dhcp_reservations: Vec::new(),
+            addresses: Addresses::Platform,
             external_interface: None,
             isolation: false,
             offload: false,

@@ -419,8 +419,15 @@ impl Core {
         let network = self
             .create_network(name, &config)
             .map_err(|e| Failure::new(code::CREATE_FAILURE, format!("could not create network {name}: {e}")))?;
+        // On error the network drops here, which tears it down.
+        let service = match config.addresses() {
+            crate::config::Addresses::Broker => Some(super::service::start_on(name, network.as_ref(), &config).map_err(|e| {
+                Failure::new(code::CREATE_FAILURE, format!("could not start the broker's DHCP/DNS port on network {name}: {e}"))
+            })?),
+            crate::config::Addresses::Platform => None,
+        };
         log::info!("network {name} created ({})", network.state().subnet);
-        st.networks.insert(name.to_owned(), NetEntry { network, config, config_json: json, created: Instant::now(), idle_since: None });
+        st.networks.insert(name.to_owned(), NetEntry { service, network, config, config_json: json, created: Instant::now(), idle_since: None });
         st.counters.networks_created += 1;
         st.refresh_idle();
         Ok(diffs)
@@ -590,8 +597,18 @@ impl Core {
                 }
                 d.insert("pieces", Value::Dict(by_piece));
             }
+            // The broker's own DHCP/DNS port: its lines in `status`, and its
+            // records are the network's leases.
+            let service = e.service.as_ref().map(|p| p.status());
+            if let Some(sv) = &service {
+                d.insert("service", service_status(sv));
+            }
+            let dhcp = match &service {
+                Some(sv) => Ok(sv.records.iter().filter(|r| r.leased).map(|r| crate::vmnet::Lease { mac: r.mac.clone(), address: r.address.to_string(), hostname: r.name.clone(), expires: 0 }).collect()),
+                None => e.network.leases(),
+            };
             // DHCP leases, where the backend can tell (Linux: dnsmasq).
-            if let Ok(dhcp) = e.network.leases() {
+            if let Ok(dhcp) = dhcp {
                 let mut by_mac = Dict::new();
                 for l in dhcp {
                     let mut x = Dict::new().with("address", Value::String(l.address)).with("expires", Value::Int(l.expires as i64));
@@ -907,4 +924,42 @@ mod tests {
         c.disconnected(&caller(2));
         assert!(c.request(&caller(4), open()).get_int("lease").is_some());
     }
+}
+
+/// A service port's status as a message value (`status`, `docs/protocol.md`).
+fn service_status(sv: &super::service::ServiceStatus) -> Value {
+    let c = &sv.counters;
+    let mut counters = Dict::new();
+    for (k, v) in [
+        ("frames", c.frames),
+        ("ignored", c.ignored),
+        ("malformed_frames", c.malformed_frames),
+        ("arp_replies", c.arp_replies),
+        ("dhcp_requests", c.dhcp_requests),
+        ("dhcp_offers", c.dhcp_offers),
+        ("dhcp_acks", c.dhcp_acks),
+        ("dhcp_naks", c.dhcp_naks),
+        ("dhcp_releases", c.dhcp_releases),
+        ("dhcp_unanswered", c.dhcp_unanswered),
+        ("malformed_dhcp", c.malformed_dhcp),
+        ("dns_queries", c.dns_queries),
+        ("dns_answered", c.dns_answered),
+        ("dns_forwarded", c.dns_forwarded),
+        ("dns_failed", c.dns_failed),
+        ("malformed_dns", c.malformed_dns),
+        ("write_drops", sv.write_drops),
+    ] {
+        counters.insert(k, Value::Int(v as i64));
+    }
+    let mut d = Dict::new()
+        .with("address", Value::String(sv.address.clone()))
+        .with("mac", Value::String(sv.mac.clone()))
+        .with("domain", Value::String(sv.domain.clone()))
+        .with("running", Value::Bool(sv.running))
+        .with("upstreams", Value::String(sv.upstreams.join(" ")))
+        .with("counters", Value::Dict(counters));
+    if let Some(e) = &sv.error {
+        d.insert("error", Value::String(e.clone()));
+    }
+    Value::Dict(d)
 }

@@ -126,6 +126,9 @@ pub fn process_name(pid: i32) -> Option<String> {
 }
 
 pub struct NetEntry {
+    /// The broker's own DHCP/DNS port (`addresses: broker`); declared
+    /// before `network` so it stops before the network is torn down.
+    pub service: Option<super::service::ServicePort>,
     pub network: Box<dyn Network>,
     pub config: NetworkConfig,
     /// The JSON the creator sent (Lima replies with the creator's bytes).

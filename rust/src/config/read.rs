@@ -20,7 +20,7 @@ use super::addr::{self, Ipv4Subnet, Ipv6Prefix, MacAddr, PrefixError, SubnetErro
 use super::limits::{usable_mac, valid_mtu, valid_network_name, valid_port, NETWORK_NAME_RULE, PORT_MAX, PORT_MIN};
 use super::problem::{key_parts, quote, PathPart, Problem, Section};
 use super::{
-    AddressFamily, BrokerSettings, DhcpReservation, EndpointKind, Mode, NetworkConfig, PortForward, Protocol,
+    AddressFamily, Addresses, BrokerSettings, DhcpReservation, EndpointKind, Mode, NetworkConfig, PortForward, Protocol,
     BROKER_KEYS, REPAIR_KEYS, REPAIR_PIECES, RepairSettings, ClientNetworks, DEFAULT_MTU, MAX_PORTS_PER_USER_MAX, DHCP_RESERVATION_KEYS, IGNORED_TOP_KEYS, IPV6_PREFIX_LEN, MTU_MAX,
     MTU_MIN, NETWORK_KEYS, PORT_FORWARD_KEYS, SUBNET_PREFIX_MAX, SUBNET_PREFIX_MIN, TOP_KEYS,
 };
@@ -302,6 +302,19 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
     let n = scope.count();
     let ipv6_prefix = read_string(scope, map, "", "ipv6Prefix", "a unique local /64 like \"fd00:1:2:3::/64\"");
     unreadable.ipv6_prefix = scope.count() > n;
+    let addresses = match get(map, "addresses") {
+        None => Addresses::Platform,
+        Some(Value::String(s)) if s == "platform" => Addresses::Platform,
+        Some(Value::String(s)) if s == "broker" => Addresses::Broker,
+        Some(v @ Value::String(_)) => {
+            scope.key("addresses", format!("{} is not who may hand out addresses; use \"platform\" or \"broker\"", show(v)));
+            Addresses::Platform
+        }
+        Some(v) => {
+            scope.key("addresses", format!("{}; use \"platform\" or \"broker\"", is_kind(v)));
+            Addresses::Platform
+        }
+    };
     let external_interface = read_string(scope, map, "", "externalInterface", "a host interface name like \"en0\"");
     let cfg = NetworkConfig {
         mode,
@@ -315,6 +328,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         ipv6_prefix: None,
         port_forwarding: Vec::new(),
         dhcp_reservations: Vec::new(),
+        addresses,
         external_interface,
         isolation: read_bool(scope, map, "", "isolation", false),
         offload: read_bool(scope, map, "", "offload", false),
@@ -609,6 +623,12 @@ pub(super) fn check_network(scope: &mut Scope<'_>, draft: Draft, unreadable: Unr
         }
     }
 
+    if cfg.addresses == Addresses::Broker && !cfg.dhcp && !unreadable.dhcp {
+        scope.key("addresses", "is \"broker\" but dhcp is false; the broker's port hands out addresses, so set dhcp: true or addresses: \"platform\"");
+    }
+    if cfg.addresses == Addresses::Broker && cfg.isolation {
+        scope.key("addresses", "is \"broker\" but isolation is true; isolation would cut the VMs off from the broker's port too, so use one or the other");
+    }
     if !reservations.is_empty() && !cfg.dhcp && !unreadable.dhcp {
         scope.key("dhcpReservations", "is set but dhcp is false; reservations need dhcp: true");
     }

@@ -157,7 +157,7 @@ fn wrong_types() {
 
 #[test]
 fn unknown_keys_suggest_the_closest() {
-    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, externalInterface, isolation, offload, endpoints, allowedUsers, allowedGroups";
+    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, addresses, externalInterface, isolation, offload, endpoints, allowedUsers, allowedGroups";
     assert_eq!(one(json!({"mtuu": 1500})), format!("{PFX}key \"mtuu\": unknown key (did you mean \"mtu\"?); {all}"));
     assert_eq!(one(json!({"dns_proxy": true})), format!("{PFX}key \"dns_proxy\": unknown key (did you mean \"dnsProxy\"?); {all}"));
     assert_eq!(one(json!({"routerAdvertisment": true})), format!("{PFX}key \"routerAdvertisment\": unknown key (did you mean \"routerAdvertisement\"?); {all}"));
@@ -659,4 +659,23 @@ fn broker_repair_setting() {
     assert!(err.contains("broker: key \"repair.windw\": unknown key"), "{err}");
     assert!(err.contains("key \"repair.pieces[0]\": \"tabel\" is not a piece; use one of bridge, address, table, forwarding, dnsmasq"), "{err}");
     assert!(err.contains("key \"repair.limit\": 0 is out of range"), "{err}");
+}
+
+#[test]
+fn addresses_is_platform_unless_the_broker_is_asked_and_needs_dhcp() {
+    assert_eq!(net(json!({})).unwrap().addresses(), Addresses::Platform);
+    let b = net(json!({"addresses": "broker"})).unwrap();
+    assert_eq!(b.addresses(), Addresses::Broker);
+    assert!(b.to_json().contains("\"addresses\":\"broker\""));
+    assert_eq!(NetworkConfig::from_json(&b.to_json(), "x", "lab").unwrap(), b);
+    assert_eq!(one(json!({"addresses": "dnsmasq"})), format!("{PFX}key \"addresses\": \"dnsmasq\" is not who may hand out addresses; use \"platform\" or \"broker\""));
+    assert_eq!(one(json!({"addresses": true})), format!("{PFX}key \"addresses\": true is a boolean; use \"platform\" or \"broker\""));
+    assert_eq!(
+        one(json!({"addresses": "broker", "dhcp": false})),
+        format!("{PFX}key \"addresses\": is \"broker\" but dhcp is false; the broker's port hands out addresses, so set dhcp: true or addresses: \"platform\"")
+    );
+    assert_eq!(
+        one(json!({"addresses": "broker", "isolation": true})),
+        format!("{PFX}key \"addresses\": is \"broker\" but isolation is true; isolation would cut the VMs off from the broker's port too, so use one or the other")
+    );
 }

@@ -21,9 +21,6 @@ pub trait AddressBook: Send {
     /// name only when no other holds it.
     fn address_for(&mut self, mac: MacAddr, hostname: Option<&str>, requested: Option<Ipv4Addr>) -> Option<Ipv4Addr>;
 
-    /// The address `mac` holds, without giving it one.
-    fn address_of(&self, mac: MacAddr) -> Option<Ipv4Addr>;
-
     /// `mac`'s lease ended (DHCP RELEASE): its name is no longer served.
     fn release(&mut self, mac: MacAddr);
 
@@ -93,10 +90,6 @@ impl AddressBook for MemoryBook {
         };
         self.entries.insert(mac.0, Entry { address, name: claim, leased: true });
         Some(address)
-    }
-
-    fn address_of(&self, mac: MacAddr) -> Option<Ipv4Addr> {
-        self.entries.get(&mac.0).map(|e| e.address).or_else(|| self.fixed.get(&mac.0).copied())
     }
 
     fn release(&mut self, mac: MacAddr) {

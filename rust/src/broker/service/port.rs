@@ -57,7 +57,7 @@ pub struct ServiceStatus {
 }
 
 /// A running service port; stopping or dropping it ends the thread and
-/// the interface with it.
+/// the interface with it ([`ServicePort::stop`] waits for that).
 pub struct ServicePort {
     stop: Arc<AtomicBool>,
     status: Arc<Mutex<ServiceStatus>>,
@@ -117,8 +117,12 @@ impl ServicePort {
 }
 
 impl Drop for ServicePort {
+    /// Tells the thread to end without waiting for it: a port dropped
+    /// under the broker's state lock (its network torn down) must not wait
+    /// on a thread that may be waiting for that lock to answer from the
+    /// records. The thread ends within [`TICK_MS`] and closes its port.
     fn drop(&mut self) {
-        self.stop();
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

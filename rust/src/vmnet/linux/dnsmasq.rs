@@ -379,6 +379,17 @@ mod tests {
     }
 
     #[test]
+    fn broker_addresses_need_no_dnsmasq_but_for_router_advertisements() {
+        let c = config_with(json!({"addresses": "broker"}));
+        assert!(!needed(&plan(&c)), "the broker's port answers DHCP and DNS");
+        let c = config_with(json!({"addresses": "broker", "ipv6Prefix": "fd00:77::/64"}));
+        let a = args(&plan(&c), "vmr-t", &files(), None);
+        assert!(needed(&plan(&c)));
+        assert!(a.contains(&"--port=0".to_string()) && a.iter().any(|x| x.ends_with(",ra-only,64")), "{a:?}");
+        assert!(!a.iter().any(|x| x.starts_with("--dhcp-leasefile")), "{a:?}");
+    }
+
+    #[test]
     fn shared_args() {
         let c = config_with(json!({"dhcpReservations": [{"mac": "52:54:00:00:00:01", "address": "10.77.0.9"}]}));
         let a = args(&plan(&c), "vmr-t", &files(), None);

@@ -125,8 +125,10 @@ impl Plan {
             v4,
             v6,
             mtu: config.mtu(),
-            dhcp: config.dhcp(),
-            dns_proxy: config.dns_proxy(),
+            // The broker's own port answers DHCP and DNS on such a network
+            // (broker/service.rs); dnsmasq keeps only router advertisements.
+            dhcp: config.dhcp() && config.addresses() == crate::config::Addresses::Platform,
+            dns_proxy: config.dns_proxy() && config.addresses() == crate::config::Addresses::Platform,
             router_advertisement: config.router_advertisement(),
             nat44: config.nat44(),
             nat66: config.nat66(),

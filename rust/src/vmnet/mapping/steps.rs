@@ -118,7 +118,11 @@ pub fn configuration_steps(config: &NetworkConfig) -> Vec<Step> {
     if !config.nat66() {
         steps.push(Step::DisableNat66);
     }
-    if !config.dhcp() {
+    // With `addresses: broker` the broker's own port is the DHCP server
+    // (broker/service.rs; docs/macos.md says why vmnet's is off), and the
+    // reservations are its fixed entries, not bootpd's.
+    let broker_addresses = config.addresses() == crate::config::Addresses::Broker;
+    if !config.dhcp() || broker_addresses {
         steps.push(Step::DisableDhcp);
     }
     if !config.dns_proxy() {
@@ -151,8 +155,10 @@ pub fn configuration_steps(config: &NetworkConfig) -> Vec<Step> {
             internal_address,
         });
     }
-    for (mac, address) in config.reservations() {
-        steps.push(Step::AddDhcpReservation { mac, address });
+    if !broker_addresses {
+        for (mac, address) in config.reservations() {
+            steps.push(Step::AddDhcpReservation { mac, address });
+        }
     }
     steps
 }
@@ -315,6 +321,19 @@ mod tests {
             steps.last().unwrap(),
             &Step::AddDhcpReservation { mac: [0x52, 0x54, 0, 0, 0, 0x0a], address: Ipv4Addr::new(192, 168, 107, 3) }
         );
+    }
+
+    #[test]
+    fn broker_addresses_turn_vmnet_dhcp_off_and_keep_reservations_for_the_broker() {
+        let c = cfg(json!({
+            "subnet": "192.168.107.1/24",
+            "addresses": "broker",
+            "dhcpReservations": [{"mac": "52:54:00:00:00:0a", "address": "192.168.107.3"}],
+        }));
+        let steps = configuration_steps(&c);
+        assert!(steps.contains(&Step::DisableDhcp), "{steps:?}");
+        assert!(!steps.iter().any(|s| matches!(s, Step::AddDhcpReservation { .. })), "{steps:?}");
+        assert!(!steps.contains(&Step::DisableDnsProxy), "vmnet's DNS proxy stays for the host's names: {steps:?}");
     }
 
     #[test]

@@ -144,3 +144,47 @@ fn trap_vmnet_object_used_after_cfrelease() {
         }
     });
 }
+
+/// `addresses: broker` on the model: the network is made with vmnet's
+/// DHCP off, and the broker's own port (`broker::service`) runs on a vmnet
+/// interface like a VM's and answers a DHCP DISCOVER another port sends.
+#[test]
+fn the_broker_port_answers_dhcp_on_a_vmnet_interface() {
+    own_process(model_test_name!("the_broker_port_answers_dhcp_on_a_vmnet_interface"), Expect::Pass, || {
+        use dhcproto::v4::{Decodable, Decoder, DhcpOption, Encodable, Message, MessageType};
+        let cfg = config(r#"{"mode": "host", "subnet": "192.168.106.1/24", "addresses": "broker"}"#);
+        let net = create_network("svc", &cfg, &options()).expect("create");
+        let mut service = crate::broker::service::start_on("svc", &*net, &cfg).expect("the service port");
+        let mut vm = net.start_interface(&InterfaceDesc::default()).expect("a VM's port");
+        let mac = vm.info().mac;
+        let mut discover = Message::default();
+        discover.set_chaddr(&mac).set_xid(0x5eed);
+        discover.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        let builder = etherparse::PacketBuilder::ethernet2(mac, [0xff; 6]).ipv4([0; 4], [255; 4], 64).udp(68, 67);
+        let mut f = Vec::new();
+        builder.write(&mut f, &discover.to_vec().expect("encode")).expect("frame");
+        assert_eq!(vm.write_frames(&[&f]).expect("write"), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let offer = loop {
+            let got = read_one(&mut *vm, deadline.saturating_duration_since(Instant::now())).expect("an answer from the service port");
+            let p = etherparse::SlicedPacket::from_ethernet(&got).expect("a frame");
+            if let Some(etherparse::TransportSlice::Udp(u)) = p.transport {
+                if u.destination_port() == 68 {
+                    break Message::decode(&mut Decoder::new(u.payload())).expect("a DHCP message");
+                }
+            }
+        };
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(offer.xid(), 0x5eed);
+        assert_eq!(offer.yiaddr(), std::net::Ipv4Addr::new(192, 168, 106, 2));
+        // The port publishes its counters right after it wrote the answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.status().counters.dhcp_offers == 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(service.status().counters.dhcp_offers, 1);
+        service.stop();
+        drop(vm);
+        drop(net);
+    });
+}

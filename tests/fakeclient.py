@@ -130,7 +130,7 @@ class FakeClient:
         for fd in fds:
             os.close(fd)
 
-    def open(self, network, fd_type, mac=None, vnet_hdr=False, vm_name=None):
+    def open(self, network, fd_type, mac=None, vnet_hdr=False, vm_name=None, name=None):
         _journal(op="open", network=network, fd_type=fd_type, mac=mac, vnet_hdr=vnet_hdr, vm_name=vm_name)
         if network not in NETWORKS and self.mode != "lan":
             raise BrokerError(f"unknown network {network!r}; known: {', '.join(NETWORKS)}")

@@ -224,7 +224,7 @@ def test_python_m_cli_registers_every_command() -> None:
     for out in outs:
         assert out.returncode == 0, out.stderr
     commands = sorted(cli.commands)
-    assert commands == ["bench", "broker", "doctor", "install", "leases", "networks", "run", "status", "uninstall"]
+    assert commands == ["bench", "broker", "doctor", "install", "leases", "networks", "resolve", "run", "status", "uninstall"]
     for out in outs:
         listed = out.stdout.split("Commands:")[1].split()
         assert [name for name in commands if name in listed] == commands

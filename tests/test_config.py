@@ -27,7 +27,7 @@ DATA = Path(__file__).parent / "data"
 
 ALL_NETWORK_KEYS = (
     "mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, "
-    "portForwarding, dhcpReservations, addresses, externalInterface, isolation, offload, endpoints, allowedUsers, allowedGroups"
+    "portForwarding, dhcpReservations, addresses, externalInterface, domain, isolation, offload, endpoints, allowedUsers, allowedGroups"
 )
 
 

@@ -182,10 +182,16 @@ class Client:
         config: Optional[Mapping[str, Any]] = None,
         accept_existing: bool = False,
         vm_name: Optional[str] = None,
+        name: Optional[str] = None,
     ) -> Opened:
         """Opens an fd of ``fd_type`` (datagram, datagram_next, stream, tap) on ``network``.
 
         ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log.
+        ``name`` asks for the DNS name ``<name>.<network>.vmnet.internal``
+        (the network's ``domain``); the reply's ``extra`` then holds
+        ``name``, ``fqdn``, ``name_kind`` and ``address`` (the IPv4 address
+        the broker keeps for that name). A name a running VM holds is
+        refused: :class:`RequestError` with code ``NAME_TAKEN``.
         ``config`` (the network's configuration as a dict) must match the
         live network unless ``accept_existing``; otherwise
         :class:`RequestError` with code ``CONFIG_MISMATCH`` names both.
@@ -200,6 +206,7 @@ class Client:
             config=json.dumps(dict(config)).encode() if config is not None else None,
             accept_existing=True if accept_existing else None,
             vm_name=vm_name,
+            name=name,
         )
         reply = _decode_configs(reply)
         known = {"ok", "fd", "fd_type", "mac", "mtu", "offload", "network", "config", "subnet", "lease"}
@@ -217,11 +224,33 @@ class Client:
         )
 
     def acquire(
-        self, network: str, config: Optional[Mapping[str, Any]] = None, accept_existing: bool = False, vm_name: Optional[str] = None
+        self,
+        network: str,
+        config: Optional[Mapping[str, Any]] = None,
+        accept_existing: bool = False,
+        vm_name: Optional[str] = None,
+        name: Optional[str] = None,
+        mac: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Leases ``network`` and returns its serialization (what a
         Virtualization.framework VM attaches to; a description on Linux).
-        ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log."""
+        ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log.
+        ``name`` asks for a DNS name as :meth:`open` does, for the VM with
+        ``mac`` (else one the broker chooses); :meth:`acquire_named` returns
+        the whole reply with them."""
+        return dict(self.acquire_named(network, config, accept_existing, vm_name, name, mac)["network"])
+
+    def acquire_named(
+        self,
+        network: str,
+        config: Optional[Mapping[str, Any]] = None,
+        accept_existing: bool = False,
+        vm_name: Optional[str] = None,
+        name: Optional[str] = None,
+        mac: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """:meth:`acquire`'s whole reply: ``network``, ``lease``, and with a
+        ``name`` also ``name``, ``fqdn``, ``name_kind``, ``address``, ``mac``."""
         reply = self._command(
             "acquire",
             f"acquire network {network}",
@@ -229,8 +258,19 @@ class Client:
             config=json.dumps(dict(config)).encode() if config is not None else None,
             accept_existing=True if accept_existing else None,
             vm_name=vm_name,
+            name=name,
+            mac=mac,
         )
-        return dict(reply["network"])
+        return dict(reply)
+
+    def resolve(self, name: str) -> List[Dict[str, Any]]:
+        """What ``name`` (``alpha``, ``alpha.shared``,
+        ``alpha.shared.vmnet.internal``, or an address) is on the live
+        networks: one dict per answer with ``network``, ``name``, ``fqdn``,
+        ``kind`` (granted, claimed, host), ``address`` and, where known,
+        ``address6`` and ``mac``. :class:`RequestError` ``NOT_FOUND`` when none."""
+        reply = self._command("resolve", f"resolve {name}", name=name)
+        return [dict(a) for _, a in sorted(reply.get("answers", {}).items())]
 
     def status(self) -> Dict[str, Any]:
         """Networks, leases, adaptors (with counters) and broker counters."""

@@ -96,6 +96,7 @@ from .broker_cli import broker_command  # noqa: E402
 from .install import install_command, uninstall_command  # noqa: E402
 from .status_cli import status_command  # noqa: E402
 from .doctor import doctor_command  # noqa: E402
+from .resolve_cli import resolve_command  # noqa: E402
 
 cli.add_command(networks)
 cli.add_command(leases)
@@ -106,6 +107,7 @@ cli.add_command(install_command)
 cli.add_command(uninstall_command)
 cli.add_command(status_command)
 cli.add_command(doctor_command)
+cli.add_command(resolve_command)
 
 if __name__ == "__main__":
     main()

@@ -154,6 +154,8 @@ class NetworkConfig(_Camel):
     #: Who answers DHCP and DNS: ``"platform"`` (vmnet, dnsmasq) or ``"broker"`` (its own port).
     addresses: str
     external_interface: Optional[str]
+    #: The DNS domain of the network's VM names; ``None``: ``<network>.vmnet.internal``.
+    domain: Optional[str]
     isolation: bool
     offload: bool
     #: The socket paths the broker offers for the network (``docs/endpoints.md``).

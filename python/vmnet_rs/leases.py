@@ -40,19 +40,27 @@ def read_leases(name: str, state_dir: str) -> list[dict]:
 def broker_vm_names(network: str, socket: str | None = None) -> dict[str, str]:
     """MAC -> VM name of the broker's leases on ``network``; empty when no
     broker answers or it refuses (the lease file alone is still shown)."""
+    return {mac: str(lease["vm_name"]) for mac, lease in broker_leases(network, socket).items() if lease.get("vm_name")}
+
+
+def broker_leases(network: str, socket: str | None = None) -> dict[str, dict]:
+    """MAC -> the broker's lease (``vm_name``, ``name``, ``fqdn``,
+    ``name_kind``, ``address``) on ``network``; empty when no broker answers
+    or it refuses (the lease file alone is still shown)."""
     from .broker import Client
     from .errors import BrokerError
 
     try:
         with Client(socket, timeout=5) as c:
-            leases = c.status().get("leases", {})
+            status = c.status()
     except BrokerError:
         return {}
-    return {
-        str(lease["mac"]): str(lease["vm_name"])
-        for lease in leases.values()
-        if lease.get("network") == network and lease.get("mac") and lease.get("vm_name")
-    }
+    out = {str(lease["mac"]): dict(lease) for lease in status.get("leases", {}).values() if lease.get("network") == network and lease.get("mac")}
+    # Claimed names (DHCP host names no granted name holds) have no lease of their own.
+    for a in status.get("networks", {}).get(network, {}).get("names", {}).values():
+        if a.get("mac") and a["mac"] not in out:
+            out[str(a["mac"])] = {"name": a["name"], "fqdn": a["fqdn"], "name_kind": a["kind"], "address": a.get("address")}
+    return out
 
 
 def format_expiry(expires: int, now: float | None = None) -> str:
@@ -73,10 +81,12 @@ def leases(name: str, state_dir: str | None, socket: str | None, as_json: bool) 
     """Show the DHCP leases of network NAME (Linux): address, MAC, expiry,
     and the guest's hostname, else the VM's name from the broker."""
     rows = read_leases(name, state_dir or default_state_dir())
-    names = broker_vm_names(name, socket) if rows else {}
+    known = broker_leases(name, socket) if rows else {}
     for r in rows:
-        if r["mac"] in names:
-            r["vm_name"] = names[r["mac"]]
+        b = known.get(r["mac"], {})
+        for k in ("vm_name", "name", "fqdn", "name_kind"):
+            if b.get(k):
+                r[k] = b[k]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -85,5 +95,8 @@ def leases(name: str, state_dir: str | None, socket: str | None, as_json: bool) 
         return
     click.echo(f"{'ADDRESS':<16} {'MAC':<18} {'EXPIRES IN':<10} NAME")
     for r in rows:
-        who = r["hostname"] or (f"(VM {r['vm_name']})" if r.get("vm_name") else "-")
+        if r.get("fqdn"):
+            who = f"{r['fqdn']} ({r['name_kind']})"
+        else:
+            who = r["hostname"] or (f"(VM {r['vm_name']})" if r.get("vm_name") else "-")
         click.echo(f"{r['address']:<16} {r['mac']:<18} {format_expiry(int(r['expires'])):<10} {who}")

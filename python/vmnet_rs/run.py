@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
+import re
 import shlex
 import shutil
 import select
@@ -45,6 +47,8 @@ import click
 
 from . import drivers
 from .errors import BrokerError, BrokerUnavailableError, ConfigError, VmnetError
+
+log = logging.getLogger("vmnet_rs")
 
 EXIT_NOT_FOUND = 127
 EXIT_CANNOT_RUN = 126
@@ -134,6 +138,18 @@ def vm_name(name: str | None, command: Sequence[str]) -> str:
     return f"{os.path.basename(command[0])}-{digest}"
 
 
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def dns_name(name: str | None, command: Sequence[str]) -> str | None:
+    """The DNS name the VM asks the broker for: ``--name``, else QEMU's
+    ``-name``, when it is a DNS label (``<name>.<network>.vmnet.internal``);
+    ``None`` for a name made from the command (no name is asked for)."""
+    chosen = vm_name(name, command)
+    given = bool(name) or any(a in ("-name", "--name") for a in list(command[1:])[:-1])
+    return chosen if given and _DNS_LABEL.match(chosen) else None
+
+
 def plan(
     command: Sequence[str],
     networks: Sequence[str],
@@ -219,13 +235,18 @@ def run_vm(
     if len(first.nics) > HIGH_FD_BASE - drivers.FIRST_FD - 1:
         raise ConfigError(f"{len(first.nics)} networks are too many for one VM; at most {HIGH_FD_BASE - drivers.FIRST_FD - 1}")
     vm = vm_name(name, command)  # names the VM in `vmnet-rs status` and the broker's log
+    # The DNS name asked for on every network; a name a running VM holds is refused (NAME_TAKEN).
+    asked = {"name": dns} if (dns := dns_name(name, command)) else {}
     client = client_factory(socket)
     high: list[int] = []
     try:
         offload: dict[str, bool] = {}
         mtus: dict[int, int] = {}
         for nic in first.nics:
-            opened = client.open(nic.network, nic.backend.fd_type, mac=nic.mac, vnet_hdr=nic.backend.vnet_hdr, vm_name=vm)
+            opened = client.open(nic.network, nic.backend.fd_type, mac=nic.mac, vnet_hdr=nic.backend.vnet_hdr, vm_name=vm, **asked)
+            extra = getattr(opened, "extra", None) or {}
+            if extra.get("fqdn"):
+                log.info("%s is %s on network %s", extra["fqdn"], extra.get("address", "?"), nic.network)
             high.append(_move_high(int(opened.fd)))
             offload[nic.network] = offload.get(nic.network, False) or bool(getattr(opened, "offload", False))
             mtu = getattr(opened, "mtu", None)
@@ -359,7 +380,9 @@ def watch_broker(client: Any, vm_pid: int) -> Callable[[], None]:
               help="Network to join, repeatable (default: shared). BACKEND per engine: listed above.")
 @click.option("--mac", "macs", multiple=True, metavar="MAC",
               help="MAC for the n-th --network (default: derived from the VM name and network).")
-@click.option("--name", default=None, help="VM name for stable MACs (default: QEMU -name, else from the command).")
+@click.option("--name", default=None,
+              help="VM name: stable MACs, and the DNS name NAME.NETWORK.vmnet.internal with an address kept for it "
+                   "(default: QEMU -name, else from the command, which asks for no DNS name).")
 @click.option("--socket", default=None, metavar="PATH", help="Broker socket (default: the system broker).")
 @click.option("--exec/--supervise", "exec_mode", default=None,
               help="--exec (default on Linux): become the VM program, which inherits the broker connection, so "

@@ -67,6 +67,8 @@ def format_status(out: Dict[str, Any]) -> List[str]:
         idle_s = f", idle {n['idle_s']}s" if "idle_s" in n else ""
         repairs = f", {n['repairs']} repair(s)" if "repairs" in n else ""
         lines.append(f"  network {name}: {n['subnet']} on {n['device'] or '-'}, {n['leases']} lease(s){idle_s}{repairs}")
+        for nm, a in sorted(n.get("names", {}).items()):
+            lines.append(f"    name {a['fqdn']}: {a.get('address', '-')} ({a['kind']})")
         if "service" in n:
             lines += format_service(n["service"])
         for piece, p in sorted(n.get("pieces", {}).items()):
@@ -76,9 +78,10 @@ def format_status(out: Dict[str, Any]) -> List[str]:
                 lines.append(f"    {piece}: {state}{alone}")
     for lid, lease in sorted(b.get("leases", {}).items(), key=lambda kv: int(kv[0])):
         process = f" ({lease['process']})" if lease.get("process") else ""
+        named = f", name {lease['fqdn']} ({lease['name_kind']})" if lease.get("fqdn") else ""
         line = (
             f"  lease {lid}: {lease['network']} {lease['fd_type']}, VM {lease_vm_name(lease)}, MAC {lease.get('mac') or lease.get('vm_mac') or '-'}, "
-            f"IP {lease.get('address') or '-'}, pid {lease['pid']}{process}"
+            f"IP {lease.get('address') or '-'}{named}, pid {lease['pid']}{process}"
         )
         ad = b.get("adaptors", {}).get(lid)
         if ad:

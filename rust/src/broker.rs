@@ -25,6 +25,7 @@ pub mod endpoints;
 pub mod launch;
 pub mod netconfig;
 pub mod policy;
+mod names;
 pub mod protocol;
 pub mod records;
 mod requests;
@@ -192,9 +193,14 @@ pub struct Core {
 
 impl Core {
     pub fn new(options: BrokerOptions) -> Arc<Core> {
+        let mut state = state::State::new();
+        // The platform's networks keep their records in the state
+        // directory; the test hub's live in memory.
+        let records_dir = (options.backend == Backend::Platform).then_some(options.backend_options.state_dir.as_path());
+        state.records = records::Records::new(records_dir);
         Arc::new(Core {
             options,
-            state: Mutex::new(state::State::new()),
+            state: Mutex::new(state),
             lifecycle: Mutex::new(Lifecycle::default()),
             changed: Condvar::new(),
             started: Instant::now(),

@@ -40,6 +40,10 @@ pub use problem::{PathPart, Problem, Section};
 
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 120;
 pub const DEFAULT_SOCKET: &str = "/run/vmnet-rs/broker.sock";
+/// The domain under which every network's VM names live unless its
+/// `domain` key says otherwise: `<name>.<network>.vmnet.internal`
+/// (`.internal` is reserved for private use).
+pub const BASE_DOMAIN: &str = "vmnet.internal";
 pub const DEFAULT_MACH_SERVICE: &str = "io.github.vmnet-rs.broker";
 pub const DEFAULT_ALLOWED_USERS: &[&str] = &["root"];
 pub const DEFAULT_ALLOWED_GROUPS: &[&str] = &["vmnet-rs"];
@@ -59,6 +63,7 @@ pub const NETWORK_KEYS: &[&str] = &[
     "dhcpReservations",
     "addresses",
     "externalInterface",
+    "domain",
     "isolation",
     "offload",
     "endpoints",
@@ -149,6 +154,9 @@ pub struct NetworkConfig {
     addresses: Addresses,
     /// Shared mode only: the host interface to NAT through.
     external_interface: Option<String>,
+    /// The DNS domain of the network's VM names (`<name>.<domain>`); `None`:
+    /// `<network>.vmnet.internal` (docs/config.md, "Names and addresses").
+    domain: Option<String>,
     /// Block VM-to-VM traffic on this network.
     isolation: bool,
     /// TSO and checksum offload for every interface on the network.
@@ -494,6 +502,18 @@ impl NetworkConfig {
         self.external_interface.as_deref()
     }
 
+    /// The `domain` key as written (`None`: the default, which depends on
+    /// the network's name: `broker::records::default_domain`).
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    /// The DNS domain of network `network`'s VM names: the `domain` key,
+    /// else `<network>.vmnet.internal`.
+    pub fn dns_domain(&self, network: &str) -> String {
+        self.domain.clone().unwrap_or_else(|| format!("{network}.{BASE_DOMAIN}"))
+    }
+
     pub fn isolation(&self) -> bool {
         self.isolation
     }
@@ -554,6 +574,7 @@ impl NetworkConfig {
             dhcp_reservations: Vec::new(),
             addresses: Addresses::Platform,
             external_interface: None,
+            domain: None,
             isolation: false,
             offload: false,
             endpoints: EndpointKind::all(),

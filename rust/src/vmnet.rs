@@ -147,12 +147,34 @@ pub trait Network: Send + Sync {
         Err(Error::Platform { op: format!("start a TAP on network {:?}", self.name()), source: "this backend has no TAP ports".into() })
     }
 
+    /// The fixed entries the network's own DHCP and DNS server gives
+    /// (Linux: dnsmasq's `dhcp-hostsfile` and `addn-hosts`, re-read on
+    /// SIGHUP): each MAC its address, each named host its name. Replaces the
+    /// earlier set. Backends whose DHCP server takes no entries (vmnet)
+    /// return an error saying so; the broker then answers names itself only.
+    fn set_fixed_hosts(&self, hosts: &[FixedHost]) -> Result<(), Error> {
+        let _ = hosts;
+        Err(Error::Platform { op: format!("give fixed addresses on network {:?}", self.name()), source: "this backend's DHCP server takes no fixed entries".into() })
+    }
+
     /// The pieces of the network in the host that the backend watches, as
     /// last seen (Linux: bridge, addresses, nftables table, forwarding,
     /// dnsmasq); empty where nothing is watched.
     fn pieces(&self) -> Vec<PieceHealth> {
         Vec::new()
     }
+}
+
+/// A fixed address (and name) the network's DHCP/DNS server gives
+/// ([`Network::set_fixed_hosts`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedHost {
+    pub mac: crate::config::MacAddr,
+    pub ipv4: std::net::Ipv4Addr,
+    pub ipv6: Option<std::net::Ipv6Addr>,
+    /// Served in DNS as `<name>.<domain>` (and `<name>`), forward and
+    /// reverse; `None`: only the address is fixed.
+    pub name: Option<String>,
 }
 
 /// One watched piece of a live network (`status`, `doctor`).

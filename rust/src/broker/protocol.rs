@@ -22,9 +22,11 @@ pub mod code {
     pub const CONFIG_MISMATCH: i64 = 8;
     /// A per-connection limit was reached.
     pub const LIMIT: i64 = 9;
+    /// The name asked for is held on the network by a running VM.
+    pub const NAME_TAKEN: i64 = 10;
 
     /// Every code by its name (the Python package reads them from here).
-    pub const ALL: [(&str, i64); 7] = [
+    pub const ALL: [(&str, i64); 8] = [
         ("NOT_ALLOWED", NOT_ALLOWED),
         ("INVALID_REQUEST", INVALID_REQUEST),
         ("NOT_FOUND", NOT_FOUND),
@@ -32,6 +34,7 @@ pub mod code {
         ("INTERNAL_ERROR", INTERNAL_ERROR),
         ("CONFIG_MISMATCH", CONFIG_MISMATCH),
         ("LIMIT", LIMIT),
+        ("NAME_TAKEN", NAME_TAKEN),
     ];
 }
 

@@ -35,9 +35,7 @@ use crate::config::{Ipv4Subnet, Ipv6Prefix, MacAddr};
 
 /// The version of the file format this build writes (and the newest it reads).
 pub const VERSION: u32 = 1;
-/// The domain under which every network's names live unless its `domain`
-/// key says otherwise: `<name>.<network>.vmnet.internal`.
-pub const BASE_DOMAIN: &str = "vmnet.internal";
+pub use crate::config::BASE_DOMAIN;
 /// The name the gateway (the host) has in every network's domain.
 pub const HOST_NAME: &str = "host";
 
@@ -136,7 +134,7 @@ pub fn fqdn(name: &str, domain: &str) -> String {
 
 /// A network's domain unless its `domain` key names another: `<network>.vmnet.internal`.
 pub fn default_domain(network: &str) -> String {
-    format!("{network}.{BASE_DOMAIN}")
+    crate::config::NetworkConfig::lima_default().dns_domain(network)
 }
 
 /// The MAC's modified EUI-64 address in a /64 prefix (what SLAAC forms);

@@ -21,7 +21,7 @@ use crate::xpc::{Dict, Error as XpcError, Handler, Peer, Value};
 const MAX_LEASES_PER_CONNECTION: usize = 64;
 
 /// Every command this broker answers, for error messages.
-const COMMANDS: &str = "ping, version, list, status, acquire, open, release, shutdown";
+const COMMANDS: &str = "ping, version, list, status, resolve, acquire, open, release, shutdown";
 
 /// What the client asked for the configuration of a network.
 pub(super) struct Wanted<'a> {
@@ -212,6 +212,7 @@ impl Core {
             "open" => self.open(peer, &args),
             "list" => Ok(ok().with("networks", Value::Dict(self.list()))),
             "status" => Ok(self.status()),
+            "resolve" => self.resolve(&args),
             "release" => self.release(peer, &args),
             "shutdown" => {
                 if !auth::may_shutdown(peer) {
@@ -241,18 +242,33 @@ impl Core {
             None => args.required_str("network", "the network name (network_name)")?,
         };
         check_network_name(name)?;
+        let dns_name = requested_name(args)?;
+        let mac = args.str("mac")?.map(parse_mac).transpose()?;
         let wanted = self.wanted(args, name)?;
         let mut st = self.lock_state();
         let verdict = self.admit(&st, &Caller::from(peer), name, wanted.config.as_ref().map(|(c, _)| c))?;
         self.check_lease_limit(&st, peer)?;
         self.ensure_network(&mut st, name, &wanted, verdict)?;
+        // A named VM attached by the client itself (Virtualization.framework):
+        // the name goes with the MAC it gave, or one the broker chose.
+        let named = match dns_name {
+            Some(n) => {
+                let mac = mac.map(MacAddr).unwrap_or_else(MacAddr::random);
+                Some((mac, st.grant_name(name, n, mac)?))
+            }
+            None => None,
+        };
         let entry = &st.networks[name];
         let mut reply = Dict::new()
             .with("network", Value::Dict(self.serialization(entry)?))
             .with("config", Value::Data(netconfig::to_json(&entry.config)))
             .with("subnet", Value::String(entry.network.state().subnet));
-        let lease = st.grant(name, peer, true, None, None, vm_name(args)?);
+        let lease = st.grant(name, peer, true, None, named.as_ref().map(|(m, _)| m.to_string()), vm_name(args)?);
         reply.insert("lease", Value::Int(lease as i64));
+        if let Some((mac, g)) = named {
+            reply.insert("mac", Value::String(mac.to_string()));
+            name_reply(&mut st, &mut reply, name, lease, &g);
+        }
         Ok(reply)
     }
 
@@ -266,8 +282,14 @@ impl Core {
         if vnet_hdr && fd_type != FdType::Tap {
             return Err(Failure::invalid(format!("vnet_hdr applies only to fd_type \"tap\", not {type_name:?}")));
         }
+        let dns_name = requested_name(args)?;
         let wanted = self.wanted(args, name)?;
+        if let Some(n) = dns_name {
+            self.lock_state().check_name_free(name, n)?;
+        }
         let (mut st, opened, _) = self.open_port(peer, name, &wanted, true, |core, st| core.start_port(st, name, fd_type, mac, vnet_hdr))?;
+        // On refusal the port just started drops (and goes) with `opened`.
+        let granted = dns_name.map(|n| st.grant_name(name, n, MacAddr(opened.mac))).transpose()?;
         let entry = &st.networks[name];
         let mac = format_mac(&opened.mac);
         let mut reply = Dict::new()
@@ -282,7 +304,32 @@ impl Core {
             .with("fd", Value::Fd(opened.fd));
         let lease = st.grant(name, peer, true, Some(opened.port), Some(mac), vm_name(args)?);
         reply.insert("lease", Value::Int(lease as i64));
+        if let Some(g) = granted {
+            name_reply(&mut st, &mut reply, name, lease, &g);
+        }
         Ok(reply)
+    }
+
+    /// `resolve {name}`: what a name (`alpha`, `alpha.shared`,
+    /// `alpha.shared.vmnet.internal`) or an address is on the live
+    /// networks: `answers` keyed `network/name`, each with `network`,
+    /// `name`, `fqdn`, `kind` (granted, claimed, host), `address`,
+    /// `address6` and `mac` where known. No answer is `NOT_FOUND`.
+    fn resolve(&self, args: &Args<'_>) -> Result<Dict, Failure> {
+        let query = args.required_str("name", "the name or address to resolve")?;
+        if query.is_empty() || query.len() > 253 {
+            return Err(Failure::invalid(format!("name {query:?} must be 1 to 253 characters")));
+        }
+        let answers = self.lock_state().resolve(query);
+        if answers.is_empty() {
+            let live: Vec<String> = self.lock_state().networks.keys().cloned().collect();
+            return Err(Failure::new(
+                code::NOT_FOUND,
+                format!("no VM named {query:?} on the live networks [{}] (a name is served while its VM holds a lease)", live.join(", ")),
+            ));
+        }
+        let d = answers.iter().fold(Dict::new(), |d, a| d.with(format!("{}/{}", a.network, a.name), Value::Dict(answer_dict(a))));
+        Ok(Dict::new().with("ok", Value::Bool(true)).with("answers", Value::Dict(d)))
     }
 
     fn release(&self, peer: &Peer, args: &Args<'_>) -> Result<Dict, Failure> {
@@ -430,6 +477,8 @@ impl Core {
         st.networks.insert(name.to_owned(), NetEntry { service, network, config, config_json: json, created: Instant::now(), idle_since: None });
         st.counters.networks_created += 1;
         st.refresh_idle();
+        // The addresses recorded for this network's VMs (earlier runs) stay theirs.
+        st.publish(name);
         Ok(diffs)
     }
 
@@ -563,7 +612,13 @@ impl Core {
     pub(super) fn status(&self) -> Dict {
         let networks_list = self.list();
         let endpoint_paths = self.endpoint_paths();
-        let st = self.lock_state();
+        let mut st = self.lock_state();
+        let live: Vec<String> = st.networks.keys().cloned().collect();
+        let mut names: std::collections::BTreeMap<String, Vec<super::names::Answer>> = Default::default();
+        for n in live {
+            let on = st.names_on(&n);
+            names.insert(n, on);
+        }
         let mut networks = Dict::new();
         for (name, e) in &st.networks {
             let s = e.network.state();
@@ -619,6 +674,11 @@ impl Core {
                 }
                 d.insert("dhcp_leases", Value::Dict(by_mac));
             }
+            // Names served on the network (the gateway's, granted, claimed).
+            if let Some(on) = names.get(name) {
+                d.insert("domain", Value::String(e.config.dns_domain(name)));
+                d.insert("names", Value::Dict(on.iter().fold(Dict::new(), |d, a| d.with(a.name.clone(), Value::Dict(answer_dict(a))))));
+            }
             networks.insert(name.clone(), Value::Dict(d));
         }
         let mut leases = Dict::new();
@@ -646,6 +706,22 @@ impl Core {
             }
             if let Some(n) = &l.vm_name {
                 d.insert("vm_name", Value::String(n.clone()));
+            }
+            // Its DNS name: granted with the lease, or claimed by its DHCP client.
+            let mac = l.mac.as_deref().and_then(|m| m.parse::<MacAddr>().ok());
+            let named = names.get(&l.network).and_then(|on| {
+                on.iter().find(|a| match &l.name {
+                    Some(n) => &a.name == n,
+                    None => a.kind == "claimed" && a.mac.is_some() && a.mac == mac,
+                })
+            });
+            if let Some(a) = named {
+                d.insert("name", Value::String(a.name.clone()));
+                d.insert("fqdn", Value::String(a.fqdn.clone()));
+                d.insert("name_kind", Value::String(a.kind.into()));
+                if let Some(x) = a.ipv4 {
+                    d.insert("address", Value::String(x.to_string()));
+                }
             }
             if let Some(p) = &l.process {
                 d.insert("process", Value::String(p.clone()));
@@ -803,6 +879,51 @@ fn direction_stats(a: &Adaptor) -> (Dict, Dict) {
     (dir(&s.host_to_vm, to_vm), dir(&s.vm_to_host, from_vm))
 }
 
+/// One name as `resolve` and `status` give it.
+fn answer_dict(a: &super::names::Answer) -> Dict {
+    let mut d = Dict::new()
+        .with("network", Value::String(a.network.clone()))
+        .with("name", Value::String(a.name.clone()))
+        .with("fqdn", Value::String(a.fqdn.clone()))
+        .with("kind", Value::String(a.kind.into()));
+    if let Some(x) = a.ipv4 {
+        d.insert("address", Value::String(x.to_string()));
+    }
+    if let Some(x) = a.ipv6 {
+        d.insert("address6", Value::String(x.to_string()));
+    }
+    if let Some(m) = a.mac {
+        d.insert("mac", Value::String(m.to_string()));
+    }
+    d
+}
+
+/// The optional `name` of `open` and `acquire`: the DNS name the VM asks
+/// to be granted (`broker::names`).
+fn requested_name<'a>(args: &'a Args<'a>) -> Result<Option<&'a str>, Failure> {
+    let n = args.str("name")?;
+    if let Some(n) = n {
+        super::names::check_requested(n)?;
+    }
+    Ok(n)
+}
+
+/// Records the granted name on lease `lease` and says it in the reply:
+/// `name`, `fqdn`, `name_kind` (`granted`), `address` (and `address6`).
+fn name_reply(st: &mut State, reply: &mut Dict, network: &str, lease: u64, g: &super::records::Grant) {
+    if let Some(l) = st.leases.get_mut(&lease) {
+        l.name = Some(g.name.clone());
+    }
+    let domain = st.domain(network).unwrap_or_default();
+    reply.insert("name", Value::String(g.name.clone()));
+    reply.insert("fqdn", Value::String(super::records::fqdn(&g.name, &domain)));
+    reply.insert("name_kind", Value::String(super::records::NameKind::Granted.as_str().into()));
+    reply.insert("address", Value::String(g.ipv4.to_string()));
+    if let Some(a) = g.ipv6 {
+        reply.insert("address6", Value::String(a.to_string()));
+    }
+}
+
 /// The optional `vm_name` of `open` and `acquire`: the VM's name, shown in
 /// status and in the log lines about its lease.
 fn vm_name(args: &Args<'_>) -> Result<Option<String>, Failure> {
@@ -904,6 +1025,59 @@ mod tests {
         assert_eq!(third.get_int("error"), Some(code::CREATE_FAILURE), "{third:?}");
         assert!(third.get_str("message").unwrap().contains("is gone"), "{third:?}");
         assert_eq!(created(), 3, "one more attempt only");
+    }
+
+    #[test]
+    fn names_are_granted_once_resolved_shown_and_keep_their_address() {
+        let c = core(ClientNetworks::None, 64);
+        let root = |connection| Peer { uid: 0, gid: 0, pid: 1, connection };
+        let open = |name: &str, mac: &str| {
+            cmd("open")
+                .with("network", Value::String("names".into()))
+                .with("fd_type", Value::String("datagram".into()))
+                .with("config", Value::Data(br#"{"mode":"host","subnet":"10.63.0.1/24"}"#.to_vec()))
+                .with("mac", Value::String(mac.into()))
+                .with("name", Value::String(name.into()))
+        };
+        let a = c.request(&root(1), open("alpha", "52:54:00:00:00:01"));
+        assert_eq!(
+            (a.get_str("name"), a.get_str("fqdn"), a.get_str("name_kind"), a.get_str("address")),
+            (Some("alpha"), Some("alpha.names.vmnet.internal"), Some("granted"), Some("10.63.0.2")),
+            "{a:?}"
+        );
+        // A second VM asking for the name, with the same MAC or another: refused, nothing left open.
+        for mac in ["52:54:00:00:00:01", "52:54:00:00:00:02"] {
+            let r = c.request(&root(2), open("alpha", mac));
+            assert_eq!(r.get_int("error"), Some(code::NAME_TAKEN), "{r:?}");
+            assert!(r.get_str("message").unwrap().contains("name \"alpha\" is held on network names"), "{r:?}");
+        }
+        assert_eq!(c.lock_state().leases.len(), 1);
+        let bad = c.request(&root(2), open("al_pha", "52:54:00:00:00:02"));
+        assert_eq!(bad.get_int("error"), Some(code::INVALID_REQUEST), "{bad:?}");
+        let b = c.request(&root(3), open("beta", "52:54:00:00:00:03"));
+        assert_eq!(b.get_str("address"), Some("10.63.0.3"), "{b:?}");
+        // resolve: short, qualified, by address; the gateway as host.
+        let resolve = |q: &str| c.request(&root(4), cmd("resolve").with("name", Value::String(q.into())));
+        for q in ["alpha", "alpha.names", "ALPHA.names.vmnet.internal.", "10.63.0.2"] {
+            let r = resolve(q);
+            let a = r.get_dict("answers").and_then(|d| d.get_dict("names/alpha")).unwrap_or_else(|| panic!("{q}: {r:?}"));
+            assert_eq!((a.get_str("address"), a.get_str("kind")), (Some("10.63.0.2"), Some("granted")), "{q}");
+        }
+        let host = resolve("host.names.vmnet.internal");
+        assert_eq!(host.get_dict("answers").and_then(|d| d.get_dict("names/host")).and_then(|h| h.get_str("address")), Some("10.63.0.1"), "{host:?}");
+        assert_eq!(resolve("gamma").get_int("error"), Some(code::NOT_FOUND));
+        // status: the lease's name, the network's names.
+        let status = c.status();
+        let lease = status.get_dict("leases").unwrap().get_dict(&a.get_int("lease").unwrap().to_string()).unwrap().try_clone().unwrap();
+        assert_eq!((lease.get_str("name"), lease.get_str("name_kind"), lease.get_str("address")), (Some("alpha"), Some("granted"), Some("10.63.0.2")));
+        let net = status.get_dict("networks").unwrap().get_dict("names").unwrap().try_clone().unwrap();
+        assert_eq!(net.get_str("domain"), Some("names.vmnet.internal"));
+        assert!(net.get_dict("names").unwrap().get_dict("beta").is_some(), "{net:?}");
+        // alpha goes: its name is no longer served; back under another MAC: its address again.
+        assert_eq!(c.request(&root(1), cmd("release").with("lease", Value::Int(a.get_int("lease").unwrap()))).get_int("released"), Some(1));
+        assert_eq!(resolve("alpha").get_int("error"), Some(code::NOT_FOUND));
+        let again = c.request(&root(5), open("alpha", "52:54:00:00:00:09"));
+        assert_eq!(again.get_str("address"), Some("10.63.0.2"), "{again:?}");
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Lease {
     pub mac: Option<String>,
     /// The VM's name as the client gave it (`vm_name` in the request).
     pub vm_name: Option<String>,
+    /// The DNS name granted with the lease (`name` in the request;
+    /// `broker::names`), released with it.
+    pub name: Option<String>,
     /// The client process's name when the lease was granted (Linux:
     /// `/proc/PID/comm`), so status can tell VMs apart without a name.
     pub process: Option<String>,
@@ -158,6 +161,8 @@ pub struct State {
     pub last_activity: Instant,
     /// Connections that sent a request and have not closed.
     pub connections: std::collections::BTreeSet<u64>,
+    /// The address records of every network (`records.rs`, `names.rs`).
+    pub records: super::records::Records,
 }
 
 impl Default for State {
@@ -175,6 +180,7 @@ impl State {
             counters: Counters::default(),
             last_activity: Instant::now(),
             connections: Default::default(),
+            records: Default::default(),
         }
     }
 
@@ -214,6 +220,7 @@ impl State {
             port,
             mac,
             vm_name,
+            name: None,
             process: process_name(peer.pid),
             created: Instant::now(),
             via: None,
@@ -235,6 +242,9 @@ impl State {
         let ids: Vec<u64> = self.leases.values().filter(|l| which(l)).map(|l| l.id).collect();
         for id in &ids {
             if let Some(lease) = self.leases.remove(id) {
+                if let (Some(_), Some(mac)) = (&lease.name, lease.mac.as_deref().and_then(|m| m.parse().ok())) {
+                    self.release_name(&lease.network, mac);
+                }
                 log::info!(
                     "lease {} on {} ({}) of {} released",
                     lease.id,

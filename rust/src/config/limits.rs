@@ -61,3 +61,20 @@ pub fn valid_subnet_prefix(prefix: u8) -> bool {
 pub fn valid_port(port: u16) -> bool {
     port >= PORT_MIN
 }
+
+/// Longest network `domain`: a name (63) and a dot must still fit in a DNS
+/// name of 253 characters.
+pub const DOMAIN_MAX_LEN: usize = 189;
+
+/// A network's `domain`: lower-case DNS labels (letters, digits, `-`, not
+/// at either end, 1-63 each) joined by dots.
+pub fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= DOMAIN_MAX_LEN
+        && d.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}

@@ -316,6 +316,16 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         }
     };
     let external_interface = read_string(scope, map, "", "externalInterface", "a host interface name like \"en0\"");
+    let domain = read_string(scope, map, "", "domain", "a DNS domain like \"lab.vmnet.internal\"");
+    if let Some(d) = &domain {
+        if !super::limits::valid_domain(d) {
+            scope.key("domain", format!(
+                "{} is not a DNS domain; use lower-case labels of letters, digits and \"-\" joined by \".\", at most {} characters, like \"lab.vmnet.internal\"",
+                quote(d),
+                super::limits::DOMAIN_MAX_LEN
+            ));
+        }
+    }
     let cfg = NetworkConfig {
         mode,
         dhcp,
@@ -330,6 +340,7 @@ pub(super) fn read_network(scope: &mut Scope<'_>, value: &Value) -> Option<Netwo
         dhcp_reservations: Vec::new(),
         addresses,
         external_interface,
+        domain: domain.filter(|d| super::limits::valid_domain(d)),
         isolation: read_bool(scope, map, "", "isolation", false),
         offload: read_bool(scope, map, "", "offload", false),
         endpoints: read_endpoints(scope, map),

@@ -157,7 +157,7 @@ fn wrong_types() {
 
 #[test]
 fn unknown_keys_suggest_the_closest() {
-    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, addresses, externalInterface, isolation, offload, endpoints, allowedUsers, allowedGroups";
+    let all = "allowed keys: mode, dhcp, dnsProxy, mtu, nat44, nat66, routerAdvertisement, subnet, ipv6Prefix, portForwarding, dhcpReservations, addresses, externalInterface, domain, isolation, offload, endpoints, allowedUsers, allowedGroups";
     assert_eq!(one(json!({"mtuu": 1500})), format!("{PFX}key \"mtuu\": unknown key (did you mean \"mtu\"?); {all}"));
     assert_eq!(one(json!({"dns_proxy": true})), format!("{PFX}key \"dns_proxy\": unknown key (did you mean \"dnsProxy\"?); {all}"));
     assert_eq!(one(json!({"routerAdvertisment": true})), format!("{PFX}key \"routerAdvertisment\": unknown key (did you mean \"routerAdvertisement\"?); {all}"));
@@ -411,6 +411,16 @@ fn external_interface_only_in_shared_mode() {
         one(json!({"externalInterface": "a very long name"})),
         format!("{PFX}key \"externalInterface\": \"a very long name\" is not an interface name; use 1 to 15 letters, digits, \"-\", \"_\" or \".\", like \"en0\"")
     );
+}
+
+#[test]
+fn domain_is_a_dns_domain() {
+    assert_eq!(net(json!({"domain": "lab.vmnet.internal"})).unwrap().domain(), Some("lab.vmnet.internal"));
+    assert_eq!(net(json!({})).unwrap().domain(), None);
+    for bad in ["Lab.internal", "a..b", "-a.internal", "", "a b"] {
+        let msg = one(json!({"domain": bad}));
+        assert!(msg.starts_with(&format!("{PFX}key \"domain\": ")) && msg.contains("is not a DNS domain"), "{bad}: {msg}");
+    }
 }
 
 #[test]

@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::tap::Tap;
-use super::{BackendOptions, Error, Interface, InterfaceDesc, Lease, Network, NetworkState, PieceHealth};
+use super::{BackendOptions, Error, FixedHost, Interface, InterfaceDesc, Lease, Network, NetworkState, PieceHealth};
 use crate::config::{ConfigError, NetworkConfig};
 use crate::xpc::{Dict, Value};
 
@@ -135,7 +135,7 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
 
 fn files_for(dir: &Path, name: &str) -> (PathBuf, dnsmasq::Files) {
     let f = |ext: &str| dir.join(naming::state_file_name(name, ext));
-    (f("json"), dnsmasq::Files { leases: f("leases"), pid: f("dnsmasq.pid"), log: f("dnsmasq.log") })
+    (f("json"), dnsmasq::Files { leases: f("leases"), pid: f("dnsmasq.pid"), log: f("dnsmasq.log"), hosts: f("dhcp-hosts"), names: f("hosts") })
 }
 
 impl LinuxNetwork {
@@ -254,6 +254,8 @@ impl LinuxNetwork {
         let ruleset = nft::ruleset(p, &self.bridge, &self.table);
         nft::apply(&ruleset)?;
         if dnsmasq::needed(p) {
+            // No fixed entries yet (the broker gives them once the network is up).
+            dnsmasq::write_fixed(&self.files, &[], &p.domain, &[], None).map_err(|e| Error::io(format!("write {}", self.files.hosts.display()), e))?;
             let resolv = std::env::var(RESOLV_FILE_ENV).ok().filter(|s| !s.is_empty());
             let args = dnsmasq::args(p, &self.bridge, &self.files, resolv.as_deref());
             let record = self.record.clone();
@@ -387,7 +389,7 @@ impl LinuxNetwork {
         if first.is_none() {
             // The lease file stays: the next dnsmasq of this network reads
             // it, so guests keep their addresses across broker restarts.
-            for f in [&self.files.pid, &self.files.log, &self.record_path] {
+            for f in [&self.files.pid, &self.files.log, &self.files.hosts, &self.files.names, &self.record_path] {
                 let _ = std::fs::remove_file(f);
             }
         }
@@ -450,6 +452,15 @@ impl Network for LinuxNetwork {
 
     fn start_tap(&self, desc: &InterfaceDesc, vnet_hdr: bool) -> Result<Tap, Error> {
         self.open_tap_port(desc, vnet_hdr)
+    }
+
+    fn set_fixed_hosts(&self, hosts: &[FixedHost]) -> Result<(), Error> {
+        if !dnsmasq::needed(&self.plan) {
+            return Ok(());
+        }
+        let reserved: Vec<String> = self.plan.reservations.iter().map(|(m, _)| m.clone()).collect();
+        dnsmasq::write_fixed(&self.files, hosts, &self.plan.domain, &reserved, self.dnsmasq_pid())
+            .map_err(|e| Error::io(format!("give network {:?}'s dnsmasq its fixed entries ({})", self.name, self.files.hosts.display()), e))
     }
 
     fn pieces(&self) -> Vec<PieceHealth> {

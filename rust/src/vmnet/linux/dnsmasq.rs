@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::plan::Plan;
-use crate::vmnet::Lease;
+use crate::vmnet::{FixedHost, Lease};
 
 /// The environment variable naming a resolv.conf-style file whose servers
 /// the DNS proxy forwards to (e.g. `/etc/resolv.conf`). Unset: no upstream,
@@ -67,6 +67,10 @@ pub struct Files {
     pub leases: PathBuf,
     pub pid: PathBuf,
     pub log: PathBuf,
+    /// `--dhcp-hostsfile`: the broker's fixed addresses (`mac,ip[,name]`).
+    pub hosts: PathBuf,
+    /// `--addn-hosts`: the broker's names (`ip fqdn name`).
+    pub names: PathBuf,
 }
 
 /// Whether the network needs a dnsmasq at all.
@@ -92,6 +96,17 @@ pub fn args(plan: &Plan, bridge: &str, files: &Files, resolv_file: Option<&str>)
             Some(f) => a.push(format!("--resolv-file={f}")),
             None => a.push("--no-resolv".into()),
         }
+        // The network's names: never forwarded; the host is the gateway;
+        // the broker's names from a file re-read on SIGHUP (write_fixed).
+        let d = &plan.domain;
+        a.push(format!("--domain={d}"));
+        a.push(format!("--local=/{d}/"));
+        let mut host = format!("--host-record=host.{d},{}", plan.v4.gateway());
+        if let Some(p) = &plan.v6 {
+            host.push_str(&format!(",{}", p.gateway()));
+        }
+        a.push(host);
+        a.push(format!("--addn-hosts={}", files.names.display()));
     } else {
         a.push("--port=0".into());
     }
@@ -118,6 +133,7 @@ pub fn args(plan: &Plan, bridge: &str, files: &Files, resolv_file: Option<&str>)
         for (mac, ip) in &plan.reservations {
             a.push(format!("--dhcp-host={mac},{ip}"));
         }
+        a.push(format!("--dhcp-hostsfile={}", files.hosts.display()));
     }
     if let (true, Some(p)) = (plan.router_advertisement, &plan.v6) {
         a.push("--enable-ra".into());
@@ -128,6 +144,50 @@ pub fn args(plan: &Plan, bridge: &str, files: &Files, resolv_file: Option<&str>)
         a.push(format!("--ra-param={bridge},mtu:{},60{lifetime}", plan.mtu));
     }
     a
+}
+
+/// The text of the `--dhcp-hostsfile` and `--addn-hosts` files for `hosts`
+/// in `domain`: every MAC its address (and its name, which dnsmasq then
+/// prefers to the one the client sends), except MACs in `reserved` (their
+/// `--dhcp-host` argument already fixes them); every named host
+/// `ip fqdn name`, so forward and reverse lookups answer with the FQDN.
+pub fn fixed_text(hosts: &[FixedHost], domain: &str, reserved: &[String]) -> (String, String) {
+    let mut dhcp = String::new();
+    let mut names = String::new();
+    for h in hosts {
+        let mac = h.mac.to_string();
+        if !reserved.contains(&mac) {
+            match &h.name {
+                Some(n) => dhcp.push_str(&format!("{mac},{},{n}\n", h.ipv4)),
+                None => dhcp.push_str(&format!("{mac},{}\n", h.ipv4)),
+            }
+        }
+        if let Some(n) = &h.name {
+            names.push_str(&format!("{} {n}.{domain} {n}\n", h.ipv4));
+            if let Some(v6) = h.ipv6 {
+                names.push_str(&format!("{v6} {n}.{domain} {n}\n"));
+            }
+        }
+    }
+    (dhcp, names)
+}
+
+/// Writes the fixed entries (each file replaced atomically) and, when
+/// dnsmasq runs (`pid`), tells it to re-read them (SIGHUP).
+pub fn write_fixed(files: &Files, hosts: &[FixedHost], domain: &str, reserved: &[String], pid: Option<u32>) -> std::io::Result<()> {
+    let (dhcp, names) = fixed_text(hosts, domain, reserved);
+    for (path, text) in [(&files.hosts, dhcp), (&files.names, names)] {
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    if let Some(pid) = pid {
+        // SAFETY: kill with the pid of the dnsmasq this network's supervisor started.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Parses a dnsmasq lease file (`expiry mac ip hostname client-id` lines;
@@ -371,7 +431,7 @@ mod tests {
     use crate::vmnet::linux::plan::tests::config_with;
 
     fn files() -> Files {
-        Files { leases: "/s/n.leases".into(), pid: "/s/n.pid".into(), log: "/s/n.log".into() }
+        Files { leases: "/s/n.leases".into(), pid: "/s/n.pid".into(), log: "/s/n.log".into(), hosts: "/s/n.dhcp-hosts".into(), names: "/s/n.hosts".into() }
     }
 
     fn plan(c: &crate::config::NetworkConfig) -> Plan {
@@ -405,6 +465,11 @@ mod tests {
             "--dhcp-host=52:54:00:00:00:01,10.77.0.9",
             "--dhcp-option=option:router,10.77.0.1",
             "--pid-file=/s/n.pid",
+            "--domain=t.vmnet.internal",
+            "--local=/t.vmnet.internal/",
+            "--host-record=host.t.vmnet.internal,10.77.0.1",
+            "--addn-hosts=/s/n.hosts",
+            "--dhcp-hostsfile=/s/n.dhcp-hosts",
         ] {
             assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
         }
@@ -434,6 +499,19 @@ mod tests {
         let a = args(&plan(&config_with(json!({}))), "vmr-t", &files(), Some("/etc/resolv.conf"));
         assert!(a.iter().any(|x| x == "--resolv-file=/etc/resolv.conf"));
         assert!(!a.iter().any(|x| x == "--no-resolv"));
+    }
+
+    #[test]
+    fn fixed_entries_name_hosts_forward_and_reverse() {
+        let mac = |s: &str| s.parse::<crate::config::MacAddr>().unwrap();
+        let hosts = [
+            FixedHost { mac: mac("52:54:00:00:00:01"), ipv4: "10.77.0.2".parse().unwrap(), ipv6: Some("fd00::1".parse().unwrap()), name: Some("alpha".into()) },
+            FixedHost { mac: mac("52:54:00:00:00:02"), ipv4: "10.77.0.3".parse().unwrap(), ipv6: None, name: None },
+            FixedHost { mac: mac("52:54:00:00:00:03"), ipv4: "10.77.0.9".parse().unwrap(), ipv6: None, name: Some("res".into()) },
+        ];
+        let (dhcp, names) = fixed_text(&hosts, "lab.internal", &["52:54:00:00:00:03".into()]);
+        assert_eq!(dhcp, "52:54:00:00:00:01,10.77.0.2,alpha\n52:54:00:00:00:02,10.77.0.3\n");
+        assert_eq!(names, "10.77.0.2 alpha.lab.internal alpha\nfd00::1 alpha.lab.internal alpha\n10.77.0.9 res.lab.internal res\n");
     }
 
     #[test]

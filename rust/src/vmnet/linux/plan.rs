@@ -86,6 +86,8 @@ pub struct Plan {
     pub external_interface: Option<String>,
     /// `(mac, address)`, MAC in lower-case colon form.
     pub reservations: Vec<(String, Ipv4Addr)>,
+    /// The DNS domain of the network's VM names (`alpha.<domain>`).
+    pub domain: String,
     pub forwards: Vec<Forward>,
 }
 
@@ -135,6 +137,7 @@ impl Plan {
             isolation: config.isolation(),
             external_interface: config.external_interface().map(str::to_owned),
             reservations,
+            domain: config.dns_domain(name),
             forwards,
         })
     }

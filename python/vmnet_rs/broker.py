@@ -35,6 +35,7 @@ CREATE_FAILURE: int = _native.ERROR_CODES["CREATE_FAILURE"]
 INTERNAL_ERROR: int = _native.ERROR_CODES["INTERNAL_ERROR"]
 CONFIG_MISMATCH: int = _native.ERROR_CODES["CONFIG_MISMATCH"]
 LIMIT: int = _native.ERROR_CODES["LIMIT"]
+NAME_TAKEN: int = _native.ERROR_CODES["NAME_TAKEN"]
 
 #: The kinds of fd a client can open; ``tap`` only on Linux.
 FD_TYPES = ("datagram", "datagram_next", "stream", "tap")

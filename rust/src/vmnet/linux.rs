@@ -255,6 +255,14 @@ impl LinuxNetwork {
         nft::apply(&ruleset)?;
         if dnsmasq::needed(p) {
             // No fixed entries yet (the broker gives them once the network is up).
+            if let Some(d) = dnsmasq::closed_ancestor(&self.files.hosts) {
+                log::warn!(
+                    "network {:?}: dnsmasq runs as nobody and cannot pass {} to read its fixed entries: VM names and kept addresses are not served; make it passable (chmod o+x {}) or use a state directory others can pass",
+                    self.name,
+                    d.display(),
+                    d.display()
+                );
+            }
             dnsmasq::write_fixed(&self.files, &[], &p.domain, &[], None).map_err(|e| Error::io(format!("write {}", self.files.hosts.display()), e))?;
             let resolv = std::env::var(RESOLV_FILE_ENV).ok().filter(|s| !s.is_empty());
             let args = dnsmasq::args(p, &self.bridge, &self.files, resolv.as_deref());

@@ -179,6 +179,9 @@ pub fn write_fixed(files: &Files, hosts: &[FixedHost], domain: &str, reserved: &
     for (path, text) in [(&files.hosts, dhcp), (&files.names, names)] {
         let tmp = PathBuf::from(format!("{}.tmp", path.display()));
         std::fs::write(&tmp, text)?;
+        // dnsmasq re-reads them as its own user (nobody): readable by all
+        // (names and addresses the network's DNS serves anyway).
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         std::fs::rename(&tmp, path)?;
     }
     if let Some(pid) = pid {
@@ -188,6 +191,21 @@ pub fn write_fixed(files: &Files, hosts: &[FixedHost], domain: &str, reserved: &
         }
     }
     Ok(())
+}
+
+/// The first directory above `path` that dnsmasq cannot pass once it has
+/// dropped root for its own user (`nobody`): one not open to others
+/// (`o+x`). dnsmasq re-reads the fixed entries (`write_fixed`) after
+/// dropping root, so such a directory keeps names and fixed addresses from
+/// it. `None` when the broker is not root (dnsmasq keeps its user) or every
+/// directory is passable.
+pub fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    path.ancestors().skip(1).find(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 == 0)).map(Path::to_path_buf)
 }
 
 /// Parses a dnsmasq lease file (`expiry mac ip hostname client-id` lines;

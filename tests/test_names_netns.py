@@ -1,0 +1,116 @@
+"""Names and addresses with the real Linux backend (docs/config.md, "Names
+and addresses"): the broker in its own network namespace grants a name with
+a TAP lease, dnsmasq answers it (forward, reverse, host.<domain>) as
+`vmnet-rs resolve` does, a second VM is refused the name, and the name's
+address survives the broker's SIGKILL and the loss of dnsmasq's lease file.
+Needs root; never touches the host's network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from brokerproc import BrokerProcess, wait_until
+from vmnet_rs import Client
+from vmnet_rs.broker import NAME_TAKEN, RequestError
+
+pytestmark = pytest.mark.root
+
+GATEWAY = "10.233.0.1"
+NET = {"vmnet": {"lab": {"mode": "host", "subnet": "10.233.0.0/24", "ipv6Prefix": "fd00:233::/64"}}}
+DNSQUERY = str(Path(__file__).with_name("dnsquery.py"))
+
+
+@pytest.fixture
+def state(tmp_path: Path):
+    """The broker's state directory (``tmp_path / "state"``, a link): one
+    dnsmasq, running as nobody, can pass to re-read its fixed entries
+    (pytest's own directories are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="vmnet-rs-names-"))
+    d.chmod(0o711)
+    (tmp_path / "state").symlink_to(d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def start(netns, tmp_path: Path) -> BrokerProcess:
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []}, **NET}))
+    args = ["--config", str(cfg), "--idle-timeout", "0", "--monitor-interval", "0.2", "--state-dir", str((tmp_path / "state").resolve())]
+    b = BrokerProcess(tmp_path / "broker.sock", args, prefix=netns.argv([]))
+    b.wait_ready()
+    return b
+
+
+def ask(netns, name: str, qtype: str) -> dict:
+    """A DNS question to the network's DNS server, asked inside the namespace."""
+    out = netns.run([sys.executable, DNSQUERY, GATEWAY, name, qtype]).stdout
+    return json.loads(out)
+
+
+def resolve_cli(b: BrokerProcess, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vmnet_rs", "resolve", "--json", "--socket", str(b.socket), name], capture_output=True, text=True, timeout=60)
+
+
+def test_a_granted_name_is_served_refused_twice_and_keeps_its_address(netns, tmp_path: Path, state: Path) -> None:
+    b = start(netns, tmp_path)
+    try:
+        with Client(str(b.socket), timeout=30) as c:
+            alpha = c.open("lab", "tap", mac="52:54:00:33:00:01", name="alpha")
+            x = alpha.extra
+            assert (x["name"], x["fqdn"], x["name_kind"]) == ("alpha", "alpha.lab.vmnet.internal", "granted"), x
+            addr = x["address"]
+            assert addr.startswith("10.233.0.") and x["address6"] == "fd00:233::5054:ff:fe33:1", x
+            # The network's DNS server and `vmnet-rs resolve` agree.
+            got = wait_until("dnsmasq answers alpha", lambda: ask(netns, "alpha.lab.vmnet.internal", "A")["answers"] or None)
+            assert got == [addr]
+            assert ask(netns, "alpha.lab.vmnet.internal", "AAAA")["answers"] == [x["address6"]]
+            assert ask(netns, addr, "PTR")["answers"] == ["alpha.lab.vmnet.internal"]
+            assert ask(netns, "host.lab.vmnet.internal", "A")["answers"] == [GATEWAY]
+            assert ask(netns, "nobody.lab.vmnet.internal", "A")["rcode"] == 3, "unknown names are NXDOMAIN, not forwarded"
+            r = resolve_cli(b, "alpha")
+            assert r.returncode == 0, r.stderr
+            answers = json.loads(r.stdout)
+            assert [(a["fqdn"], a["address"], a["kind"]) for a in answers] == [("alpha.lab.vmnet.internal", addr, "granted")]
+            missing = resolve_cli(b, "gamma")
+            assert missing.returncode == 1 and "no VM named 'gamma'" in missing.stderr.replace('"', "'"), missing.stderr
+            # A second VM asking for alpha (here with alpha's own MAC, as `run --name alpha` derives it): refused.
+            with pytest.raises(RequestError) as e:
+                c.open("lab", "tap", mac="52:54:00:33:00:01", name="alpha")
+            assert e.value.code == NAME_TAKEN and "alpha" in str(e.value)
+            status = c.status()
+            lease = status["leases"][str(alpha.lease)]
+            assert (lease["name"], lease["fqdn"], lease["name_kind"], lease["address"]) == ("alpha", "alpha.lab.vmnet.internal", "granted", addr)
+            assert status["networks"]["lab"]["names"]["host"]["address"] == GATEWAY
+            os.close(alpha.fd)
+            c.release(lease=alpha.lease)
+            wait_until("alpha's name goes with its lease", lambda: ask(netns, "alpha.lab.vmnet.internal", "A")["rcode"] == 3)
+            beta = c.open("lab", "tap", mac="52:54:00:33:00:02", name="beta")
+            assert beta.extra["address"] != addr, "a stopped VM's address stays its own"
+        # The broker dies without a word; dnsmasq's lease file is lost too.
+        os.kill(b.pid, signal.SIGKILL)
+        b.proc.wait(timeout=30)
+        for f in (tmp_path / "state").glob("*.leases"):
+            f.unlink()
+        records = json.loads((tmp_path / "state" / "names" / "lab.json").read_text())
+        assert records["version"] == 1 and {e["name"]: e["ipv4"] for e in records["entries"]}["alpha"] == addr
+    finally:
+        b.stop()
+    b = start(netns, tmp_path)
+    try:
+        with Client(str(b.socket), timeout=30) as c:
+            again = c.open("lab", "tap", mac="52:54:00:33:00:01", name="alpha")
+            assert again.extra["address"] == addr
+            hosts = (tmp_path / "state" / "lab.dhcp-hosts").read_text()
+            assert f"52:54:00:33:00:01,{addr},alpha" in hosts, hosts
+            wait_until("dnsmasq answers alpha again", lambda: ask(netns, "alpha.lab.vmnet.internal", "A")["answers"] == [addr])
+    finally:
+        b.stop()

@@ -294,8 +294,8 @@ impl Relay {
             },
         };
         if let Some((socket, addr, inbox)) = self.shared_end.take() {
-            reader = VmReader::Inbox(InboxReader::new(inbox, self.vm.as_raw_fd()));
-            h2v.writer = match AddressedWriter::new(socket, &addr, self.send_limit) {
+            reader = VmReader::Inbox(InboxReader::new(Arc::clone(&inbox), self.vm.as_raw_fd()));
+            h2v.writer = match AddressedWriter::new(socket, &addr, inbox, self.send_limit) {
                 Ok(w) => VmWriter::Addressed(w),
                 Err(e) => return EndReason::Internal(format!("the client's address: {e}")),
             };

@@ -33,6 +33,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,14 @@ pub const INBOX_BYTES: usize = 4 << 20;
 /// stops reading costs its relay at most 50 ms per batch, then its frames
 /// are dropped and counted.
 pub const SEND_WAIT: Duration = Duration::from_millis(5);
+/// Linux: bytes sent to a client since it last sent anything, past which
+/// the client may be one that stopped reading while connected to the
+/// endpoint (whose queue the kernel does not cap): while the endpoint
+/// socket's send budget is more than half used, such a client gets no more
+/// (its frames wait and are dropped as for a full client), so it cannot
+/// take the budget every other client sends from (docs/endpoints.md, *Who
+/// pays for a queue*).
+pub const UNHEARD_BYTES: usize = 1 << 20;
 
 struct Queue {
     bufs: Vec<Vec<u8>>,
@@ -63,6 +72,8 @@ struct Queue {
 pub struct Inbox {
     queue: Mutex<Queue>,
     wake_tx: OwnedFd,
+    /// Bytes sent to the client since it last sent anything.
+    unheard: AtomicUsize,
 }
 
 impl Inbox {
@@ -70,7 +81,7 @@ impl Inbox {
     /// in [`SharedEnd::readable`]).
     pub fn new() -> io::Result<(Arc<Inbox>, OwnedFd)> {
         let (wake_rx, wake_tx) = sys::pipe()?;
-        Ok((Arc::new(Inbox { queue: Mutex::new(Queue { bufs: Vec::new(), len: 0, bytes: 0 }), wake_tx }), wake_rx))
+        Ok((Arc::new(Inbox { queue: Mutex::new(Queue { bufs: Vec::new(), len: 0, bytes: 0 }), wake_tx, unheard: AtomicUsize::new(0) }), wake_rx))
     }
 
     /// Queues a copy of `frame`. `Err(())` when the inbox is full (the frame
@@ -93,6 +104,14 @@ impl Inbox {
         q.len += 1;
         q.bytes += frame.len();
         Ok(was_empty)
+    }
+
+    /// The client sent something (it is alive and reading, or at least
+    /// running): see [`UNHEARD_BYTES`].
+    pub fn heard(&self) {
+        if self.unheard.load(Ordering::Relaxed) != 0 {
+            self.unheard.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Wakes the relay (a full pipe already wakes it).
@@ -193,6 +212,7 @@ impl InboxReader {
 /// Sends frames to one client from the shared socket.
 pub(crate) struct AddressedWriter {
     socket: OwnedFd,
+    inbox: Arc<Inbox>,
     addr: libc::sockaddr_un,
     addr_len: libc::socklen_t,
     /// The shared socket's send limit (macOS checks each datagram against it).
@@ -200,16 +220,40 @@ pub(crate) struct AddressedWriter {
 }
 
 impl AddressedWriter {
-    pub(crate) fn new(socket: OwnedFd, addr: &[u8], send_limit: usize) -> io::Result<Self> {
+    pub(crate) fn new(socket: OwnedFd, addr: &[u8], inbox: Arc<Inbox>, send_limit: usize) -> io::Result<Self> {
         let (addr, addr_len) = sys::sockaddr_un(addr)?;
-        Ok(AddressedWriter { socket, addr, addr_len, send_limit })
+        Ok(AddressedWriter { socket, inbox, addr, addr_len, send_limit })
+    }
+
+    /// Linux: whether this client has been sent [`UNHEARD_BYTES`] without
+    /// a word back while the shared socket's send budget is more than half
+    /// used (`SIOCOUTQ`: the bytes of every datagram still queued at any
+    /// client). Asked only past the byte count, so a client that talks
+    /// costs nothing here.
+    fn hoarding(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if self.inbox.unheard.load(Ordering::Relaxed) > UNHEARD_BYTES {
+            let mut queued: libc::c_int = 0;
+            // SAFETY: SIOCOUTQ writes one int.
+            if unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) } == 0 {
+                return queued as usize > self.send_limit / 2;
+            }
+        }
+        false
     }
 
     /// Sends leading frames; returns how many the client took. A client
     /// gone (its socket closed or its path removed) is `ECONNREFUSED`,
     /// whatever the kernel said, so the relay ends as for a closed VM end.
     pub(crate) fn send(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        if self.hoarding() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let r = batch_io::send_batch_to(self.socket.as_raw_fd(), &self.addr, self.addr_len, frames, self.send_limit, SEND_WAIT);
+        if let Ok(n) = &r {
+            let bytes: usize = frames[..*n].iter().map(|f| f.len()).sum();
+            self.inbox.unheard.fetch_add(bytes, Ordering::Relaxed);
+        }
         match r {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTCONN) | Some(libc::EPERM)) => {
                 Err(io::Error::from_raw_os_error(libc::ECONNREFUSED))

@@ -155,6 +155,7 @@ impl Worker {
         }
         if let Some(c) = d.clients.get_mut(&got.addr) {
             c.heard = Instant::now();
+            c.inbox.heard();
             if got.truncated {
                 // Longer than any frame: it arrived cut, and a cut frame is
                 // never passed on (on an offload network it would be

@@ -281,3 +281,47 @@ fn a_path_past_the_limit_a_live_path_and_a_stale_file() {
     b.stop();
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn a_connected_client_that_stops_reading_does_not_take_the_others_budget() {
+    let (b, dir) = start("hoard", uid());
+    let (path, a, c) = two_vfkit_clients(&b, &dir);
+    // A third client, connected to the endpoint, that never reads: the
+    // kernel does not cap its queue, whose bytes are charged to the
+    // endpoint socket's send budget.
+    let stalled = dgram_client(&dir, "stalled", &path);
+    stalled.send(VFKIT_MAGIC).unwrap();
+    wait_for("three datagram ports", || endpoint_ports(&b, "shared").len() == 3);
+    c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    // Broadcasts: the network hands each to c and to the stalled client.
+    // Far more than the endpoint's send budget (16 MiB at most) of them.
+    const FLOOD: usize = 16_000;
+    let mut buf = vec![0u8; 65_536];
+    let mut got = 0usize;
+    for k in 0..FLOOD {
+        a.send(&frame(1, 1514)).unwrap();
+        if k % 64 == 0 {
+            // c answers now and then, as a guest's TCP acknowledgements do.
+            c.send(&frame(2, 60)).unwrap();
+            while c.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+    }
+    let marker = frame(9, 100);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = false;
+    while Instant::now() < deadline && !last {
+        a.send(&marker).unwrap();
+        c.send(&frame(2, 60)).unwrap();
+        while let Ok(n) = c.recv(&mut buf) {
+            got += 1;
+            last |= buf[..n] == marker[..];
+        }
+    }
+    assert!(last, "c still receives after the flood ({got} frames so far)");
+    let drops = port_counter_sum(&b, "shared", "host_to_vm", "drops");
+    assert!(drops > 0, "the stalled client's frames are dropped and counted");
+    assert!(got >= FLOOD / 2, "c received {got} of {FLOOD}");
+    b.stop();
+}

@@ -90,8 +90,8 @@ def test_a_granted_name_is_served_refused_twice_and_keeps_its_address(netns, tmp
             lease = status["leases"][str(alpha.lease)]
             assert (lease["name"], lease["fqdn"], lease["name_kind"], lease["address"]) == ("alpha", "alpha.lab.vmnet.internal", "granted", addr)
             assert status["networks"]["lab"]["names"]["host"]["address"] == GATEWAY
-            os.close(alpha.fd)
             c.release(lease=alpha.lease)
+            os.close(alpha.fd)
             wait_until("alpha's name goes with its lease", lambda: ask(netns, "alpha.lab.vmnet.internal", "A")["rcode"] == 3)
             beta = c.open("lab", "tap", mac="52:54:00:33:00:02", name="beta")
             assert beta.extra["address"] != addr, "a stopped VM's address stays its own"
@@ -114,3 +114,18 @@ def test_a_granted_name_is_served_refused_twice_and_keeps_its_address(netns, tmp
             wait_until("dnsmasq answers alpha again", lambda: ask(netns, "alpha.lab.vmnet.internal", "A")["answers"] == [addr])
     finally:
         b.stop()
+
+
+def test_a_subnet_colliding_with_a_host_route_is_refused_at_start(netns, tmp_path: Path) -> None:
+    # The namespace's own "LAN": a link with a route over the subnet.
+    netns.run(["ip", "link", "add", "lan0", "type", "bridge"])
+    netns.run(["ip", "link", "set", "lan0", "up"])
+    netns.run(["ip", "route", "add", "10.234.0.0/16", "dev", "lan0"])
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []}, "vmnet": {"lab": {"mode": "host", "subnet": "10.234.5.0/24"}}}))
+    argv = [sys.executable, "-m", "vmnet_rs", "broker", "--socket", str(tmp_path / "b.sock"), "--config", str(cfg), "--state-dir", str(tmp_path / "state")]
+    r = netns.run(argv, check=False, timeout=120)
+    assert r.returncode != 0
+    assert "network lab: subnet 10.234.5.1/24 overlaps host route 10.234.0.0/16 dev lan0" in r.stderr, r.stderr
+    assert f"choose another subnet for network lab in {cfg}" in r.stderr, r.stderr
+    assert "vmr-lab" not in netns.links(), "nothing was made"

@@ -159,6 +159,10 @@ pub enum Error {
     /// text says why (there is no lower error).
     #[error("start the broker: code-signing requirement: {0}")]
     Requirement(String),
+    /// Configured networks whose subnets collide with the host's routes
+    /// (Linux; one line per network, naming it and the route).
+    #[error("start the broker: {0}")]
+    SubnetCollision(String),
     /// The monitor thread could not be started.
     #[error("start the broker: start the monitor thread: {0}")]
     StartMonitor(#[source] std::io::Error),
@@ -308,6 +312,31 @@ impl Core {
         }
     }
 
+    /// Refuses to start when a configured network's subnet or IPv6 prefix
+    /// overlaps a route of the host (Linux; after what a crashed run left
+    /// was removed): VMs on it could not reach what the route leads to, nor
+    /// it them. Names each network and route, and the fix.
+    #[cfg(target_os = "linux")]
+    fn check_subnets(&self) -> Result<(), Error> {
+        if self.options.backend != Backend::Platform {
+            return Ok(());
+        }
+        let routes = match crate::vmnet::linux::host_routes() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("could not read the host's routes to check the networks' subnets: {e}");
+                return Ok(());
+            }
+        };
+        let source = self.options.config_source.as_deref().unwrap_or("the built-in networks (write a configuration file)");
+        let lines = subnet_collisions(&self.options.networks, &routes, source);
+        if lines.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::SubnetCollision(lines.join("; ")))
+        }
+    }
+
     fn create_network(&self, name: &str, config: &NetworkConfig) -> Result<Box<dyn Network>, crate::vmnet::Error> {
         match self.options.backend {
             Backend::Platform => {
@@ -422,6 +451,25 @@ pub fn start_line(endpoint: &str) -> String {
 }
 
 /// A running broker: a transport, the [`Core`] and its monitor thread.
+/// One line per network of `networks` whose subnet or IPv6 prefix overlaps
+/// one of `routes`: `network NAME: subnet S overlaps host route R; ...`.
+#[cfg(target_os = "linux")]
+pub(crate) fn subnet_collisions(networks: &BTreeMap<String, NetworkConfig>, routes: &[crate::vmnet::linux::plan::Route], source: &str) -> Vec<String> {
+    networks
+        .iter()
+        .filter_map(|(name, c)| {
+            let route = crate::vmnet::linux::plan::route_conflict(c, routes)?;
+            let what = match (c.subnet(), c.ipv6_prefix()) {
+                (Some(s), Some(p)) => format!("subnet {s} or ipv6Prefix {p}"),
+                (Some(s), None) => format!("subnet {s}"),
+                (None, Some(p)) => format!("ipv6Prefix {p}"),
+                (None, None) => "its subnet".to_string(),
+            };
+            Some(format!("network {name}: {what} overlaps host route {route}; choose another subnet for network {name} in {source}, or remove the route"))
+        })
+        .collect()
+}
+
 pub struct Broker {
     core: Arc<Core>,
     monitor: Mutex<Option<JoinHandle<()>>>,
@@ -436,6 +484,7 @@ impl Broker {
         let endpoint = socket.path().display().to_string();
         let activated = socket.activated();
         core.prepare(&endpoint, activated);
+        core.check_subnets()?;
         // Endpoints first, so the first status request already lists them.
         core.start_endpoints()?;
         let listener = match crate::xpc::unix::Listener::start(socket, core.clone()) {
@@ -713,6 +762,21 @@ mod tests {
         let counters = Client::connect(&path).unwrap().request(&cmd("status")).unwrap();
         assert_eq!(counters.get_dict("counters").unwrap().get_int("networks_released"), Some(1));
         b.stop();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn colliding_subnets_name_network_route_and_file() {
+        use crate::vmnet::linux::plan::Route;
+        let networks = netconfig::builtin_networks();
+        let lan = Route { dst: "192.168.107.0".parse().unwrap(), prefix: 24, dev: "eth9".into() };
+        let default = Route { dst: "0.0.0.0".parse().unwrap(), prefix: 0, dev: "eth9".into() };
+        assert!(subnet_collisions(&networks, std::slice::from_ref(&default), "f.yaml").is_empty(), "a default route collides with nothing");
+        let lines = subnet_collisions(&networks, &[default, lan], "/etc/vmnet-rs/networks.yaml");
+        assert_eq!(
+            lines,
+            vec!["network shared: subnet 192.168.107.1/24 overlaps host route 192.168.107.0/24 dev eth9; choose another subnet for network shared in /etc/vmnet-rs/networks.yaml, or remove the route".to_string()]
+        );
     }
 
     #[test]

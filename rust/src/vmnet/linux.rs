@@ -478,6 +478,11 @@ impl Network for LinuxNetwork {
 
 /// The leases of network `name` from its lease file in `options.state_dir`
 /// (for a reader that does not own the network, e.g. `vmnet-rs leases`).
+/// The routes of this network namespace's main table (IPv4 and IPv6).
+pub(crate) fn host_routes() -> Result<Vec<plan::Route>, Error> {
+    Ok(links::routes()?)
+}
+
 /// The route of this network namespace that the subnet or IPv6 prefix of
 /// `config` would overlap, if any (as `10.0.0.0/16 dev eth9`): the broker's
 /// policy checks a caller's network before anything is made.

@@ -154,7 +154,10 @@ fn the_broker_port_answers_dhcp_on_a_vmnet_interface() {
         use dhcproto::v4::{Decodable, Decoder, DhcpOption, Encodable, Message, MessageType};
         let cfg = config(r#"{"mode": "host", "subnet": "192.168.106.1/24", "addresses": "broker"}"#);
         let net = create_network("svc", &cfg, &options()).expect("create");
-        let mut service = crate::broker::service::start_on("svc", &*net, &cfg).expect("the service port");
+        let mut service = {
+            use crate::broker::service::{pool, start_on, MemoryBook};
+            start_on("svc", &*net, &cfg, |subnet| MemoryBook::new(pool(subnet), &[])).expect("the service port")
+        };
         let mut vm = net.start_interface(&InterfaceDesc::default()).expect("a VM's port");
         let mac = vm.info().mac;
         let mut discover = Message::default();

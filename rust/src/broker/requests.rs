@@ -468,7 +468,7 @@ impl Core {
             .map_err(|e| Failure::new(code::CREATE_FAILURE, format!("could not create network {name}: {e}")))?;
         // On error the network drops here, which tears it down.
         let service = match config.addresses() {
-            crate::config::Addresses::Broker => Some(super::service::start_on(name, network.as_ref(), &config).map_err(|e| {
+            crate::config::Addresses::Broker => Some(super::service::start_on(name, network.as_ref(), &config, |subnet| super::service::MemoryBook::new(super::service::pool(subnet), &config.reservations())).map_err(|e| {
                 Failure::new(code::CREATE_FAILURE, format!("could not start the broker's DHCP/DNS port on network {name}: {e}"))
             })?),
             crate::config::Addresses::Platform => None,

@@ -281,11 +281,16 @@ fn mac_of(chaddr: &[u8]) -> Option<MacAddr> {
 
 /// Starts the service port of network `name` (`addresses: broker`) on the
 /// live `network` made from `config`: a port like a VM's, the subnet the
-/// platform reports, the `dhcpReservations` as fixed entries, and the
+/// platform reports, the book `book` makes for that subnet, and the
 /// host's resolvers as upstreams when `dnsProxy` is on (Linux: the resolv
 /// file the broker gives dnsmasq too, none unless set; macOS: the host's
 /// `/etc/resolv.conf`).
-pub fn start_on(name: &str, network: &dyn crate::vmnet::Network, config: &crate::config::NetworkConfig) -> Result<ServicePort, crate::vmnet::Error> {
+pub fn start_on<B: AddressBook + 'static>(
+    name: &str,
+    network: &dyn crate::vmnet::Network,
+    config: &crate::config::NetworkConfig,
+    book: impl FnOnce(Ipv4Subnet) -> B,
+) -> Result<ServicePort, crate::vmnet::Error> {
     let state = network.state();
     let Some(subnet) = state.ipv4_subnet() else {
         return Err(crate::vmnet::Error::Platform { op: format!("start the service port of network {name:?}"), source: format!("the network reports no usable IPv4 subnet ({:?})", state.subnet).into() });
@@ -296,7 +301,7 @@ pub fn start_on(name: &str, network: &dyn crate::vmnet::Network, config: &crate:
     let desc = crate::vmnet::InterfaceDesc { mac: Some(service_mac(name)), isolation: false, offload: cfg!(target_os = "macos") && config.offload() };
     let iface = network.start_interface(&desc)?;
     let setup = ServiceSetup::new(name, subnet, gateway_v6, iface.info().mac);
-    let book = MemoryBook::new(pool(subnet), &config.reservations());
+    let book = book(subnet);
     let upstreams = if config.dns_proxy() { upstreams_file().map(|f| port::upstreams_from(&f, setup.address)).unwrap_or_default() } else { Vec::new() };
     ServicePort::start(iface, setup, book, upstreams).map_err(|e| crate::vmnet::Error::io(format!("start the service port of network {name:?}"), e))
 }

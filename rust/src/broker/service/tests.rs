@@ -445,3 +445,51 @@ fn port_thread_answers_counts_and_stops() {
     port.stop();
     assert!(!port.status().running);
 }
+
+/// Forwarding through the port's thread to a resolver on loopback: the
+/// answer comes back to the client under its own query id; a resolver that
+/// stays silent costs the client a SERVFAIL after the timeout.
+#[cfg(target_os = "linux")]
+#[test]
+fn port_thread_forwards_other_names_and_answers_servfail_when_the_resolver_is_silent() {
+    use std::os::fd::AsRawFd;
+    let resolver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    resolver.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let (ours, theirs) = crate::vmnet::seqpacket_pair(true).unwrap();
+    let info = crate::vmnet::InterfaceInfo { mac: SERVICE_MAC, mtu: 1500, max_frame_bytes: 1514, read_max_frames: 8, write_max_frames: 8, offload: false };
+    let s = setup();
+    let mut port = ServicePort::start(Box::new(crate::vmnet::SeqpacketPort::new(ours, info)), s.clone(), MemoryBook::new(pool(s.subnet), &[]), vec![resolver.local_addr().unwrap()]).unwrap();
+    let send = |f: &[u8]| {
+        // SAFETY: f is a valid buffer of its length; theirs is our open socket.
+        assert_eq!(unsafe { libc::send(theirs.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) }, f.len() as isize);
+    };
+    let recv = |within_ms: i32| {
+        let mut pfd = libc::pollfd { fd: theirs.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(&mut pfd, 1, within_ms) }, 1, "no answer within {within_ms} ms");
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: buf is a valid writable buffer of its length.
+        let n = unsafe { libc::recv(theirs.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        buf.truncate(n as usize);
+        buf
+    };
+    send(&dns_frame(&dns_query("example.com.", RecordType::A)));
+    let mut buf = [0u8; 512];
+    let (n, from) = resolver.recv_from(&mut buf).expect("the query reaches the resolver");
+    let asked = DnsMessage::from_vec(&buf[..n]).unwrap();
+    assert_eq!(asked.queries[0].name().to_ascii(), "example.com.");
+    let mut answer = DnsMessage::response(asked.metadata.id, asked.metadata.op_code);
+    answer.add_query(asked.queries[0].clone());
+    answer.add_answer(hickory_proto::rr::Record::from_rdata(asked.queries[0].name().clone(), 60, RData::A(hickory_proto::rr::rdata::A(Ipv4Addr::new(192, 0, 2, 7)))));
+    resolver.send_to(&answer.to_vec().unwrap(), from).unwrap();
+    let got = dns_reply(Some(Output::Frame(recv(5000))));
+    assert_eq!(answers(&got), vec!["192.0.2.7"]);
+    // Silence: SERVFAIL once the timeout passed.
+    send(&dns_frame(&dns_query("example.org.", RecordType::A)));
+    let _ = resolver.recv_from(&mut buf).expect("the second query reaches the resolver");
+    let failed = dns_reply(Some(Output::Frame(recv(5000))));
+    assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
+    port.stop();
+    let c = port.status().counters;
+    assert_eq!((c.dns_forwarded, c.dns_failed), (2, 1));
+}

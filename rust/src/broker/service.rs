@@ -24,6 +24,7 @@ mod dhcp;
 mod dns;
 mod frames;
 pub mod port;
+mod recorded;
 #[cfg(test)]
 mod tests;
 

@@ -62,7 +62,8 @@ pub fn answer(setup: &ServiceSetup, book: &mut dyn AddressBook, counters: &mut C
     match kind {
         MessageType::Discover => {
             let wanted = requested.filter(|r| setup.subnet.contains(*r));
-            let Some(address) = book.address_for(mac, hostname, wanted) else {
+            // The service's own address is never a client's, whatever the book says.
+            let Some(address) = book.address_for(mac, hostname, wanted).filter(|a| *a != setup.address) else {
                 counters.dhcp_unanswered += 1;
                 return None;
             };
@@ -77,7 +78,8 @@ pub fn answer(setup: &ServiceSetup, book: &mut dyn AddressBook, counters: &mut C
             }
             let wanted = requested.or(Some(msg.ciaddr()).filter(|c| !c.is_unspecified()));
             let Some(wanted) = wanted else { return malformed(counters) };
-            let given = if setup.subnet.is_client_address(wanted) { book.address_for(mac, hostname, Some(wanted)) } else { None };
+            let usable = setup.subnet.is_client_address(wanted) && wanted != setup.address;
+            let given = if usable { book.address_for(mac, hostname, Some(wanted)) } else { None };
             if given == Some(wanted) {
                 counters.dhcp_acks += 1;
                 Some(reply(setup, &msg, MessageType::Ack, wanted))

@@ -493,3 +493,66 @@ fn port_thread_forwards_other_names_and_answers_servfail_when_the_resolver_is_si
     let c = port.status().counters;
     assert_eq!((c.dns_forwarded, c.dns_failed), (2, 1));
 }
+
+/// The broker's records as the book: a MAC gets the address its record
+/// keeps on disk after the service (the broker) is gone and back, whoever
+/// asks first; the claimed name is served and reverse lookups give it.
+#[test]
+fn records_in_the_state_directory_give_a_mac_its_address_again() {
+    use crate::broker::records::Book;
+    let dir = std::env::temp_dir().join(format!("vmnet-rs-svc-records-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = setup();
+    let open = || Service::new(s.clone(), Book::open(&dir, "shared", s.subnet, None, &[]).unwrap());
+    let mut first = open();
+    let a = lease_in(&mut first, CLIENT_A, "alpha");
+    let b = lease_in(&mut first, CLIENT_B, "beta");
+    assert_ne!(a, b);
+    let r = ask_in(&mut first, "alpha.shared.vmnet.internal.", RecordType::A);
+    assert_eq!(answers_of(&r), vec![a.to_string()]);
+    let ptr = ask_in(&mut first, &format!("{}.in-addr.arpa.", reversed(b)), RecordType::PTR);
+    assert_eq!(answers_of(&ptr), vec!["beta.shared.vmnet.internal."]);
+    drop(first);
+    // B asks first this time; each still gets its own address.
+    let mut again = open();
+    assert_eq!(lease_in(&mut again, CLIENT_B, "beta"), b);
+    assert_eq!(lease_in(&mut again, CLIENT_A, "alpha"), a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [`lease`] for any book.
+fn lease_in<B: AddressBook>(s: &mut Service<B>, mac: [u8; 6], hostname: &str) -> Ipv4Addr {
+    let host = DhcpOption::Hostname(hostname.into());
+    let (_, _, offer) = dhcp_reply(s.handle_frame(&dhcp_frame(mac, &dhcp_message(mac, MessageType::Discover, vec![host.clone()]))));
+    let req = dhcp_message(mac, MessageType::Request, vec![host, DhcpOption::RequestedIpAddress(offer.yiaddr()), DhcpOption::ServerIdentifier(setup().address)]);
+    let (_, _, ack) = dhcp_reply(s.handle_frame(&dhcp_frame(mac, &req)));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    ack.yiaddr()
+}
+
+fn ask_in<B: AddressBook>(s: &mut Service<B>, name: &str, qtype: RecordType) -> DnsMessage {
+    dns_reply(s.handle_frame(&dns_frame(&dns_query(name, qtype))))
+}
+
+fn answers_of(m: &DnsMessage) -> Vec<String> {
+    answers(m)
+}
+
+/// A book that offers the service's own address (a full range) gets no
+/// answer from the service rather than a conflict on the network.
+#[test]
+fn the_service_address_is_never_leased() {
+    let small = Ipv4Subnet::parse("10.1.2.1/29", 8, 29).unwrap();
+    let s = ServiceSetup::new("tiny", small, None, SERVICE_MAC);
+    // A book over the whole range up to the service address.
+    let mut svc = Service::new(s.clone(), MemoryBook::new((Ipv4Addr::new(10, 1, 2, 6), Ipv4Addr::new(10, 1, 2, 6)), &[]));
+    let discover = dhcp_message(CLIENT_A, MessageType::Discover, vec![]);
+    let f = frames::udp_frame(CLIENT_A, BROADCAST_MAC, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, &discover.to_vec().unwrap());
+    assert_eq!(svc.handle_frame(&f), None);
+    let req = dhcp_message(CLIENT_A, MessageType::Request, vec![DhcpOption::RequestedIpAddress(s.address)]);
+    let f = frames::udp_frame(CLIENT_A, BROADCAST_MAC, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 68, 67, &req.to_vec().unwrap());
+    let Some(Output::Frame(nak)) = svc.handle_frame(&f) else { panic!("no NAK") };
+    let Ok(Inbound::Udp(u)) = frames::parse(&nak) else { panic!("not UDP") };
+    assert_eq!(v4::Message::decode(&mut Decoder::new(u.payload)).unwrap().opts().msg_type(), Some(MessageType::Nak));
+    assert_eq!((svc.counters().dhcp_unanswered, svc.counters().dhcp_naks), (1, 1));
+}

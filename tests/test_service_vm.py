@@ -6,7 +6,9 @@ by itself, so the VMs outlive a broker SIGKILL). They get leases from the
 broker's port, claim their names by DHCP host name, resolve and ping each
 other by name, get the names back from reverse lookups, and get the same
 address after their own restart and after the broker is killed and started
-again (the broker's records are in its state directory).
+again (the broker's records are in its state directory). A third VM
+started with ``vmnet-rs run --name`` is found under the name the broker
+granted it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from brokerproc import wait_until
-from vm.broker import BrokerProcess, path_guest
+from vm.broker import BrokerProcess, path_guest, run_guest
 from vm.qemu import Guest
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.skipif(sys.platform != "linux", reason="Linux backend")]
@@ -94,6 +96,17 @@ def test_two_vms_lease_and_resolve_from_the_broker_port(netns, broker, tmp_path)
         a.check(f"ping -c 1 -W 10 beta.{DOMAIN}", timeout=60)
         assert f"alpha.{DOMAIN}" in lookup(b, addrs["alpha"])
         assert f"beta.{DOMAIN}" in lookup(a, addrs["beta"])
+
+        # A name the broker granted (``vmnet-rs run --name``) is served too.
+        gamma = run_guest(netns, broker, "gamma", [NETWORK], tmp_path)
+        try:
+            gamma.wait_ready()
+            assert gamma.ip and gamma.ip.startswith(f"{SUBNET}.") and gamma.ip not in addrs.values()
+            assert gamma.ip in lookup(a, f"gamma.{DOMAIN}")
+            assert f"gamma.{DOMAIN}" in lookup(b, gamma.ip)
+            a.check(f"ping -c 1 -W 10 gamma.{DOMAIN}", timeout=60)
+        finally:
+            gamma.close()
 
         # alpha restarts: same MAC, same address, same name.
         assert a.close() is not None

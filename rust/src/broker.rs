@@ -178,6 +178,9 @@ struct Lifecycle {
 
 /// The transport-independent broker.
 pub struct Core {
+    /// Itself, for a thread that takes the state lock later: the service
+    /// port of an `addresses: broker` network reads the address records.
+    me: std::sync::Weak<Core>,
     options: BrokerOptions,
     state: Mutex<state::State>,
     lifecycle: Mutex<Lifecycle>,
@@ -202,7 +205,8 @@ impl Core {
         // directory; the test hub's live in memory.
         let records_dir = (options.backend == Backend::Platform).then_some(options.backend_options.state_dir.as_path());
         state.records = records::Records::new(records_dir);
-        Arc::new(Core {
+        Arc::new_cyclic(|me| Core {
+            me: me.clone(),
             options,
             state: Mutex::new(state),
             lifecycle: Mutex::new(Lifecycle::default()),

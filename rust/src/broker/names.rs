@@ -74,9 +74,11 @@ impl State {
             .filter(|l| l.mac.parse::<MacAddr>().ok() != Some(mac))
             .filter_map(|l| l.address.parse().ok())
             .collect();
+        // The broker's own DHCP/DNS port holds one address (broker/service.rs).
+        let service = self.networks.get(network).filter(|e| e.service.is_some()).and_then(|e| e.network.state().ipv4_subnet()).map(super::service::service_address);
         let book = self.book(network).ok_or_else(|| Failure::new(code::NOT_FOUND, format!("network {network} is not live or has no IPv4 subnet yet")))?;
         let known: Vec<Ipv4Addr> = book.entries().iter().map(|e| e.ipv4).collect();
-        book.avoid(dynamic.into_iter().filter(|a| !known.contains(a)));
+        book.avoid(dynamic.into_iter().filter(|a| !known.contains(a)).chain(service));
         let grant = book.grant(name, mac).map_err(|r| match r {
             Refusal::NameHeld { .. } | Refusal::Reserved { .. } => Failure::new(code::NAME_TAKEN, r.to_string()),
             Refusal::BadName { .. } => Failure::invalid(r.to_string()),

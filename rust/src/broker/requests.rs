@@ -468,7 +468,7 @@ impl Core {
             .map_err(|e| Failure::new(code::CREATE_FAILURE, format!("could not create network {name}: {e}")))?;
         // On error the network drops here, which tears it down.
         let service = match config.addresses() {
-            crate::config::Addresses::Broker => Some(super::service::start_on(name, network.as_ref(), &config, |subnet| self.service_records(name, subnet, &config)).map_err(|e| {
+            crate::config::Addresses::Broker => Some(super::service::start_on(name, network.as_ref(), &config, |_| super::service::SharedBook::new(self.with_state(), name)).map_err(|e| {
                 Failure::new(code::CREATE_FAILURE, format!("could not start the broker's DHCP/DNS port on network {name}: {e}"))
             })?),
             crate::config::Addresses::Platform => None,
@@ -479,6 +479,11 @@ impl Core {
         st.refresh_idle();
         // The addresses recorded for this network's VMs (earlier runs) stay theirs.
         st.publish(name);
+        // The broker's own port holds its address: the records never give it.
+        let service = st.networks.get(name).filter(|e| e.service.is_some()).and_then(|e| e.network.state().ipv4_subnet());
+        if let (Some(subnet), Some(book)) = (service, st.book(name)) {
+            book.avoid([super::service::service_address(subnet)]);
+        }
         Ok(diffs)
     }
 
@@ -1139,24 +1144,16 @@ fn service_status(sv: &super::service::ServiceStatus) -> Value {
 }
 
 impl Core {
-    /// The records the service port of network `name` answers from: the
-    /// network's book in the state directory (memory only when it cannot
-    /// be used, said in the log).
-    fn service_records(&self, name: &str, subnet: crate::config::Ipv4Subnet, config: &NetworkConfig) -> super::records::Book {
-        let reservations: Vec<(MacAddr, std::net::Ipv4Addr)> = config.dhcp_reservations().iter().map(|r| (r.mac, r.address)).collect();
-        let dir = &self.options.backend_options.state_dir;
-        let memory = || super::records::Book::in_memory(name, subnet, config.ipv6_prefix(), &reservations);
-        if dir.as_os_str().is_empty() {
-            let mut book = memory();
-            book.avoid([super::service::service_address(subnet)]);
-            return book;
-        }
-        let mut book = super::records::Book::open(dir, name, subnet, config.ipv6_prefix(), &reservations).unwrap_or_else(|e| {
-            log::warn!("{e}");
-            memory()
-        });
-        // The records' range ends at the broadcast address - 1: the port's own.
-        book.avoid([super::service::service_address(subnet)]);
-        book
+    /// Runs a function under the state lock from another thread, while the
+    /// broker lives (the service port's way to its network's records).
+    fn with_state(&self) -> super::service::WithState {
+        let me = self.me.clone();
+        std::sync::Arc::new(move |f: &mut dyn FnMut(&mut State)| match me.upgrade() {
+            Some(core) => {
+                f(&mut core.lock_state());
+                true
+            }
+            None => false,
+        })
     }
 }

@@ -25,6 +25,7 @@ mod dns;
 mod frames;
 pub mod port;
 mod recorded;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +34,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 pub use book::{AddressBook, MemoryBook};
+pub use shared::{SharedBook, WithState};
 pub use port::{ServicePort, ServiceStatus};
 
 use crate::config::{Ipv4Subnet, MacAddr};
@@ -301,7 +303,7 @@ pub fn start_on<B: AddressBook + 'static>(
     // interfaces must match the network's offload setting.
     let desc = crate::vmnet::InterfaceDesc { mac: Some(service_mac(name)), isolation: false, offload: cfg!(target_os = "macos") && config.offload() };
     let iface = network.start_interface(&desc)?;
-    let setup = ServiceSetup::new(name, subnet, gateway_v6, iface.info().mac);
+    let setup = ServiceSetup { domain: config.dns_domain(name), ..ServiceSetup::new(name, subnet, gateway_v6, iface.info().mac) };
     let book = book(subnet);
     let upstreams = if config.dns_proxy() { upstreams_file().map(|f| port::upstreams_from(&f, setup.address)).unwrap_or_default() } else { Vec::new() };
     ServicePort::start(iface, setup, book, upstreams).map_err(|e| crate::vmnet::Error::io(format!("start the service port of network {name:?}"), e))

@@ -309,10 +309,14 @@ impl<B: AddressBook> Loop<B> {
         self.write_drops += rest.len() as u64;
     }
 
+    /// The book is read before the status lock is taken: the broker's
+    /// `status` holds its state lock while it takes the status lock, and
+    /// the shared book takes the state lock.
     fn publish(&self) {
+        let records = self.service.book().entries();
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         s.counters = self.service.counters().clone();
-        s.records = self.service.book().entries();
+        s.records = records;
         s.write_drops = self.write_drops;
     }
 }

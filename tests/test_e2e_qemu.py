@@ -242,3 +242,89 @@ def broker_view(broker) -> tuple[dict, dict]:
         status = c.status()
     leases = {str(lease.get("mac", "")).lower(): lease for lease in status["leases"].values()}
     return leases, dict(status["adaptors"])
+
+
+# --- names -----------------------------------------------------------------------
+
+
+def test_vms_reach_each_other_by_name_and_keep_their_addresses(netns, tmp_path):
+    """docs/config.md, "Names and addresses": `run --name alpha` / `--name
+    beta` on shared; beta resolves and pings alpha.shared.vmnet.internal;
+    `vmnet-rs resolve` and the network's DNS server agree; reverse lookups;
+    host.shared... is the gateway; a second `run --name alpha` is refused; a
+    guest whose DHCP host name is alpha does not get the name; alpha keeps its
+    address after a lost lease file and after the broker's SIGKILL."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from vm.broker import VMNET_RS
+    from vm.qemu import qemu_base_argv
+
+    # dnsmasq, running as nobody, re-reads its fixed entries from the state
+    # directory: one it can pass (pytest's own directories are 0700).
+    work = Path(tempfile.mkdtemp(prefix="vmnet-rs-e2e-names-"))
+    work.chmod(0o711)
+    gateway, domain = GATEWAYS["shared"], "shared.vmnet.internal"
+    dnsquery = str(Path(__file__).with_name("dnsquery.py"))
+    guests: list[Guest] = []
+    broker = BrokerProcess(netns, work)
+    try:
+        alpha = run_guest(netns, broker, "alpha", ["shared"], tmp_path)
+        beta = run_guest(netns, broker, "beta", ["shared"], tmp_path)
+        guests += [alpha, beta]
+        for g in guests:
+            g.wait_ready()
+        assert alpha.ip and beta.ip and alpha.ip != beta.ip
+        # beta finds alpha by name, forward and reverse, and pings it by name.
+        out = beta.check(f"nslookup alpha.{domain}", timeout=60)
+        assert alpha.ip in out, out
+        beta.check(f"ping -c 1 -W 10 alpha.{domain}", timeout=60)
+        out = beta.check(f"nslookup {alpha.ip}", timeout=60)
+        assert f"alpha.{domain}" in out, out
+        assert gateway in beta.check(f"nslookup host.{domain}", timeout=60)
+        # The host side: `vmnet-rs resolve` and a DNS query from the broker's namespace agree.
+        r = subprocess.run([*VMNET_RS, "resolve", "--json", "--socket", broker.socket, "alpha"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert [a["address"] for a in json.loads(r.stdout)] == [alpha.ip]
+        asked = json.loads(netns.run([sys.executable, dnsquery, gateway, f"alpha.{domain}", "A"]).stdout)
+        assert asked["answers"] == [alpha.ip]
+        assert json.loads(netns.run([sys.executable, dnsquery, gateway, beta.ip, "PTR"]).stdout)["answers"] == [f"beta.{domain}"]
+        # A second `run --name alpha` is refused, saying why.
+        second = netns.run([*VMNET_RS, "run", "--socket", broker.socket, "--name", "alpha", "--", *qemu_base_argv("alpha")], check=False, timeout=120)
+        assert second.returncode == 1 and 'name "alpha" is held on network shared' in second.stderr, second.stderr
+        # A guest that calls itself alpha over DHCP (no name from its client) gets an address, not the name.
+        gamma = path_guest(netns, broker, "gamma", "shared", "stream", tmp_path)
+        guests.append(gamma)
+        gamma.wait_ready()
+        gamma.check("udhcpc -i eth0 -n -q -t 10 -T 3 -x hostname:alpha -s /etc/udhcpc.script", timeout=120)
+        assert json.loads(netns.run([sys.executable, dnsquery, gateway, f"alpha.{domain}", "A"]).stdout)["answers"] == [alpha.ip]
+        with broker.client() as c:
+            names = c.status()["networks"]["shared"]["names"]
+        assert names["alpha"]["kind"] == "granted" and names["alpha"]["address"] == alpha.ip, names
+        # alpha stops; dnsmasq's lease file is lost; alpha comes back (no --mac): same address.
+        address = alpha.ip
+        alpha.close()
+        wait_until("alpha's name goes with its lease", lambda: json.loads(netns.run([sys.executable, dnsquery, gateway, f"alpha.{domain}", "A"]).stdout)["rcode"] == 3, 60, 0.5)
+        for f in (work / "state").glob("*.leases"):
+            f.unlink()
+        alpha = run_guest(netns, broker, "alpha", ["shared"], tmp_path)
+        guests.append(alpha)
+        alpha.wait_ready()
+        assert alpha.ip == address
+        # The broker dies without a word and starts again: alpha, started again, keeps its address.
+        for g in guests:
+            g.close()
+        broker.kill()
+        broker.start()
+        alpha = run_guest(netns, broker, "alpha", ["shared"], tmp_path)
+        guests.append(alpha)
+        alpha.wait_ready()
+        assert alpha.ip == address
+    finally:
+        for g in guests:
+            g.close()
+        broker.close()
+        shutil.rmtree(work, ignore_errors=True)

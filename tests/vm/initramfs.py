@@ -71,7 +71,8 @@ done
 """
 
 UDHCPC_SCRIPT = r"""#!/bin/sh
-# udhcpc hook: applies the lease and records it as "ip/mask router".
+# udhcpc hook: applies the lease and records it as "ip/mask router";
+# the DNS server goes to /etc/resolv.conf.
 case "$1" in
   bound|renew)
     ip addr flush dev "$interface"
@@ -80,6 +81,10 @@ case "$1" in
       ip route replace default via ${router%% *} dev "$interface"
     fi
     echo "$ip/${mask:-24} ${router%% *}" > /run/lease
+    # The network's DNS server, so names resolve (ping NAME, nslookup NAME).
+    if [ -n "$dns" ]; then
+      echo "nameserver ${dns%% *}" > /etc/resolv.conf
+    fi
     ;;
   deconfig)
     ip addr flush dev "$interface"

@@ -98,6 +98,9 @@ pub struct LinuxNetwork {
     /// Repairs of this network's pieces (watcher, dnsmasq supervisor, status).
     guard: Arc<Mutex<repair::Guard>>,
     watcher: Mutex<Option<watch::Watcher>>,
+    /// The named fixed hosts dnsmasq was last given (their DHCP leases are
+    /// released when the name goes: `set_fixed_hosts`).
+    named: Mutex<Vec<FixedHost>>,
     /// The forwarding sysctls this network turned on (given back at close).
     forwarding: Mutex<Vec<&'static str>>,
 }
@@ -224,6 +227,7 @@ impl LinuxNetwork {
             state_dir: dir.clone(),
             guard: Arc::new(Mutex::new(repair::Guard::new(name, options.repair.clone(), &pieces))),
             watcher: Mutex::new(None),
+            named: Mutex::new(Vec::new()),
             forwarding: Mutex::new(Vec::new()),
         };
         // On error `net` drops here, which tears down whatever was made.
@@ -468,7 +472,17 @@ impl Network for LinuxNetwork {
         }
         let reserved: Vec<String> = self.plan.reservations.iter().map(|(m, _)| m.clone()).collect();
         dnsmasq::write_fixed(&self.files, hosts, &self.plan.domain, &reserved, self.dnsmasq_pid())
-            .map_err(|e| Error::io(format!("give network {:?}'s dnsmasq its fixed entries ({})", self.name, self.files.hosts.display()), e))
+            .map_err(|e| Error::io(format!("give network {:?}'s dnsmasq its fixed entries ({})", self.name, self.files.hosts.display()), e))?;
+        // A name that went (its VM left): dnsmasq would go on serving it
+        // from the DHCP lease it named; that lease is released.
+        let now: Vec<FixedHost> = hosts.iter().filter(|h| h.name.is_some()).cloned().collect();
+        let before = std::mem::replace(&mut *self.named.lock().unwrap_or_else(|e| e.into_inner()), now.clone());
+        for gone in before.iter().filter(|h| !now.iter().any(|n| n.mac == h.mac && n.name == h.name)) {
+            if let Err(e) = dnsmasq::release_lease(&self.bridge, gone) {
+                log::warn!("network {:?}: {e}; the name {} may be served until its DHCP lease expires", self.name, gone.name.as_deref().unwrap_or("-"));
+            }
+        }
+        Ok(())
     }
 
     fn pieces(&self) -> Vec<PieceHealth> {

@@ -193,6 +193,22 @@ pub fn write_fixed(files: &Files, hosts: &[FixedHost], domain: &str, reserved: &
     Ok(())
 }
 
+/// Ends the DHCP lease of `host` in the network's dnsmasq (on `bridge`)
+/// with `dhcp_release` (dnsmasq-utils), so the name it carries is no
+/// longer served; the address stays `host`'s by its fixed entry.
+pub fn release_lease(bridge: &str, host: &FixedHost) -> Result<(), String> {
+    let out = Command::new("dhcp_release")
+        .args([bridge, &host.ipv4.to_string(), &host.mac.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("could not run dhcp_release (install dnsmasq-utils): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("dhcp_release {bridge} {} {} failed ({}): {}", host.ipv4, host.mac, out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// The first directory above `path` that dnsmasq cannot pass once it has
 /// dropped root for its own user (`nobody`): one not open to others
 /// (`o+x`). dnsmasq re-reads the fixed entries (`write_fixed`) after

@@ -227,3 +227,26 @@ def test_an_offload_datagram_endpoint_gets_a_doctor_line_on_macos(tmp_path: Path
     bad = tmp_path / "bad.yaml"
     bad.write_text("vmnet:\n  x:\n    mode: nope\n")
     assert doctor._datagram_size_checks(str(bad), "macos")[0].verdict == doctor.SKIP
+
+
+def test_host_lookups_say_whether_the_host_finds_vm_names(monkeypatch):
+    """doctor: `host.<domain>` through the host's own resolver gives the
+    gateway (OK), or a warning naming `vmnet-rs install --resolver`."""
+    import socket
+
+    from vmnet_rs.doctor import OK, WARN, host_lookup_checks
+
+    status = {"networks": {"lab": {"names": {"host": {"fqdn": "host.lab.vmnet.internal", "address": "10.61.0.1"}}}, "bare": {}}}
+    answers = {"host.lab.vmnet.internal": "10.61.0.1"}
+
+    def fake(host, *_a, **_k):
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (answers[host], 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    [ok] = host_lookup_checks(status)
+    assert (ok.name, ok.verdict, ok.detail) == ("network lab host lookups", OK, "host.lab.vmnet.internal -> 10.61.0.1")
+    answers.clear()
+    [warn] = host_lookup_checks(status)
+    assert warn.verdict == WARN and "does not resolve on the host" in warn.detail and "install --resolver" in warn.fix

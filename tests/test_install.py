@@ -305,3 +305,23 @@ def test_linux_plan_warns_when_root_would_run_a_user_writable_binary(tmp_path: P
         f"WARNING: {exe} is owned by uid 1000 (mode 755) and systemd runs {exe} as root: whoever can change it can become root; "
         "on a shared machine install vmnet-rs as root into a root-owned prefix"
     ]
+
+
+def test_resolver_dry_run_prints_what_it_would_write_and_run(tmp_path):
+    """`vmnet-rs install --resolver --dry-run`: each network's name domain,
+    pointed at its gateway; nothing is changed (a dry run only)."""
+    from click.testing import CliRunner
+
+    from vmnet_rs.cli import cli
+
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text("vmnet:\n  lab:\n    mode: host\n    subnet: 10.61.0.0/24\n    domain: lab.internal\n  quiet:\n    mode: host\n    subnet: 10.62.0.0/24\n    dnsProxy: false\n")
+    mac = CliRunner().invoke(cli, ["install", "--resolver", "--dry-run", "--platform", "macos", "--config", str(cfg)])
+    assert mac.exit_code == 0, mac.output
+    assert "write /etc/resolver/lab.internal (mode 644):\n    # vmnet-rs: names of VMs on this network\n    nameserver 10.61.0.1\n" in mac.output
+    assert "write /etc/resolver/shared.vmnet.internal (mode 644):" in mac.output and "nameserver 192.168.107.1" in mac.output
+    assert "quiet" not in mac.output, "a network without dnsProxy answers no names"
+    linux = CliRunner().invoke(cli, ["install", "--resolver", "--dry-run", "--platform", "linux", "--config", str(cfg)])
+    assert linux.exit_code == 0, linux.output
+    assert "run: resolvectl dns vmr-lab 10.61.0.1\nrun: resolvectl domain vmr-lab '~lab.internal'" in linux.output, linux.output
+    assert not Path("/etc/resolver/lab.internal").exists()

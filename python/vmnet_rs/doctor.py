@@ -327,6 +327,7 @@ def _live_checks(connect: Any, where: str, network: str, serialization: bool = F
         return [first] + [Check(n, SKIP, "no broker to test through") for n in names[1:]]
     out = [Check("broker answers", OK, f"{where}: pid {st.get('pid')} version {st.get('version')} backend {st.get('backend')}")]
     out += network_piece_checks(st)
+    out += host_lookup_checks(st)
     if st.get("config_error"):
         out.append(Check("broker configuration", WARN, f"serving the last good configuration: {st['config_error']}", "fix the file named; `vmnet-rs networks check FILE`"))
     with client:
@@ -355,6 +356,24 @@ def network_piece_checks(status: Mapping[str, Any]) -> List[Check]:
                 out.append(Check(label, WARN, f"present, but left alone: {alone}{repairs}", "see docs/linux.md (repairs)"))
             else:
                 out.append(Check(label, OK, f"present{repairs}"))
+    return out
+
+
+def host_lookup_checks(status: Mapping[str, Any]) -> List[Check]:
+    """Whether the host finds each live network's names through its own
+    resolver (``host.<domain>`` must give the gateway): OK, or a warning
+    naming the fix (``vmnet-rs install --resolver``; `vmnet-rs resolve`
+    answers either way)."""
+    from .install import host_lookup_works
+
+    out = []
+    for name, n in sorted(status.get("networks", {}).items()):
+        host = n.get("names", {}).get("host")
+        if not host or not host.get("address"):
+            continue
+        ok, detail = host_lookup_works("host", str(host["fqdn"]), str(host["address"]))
+        fix = "" if ok else "sudo vmnet-rs install --resolver (vmnet-rs resolve NAME answers without it)"
+        out.append(Check(f"network {name} host lookups", OK if ok else WARN, detail, fix))
     return out
 
 

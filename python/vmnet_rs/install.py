@@ -51,7 +51,7 @@ from . import __version__, _native, drivers
 from .errors import VmnetError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .config import Config, NetworkConfig
 
 DEFAULT_MACH_SERVICE: str = _native.DEFAULT_MACH_SERVICE
 ENTITLEMENT = "com.apple.security.virtualization"
@@ -621,6 +621,65 @@ def linux_uninstall_plan(unit_dir: Path = SYSTEMD_DIR) -> Plan:
     return plan
 
 
+# --- the host's resolver (VM names) ------------------------------------------------
+
+MACOS_RESOLVER_DIR = Path("/etc/resolver")
+
+
+def network_domain(name: str, net: "NetworkConfig") -> str:
+    """The network's name domain (docs/config.md, "Names and addresses")."""
+    return net.domain or f"{name}.vmnet.internal"
+
+
+def _named_networks(cfg: "Config") -> List[Tuple[str, str, str]]:
+    """(network, domain, gateway) of every network whose DNS answers names:
+    a fixed subnet and ``dnsProxy`` on."""
+    return [(n, network_domain(n, c), c.gateway) for n, c in sorted(cfg.networks.items()) if c.dns_proxy and c.gateway]
+
+
+def resolver_plan(platform: str, cfg: "Config") -> Plan:
+    """Registers each network's domain with the host's resolver, so the host
+    finds VMs by name. macOS: ``/etc/resolver/<domain>`` naming the gateway
+    (needs administrator rights). Linux: systemd-resolved per-link DNS on
+    the network's bridge (``resolvectl dns`` / ``resolvectl domain ~DOMAIN``),
+    for bridges that exist now; a per-link setting goes with the bridge, so
+    run it again after the broker made the network anew."""
+    plan = Plan(platform)
+    named = _named_networks(cfg)
+    if not named:
+        plan.notes.append("no network has a fixed subnet and dnsProxy on: nothing to register")
+        plan.up_to_date = True
+        return plan
+    if platform == "macos":
+        for _, domain, gw in named:
+            plan.writes.append(FileWrite(MACOS_RESOLVER_DIR / domain, f"# vmnet-rs: names of VMs on this network\nnameserver {gw}\n".encode(), 0o644))
+        if os.geteuid() != 0:
+            plan.notes.append(f"writing {MACOS_RESOLVER_DIR} needs administrator rights: run with sudo")
+        return plan
+    from ._native import bridge_name
+
+    for net, domain, gw in named:
+        bridge = bridge_name(net)
+        plan.commands.append(["resolvectl", "dns", bridge, gw])
+        plan.commands.append(["resolvectl", "domain", bridge, f"~{domain}"])
+        plan.explain[("resolvectl", "dns", bridge, gw)] = f"network {net}'s bridge {bridge} must exist (start a VM on it first) and systemd-resolved must run"
+    plan.notes.append("per-link settings last as long as each bridge; run `vmnet-rs install --resolver` again after the broker made a network anew")
+    return plan
+
+
+def host_lookup_works(name: str, fqdn: str, expected: str) -> Tuple[bool, str]:
+    """Whether the host's own resolver gives ``expected`` for ``fqdn`` (doctor)."""
+    import socket as _socket
+
+    try:
+        found = sorted({i[4][0] for i in _socket.getaddrinfo(fqdn, None, _socket.AF_INET)})
+    except OSError as e:
+        return False, f"{fqdn} does not resolve on the host ({e}); register the domain: vmnet-rs install --resolver"
+    if expected in found:
+        return True, f"{fqdn} -> {expected}"
+    return False, f"{fqdn} resolves to {', '.join(found)} on the host, not {expected}; register the domain: vmnet-rs install --resolver"
+
+
 # --- commands ------------------------------------------------------------------------
 
 
@@ -689,10 +748,19 @@ _domain_option = click.option(
 @click.option("--mach-service", default=None, help=f"macOS: the Mach service and LaunchAgent label (default {DEFAULT_MACH_SERVICE}).")
 @click.option("--force", is_flag=True, help="Rewrite, sign and reload even if up to date.")
 @click.option("--dry-run", is_flag=True, help="Print what would be written and run; change nothing.")
+@click.option("--resolver", is_flag=True,
+              help="Instead: register each network's name domain with the host's resolver (macOS /etc/resolver/DOMAIN, "
+                   "as administrator; Linux systemd-resolved per-link DNS on the bridge), so the host finds VMs by name.")
 @_domain_option
 @_platform_option
-def install_command(config: Optional[str], socket: Optional[str], mach_service: Optional[str], force: bool, dry_run: bool, domain: str, platform: Optional[str]) -> None:
+def install_command(config: Optional[str], socket: Optional[str], mach_service: Optional[str], force: bool, dry_run: bool, resolver: bool,
+                    domain: str, platform: Optional[str]) -> None:
     """Register the native broker: a LaunchAgent (macOS) or systemd sockets + service (Linux)."""
+    if resolver:
+        from .config import load_config
+
+        run_plan(resolver_plan(platform or current_platform(), load_config(os.path.abspath(config) if config else None)), dry_run)
+        return
     plan = install_plan(platform or current_platform(), config, socket, mach_service, force, domain, dry_run)
     run_plan(plan, dry_run)
 

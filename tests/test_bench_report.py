@@ -152,3 +152,37 @@ def test_the_stream_relay_block_compares_relay_cpu_with_the_per_frame_relay(tmp_
     assert "| `stream` | 3.0 | 4.0 | 40 / 40 |" in text
     assert "0.25 at 64 B, 0.31 at 1514 B" in text
     assert check(tmp_path).returncode == 0
+
+
+def load_script():
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("bench_report", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("bench_report", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_a_run_without_vm_backends_keeps_the_last_ones_dated_as_they_were(tmp_path: Path) -> None:
+    br = load_script()
+    old = {**results(), "date": "2026-12-01T10:00Z", "commit": "aaaaaaaaaaaa", "command": "scripts/bench-report --vm",
+           "vm": {"seconds": 5, "mbit_per_s": {"tap_next": [700.0], "stream": [480.0]}}}
+    previous = tmp_path / "results.json"
+    previous.write_text(json.dumps(old))
+    kept = br.kept_vm_backends(previous)
+    assert kept["mbit_per_s"] == old["vm"]["mbit_per_s"]
+    assert kept["measured"]["date"] == "2026-12-01T10:00Z" and kept["measured"]["command"] == "scripts/bench-report --vm"
+    # Kept again by a later run: still the first run's date, not the middle one's.
+    later = {**results(), "date": "2026-12-05T10:00Z", "vm": kept}
+    previous.write_text(json.dumps(later))
+    assert br.kept_vm_backends(previous)["measured"]["date"] == "2026-12-01T10:00Z"
+    # Rendered beside a newer run, the block names the run that measured it.
+    text = br.render_vm({**results(), "vm": kept}, ["tap_next", "stream"])
+    assert "2026-12-01T10:00Z, commit aaaaaaaaaa" in text and "2026-12-06T23:40Z" not in text
+    assert "| `tap_next` | 700 |" in text
+    # Nothing to keep: no file, or no backends in it.
+    assert br.kept_vm_backends(tmp_path / "missing.json") is None
+    previous.write_text(json.dumps(results()))
+    assert br.kept_vm_backends(previous) is None

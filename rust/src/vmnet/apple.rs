@@ -190,6 +190,16 @@ impl VmnetNetwork {
 /// every object made so far is released.
 pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptions) -> Result<Box<dyn Network>, Error> {
     let _ = options;
+    // A subnet the host already uses (an interface's address inside it)
+    // would collide; say which network and which interface, before creating.
+    if let (Some(subnet), Some(entries)) = (config.subnet(), interface_addresses()) {
+        if let Some(iface) = crate::vmnet::host_interface::subnet_collision(&entries, &subnet) {
+            return Err(Error::Platform {
+                op: format!("create network {name}"),
+                source: format!("subnet {subnet} of network {name} overlaps the address of host interface {iface}; choose another subnet").into(),
+            });
+        }
+    }
     let steps = mapping::configuration_steps(config);
     let v = ffi::vmnet()?;
     let Some(Step::Create { mode }) = steps.first() else {
@@ -218,6 +228,11 @@ pub fn create_network(name: &str, config: &NetworkConfig, options: &BackendOptio
 
     let state = read_state(v, &network)?;
     log::info!("vmnet network {name} created: {} {:?}", state.subnet, state.ipv6_prefix);
+    // vmnet_network_get_ipv4_subnet (vmnet/vmnet.h, read by read_state) says
+    // what vmnet really gave; it may differ from the subnet asked for.
+    if let Some(changed) = crate::vmnet::host_interface::subnet_changed(name, config.subnet(), &state.subnet) {
+        log::warn!("{changed}");
+    }
     // The broker passes the object itself on; whether its Dict form would
     // rebuild it unchanged matters only to clients that rebuild it.
     // SAFETY: the serialization is a live XPC object.

@@ -61,9 +61,42 @@ impl HostInterfaceWatch {
     }
 }
 
+/// The first host interface address inside `subnet` (a network whose
+/// subnet the host already uses elsewhere), as `en0 (192.168.107.5)`; vmnet
+/// networks are checked before they are created, so none of them holds it.
+pub fn subnet_collision(entries: &[IfAddr], subnet: &crate::config::Ipv4Subnet) -> Option<String> {
+    entries.iter().find_map(|e| match e.addr {
+        IpAddr::V4(a) if subnet.contains(a) => Some(format!("{} ({a})", e.name)),
+        _ => None,
+    })
+}
+
+/// What to report when the platform gave another subnet than the one asked
+/// for (`vmnet_network_get_ipv4_subnet` read back after creation): `None`
+/// when none was asked for or it was honoured.
+pub fn subnet_changed(network: &str, asked: Option<crate::config::Ipv4Subnet>, got: &str) -> Option<String> {
+    let asked = asked?;
+    if asked.to_string() == got {
+        return None;
+    }
+    Some(format!("network {network}: asked vmnet for subnet {asked}, vmnet chose {got} (the subnet may be in use on the host); VMs get addresses in {got}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets_in_use_and_subnets_vmnet_changed_are_named() {
+        let s: crate::config::Ipv4Subnet = "192.168.107.0/24".parse().unwrap();
+        let entries = [entry("lo0", "127.0.0.1"), entry("en0", "fe80::1"), entry("en0", "192.168.107.5")];
+        assert_eq!(subnet_collision(&entries, &s).as_deref(), Some("en0 (192.168.107.5)"));
+        assert_eq!(subnet_collision(&entries[..2], &s), None);
+        assert_eq!(subnet_changed("shared", Some(s), "192.168.107.1/24"), None);
+        assert_eq!(subnet_changed("shared", None, "192.168.64.1/24"), None);
+        let m = subnet_changed("shared", Some(s), "192.168.64.1/24").unwrap();
+        assert!(m.starts_with("network shared: asked vmnet for subnet 192.168.107.1/24, vmnet chose 192.168.64.1/24"), "{m}");
+    }
 
     fn entry(name: &str, addr: &str) -> IfAddr {
         IfAddr { name: name.into(), addr: addr.parse().unwrap() }

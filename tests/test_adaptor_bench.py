@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
 import pytest
+from brokerproc import wait_until
 
 from vmnet_rs import bench as bench_mod
 from vmnet_rs.bench import KINDS, PAIRS, PATHS, SIZES, summarise
@@ -149,3 +151,26 @@ def test_endpoint_paths_run_on_a_real_bridge_and_account_for_every_frame() -> No
     # Without the adaptor cases in the run there is no fd relay to compare with.
     assert summary["datagram"]["1514"]["relay_cpu_per_frame_vs_datagram_next"] is None
     assert any(line.startswith("endpoint datagram 1514 B: frames/s vs direct datagram link") for line in bench_mod.endpoint_table(ep))
+
+
+def bench_namespaces() -> set:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("vmrs-bench-")}
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_a_stopped_bench_deletes_the_namespaces_it_made():
+    before = bench_namespaces()
+    proc = subprocess.Popen([sys.executable, "-m", "vmnet_rs", "bench", "--quick", "--json", "--no-iperf", "--no-slow-reader"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        made = wait_until("the bench to make a namespace", lambda: (proc.poll() is not None) or bench_namespaces() - before, timeout=60)
+        assert proc.poll() is None and made, "the bench ended before it made a namespace"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert bench_namespaces() - before == set()

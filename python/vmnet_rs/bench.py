@@ -30,6 +30,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -69,10 +70,14 @@ class Namespace:
     def __init__(self, tag: str) -> None:
         self.name = f"vmrs-bench-{tag}-{uuid.uuid4().hex[:6]}"
         _run(["ip", "netns", "add", self.name])
-        self.ip("link set lo up")
-        for key in ("all", "default"):
-            # No IPv6 chatter (router solicitations, MLD) on the links.
-            self.exec(["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"], check=False)
+        try:
+            self.ip("link set lo up")
+            for key in ("all", "default"):
+                # No IPv6 chatter (router solicitations, MLD) on the links.
+                self.exec(["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"], check=False)
+        except BaseException:  # a failure or a stop (SIGTERM) before the caller holds it
+            self.close()
+            raise
 
     def exec(self, cmd: List[str], **kw: Any) -> subprocess.CompletedProcess:
         return _run(["ip", "netns", "exec", self.name, *cmd], **kw)
@@ -83,6 +88,12 @@ class Namespace:
 
     def bridge_fdb(self, *lines: str) -> None:
         _run(["bridge", "-n", self.name, "-batch", "-"], input="\n".join(lines) + "\n")
+
+    def __enter__(self) -> "Namespace":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.close()
 
     def close(self) -> None:
         r = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
@@ -107,9 +118,13 @@ class Bench:
 
     def namespace(self, tag: str) -> Namespace:
         ns = Namespace(tag)
-        if self.dgram_qlen is not None:
-            # Per namespace: sockets made in it (relays are started there) get it.
-            ns.exec(["sysctl", "-qw", f"net.unix.max_dgram_qlen={self.dgram_qlen}"])
+        try:
+            if self.dgram_qlen is not None:
+                # Per namespace: sockets made in it (relays are started there) get it.
+                ns.exec(["sysctl", "-qw", f"net.unix.max_dgram_qlen={self.dgram_qlen}"])
+        except BaseException:  # as in Namespace(): not yet the caller's to close
+            ns.close()
+            raise
         return ns
 
     # --- frame paths --------------------------------------------------------------
@@ -240,22 +255,18 @@ class Bench:
             srv.wait()
 
     def iperf_veth(self) -> Dict[str, Any]:
-        a, b = Namespace("ia"), Namespace("ib")
-        try:
+        # Each namespace is closed even when making the next one fails.
+        with Namespace("ia") as a, Namespace("ib") as b:
             veth = f"bv{uuid.uuid4().hex[:6]}"
             a.ip(f"link add {veth}a type veth peer name {veth}b netns {b.name}",
                  f"addr add 10.77.0.1/24 dev {veth}a", f"link set {veth}a up")
             b.ip(f"addr add 10.77.0.2/24 dev {veth}b", f"link set {veth}b up")
             return self._iperf(a, b, "10.77.0.2")
-        finally:
-            a.close()
-            b.close()
 
     def iperf_adaptor(self, kind: str) -> Dict[str, Any]:
         """Two namespaces, each a "VM": its TAP joined by an adaptor (playing
         the VM's NIC) to the socket of an adaptor on the bridge's TAP."""
-        sw, a, b = self.namespace("sw"), self.namespace("ia"), self.namespace("ib")
-        try:
+        with self.namespace("sw") as sw, self.namespace("ia") as a, self.namespace("ib") as b:
             with ExitStack() as stack:
                 sw.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
                 for i, (vm_ns, ip) in enumerate(((a, "10.77.0.1"), (b, "10.77.0.2"))):
@@ -266,9 +277,6 @@ class Bench:
                     sw.ip(f"link set sp{i} master br0", f"link set sp{i} up")
                     vm_ns.ip(f"addr add {ip}/24 dev eth0", "link set eth0 up")
                 return self._iperf(a, b, "10.77.0.2")
-        finally:
-            for ns in (sw, a, b):
-                ns.close()
 
     def iperf_cases(self) -> Dict[str, Any]:
         if shutil.which("iperf3") is None:
@@ -506,6 +514,10 @@ def chart(result: Dict[str, Any], path: str) -> str:
     return out
 
 
+def stop_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 @click.command("bench")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--quick", is_flag=True, help="A short run (under a minute), for CI.")
@@ -536,8 +548,14 @@ def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[floa
         raise click.BadParameter(str(e)) from None
     if png:
         require_matplotlib()
-    result = run(quick, seconds, log=log, paths=path_list, sizes=size_list, pairs=pair_list, iperf=iperf,
-                 dgram_qlen=qlen, tap_uring=tap_uring, slow_reader=slow_reader)
+    # A stop (SIGTERM) unwinds like Ctrl-C, so every namespace, TAP and
+    # broker the run made is deleted by its own cleanup on the way out.
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        result = run(quick, seconds, log=log, paths=path_list, sizes=size_list, pairs=pair_list, iperf=iperf,
+                     dgram_qlen=qlen, tap_uring=tap_uring, slow_reader=slow_reader)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if png:
         result["png"] = chart(result, png)
         click.echo(f"vmnet-rs bench: chart written to {result['png']}", err=True)

@@ -71,9 +71,9 @@ def parse_udp(frame: bytes) -> Optional[Tuple[bytes, str, int, bytes]]:
     return frame[6:12], socket.inet_ntoa(frame[26:30]), dport, udp[8:length]
 
 
-def dhcp(kind: int, xid: int, options: bytes = b"", ciaddr: str = "0.0.0.0") -> bytes:
-    """A BOOTREQUEST from CLIENT_MAC with the broadcast flag."""
-    head = struct.pack("!BBBBIHH4s4s4s4s16s", 1, 1, 6, 0, xid, 0, 0x8000, socket.inet_aton(ciaddr), b"\0" * 4, b"\0" * 4, b"\0" * 4, CLIENT_MAC.ljust(16, b"\0"))
+def dhcp(kind: int, xid: int, options: bytes = b"", ciaddr: str = "0.0.0.0", mac: bytes = CLIENT_MAC) -> bytes:
+    """A BOOTREQUEST from ``mac`` (CLIENT_MAC unless given) with the broadcast flag."""
+    head = struct.pack("!BBBBIHH4s4s4s4s16s", 1, 1, 6, 0, xid, 0, 0x8000, socket.inet_aton(ciaddr), b"\0" * 4, b"\0" * 4, b"\0" * 4, mac.ljust(16, b"\0"))
     return head + b"\0" * 192 + b"\x63\x82\x53\x63" + bytes([53, 1, kind]) + options + b"\xff"
 
 
@@ -179,7 +179,13 @@ def test_the_broker_port_leases_and_names_with_no_dnsmasq(broker: BrokerProcess)
             # and the service's TAP (printed for the record, not asserted).
             dhcp_s = [exchange(fd, udp_frame(BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67, dhcp(1, 0x2000 + i)), 68, lambda pl, i=i: pl[4:8] == struct.pack("!I", 0x2000 + i))[1] for i in range(ROUNDS)]
             dns_s = [ask(100 + i, "alpha.lab.vmnet.internal", 1)[1] for i in range(ROUNDS)]
-            for what, t in (("DHCP DISCOVER->OFFER", dhcp_s), ("DNS A query->answer", dns_s)):
+            # A MAC the records have never seen: its first answer waits for
+            # the records file to be written (the one write a new MAC costs).
+            new_s = [
+                exchange(fd, udp_frame(BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67, dhcp(1, 0x3000 + i, mac=bytes.fromhex("525400e3") + i.to_bytes(2, "big"))), 68, lambda pl, i=i: pl[4:8] == struct.pack("!I", 0x3000 + i))[1]
+                for i in range(ROUNDS)
+            ]
+            for what, t in (("DHCP DISCOVER->OFFER", dhcp_s), ("DNS A query->answer", dns_s), ("DHCP DISCOVER->OFFER, new MAC", new_s)):
                 ms = sorted(x * 1000 for x in t)
                 print(f"service port {what}: median {statistics.median(ms):.2f} ms, p90 {ms[int(len(ms) * 0.9)]:.2f} ms, max {ms[-1]:.2f} ms over {len(ms)}")
 

@@ -21,9 +21,15 @@
 //! address.
 //!
 //! Storage: one JSON file per network, `<state dir>/names/<network>.json`,
-//! written to a temporary file and renamed over the old one after every
-//! change. The file carries [`VERSION`]; a file of a newer version is left
-//! untouched (the book then lives in memory only, and says so).
+//! written to a temporary file, synced and renamed over the old one after
+//! every change, and only then: a call that changes no record (a VM renewing
+//! its address, a name asked for again, a book opened on an up-to-date file)
+//! writes nothing. A record's `last_seen` alone is written again once it has
+//! moved [`LAST_SEEN_REFRESH_SECS`] or more from the file's, so the file's
+//! `last_seen` lags by less than that; it only orders which inactive record
+//! gives its address up when the range is full. The file carries
+//! [`VERSION`]; a file of a newer version is left untouched (the book then
+//! lives in memory only, and says so).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -35,6 +41,10 @@ use crate::config::{Ipv4Subnet, Ipv6Prefix, MacAddr};
 
 /// The version of the file format this build writes (and the newest it reads).
 pub const VERSION: u32 = 1;
+/// How far a record's `last_seen` may move from the file's before the file
+/// is written for that alone (an hour: DHCP renews a lease of the default
+/// hour every half hour, so a running VM costs at most one write an hour).
+pub const LAST_SEEN_REFRESH_SECS: u64 = 3600;
 pub use crate::config::BASE_DOMAIN;
 /// The name the gateway (the host) has in every network's domain.
 pub const HOST_NAME: &str = "host";
@@ -154,7 +164,7 @@ fn now() -> u64 {
 }
 
 /// The file format (version 1).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct FileV1 {
     version: u32,
     network: String,
@@ -162,7 +172,7 @@ struct FileV1 {
     entries: Vec<FileEntry>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct FileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -171,6 +181,19 @@ struct FileEntry {
     mac: String,
     ipv4: Ipv4Addr,
     last_seen: u64,
+}
+
+impl FileV1 {
+    /// Whether `self` (what the file holds) says what `now` says, but for
+    /// `last_seen`s that moved less than [`LAST_SEEN_REFRESH_SECS`].
+    fn holds(&self, now: &FileV1) -> bool {
+        let same = |a: &FileEntry, b: &FileEntry| {
+            (&a.name, a.kind, &a.mac, a.ipv4) == (&b.name, b.kind, &b.mac, b.ipv4) && a.last_seen.abs_diff(b.last_seen) < LAST_SEEN_REFRESH_SECS
+        };
+        (self.version, &self.network, &self.subnet) == (now.version, &now.network, &now.subnet)
+            && self.entries.len() == now.entries.len()
+            && self.entries.iter().zip(&now.entries).all(|(a, b)| same(a, b))
+    }
 }
 
 #[derive(Deserialize)]
@@ -190,6 +213,9 @@ pub struct Book {
     avoid: BTreeSet<Ipv4Addr>,
     /// Where it is saved; `None`: memory only.
     path: Option<PathBuf>,
+    /// What the file at `path` holds, as this book last read or wrote it;
+    /// `None`: nothing known (no file yet, or the last write failed).
+    on_disk: Option<FileV1>,
 }
 
 impl Book {
@@ -208,13 +234,16 @@ impl Book {
             entries: Vec::new(),
             avoid: BTreeSet::new(),
             path: None,
+            on_disk: None,
         }
     }
 
     /// Reads network `network`'s records from `state_dir` (none yet: an
     /// empty book saved there). Records that no longer fit the network
     /// (outside the subnet, the gateway, or an address another MAC's
-    /// reservation now holds) are dropped; they get a new address next time.
+    /// reservation now holds) are dropped, and the file written without
+    /// them; they get a new address next time. A file that needs no change
+    /// is not written.
     pub fn open(state_dir: &Path, network: &str, subnet: Ipv4Subnet, v6: Option<Ipv6Prefix>, reservations: &[(MacAddr, Ipv4Addr)]) -> Result<Book, Error> {
         let path = Self::path(state_dir, network);
         let shown = path.display().to_string();
@@ -230,6 +259,7 @@ impl Book {
                 return Err(Error::Newer { path: shown, found: version.version });
             }
             let file: FileV1 = serde_json::from_str(&text).map_err(|e| Error::Format { path: shown.clone(), detail: e.to_string() })?;
+            book.on_disk = Some(file.clone());
             for e in file.entries {
                 let Some(mac) = MacAddr::parse(&e.mac) else { continue };
                 let name = match (e.name, e.kind) {
@@ -256,11 +286,9 @@ impl Book {
             && !self.entries.iter().any(|o| o.ipv4 == e.ipv4 || o.mac == e.mac || (e.name().is_some() && o.name() == e.name()))
     }
 
-    /// Writes the records (atomically: a temporary file renamed over the old).
-    pub fn save(&self) -> Result<(), Error> {
-        let Some(path) = &self.path else { return Ok(()) };
-        let shown = || path.display().to_string();
-        let file = FileV1 {
+    /// The records as the file holds them.
+    fn to_file(&self) -> FileV1 {
+        FileV1 {
             version: VERSION,
             network: self.network.clone(),
             subnet: self.subnet.to_string(),
@@ -275,7 +303,18 @@ impl Book {
                     last_seen: e.last_seen,
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Writes the records if they changed since the file was last read or
+    /// written (atomically: a temporary file, synced, renamed over the old).
+    pub fn save(&mut self) -> Result<(), Error> {
+        let Some(path) = self.path.clone() else { return Ok(()) };
+        let file = self.to_file();
+        if self.on_disk.as_ref().is_some_and(|d| d.holds(&file)) {
+            return Ok(());
+        }
+        let shown = || path.display().to_string();
         let text = serde_json::to_string_pretty(&file).map_err(|e| Error::Format { path: shown(), detail: e.to_string() })? + "\n";
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::Io { path: dir.display().to_string(), source: e })?;
@@ -286,9 +325,14 @@ impl Book {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| Error::Io { path: shown(), source: e })
+        // Until the write is known to have happened, nothing is known of
+        // the file: after a failed write the next call writes again.
+        self.on_disk = None;
+        write().map_err(|e| Error::Io { path: shown(), source: e })?;
+        self.on_disk = Some(file);
+        Ok(())
     }
 
     pub fn network(&self) -> &str {
@@ -480,7 +524,7 @@ impl Book {
             .and_then(|e| e.name())
     }
 
-    fn save_logged(&self) {
+    fn save_logged(&mut self) {
         if let Err(e) = self.save() {
             log::warn!("{e}");
         }
@@ -693,6 +737,67 @@ mod tests {
         assert_eq!(kept, vec![(Some("alpha"), ip(7)), (None, ip(9))]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"version\": 1") && !text.contains("beta"), "{text}");
+    }
+
+    /// The file is written when a record changes and only then: a MAC
+    /// renewing its address, a name asked for again, a release that
+    /// changes nothing on disk and a book opened on an up-to-date file
+    /// leave it as it is (the same inode: every write renames a new file
+    /// over it); what was written survives a reopen.
+    #[test]
+    fn the_file_is_written_only_when_a_record_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let d = Dir::new("unchanged");
+        let path = Book::path(&d.0, "shared");
+        let stamp = || {
+            let m = std::fs::metadata(&path).unwrap();
+            (m.ino(), m.mtime(), m.mtime_nsec(), std::fs::read_to_string(&path).unwrap())
+        };
+        let mut b = Book::open(&d.0, "shared", subnet(), None, &[]).unwrap();
+        let empty = stamp();
+        assert_eq!(b.address_for_mac(mac(1), Some("alpha")), Some(ip(2)));
+        let first = stamp();
+        assert_ne!(first.0, empty.0, "a new MAC is written");
+        assert_eq!(b.address_for_mac(mac(1), Some("alpha")), Some(ip(2)));
+        assert_eq!(b.address_for_mac(mac(1), None), Some(ip(2)));
+        assert_eq!(stamp(), first, "a MAC renewing its record writes nothing");
+        // A new claim is a change.
+        assert_eq!(b.address_for_mac(mac(1), Some("alef")), Some(ip(2)));
+        let claimed = stamp();
+        assert_ne!(claimed.0, first.0);
+        assert!(claimed.3.contains("\"alef\""), "{}", claimed.3);
+        // A grant is written; the same grant again is not.
+        assert_eq!(b.grant("beta", mac(2)).unwrap().ipv4, ip(3));
+        let granted = stamp();
+        assert_ne!(granted.0, claimed.0);
+        assert!(b.grant("beta", mac(2)).unwrap().returning);
+        assert_eq!(stamp(), granted, "a name asked for again writes nothing");
+        // A granted name's release changes nothing the file holds (its time
+        // moved less than LAST_SEEN_REFRESH_SECS); a claim's release does.
+        b.release(mac(2));
+        assert_eq!(stamp(), granted);
+        b.release(mac(1));
+        let released = stamp();
+        assert_ne!(released.0, granted.0);
+        assert!(!released.3.contains("alef"), "{}", released.3);
+        // A time that moved far enough is written on the next call.
+        b.on_disk.as_mut().unwrap().entries[0].last_seen -= LAST_SEEN_REFRESH_SECS;
+        assert_eq!(b.address_for_mac(mac(1), None), Some(ip(2)));
+        let refreshed = stamp();
+        assert_ne!(refreshed.0, released.0);
+        drop(b);
+        // Reopened on an up-to-date file: nothing written, every record kept.
+        let mut b = Book::open(&d.0, "shared", subnet(), None, &[]).unwrap();
+        assert_eq!(stamp(), refreshed, "opening an up-to-date file writes nothing");
+        assert_eq!(b.entries().iter().map(|e| (e.mac, e.ipv4, e.name())).collect::<Vec<_>>(), vec![(mac(1), ip(2), None), (mac(2), ip(3), Some("beta"))]);
+        assert_eq!(b.address_for_mac(mac(1), None), Some(ip(2)));
+        assert_eq!(b.grant("beta", mac(2)).unwrap().ipv4, ip(3));
+        // A new MAC after the reopen is written and read back.
+        assert_eq!(b.address_for_mac(mac(3), None), Some(ip(4)));
+        assert_ne!(stamp().0, refreshed.0);
+        drop(b);
+        let b = Book::open(&d.0, "shared", subnet(), None, &[]).unwrap();
+        assert_eq!(b.entries().iter().find(|e| e.mac == mac(3)).map(|e| e.ipv4), Some(ip(4)));
     }
 
     #[test]

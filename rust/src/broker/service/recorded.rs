@@ -7,28 +7,16 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{normalize_name, AddressBook, BookEntry};
-use crate::broker::records::{Book, NameKind};
+use crate::broker::records::Book;
 use crate::config::MacAddr;
 
 impl AddressBook for Book {
     /// The records decide: the MAC's record, its reservation, or a new
-    /// address; the address the client asks for has no say.
-    /// A MAC whose record is active and whose name the request leaves as
-    /// it is gets its address without the record being written again (a
-    /// write waits for the disk: about 7 ms here, most of a DHCP answer's
-    /// time; docs/config.md, "addresses: broker").
+    /// address; the address the client asks for has no say. The records
+    /// are written only when this changes them (a new MAC, a new claim), so
+    /// a known MAC's answer does not wait for the disk.
     fn address_for(&mut self, mac: MacAddr, hostname: Option<&str>, _requested: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
-        let hint = hostname.map(normalize_name);
-        if let Some(e) = Book::entries(self).iter().find(|e| e.mac == mac && e.active) {
-            let settled = match &hint {
-                None => true,
-                Some(h) => e.kind() == Some(NameKind::Granted) || e.name() == Some(h.as_str()),
-            };
-            if settled {
-                return Some(e.ipv4);
-            }
-        }
-        self.address_for_mac(mac, hint.as_deref())
+        self.address_for_mac(mac, hostname.map(normalize_name).as_deref())
     }
 
     fn release(&mut self, mac: MacAddr) {

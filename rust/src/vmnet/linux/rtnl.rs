@@ -6,7 +6,8 @@
 //!
 //! Messages are built with `netlink-packet-route` and sent on a synchronous
 //! `netlink-sys` socket; every request asks for an acknowledgement and the
-//! kernel's answer (0 or `-errno`) is the result. The attributes are those
+//! kernel's answer (0 or `-errno`) is the result; [`Rtnl::request`] is the
+//! one send-and-read-the-answer loop. The attributes are those
 //! `ip link set dev PORT mtu M master BR`, `ip link set dev PORT type
 //! bridge_slave isolated on` and `ip link set dev PORT up` send (`RTM_NEWLINK`
 //! on an existing link with `IFLA_MTU`, `IFLA_MASTER`, and
@@ -63,6 +64,22 @@ struct Rtnl {
     seq: u32,
 }
 
+/// The most a reply datagram is read into: a link's description with its
+/// statistics is about 1.5 KiB; a longer datagram is an error, not cut.
+const RECEIVE_BYTES: usize = 32 * 1024;
+
+/// One message of a request's answer (of the request's sequence number).
+enum Reply {
+    /// The kernel's acknowledgement: `NLMSG_ERROR` with error 0.
+    Ack,
+    /// A message of the answer.
+    Message(RouteNetlinkMessage),
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
 impl Rtnl {
     fn open() -> io::Result<Rtnl> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
@@ -71,79 +88,71 @@ impl Rtnl {
         Ok(Rtnl { socket, seq: 0 })
     }
 
-    /// Sends `RTM_NEWLINK` for the existing link in `msg.header.index` and
-    /// waits for the kernel's acknowledgement.
-    fn set_link(&mut self, msg: LinkMessage) -> io::Result<()> {
+    /// Sends `message` with `NLM_F_REQUEST | flags` under the next sequence
+    /// number and hands each message of the answer (that number) to `pick`
+    /// until `pick` returns the result. Replies of other numbers (left over
+    /// from an earlier request) are passed over. An `NLMSG_ERROR` with an
+    /// errno is that errno; `NLMSG_DONE` before `pick` answered, an
+    /// unreadable message or a datagram longer than [`RECEIVE_BYTES`] is
+    /// `InvalidData`.
+    fn request<T>(&mut self, message: RouteNetlinkMessage, flags: u16, mut pick: impl FnMut(Reply) -> Option<io::Result<T>>) -> io::Result<T> {
         self.seq = self.seq.wrapping_add(1);
-        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::NewLink(msg)));
-        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(message));
+        packet.header.flags = NLM_F_REQUEST | flags;
         packet.header.sequence_number = self.seq;
         packet.finalize();
         let mut buf = vec![0; packet.buffer_len()];
         packet.serialize(&mut buf);
         self.socket.send(&buf, 0)?;
-        let mut rx = vec![0u8; 8192];
+        let mut rx = vec![0u8; RECEIVE_BYTES];
         loop {
-            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            // MSG_TRUNC: the datagram's whole length, even past the buffer.
+            let n = self.socket.recv(&mut &mut rx[..], libc::MSG_TRUNC)?;
+            if n > rx.len() {
+                return Err(invalid(format!("a netlink reply of {n} bytes, longer than the {RECEIVE_BYTES} read")));
+            }
             let mut off = 0;
             while off < n {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable netlink reply: {e}")))?;
-                let len = reply.header.length as usize;
-                if reply.header.sequence_number == self.seq {
-                    if let NetlinkPayload::Error(e) = reply.payload {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(_) => Err(e.to_io()),
-                        };
-                    }
+                // deserialize checks that the message's length field is at
+                // least a header and within what was read.
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]).map_err(|e| invalid(format!("unreadable netlink reply: {e}")))?;
+                // Messages start on 4-byte boundaries (NLMSG_ALIGN).
+                off += (reply.header.length as usize).next_multiple_of(4);
+                if reply.header.sequence_number != self.seq {
+                    continue;
                 }
-                if len == 0 {
-                    break;
+                let answer = match reply.payload {
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    NetlinkPayload::Error(_) => pick(Reply::Ack),
+                    NetlinkPayload::Done(_) => return Err(invalid("the kernel's answer ended without what was asked for".into())),
+                    NetlinkPayload::InnerMessage(m) => pick(Reply::Message(m)),
+                    _ => None,
+                };
+                if let Some(result) = answer {
+                    return result;
                 }
-                off += len;
             }
         }
     }
-}
 
-impl Rtnl {
+    /// Sends `RTM_NEWLINK` for the existing link in `msg.header.index` and
+    /// waits for the kernel's acknowledgement.
+    fn set_link(&mut self, msg: LinkMessage) -> io::Result<()> {
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_ACK, |reply| matches!(reply, Reply::Ack).then_some(Ok(())))
+    }
+
     /// Sends `RTM_GETLINK` for link `index` and returns its 64-bit counters
     /// from the kernel's `RTM_NEWLINK` answer (`IFLA_STATS64`).
     fn link_stats(&mut self, index: u32) -> io::Result<Stats64> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetLink(link(index, Vec::new()))));
-        packet.header.flags = NLM_F_REQUEST;
-        packet.header.sequence_number = self.seq;
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        self.socket.send(&buf, 0)?;
-        let mut rx = vec![0u8; 32 * 1024];
-        loop {
-            let n = self.socket.recv(&mut &mut rx[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[off..n]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("unreadable netlink reply: {e}")))?;
-                let len = reply.header.length as usize;
-                if reply.header.sequence_number == self.seq {
-                    match reply.payload {
-                        NetlinkPayload::Error(e) => return Err(e.to_io()),
-                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                            return m
-                                .attributes
-                                .into_iter()
-                                .find_map(|a| if let LinkAttribute::Stats64(s) = a { Some(s) } else { None })
-                                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no IFLA_STATS64 in the link's description"));
-                        }
-                        _ => {}
-                    }
-                }
-                if len == 0 {
-                    break;
-                }
-                off += len;
-            }
-        }
+        self.request(RouteNetlinkMessage::GetLink(link(index, Vec::new())), 0, |reply| match reply {
+            Reply::Message(RouteNetlinkMessage::NewLink(m)) => Some(
+                m.attributes
+                    .into_iter()
+                    .find_map(|a| if let LinkAttribute::Stats64(s) = a { Some(s) } else { None })
+                    .ok_or_else(|| invalid("no IFLA_STATS64 in the link's description".into())),
+            ),
+            _ => None,
+        })
     }
 }
 

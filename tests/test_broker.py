@@ -4,6 +4,7 @@ socket activation, the Python API. Real Linux networks: test_broker_netns.py."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -168,6 +169,28 @@ def test_config_mismatch_names_both_sides(hub: BrokerProcess) -> None:
         # A network only a client describes is created from its configuration.
         net = b.acquire("lab", config={"mode": "host", "subnet": "10.66.0.0/24"})
         assert net["subnet"] == "10.66.0.1/24"
+
+
+def test_acquire_is_the_network_of_acquire_named_with_its_parameters(hub: BrokerProcess) -> None:
+    """``acquire`` takes ``acquire_named``'s parameters (one signature,
+    shown by ``help()``) and passes them on, positional or by keyword;
+    it returns the ``network`` of the whole reply."""
+    assert inspect.signature(Client.acquire) == inspect.signature(Client.acquire_named)
+    assert "vm_name" in inspect.signature(Client(str(hub.socket), timeout=20).acquire).parameters
+    mac = "52:54:00:12:34:56"
+    with Client(str(hub.socket), timeout=20) as c:
+        whole = c.acquire_named("shared", None, False, "web1", "alpha", mac)
+        assert (whole["name"], whole["fqdn"], whole["mac"]) == ("alpha", "alpha.shared.vmnet.internal", mac), whole
+        assert whole["lease"] > 0 and whole["network"]["backend"] == "hub"
+        # The VM back after a release, by keyword: its name again, the same network.
+        assert c.release("shared") == 1
+        assert c.acquire("shared", vm_name="web1", name="alpha", mac=mac) == whole["network"]
+        assert [lease.get("vm_name") for lease in c.status()["leases"].values()] == ["web1"]
+        assert c.status()["networks"]["shared"]["names"]["alpha"]["mac"] == mac
+        with Client(str(hub.socket), timeout=20) as other:
+            with pytest.raises(RequestError) as e:
+                other.acquire("shared", None, False, None, "alpha", "52:54:00:12:34:57")
+            assert e.value.code == broker_mod.NAME_TAKEN
 
 
 def test_leases_follow_the_connection(hub: BrokerProcess) -> None:

@@ -9,11 +9,12 @@ the process dies.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, TypeVar, Union
 
 from . import _native
 from .errors import BrokerError, BrokerUnavailableError, ConfigError, NotAuthorizedError
@@ -126,6 +127,26 @@ class Opened:
 DEFAULT_REQUEST_TIMEOUT = 60.0
 
 
+_R = TypeVar("_R")
+if TYPE_CHECKING:
+    # Annotations only (this module postpones them): ParamSpec is in typing from 3.10.
+    from typing_extensions import ParamSpec
+
+    _P = ParamSpec("_P")
+
+
+def _parameters_of(full: Callable[_P, Any]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
+    """Gives the decorated function ``full``'s parameters, for type checkers
+    and for :func:`inspect.signature` (``help()``), so a function that
+    passes its arguments on to ``full`` does not write them out again."""
+
+    def take(f: Callable[..., _R]) -> Callable[_P, _R]:
+        f.__signature__ = inspect.signature(full)  # type: ignore[attr-defined]
+        return f
+
+    return take
+
+
 class Client:
     """One connection to the broker; it holds the leases.
 
@@ -224,23 +245,6 @@ class Client:
             extra={k: v for k, v in reply.items() if k not in known},
         )
 
-    def acquire(
-        self,
-        network: str,
-        config: Optional[Mapping[str, Any]] = None,
-        accept_existing: bool = False,
-        vm_name: Optional[str] = None,
-        name: Optional[str] = None,
-        mac: Optional[str] = None,
-    ) -> Dict[str, Any]:
-        """Leases ``network`` and returns its serialization (what a
-        Virtualization.framework VM attaches to; a description on Linux).
-        ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log.
-        ``name`` asks for a DNS name as :meth:`open` does, for the VM with
-        ``mac`` (else one the broker chooses); :meth:`acquire_named` returns
-        the whole reply with them."""
-        return dict(self.acquire_named(network, config, accept_existing, vm_name, name, mac)["network"])
-
     def acquire_named(
         self,
         network: str,
@@ -250,8 +254,14 @@ class Client:
         name: Optional[str] = None,
         mac: Optional[str] = None,
     ) -> Dict[str, Any]:
-        """:meth:`acquire`'s whole reply: ``network``, ``lease``, and with a
-        ``name`` also ``name``, ``fqdn``, ``name_kind``, ``address``, ``mac``."""
+        """Leases ``network`` and returns the broker's whole reply:
+        ``network`` (its serialization, as :meth:`acquire` returns it),
+        ``lease``, and with a ``name`` also ``name``, ``fqdn``,
+        ``name_kind``, ``address``, ``mac``.
+        ``vm_name`` names the VM in ``vmnet-rs status`` and the broker's log.
+        ``name`` asks for a DNS name as :meth:`open` does, for the VM with
+        ``mac`` (else one the broker chooses). ``config`` and
+        ``accept_existing`` are as for :meth:`open`."""
         reply = self._command(
             "acquire",
             f"acquire network {network}",
@@ -263,6 +273,14 @@ class Client:
             mac=mac,
         )
         return dict(reply)
+
+    @_parameters_of(acquire_named)
+    def acquire(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """Leases ``network`` and returns its serialization (what a
+        Virtualization.framework VM attaches to; a description on Linux):
+        the ``network`` of :meth:`acquire_named`'s reply, which takes the
+        same parameters."""
+        return dict(self.acquire_named(*args, **kwargs)["network"])
 
     def resolve(self, name: str) -> List[Dict[str, Any]]:
         """What ``name`` (``alpha``, ``alpha.shared``,

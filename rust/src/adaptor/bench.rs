@@ -182,7 +182,7 @@ fn generate(fd: RawFd, framing: Framing, frame_bytes: usize, src: [u8; 6], dst: 
         Framing::Tap => {
             let mut f = base;
             while !stop.load(Ordering::Relaxed) {
-                if seq % 16 == 0 {
+                if seq.is_multiple_of(16) {
                     window.wait(seq);
                 }
                 f[14..22].copy_from_slice(&seq.to_be_bytes());

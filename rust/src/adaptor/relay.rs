@@ -221,7 +221,7 @@ pub(crate) struct Relay {
 
 /// Rate limit for per-frame error logs: the first few, then every 1000th.
 fn should_log(count: u64) -> bool {
-    count < 5 || count % 1000 == 0
+    count < 5 || count.is_multiple_of(1000)
 }
 
 struct HostToVm {

@@ -184,7 +184,7 @@ impl TransportPolicy {
     /// (`None` elsewhere, or when it cannot be read: then the rule holds,
     /// as on an old release).
     pub fn new(settings: BrokerSettings, lima_rule: bool, os: Option<(u32, u32, u32)>) -> Self {
-        let applies = lima_rule && os.map_or(true, same_cdhash_rule_applies);
+        let applies = lima_rule && os.is_none_or(same_cdhash_rule_applies);
         TransportPolicy { settings, same_executable_serialization: applies }
     }
 }

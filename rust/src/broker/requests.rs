@@ -342,8 +342,8 @@ impl Core {
         let n = st.release_where(|l| {
             l.connection == peer.connection
                 && l.bound_to_connection
-                && network.map_or(true, |n| l.network == n)
-                && lease.map_or(true, |id| l.id as i64 == id)
+                && network.is_none_or(|n| l.network == n)
+                && lease.is_none_or(|id| l.id as i64 == id)
         });
         if n == 0 {
             let what = match (network, lease) {
@@ -531,7 +531,7 @@ impl Core {
     ) -> Result<T, Failure> {
         let first = start(self, st);
         let Err(f) = first else { return first };
-        if !st.networks.get(name).is_some_and(|e| !e.network.is_alive()) {
+        if st.networks.get(name).is_none_or(|e| e.network.is_alive()) {
             return Err(f);
         }
         log::warn!("network {name}: a port could not start ({}) and the network is gone; making it again", f.message);

@@ -164,7 +164,7 @@ pub(super) fn did_you_mean<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k s
         } else {
             continue;
         };
-        if best.map_or(true, |(b, _)| score < b) {
+        if best.is_none_or(|(b, _)| score < b) {
             best = Some((score, k));
         }
     }

@@ -150,7 +150,7 @@ impl PyAdaptor {
         if netns.is_some() && tap.is_none() {
             return Err(Error::Argument("netns= applies only with tap=NAME".into()).into());
         }
-        let mac = mac.map(|m| mac_arg(m)).transpose()?;
+        let mac = mac.map(mac_arg).transpose()?;
         let network_name = network.clone();
         let netns_for_socket = netns.clone();
         let started = py

@@ -95,7 +95,7 @@ impl PyNetwork {
     #[pyo3(signature = (mac=None, isolation=false, vnet_hdr=false))]
     fn start_tap(&self, py: Python<'_>, mac: Option<&str>, isolation: bool, vnet_hdr: bool) -> PyResult<(i32, String)> {
         use std::os::fd::IntoRawFd;
-        let mac = mac.map(|m| super::config::mac_arg(m)).transpose()?;
+        let mac = mac.map(super::config::mac_arg).transpose()?;
         let desc = vmnet::InterfaceDesc { mac, isolation, offload: vnet_hdr };
         let net = self.live()?;
         let tap = py.detach(|| net.start_tap(&desc, vnet_hdr))?;

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
@@ -125,7 +125,7 @@ fn reply(req: &Message, code: ResponseCode, answers: Vec<Record>, authoritative:
     resp.metadata.recursion_desired = req.metadata.recursion_desired;
     resp.metadata.recursion_available = true;
     resp.metadata.checking_disabled = req.metadata.checking_disabled;
-    resp.add_queries(req.queries.iter().cloned().collect::<Vec<Query>>());
+    resp.add_queries(req.queries.to_vec());
     resp.add_answers(answers);
     if req.edns.is_some() {
         let mut edns = Edns::new();

@@ -82,6 +82,22 @@ pub trait Interface: Send {
         (0, 0)
     }
 
+    /// Whether frames already read from the host are held for the next
+    /// [`Interface::read_frames`] (a TAP that split a large frame into more
+    /// segments than the caller had buffers): the relay then reads again
+    /// without waiting for [`Interface::readable_fd`], which may not poll
+    /// readable for them.
+    fn has_held_frames(&self) -> bool {
+        false
+    }
+
+    /// Frames read from the host that could not be passed on (a TAP's
+    /// malformed or unknown offload frames) since the last call; the relay
+    /// counts them as errors.
+    fn take_read_dropped(&mut self) -> u64 {
+        0
+    }
+
     /// The host's name for the interface where it has one (a TAP on Linux),
     /// so `status` can show what its own queues dropped.
     fn device(&self) -> Option<&str> {

@@ -320,9 +320,11 @@ impl Relay {
                 libc::pollfd { fd: vm_fd, events: vm_events, revents: 0 },
                 libc::pollfd { fd: iface_fd, events: if h2v_pending { 0 } else { libc::POLLIN }, revents: 0 },
             ];
-            // Frames already read from a stream need no poll to be ready.
+            // Frames already read from a stream need no poll to be ready,
+            // nor do frames the interface holds from its last read.
             let v2h_buffered = !v2h_pending && reader.has_buffered();
-            let timeout = if v2h_buffered {
+            let iface_held = !h2v_pending && self.iface.has_held_frames();
+            let timeout = if v2h_buffered || iface_held {
                 Some(Duration::ZERO)
             } else if h2v_pending || v2h_pending {
                 Some(delay)
@@ -347,7 +349,7 @@ impl Relay {
                 return EndReason::Interface("the interface reported an error or went away".into());
             }
             let vm_ready = v2h_buffered || fds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0;
-            let iface_ready = fds[2].revents & libc::POLLIN != 0;
+            let iface_ready = iface_held || fds[2].revents & libc::POLLIN != 0;
 
             // vm -> host
             if v2h_pending || vm_ready {
@@ -372,6 +374,10 @@ impl Relay {
                         Err(e) => return EndReason::Interface(format!("read from the interface: {e}")),
                     }
                 };
+                let dropped = self.iface.take_read_dropped();
+                if dropped > 0 {
+                    self.shared.host_to_vm.add_malformed(dropped);
+                }
                 // A zero-frame read (vmnet may return 0) just waits for the next poll.
                 let n = n.min(h2v.bufs.len());
                 // Never pass on an empty or header-less frame (a stream peer

@@ -451,7 +451,15 @@ impl Network for LinuxNetwork {
     }
 
     fn start_interface(&self, desc: &InterfaceDesc) -> Result<Box<dyn Interface>, Error> {
-        Ok(Box::new(self.open_tap_port(desc, desc.offload)?))
+        if desc.offload || !super::tap::userspace_offload_wanted() {
+            return Ok(Box::new(self.open_tap_port(desc, desc.offload)?));
+        }
+        // A relayed port without offload: the TAP speaks virtio-net headers
+        // with TSO and checksum offload, the relay plain frames (tap.rs).
+        let mut tap = self.open_tap_port(desc, true)?;
+        let name = tap.name().to_string();
+        tap.offload_in_userspace().map_err(|e| Error::io(format!("turn on the offloads of TAP {name}"), e))?;
+        Ok(Box::new(tap))
     }
 
     fn is_alive(&self) -> bool {

@@ -6,6 +6,14 @@
 //! TAP call). The device lives while an fd refers to it: a TAP made here is
 //! not persistent, so it disappears when the last fd closes, even if the
 //! process dies.
+//!
+//! A relayed port on a network without `offload` opens its TAP with
+//! IFF_VNET_HDR and TUNSETOFFLOAD ([`Tap::offload_in_userspace`]) but still
+//! takes and gives plain Ethernet frames: writes merge runs of one TCP
+//! flow's segments into one GSO frame (`tap/coalesce.rs`), reads split GSO
+//! frames into MTU-sized ones and complete partial checksums
+//! (`tap/segment.rs`). Segments of a read beyond the caller's buffers are
+//! held for the next read ([`Interface::has_held_frames`]).
 
 use std::ffi::CStr;
 use std::fs::OpenOptions;
@@ -13,12 +21,20 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use std::collections::VecDeque;
+
 use super::{read_each, write_each, Error, Interface, InterfaceInfo};
 
+mod checksum;
+mod coalesce;
 mod if_tun;
+#[cfg(test)]
+mod offload_tests;
+mod segment;
 mod uring;
+mod vnet_hdr;
 
-use if_tun::{IfReq, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNGETIFF, TUNSETIFF, TUNSETVNETHDRSZ};
+use if_tun::{IfReq, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNGETIFF, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
 /// Bytes of the virtio-net header a TAP with IFF_VNET_HDR prepends
 /// (`struct virtio_net_hdr_v1`, with `num_buffers`).
@@ -35,6 +51,82 @@ pub struct Tap {
     /// Frames of the last `write_frames` the kernel refused after the call
     /// had taken them (and their bytes).
     refused: (usize, usize),
+    /// Set when the kernel side speaks virtio-net headers with offloads on
+    /// and the caller plain frames ([`Tap::offload_in_userspace`]).
+    offload: Option<Box<Offload>>,
+}
+
+/// Set to `0` to open relayed ports' TAPs without the user-space
+/// segmentation offload (plain frames on the TAP too, as before it). Read
+/// in one place, where a network starts a relayed port.
+pub const OFFLOAD_ENV: &str = "VMNET_RS_TAP_OFFLOAD";
+
+/// Whether relayed ports on networks without `offload` get
+/// [`Tap::offload_in_userspace`] (on unless [`OFFLOAD_ENV`] is `0`).
+pub fn userspace_offload_wanted() -> bool {
+    !std::env::var(OFFLOAD_ENV).is_ok_and(|v| v == "0")
+}
+
+/// Bytes of one raw read: the header and the largest GSO frame the kernel
+/// hands over (64 KiB of IP packet, an Ethernet header and a VLAN tag).
+const RAW_FRAME_BYTES: usize = VNET_HDR_BYTES + 65_535 + 14 + 4;
+
+/// The buffers and state of a TAP in [`Tap::offload_in_userspace`] mode.
+struct Offload {
+    /// Raw reads (header + frame), `RAW_FRAME_BYTES` each, in one
+    /// allocation (large enough to be mapped lazily: pages a read never
+    /// touched cost nothing).
+    rx: Vec<u8>,
+    rx_slots: usize,
+    /// Frames read and planned but not all handed out: (slot, length,
+    /// plan, next segment).
+    held: VecDeque<(usize, usize, segment::Plan, usize)>,
+    /// Frames from the kernel that could not be passed on, not yet reported.
+    dropped: u64,
+    dropped_total: u64,
+    /// The last write's outputs, built here.
+    tx: Vec<u8>,
+    outputs: Vec<coalesce::Output>,
+}
+
+impl std::fmt::Debug for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offload").field("held", &self.held.len()).field("dropped_total", &self.dropped_total).finish()
+    }
+}
+
+impl Offload {
+    fn slot(&self, i: usize) -> &[u8] {
+        &self.rx[i * RAW_FRAME_BYTES..(i + 1) * RAW_FRAME_BYTES]
+    }
+
+    /// Hands out held segments into `bufs[*n..]`.
+    fn drain(&mut self, name: &str, bufs: &mut [&mut [u8]], lens: &mut [usize], n: &mut usize) {
+        while *n < bufs.len() {
+            let Some(&(slot, len, plan, k)) = self.held.front() else { return };
+            let frame = &self.slot(slot)[VNET_HDR_BYTES..len];
+            match segment::emit(&plan, frame, k, bufs[*n]) {
+                Ok(l) => {
+                    lens[*n] = l;
+                    *n += 1;
+                }
+                Err(e) => self.drop_frame(name, &e),
+            }
+            if k + 1 >= plan.count() {
+                self.held.pop_front();
+            } else if let Some(front) = self.held.front_mut() {
+                front.3 = k + 1;
+            }
+        }
+    }
+
+    fn drop_frame(&mut self, name: &str, why: &segment::Malformed) {
+        self.dropped += 1;
+        self.dropped_total += 1;
+        if self.dropped_total < 5 || self.dropped_total.is_multiple_of(1000) {
+            log::warn!("TAP {name}: dropped a frame from the kernel: {why} ({} so far)", self.dropped_total);
+        }
+    }
 }
 
 /// How frames are batched on the TAP fd.
@@ -124,7 +216,7 @@ impl Tap {
             write_max_frames: 64,
             offload: vnet_hdr,
         };
-        Ok(Tap { fd, name, vnet_hdr, info, batch: Batch::Untried, refused: (0, 0) })
+        Ok(Tap { fd, name, vnet_hdr, info, batch: Batch::Untried, refused: (0, 0), offload: None })
     }
 
     pub fn name(&self) -> &str {
@@ -227,6 +319,42 @@ impl Tap {
         Ok(())
     }
 
+    /// Turns on the user-space offload of a TAP opened with IFF_VNET_HDR
+    /// (and [`Tap::set_vnet_hdr_size`]): the kernel may hand over GSO
+    /// frames and partial checksums (TUNSETOFFLOAD with TUN_F_CSUM,
+    /// TUN_F_TSO4 and TUN_F_TSO6; not UFO/USO), which reads segment and
+    /// complete, and writes merge TCP runs into GSO frames; the caller sees
+    /// plain Ethernet frames of at most the MTU (`info().offload` false).
+    pub fn offload_in_userspace(&mut self) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("TAP {} was opened without IFF_VNET_HDR", self.name)));
+        }
+        let features: libc::c_uint = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+        // SAFETY: TUNSETOFFLOAD takes the feature bits as the argument
+        // itself (an unsigned long), not a pointer; the fd is an open TAP.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, features as libc::c_ulong) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let rx_slots = self.info.read_max_frames.max(1);
+        self.offload = Some(Box::new(Offload {
+            rx: vec![0u8; rx_slots * RAW_FRAME_BYTES],
+            rx_slots,
+            held: VecDeque::new(),
+            dropped: 0,
+            dropped_total: 0,
+            tx: Vec::new(),
+            outputs: Vec::new(),
+        }));
+        self.info.offload = false;
+        self.info.max_frame_bytes = self.info.mtu as usize + 14;
+        Ok(())
+    }
+
+    /// Whether [`Tap::offload_in_userspace`] is on.
+    pub fn offloads_in_userspace(&self) -> bool {
+        self.offload.is_some()
+    }
+
     /// The io_uring to batch with, set up on first use; `None` means one
     /// syscall per frame.
     fn batching(&mut self) -> Option<(&mut uring::Uring, &mut usize)> {
@@ -316,6 +444,48 @@ impl Interface for Tap {
     }
 
     fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        if self.offload.is_some() {
+            return self.read_offloaded(bufs, lens);
+        }
+        self.read_raw(bufs, lens)
+    }
+
+    fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        if self.offload.is_some() {
+            return self.write_offloaded(frames);
+        }
+        self.refused = (0, 0);
+        self.write_raw(frames).map(|(n, refused)| {
+            self.refused = refused;
+            n
+        })
+    }
+
+    fn has_held_frames(&self) -> bool {
+        self.offload.as_ref().is_some_and(|o| !o.held.is_empty())
+    }
+
+    fn take_read_dropped(&mut self) -> u64 {
+        self.offload.as_mut().map_or(0, |o| std::mem::take(&mut o.dropped))
+    }
+
+    fn last_write_refused(&self) -> (usize, usize) {
+        self.refused
+    }
+
+    fn device(&self) -> Option<&str> {
+        Some(&self.name)
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        // The device goes away when its last fd closes (on drop).
+        Ok(())
+    }
+}
+
+impl Tap {
+    /// Reads whole frames from the fd into `bufs` (batched where it can).
+    fn read_raw(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
         let fd = self.fd.as_raw_fd();
         let result = match self.batching() {
             Some((ring, want)) => read_uring(ring, want, fd, bufs, lens),
@@ -331,39 +501,163 @@ impl Interface for Tap {
         }
     }
 
-    fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+    /// Writes whole frames to the fd (batched where it can): how many were
+    /// taken, and of those how many (and bytes) the kernel refused.
+    fn write_raw(&mut self, frames: &[&[u8]]) -> io::Result<(usize, (usize, usize))> {
         let fd = self.fd.as_raw_fd();
-        self.refused = (0, 0);
         let result = match self.batching() {
             // A single frame gains nothing from the ring.
-            Some((ring, _)) if frames.len() > 1 => write_uring(ring, fd, frames).map(|(n, refused)| {
-                self.refused = refused;
-                n
-            }),
-            _ => return write_each(fd, frames),
+            Some((ring, _)) if frames.len() > 1 => write_uring(ring, fd, frames),
+            _ => return write_each(fd, frames).map(|n| (n, (0, 0))),
         };
         match result {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 log::info!("TAP {}: no non-blocking io_uring writes ({e}); one syscall per frame", self.name);
                 self.batch = Batch::PerFrame;
-                write_each(fd, frames)
+                write_each(fd, frames).map(|n| (n, (0, 0)))
             }
             other => other,
         }
     }
 
-    fn last_write_refused(&self) -> (usize, usize) {
-        self.refused
+    /// [`Interface::read_frames`] with the user-space offload: held
+    /// segments first, then (if room is left and nothing was held) new
+    /// raw frames, each planned and handed out, the rest held.
+    fn read_offloaded(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        let Some(mut off) = self.offload.take() else { return Ok(0) };
+        let mut n = 0;
+        off.drain(&self.name, bufs, lens, &mut n);
+        let result = if n < bufs.len() && off.held.is_empty() {
+            let want = (bufs.len() - n).min(off.rx_slots);
+            let mut raw_lens = vec![0usize; want];
+            let got = {
+                let mut slots: Vec<&mut [u8]> = off.rx.chunks_mut(RAW_FRAME_BYTES).take(want).collect();
+                self.read_raw(&mut slots, &mut raw_lens)
+            };
+            match got {
+                Ok(got) => {
+                    for (slot, &len) in raw_lens.iter().enumerate().take(got) {
+                        let raw = &off.slot(slot)[..len];
+                        let planned = match vnet_hdr::VnetHdr::parse(raw) {
+                            Some(hdr) => segment::plan(&hdr, &raw[VNET_HDR_BYTES..]),
+                            None => Err(segment::Malformed::Headers("a read shorter than the virtio-net header")),
+                        };
+                        match planned {
+                            Ok(plan) => off.held.push_back((slot, len, plan, 0)),
+                            Err(e) => off.drop_frame(&self.name, &e),
+                        }
+                    }
+                    off.drain(&self.name, bufs, lens, &mut n);
+                    Ok(n)
+                }
+                // Segments already handed out go first; the error comes back
+                // on the next read.
+                Err(_) if n > 0 => Ok(n),
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(n)
+        };
+        self.offload = Some(off);
+        result
     }
 
-    fn device(&self) -> Option<&str> {
-        Some(&self.name)
+    /// [`Interface::write_frames`] with the user-space offload: the frames
+    /// become TAP writes (TCP runs merged); a write the kernel refused
+    /// counts every frame in it as refused.
+    fn write_offloaded(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        self.refused = (0, 0);
+        let Some(mut off) = self.offload.take() else { return Ok(0) };
+        let mut tx = std::mem::take(&mut off.tx);
+        let mut outputs = std::mem::take(&mut off.outputs);
+        self.offload = Some(off);
+        coalesce::coalesce(frames, &mut tx, &mut outputs);
+        let writes: Vec<&[u8]> = outputs.iter().map(|o| &tx[o.start..o.start + o.len]).collect();
+        let fd = self.fd.as_raw_fd();
+        let result = match self.batching() {
+            Some((ring, _)) if writes.len() > 1 => match write_uring_results(ring, fd, &writes) {
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    log::info!("TAP {}: no non-blocking io_uring writes ({e}); one syscall per frame", self.name);
+                    self.batch = Batch::PerFrame;
+                    write_each_results(fd, &writes)
+                }
+                other => other,
+            },
+            _ => write_each_results(fd, &writes),
+        };
+        let outcome = result.and_then(|res| taken_and_refused(&outputs, &res));
+        drop(writes);
+        if let Some(off) = self.offload.as_mut() {
+            off.tx = tx;
+            off.outputs = outputs;
+        }
+        let (taken, refused) = outcome?;
+        self.refused = refused;
+        Ok(taken)
     }
+}
 
-    fn stop(&mut self) -> Result<(), Error> {
-        // The device goes away when its last fd closes (on drop).
-        Ok(())
+/// Like [`write_uring`], but every write's result (bytes or `-errno`).
+fn write_uring_results(ring: &mut uring::Uring, fd: RawFd, writes: &[&[u8]]) -> io::Result<Vec<i32>> {
+    let count = writes.len().min(ring.capacity());
+    let ops: Vec<uring::Op> = writes[..count].iter().map(|f| uring::Op::Write { buf: f.as_ptr(), len: f.len() }).collect();
+    let mut res = vec![0i32; count];
+    // SAFETY: every write is a live slice of the caller's for the call.
+    unsafe { ring.run(fd, &ops, &mut res)? };
+    Ok(res)
+}
+
+/// One `write` per buffer, every result (bytes or `-errno`); stops after
+/// the first that means "no room now" or "gone".
+fn write_each_results(fd: RawFd, writes: &[&[u8]]) -> io::Result<Vec<i32>> {
+    let mut res = Vec::with_capacity(writes.len());
+    for w in writes {
+        // SAFETY: w is a valid readable buffer of its length.
+        let r = unsafe { libc::write(fd, w.as_ptr().cast(), w.len()) };
+        if r < 0 {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+            res.push(-errno);
+            if write_stops(errno) {
+                break;
+            }
+        } else {
+            res.push(r as i32);
+        }
     }
+    Ok(res)
+}
+
+/// Errors after which later writes would fail alike: no room now, or the
+/// device gone. Other errors (EINVAL: a frame the kernel refuses) concern
+/// the one write.
+fn write_stops(errno: i32) -> bool {
+    matches!(errno, libc::EAGAIN | libc::ENOBUFS | libc::EINTR | libc::EBADFD | libc::EIO | libc::ENXIO | libc::ENODEV | libc::EBADF | libc::EPIPE)
+}
+
+/// From the results of the writes of `outputs` (in order; fewer results
+/// than outputs where writing stopped): frames taken, and of those the
+/// refused ones (frames, bytes). Writing that stopped on the first write
+/// returns that error, so the caller sees "no room" or "gone" as such.
+fn taken_and_refused(outputs: &[coalesce::Output], res: &[i32]) -> io::Result<(usize, (usize, usize))> {
+    let mut taken = 0;
+    let mut refused = (0, 0);
+    for (o, &r) in outputs.iter().zip(res) {
+        if r < 0 && write_stops(-r) {
+            if taken == 0 {
+                return Err(io::Error::from_raw_os_error(-r));
+            }
+            break;
+        }
+        taken += o.frames;
+        if r < 0 {
+            refused.0 += o.frames;
+            refused.1 += o.bytes;
+        }
+    }
+    if refused.0 > 0 {
+        log::debug!("TAP write: {} of {taken} frames refused", refused.0);
+    }
+    Ok((taken, refused))
 }
 
 #[cfg(test)]
@@ -399,6 +693,106 @@ mod tests {
             // The next write starts from zero.
             assert_eq!(tap.write_frames(&[&whole, &whole]).unwrap(), 2);
             assert_eq!(tap.last_write_refused(), (0, 0));
+        })
+        .join()
+        .unwrap();
+    }
+
+    fn ip(args: &[&str]) {
+        let st = std::process::Command::new("ip").args(args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+
+    /// Reads frames from `tap` until `want` TCP/UDP frames came (other
+    /// frames, such as the kernel's own IPv6 chatter, are skipped); reads
+    /// with few buffers so a split frame must be held between reads.
+    fn read_ip_frames(tap: &mut Tap, want: usize, held_seen: &mut bool) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        crate::test_support::wait_until("the frames to come out of the other TAP", std::time::Duration::from_secs(10), || {
+            let mut bufs = vec![vec![0u8; 1514]; 8];
+            let mut lens = vec![0usize; 8];
+            let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+            let n = match tap.read_frames(&mut slices, &mut lens) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => panic!("read: {e}"),
+            };
+            *held_seen |= tap.has_held_frames();
+            for (b, &l) in bufs.iter().zip(&lens).take(n) {
+                let f = &b[..l];
+                let is_ip = matches!(u16::from_be_bytes([f[12], f[13]]), 0x0800 | 0x86dd);
+                let l4_proto = if f[12] == 0x08 { f[23] } else { f[20] };
+                if is_ip && (l4_proto == 6 || l4_proto == 17) {
+                    got.push(f.to_vec());
+                }
+            }
+            got.len() >= want
+        });
+        got
+    }
+
+    /// Root only: two TAPs with the user-space offload on one bridge, in a
+    /// fresh network namespace. A run of TCP segments written to one goes
+    /// through the kernel as one GSO frame and comes out of the other split
+    /// back into the very same frames (IPv4 and IPv6), more segments than
+    /// one read's buffers (so some are held); a UDP frame passes unchanged.
+    #[test]
+    #[ignore = "needs root for a network namespace; scripts/test runs it as root with --ignored"]
+    fn two_offloading_taps_on_a_bridge_pass_a_tcp_run_through_the_kernel_unchanged() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for a network namespace: run --ignored tests as root");
+        std::thread::spawn(|| {
+            // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a
+            // new, empty network namespace; the host's network is never
+            // touched.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", io::Error::last_os_error());
+            ip(&["link", "add", "brg0", "type", "bridge"]);
+            let mut taps = Vec::new();
+            for name in ["tapg0", "tapg1"] {
+                let mut tap = Tap::create(name, true).unwrap();
+                tap.set_vnet_hdr_size().unwrap();
+                tap.offload_in_userspace().unwrap();
+                assert_eq!(tap.info().max_frame_bytes, 1514);
+                assert!(!tap.info().offload);
+                ip(&["link", "set", "dev", name, "master", "brg0"]);
+                ip(&["link", "set", "dev", name, "up"]);
+                taps.push(tap);
+            }
+            ip(&["link", "set", "dev", "brg0", "up"]);
+            let mut b = taps.pop().unwrap();
+            let mut a = taps.pop().unwrap();
+            for v6 in [false, true] {
+                let segs = offload_tests::run(v6, 30, if v6 { 1428 } else { 1448 }, 700);
+                let frames: Vec<Vec<u8>> = segs.iter().map(offload_tests::frame).collect();
+                let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+                assert_eq!(a.write_frames(&refs).unwrap(), 30);
+                assert_eq!(a.last_write_refused(), (0, 0));
+                let mut held = false;
+                let got = read_ip_frames(&mut b, 30, &mut held);
+                assert!(held, "v6={v6}: no read left segments held: the run did not arrive as one GSO frame");
+                assert_eq!(got.len(), 30);
+                for (i, (g, f)) in got.iter().zip(&frames).enumerate() {
+                    offload_tests::assert_checksums_valid(g);
+                    assert_eq!(g, f, "v6={v6} frame {i}");
+                }
+            }
+            // UDP (not merged) passes as it is, its checksum intact.
+            let mut udp = offload_tests::frame(&offload_tests::seg(false, 0, 300));
+            udp[23] = 17;
+            let ihl_end = 34;
+            udp[24] = 0;
+            udp[25] = 0;
+            let c = checksum::of(&udp[14..ihl_end]);
+            udp[24..26].copy_from_slice(&c.to_be_bytes());
+            // A UDP header over the first 8 bytes of what was TCP, checksum 0 (none).
+            let len = (udp.len() - ihl_end) as u16;
+            udp[ihl_end + 4..ihl_end + 6].copy_from_slice(&len.to_be_bytes());
+            udp[ihl_end + 6] = 0;
+            udp[ihl_end + 7] = 0;
+            assert_eq!(a.write_frames(&[&udp]).unwrap(), 1);
+            let mut held = false;
+            let got = read_ip_frames(&mut b, 1, &mut held);
+            assert_eq!(got, vec![udp]);
         })
         .join()
         .unwrap();

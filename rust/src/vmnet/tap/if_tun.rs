@@ -19,6 +19,16 @@ pub const TUNGETIFF: libc::Ioctl = libc::TUNGETIFF;
 /// `TUNSETVNETHDRSZ`, `_IOW('T', 216, int)` (linux/if_tun.h): the size of
 /// the virtio-net header the device prepends.
 pub const TUNSETVNETHDRSZ: libc::Ioctl = libc::TUNSETVNETHDRSZ;
+/// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)` (linux/if_tun.h): the
+/// offloads the reader of the fd handles (what the kernel may hand it).
+pub const TUNSETOFFLOAD: libc::Ioctl = libc::TUNSETOFFLOAD;
+
+/// `TUN_F_CSUM` (linux/if_tun.h): the reader completes partial checksums.
+pub const TUN_F_CSUM: libc::c_uint = libc::TUN_F_CSUM;
+/// `TUN_F_TSO4` (linux/if_tun.h): the reader segments TCP over IPv4.
+pub const TUN_F_TSO4: libc::c_uint = libc::TUN_F_TSO4;
+/// `TUN_F_TSO6` (linux/if_tun.h): the reader segments TCP over IPv6.
+pub const TUN_F_TSO6: libc::c_uint = libc::TUN_F_TSO6;
 
 /// `IFF_TAP` (linux/if_tun.h): an Ethernet (TAP) device, not an IP (TUN) one.
 pub const IFF_TAP: libc::c_short = libc::IFF_TAP as libc::c_short;
@@ -32,6 +42,8 @@ pub const IFF_VNET_HDR: libc::c_short = libc::IFF_VNET_HDR as libc::c_short;
 const _: () = assert!(TUNSETIFF as u32 == 0x4004_54ca);
 const _: () = assert!(TUNGETIFF as u32 == 0x8004_54d2);
 const _: () = assert!(TUNSETVNETHDRSZ as u32 == 0x4004_54d8);
+const _: () = assert!(TUNSETOFFLOAD as u32 == 0x4004_54d0);
+const _: () = assert!(TUN_F_CSUM == 0x01 && TUN_F_TSO4 == 0x02 && TUN_F_TSO6 == 0x04);
 const _: () = assert!(IFF_TAP == 0x0002 && IFF_NO_PI == 0x1000 && IFF_VNET_HDR == 0x4000);
 
 /// The part of `struct ifreq` (net/if.h) the TUN ioctls read and write:

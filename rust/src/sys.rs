@@ -108,6 +108,51 @@ pub fn unix_socket(ty: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Where Linux keeps the receive queue length of Unix datagram sockets made
+/// from now on, per network namespace (resolved for the calling thread).
+#[cfg(target_os = "linux")]
+pub const DGRAM_QLEN_SYSCTL: &str = "/proc/sys/net/unix/max_dgram_qlen";
+
+/// Linux: how many datagrams a Unix datagram socket made now by the calling
+/// thread queues for its reader: its network namespace's
+/// `net.unix.max_dgram_qlen`. The kernel copies it into the socket when the
+/// socket is made (`sk_max_ack_backlog`; `listen` is refused on SOCK_DGRAM,
+/// so nothing changes it later); a sender finds the queue full past it
+/// (EAGAIN, or a blocking sender sleeps).
+#[cfg(target_os = "linux")]
+pub fn datagram_queue_limit() -> io::Result<u32> {
+    let text = std::fs::read_to_string(DGRAM_QLEN_SYSCTL)?;
+    text.trim().parse().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("{DGRAM_QLEN_SYSCTL} holds {text:?}, not a number")))
+}
+
+/// Linux: a close-on-exec Unix datagram socket (non-blocking if asked)
+/// whose receive queue holds `depth` datagrams, whatever this namespace's
+/// `net.unix.max_dgram_qlen` is, and without changing it. A short-lived
+/// thread moves itself into a new network namespace
+/// (`unshare(CLONE_NEWNET)`, which a multi-threaded process may do; it
+/// needs CAP_SYS_ADMIN), sets that namespace's limit, makes the socket and
+/// ends; the socket keeps its depth and holds the namespace alive. The
+/// caller's thread and namespace are untouched. A path-bound socket is
+/// reachable from every namespace; an abstract name is not: the socket
+/// neither binds one nor can send to one in the caller's namespace.
+/// Fails (nothing left behind) where unshare or the write is not allowed:
+/// no privilege, a seccomp filter, a read-only /proc/sys.
+#[cfg(target_os = "linux")]
+pub fn datagram_socket_in_private_namespace(depth: u32, nonblocking: bool) -> io::Result<OwnedFd> {
+    let make = move || -> io::Result<OwnedFd> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("unshare a network namespace: {e}")))?;
+        std::fs::write(DGRAM_QLEN_SYSCTL, depth.to_string()).map_err(|e| io::Error::new(e.kind(), format!("write {DGRAM_QLEN_SYSCTL} in the new namespace: {e}")))?;
+        let got = datagram_queue_limit()?;
+        if got != depth {
+            return Err(io::Error::other(format!("{DGRAM_QLEN_SYSCTL} reads {got} after writing {depth}")));
+        }
+        unix_socket(libc::SOCK_DGRAM, nonblocking)
+    };
+    let thread = std::thread::Builder::new().name("vmnet-rs-qlen".into()).spawn(make)?;
+    thread.join().map_err(|_| io::Error::other("the thread that makes the socket panicked"))?
+}
+
 /// SOCK_CLOEXEC where the type takes it (Linux); elsewhere FD_CLOEXEC
 /// follows the call at once.
 #[cfg(target_os = "linux")]
@@ -257,6 +302,135 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(sockaddr_un(&vec![b'a'; max_path_bytes() + 2]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Datagrams a socket bound at `path` queues: sent non-blocking from a
+    /// fresh socket, never read, until the kernel says EAGAIN.
+    #[cfg(target_os = "linux")]
+    fn queued_until_full(path: &std::path::Path) -> usize {
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        for n in 0..100_000 {
+            match sender.send_to(&[0u8; 64], path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return n,
+                Err(e) => panic!("send {n}: {e}"),
+            }
+        }
+        panic!("the queue at {} never filled", path.display())
+    }
+
+    /// Threads of this process named as the helper's thread (`comm`),
+    /// polled until none is left or 5 s pass (a thread just joined may
+    /// linger in /proc for a moment; another test's helper may be running).
+    #[cfg(target_os = "linux")]
+    fn helper_threads_left() -> usize {
+        let count = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter(|t| t.as_ref().ok().and_then(|t| std::fs::read_to_string(t.path().join("comm")).ok()).is_some_and(|c| c.trim() == "vmnet-rs-qlen"))
+                .count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let n = count();
+            if n == 0 || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_socket_made_in_a_private_namespace_queues_past_this_namespaces_limit() {
+        // Run in a fresh namespace of our own (limit 10 whatever the host
+        // says), on a thread of our own, so nothing of the host's is read.
+        let dir = std::env::temp_dir().join(format!("vmnet-rs-qlen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.clone();
+        let outcome = std::thread::spawn(move || -> Result<(u32, usize, usize), String> {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                return Err(format!("unshare(CLONE_NEWNET): {e}"));
+            }
+            let limit = datagram_queue_limit().unwrap();
+            let deep = datagram_socket_in_private_namespace(64, true).unwrap();
+            bind(deep.as_raw_fd(), d.join("deep.sock").as_os_str().as_encoded_bytes()).unwrap();
+            let plain = unix_socket(libc::SOCK_DGRAM, true).unwrap();
+            bind(plain.as_raw_fd(), d.join("plain.sock").as_os_str().as_encoded_bytes()).unwrap();
+            let got = (limit, queued_until_full(&d.join("deep.sock")), queued_until_full(&d.join("plain.sock")));
+            assert_eq!(datagram_queue_limit().unwrap(), limit, "the caller's namespace keeps its limit");
+            Ok(got)
+        })
+        .join()
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let (limit, deep, plain) = match outcome {
+            Ok(got) => got,
+            Err(why) => {
+                eprintln!("SKIPPED a_socket_made_in_a_private_namespace_queues_past_this_namespaces_limit: {why} (needs root)");
+                return;
+            }
+        };
+        assert_eq!(limit, 10, "a fresh namespace starts at the kernel's default");
+        // The kernel refuses once the queue holds more than the limit.
+        assert_eq!(plain, 11, "a plain socket keeps its namespace's limit");
+        assert!(deep >= 64, "the private namespace's socket queued only {deep}");
+        assert_eq!(helper_threads_left(), 0, "the helper's thread ended");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn without_the_privilege_the_private_namespace_socket_fails_cleanly() {
+        // Drop CAP_SYS_ADMIN on one thread only (capset is per thread), as
+        // an unprivileged broker has it: the call fails, nothing is made.
+        let outcome = std::thread::spawn(|| {
+            let hdr = &mut libc_cap_header();
+            let mut data = [CapData::default(); 2];
+            // SAFETY: capget/capset with a v3 header and two data structs.
+            if unsafe { libc::syscall(libc::SYS_capget, hdr as *mut CapHeader, data.as_mut_ptr()) } != 0 {
+                return Err(io::Error::last_os_error().to_string());
+            }
+            let sys_admin = 21; // CAP_SYS_ADMIN, linux/capability.h
+            data[0].effective &= !(1 << sys_admin);
+            // SAFETY: as above.
+            if unsafe { libc::syscall(libc::SYS_capset, hdr as *mut CapHeader, data.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error().to_string());
+            }
+            Ok(datagram_socket_in_private_namespace(64, true).map(drop))
+        })
+        .join()
+        .unwrap();
+        match outcome {
+            Err(why) => eprintln!("SKIPPED without_the_privilege_the_private_namespace_socket_fails_cleanly: capget/capset: {why}"),
+            Ok(made) => {
+                let e = made.expect_err("unshare needs CAP_SYS_ADMIN");
+                assert!(e.to_string().contains("unshare a network namespace"), "{e}");
+                assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+            }
+        }
+    }
+
+    /// `struct __user_cap_header_struct` and `__user_cap_data_struct`
+    /// (linux/capability.h, `_LINUX_CAPABILITY_VERSION_3`).
+    #[cfg(target_os = "linux")]
+    #[repr(C)]
+    struct CapHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[cfg(target_os = "linux")]
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct CapData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    #[cfg(target_os = "linux")]
+    fn libc_cap_header() -> CapHeader {
+        CapHeader { version: 0x2008_0522, pid: 0 }
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub struct Core {
     endpoints: Mutex<Option<endpoints::Endpoints>>,
     /// Network -> kind -> path of the endpoints served (for status).
     endpoint_paths: Mutex<BTreeMap<String, BTreeMap<crate::config::EndpointKind, PathBuf>>>,
+    /// Network -> its datagram endpoint's receive queue (for status).
+    endpoint_queues: Mutex<BTreeMap<String, endpoints::DatagramQueue>>,
     /// An endpoint socket was bound here (not handed over by a service
     /// manager): the broker then never exits when idle.
     endpoints_bound_here: std::sync::atomic::AtomicBool,
@@ -215,6 +217,7 @@ impl Core {
             endpoint: Mutex::new(String::new()),
             endpoints: Mutex::new(None),
             endpoint_paths: Mutex::new(BTreeMap::new()),
+            endpoint_queues: Mutex::new(BTreeMap::new()),
             endpoints_bound_here: std::sync::atomic::AtomicBool::new(false),
             on_demand: AtomicBool::new(false),
         })
@@ -375,6 +378,7 @@ impl Core {
         let access = endpoint_access(&self.options.settings);
         let e = endpoints::Endpoints::start(self, &dir, &wanted, &access).map_err(Error::StartEndpoints)?;
         *self.endpoint_paths.lock().unwrap_or_else(|e| e.into_inner()) = e.paths().clone();
+        *self.endpoint_queues.lock().unwrap_or_else(|e| e.into_inner()) = e.queues().clone();
         self.endpoints_bound_here.store(e.bound_here(), std::sync::atomic::Ordering::SeqCst);
         *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
         Ok(())
@@ -390,6 +394,11 @@ impl Core {
     /// Network -> kind -> path of the endpoint sockets served.
     pub fn endpoint_paths(&self) -> BTreeMap<String, BTreeMap<crate::config::EndpointKind, PathBuf>> {
         self.endpoint_paths.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Network -> its datagram endpoint's receive queue.
+    pub fn endpoint_queues(&self) -> BTreeMap<String, endpoints::DatagramQueue> {
+        self.endpoint_queues.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// One monitor pass; returns true when the broker should exit idle.

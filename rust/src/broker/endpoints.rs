@@ -48,7 +48,7 @@ use crate::vmnet::InterfaceDesc;
 use crate::xpc::Peer;
 
 use datagram::DatagramEndpoint;
-pub use datagram::{MAX_DATAGRAM_CLIENTS, PROBE_INTERVAL, REFUSED_QUIET, VFKIT_MAGIC};
+pub use datagram::{DatagramQueue, QueueMade, MAX_DATAGRAM_CLIENTS, PROBE_INTERVAL, QUEUE_FRAMES, REFUSED_QUIET, VFKIT_MAGIC};
 use paths::{open_endpoint, Bound};
 pub use paths::{activation_name, default_dir, default_dir_for, endpoint_path, max_path_bytes, Access};
 
@@ -87,6 +87,8 @@ pub struct Endpoints {
     thread: Option<JoinHandle<()>>,
     /// Network -> kind -> path.
     paths: BTreeMap<String, BTreeMap<EndpointKind, PathBuf>>,
+    /// Network -> its datagram endpoint's receive queue.
+    queues: BTreeMap<String, DatagramQueue>,
     bound_here: bool,
 }
 
@@ -98,6 +100,7 @@ impl Endpoints {
         let mut streams = Vec::new();
         let mut datagrams = Vec::new();
         let mut paths: BTreeMap<String, BTreeMap<EndpointKind, PathBuf>> = BTreeMap::new();
+        let mut queues = BTreeMap::new();
         let mut bound_here = false;
         let cleanup = |s: &[Bound], d: &[DatagramEndpoint]| {
             s.iter().for_each(Bound::unlink);
@@ -114,6 +117,9 @@ impl Endpoints {
                 };
                 bound_here |= b.owns_path;
                 paths.entry(network.clone()).or_default().insert(*kind, b.path.clone());
+                if let Some(q) = &b.queue {
+                    queues.insert(network.clone(), q.clone());
+                }
                 match kind {
                     EndpointKind::Stream => streams.push(b),
                     EndpointKind::Datagram => datagrams.push(DatagramEndpoint::new(b)),
@@ -140,12 +146,17 @@ impl Endpoints {
         if count > 0 {
             log::info!("endpoints: {count} socket(s) under {}", dir.display());
         }
-        Ok(Endpoints { shared, wake: Some(wake_tx), thread: Some(thread), paths, bound_here })
+        Ok(Endpoints { shared, wake: Some(wake_tx), thread: Some(thread), paths, queues, bound_here })
     }
 
     /// Network -> kind -> socket path.
     pub fn paths(&self) -> &BTreeMap<String, BTreeMap<EndpointKind, PathBuf>> {
         &self.paths
+    }
+
+    /// Network -> its datagram endpoint's receive queue (for `status`).
+    pub fn queues(&self) -> &BTreeMap<String, DatagramQueue> {
+        &self.queues
     }
 
     /// True when at least one endpoint socket was bound here (not handed

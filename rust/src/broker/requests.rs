@@ -761,8 +761,12 @@ impl Core {
             leases.insert(id.to_string(), Value::Dict(d));
         }
         let mut endpoints = Dict::new();
+        let queues = self.endpoint_queues();
         for (network, kinds) in &endpoint_paths {
             let mut d = endpoint_path_dict(kinds);
+            if let Some(q) = queues.get(network) {
+                d.insert("datagram_queue", Value::Dict(queue_dict(q)));
+            }
             let mut ports = Dict::new();
             for (id, l) in st.leases.iter().filter(|(_, l)| &l.network == network && l.via.is_some()) {
                 let mut p = Dict::new()
@@ -839,6 +843,22 @@ impl Core {
             .with("max_ports_per_user", Value::Int(max_ports))
             .with("counters", Value::Dict(counters))
     }
+}
+
+/// `{frames?, recv_bytes?, made, wanted_frames, note?}`: a datagram
+/// endpoint's receive queue (docs/endpoints.md, "The receive queue").
+fn queue_dict(q: &super::endpoints::DatagramQueue) -> Dict {
+    let mut d = Dict::new().with("made", Value::String(q.made.as_str().into())).with("wanted_frames", Value::Int(super::endpoints::QUEUE_FRAMES as i64));
+    if let Some(n) = q.frames {
+        d.insert("frames", Value::Int(n as i64));
+    }
+    if let Some(n) = q.recv_bytes {
+        d.insert("recv_bytes", Value::Int(n as i64));
+    }
+    if let Some(note) = q.note() {
+        d.insert("note", Value::String(note));
+    }
+    d
 }
 
 /// `{stream: PATH, datagram: PATH}` for one network's endpoints.

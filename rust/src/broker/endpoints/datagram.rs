@@ -22,7 +22,10 @@
 //! client's relay thread sends and writes its interface. No other thread.
 //!
 //! Invariants: an unbound sender (Linux: empty address; macOS: XNU's
-//! `sun_noname`) never gets a port; every descriptor a client sends
+//! `sun_noname`) never gets a port, nor (Linux) a sender bound to an
+//! abstract name when the endpoint socket lives in a private network
+//! namespace ([`QueueMade::PrivateNamespace`]: no reply could reach it);
+//! every descriptor a client sends
 //! (SCM_RIGHTS) is closed; a datagram that arrived cut (`MSG_TRUNC`) is
 //! never passed on, it is dropped and counted; every frame dropped here (cut,
 //! or its client's inbox full) is counted on the client's port.
@@ -62,6 +65,90 @@ const BATCHES_PER_TURN: usize = 4;
 /// `net.core.wmem_max`. The receive buffer holds bursts from all clients.
 pub(super) const SEND_BUFFER_BYTES: usize = 8 << 20;
 pub(super) const RECV_BUFFER_BYTES: usize = 4 << 20;
+
+/// The receive queue, in datagrams, the broker gives a datagram endpoint
+/// socket it makes (Linux; docs/endpoints.md, "The receive queue"). Every
+/// client sends to this one socket, and Linux queues only as many
+/// datagrams for it as `net.unix.max_dgram_qlen` said where it was made (10
+/// unless the host set more; systemd sets 512) before senders find it full
+/// and wait. 512 as systemd: each queued datagram is charged to its
+/// sender's send buffer (a QEMU client's default ~208 KiB is ~75 MTU-sized
+/// frames), so a few busy clients fill it, not one; the endpoint thread
+/// moves it out in [`BATCH_FRAMES`] batches into inboxes of
+/// [`crate::adaptor::vm_shared::INBOX_FRAMES`] (1024), so a full queue fits
+/// one client's inbox; at most 512 x 64 KiB (offload) is held, charged to
+/// the senders, not to the broker's [`SEND_BUFFER_BYTES`].
+pub const QUEUE_FRAMES: u32 = 512;
+
+/// How a datagram endpoint's socket was made, for its receive queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueMade {
+    /// In the broker's namespace, whose limit was already enough (macOS:
+    /// always; there the receive buffer is what bounds the queue).
+    Here,
+    /// In a private network namespace with [`QUEUE_FRAMES`]
+    /// ([`crate::sys::datagram_socket_in_private_namespace`]).
+    PrivateNamespace,
+    /// In the broker's namespace with its lower limit: a private one was
+    /// not allowed.
+    Fallback,
+    /// Made by systemd or launchd: its queue is what it was made with.
+    ServiceManager,
+}
+
+impl QueueMade {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueMade::Here => "broker namespace",
+            QueueMade::PrivateNamespace => "private namespace",
+            QueueMade::Fallback => "broker namespace (fallback)",
+            QueueMade::ServiceManager => "service manager",
+        }
+    }
+}
+
+/// What a datagram endpoint socket queues for the endpoint thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatagramQueue {
+    /// Linux: datagrams queued before senders wait (None on macOS, where
+    /// the receive buffer bounds the queue). For a socket the service
+    /// manager made, this namespace's limit now, which is the one it got
+    /// when both live in the same namespace.
+    pub frames: Option<u32>,
+    /// The receive buffer the kernel granted (SO_RCVBUF), bytes.
+    pub recv_bytes: Option<usize>,
+    pub made: QueueMade,
+    /// Why a private namespace could not be used ([`QueueMade::Fallback`]).
+    pub reason: Option<String>,
+}
+
+impl DatagramQueue {
+    /// Made in this namespace (`frames` from its limit).
+    pub(super) fn here(frames: Option<u32>, made: QueueMade) -> DatagramQueue {
+        DatagramQueue { frames, recv_bytes: None, made, reason: None }
+    }
+
+    /// What is wrong and how to fix it, when the queue is shallower than
+    /// [`QUEUE_FRAMES`]; `None` when it is not (or not known).
+    pub fn note(&self) -> Option<String> {
+        let frames = self.frames?;
+        if frames >= QUEUE_FRAMES {
+            return None;
+        }
+        let sysctl = format!("`sysctl -w net.unix.max_dgram_qlen={QUEUE_FRAMES}` (systemd's default; keep it in /etc/sysctl.d)");
+        let (why, fix) = match self.made {
+            QueueMade::ServiceManager => ("the service manager made the socket where net.unix.max_dgram_qlen is low".to_string(), format!("{sysctl}, then restart the socket unit")),
+            _ => (
+                match &self.reason {
+                    Some(r) => format!("no private namespace for it ({r})"),
+                    None => "net.unix.max_dgram_qlen is low here".to_string(),
+                },
+                format!("{sysctl} before the broker starts, or run the broker as root (CAP_SYS_ADMIN) so it makes its own"),
+            ),
+        };
+        Some(format!("receive queue {frames} datagrams, under {QUEUE_FRAMES}: {why}; datagram clients slow down under load. Fix: {fix}"))
+    }
+}
 
 /// One datagram client: its port's lease and inbox.
 pub(super) struct Client {
@@ -174,6 +261,17 @@ impl Worker {
         let addr = got.addr.clone();
         let shown = show_addr(&addr);
         let path = d.bound.path.clone();
+        if addr.first() == Some(&0) && d.bound.queue.as_ref().is_some_and(|q| q.made == QueueMade::PrivateNamespace) {
+            // An abstract name lives in its sender's network namespace, and
+            // a socket made in a private one (for its deeper queue) sends
+            // to abstract names there only: no reply could reach it.
+            d.refused.insert(addr, Instant::now());
+            log::warn!(
+                "endpoint {}: client {shown} refused: it is bound to an abstract name, which this endpoint cannot answer (its socket was made in a private network namespace for a {QUEUE_FRAMES}-datagram queue); bind the client to a path, or set `sysctl -w net.unix.max_dgram_qlen={QUEUE_FRAMES}` before the broker starts so the endpoint is made in the broker's own namespace",
+                path.display()
+            );
+            return;
+        }
         if d.clients.len() >= MAX_DATAGRAM_CLIENTS {
             d.refused.insert(addr, Instant::now());
             log::warn!("endpoint {}: client {shown} refused: {MAX_DATAGRAM_CLIENTS} clients already", path.display());

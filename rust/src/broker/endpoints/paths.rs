@@ -1,7 +1,10 @@
 //! Where endpoints live and how their sockets are made: the path rule
 //! (`<dir>/<network>.<kind>.sock`), the service manager's names for them,
 //! binding (or taking over a socket systemd or launchd holds), modes and
-//! group, and the buffers and credential passing of a datagram endpoint.
+//! group, and the receive queue, buffers and credential passing of a
+//! datagram endpoint (Linux: made in a private network namespace when the
+//! broker's own allows too short a queue; the host's setting is never
+//! changed).
 //!
 //! Owner: [`super::Endpoints::start`], on the thread that starts the
 //! broker; nothing here runs on the endpoint thread but [`Bound::unlink`].
@@ -16,7 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::datagram::{RECV_BUFFER_BYTES, SEND_BUFFER_BYTES};
+use super::datagram::{DatagramQueue, QueueMade, QUEUE_FRAMES, RECV_BUFFER_BYTES, SEND_BUFFER_BYTES};
 use super::{io_error, Error, LISTEN_BACKLOG};
 use crate::adaptor::socket as adaptor_socket;
 use crate::config::EndpointKind;
@@ -78,6 +81,8 @@ pub(super) struct Bound {
     pub(super) kind: EndpointKind,
     /// We bound the path and remove it on stop.
     pub(super) owns_path: bool,
+    /// A datagram endpoint's receive queue (`None`: a stream endpoint).
+    pub(super) queue: Option<DatagramQueue>,
 }
 
 impl Bound {
@@ -109,7 +114,8 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
         }
         sys::set_flags(fd.as_raw_fd()).map_err(io_error("make the passed socket non-blocking", &path))?;
         let actual = crate::xpc::activation::bound_path(fd.as_raw_fd()).unwrap_or(path);
-        return finish_socket(Bound { fd, path: actual, network: network.to_owned(), kind, owns_path: false });
+        let queue = (kind == EndpointKind::Datagram).then(|| DatagramQueue::here(namespace_limit().ok(), QueueMade::ServiceManager));
+        return finish_socket(Bound { fd, path: actual, network: network.to_owned(), kind, owns_path: false, queue });
     }
     let bytes = path.as_os_str().as_bytes().len();
     if bytes > max_path_bytes() {
@@ -126,7 +132,13 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(access.dir_mode)).map_err(io_error("set the endpoint directory's mode", dir))?;
     }
-    let fd = sys::unix_socket(ty, true).map_err(io_error("create the socket", &path))?;
+    let (fd, queue) = match kind {
+        EndpointKind::Stream => (sys::unix_socket(ty, true).map_err(io_error("create the socket", &path))?, None),
+        EndpointKind::Datagram => {
+            let (fd, queue) = datagram_socket(&path).map_err(io_error("create the socket", &path))?;
+            (fd, Some(queue))
+        }
+    };
     let bind = || sys::bind(fd.as_raw_fd(), path.as_os_str().as_bytes());
     match bind() {
         Ok(_) => {}
@@ -142,7 +154,7 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
         }
         Err(e) => return Err(io_error("bind", &path)(e)),
     }
-    let bound = Bound { fd, path: path.clone(), network: network.to_owned(), kind, owns_path: true };
+    let bound = Bound { fd, path: path.clone(), network: network.to_owned(), kind, owns_path: true, queue };
     use std::os::unix::fs::PermissionsExt;
     if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(access.file_mode)) {
         bound.unlink();
@@ -165,14 +177,74 @@ pub(super) fn open_endpoint(dir: &Path, network: &str, kind: EndpointKind, acces
     finish_socket(bound)
 }
 
+/// This namespace's limit on a new datagram socket's queue (Linux); macOS
+/// has none by count.
+#[cfg(target_os = "linux")]
+fn namespace_limit() -> io::Result<u32> {
+    sys::datagram_queue_limit()
+}
+#[cfg(not(target_os = "linux"))]
+fn namespace_limit() -> io::Result<u32> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// A datagram endpoint socket (non-blocking, close-on-exec, unbound) with a
+/// receive queue of [`QUEUE_FRAMES`] where this can be had. Linux: made
+/// here if this namespace's `net.unix.max_dgram_qlen` is already that deep,
+/// else in a private network namespace
+/// ([`sys::datagram_socket_in_private_namespace`]; the host's setting is
+/// never changed), else here as it is, with the reason kept for `status`
+/// and `doctor`. macOS: made here; its queue is bounded by the receive
+/// buffer, which [`finish_socket`] raises.
+fn datagram_socket(path: &Path) -> io::Result<(OwnedFd, DatagramQueue)> {
+    #[cfg(target_os = "linux")]
+    {
+        let here = namespace_limit();
+        if let Ok(n) = here {
+            if n >= QUEUE_FRAMES {
+                return Ok((sys::unix_socket(libc::SOCK_DGRAM, true)?, DatagramQueue::here(Some(n), QueueMade::Here)));
+            }
+        }
+        match sys::datagram_socket_in_private_namespace(QUEUE_FRAMES, true) {
+            Ok(fd) => {
+                log::debug!("endpoint {}: receive queue {QUEUE_FRAMES} datagrams (private network namespace)", path.display());
+                Ok((fd, DatagramQueue::here(Some(QUEUE_FRAMES), QueueMade::PrivateNamespace)))
+            }
+            Err(e) => {
+                let mut queue = DatagramQueue::here(here.ok(), QueueMade::Fallback);
+                queue.reason = Some(e.to_string());
+                if let Some(note) = queue.note() {
+                    log::warn!("endpoint {}: {note}", path.display());
+                }
+                Ok((sys::unix_socket(libc::SOCK_DGRAM, true)?, queue))
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (path, QUEUE_FRAMES);
+        Ok((sys::unix_socket(libc::SOCK_DGRAM, true)?, DatagramQueue::here(None, QueueMade::Here)))
+    }
+}
+
 /// Buffers and credential passing on a ready endpoint socket.
-pub(super) fn finish_socket(b: Bound) -> Result<Bound, Error> {
+pub(super) fn finish_socket(mut b: Bound) -> Result<Bound, Error> {
     if b.kind == EndpointKind::Datagram {
         // Best effort, as the adaptors do (root passes net.core.*mem_max);
-        // what the kernel granted is logged.
+        // what the kernel granted is logged and shown by `status` (on
+        // macOS the receive buffer is the endpoint's queue: XNU refuses a
+        // datagram the receiver's buffer has no room for).
         match adaptor_socket::set_buffers(&b.fd, SEND_BUFFER_BYTES, RECV_BUFFER_BYTES) {
-            Ok(got) => log::debug!("endpoint {}: SO_SNDBUF {} SO_RCVBUF {}", b.path.display(), got.send_bytes, got.recv_bytes),
+            Ok(got) => {
+                log::debug!("endpoint {}: SO_SNDBUF {} SO_RCVBUF {}", b.path.display(), got.send_bytes, got.recv_bytes);
+                if let Some(q) = &mut b.queue {
+                    q.recv_bytes = Some(got.recv_bytes);
+                }
+            }
             Err(e) => log::warn!("endpoint {}: could not set its socket buffers: {e}", b.path.display()),
+        }
+        if let Some(note) = b.queue.as_ref().filter(|q| q.made == QueueMade::ServiceManager).and_then(DatagramQueue::note) {
+            log::warn!("endpoint {}: {note}", b.path.display());
         }
         // Blocking, for the relays' sends (each waits for its own client,
         // up to SO_SNDTIMEO; crate::adaptor::vm_shared); every receive on it

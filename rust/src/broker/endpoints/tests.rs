@@ -325,3 +325,54 @@ fn a_connected_client_that_stops_reading_does_not_take_the_others_budget() {
     assert!(got >= FLOOD / 2, "c received {got} of {FLOOD}");
     b.stop();
 }
+
+#[test]
+fn the_datagram_endpoint_queue_is_deep_and_says_how_it_was_made() {
+    use std::os::linux::net::SocketAddrExt;
+    let (b, dir) = start("queue", uid());
+    let st = b.core().status();
+    let q = st.get_dict("endpoints").unwrap().get_dict("shared").unwrap().get_dict("datagram_queue").unwrap();
+    let made = q.get_str("made").unwrap().to_owned();
+    let here = crate::sys::datagram_queue_limit().unwrap();
+    assert_eq!(q.get_int("wanted_frames"), Some(QUEUE_FRAMES as i64));
+    assert!(q.get_int("recv_bytes").unwrap() > 0, "the granted receive buffer is shown");
+    match made.as_str() {
+        "broker namespace" => {
+            assert!(here >= QUEUE_FRAMES, "made here only when this namespace allows {QUEUE_FRAMES}, not {here}");
+            assert_eq!(q.get_int("frames"), Some(here as i64));
+            eprintln!("SKIPPED the abstract-client part: this namespace already queues {here}, so no private namespace was made");
+            b.stop();
+            return;
+        }
+        "broker namespace (fallback)" => {
+            assert_eq!(q.get_int("frames"), Some(here as i64));
+            assert!(q.get_str("note").unwrap().contains("net.unix.max_dgram_qlen="), "the fallback says the fix");
+            eprintln!("SKIPPED the abstract-client part: no private namespace here (not root?)");
+            b.stop();
+            return;
+        }
+        _ => {}
+    }
+    assert_eq!(made, "private namespace");
+    assert_eq!(q.get_int("frames"), Some(QUEUE_FRAMES as i64));
+    assert_eq!(q.get_str("note"), None, "a queue as deep as wanted has nothing to fix");
+    // An abstract-named client cannot be answered from the private
+    // namespace: it gets no port; a path-bound client sent after it does.
+    let path = endpoint_path(&dir, "shared", EndpointKind::Datagram);
+    let name = format!("vmnet-rs-test-abstract-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let abstract_client = UnixDatagram::bind_addr(&addr).unwrap();
+    abstract_client.send_to(&frame(1, 60), &path).unwrap();
+    let c = dgram_client(&dir, "after-abstract", &path);
+    c.send(&frame(2, 60)).unwrap();
+    wait_for("the path client's port", || endpoint_ports(&b, "shared").len() == 1);
+    abstract_client.send_to(&frame(3, 60), &path).unwrap();
+    c.send(&frame(4, 60)).unwrap();
+    wait_for("the second frame counted", || port_counter_sum(&b, "shared", "vm_to_host", "packets") == 2);
+    // Without the refusal it would get a port whose first reply fails
+    // (ECONNREFUSED) and goes again: count every port ever granted.
+    let granted = b.core().status().get_dict("counters").and_then(|c| c.get_int("leases_granted"));
+    assert_eq!(granted, Some(1), "only the path client ever got a port");
+    assert_eq!(endpoint_ports(&b, "shared").len(), 1, "the abstract client got no port");
+    b.stop();
+}

@@ -250,3 +250,40 @@ def test_host_lookups_say_whether_the_host_finds_vm_names(monkeypatch):
     answers.clear()
     [warn] = host_lookup_checks(status)
     assert warn.verdict == WARN and "does not resolve on the host" in warn.detail and "install --resolver" in warn.fix
+
+
+def test_each_datagram_endpoint_queue_gets_a_doctor_and_a_status_line() -> None:
+    """From a broker's status: ok for a queue as deep as the broker wants,
+    warn with the fix for a shallower one (docs/endpoints.md, "The receive
+    queue"); status prints both under the network's endpoints."""
+    from vmnet_rs.doctor import OK, WARN, datagram_queue_checks
+    from vmnet_rs.status_cli import format_status
+
+    deep = {"frames": 512, "recv_bytes": 4 << 20, "made": "private namespace", "wanted_frames": 512}
+    shallow = {"frames": 10, "recv_bytes": 4 << 20, "made": "broker namespace (fallback)", "wanted_frames": 512,
+               "note": "receive queue 10 datagrams, under 512: no private namespace for it (unshare a network namespace: EPERM); "
+                       "datagram clients slow down under load. Fix: `sysctl -w net.unix.max_dgram_qlen=512` before the broker starts"}
+    status = {"endpoints": {"a": {"datagram": "/e/a.dgram.sock", "datagram_queue": deep, "ports": {}},
+                            "b": {"datagram": "/e/b.dgram.sock", "datagram_queue": shallow, "ports": {}},
+                            "c": {"stream": "/e/c.stream.sock", "ports": {}}}}
+    checks = {c.name: c for c in datagram_queue_checks(status)}
+    assert sorted(checks) == ["datagram endpoint a queue", "datagram endpoint b queue"]
+    a, b = checks["datagram endpoint a queue"], checks["datagram endpoint b queue"]
+    assert (a.verdict, a.detail) == (OK, "receive queue 512 datagrams, receive buffer 4096 KiB (private namespace)")
+    assert b.verdict == WARN and b.detail.startswith("receive queue 10 datagrams, under 512") and "EPERM" in b.detail
+    assert b.fix == "`sysctl -w net.unix.max_dgram_qlen=512` before the broker starts", b.fix
+    broker = {"pid": 1, "version": "x", "endpoint": "/s", "uptime_s": 3, "idle_timeout_s": 0, "networks": {}, "leases": {}, "counters": {}, **status}
+    lines = format_status({"installed": {"installed": False, "platform": "linux"}, "broker": broker})
+    assert "    datagram receive queue 512 datagrams, receive buffer 4096 KiB (private namespace)" in lines, lines
+    [b_line] = [line for line in lines if line.startswith("    datagram receive queue 10 ")]
+    assert "WARNING" in b_line and "sysctl -w net.unix.max_dgram_qlen=512" in b_line
+
+
+def test_the_networks_table_notes_a_low_datagram_queue_limit_on_linux() -> None:
+    from vmnet_rs.networks_cli import datagram_queue_note
+
+    note = datagram_queue_note("linux", 10)
+    assert note is not None and "is 10 here" in note and "512" in note and "sysctl -w net.unix.max_dgram_qlen=512" in note
+    assert datagram_queue_note("linux", 512) is None
+    assert datagram_queue_note("linux", 4096) is None
+    assert datagram_queue_note("macos", 10) is None

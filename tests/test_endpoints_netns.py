@@ -112,3 +112,71 @@ def test_a_client_killed_with_sigkill_loses_its_port_within_seconds(broker: Brok
     wait_until("the victim's TAP to go", lambda: set(broker.netns.links()) == links_before, timeout=20)
     assert_no_new_fds(broker, baseline)
     keep.close()
+
+
+def _qlen(netns) -> int:
+    return int(netns.run(["cat", "/proc/sys/net/unix/max_dgram_qlen"]).stdout.strip())
+
+
+def _thread_namespaces(pid: int) -> dict:
+    """Task id -> network namespace of every thread of ``pid``."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[task.name] = os.readlink(task / "ns" / "net")
+        except OSError:  # the thread ended while we looked
+            pass
+    return out
+
+
+def test_the_datagram_endpoint_reports_a_deep_queue_and_leaves_the_namespace_alone(broker: BrokerProcess, tmp_path: Path) -> None:
+    """A root broker whose namespace queues 10 datagrams (a fresh one's
+    default) makes its datagram endpoint with the 512 it wants, in a
+    namespace of its own: status and doctor say so, the namespace's own
+    setting is unchanged, and no thread of the broker is left elsewhere
+    (the helper thread ended)."""
+    from vmnet_rs._native import DATAGRAM_QUEUE_FRAMES
+    from vmnet_rs.doctor import OK, datagram_queue_checks
+    from vmnet_rs.status_cli import datagram_queue_text
+
+    assert _qlen(broker.netns) == 10, "a fresh namespace keeps the kernel's default"
+    with Client(str(broker.socket), timeout=20) as c:
+        st = c.status()
+    q = st["endpoints"]["lab"]["datagram_queue"]
+    assert (q["made"], q["frames"], q["wanted_frames"]) == ("private namespace", DATAGRAM_QUEUE_FRAMES, 512), q
+    assert "note" not in q and q["recv_bytes"] > 0
+    assert datagram_queue_text(q).startswith("receive queue 512 datagrams")
+    [check] = [c for c in datagram_queue_checks(st) if c.name == "datagram endpoint lab queue"]
+    assert check.verdict == OK, check
+    assert _qlen(broker.netns) == 10, "the broker changed no setting of its namespace"
+    own = os.readlink(f"/proc/{broker.pid}/ns/net")
+    assert set(_thread_namespaces(broker.pid).values()) == {own}, "every broker thread is in the broker's namespace"
+    # The endpoint still serves: a datagram client gets its port.
+    d = dgram_client(tmp_path, "deep", str(broker.ep / "lab.dgram.sock"))
+    d.send(frame(MAC_B, b"hello"))
+    wait_until("the datagram client's port", lambda: len(ports(broker, "lab")) == 1)
+    d.close()
+    os.unlink(tmp_path / "deep.sock")
+
+
+def test_without_the_privilege_the_datagram_endpoint_says_its_depth_and_the_fix(netns, tmp_path: Path) -> None:
+    """The same broker without CAP_SYS_ADMIN (as an unprivileged one, or
+    one a seccomp filter keeps from unshare) keeps its namespace's 10 and
+    says so, with the fix, in status and doctor."""
+    from vmnet_rs.doctor import WARN, datagram_queue_checks
+
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": [], "endpointDir": str(tmp_path / "ep")}, "vmnet": NET}))
+    args = ["--config", str(cfg), "--idle-timeout", "0", "--state-dir", str(tmp_path / "state")]
+    prefix = netns.argv(["setpriv", "--bounding-set=-sys_admin", "--"])
+    with BrokerProcess(tmp_path / "broker.sock", args, prefix=prefix) as b:
+        b.wait_ready()
+        with Client(str(b.socket), timeout=20) as c:
+            st = c.status()
+        log = b.log_text()
+    q = st["endpoints"]["lab"]["datagram_queue"]
+    assert (q["made"], q["frames"]) == ("broker namespace (fallback)", 10), q
+    assert "unshare" in q["note"] and "sysctl -w net.unix.max_dgram_qlen=512" in q["note"], q["note"]
+    [check] = [c for c in datagram_queue_checks(st) if c.name == "datagram endpoint lab queue"]
+    assert check.verdict == WARN and "receive queue 10 datagrams" in check.detail and "sysctl -w net.unix.max_dgram_qlen=512" in check.fix, check
+    assert "receive queue 10 datagrams" in log, "the broker's log says it too"

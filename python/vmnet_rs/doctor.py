@@ -328,6 +328,7 @@ def _live_checks(connect: Any, where: str, network: str, serialization: bool = F
     out = [Check("broker answers", OK, f"{where}: pid {st.get('pid')} version {st.get('version')} backend {st.get('backend')}")]
     out += network_piece_checks(st)
     out += host_lookup_checks(st)
+    out += datagram_queue_checks(st)
     if st.get("config_error"):
         out.append(Check("broker configuration", WARN, f"serving the last good configuration: {st['config_error']}", "fix the file named; `vmnet-rs networks check FILE`"))
     with client:
@@ -356,6 +357,29 @@ def network_piece_checks(status: Mapping[str, Any]) -> List[Check]:
                 out.append(Check(label, WARN, f"present, but left alone: {alone}{repairs}", "see docs/linux.md (repairs)"))
             else:
                 out.append(Check(label, OK, f"present{repairs}"))
+    return out
+
+
+def datagram_queue_checks(status: Mapping[str, Any]) -> List[Check]:
+    """One check per live datagram endpoint, from the broker's ``status``:
+    its receive queue (docs/endpoints.md, "The receive queue"). OK when it
+    holds as many datagrams as the broker wants (512), a warning with the
+    fix when it holds fewer (Linux: ``net.unix.max_dgram_qlen`` where the
+    socket was made, and the broker could not make it in a namespace of its
+    own)."""
+    from .status_cli import datagram_queue_text
+
+    out = []
+    for name, ep in sorted(status.get("endpoints", {}).items()):
+        q = ep.get("datagram_queue")
+        if q is None:
+            continue
+        note = q.get("note")
+        if not note:
+            out.append(Check(f"datagram endpoint {name} queue", OK, datagram_queue_text(q)))
+            continue
+        detail, _, fix = note.partition(" Fix: ")
+        out.append(Check(f"datagram endpoint {name} queue", WARN, detail.rstrip("."), fix))
     return out
 
 
@@ -451,5 +475,5 @@ def doctor_command(as_json: bool, socket: Optional[str], mach_service: Optional[
         raise click.exceptions.Exit(1)
 
 
-__all__ = ["doctor_command", "Check", "subnet_collisions", "relay_check", "network_piece_checks", "datagram_size_checks"]
+__all__ = ["doctor_command", "Check", "subnet_collisions", "relay_check", "network_piece_checks", "datagram_size_checks", "datagram_queue_checks"]
 

@@ -127,6 +127,27 @@ def datagram_size_note(net: NetworkConfig, platform: str) -> Optional[str]:
             "carry 64 KiB frames; QEMU -netdev dgram keeps 2048-byte sends: give QEMU the stream endpoint")
 
 
+def datagram_queue_note(platform: str, limit: Optional[int] = None) -> Optional[str]:
+    """Linux: what the datagram endpoint's receive queue will be when this
+    namespace's ``net.unix.max_dgram_qlen`` (``limit``; read from /proc
+    when ``None``) is under the broker's wanted depth (docs/endpoints.md,
+    "The receive queue"); ``None`` when it is not, on macOS, or unknown."""
+    from ._native import DATAGRAM_QUEUE_FRAMES as wanted
+
+    if platform != "linux":
+        return None
+    if limit is None:
+        try:
+            limit = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text().strip())
+        except (OSError, ValueError):
+            return None
+    if limit >= wanted:
+        return None
+    return (f"net.unix.max_dgram_qlen is {limit} here: a root broker makes the endpoint with a {wanted}-datagram queue "
+            f"in its own network namespace, any other keeps {limit} and slows under load "
+            f"(`sysctl -w net.unix.max_dgram_qlen={wanted}`, systemd's default)")
+
+
 def _platform() -> str:
     return "macos" if sys.platform == "darwin" else "linux"
 
@@ -161,7 +182,8 @@ def format_table(cfg: Config, platform: Optional[str] = None) -> str:
         if off:
             details.append(f"{name}: off on {platform}: {', '.join(off)}")
         for kind, path in sorted(paths.get(name, {}).items(), reverse=True):
-            note = datagram_size_note(net, platform) if kind == "datagram" else None
+            notes = [datagram_size_note(net, platform), datagram_queue_note(platform)] if kind == "datagram" else []
+            note = "; ".join(n for n in notes if n) or None
             details.append(f"{name}: {kind} endpoint {path}" + (f" ({note})" if note else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     b = cfg.broker

@@ -93,6 +93,8 @@ def format_status(out: Dict[str, Any]) -> List[str]:
     for name, ep in sorted(b.get("endpoints", {}).items()):
         paths = ", ".join(f"{k} {ep[k]}" for k in ("stream", "datagram") if k in ep)
         lines.append(f"  endpoints {name}: {paths}, {len(ep.get('ports', {}))} port(s)")
+        if "datagram_queue" in ep:
+            lines.append(f"    datagram {datagram_queue_text(ep['datagram_queue'])}")
         for lid, p in sorted(ep.get("ports", {}).items(), key=lambda kv: int(kv[0])):
             lines.append(f"    lease {lid}: {p['via']} pid {p['pid']} uid {p['uid']} {p.get('mac', 'no frame yet')}")
     if "max_ports_per_user" in b:
@@ -103,6 +105,19 @@ def format_status(out: Dict[str, Any]) -> List[str]:
     c = b.get("counters", {})
     lines.append("  counters: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())))
     return lines
+
+
+def datagram_queue_text(q: Dict[str, Any]) -> str:
+    """One datagram endpoint's receive queue from the broker's status
+    (docs/endpoints.md, "The receive queue"): its depth in datagrams
+    (Linux), the receive buffer, how the socket was made, and the fix when
+    it is shallower than the broker wants."""
+    depth = f"{q['frames']} datagrams" if "frames" in q else "no count limit"
+    buf = f", receive buffer {q['recv_bytes'] // 1024} KiB" if "recv_bytes" in q else ""
+    text = f"receive queue {depth}{buf} ({q.get('made', '?')})"
+    if q.get("note"):
+        text += f"; WARNING: {q['note']}"
+    return text
 
 
 @click.command("status")

@@ -6,7 +6,11 @@
 //! any thread. What is here: close-on-exec and non-blocking flags, integer
 //! socket options, a `sockaddr_un` from raw `sun_path` bytes (with `sun_len`
 //! on the BSDs), Unix sockets, socketpairs and pipes that are close-on-exec
-//! from the start, `connect`, and a connected peer's credentials.
+//! from the start, `connect`, a connected peer's credentials, and (Linux)
+//! a datagram socket with a deeper receive queue than this namespace's
+//! `net.unix.max_dgram_qlen`, made by a short-lived thread in a private
+//! network namespace (the one thread this module starts; it ends before
+//! the call returns).
 //!
 //! Invariants: every descriptor made here is an `OwnedFd` and close-on-exec;
 //! no raw pointer leaves this module; every error is the call's `errno`.

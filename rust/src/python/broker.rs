@@ -36,6 +36,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         suffixes.set_item(kind.as_str(), kind.suffix())?;
     }
     m.add("ENDPOINT_SUFFIXES", suffixes)?;
+    // The receive queue (datagrams) the broker gives a datagram endpoint
+    // socket (docs/endpoints.md, "The receive queue").
+    m.add("DATAGRAM_QUEUE_FRAMES", crate::broker::endpoints::QUEUE_FRAMES)?;
     m.add_function(wrap_pyfunction!(default_state_dir, m)?)?;
     m.add_function(wrap_pyfunction!(socket_path, m)?)?;
     m.add_function(wrap_pyfunction!(endpoint_dir, m)?)?;

@@ -339,7 +339,13 @@ def test_sockets_passed_by_name_are_used_and_the_broker_still_exits_idle(tmp_pat
         wait_until("the activated broker", ready)
         with Client(str(sock), timeout=10) as c:
             st = c.status()
+        queue = st["endpoints"]["shared"].pop("datagram_queue")
         assert st["endpoints"]["shared"] == {"stream": str(ep / "shared.stream.sock"), "datagram": str(ep / "shared.dgram.sock"), "ports": {}}
+        # The passed socket keeps the queue it was made with: this
+        # namespace's limit, with the fix when it is short.
+        limit = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+        assert (queue["made"], queue["frames"]) == ("service manager", limit), queue
+        assert ("note" in queue) == (limit < 512) and "restart the socket unit" in queue.get("note", "restart the socket unit"), queue
         assert not (tmp_path / "unused").exists(), "passed sockets are used instead of binding"
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(str(ep / "shared.stream.sock"))

@@ -375,7 +375,7 @@ mod tests {
     use super::testing::{pair_interface, Handles};
     use super::*;
     use std::io::{Read, Write};
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::time::{Duration, Instant};
 
@@ -709,6 +709,85 @@ mod tests {
             assert_eq!(handles.written.lock().unwrap()[1], vec![4u8; MAX], "{kind:?}");
             wait_until("three errors are counted", || adaptor.stats().vm_to_host.errors == 3);
             assert!(adaptor.is_running());
+        }
+    }
+
+    /// An interface that, as a TAP splitting a GSO frame does, hands out a
+    /// burst over many reads (two frames each) while its fd polls readable
+    /// only once, and reports frames it dropped.
+    struct HoldingInterface {
+        info: crate::vmnet::InterfaceInfo,
+        readable: OwnedFd,
+        queue: std::collections::VecDeque<Vec<u8>>,
+        dropped: u64,
+    }
+
+    impl crate::vmnet::Interface for HoldingInterface {
+        fn info(&self) -> &crate::vmnet::InterfaceInfo {
+            &self.info
+        }
+
+        fn readable_fd(&self) -> std::os::fd::RawFd {
+            self.readable.as_raw_fd()
+        }
+
+        fn read_frames(&mut self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> std::io::Result<usize> {
+            let mut byte = [0u8; 64];
+            // SAFETY: byte is a valid writable buffer; the pipe is non-blocking.
+            unsafe { libc::read(self.readable.as_raw_fd(), byte.as_mut_ptr().cast(), byte.len()) };
+            let mut n = 0;
+            while n < bufs.len().min(2) {
+                let Some(f) = self.queue.pop_front() else { break };
+                bufs[n][..f.len()].copy_from_slice(&f);
+                lens[n] = f.len();
+                n += 1;
+            }
+            Ok(n)
+        }
+
+        fn write_frames(&mut self, frames: &[&[u8]]) -> std::io::Result<usize> {
+            Ok(frames.len())
+        }
+
+        fn has_held_frames(&self) -> bool {
+            !self.queue.is_empty()
+        }
+
+        fn take_read_dropped(&mut self) -> u64 {
+            std::mem::take(&mut self.dropped)
+        }
+
+        fn stop(&mut self) -> Result<(), crate::vmnet::Error> {
+            Ok(())
+        }
+    }
+
+    /// Frames an interface holds from its last read reach the VM although
+    /// its fd never polls readable again, and what it dropped is counted.
+    #[test]
+    fn frames_the_interface_holds_are_read_without_waiting_for_its_fd() {
+        for kind in [Kind::Stream, Kind::Datagram] {
+            let mut fds = [-1; 2];
+            // SAFETY: pipe2 writes two new descriptors into fds.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+            // SAFETY: both descriptors are new and ours.
+            let (readable, wake) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let (probe, _network) = pair_interface(MAX);
+            let iface = HoldingInterface { info: probe.info().clone(), readable, queue: (0..40).map(frame).collect(), dropped: 3 };
+            let (adaptor, vm) = Adaptor::start(Box::new(iface), kind, &Options::default()).unwrap();
+            let mut vm = Vm::new(kind, vm);
+            // SAFETY: one byte from a valid buffer into our pipe.
+            assert_eq!(unsafe { libc::write(wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) }, 1);
+            let mut got = Vec::new();
+            wait_until("all 40 held frames reach the VM", || {
+                if let Some(f) = vm.recv() {
+                    got.push(f);
+                }
+                got.len() == 40
+            });
+            check_delivery(&got, 40, 0);
+            wait_until("the dropped frames are counted", || adaptor.stats().host_to_vm.errors == 3);
+            drop(wake);
         }
     }
 

@@ -2,7 +2,8 @@
 and addresses"): the broker in its own network namespace grants a name with
 a TAP lease, dnsmasq answers it (forward, reverse, host.<domain>) as
 `vmnet-rs resolve` does, a second VM is refused the name, and the name's
-address survives the broker's SIGKILL and the loss of dnsmasq's lease file.
+address survives the broker's SIGKILL and the loss of dnsmasq's lease file,
+kept in the data directory apart from the state directory.
 Needs root; never touches the host's network."""
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def state(tmp_path: Path):
 def start(netns, tmp_path: Path) -> BrokerProcess:
     cfg = tmp_path / "networks.yaml"
     cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []}, **NET}))
-    args = ["--config", str(cfg), "--idle-timeout", "0", "--monitor-interval", "0.2", "--state-dir", str((tmp_path / "state").resolve())]
+    args = ["--config", str(cfg), "--idle-timeout", "0", "--monitor-interval", "0.2", "--state-dir", str((tmp_path / "state").resolve()),
+            "--data-dir", str(tmp_path / "data")]
     b = BrokerProcess(tmp_path / "broker.sock", args, prefix=netns.argv([]))
     b.wait_ready()
     return b
@@ -100,7 +102,9 @@ def test_a_granted_name_is_served_refused_twice_and_keeps_its_address(netns, tmp
         b.proc.wait(timeout=30)
         for f in (tmp_path / "state").glob("*.leases"):
             f.unlink()
-        records = json.loads((tmp_path / "state" / "names" / "lab.json").read_text())
+        # The records are in the data directory (it outlasts a reboot), not the state directory.
+        assert not (tmp_path / "state" / "names" / "lab.json").exists()
+        records = json.loads((tmp_path / "data" / "names" / "lab.json").read_text())
         assert records["version"] == 1 and {e["name"]: e["ipv4"] for e in records["entries"]}["alpha"] == addr
     finally:
         b.stop()
@@ -129,3 +133,4 @@ def test_a_subnet_colliding_with_a_host_route_is_refused_at_start(netns, tmp_pat
     assert "network lab: subnet 10.234.5.1/24 overlaps host route 10.234.0.0/16 dev lan0" in r.stderr, r.stderr
     assert f"choose another subnet for network lab in {cfg}" in r.stderr, r.stderr
     assert "vmr-lab" not in netns.links(), "nothing was made"
+

@@ -383,6 +383,7 @@ class Broker:
         endpoint_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
         exit_when_idle: Optional[bool] = None,
         host_dns: bool = False,
+        data_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> None:
         config_json = None
         config_source = None
@@ -406,6 +407,7 @@ class Broker:
             config_source,
             exit_when_idle,
             host_dns,
+            None if data_dir is None else os.fspath(data_dir),
         )
 
     @property

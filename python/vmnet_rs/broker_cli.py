@@ -72,6 +72,13 @@ def _native_log_level() -> str:
     metavar="DIR",
     help="Linux: where the networks' records live (dnsmasq leases, cleanup); one per broker (default: $VMNET_RS_STATE_DIR or /run/vmnet-rs/state).",
 )
+@click.option(
+    "--data-dir",
+    default=None,
+    metavar="DIR",
+    help="Where the address records live, kept across reboots (default: $VMNET_RS_DATA_DIR, the config's dataDir, "
+    "a state directory given, /var/lib/vmnet-rs for root on Linux, else the user's data directory; docs/config.md in the vmnet-rs source).",
+)
 @click.option("--monitor-interval", type=float, default=1.0, hidden=True, help="Seconds between lease checks.")
 def broker_command(
     config_file: Optional[str],
@@ -85,6 +92,7 @@ def broker_command(
     no_endpoints: bool,
     backend: str,
     state_dir: Optional[str],
+    data_dir: Optional[str],
     monitor_interval: float,
 ) -> None:
     """Run the broker in the foreground until stopped (Ctrl-C).
@@ -117,6 +125,7 @@ def broker_command(
         idle_timeout=idle_timeout,
         backend=backend,
         state_dir=state_dir,
+        data_dir=data_dir,
         monitor_interval=monitor_interval,
         mach_service=mach_service,
         code_signing_requirement=code_signing_requirement,

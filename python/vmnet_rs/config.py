@@ -213,6 +213,8 @@ class BrokerSettings(_Camel):
     mach_service: str
     #: Where the per-network endpoint sockets go; "" means the platform default.
     endpoint_dir: str
+    #: Where the address records live (they outlast a reboot); "" means the default.
+    data_dir: str
     #: Linux: which pieces of a live network are put back when the host removes them.
     repair: RepairSettings
 

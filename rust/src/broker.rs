@@ -86,6 +86,9 @@ pub struct BrokerOptions {
     /// `None`: no endpoints. `vmnet-rs broker` sets it unless told
     /// `--no-endpoints` (see [`endpoints::default_dir`]).
     pub endpoint_dir: Option<PathBuf>,
+    /// Where the address records live (`broker::launch::data_dir`); `None`:
+    /// the state directory.
+    pub data_dir: Option<PathBuf>,
     /// Why the configuration file could not be used now (the broker then
     /// serves the last good one); reported as `config_error` by `status`.
     pub config_error: Option<String>,
@@ -112,6 +115,7 @@ impl BrokerOptions {
             code_signing_requirement: None,
             lima_serialization_rule: false,
             endpoint_dir: None,
+            data_dir: None,
             config_error: None,
             exit_when_idle: false,
         }
@@ -203,10 +207,14 @@ pub struct Core {
 impl Core {
     pub fn new(options: BrokerOptions) -> Arc<Core> {
         let mut state = state::State::new();
-        // The platform's networks keep their records in the state
-        // directory; the test hub's live in memory.
-        let records_dir = (options.backend == Backend::Platform).then_some(options.backend_options.state_dir.as_path());
-        state.records = records::Records::new(records_dir);
+        // The platform's networks keep their records in the data directory
+        // (moved there from the state directory, where they once were); the
+        // test hub's live in memory.
+        let state_dir = options.backend_options.state_dir.as_path();
+        let data_dir = options.data_dir.as_deref().unwrap_or(state_dir);
+        if options.backend == Backend::Platform {
+            state.records = records::Records::new(Some(data_dir), Some(state_dir));
+        }
         Arc::new_cyclic(|me| Core {
             me: me.clone(),
             options,

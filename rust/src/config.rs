@@ -85,6 +85,7 @@ pub const BROKER_KEYS: &[&str] = &[
     "socket",
     "machService",
     "endpointDir",
+    "dataDir",
     "repair",
 ];
 /// Keys of the broker's `repair:` mapping.
@@ -364,6 +365,9 @@ pub struct BrokerSettings {
     /// empty: the platform default (Linux: the broker socket's directory;
     /// macOS: `~/Library/Application Support/vmnet-rs/endpoints`).
     pub endpoint_dir: String,
+    /// Where the address records live (they outlast a reboot); empty: the
+    /// default of `broker::launch::data_dir`.
+    pub data_dir: String,
     /// Linux: which pieces of a live network are put back when the host
     /// removes them, and when to stop (another program manages them).
     #[serde(default)]
@@ -407,6 +411,7 @@ impl Default for BrokerSettings {
             socket: DEFAULT_SOCKET.to_string(),
             mach_service: DEFAULT_MACH_SERVICE.to_string(),
             endpoint_dir: String::new(),
+            data_dir: String::new(),
             repair: RepairSettings::default(),
         }
     }

@@ -15,6 +15,8 @@ pub struct Args {
     pub socket: Option<PathBuf>,
     /// Records of what the backend made, and the last good configuration.
     pub state_dir: Option<PathBuf>,
+    /// The address records (they outlast a reboot).
+    pub data_dir: Option<PathBuf>,
     /// Seconds; given explicitly, the broker also exits when idle.
     pub idle_timeout: Option<u64>,
     /// Directory of the per-network endpoint sockets.
@@ -56,6 +58,10 @@ options:
                                  the config's socket, /run/vmnet-rs/broker.sock)
   --state-dir DIR                backend records and the last good configuration
                                  (default: $VMNET_RS_STATE_DIR, else /run/vmnet-rs/state)
+  --data-dir DIR                 the address records, kept across reboots (default:
+                                 $VMNET_RS_DATA_DIR, the config's dataDir, a chosen
+                                 state directory, /var/lib/vmnet-rs for root, else
+                                 ~/.local/share/vmnet-rs; docs/config.md)
   --idle-timeout SECONDS         tear idle networks down and exit when idle (0: never)
   --endpoint-dir DIR             per-network endpoint sockets (docs/endpoints.md; default:
                                  the config's endpointDir, else the broker socket's
@@ -96,6 +102,7 @@ impl Args {
                 "--config-json" => a.config_json = Some(value(&mut it)?.into()),
                 "--socket" => a.socket = Some(value(&mut it)?.into()),
                 "--state-dir" => a.state_dir = Some(value(&mut it)?.into()),
+                "--data-dir" => a.data_dir = Some(value(&mut it)?.into()),
                 "--endpoint-dir" => a.endpoint_dir = Some(value(&mut it)?.into()),
                 "--mach-service" | "--mach-service-name" => a.mach_service = Some(value(&mut it)?),
                 "--python" => a.python = Some(value(&mut it)?.into()),

@@ -120,7 +120,9 @@ fn launch(args: &Args) -> Result<Launch, (u8, String)> {
         config_error: resolved.error,
         socket: args.socket.clone(),
         mach_service: args.mach_service.clone(),
-        state_dir: Some(state_dir),
+        // As given: a state directory the caller chose keeps the records too.
+        state_dir: args.state_dir.clone(),
+        data_dir: args.data_dir.clone(),
         idle_timeout: args.idle_timeout,
         exit_when_idle: None,
         backend: args.backend.clone(),

@@ -338,6 +338,7 @@ mod tests {
             max_ports_per_user: 64,
             mach_service: String::new(),
             endpoint_dir: String::new(),
+            data_dir: String::new(),
             repair: Default::default(),
         }
     }

@@ -9,6 +9,15 @@
 //! - the Mach service (macOS): the caller's, the configuration's `machService`;
 //! - the state directory: the caller's, `$VMNET_RS_STATE_DIR`, on macOS
 //!   `~/Library/Application Support/vmnet-rs/state`, else `/run/vmnet-rs/state`;
+//! - the data directory, where the address records live (they outlast a
+//!   reboot; the state directory may be a tmpfs): the caller's,
+//!   `$VMNET_RS_DATA_DIR`, the configuration's `dataDir`, the state
+//!   directory when the caller or `$VMNET_RS_STATE_DIR` chose one (what is
+//!   kept together stays together), else the platform's: macOS
+//!   `~/Library/Application Support/vmnet-rs`; Linux `/var/lib/vmnet-rs` for
+//!   root, else `$XDG_DATA_HOME/vmnet-rs` or `~/.local/share/vmnet-rs`;
+//!   records found in the state directory are moved there on first start
+//!   (`broker::records::Records`);
 //! - the endpoint directory (when endpoints are on): the caller's, the
 //!   configuration's `endpointDir`, [`endpoints::default_dir`];
 //! - the DNS proxy's upstream (Linux, when the caller asks for the host's):
@@ -29,6 +38,10 @@ use crate::config::FileConfig;
 
 /// The environment variable naming the state directory (the broker, `vmnet-rs leases`).
 pub const STATE_DIR_ENV: &str = "VMNET_RS_STATE_DIR";
+/// The environment variable naming the data directory (the address records).
+pub const DATA_DIR_ENV: &str = "VMNET_RS_DATA_DIR";
+/// The data directory of a broker run by root on Linux when nothing names one.
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/vmnet-rs";
 /// The state directory when nothing names one (Linux; macOS uses the user's
 /// Library when `$HOME` is set).
 pub const DEFAULT_STATE_DIR: &str = "/run/vmnet-rs/state";
@@ -50,6 +63,8 @@ pub struct LaunchArgs {
     pub socket: Option<PathBuf>,
     pub mach_service: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// Where the address records live (`None`: see [`data_dir`]).
+    pub data_dir: Option<PathBuf>,
     /// Seconds, 0 = never; given, the broker also exits when idle (unless
     /// `exit_when_idle` says otherwise).
     pub idle_timeout: Option<u64>,
@@ -104,6 +119,66 @@ pub fn state_dir(explicit: Option<&Path>) -> PathBuf {
         return PathBuf::from(home).join("Library/Application Support/vmnet-rs/state");
     }
     PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// The state directory if the caller or `$VMNET_RS_STATE_DIR` chose one.
+fn chosen_state_dir(explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit.map(Path::to_owned).or_else(|| std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()).map(PathBuf::from))
+}
+
+/// Where a broker keeps what outlasts a reboot (the address records), from
+/// this process's environment: see [`data_dir_for`].
+pub fn data_dir(explicit: Option<&Path>, configured: &str, state_dir: Option<&Path>) -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let place = Place {
+        macos: cfg!(target_os = "macos"),
+        root: nix::unistd::geteuid().is_root(),
+        home: env("HOME"),
+        xdg_data_home: env("XDG_DATA_HOME"),
+    };
+    data_dir_for(explicit, env(DATA_DIR_ENV).as_deref(), configured, chosen_state_dir(state_dir).as_deref(), &place)
+}
+
+/// Who and where a broker runs, for [`data_dir_for`].
+#[derive(Clone, Debug, Default)]
+pub struct Place {
+    pub macos: bool,
+    /// Run by root (the system broker).
+    pub root: bool,
+    pub home: Option<PathBuf>,
+    pub xdg_data_home: Option<PathBuf>,
+}
+
+/// The data directory, first given wins: `explicit`, `env`
+/// (`$VMNET_RS_DATA_DIR`), `configured` (the configuration's `dataDir`,
+/// empty: none), `chosen_state` (a state directory the caller or the
+/// environment chose), else the platform's: macOS `~/Library/Application
+/// Support/vmnet-rs`; elsewhere [`SYSTEM_DATA_DIR`] for root, else
+/// `$XDG_DATA_HOME/vmnet-rs`, `~/.local/share/vmnet-rs`, and without a home
+/// [`SYSTEM_DATA_DIR`].
+pub fn data_dir_for(explicit: Option<&Path>, env: Option<&Path>, configured: &str, chosen_state: Option<&Path>, place: &Place) -> PathBuf {
+    if let Some(d) = explicit.or(env) {
+        return d.to_owned();
+    }
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    if let Some(d) = chosen_state {
+        return d.to_owned();
+    }
+    if place.macos {
+        if let Some(home) = &place.home {
+            return home.join("Library/Application Support/vmnet-rs");
+        }
+    } else if !place.root {
+        if let Some(x) = &place.xdg_data_home {
+            return x.join("vmnet-rs");
+        }
+        if let Some(home) = &place.home {
+            return home.join(".local/share/vmnet-rs");
+        }
+    }
+    PathBuf::from(SYSTEM_DATA_DIR)
 }
 
 /// The socket (Linux): `explicit`, else `$VMNET_RS_SOCKET`, else `configured`
@@ -164,6 +239,7 @@ pub fn launch(args: LaunchArgs) -> Result<Launch, LaunchError> {
         o.settings = file.broker;
         o.networks = file.networks;
     }
+    o.data_dir = Some(data_dir(args.data_dir.as_deref(), &o.settings.data_dir, args.state_dir.as_deref()));
     o.config_source = args.config_source;
     o.config_error = args.config_error;
     if let Some(t) = args.idle_timeout {
@@ -226,6 +302,29 @@ mod tests {
     #[test]
     fn endpoints_default_to_the_socket_directory_on_linux() {
         assert_eq!(endpoint_dir(None, "", Path::new("/z/b.sock")), PathBuf::from("/z"));
+    }
+
+    #[test]
+    fn the_data_directory_outlasts_a_reboot_unless_told_otherwise() {
+        let root = Place { root: true, home: Some("/root".into()), ..Default::default() };
+        let user = Place { home: Some("/home/u".into()), ..Default::default() };
+        let mac = Place { macos: true, root: true, home: Some("/Users/u".into()), ..Default::default() };
+        let d = |e: Option<&str>, env: Option<&str>, c: &str, s: Option<&str>, p: &Place| {
+            data_dir_for(e.map(Path::new), env.map(Path::new), c, s.map(Path::new), p)
+        };
+        // Nothing chosen: persistent places, never the tmpfs state default.
+        assert_eq!(d(None, None, "", None, &root), PathBuf::from("/var/lib/vmnet-rs"));
+        assert_eq!(d(None, None, "", None, &user), PathBuf::from("/home/u/.local/share/vmnet-rs"));
+        let xdg = Place { xdg_data_home: Some("/x/data".into()), ..user.clone() };
+        assert_eq!(d(None, None, "", None, &xdg), PathBuf::from("/x/data/vmnet-rs"));
+        assert_eq!(d(None, None, "", None, &mac), PathBuf::from("/Users/u/Library/Application Support/vmnet-rs"));
+        assert_eq!(d(None, None, "", None, &Place::default()), PathBuf::from(SYSTEM_DATA_DIR));
+        // A chosen state directory keeps its records; the key, the
+        // environment and the caller win over it, in that order upwards.
+        assert_eq!(d(None, None, "", Some("/t/state"), &root), PathBuf::from("/t/state"));
+        assert_eq!(d(None, None, "/srv/v", Some("/t/state"), &root), PathBuf::from("/srv/v"));
+        assert_eq!(d(None, Some("/e"), "/srv/v", Some("/t/state"), &root), PathBuf::from("/e"));
+        assert_eq!(d(Some("/x"), Some("/e"), "/srv/v", Some("/t/state"), &root), PathBuf::from("/x"));
     }
 
     #[test]

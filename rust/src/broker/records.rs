@@ -20,7 +20,8 @@
 //! record seen longest ago gives its address up. Two records never hold one
 //! address.
 //!
-//! Storage: one JSON file per network, `<state dir>/names/<network>.json`,
+//! Storage: one JSON file per network, `<data dir>/names/<network>.json`
+//! (the data directory outlasts a reboot: `broker::launch::data_dir`),
 //! written to a temporary file, synced and renamed over the old one after
 //! every change, and only then: a call that changes no record (a VM renewing
 //! its address, a name asked for again, a book opened on an up-to-date file)
@@ -29,7 +30,10 @@
 //! `last_seen` lags by less than that; it only orders which inactive record
 //! gives its address up when the range is full. The file carries
 //! [`VERSION`]; a file of a newer version is left untouched (the book then
-//! lives in memory only, and says so).
+//! lives in memory only, and says so). A file still in the state directory,
+//! where records were kept before, is moved to the data directory when its
+//! network is first opened and the data directory has none
+//! ([`migrate`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -535,14 +539,43 @@ impl Book {
 /// behind its lock).
 #[derive(Debug, Default)]
 pub struct Records {
-    /// The state directory; `None`: memory only.
+    /// The data directory; `None`: memory only.
     dir: Option<PathBuf>,
+    /// Where records were kept before (the state directory), moved from.
+    legacy: Option<PathBuf>,
     books: BTreeMap<String, Book>,
 }
 
+/// Moves network `network`'s records file from `from` (a directory records
+/// were kept in before) to `to` when `to` has none: copied to a temporary
+/// file, synced, renamed into place, and only then removed from `from`.
+/// Returns whether a file was moved.
+pub fn migrate(from: &Path, to: &Path, network: &str) -> Result<bool, Error> {
+    let (old, new) = (Book::path(from, network), Book::path(to, network));
+    if old == new || new.exists() || !old.exists() {
+        return Ok(false);
+    }
+    fn io(p: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |e| Error::Io { path: p.display().to_string(), source: e }
+    }
+    let dir = new.parent().unwrap_or(to);
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = new.with_extension("json.tmp");
+    let copy = || -> std::io::Result<()> {
+        std::fs::copy(&old, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &new)
+    };
+    copy().map_err(io(&new))?;
+    std::fs::remove_file(&old).map_err(io(&old))?;
+    Ok(true)
+}
+
 impl Records {
-    pub fn new(state_dir: Option<&Path>) -> Records {
-        Records { dir: state_dir.map(Path::to_path_buf), books: BTreeMap::new() }
+    /// Records kept in `dir` (`None`: memory only), taking over those found
+    /// in `legacy` (where they were kept before) on first use.
+    pub fn new(dir: Option<&Path>, legacy: Option<&Path>) -> Records {
+        Records { dir: dir.map(Path::to_path_buf), legacy: legacy.map(Path::to_path_buf), books: BTreeMap::new() }
     }
 
     /// Network `network`'s book, read from the state directory the first
@@ -554,11 +587,21 @@ impl Records {
             self.books.remove(network);
         }
         let dir = self.dir.clone();
+        let legacy = self.legacy.clone();
         self.books.entry(network.to_owned()).or_insert_with(|| match dir {
-            Some(d) => Book::open(&d, network, subnet, v6, reservations).unwrap_or_else(|e| {
+            Some(d) => {
+                if let Some(from) = legacy {
+                    match migrate(&from, &d, network) {
+                        Ok(true) => log::info!("address records of network {network:?} moved from {} to {}", Book::path(&from, network).display(), Book::path(&d, network).display()),
+                        Ok(false) => {}
+                        Err(e) => log::warn!("{e}; the records stay where they are and this network starts a new file"),
+                    }
+                }
+                Book::open(&d, network, subnet, v6, reservations).unwrap_or_else(|e| {
                 log::warn!("{e}");
                 Book::in_memory(network, subnet, v6, reservations)
-            }),
+            })
+            }
             None => Book::in_memory(network, subnet, v6, reservations),
         })
     }
@@ -803,7 +846,7 @@ mod tests {
     #[test]
     fn records_open_each_network_once_and_persist_it() {
         let d = Dir::new("records");
-        let mut r = Records::new(Some(&d.0));
+        let mut r = Records::new(Some(&d.0), None);
         assert_eq!(r.address_for_mac("shared", mac(1), Some("alpha")), None, "an unopened network has no book");
         r.book("shared", subnet(), None, &[]);
         assert_eq!(r.address_for_mac("shared", mac(1), Some("alpha")), Some(ip(2)));
@@ -811,9 +854,28 @@ mod tests {
         assert_eq!(r.name_for_addr("shared", IpAddr::V4(ip(2))), Some("alpha"));
         r.release("shared", mac(1));
         assert!(r.addrs_for_name("shared", "alpha").is_empty());
-        let mut r = Records::new(Some(&d.0));
+        let mut r = Records::new(Some(&d.0), None);
         assert_eq!(r.book("shared", subnet(), None, &[]).address_for_mac(mac(1), None), Some(ip(2)), "the MAC keeps its address");
         assert!(r.get("shared").unwrap().persistent());
+    }
+
+    #[test]
+    fn records_left_in_the_state_directory_move_to_the_data_directory() {
+        let (state, data) = (Dir::new("legacy-state"), Dir::new("legacy-data"));
+        let mut old = Book::open(&state.0, "shared", subnet(), None, &[]).unwrap();
+        let g = old.grant("alpha", mac(7)).unwrap();
+        drop(old);
+        let mut r = Records::new(Some(&data.0), Some(&state.0));
+        let b = r.book("shared", subnet(), None, &[]);
+        assert_eq!(b.entries().iter().find(|e| e.name() == Some("alpha")).map(|e| e.ipv4), Some(g.ipv4), "the name keeps its address");
+        assert!(Book::path(&data.0, "shared").exists());
+        assert!(!Book::path(&state.0, "shared").exists(), "moved, not copied");
+        // A data directory that has the network's file already is not overwritten.
+        let mut other = Book::open(&state.0, "shared", subnet(), None, &[]).unwrap();
+        other.grant("beta", mac(8)).unwrap();
+        assert!(!migrate(&state.0, &data.0, "shared").unwrap());
+        let b = Book::open(&data.0, "shared", subnet(), None, &[]).unwrap();
+        assert!(b.entries().iter().all(|e| e.name() != Some("beta")));
     }
 
     #[test]

@@ -855,6 +855,15 @@ pub(super) fn read_broker(scope: &mut Scope<'_>, value: Option<&Value>) -> Broke
         }
         b.endpoint_dir = s;
     }
+    if let Some(s) = read_string(scope, map, "", "dataDir", "an absolute directory like \"/var/lib/vmnet-rs\"") {
+        if !s.is_empty() && (!s.starts_with('/') || s.contains('\0')) {
+            scope.key("dataDir", format!(
+                "{} is not an absolute path; use one like \"/var/lib/vmnet-rs\", or leave it out for the default",
+                quote(&s)
+            ));
+        }
+        b.data_dir = s;
+    }
     if let Some(r) = read_repair(scope, get(map, "repair")) {
         b.repair = r;
     }

@@ -464,13 +464,14 @@ fn broker_settings() {
         socket: "/tmp/b.sock".into(),
         mach_service: "com.example.vmnet".into(),
         endpoint_dir: String::new(),
+        data_dir: String::new(),
         repair: RepairSettings::default(),
     });
     assert_eq!(file(json!({"broker": {"idleTimeout": 0}})).unwrap().broker.idle_timeout, 0);
     let err = file(json!({"broker": {"idleTimeout": -1, "allowedUsers": "root", "socket": "relative.sock", "machService": "no spaces allowed", "idle": 1}})).unwrap_err();
     let p: Vec<&str> = err.lines().collect();
     assert_eq!(p, vec![
-        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, clientNetworks, maxPortsPerUser, socket, machService, endpointDir, repair",
+        "networks.yaml: broker: key \"idle\": unknown key (did you mean \"idleTimeout\"?); allowed keys: idleTimeout, allowedUsers, allowedGroups, clientNetworks, maxPortsPerUser, socket, machService, endpointDir, dataDir, repair",
         "networks.yaml: broker: key \"idleTimeout\": -1 is out of range; use 0..4294967295 (seconds; 0 never times out)",
         "networks.yaml: broker: key \"allowedUsers\": \"root\" is a string; use a list of user names or numeric ids",
         "networks.yaml: broker: key \"socket\": \"relative.sock\" is not an absolute path of at most 107 bytes; use one like \"/run/vmnet-rs/broker.sock\"",
@@ -622,6 +623,14 @@ fn endpoints_key_and_endpoint_dir() {
     ]);
     let err = file(json!({"vmnet": {"lab": {"endpoints": "stream"}}})).unwrap_err();
     assert_eq!(err.message, "networks.yaml: network \"lab\": key \"endpoints\": \"stream\" is a string; use a list of \"stream\" and \"datagram\" (or [] for none)");
+}
+
+#[test]
+fn data_dir_key() {
+    let f = file(json!({"broker": {"dataDir": "/srv/vmnet-rs"}})).unwrap();
+    assert_eq!(f.broker.data_dir, "/srv/vmnet-rs");
+    let err = file(json!({"broker": {"dataDir": "var/lib"}})).unwrap_err();
+    assert_eq!(err.to_string(), "networks.yaml: broker: key \"dataDir\": \"var/lib\" is not an absolute path; use one like \"/var/lib/vmnet-rs\", or leave it out for the default");
 }
 
 #[test]

@@ -159,7 +159,7 @@ impl PyBroker {
     /// host_dns (Linux): the DNS proxy forwards to the host's resolvers unless
     /// $VMNET_RS_DNS_RESOLV_FILE chose (the broker command's default).
     #[new]
-    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None, exit_when_idle=None, host_dns=false))]
+    #[pyo3(signature = (socket=None, config_json=None, idle_timeout=None, backend="platform", state_dir=None, monitor_interval=1.0, mach_service=None, code_signing_requirement=None, lima_serialization_rule=false, endpoints=false, endpoint_dir=None, config_source=None, exit_when_idle=None, host_dns=false, data_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         socket: Option<PathBuf>,
@@ -176,6 +176,7 @@ impl PyBroker {
         config_source: Option<String>,
         exit_when_idle: Option<bool>,
         host_dns: bool,
+        data_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let config = config_json.map(|text| FileConfig::from_json(text, "broker configuration")).transpose()?;
         let args = LaunchArgs {
@@ -185,6 +186,7 @@ impl PyBroker {
             socket,
             mach_service,
             state_dir,
+            data_dir,
             idle_timeout,
             exit_when_idle,
             backend: Some(backend.to_owned()),

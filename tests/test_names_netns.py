@@ -134,3 +134,37 @@ def test_a_subnet_colliding_with_a_host_route_is_refused_at_start(netns, tmp_pat
     assert f"choose another subnet for network lab in {cfg}" in r.stderr, r.stderr
     assert "vmr-lab" not in netns.links(), "nothing was made"
 
+
+def test_a_claimed_name_stops_resolving_when_its_port_closes(netns, tmp_path: Path, state: Path) -> None:
+    """A guest's DHCP host name (a claim) is served by dnsmasq from its
+    lease; when the port of the VM with that MAC closes (its client goes
+    away), the name stops resolving within seconds, not when the hour-long
+    DHCP lease expires."""
+    from netns import NetNs
+    from test_network_linux import dhcp, veth_endpoint
+
+    b = start(netns, tmp_path)
+    ep = NetNs("vmrs")
+    try:
+        mac = "52:54:00:33:00:07"
+        with Client(str(b.socket), timeout=30) as c:
+            keep = c.open("lab", "datagram", mac="52:54:00:33:00:08")  # keeps the network up
+            with Client(str(b.socket), timeout=30) as vm:
+                port = vm.open("lab", "datagram", mac=mac)
+                bridge = c.status()["networks"]["lab"]["device"]
+                veth_endpoint(netns, ep, bridge, mac)
+                address = dhcp(ep, tmp_path, hostname="gamma")
+                assert address and address.startswith("10.233.0."), address
+                got = wait_until("dnsmasq serves the claim", lambda: ask(netns, "gamma.lab.vmnet.internal", "A")["answers"] or None)
+                assert got == [address]
+                names = c.status()["networks"]["lab"]["names"]
+                assert names["gamma"]["kind"] == "claimed", names
+                port.close()
+            # The VM's client is gone, and its port with it.
+            wait_until("the claim to stop resolving", lambda: ask(netns, "gamma.lab.vmnet.internal", "A")["rcode"] == 3, timeout=10)
+            assert "gamma" not in c.status()["networks"]["lab"]["names"]
+            keep.close()
+    finally:
+        ep.close()
+        b.stop()
+

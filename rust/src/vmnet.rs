@@ -173,6 +173,16 @@ pub trait Network: Send + Sync {
         Err(Error::Platform { op: format!("give fixed addresses on network {:?}", self.name()), source: "this backend's DHCP server takes no fixed entries".into() })
     }
 
+    /// Ends the DHCP leases of `mac` that carry a host name the client sent
+    /// (a claimed name), so the network's DNS server stops serving that
+    /// name now rather than when the lease expires; returns how many ended.
+    /// Backends whose DHCP server cannot be told (vmnet) return an error
+    /// saying so.
+    fn release_claims(&self, mac: crate::config::MacAddr) -> Result<usize, Error> {
+        let _ = mac;
+        Err(Error::Platform { op: format!("end DHCP leases on network {:?}", self.name()), source: "this backend's DHCP server cannot be told to end a lease".into() })
+    }
+
     /// The pieces of the network in the host that the backend watches, as
     /// last seen (Linux: bridge, addresses, nftables table, forwarding,
     /// dnsmasq); empty where nothing is watched.

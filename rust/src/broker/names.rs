@@ -107,6 +107,27 @@ impl State {
         self.publish(network);
     }
 
+    /// The VM with `mac` that held no granted name left network `network`:
+    /// a name its guest claimed (its DHCP host name) is no longer served.
+    /// The network's DHCP server is told to end the leases of `mac` that
+    /// carry a host name (Linux: `dhcp_release`), so dnsmasq drops the name
+    /// now instead of when the lease expires; the address stays the MAC's
+    /// by its record. Nothing is done while another lease on the network
+    /// has the same MAC (the VM is still there).
+    pub fn release_claim(&mut self, network: &str, mac: MacAddr) {
+        let mac_text = mac.to_string();
+        if self.leases.values().any(|l| l.network == network && l.mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(&mac_text))) {
+            return;
+        }
+        self.records.release(network, mac);
+        let Some(entry) = self.networks.get(network) else { return };
+        match entry.network.release_claims(mac) {
+            Ok(0) => {}
+            Ok(n) => log::info!("network {network}: {n} DHCP lease(s) of {mac} ended with its port; the name its guest claimed is no longer served"),
+            Err(e) => log::debug!("network {network}: {e}"),
+        }
+    }
+
     /// Gives live network `network`'s DHCP/DNS server the records: every
     /// recorded MAC its address, every active granted name. A backend
     /// that takes no entries is left alone (logged once per network).

@@ -242,8 +242,10 @@ impl State {
         let ids: Vec<u64> = self.leases.values().filter(|l| which(l)).map(|l| l.id).collect();
         for id in &ids {
             if let Some(lease) = self.leases.remove(id) {
-                if let (Some(_), Some(mac)) = (&lease.name, lease.mac.as_deref().and_then(|m| m.parse().ok())) {
-                    self.release_name(&lease.network, mac);
+                match (&lease.name, lease.mac.as_deref().and_then(|m| m.parse().ok())) {
+                    (Some(_), Some(mac)) => self.release_name(&lease.network, mac),
+                    (None, Some(mac)) => self.release_claim(&lease.network, mac),
+                    _ => {}
                 }
                 log::info!(
                     "lease {} on {} ({}) of {} released",

@@ -493,6 +493,23 @@ impl Network for LinuxNetwork {
         Ok(())
     }
 
+    fn release_claims(&self, mac: crate::config::MacAddr) -> Result<usize, Error> {
+        if !dnsmasq::needed(&self.plan) {
+            return Ok(0);
+        }
+        let text = match std::fs::read_to_string(&self.files.leases) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io(format!("read leases of network {:?}", self.name), e)),
+        };
+        let claims = dnsmasq::claims_of(&text, mac);
+        for c in &claims {
+            dnsmasq::release(&self.bridge, c.address, mac, c.client_id.as_deref())
+                .map_err(|e| Error::Platform { op: format!("end the DHCP lease of {mac} on network {:?}", self.name), source: e.into() })?;
+        }
+        Ok(claims.len())
+    }
+
     fn pieces(&self) -> Vec<PieceHealth> {
         self.guard.lock().unwrap_or_else(|e| e.into_inner()).health(std::time::Instant::now())
     }

@@ -17,6 +17,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::plan::Plan;
+use crate::config::MacAddr;
 use crate::vmnet::{FixedHost, Lease};
 
 /// The environment variable naming a resolv.conf-style file whose servers
@@ -197,16 +199,51 @@ pub fn write_fixed(files: &Files, hosts: &[FixedHost], domain: &str, reserved: &
 /// with `dhcp_release` (dnsmasq-utils), so the name it carries is no
 /// longer served; the address stays `host`'s by its fixed entry.
 pub fn release_lease(bridge: &str, host: &FixedHost) -> Result<(), String> {
+    release(bridge, host.ipv4, host.mac, None)
+}
+
+/// Ends the DHCP lease of `addr` held by `mac` (and `client_id`, in the
+/// lease file's colon-separated hex, when the client sent one: dnsmasq
+/// matches a release by it) with `dhcp_release` (dnsmasq-utils).
+pub fn release(bridge: &str, addr: Ipv4Addr, mac: MacAddr, client_id: Option<&str>) -> Result<(), String> {
+    let mut args = vec![bridge.to_owned(), addr.to_string(), mac.to_string()];
+    args.extend(client_id.map(str::to_owned));
     let out = Command::new("dhcp_release")
-        .args([bridge, &host.ipv4.to_string(), &host.mac.to_string()])
+        .args(&args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("could not run dhcp_release (install dnsmasq-utils): {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("dhcp_release {bridge} {} {} failed ({}): {}", host.ipv4, host.mac, out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!("dhcp_release {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+/// One lease of the lease file that carries a host name (a claim).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub address: Ipv4Addr,
+    pub hostname: String,
+    /// The client id, as the lease file writes it; `None`: the client sent none.
+    pub client_id: Option<String>,
+}
+
+/// The IPv4 leases of `mac` in lease-file `text` that carry a host name.
+pub fn claims_of(text: &str, mac: MacAddr) -> Vec<Claim> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[0] == "duid" || f[3] == "*" || f[1].parse::<MacAddr>().ok() != Some(mac) {
+                return None;
+            }
+            Some(Claim {
+                address: f[2].parse().ok()?,
+                hostname: f[3].to_owned(),
+                client_id: f.get(4).filter(|c| **c != "*").map(|c| (*c).to_owned()),
+            })
+        })
+        .collect()
 }
 
 /// The first directory above `path` that dnsmasq cannot pass once it has
@@ -509,6 +546,22 @@ mod tests {
         }
         assert!(!a.iter().any(|x| x.starts_with("--server") || x.starts_with("--port")), "{a:?}");
         assert!(!a.iter().any(|x| x == "--enable-ra"), "no IPv6 prefix, no RA: {a:?}");
+    }
+
+    #[test]
+    fn claims_are_the_named_ipv4_leases_of_a_mac() {
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        let text = "1700000000 52:54:00:aa:00:01 10.77.0.5 gamma 01:52:54:00:aa:00:01\n\
+                    1700000000 52:54:00:aa:00:01 10.77.0.6 * *\n\
+                    1700000000 52:54:00:AA:00:02 10.77.0.7 delta *\n\
+                    duid 00:01:00:01:2c:00:00:00:52:54:00:aa:00:01\n\
+                    1700000000 52:54:00:aa:00:01 fd00::5 gamma 00:01:02\n";
+        assert_eq!(
+            claims_of(text, mac("52:54:00:aa:00:01")),
+            vec![Claim { address: "10.77.0.5".parse().unwrap(), hostname: "gamma".into(), client_id: Some("01:52:54:00:aa:00:01".into()) }]
+        );
+        assert_eq!(claims_of(text, mac("52:54:00:aa:00:02")).iter().map(|c| (c.hostname.as_str(), c.client_id.clone())).collect::<Vec<_>>(), vec![("delta", None)]);
+        assert!(claims_of(text, mac("52:54:00:aa:00:03")).is_empty());
     }
 
     #[test]

@@ -307,9 +307,11 @@ def test_linux_plan_warns_when_root_would_run_a_user_writable_binary(tmp_path: P
     ]
 
 
-def test_resolver_dry_run_prints_what_it_would_write_and_run(tmp_path):
+def test_resolver_dry_run_prints_what_it_would_write_and_run(tmp_path, monkeypatch):
     """`vmnet-rs install --resolver --dry-run`: each network's name domain,
-    pointed at its gateway; nothing is changed (a dry run only)."""
+    pointed at its gateway; on Linux also the marker in the data directory
+    that has the broker register it again on each bridge it makes, and
+    resolvectl only for bridges that exist; nothing is changed (a dry run only)."""
     from click.testing import CliRunner
 
     from vmnet_rs.cli import cli
@@ -321,7 +323,19 @@ def test_resolver_dry_run_prints_what_it_would_write_and_run(tmp_path):
     assert "write /etc/resolver/lab.internal (mode 644):\n    # vmnet-rs: names of VMs on this network\n    nameserver 10.61.0.1\n" in mac.output
     assert "write /etc/resolver/shared.vmnet.internal (mode 644):" in mac.output and "nameserver 192.168.107.1" in mac.output
     assert "quiet" not in mac.output, "a network without dnsProxy answers no names"
+    monkeypatch.setenv("VMNET_RS_DATA_DIR", str(tmp_path / "data"))
     linux = CliRunner().invoke(cli, ["install", "--resolver", "--dry-run", "--platform", "linux", "--config", str(cfg)])
     assert linux.exit_code == 0, linux.output
-    assert "run: resolvectl dns vmr-lab 10.61.0.1\nrun: resolvectl domain vmr-lab '~lab.internal'" in linux.output, linux.output
-    assert not Path("/etc/resolver/lab.internal").exists()
+    assert f"write {tmp_path}/data/resolver/lab.json (mode 644):" in linux.output, linux.output
+    assert "bridge vmr-lab does not exist now; the broker registers lab.internal on it when it makes it" in linux.output, linux.output
+    assert not Path("/etc/resolver/lab.internal").exists() and not (tmp_path / "data").exists()
+    # With the bridge there (the plan only): resolvectl now, and the marker the broker reads.
+    from vmnet_rs.config import load_config
+    from vmnet_rs.install import resolver_plan
+
+    plan = resolver_plan("linux", load_config(str(cfg)), link_exists=lambda b: b == "vmr-lab")
+    assert plan.commands == [["resolvectl", "dns", "vmr-lab", "10.61.0.1"], ["resolvectl", "domain", "vmr-lab", "~lab.internal"]]
+    markers = {w.path.name: json.loads(w.content) for w in plan.writes}
+    assert markers["lab.json"] == {"network": "lab", "domain": "lab.internal", "dns": "10.61.0.1"}
+    assert markers["shared.json"] == {"network": "shared", "domain": "shared.vmnet.internal", "dns": "192.168.107.1"}
+    assert "quiet.json" not in markers and {w.path.parent for w in plan.writes} == {tmp_path / "data" / "resolver"}

@@ -42,12 +42,12 @@ def state(tmp_path: Path):
     shutil.rmtree(d, ignore_errors=True)
 
 
-def start(netns, tmp_path: Path) -> BrokerProcess:
+def start(netns, tmp_path: Path, env: dict | None = None) -> BrokerProcess:
     cfg = tmp_path / "networks.yaml"
     cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []}, **NET}))
     args = ["--config", str(cfg), "--idle-timeout", "0", "--monitor-interval", "0.2", "--state-dir", str((tmp_path / "state").resolve()),
             "--data-dir", str(tmp_path / "data")]
-    b = BrokerProcess(tmp_path / "broker.sock", args, prefix=netns.argv([]))
+    b = BrokerProcess(tmp_path / "broker.sock", args, prefix=netns.argv([]), env=env)
     b.wait_ready()
     return b
 
@@ -168,3 +168,49 @@ def test_a_claimed_name_stops_resolving_when_its_port_closes(netns, tmp_path: Pa
         ep.close()
         b.stop()
 
+
+def test_a_registered_domain_is_registered_again_on_each_new_bridge(netns, tmp_path: Path, state: Path) -> None:
+    """`vmnet-rs install --resolver` leaves a marker in the data directory;
+    each time the broker makes the network's bridge (here: two broker runs,
+    each tearing it down at the end) it runs resolvectl for it again. The
+    resolvectl here only records its arguments: systemd-resolved is not
+    confined to a network namespace, so a real one would change the host's
+    resolver."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "resolvectl.calls"
+    (bindir / "resolvectl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bindir / "resolvectl").chmod(0o755)
+    marker = tmp_path / "data" / "resolver" / "lab.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"network": "lab", "domain": "lab.vmnet.internal", "dns": GATEWAY}))
+    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+    want = ["dns vmr-lab 10.233.0.1", "domain vmr-lab ~lab.vmnet.internal"]
+    for run in (1, 2):
+        b = start(netns, tmp_path, env=env)
+        try:
+            with Client(str(b.socket), timeout=30) as c:
+                port = c.open("lab", "datagram", mac="52:54:00:33:00:09")
+                wait_until(f"resolvectl for bridge {run}", lambda: calls.exists() and calls.read_text().splitlines() == want * run)
+                port.close()
+        finally:
+            b.stop()
+        assert "vmr-lab" not in netns.links()
+
+
+def test_without_resolvectl_a_registered_domain_is_a_visible_skip_in_the_log(netns, tmp_path: Path, state: Path) -> None:
+    """A marker but no resolvectl (no systemd-resolved): the broker makes the
+    bridge and says in its log why the domain is not registered on it."""
+    if shutil.which("resolvectl"):
+        pytest.skip("resolvectl is installed here, and a real one would change the host's resolver (systemd-resolved is not confined to a namespace); the decision without it is unit-tested in broker/resolver.rs")
+    marker = tmp_path / "data" / "resolver" / "lab.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"network": "lab", "domain": "lab.vmnet.internal", "dns": GATEWAY}))
+    b = start(netns, tmp_path)
+    try:
+        with Client(str(b.socket), timeout=30) as c:
+            port = c.open("lab", "datagram", mac="52:54:00:33:00:0a")
+            wait_until("the broker's reason", lambda: "resolvectl is not on PATH (systemd-resolved): its bridge vmr-lab gets no per-link DNS" in b.log_text())
+            port.close()
+    finally:
+        b.stop()

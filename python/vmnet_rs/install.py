@@ -637,13 +637,25 @@ def _named_networks(cfg: "Config") -> List[Tuple[str, str, str]]:
     return [(n, network_domain(n, c), c.gateway) for n, c in sorted(cfg.networks.items()) if c.dns_proxy and c.gateway]
 
 
-def resolver_plan(platform: str, cfg: "Config") -> Plan:
+def resolver_marker(data_dir: str, network: str, domain: str, gateway: str) -> FileWrite:
+    """The marker that has the broker register ``network``'s domain again on
+    each bridge it makes (``broker/resolver.rs``): ``<data dir>/resolver/<network>.json``."""
+    content = json.dumps({"network": network, "domain": domain, "dns": gateway}, indent=2) + "\n"
+    return FileWrite(Path(data_dir) / "resolver" / f"{network}.json", content.encode(), 0o644)
+
+
+def _link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def resolver_plan(platform: str, cfg: "Config", link_exists: Callable[[str], bool] = _link_exists) -> Plan:
     """Registers each network's domain with the host's resolver, so the host
     finds VMs by name. macOS: ``/etc/resolver/<domain>`` naming the gateway
     (needs administrator rights). Linux: systemd-resolved per-link DNS on
-    the network's bridge (``resolvectl dns`` / ``resolvectl domain ~DOMAIN``),
-    for bridges that exist now; a per-link setting goes with the bridge, so
-    run it again after the broker made the network anew."""
+    the network's bridge (``resolvectl dns`` / ``resolvectl domain ~DOMAIN``)
+    for bridges that exist now, and a marker per network in the broker's
+    data directory: a per-link setting goes with its bridge, so the broker
+    registers the domain again each time it makes the bridge."""
     plan = Plan(platform)
     named = _named_networks(cfg)
     if not named:
@@ -656,14 +668,19 @@ def resolver_plan(platform: str, cfg: "Config") -> Plan:
         if os.geteuid() != 0:
             plan.notes.append(f"writing {MACOS_RESOLVER_DIR} needs administrator rights: run with sudo")
         return plan
-    from ._native import bridge_name
+    from ._native import bridge_name, default_data_dir
 
+    data_dir = default_data_dir(None, cfg.broker.data_dir)
     for net, domain, gw in named:
         bridge = bridge_name(net)
+        plan.writes.append(resolver_marker(data_dir, net, domain, gw))
+        if not link_exists(bridge):
+            plan.notes.append(f"network {net}: bridge {bridge} does not exist now; the broker registers {domain} on it when it makes it")
+            continue
         plan.commands.append(["resolvectl", "dns", bridge, gw])
         plan.commands.append(["resolvectl", "domain", bridge, f"~{domain}"])
-        plan.explain[("resolvectl", "dns", bridge, gw)] = f"network {net}'s bridge {bridge} must exist (start a VM on it first) and systemd-resolved must run"
-    plan.notes.append("per-link settings last as long as each bridge; run `vmnet-rs install --resolver` again after the broker made a network anew")
+        plan.explain[("resolvectl", "dns", bridge, gw)] = f"network {net}'s bridge {bridge}: systemd-resolved must run (resolvectl)"
+    plan.notes.append(f"the markers in {data_dir}/resolver have the broker register each domain again whenever it makes the network's bridge anew")
     return plan
 
 

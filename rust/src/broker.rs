@@ -29,6 +29,7 @@ mod names;
 pub mod protocol;
 pub mod records;
 mod requests;
+pub mod resolver;
 pub mod service;
 pub mod state;
 #[cfg(target_os = "linux")]
@@ -357,7 +358,15 @@ impl Core {
             Backend::Platform => {
                 // The broker's `repair` setting says what the backend puts back.
                 let options = crate::vmnet::BackendOptions { repair: self.options.settings.repair.clone(), ..self.options.backend_options.clone() };
-                crate::vmnet::create_network(name, config, &options)
+                let network = crate::vmnet::create_network(name, config, &options)?;
+                // A per-link resolver registration went with the old bridge.
+                #[cfg(target_os = "linux")]
+                {
+                    let s = network.state();
+                    let data_dir = self.options.data_dir.as_deref().unwrap_or(&self.options.backend_options.state_dir);
+                    resolver::reapply(data_dir, name, &s.device, s.ipv4_subnet().map(|n| n.gateway()), &config.dns_domain(name));
+                }
+                Ok(network)
             }
             #[cfg(target_os = "linux")]
             Backend::Hub => Ok(Box::new(testing::HubNetwork::create(name, config)?)),

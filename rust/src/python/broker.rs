@@ -40,6 +40,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // socket (docs/endpoints.md, "The receive queue").
     m.add("DATAGRAM_QUEUE_FRAMES", crate::broker::endpoints::QUEUE_FRAMES)?;
     m.add_function(wrap_pyfunction!(default_state_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(default_data_dir, m)?)?;
     m.add_function(wrap_pyfunction!(socket_path, m)?)?;
     m.add_function(wrap_pyfunction!(endpoint_dir, m)?)?;
     m.add_function(wrap_pyfunction!(endpoint_path, m)?)?;
@@ -52,6 +53,15 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyo3(signature = (explicit=None))]
 fn default_state_dir(explicit: Option<PathBuf>) -> String {
     launch::state_dir(explicit.as_deref()).display().to_string()
+}
+
+/// The broker's data directory (the address records, the resolver
+/// markers): `explicit`, else $VMNET_RS_DATA_DIR, else `configured` (the
+/// configuration's `dataDir`), else as `broker::launch::data_dir` decides.
+#[pyfunction]
+#[pyo3(signature = (explicit=None, configured=""))]
+fn default_data_dir(explicit: Option<PathBuf>, configured: &str) -> String {
+    launch::data_dir(explicit.as_deref(), configured, None).display().to_string()
 }
 
 /// The broker socket: `explicit`, else $VMNET_RS_SOCKET, else `configured`

@@ -92,6 +92,7 @@ DEFAULT_MACH_SERVICE: str
 STATE_DIR_ENV: str
 ERROR_CODES: dict[str, int]
 ENDPOINT_SUFFIXES: dict[str, str]
+DATAGRAM_QUEUE_FRAMES: int
 
 def default_state_dir(explicit: str | os.PathLike[str] | None = None) -> str: ...
 def default_data_dir(explicit: str | os.PathLike[str] | None = None, configured: str = "") -> str: ...

@@ -85,20 +85,12 @@ pub fn read_marker(data_dir: &Path, network: &str) -> Option<Marker> {
         .ok()
 }
 
-/// Whether an executable `name` is on `$PATH`.
-fn on_path(name: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| std::fs::metadata(d.join(name)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)))
-        .unwrap_or(false)
-}
-
 /// Registers network `network`'s domain again on its new `bridge` if its
 /// marker in `data_dir` says so ([`decide`]); the commands run on a thread
 /// of their own and their failures are logged.
 pub fn reapply(data_dir: &Path, network: &str, bridge: &str, gateway: Option<Ipv4Addr>, domain: &str) {
     let marker = read_marker(data_dir, network);
-    match decide(marker.as_ref(), network, bridge, gateway, domain, marker.is_some() && on_path("resolvectl")) {
+    match decide(marker.as_ref(), network, bridge, gateway, domain, marker.is_some() && crate::vmnet::preflight::which("resolvectl").is_some()) {
         Decision::None => {}
         Decision::Skip(why) => log::warn!("{why}"),
         Decision::Apply(commands) => {

@@ -55,10 +55,20 @@ pub fn refusal(checks: &[Check]) -> Result<(), Error> {
     }
 }
 
+/// The first executable `name` in the directories of $PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
-    use super::Check;
-    use std::path::{Path, PathBuf};
+    use super::{which, Check};
 
     /// CAP_NET_ADMIN's bit in the capability sets (linux/capability.h).
     const CAP_NET_ADMIN: u32 = 12;
@@ -109,16 +119,6 @@ mod linux {
         Check { name: "/dev/net/tun", ok: true, detail: "opens read-write".into(), fix }
     }
 
-    /// The first executable `name` in the directories of $PATH.
-    pub fn which(name: &str) -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
-    }
-
-    fn is_executable(p: &Path) -> bool {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    }
 }
 
 #[cfg(apple_api)]
@@ -240,9 +240,9 @@ mod tests {
 
     #[test]
     fn which_follows_path() {
-        let p = linux::which("sh").expect("sh on PATH");
+        let p = which("sh").expect("sh on PATH");
         assert!(p.is_absolute() && p.ends_with("sh"));
-        assert!(linux::which("vmnet-rs-no-such-program").is_none());
+        assert!(which("vmnet-rs-no-such-program").is_none());
         assert_eq!(checks().iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_NET_ADMIN", "/dev/net/tun", "ip", "nft", "dnsmasq"]);
     }
 }

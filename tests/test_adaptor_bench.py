@@ -39,7 +39,7 @@ def test_quick_bench_produces_the_documented_json(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
-    assert result["mode"] == "quick"
+    assert result["mode"] == "quick" and result["rounds"] == 1
     seen = {(c["path"], c["frame_bytes"], c["pairs"]) for c in result["cases"]}
     for path in PATHS:
         for size in SIZES:
@@ -121,30 +121,38 @@ def test_chart_one_colour_per_path_labelled_axes_from_zero_and_cpu_panel(tmp_pat
 @pytest.mark.slow
 @pytest.mark.root
 def test_endpoint_paths_run_on_a_real_bridge_and_account_for_every_frame() -> None:
-    """The endpoint cases alone, short: every case moves frames, loss is
-    sent minus received beside the drops status counted, and the slow
-    reader case measures both rates. Numbers are never judged."""
+    """The endpoint cases alone, short, in two rounds: every case moves
+    frames in every round, loss is sent minus received beside the drops
+    status counted, and the slow reader case measures both rates in each
+    round. Numbers are never judged."""
     r = subprocess.run([sys.executable, "-m", "vmnet_rs", "bench", "--quick", "--json", "--no-iperf", "--sizes", "1514",
-                        "--paths", ",".join(ENDPOINT_PATHS)], capture_output=True, text=True, timeout=300)
+                        "--paths", ",".join(ENDPOINT_PATHS), "--rounds", "2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)
     assert result["cases"] == []
     ep = result["endpoints"]
+    assert result["rounds"] == 2 and ep["rounds"] == 2
     assert [(c["path"], c["frame_bytes"]) for c in ep["cases"]] == [(p, 1514) for p in ENDPOINT_PATHS]
     for c in ep["cases"]:
-        assert 0 < c["received"] <= c["sent"] and c["frames_per_s"] > 0, c
-        assert c["lost"] == c["sent"] - c["received"], c
-        assert set(c["counted_drops"]) == {"relay_and_endpoint", "tap_queue"}, c
-        assert c["uncounted"] == max(0, c["lost"] - sum(c["counted_drops"].values())), c
-        if c["path"].startswith("endpoint_"):
-            assert c["broker_cpu_s"] > 0 and c["relay_cpu_us_per_frame"] > 0, c
-        else:
-            assert c["broker_cpu_s"] == 0, c
+        assert len(c["rounds"]) == 2, c
+        for x in c["rounds"]:
+            assert 0 < x["received"] <= x["sent"] and x["frames_per_s"] > 0, x
+            assert x["lost"] == x["sent"] - x["received"], x
+            assert set(x["counted_drops"]) == {"relay_and_endpoint", "tap_queue"}, x
+            assert x["uncounted"] == max(0, x["lost"] - sum(x["counted_drops"].values())), x
+            if c["path"].startswith("endpoint_"):
+                assert x["broker_cpu_s"] > 0 and x["relay_cpu_us_per_frame"] > 0, x
+            else:
+                assert x["broker_cpu_s"] == 0, x
+        # The totals are the rounds' sums.
+        assert (c["sent"], c["lost"], c["uncounted"]) == tuple(sum(x[k] for x in c["rounds"]) for k in ("sent", "lost", "uncounted")), c
     assert [s["kind"] for s in ep["slow_reader"]] == ["datagram", "stream"]
     for s in ep["slow_reader"]:
-        assert s["alone"]["frames_per_s"] > 0 and s["beside_stopped_reader"]["frames_per_s"] > 0, s
-        assert s["stopped_reader"]["frames_sent_to_it"] > 0, s
-        assert s["ratio"] == round(s["beside_stopped_reader"]["frames_per_s"] / s["alone"]["frames_per_s"], 3)
+        assert len(s["rounds"]) == 2 and s["ratio_rounds"] == [x["ratio"] for x in s["rounds"]], s
+        for x in s["rounds"]:
+            assert x["alone"]["frames_per_s"] > 0 and x["beside_stopped_reader"]["frames_per_s"] > 0, x
+            assert x["stopped_reader"]["frames_sent_to_it"] > 0, x
+            assert x["ratio"] == round(x["beside_stopped_reader"]["frames_per_s"] / x["alone"]["frames_per_s"], 3)
     summary = ep["summary"]
     assert set(summary) == {"datagram", "stream"}
     assert "frames_per_s_vs_direct" in summary["datagram"]["1514"] and "slow_reader_ratio" in summary["stream"]

@@ -186,3 +186,75 @@ def test_a_run_without_vm_backends_keeps_the_last_ones_dated_as_they_were(tmp_pa
     assert br.kept_vm_backends(tmp_path / "missing.json") is None
     previous.write_text(json.dumps(results()))
     assert br.kept_vm_backends(previous) is None
+
+
+def with_rounds(data: dict) -> dict:
+    """``results()`` as a run with three rounds writes it: the cases keep
+    their rounds, the ratios their per-round values, the slow reader its
+    per-round ratios."""
+    a = data["adaptors"]
+    a["rounds"] = 3
+    for c in a["cases"]:
+        c["rounds"] = [dict(c)] * (3 if c["pairs"] == 1 else 1)
+        c["relay_cpu_us_per_frame"] = {"per_frame": 12.0, "stream": 3.0}.get(c["path"], 1.0)
+    per = {"64": [1.2, 1.3, 2.9], "1514": [1.4, 1.4, 1.5]}
+    cpu = {"64": [0.25, 0.26, 0.6], "1514": [0.3, 0.31, 0.32]}
+    a["kinds"] = {k: {"ratios": {"vs_per_frame": {"64": 1.3, "1514": 1.4}, "vs_per_frame_rounds": per,
+                                 "vs_kernel": {"64": 0.5, "1514": 0.6}, "vs_kernel_rounds": {"64": [0.5] * 3, "1514": [0.6] * 3},
+                                 "relay_cpu_vs_per_frame": {"64": 0.26, "1514": 0.31}, "relay_cpu_vs_per_frame_rounds": cpu,
+                                 "scaling_4_vs_1": 1.2}}
+                  for k in ("datagram", "datagram_next", "stream")}
+    ep = endpoints()
+    ep["rounds"] = 3
+    for c in ep["cases"]:
+        c["rounds"] = [dict(c)] * 3
+    x = ep["summary"]["datagram"]["1514"]
+    x.update({"frames_per_s_vs_direct_rounds": [0.27, 0.26, 0.3], "relay_cpu_per_frame_vs_datagram_rounds": [0.8, 1.31, 0.79],
+              "frames_per_s_vs_datagram_rounds": [1.1, 1.0, 1.2], "frames_per_s_vs_datagram_next_rounds": [0.95] * 3,
+              "relay_cpu_per_frame_vs_datagram_next_rounds": [1.05] * 3, "rounds": 3})
+    slow = ep["slow_reader"][0]
+    slow.update({"ratio_rounds": [0.97, 0.86, 0.98], "rounds": [dict(slow)] * 3})
+    slow["stopped_reader"] = {"frames_sent_to_it": 9000}
+    ep["summary"]["datagram"]["slow_reader_ratio_rounds"] = slow["ratio_rounds"]
+    a["endpoints"] = ep
+    return data
+
+
+def test_results_with_rounds_render_medians_with_their_spread(tree: Path) -> None:
+    (tree / "bench" / "results.json").write_text(json.dumps(with_rounds(results())))
+    doc = tree / "docs" / "perf.md"
+    doc.write_text(doc.read_text() + "\n<!-- bench-report: stream-relay -->\n<!-- /bench-report -->\n")
+    r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tree)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = doc.read_text()
+    # The provenance says how many rounds and what a figure is over them.
+    assert "3.0 s per case, 3 rounds back to back" in text and "the median of its per-round ratios" in text
+    assert "Unix datagram queue 512, TAP io_uring on; 100 frames lost over all cases and rounds." in text
+    # Ratios: medians with the range of the rounds.
+    assert "| `stream` | 1.30 [1.20-2.90] / 1.40 [1.40-1.50] | 0.50 [0.50-0.50] / 0.60 [0.60-0.60] | 1.20 | 0.26 [0.25-0.60] / 0.31 [0.30-0.32] |" in text
+    assert "Medians of the per-round ratios over 3 rounds" in text
+    assert ("- datagram endpoint, 1514 B: frames/s vs the direct socketpair 0.27 [0.26-0.30]; vs the fd `datagram` relay: "
+            "frames/s 1.10 [1.00-1.20], relay CPU per frame 0.80 [0.79-1.31]") in text
+    assert ("moved 0.97 [0.86-0.98] of its rate alone, the median of 3 per-round ratios (medians 97 k against 100 k frames/s); "
+            "9000 frames were sent to the stopped client over the rounds") in text
+    assert "| datagram endpoint | 1514 B | 123 k | 4.2 | 7 | 2 / 5 | 0 |" in text
+    # The stream relay's verdict is the median of its per-round ratios, not the ratio of the medians (0.25).
+    assert "the median of 3 per-round ratios: 0.26 [0.25-0.60] at 64 B, 0.31 [0.30-0.32] at 1514 B." in text
+    assert check(tree).returncode == 0
+
+
+def test_results_from_before_rounds_render_as_one_round(tree: Path) -> None:
+    """The results file from before rounds (no ``rounds`` keys anywhere)
+    renders as it always did: one figure per ratio, no ranges."""
+    data = results()
+    data["adaptors"]["endpoints"] = endpoints()
+    (tree / "bench" / "results.json").write_text(json.dumps(data))
+    r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tree)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = (tree / "docs" / "perf.md").read_text()
+    assert "3.0 s per case, unix datagram queue 512, TAP io_uring on; 100 frames lost over all cases." in text
+    br = load_script()
+    for render in (br.render_endpoints, br.render_ratios, br.render_stream_relay, br.render_adaptors):
+        assert "round" not in render(data) and "[" not in render(data), render
+    assert "moved 0.97 of its rate alone (97 k against 100 k frames/s); 3000 frames were sent to the stopped client" in text
+    assert check(tree).returncode == 0

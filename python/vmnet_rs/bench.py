@@ -20,6 +20,13 @@ Everything happens in network namespaces this command creates and deletes
 Generators and sinks are native threads (``_native.bench_flows``); the
 generator sends as fast as its socket accepts, so what is reported is the
 *delivered* rate, with loss (sent but never received) and CPU time beside it.
+
+Rounds (``--rounds``, 3 by default, 1 with ``--quick``): the cases that the
+ratios pair up (the 1-pair fd relay cases and the endpoint cases, per
+size, then the slow-reader case) run once per round, back to back in an
+order that puts the two sides of each ratio next to each other, so a change
+of load hits both alike. Every ratio is the median of its per-round ratios
+(``bench_rounds``); the multi-pair scaling cases and iperf3 run once.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ import click
 
 from . import _native
 from .adaptor import Adaptor
-from .bench_endpoints import ENDPOINT_PATHS, endpoint_summary, run_endpoint_cases
+from .bench_endpoints import ENDPOINT_PATHS, endpoint_bench, endpoint_summary
+from .bench_rounds import merge_rounds, merge_slow_reader, paired_ratio, spread
 from .errors import VmnetError
 
 KINDS = ["datagram", "datagram_next", "stream"]
@@ -51,6 +59,12 @@ PATHS = BASELINES + KINDS
 SIZES = [64, 1514]
 PAIRS = [1, 2, 4]
 FRAMING = {"datagram": "datagram", "datagram_next": "datagram", "stream": "stream"}
+#: The order a round runs its cases of one size in: the two sides of each
+#: ratio the summaries take stand next to each other (stream relay beside the
+#: per-frame relay, each endpoint beside its direct link and its fd relay).
+ROUND_ORDER = ["per_frame", "stream", "endpoint_stream", "direct_stream", "direct_datagram", "endpoint_datagram",
+               "datagram", "datagram_next", "kernel"]
+ONCE_NOTE = "the multi-pair scaling cases and iperf3 run once, not per round"
 
 
 class BenchError(VmnetError):
@@ -206,21 +220,72 @@ class Bench:
             "relay_cpu_us_per_frame": round(max(0.0, r["process_cpu_s"] - gen_cpu - sink_cpu) / in_window * 1e6, 2) if in_window else None,
         }
 
-    def frame_cases(self, paths: List[str], sizes: List[int], pairs_list: List[int]) -> Tuple[List[Dict[str, Any]], Optional[int]]:
+    def switch(self) -> Tuple[Namespace, int]:
+        """The namespace with the bridge the fd relay cases use, and its
+        unix datagram queue length."""
         ns = self.namespace("sw")
         try:
             qlen = int(ns.exec(["sysctl", "-n", "net.unix.max_dgram_qlen"]).stdout.strip())
             ns.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
-            cases = []
-            plan = [(path, size, 1) for size in sizes for path in paths if 1 in pairs_list]
-            plan += [(path, 64, pairs) for pairs in pairs_list if pairs != 1 for path in paths]
-            for path, size, pairs in plan:
-                c = self.run_case(ns, path, size, pairs)
-                self.log(f"{path:>13} {size:>5} B x{pairs}: {c['frames_per_s']:>9} frames/s  loss {c['loss']}")
-                cases.append(c)
-            return cases, qlen
-        finally:
+        except BaseException:
             ns.close()
+            raise
+        return ns, qlen
+
+    def rounds(self, adaptor_paths: List[str], endpoint_paths: List[str], sizes: List[int], pairs_list: List[int],
+               rounds: int, slow: bool) -> Tuple[List[Dict[str, Any]], Dict[str, Any], Optional[int]]:
+        """Every frame case of a run: ``rounds`` rounds of the paired cases
+        (per size the 1-pair fd relay cases and the endpoint cases in
+        ``ROUND_ORDER``, then the slow-reader case per kind), then the
+        multi-pair cases once. Returns the fd relay cases, the endpoint
+        results and the unix datagram queue length of the switch."""
+        one_pair = adaptor_paths if 1 in pairs_list else []
+        order = [p for p in ROUND_ORDER if p in one_pair or p in endpoint_paths]
+        slow_kinds = [k for k in ("datagram", "stream") if slow and f"endpoint_{k}" in endpoint_paths]
+        raw: Dict[Tuple[str, int], List[Dict[str, Any]]] = {}
+        slow_raw: Dict[str, List[Dict[str, Any]]] = {k: [] for k in slow_kinds}
+        qlen: Optional[int] = self.dgram_qlen
+        with ExitStack() as stack:
+            sw: Optional[Namespace] = None
+            if adaptor_paths:
+                sw, qlen = self.switch()
+                stack.callback(sw.close)
+            ep = stack.enter_context(endpoint_bench(self.namespace, self.seconds, BenchError, self.log)) if endpoint_paths else None
+            for n in range(rounds):
+                tag = f"round {n + 1}/{rounds}"
+                for size in sizes:
+                    for path in order:
+                        if path in PATHS:
+                            assert sw is not None
+                            c = self.run_case(sw, path, size, 1)
+                            self.log(f"{tag} {path:>17} {size:>5} B x1: {c['frames_per_s']:>9} frames/s  loss {c['loss']}")
+                        else:
+                            assert ep is not None
+                            c = ep.case(path, size)
+                            self.log(f"{tag} {path:>17} {size:>5} B x1: {c['frames_per_s']:>9} frames/s  loss {c['loss']}  "
+                                     f"uncounted {c['uncounted']}")
+                        raw.setdefault((path, size), []).append(c)
+                for kind in slow_kinds:
+                    assert ep is not None
+                    r = ep.slow_reader(kind, 1514)
+                    self.log(f"{tag} slow reader ({kind}): {r['alone']['frames_per_s']} frames/s alone, "
+                             f"{r['beside_stopped_reader']['frames_per_s']} beside ({r['ratio']})")
+                    slow_raw[kind].append(r)
+            cases = [merge_rounds(raw[(p, size)]) for size in sizes for p in one_pair]
+            for pairs in pairs_list:
+                if pairs == 1:
+                    continue
+                for path in adaptor_paths:
+                    assert sw is not None
+                    c = self.run_case(sw, path, 64, pairs)
+                    self.log(f"{path:>17}    64 B x{pairs}: {c['frames_per_s']:>9} frames/s  loss {c['loss']} (once)")
+                    cases.append(merge_rounds([c]))
+        endpoints: Dict[str, Any] = {"skipped": "not asked for (--paths)"}
+        if endpoint_paths:
+            endpoints = {"rounds": rounds,
+                         "cases": [merge_rounds(raw[(p, size)]) for size in sizes for p in endpoint_paths],
+                         "slow_reader": [merge_slow_reader(slow_raw[k]) for k in slow_kinds]}
+        return cases, endpoints, qlen
 
     # --- iperf3 -----------------------------------------------------------------
 
@@ -311,7 +376,12 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Per path: frames/s at each size and pairs, and the ratios the goals name."""
+    """Per path: frames/s at each size and pairs, and the ratios the goals name.
+
+    A ratio between two 1-pair cases is the median of its per-round ratios
+    (``bench_rounds.paired_ratio``), the per-round values beside it under
+    the same name + ``_rounds``; ``scaling_4_vs_1`` (the multi-pair cases
+    run once) is the 4-pair rate over the 1-pair median."""
     out: Dict[str, Any] = {}
     for path in PATHS:
         fps = {str(s): (_find(cases, path, s, 1) or {}).get("frames_per_s") for s in SIZES}
@@ -319,12 +389,13 @@ def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
         entry: Dict[str, Any] = {"frames_per_s": fps, "frames_per_s_64B_by_pairs": pairs}
         ratios: Dict[str, Any] = {"scaling_4_vs_1": _ratio(pairs["4"], pairs["1"])}
         if path in KINDS:
-            ratios["vs_per_frame"] = {str(s): _ratio(fps[str(s)], (_find(cases, "per_frame", s, 1) or {}).get("frames_per_s")) for s in SIZES}
             # Relay CPU per delivered frame against the per-frame relay's (lower is better).
-            ratios["relay_cpu_vs_per_frame"] = {
-                str(s): _ratio((_find(cases, path, s, 1) or {}).get("relay_cpu_us_per_frame"),
-                               (_find(cases, "per_frame", s, 1) or {}).get("relay_cpu_us_per_frame")) for s in SIZES}
-            ratios["vs_kernel"] = {str(s): _ratio(fps[str(s)], (_find(cases, "kernel", s, 1) or {}).get("frames_per_s")) for s in SIZES}
+            for name, base, key in (("vs_per_frame", "per_frame", "frames_per_s"),
+                                    ("relay_cpu_vs_per_frame", "per_frame", "relay_cpu_us_per_frame"),
+                                    ("vs_kernel", "kernel", "frames_per_s")):
+                ratios[name], ratios[name + "_rounds"] = {}, {}
+                for s in SIZES:
+                    ratios[name][str(s)], ratios[name + "_rounds"][str(s)] = paired_ratio(_find(cases, path, s, 1), _find(cases, base, s, 1), key)
         entry["ratios"] = ratios
         out[path] = entry
     return out
@@ -335,22 +406,24 @@ DEFAULT_DGRAM_QLEN = 512
 
 def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Optional[List[str]] = None,
         sizes: Optional[List[int]] = None, pairs: Optional[List[int]] = None, iperf: bool = True,
-        dgram_qlen: Optional[int] = DEFAULT_DGRAM_QLEN, tap_uring: bool = True, slow_reader: bool = True) -> Dict[str, Any]:
+        dgram_qlen: Optional[int] = DEFAULT_DGRAM_QLEN, tap_uring: bool = True, slow_reader: bool = True,
+        rounds: Optional[int] = None) -> Dict[str, Any]:
     if os.geteuid() != 0:
         raise BenchError("the benchmark creates network namespaces and TAP devices: run it as root")
     if not sys.platform.startswith("linux"):
         raise BenchError("the benchmark runs on Linux (TAP devices and network namespaces)")
     secs = seconds if seconds is not None else (0.3 if quick else 3.0)
+    n_rounds = rounds if rounds is not None else (1 if quick else 3)
+    if n_rounds < 1:
+        raise BenchError(f"--rounds must be at least 1, not {n_rounds}")
     os.environ["VMNET_RS_TAP_URING"] = "1" if tap_uring else "0"
     bench = Bench(secs, iperf_seconds=1 if quick else 5, dgram_qlen=dgram_qlen, log=log)
     t0 = time.monotonic()
     wanted = paths if paths is not None else PATHS + ENDPOINT_PATHS
     adaptor_paths = [p for p in wanted if p in PATHS]
     endpoint_paths = [p for p in wanted if p in ENDPOINT_PATHS]
-    cases, qlen = bench.frame_cases(adaptor_paths, sizes or SIZES, pairs or PAIRS) if adaptor_paths else ([], dgram_qlen)
-    endpoints: Dict[str, Any] = {"skipped": "not asked for (--paths)"}
+    cases, endpoints, qlen = bench.rounds(adaptor_paths, endpoint_paths, sizes or SIZES, pairs or PAIRS, n_rounds, slow_reader)
     if endpoint_paths:
-        endpoints = run_endpoint_cases(bench.namespace, secs, sizes or SIZES, endpoint_paths, slow_reader, BenchError, log or (lambda m: None))
         endpoints["summary"] = endpoint_summary(endpoints, cases, sizes or SIZES)
     iperf_result = bench.iperf_cases() if iperf else {"skipped": "not asked for (--no-iperf)"}
     try:
@@ -360,6 +433,10 @@ def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Option
     return {
         "mode": "quick" if quick else "full",
         "seconds_per_case": secs,
+        "rounds": n_rounds,
+        "rounds_note": ("each round runs, per frame size, the 1-pair fd relay cases and the endpoint cases back to back, "
+                        "then the slow-reader case; a case's figures are medians over the rounds (each round under "
+                        "`rounds`), its counts sums, every ratio the median of the per-round ratios; " + ONCE_NOTE),
         "elapsed_s": round(time.monotonic() - t0, 1),
         "settings": {
             "unix_max_dgram_qlen": qlen,
@@ -376,62 +453,100 @@ def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Option
     }
 
 
+def fmt_ratio(median: Optional[float], rounds: Optional[List[Optional[float]]] = None) -> str:
+    """A ratio, with the spread of its per-round values when there are
+    several: ``1.10 [0.95-1.31]``."""
+    if median is None:
+        return "-"
+    sp = spread(rounds or [])
+    if rounds is None or len(rounds) < 2 or sp is None:
+        return f"{median:.2f}"
+    return f"{median:.2f} [{sp[0]:.2f}-{sp[1]:.2f}]"
+
+
+def fps_spread(case: Dict[str, Any]) -> str:
+    """How far a case's frames/s spread over its rounds, in percent of the median."""
+    rounds = case.get("rounds") or []
+    sp = spread([r.get("frames_per_s") for r in rounds])
+    if len(rounds) < 2 or sp is None or not case.get("frames_per_s"):
+        return "-"
+    return f"{(sp[1] - sp[0]) / case['frames_per_s'] * 100:.0f}%"
+
+
+def rounds_line(result: Dict[str, Any]) -> str:
+    n = result.get("rounds", 1)
+    return (f"{n} round{'s' if n != 1 else ''}: per frame size the 1-pair fd relay cases and the endpoint cases back to back, "
+            "then the slow reader; frames/s and CPU are medians over the rounds, losses summed, ratios the median of "
+            f"the per-round ratios [min-max]; {ONCE_NOTE}.")
+
+
 def table(result: Dict[str, Any]) -> str:
     st = result["settings"]
-    lines = [f"vmnet-rs bench ({result['mode']}, {result['seconds_per_case']} s per case, "
+    n = result.get("rounds", 1)
+    lines = [f"vmnet-rs bench ({result['mode']}, {result['seconds_per_case']} s per case, {n} round{'s' if n != 1 else ''}, "
              f"{result['machine']['cpus']} CPUs, Linux {result['machine']['kernel']}; "
-             f"unix dgram qlen {st['unix_max_dgram_qlen']}, TAP io_uring {'on' if st['tap_io_uring'] else 'off'})", ""]
-    head = (f"{'path':<14}{'frame':>6}{'pairs':>6}{'frames/s':>11}{'Gbit/s':>8}{'loss':>8}{'CPU cores':>10}"
-            f"{'CPU us/frame':>13}{'relay us/frame':>15}")
-    lines += [head, "-" * len(head)]
-    for c in result["cases"]:
-        loss = "-" if c["loss"] is None else f"{c['loss'] * 100:.1f}%"
-        us = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-        lines.append(f"{c['path']:<14}{c['frame_bytes']:>6}{c['pairs']:>6}{c['frames_per_s']:>11,}{c['gbit_per_s']:>8.2f}"
-                     f"{loss:>8}{c['cpu_cores']:>10.2f}{us(c['cpu_us_per_frame']):>13}{us(c['relay_cpu_us_per_frame']):>15}")
-    lines += ["", f"{'kind':<14}{'vs per_frame 64/1514':>22}{'vs kernel 64/1514':>20}{'4 vs 1 pairs':>14}"
-                  f"{'relay CPU/frame vs per_frame 64/1514':>38}"]
-    for k, v in result["kinds"].items():
-        r = v["ratios"]
-        fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-        cpu = r.get("relay_cpu_vs_per_frame", {})
-        lines.append(f"{k:<14}{fmt(r['vs_per_frame']['64']) + ' / ' + fmt(r['vs_per_frame']['1514']):>22}"
-                     f"{fmt(r['vs_kernel']['64']) + ' / ' + fmt(r['vs_kernel']['1514']):>20}{fmt(r['scaling_4_vs_1']):>14}"
-                     f"{fmt(cpu.get('64')) + ' / ' + fmt(cpu.get('1514')):>38}")
+             f"unix dgram qlen {st['unix_max_dgram_qlen']}, TAP io_uring {'on' if st['tap_io_uring'] else 'off'})",
+             rounds_line(result), ""]
+    us = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    if result["cases"]:
+        head = (f"{'path':<14}{'frame':>6}{'pairs':>6}{'rounds':>7}{'frames/s':>11}{'spread':>8}{'Gbit/s':>8}{'loss':>8}"
+                f"{'CPU cores':>10}{'CPU us/frame':>13}{'relay us/frame':>15}")
+        lines += [head, "-" * len(head)]
+        for c in result["cases"]:
+            loss = "-" if c["loss"] is None else f"{c['loss'] * 100:.1f}%"
+            lines.append(f"{c['path']:<14}{c['frame_bytes']:>6}{c['pairs']:>6}{len(c.get('rounds') or [c]):>7}{c['frames_per_s']:>11,}"
+                         f"{fps_spread(c):>8}{c['gbit_per_s']:>8.2f}{loss:>8}{c['cpu_cores']:>10.2f}{us(c['cpu_us_per_frame']):>13}"
+                         f"{us(c['relay_cpu_us_per_frame']):>15}")
+        lines += ["", f"{'kind':<15}{'ratio (median [min-max] of rounds)':<36}{'64 B':>20}{'1514 B':>20}"]
+        for k, v in result["kinds"].items():
+            r = v["ratios"]
+            for name, label in (("vs_per_frame", "frames/s vs per_frame"), ("vs_kernel", "frames/s vs kernel"),
+                                ("relay_cpu_vs_per_frame", "relay CPU/frame vs per_frame")):
+                per, rounds = r.get(name, {}), r.get(name + "_rounds", {})
+                lines.append(f"{k:<15}{label:<36}" + "".join(f"{fmt_ratio(per.get(sz), rounds.get(sz)):>20}" for sz in ("64", "1514")))
+            lines.append(f"{k:<15}{'frames/s, 4 pairs vs 1 (64 B, once)':<36}{fmt_ratio(r['scaling_4_vs_1']):>20}")
     lines += endpoint_table(result.get("endpoints", {}))
     ip = result["iperf3"]
     lines.append("")
     if "skipped" in ip:
         lines.append(f"iperf3: skipped ({ip['skipped']})")
     else:
-        lines.append("iperf3 TCP, one stream: " + ", ".join(f"{k} {v['gbit_per_s']:.2f} Gbit/s" for k, v in ip.items() if isinstance(v, dict)))
+        lines.append("iperf3 TCP, one stream (once): " + ", ".join(f"{k} {v['gbit_per_s']:.2f} Gbit/s" for k, v in ip.items() if isinstance(v, dict)))
     return "\n".join(lines)
 
 
 def endpoint_table(ep: Dict[str, Any]) -> List[str]:
-    """The endpoint cases and their ratios against the same run's baselines."""
+    """The endpoint cases and their ratios against the same run's baselines
+    (medians of the per-round ratios, their spread in brackets)."""
     if "cases" not in ep:
         return ["", f"endpoint paths: skipped ({ep.get('skipped', 'not measured')})"] if ep else []
     us = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    r2 = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-    head = (f"{'endpoint path':<18}{'frame':>6}{'frames/s':>11}{'Gbit/s':>8}{'lost':>8}{'counted':>9}{'uncounted':>10}"
-            f"{'CPU us/frame':>13}{'relay us/frame':>15}")
+    head = (f"{'endpoint path':<18}{'frame':>6}{'rounds':>7}{'frames/s':>11}{'spread':>8}{'Gbit/s':>8}{'lost':>8}{'counted':>9}"
+            f"{'uncounted':>10}{'CPU us/frame':>13}{'relay us/frame':>15}")
     lines = ["", head, "-" * len(head)]
     for c in ep["cases"]:
         counted = sum(c["counted_drops"].values())
-        lines.append(f"{c['path']:<18}{c['frame_bytes']:>6}{c['frames_per_s']:>11,}{c['gbit_per_s']:>8.2f}{c['lost']:>8}{counted:>9}"
-                     f"{c['uncounted']:>10}{us(c['cpu_us_per_frame']):>13}{us(c['relay_cpu_us_per_frame']):>15}")
+        lines.append(f"{c['path']:<18}{c['frame_bytes']:>6}{len(c.get('rounds') or [c]):>7}{c['frames_per_s']:>11,}{fps_spread(c):>8}"
+                     f"{c['gbit_per_s']:>8.2f}{c['lost']:>8}{counted:>9}{c['uncounted']:>10}{us(c['cpu_us_per_frame']):>13}"
+                     f"{us(c['relay_cpu_us_per_frame']):>15}")
     lines.append("")
     for kind, per in ep.get("summary", {}).items():
         for size, x in per.items():
             if not isinstance(x, dict):
                 continue
-            fd = ", ".join(f"vs fd {k[len('frames_per_s_vs_'):]} {r2(v)} (relay CPU/frame {r2(x.get('relay_cpu_per_frame_vs_' + k[len('frames_per_s_vs_'):]))})"
-                           for k, v in x.items() if k.startswith("frames_per_s_vs_") and k != "frames_per_s_vs_direct")
-            lines.append(f"endpoint {kind} {size} B: frames/s vs direct {kind} link {r2(x['frames_per_s_vs_direct'])}, {fd}")
+            fds = [n for n in ("datagram", "datagram_next", "stream") if "frames_per_s_vs_" + n in x]
+            fd = ", ".join(f"vs fd {n} {fmt_ratio(x['frames_per_s_vs_' + n], x.get('frames_per_s_vs_' + n + '_rounds'))} "
+                           f"(relay CPU/frame {fmt_ratio(x.get('relay_cpu_per_frame_vs_' + n), x.get('relay_cpu_per_frame_vs_' + n + '_rounds'))})"
+                           for n in fds)
+            loss = "-" if x.get("loss") is None else f"{x['loss'] * 100:.2f}%"
+            lines.append(f"endpoint {kind} {size} B: frames/s vs direct {kind} link "
+                         f"{fmt_ratio(x['frames_per_s_vs_direct'], x.get('frames_per_s_vs_direct_rounds'))}, {fd}; "
+                         f"lost {loss} over all rounds, uncounted {x.get('uncounted')}")
     for s in ep.get("slow_reader", []):
+        n = len(s.get("rounds") or [s])
         lines.append(f"slow reader ({s['kind']}, {s['frame_bytes']} B): a flow beside a client that stopped reading "
-                     f"{s['beside_stopped_reader']['frames_per_s']:,} frames/s, alone {s['alone']['frames_per_s']:,}: {r2(s['ratio'])}x; "
+                     f"{s['beside_stopped_reader']['frames_per_s']:,} frames/s, alone {s['alone']['frames_per_s']:,}: "
+                     f"{fmt_ratio(s['ratio'], s.get('ratio_rounds'))}x (median of {n} round{'s' if n != 1 else ''}); "
                      f"{s['stopped_reader']['frames_sent_to_it']} frames sent to the stopped client")
     return lines
 
@@ -532,8 +647,11 @@ def stop_on_sigterm(signum: int, _frame: Any) -> None:
 @click.option("--tap-uring/--no-tap-uring", default=True, show_default=True, help="Batch TAP reads and writes with io_uring.")
 @click.option("--slow-reader/--no-slow-reader", default=True, show_default=True,
               help="Measure a flow beside an endpoint client that stopped reading.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds of the paired cases (1-pair fd relays, endpoints, slow reader); ratios are medians of the "
+                   "per-round ratios (default 3, or 1 with --quick; multi-pair cases and iperf3 run once).")
 def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[float], paths: str, sizes: str, pairs: str,
-          iperf: bool, dgram_qlen: str, tap_uring: bool, slow_reader: bool) -> None:
+          iperf: bool, dgram_qlen: str, tap_uring: bool, slow_reader: bool, rounds: Optional[int]) -> None:
     """Measure the adaptors against kernel-only and per-frame baselines (root; own namespaces)."""
     log = (lambda m: click.echo(m, err=True)) if not as_json else None
     path_list = [p for p in paths.split(",") if p]
@@ -553,7 +671,7 @@ def bench(as_json: bool, quick: bool, png: Optional[str], seconds: Optional[floa
     previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         result = run(quick, seconds, log=log, paths=path_list, sizes=size_list, pairs=pair_list, iperf=iperf,
-                     dgram_qlen=qlen, tap_uring=tap_uring, slow_reader=slow_reader)
+                     dgram_qlen=qlen, tap_uring=tap_uring, slow_reader=slow_reader, rounds=rounds)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if png:

@@ -24,7 +24,13 @@ counted shows as ``uncounted``.
 
 The slow-reader case: two receiving clients, one of which stops reading
 while frames keep coming for it (a burst that fills its queue, then a
-trickle); the rate of a flow to the other is measured beside it and alone.
+trickle); the rate of a flow to the other is measured alone and then
+beside it, in each round.
+
+``bench.py`` runs the rounds (each round every case of each size back to
+back with the fd relay cases they are compared with, then the slow-reader
+case); ``endpoint_summary`` takes each ratio per round and reports the
+median (``bench_rounds``).
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _native
+from .bench_rounds import paired_ratio, rounds_of
 
 ENDPOINT_PATHS = ["direct_datagram", "endpoint_datagram", "direct_stream", "endpoint_stream"]
 KIND_OF = {"direct_datagram": "datagram", "endpoint_datagram": "datagram", "direct_stream": "stream", "endpoint_stream": "stream"}
@@ -60,7 +67,8 @@ SLOW_TRICKLE_PER_S = 1000
 
 
 def _mac(n: int) -> str:
-    return f"02:00:00:00:e0:{n:02x}"
+    # Fresh clients every case and round: two bytes of count.
+    return f"02:00:00:e0:{(n >> 8) & 0xff:02x}:{n & 0xff:02x}"
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -296,8 +304,9 @@ class EndpointBench:
             return self._measure(path, size, [(a.fileno(), framing, b.fileno(), framing, ma, mb)], leases)
 
     def slow_reader(self, kind: str, size: int) -> Dict[str, Any]:
-        """A flow to a fast reader, alone and beside a client that stopped
-        reading while frames keep coming for it."""
+        """One round of the slow-reader case: a flow to a fast reader,
+        alone and then beside a client that stopped reading while frames
+        keep coming for it, and the ratio of the two rates."""
         path = f"endpoint_{kind}"
         framing = "stream" if kind == "stream" else "datagram"
         with ExitStack() as stack:
@@ -354,29 +363,16 @@ class EndpointBench:
         }
 
 
-def run_endpoint_cases(make_ns: Callable[[str], Any], seconds: float, sizes: List[int], paths: List[str], slow: bool,
-                       error: Callable[[str], Exception], log: Callable[[str], None]) -> Dict[str, Any]:
-    """Every endpoint case of one run: ``cases`` (one pair each) and ``slow_reader`` per kind."""
+@contextmanager
+def endpoint_bench(make_ns: Callable[[str], Any], seconds: float, error: Callable[[str], Exception],
+                   log: Callable[[str], None]) -> Iterator[EndpointBench]:
+    """A namespace of its own with a broker serving the endpoints, for the
+    rounds of one run; both are gone afterwards."""
     ns = make_ns("ep")
     bench: Optional[EndpointBench] = None
     try:
         bench = EndpointBench(ns, seconds, error, log)
-        cases = []
-        for size in sizes:
-            for path in paths:
-                c = bench.case(path, size)
-                log(f"{path:>17} {size:>5} B x1: {c['frames_per_s']:>9} frames/s  loss {c['loss']}  "
-                    f"uncounted {c.get('uncounted', 0)}")
-                cases.append(c)
-        slow_cases = []
-        if slow:
-            for kind in ("datagram", "stream"):
-                if f"endpoint_{kind}" in paths:
-                    r = bench.slow_reader(kind, 1514)
-                    log(f"slow reader ({kind}): {r['beside_stopped_reader']['frames_per_s']} frames/s beside, "
-                        f"{r['alone']['frames_per_s']} alone ({r['ratio']})")
-                    slow_cases.append(r)
-        return {"cases": cases, "slow_reader": slow_cases}
+        yield bench
     finally:
         if bench is not None:
             bench.close()
@@ -387,33 +383,40 @@ def _find(cases: List[Dict[str, Any]], path: str, size: int) -> Dict[str, Any]:
     return next((c for c in cases if c["path"] == path and c["frame_bytes"] == size), {})
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return None if a is None or not b else round(a / b, 3)
-
-
 def endpoint_summary(endpoint: Dict[str, Any], adaptor_cases: List[Dict[str, Any]], sizes: List[int]) -> Dict[str, Any]:
     """Per endpoint kind and size: frames/s against the direct link, frames/s
     and relay CPU per frame against the fd relays of the same kind
-    (``datagram`` and ``datagram_next``; ``stream``), all from the same run."""
+    (``datagram`` and ``datagram_next``; ``stream``), all from the same run.
+
+    Each ratio is taken per round (the two cases of a round ran back to
+    back) and reported as the median of those, with the per-round values
+    under the same name + ``_rounds``. Loss is the total over the rounds
+    (lost over sent) and ``uncounted`` their sum."""
     fd_kinds = {"datagram": ["datagram", "datagram_next"], "stream": ["stream"]}
     out: Dict[str, Any] = {}
     for kind in ("datagram", "stream"):
         e: Dict[str, Any] = {}
+
+        def put(x: Dict[str, Any], name: str, r: Tuple[Optional[float], List[Optional[float]]]) -> None:
+            x[name], x[name + "_rounds"] = r
+
         for size in sizes:
             ep, direct = _find(endpoint["cases"], f"endpoint_{kind}", size), _find(endpoint["cases"], f"direct_{kind}", size)
             if not ep:
                 continue
-            x: Dict[str, Any] = {"frames_per_s_vs_direct": _ratio(ep.get("frames_per_s"), direct.get("frames_per_s"))}
+            x: Dict[str, Any] = {"rounds": len(rounds_of(ep))}
+            put(x, "frames_per_s_vs_direct", paired_ratio(ep, direct, "frames_per_s"))
             for fd_kind in fd_kinds[kind]:
                 fd = next((c for c in adaptor_cases if c["path"] == fd_kind and c["frame_bytes"] == size and c["pairs"] == 1), {})
-                x[f"frames_per_s_vs_{fd_kind}"] = _ratio(ep.get("frames_per_s"), fd.get("frames_per_s"))
-                x[f"relay_cpu_per_frame_vs_{fd_kind}"] = _ratio(ep.get("relay_cpu_us_per_frame"), fd.get("relay_cpu_us_per_frame"))
+                put(x, f"frames_per_s_vs_{fd_kind}", paired_ratio(ep, fd, "frames_per_s"))
+                put(x, f"relay_cpu_per_frame_vs_{fd_kind}", paired_ratio(ep, fd, "relay_cpu_us_per_frame"))
             x["loss"] = ep.get("loss")
             x["uncounted"] = ep.get("uncounted")
             e[str(size)] = x
         slow = next((s for s in endpoint.get("slow_reader", []) if s["kind"] == kind), None)
         if slow is not None:
             e["slow_reader_ratio"] = slow["ratio"]
+            e["slow_reader_ratio_rounds"] = slow.get("ratio_rounds", [slow["ratio"]])
         if e:
             out[kind] = e
     return out

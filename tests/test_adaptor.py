@@ -54,16 +54,22 @@ class Vm:
     def __init__(self, adaptor: Adaptor) -> None:
         self.kind = adaptor.kind
         self.sock = adaptor.socket()
+        # Reads give up quickly (recv returns None); sends wait for the relay
+        # as long as the test's patience, on a second handle of the same
+        # socket: a send that timed out would lose its frame (or part of a
+        # stream frame) on a loaded machine.
         self.sock.settimeout(0.2)
+        self._out = self.sock.dup()
+        self._out.settimeout(PATIENCE)
         self.mac = adaptor.info["mac"]
         self._buf = b""
         self._frames: List[bytes] = []
 
     def send(self, data: bytes) -> None:
         if self.kind == "stream":
-            self.sock.sendall(framing.encode(data))
+            self._out.sendall(framing.encode(data))
         else:
-            self.sock.send(data)
+            self._out.send(data)
 
     def recv(self) -> Optional[bytes]:
         """One frame of ours, or None after a short timeout."""
@@ -85,6 +91,7 @@ class Vm:
                 return data
 
     def close(self) -> None:
+        self._out.close()
         self.sock.close()
 
 
@@ -190,10 +197,20 @@ def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
         burst = 3 * BATCH + 17
         for src, dst, dst_ad, label in ((va, vb, b, "a->b"), (vb, va, a, "b->a")):
             frames = [frame(i, dst.mac, src.mac, s) for i, s in enumerate(sizes(burst))]
-            sender = threading.Thread(target=lambda: [src.send(f) for f in frames])
+            send_errors: List[BaseException] = []
+
+            def send_all(src: Vm = src, frames: List[bytes] = frames) -> None:
+                try:
+                    for f in frames:
+                        src.send(f)
+                except BaseException as e:  # reported by the test, not lost in the thread
+                    send_errors.append(e)
+
+            sender = threading.Thread(target=send_all)
             sender.start()
             got = receive(dst, dst_ad, len(frames))
             sender.join()
+            assert not send_errors, f"{label}: the VM's send failed: {send_errors[0]!r}"
             drops = dst_ad.stats()["host_to_vm"]["drops"]
             check_in_order(got, frames, drops)
             # A relay that dropped everything (and counted it) fails here:
@@ -201,6 +218,12 @@ def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
             assert len(got) >= len(frames) // 2, f"{label}: only {len(got)} of {len(frames)} delivered"
             if kind == "stream":
                 assert drops == 0, label
+        # A relay counts a batch after its write returns, so the frames can
+        # reach the other side before the count does (a preempted relay
+        # thread on a loaded machine): poll for it.
+        wait_until("both relays to count every frame from their VM",
+                   lambda: a.stats()["vm_to_host"]["packets"] == burst and b.stats()["vm_to_host"]["packets"] == burst,
+                   PATIENCE, 0.01)
         sa, sb = a.stats(), b.stats()
         assert sa["vm_to_host"]["packets"] == burst and sb["vm_to_host"]["packets"] == burst
         assert sa["vm_to_host"]["errors"] == 0 and sb["vm_to_host"]["errors"] == 0

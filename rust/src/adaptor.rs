@@ -552,8 +552,12 @@ mod tests {
                 assert!(Instant::now() < deadline, "{kind:?}: got {} + {drops} dropped of {BURST}", got.len());
             }
             sender.join().unwrap();
-            // The relay counts a batch just after sending it: let it catch up.
-            wait_until("the counters catch up", || adaptor.stats().host_to_vm.packets >= got.len() as u64);
+            // The relay counts a batch just after sending it, in both
+            // directions: let it catch up.
+            wait_until("the counters catch up", || {
+                let s = adaptor.stats();
+                s.host_to_vm.packets >= got.len() as u64 && s.vm_to_host.packets >= BURST as u64
+            });
             let stats = adaptor.stats();
             check_delivery(&got, BURST, stats.host_to_vm.drops);
             if kind == Kind::Stream {

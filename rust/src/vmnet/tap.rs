@@ -75,7 +75,7 @@ enum Batch {
     /// Many reads or writes per `io_uring_enter`. `read_want` adapts the
     /// number of reads submitted to what the last call found, so a quiet
     /// TAP costs few failed reads and a busy one gets whole batches.
-    Uring { ring: uring::Uring, read_want: usize },
+    Uring { ring: Box<uring::Uring>, read_want: usize },
     /// One `read`/`write` per frame (io_uring missing, forbidden or turned
     /// off with `VMNET_RS_TAP_URING=0`).
     PerFrame,
@@ -294,7 +294,7 @@ impl Tap {
                 Batch::PerFrame
             } else {
                 match uring::Uring::new(self.info.read_max_frames.max(self.info.write_max_frames) as u32, uring::SubmitAll::IfSupported) {
-                    Ok(ring) => Batch::Uring { ring, read_want: 1 },
+                    Ok(ring) => Batch::Uring { ring: Box::new(ring), read_want: 1 },
                     Err(e) => {
                         log::info!("TAP {}: io_uring unavailable ({e}); one syscall per frame", self.name);
                         Batch::PerFrame
@@ -303,7 +303,7 @@ impl Tap {
             };
         }
         match &mut self.batch {
-            Batch::Uring { ring, read_want } => Some((ring, read_want)),
+            Batch::Uring { ring, read_want } => Some((&mut **ring, read_want)),
             _ => None,
         }
     }
@@ -471,13 +471,7 @@ mod tests {
     #[test]
     #[ignore = "needs root for a network namespace; scripts/test runs it as root with --ignored"]
     fn a_frame_the_kernel_refused_in_a_batch_is_reported_refused() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for a network namespace: run --ignored tests as root");
-        std::thread::spawn(|| {
-            // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a
-            // new, empty network namespace; the host's network is never
-            // touched.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", io::Error::last_os_error());
+        crate::test_support::in_fresh_netns(|| {
             let mut tap = Tap::create("taprf0", false).unwrap();
             // A TAP that is down refuses every write (EIO).
             let up = std::process::Command::new("ip").args(["link", "set", "dev", "taprf0", "up"]).status().unwrap();
@@ -493,9 +487,7 @@ mod tests {
             // The next write starts from zero.
             assert_eq!(tap.write_frames(&[&whole, &whole]).unwrap(), 2);
             assert_eq!(tap.last_write_refused(), (0, 0));
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     fn ip(args: &[&str]) {
@@ -539,13 +531,7 @@ mod tests {
     #[test]
     #[ignore = "needs root for a network namespace; scripts/test runs it as root with --ignored"]
     fn two_offloading_taps_on_a_bridge_pass_a_tcp_run_through_the_kernel_unchanged() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for a network namespace: run --ignored tests as root");
-        std::thread::spawn(|| {
-            // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a
-            // new, empty network namespace; the host's network is never
-            // touched.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", io::Error::last_os_error());
+        crate::test_support::in_fresh_netns(|| {
             ip(&["link", "add", "brg0", "type", "bridge"]);
             let mut taps = Vec::new();
             for name in ["tapg0", "tapg1"] {
@@ -593,8 +579,6 @@ mod tests {
             let mut held = false;
             let got = read_ip_frames(&mut b, 1, &mut held);
             assert_eq!(got, vec![udp]);
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

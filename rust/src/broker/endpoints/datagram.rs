@@ -232,7 +232,7 @@ impl Worker {
             // Unbound (Linux: an empty address; macOS: XNU's `sun_noname`):
             // no reply can reach it, so it gets no port; held off like a
             // refused address, logged once a while.
-            if d.refused.insert(Vec::new(), Instant::now()).map_or(true, |t| t.elapsed() >= REFUSED_QUIET) {
+            if d.refused.insert(Vec::new(), Instant::now()).is_none_or(|t| t.elapsed() >= REFUSED_QUIET) {
                 log::warn!(
                     "endpoint {}: a datagram from an unbound socket was dropped: clients must bind their own path to get replies",
                     d.bound.path.display()

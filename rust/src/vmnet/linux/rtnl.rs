@@ -212,13 +212,7 @@ mod tests {
     #[test]
     #[ignore = "needs root for a network namespace; scripts/test runs it as root with --ignored"]
     fn a_tap_joins_its_bridge_isolated_and_up() {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root for a network namespace: run --ignored tests as root");
-        std::thread::spawn(|| {
-            // SAFETY: unshare(CLONE_NEWNET) moves only this thread into a
-            // new, empty network namespace; the host's network is never
-            // touched.
-            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare: {}", io::Error::last_os_error());
+        crate::test_support::in_fresh_netns(|| {
             run(&["ip", "link", "add", "name", "brt0", "mtu", "1400", "type", "bridge"], None).unwrap();
             let tap = crate::vmnet::tap::Tap::create("tapt0", false).unwrap();
             attach_port(tap.name(), "brt0", 1400, true).unwrap();
@@ -237,8 +231,6 @@ mod tests {
             // The kernel's refusal comes back with the step and its errno.
             let e = attach_port("tapt0", "brt0", 70_000, false).unwrap_err();
             assert!(matches!(&e, Error::AddPort { source, .. } if source.raw_os_error() == Some(libc::EINVAL)), "{e}");
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

@@ -500,11 +500,14 @@ def table(result: Dict[str, Any]) -> str:
         lines += ["", f"{'kind':<15}{'ratio (median [min-max] of rounds)':<36}{'64 B':>20}{'1514 B':>20}"]
         for k, v in result["kinds"].items():
             r = v["ratios"]
+            # Only the ratios this run measured both sides of.
             for name, label in (("vs_per_frame", "frames/s vs per_frame"), ("vs_kernel", "frames/s vs kernel"),
                                 ("relay_cpu_vs_per_frame", "relay CPU/frame vs per_frame")):
                 per, rounds = r.get(name, {}), r.get(name + "_rounds", {})
-                lines.append(f"{k:<15}{label:<36}" + "".join(f"{fmt_ratio(per.get(sz), rounds.get(sz)):>20}" for sz in ("64", "1514")))
-            lines.append(f"{k:<15}{'frames/s, 4 pairs vs 1 (64 B, once)':<36}{fmt_ratio(r['scaling_4_vs_1']):>20}")
+                if any(per.get(sz) is not None for sz in ("64", "1514")):
+                    lines.append(f"{k:<15}{label:<36}" + "".join(f"{fmt_ratio(per.get(sz), rounds.get(sz)):>20}" for sz in ("64", "1514")))
+            if r["scaling_4_vs_1"] is not None:
+                lines.append(f"{k:<15}{'frames/s, 4 pairs vs 1 (64 B, once)':<36}{fmt_ratio(r['scaling_4_vs_1']):>20}")
     lines += endpoint_table(result.get("endpoints", {}))
     ip = result["iperf3"]
     lines.append("")
@@ -534,13 +537,13 @@ def endpoint_table(ep: Dict[str, Any]) -> List[str]:
         for size, x in per.items():
             if not isinstance(x, dict):
                 continue
-            fds = [n for n in ("datagram", "datagram_next", "stream") if "frames_per_s_vs_" + n in x]
+            fds = [n for n in ("datagram", "datagram_next", "stream") if x.get("frames_per_s_vs_" + n) is not None]
             fd = ", ".join(f"vs fd {n} {fmt_ratio(x['frames_per_s_vs_' + n], x.get('frames_per_s_vs_' + n + '_rounds'))} "
                            f"(relay CPU/frame {fmt_ratio(x.get('relay_cpu_per_frame_vs_' + n), x.get('relay_cpu_per_frame_vs_' + n + '_rounds'))})"
                            for n in fds)
             loss = "-" if x.get("loss") is None else f"{x['loss'] * 100:.2f}%"
             lines.append(f"endpoint {kind} {size} B: frames/s vs direct {kind} link "
-                         f"{fmt_ratio(x['frames_per_s_vs_direct'], x.get('frames_per_s_vs_direct_rounds'))}, {fd}; "
+                         f"{fmt_ratio(x['frames_per_s_vs_direct'], x.get('frames_per_s_vs_direct_rounds'))}{', ' + fd if fd else ''}; "
                          f"lost {loss} over all rounds, uncounted {x.get('uncounted')}")
     for s in ep.get("slow_reader", []):
         n = len(s.get("rounds") or [s])

@@ -339,3 +339,60 @@ def test_resolver_dry_run_prints_what_it_would_write_and_run(tmp_path, monkeypat
     assert markers["lab.json"] == {"network": "lab", "domain": "lab.internal", "dns": "10.61.0.1"}
     assert markers["shared.json"] == {"network": "shared", "domain": "shared.vmnet.internal", "dns": "192.168.107.1"}
     assert "quiet.json" not in markers and {w.path.parent for w in plan.writes} == {tmp_path / "data" / "resolver"}
+
+
+def test_uninstall_removes_what_install_resolver_left(tmp_path, monkeypatch):
+    """`vmnet-rs uninstall --resolver` (and a plain uninstall on Linux)
+    removes every marker `install --resolver` left in the data directory, so
+    the broker registers no domain on a bridge it makes later, and reverts
+    the per-link DNS of the bridges that exist now; macOS removes only the
+    /etc/resolver files install wrote."""
+    from click.testing import CliRunner
+
+    from vmnet_rs.cli import cli
+    from vmnet_rs.config import load_config
+
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text("vmnet:\n  lab:\n    mode: host\n    subnet: 10.61.0.0/24\n")
+    data = tmp_path / "data"
+    monkeypatch.setenv("VMNET_RS_DATA_DIR", str(data))
+    install.resolver_plan("linux", load_config(str(cfg)), link_exists=lambda b: False).execute(runner=lambda c: pytest.fail(f"ran {c}"))
+    # A marker of a network no longer configured goes too.
+    (data / "resolver" / "old.json").write_text(json.dumps({"network": "old", "domain": "old.vmnet.internal", "dns": "10.9.0.1"}))
+    markers = sorted((data / "resolver").glob("*.json"))
+    assert [m.name for m in markers] == ["host.json", "lab.json", "old.json", "shared.json"]
+
+    dry = CliRunner().invoke(cli, ["uninstall", "--resolver", "--dry-run", "--platform", "linux", "--config", str(cfg)])
+    assert dry.exit_code == 0, dry.output
+    assert all(f"remove {m}" in dry.output for m in markers), dry.output
+    plain = CliRunner().invoke(cli, ["uninstall", "--dry-run", "--platform", "linux", "--config", str(cfg)])
+    assert "remove /etc/systemd/system/vmnet-rs.service" in plain.output and all(f"remove {m}" in plain.output for m in markers), plain.output
+    assert sorted((data / "resolver").glob("*.json")) == markers, "a dry run changes nothing"
+
+    # vmr-lab exists now: its registration is reverted, after the markers are gone.
+    plan = install.Plan("linux")
+    install.add_resolver_removal(plan, str(data), link_exists=lambda b: b == "vmr-lab", resolvectl="/usr/bin/resolvectl")
+    assert plan.after == [["resolvectl", "revert", "vmr-lab"]]
+    ran = []
+
+    def runner(c):
+        ran.append((c, sorted(p.name for p in (data / "resolver").glob("*.json"))))
+        return subprocess.CompletedProcess(c, 0, "", "")
+
+    plan.execute(runner=runner)
+    assert ran == [(["resolvectl", "revert", "vmr-lab"], [])]
+    # Without resolvectl nothing was ever registered: the markers alone go.
+    (data / "resolver" / "lab.json").write_text("{}")
+    quiet = install.Plan("linux")
+    install.add_resolver_removal(quiet, str(data), link_exists=lambda b: True, resolvectl=None)
+    assert quiet.after == [] and quiet.removals == [data / "resolver" / "lab.json"]
+
+    # macOS: only the files that carry install's header line.
+    rdir = tmp_path / "etc-resolver"
+    rdir.mkdir()
+    ours = rdir / "lab.vmnet.internal"
+    ours.write_bytes(install.MACOS_RESOLVER_HEADER + b"nameserver 10.61.0.1\n")
+    (rdir / "corp.example").write_text("nameserver 10.0.0.53\n")
+    mac = install.Plan("macos")
+    install.add_resolver_removal(mac, "", resolver_dir=rdir)
+    assert mac.removals == [ours]

@@ -169,6 +169,22 @@ def test_a_claimed_name_stops_resolving_when_its_port_closes(netns, tmp_path: Pa
         b.stop()
 
 
+def recording_resolvectl(tmp_path: Path) -> tuple[dict, Path]:
+    """A resolvectl that only records its arguments (systemd-resolved is not
+    confined to a network namespace: a real one would change the host's
+    resolver), first on PATH in the returned environment."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "resolvectl.calls"
+    (bindir / "resolvectl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bindir / "resolvectl").chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, calls
+
+
+def recorded(calls: Path) -> list[str]:
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
 def test_a_registered_domain_is_registered_again_on_each_new_bridge(netns, tmp_path: Path, state: Path) -> None:
     """`vmnet-rs install --resolver` leaves a marker in the data directory;
     each time the broker makes the network's bridge (here: two broker runs,
@@ -176,15 +192,10 @@ def test_a_registered_domain_is_registered_again_on_each_new_bridge(netns, tmp_p
     resolvectl here only records its arguments: systemd-resolved is not
     confined to a network namespace, so a real one would change the host's
     resolver."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "resolvectl.calls"
-    (bindir / "resolvectl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
-    (bindir / "resolvectl").chmod(0o755)
+    env, calls = recording_resolvectl(tmp_path)
     marker = tmp_path / "data" / "resolver" / "lab.json"
     marker.parent.mkdir(parents=True)
     marker.write_text(json.dumps({"network": "lab", "domain": "lab.vmnet.internal", "dns": GATEWAY}))
-    env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
     want = ["dns vmr-lab 10.233.0.1", "domain vmr-lab ~lab.vmnet.internal"]
     for run in (1, 2):
         b = start(netns, tmp_path, env=env)
@@ -196,6 +207,39 @@ def test_a_registered_domain_is_registered_again_on_each_new_bridge(netns, tmp_p
         finally:
             b.stop()
         assert "vmr-lab" not in netns.links()
+
+
+def test_uninstall_ends_a_registration_for_good(netns, tmp_path: Path, state: Path) -> None:
+    """`vmnet-rs uninstall --resolver`, run while the bridge exists, reverts
+    its per-link DNS and removes the marker: the next bridge the broker
+    makes is not registered again."""
+    env, calls = recording_resolvectl(tmp_path)
+    marker = tmp_path / "data" / "resolver" / "lab.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"network": "lab", "domain": "lab.vmnet.internal", "dns": GATEWAY}))
+    want = ["dns vmr-lab 10.233.0.1", "domain vmr-lab ~lab.vmnet.internal"]
+    cli_env = {**os.environ, **env, "VMNET_RS_DATA_DIR": str(tmp_path / "data")}
+    b = start(netns, tmp_path, env=env)
+    try:
+        with Client(str(b.socket), timeout=30) as c:
+            port = c.open("lab", "datagram", mac="52:54:00:33:00:0c")
+            wait_until("resolvectl for the new bridge", lambda: recorded(calls) == want)
+            netns.run([sys.executable, "-m", "vmnet_rs", "uninstall", "--resolver", "--config", str(tmp_path / "networks.yaml")], env=cli_env, timeout=120)
+            assert recorded(calls) == [*want, "revert vmr-lab"]
+            assert not marker.exists()
+            port.close()
+    finally:
+        b.stop()
+    assert "vmr-lab" not in netns.links()
+    b = start(netns, tmp_path, env=env)
+    try:
+        with Client(str(b.socket), timeout=30) as c:
+            port = c.open("lab", "datagram", mac="52:54:00:33:00:0c")
+            assert "vmr-lab" in netns.links()
+            port.close()
+    finally:
+        b.stop()
+    assert recorded(calls) == [*want, "revert vmr-lab"], "no registration after the uninstall"
 
 
 def test_without_resolvectl_a_registered_domain_is_a_visible_skip_in_the_log(netns, tmp_path: Path, state: Path) -> None:
@@ -214,3 +258,4 @@ def test_without_resolvectl_a_registered_domain_is_a_visible_skip_in_the_log(net
             port.close()
     finally:
         b.stop()
+

@@ -624,6 +624,9 @@ def linux_uninstall_plan(unit_dir: Path = SYSTEMD_DIR) -> Plan:
 # --- the host's resolver (VM names) ------------------------------------------------
 
 MACOS_RESOLVER_DIR = Path("/etc/resolver")
+#: The first line of every ``/etc/resolver`` file install writes (uninstall
+#: removes only those).
+MACOS_RESOLVER_HEADER = b"# vmnet-rs: names of VMs on this network\n"
 
 
 def network_domain(name: str, net: "NetworkConfig") -> str:
@@ -664,7 +667,7 @@ def resolver_plan(platform: str, cfg: "Config", link_exists: Callable[[str], boo
         return plan
     if platform == "macos":
         for _, domain, gw in named:
-            plan.writes.append(FileWrite(MACOS_RESOLVER_DIR / domain, f"# vmnet-rs: names of VMs on this network\nnameserver {gw}\n".encode(), 0o644))
+            plan.writes.append(FileWrite(MACOS_RESOLVER_DIR / domain, MACOS_RESOLVER_HEADER + f"nameserver {gw}\n".encode(), 0o644))
         if os.geteuid() != 0:
             plan.notes.append(f"writing {MACOS_RESOLVER_DIR} needs administrator rights: run with sudo")
         return plan
@@ -681,6 +684,71 @@ def resolver_plan(platform: str, cfg: "Config", link_exists: Callable[[str], boo
         plan.commands.append(["resolvectl", "domain", bridge, f"~{domain}"])
         plan.explain[("resolvectl", "dns", bridge, gw)] = f"network {net}'s bridge {bridge}: systemd-resolved must run (resolvectl)"
     plan.notes.append(f"the markers in {data_dir}/resolver have the broker register each domain again whenever it makes the network's bridge anew")
+    return plan
+
+
+def _vmnet_rs_resolver_files(resolver_dir: Path) -> List[Path]:
+    """The files in ``resolver_dir`` (macOS ``/etc/resolver``) that
+    ``install --resolver`` wrote: those opening with its comment line."""
+    if not resolver_dir.is_dir():
+        return []
+    out = []
+    for f in sorted(resolver_dir.iterdir()):
+        try:
+            if f.is_file() and f.read_bytes().startswith(MACOS_RESOLVER_HEADER):
+                out.append(f)
+        except OSError:
+            continue
+    return out
+
+
+def add_resolver_removal(
+    plan: Plan,
+    data_dir: str,
+    link_exists: Callable[[str], bool] = _link_exists,
+    resolvectl: Optional[str] = None,
+    resolver_dir: Path = MACOS_RESOLVER_DIR,
+) -> None:
+    """Adds to ``plan`` what undoes ``install --resolver``. macOS: removes
+    the ``/etc/resolver`` files it wrote. Linux: removes every marker in
+    ``<data_dir>/resolver`` (without one the broker registers nothing on a
+    bridge it makes or puts back, ``broker/resolver.rs``), then, for each
+    marker's bridge that exists now, ``resolvectl revert BRIDGE`` (the
+    per-link DNS of that bridge back to none). Without resolvectl nothing
+    was registered (install and the broker both need it), so nothing is
+    reverted. The markers go before the reverts: a broker that makes the
+    bridge in between finds no marker."""
+    if plan.platform == "macos":
+        plan.removals += _vmnet_rs_resolver_files(resolver_dir)
+        return
+    from ._native import bridge_name
+
+    folder = Path(data_dir) / "resolver"
+    markers = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    plan.removals += markers
+    for marker in markers:
+        bridge = bridge_name(marker.stem)
+        if link_exists(bridge) and resolvectl:
+            plan.after.append(["resolvectl", "revert", bridge])
+            plan.explain[("resolvectl", "revert", bridge)] = f"network {marker.stem}'s bridge {bridge}: systemd-resolved must run (resolvectl)"
+    if markers and not resolvectl:
+        plan.notes.append("resolvectl is not on PATH: no bridge has a registration to revert")
+
+
+def resolver_uninstall_plan(platform: str, cfg: Optional["Config"], link_exists: Callable[[str], bool] = _link_exists) -> Plan:
+    """``vmnet-rs uninstall --resolver``: undoes ``install --resolver``
+    (:func:`add_resolver_removal`) in the data directory ``cfg`` names."""
+    plan = Plan(platform)
+    data_dir = ""
+    if platform == "linux":
+        from ._native import default_data_dir
+
+        data_dir = default_data_dir(None, cfg.broker.data_dir if cfg is not None else "")
+    add_resolver_removal(plan, data_dir, link_exists, shutil.which("resolvectl"))
+    if not plan.removals:
+        plan.notes.append("no resolver registration of vmnet-rs is left: nothing to remove")
+    elif platform == "macos" and os.geteuid() != 0:
+        plan.notes.append(f"removing files from {MACOS_RESOLVER_DIR} needs administrator rights: run with sudo")
     return plan
 
 
@@ -729,13 +797,37 @@ def install_plan(
     return linux_install_plan(sock, config, force=force, exe=exe, endpoints=endpoints)
 
 
-def uninstall_plan(platform: str, mach_service: Optional[str], config: Optional[str] = None, domain: str = "gui") -> Plan:
-    if platform == "macos":
-        from .config import load_config
+def _config_for_uninstall(config: Optional[str]) -> Tuple[Optional["Config"], Optional[str]]:
+    """The configuration, or ``None`` and why not: a file that no longer
+    reads must not stop an uninstall (the defaults are used instead)."""
+    from .config import load_config
 
-        label = mach_service or load_config(config).broker.mach_service or DEFAULT_MACH_SERVICE
-        return macos_uninstall_plan(label, Path.home(), os.getuid(), domain)
-    return linux_uninstall_plan()
+    try:
+        return load_config(os.path.abspath(config) if config else None), None
+    except VmnetError as e:
+        return None, f"the configuration does not load ({str(e).splitlines()[0]}); the default data directory is used"
+
+
+def uninstall_plan(platform: str, mach_service: Optional[str], config: Optional[str] = None, domain: str = "gui") -> Plan:
+    """Undoes ``install``. On Linux also what ``install --resolver`` left
+    (its markers would otherwise have a later broker register the domains
+    again); on macOS its ``/etc/resolver`` files need ``uninstall --resolver``
+    as administrator, and a note says so."""
+    cfg, problem = _config_for_uninstall(config)
+    if platform == "macos":
+        label = mach_service or (cfg.broker.mach_service if cfg is not None else "") or DEFAULT_MACH_SERVICE
+        plan = macos_uninstall_plan(label, Path.home(), os.getuid(), domain)
+        left = _vmnet_rs_resolver_files(MACOS_RESOLVER_DIR)
+        if left:
+            plan.notes.append(f"{', '.join(map(str, left))}: written by install --resolver; remove with `sudo vmnet-rs uninstall --resolver`")
+        return plan
+    plan = linux_uninstall_plan()
+    if problem:
+        plan.notes.append(problem)
+    from ._native import default_data_dir
+
+    add_resolver_removal(plan, default_data_dir(None, cfg.broker.data_dir if cfg is not None else ""), resolvectl=shutil.which("resolvectl"))
+    return plan
 
 
 def run_plan(plan: Plan, dry_run: bool) -> None:
@@ -783,13 +875,24 @@ def install_command(config: Optional[str], socket: Optional[str], mach_service: 
 
 
 @click.command("uninstall")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="Broker config file (its dataDir holds the resolver markers).")
 @click.option("--mach-service", default=None, help="macOS: the LaunchAgent label to remove.")
 @click.option("--dry-run", is_flag=True, help="Print what would be removed and run; change nothing.")
+@click.option("--resolver", is_flag=True,
+              help="Instead: undo `install --resolver` (macOS: its /etc/resolver files, as administrator; Linux: the markers "
+                   "in the data directory and the per-link DNS of bridges that exist). On Linux a plain uninstall does this too.")
 @_domain_option
 @_platform_option
-def uninstall_command(mach_service: Optional[str], dry_run: bool, domain: str, platform: Optional[str]) -> None:
+def uninstall_command(config: Optional[str], mach_service: Optional[str], dry_run: bool, resolver: bool, domain: str, platform: Optional[str]) -> None:
     """Unregister the broker and remove the files install wrote."""
-    run_plan(uninstall_plan(platform or current_platform(), mach_service, domain=domain), dry_run)
+    if resolver:
+        cfg, problem = _config_for_uninstall(config)
+        plan = resolver_uninstall_plan(platform or current_platform(), cfg)
+        if problem:
+            plan.notes.append(problem)
+        run_plan(plan, dry_run)
+        return
+    run_plan(uninstall_plan(platform or current_platform(), mach_service, config=config, domain=domain), dry_run)
 
 
 def installed_summary(platform: str, mach_service: Optional[str] = None) -> Dict[str, Any]:

@@ -10,8 +10,10 @@
 //! (the network's domain and DNS server as registered), and the broker,
 //! having made the bridge, runs the same two commands when the marker still
 //! fits the network ([`decide`]); a marker whose gateway or domain no longer
-//! fits is left alone and logged (run the install step again). The commands
-//! run on a thread of their own, outside the broker's lock.
+//! fits is left alone and logged (run the install step again). The marker
+//! is read afresh each time, and `vmnet-rs uninstall` removes it (and
+//! reverts the bridges that exist), so nothing is registered after it. The
+//! commands run on a thread of their own, outside the broker's lock.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

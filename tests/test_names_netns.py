@@ -209,6 +209,33 @@ def test_a_registered_domain_is_registered_again_on_each_new_bridge(netns, tmp_p
         assert "vmr-lab" not in netns.links()
 
 
+def test_a_bridge_put_back_is_registered_again(netns, tmp_path: Path, state: Path) -> None:
+    """A bridge the broker puts back by itself (set up again, its gateway
+    address added again) is registered with the host's resolver again, as a
+    bridge it makes is."""
+    env, calls = recording_resolvectl(tmp_path)
+    marker = tmp_path / "data" / "resolver" / "lab.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"network": "lab", "domain": "lab.vmnet.internal", "dns": GATEWAY}))
+    want = ["dns vmr-lab 10.233.0.1", "domain vmr-lab ~lab.vmnet.internal"]
+    b = start(netns, tmp_path, env=env)
+    try:
+        with Client(str(b.socket), timeout=30) as c:
+            port = c.open("lab", "datagram", mac="52:54:00:33:00:0b")
+            wait_until("resolvectl for the new bridge", lambda: recorded(calls) == want)
+            pieces = lambda: c.status()["networks"]["lab"]["pieces"]  # noqa: E731
+            # (A link set down also loses its IPv6 address: that repair may come with the first.)
+            for event, piece in ((["ip", "link", "set", "vmr-lab", "down"], "bridge"), (["ip", "addr", "del", f"{GATEWAY}/24", "dev", "vmr-lab"], "address")):
+                repairs, made = pieces()[piece]["repairs"], len(recorded(calls))
+                netns.run(event)
+                wait_until(f"{piece} put back", lambda: pieces()[piece]["repairs"] > repairs and pieces()[piece]["ok"])
+                wait_until(f"resolvectl after the {piece} repair", lambda: len(recorded(calls)) > made and recorded(calls)[-2:] == want)
+                assert recorded(calls) == want * (len(recorded(calls)) // 2)
+            port.close()
+    finally:
+        b.stop()
+
+
 def test_uninstall_ends_a_registration_for_good(netns, tmp_path: Path, state: Path) -> None:
     """`vmnet-rs uninstall --resolver`, run while the bridge exists, reverts
     its per-link DNS and removes the marker: the next bridge the broker

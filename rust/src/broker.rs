@@ -357,14 +357,22 @@ impl Core {
         match self.options.backend {
             Backend::Platform => {
                 // The broker's `repair` setting says what the backend puts back.
-                let options = crate::vmnet::BackendOptions { repair: self.options.settings.repair.clone(), ..self.options.backend_options.clone() };
+                #[allow(unused_mut)]
+                let mut options = crate::vmnet::BackendOptions { repair: self.options.settings.repair.clone(), ..self.options.backend_options.clone() };
+                // A per-link resolver registration goes with the old bridge:
+                // it is made again on a new bridge and on one put back.
+                #[cfg(target_os = "linux")]
+                let data_dir = self.options.data_dir.clone().unwrap_or_else(|| self.options.backend_options.state_dir.clone());
+                #[cfg(target_os = "linux")]
+                {
+                    let (dir, network, domain) = (data_dir.clone(), name.to_owned(), config.dns_domain(name));
+                    options.bridge_restored = crate::vmnet::BridgeRestored::new(move |bridge, gateway| resolver::reapply(&dir, &network, bridge, gateway, &domain));
+                }
                 let network = crate::vmnet::create_network(name, config, &options)?;
-                // A per-link resolver registration went with the old bridge.
                 #[cfg(target_os = "linux")]
                 {
                     let s = network.state();
-                    let data_dir = self.options.data_dir.as_deref().unwrap_or(&self.options.backend_options.state_dir);
-                    resolver::reapply(data_dir, name, &s.device, s.ipv4_subnet().map(|n| n.gateway()), &config.dns_domain(name));
+                    resolver::reapply(&data_dir, name, &s.device, s.ipv4_subnet().map(|n| n.gateway()), &config.dns_domain(name));
                 }
                 Ok(network)
             }

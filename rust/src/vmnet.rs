@@ -296,6 +296,38 @@ pub struct BackendOptions {
     /// Linux: which pieces of a live network are put back when the host
     /// removes them (the broker's `repair` setting). Unused on macOS.
     pub repair: crate::config::RepairSettings,
+    /// Linux: told each time the network's bridge is put back up or given
+    /// its gateway address again (what the host keeps per link may have
+    /// gone with it: the broker registers the resolver again). Unused on macOS.
+    pub bridge_restored: BridgeRestored,
+}
+
+/// What a backend calls, on the network's watcher thread, after it put its
+/// bridge back (up again, or its gateway addresses again), with the bridge's
+/// name and IPv4 gateway. It must not block: the watcher waits for it.
+#[derive(Clone, Default)]
+pub struct BridgeRestored(Option<std::sync::Arc<BridgeRestoredFn>>);
+
+/// The hook's signature: the bridge's name and its IPv4 gateway.
+type BridgeRestoredFn = dyn Fn(&str, Option<std::net::Ipv4Addr>) + Send + Sync;
+
+impl BridgeRestored {
+    pub fn new(f: impl Fn(&str, Option<std::net::Ipv4Addr>) + Send + Sync + 'static) -> Self {
+        BridgeRestored(Some(std::sync::Arc::new(f)))
+    }
+
+    /// Calls the hook, if there is one.
+    pub fn call(&self, bridge: &str, gateway: Option<std::net::Ipv4Addr>) {
+        if let Some(f) = &self.0 {
+            f(bridge, gateway)
+        }
+    }
+}
+
+impl std::fmt::Debug for BridgeRestored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "BridgeRestored(set)" } else { "BridgeRestored(none)" })
+    }
 }
 
 /// Creates a network on this platform from a configuration the validator

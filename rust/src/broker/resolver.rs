@@ -1,6 +1,6 @@
 //! The host resolver's registration of a network's name domain, made again
-//! each time the broker creates the network's bridge (Linux; docs/config.md,
-//! "Names and addresses").
+//! each time the broker creates the network's bridge or puts it back
+//! (Linux; docs/config.md, "Names and addresses").
 //!
 //! On Linux `vmnet-rs install --resolver` sets systemd-resolved per-link DNS
 //! on the bridge (`resolvectl dns BRIDGE GATEWAY`, `resolvectl domain BRIDGE
@@ -10,10 +10,14 @@
 //! (the network's domain and DNS server as registered), and the broker,
 //! having made the bridge, runs the same two commands when the marker still
 //! fits the network ([`decide`]); a marker whose gateway or domain no longer
-//! fits is left alone and logged (run the install step again). The marker
-//! is read afresh each time, and `vmnet-rs uninstall` removes it (and
+//! fits is left alone and logged (run the install step again). The network's
+//! watcher does the same after it put the bridge back up or gave it its
+//! gateway address again (`vmnet::BridgeRestored`): whatever took the link
+//! down may have reset what the host kept for it, and the commands only set
+//! what the marker says. `vmnet-rs uninstall` removes the markers (and
 //! reverts the bridges that exist), so nothing is registered after it. The
-//! commands run on a thread of their own, outside the broker's lock.
+//! marker is read afresh each time. The commands run on a thread of their
+//! own, outside the broker's lock and the watcher's loop.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -87,9 +91,9 @@ pub fn read_marker(data_dir: &Path, network: &str) -> Option<Marker> {
         .ok()
 }
 
-/// Registers network `network`'s domain again on its new `bridge` if its
-/// marker in `data_dir` says so ([`decide`]); the commands run on a thread
-/// of their own and their failures are logged.
+/// Registers network `network`'s domain again on its new or restored
+/// `bridge` if its marker in `data_dir` says so ([`decide`]); the commands
+/// run on a thread of their own and their failures are logged.
 pub fn reapply(data_dir: &Path, network: &str, bridge: &str, gateway: Option<Ipv4Addr>, domain: &str) {
     let marker = read_marker(data_dir, network);
     match decide(marker.as_ref(), network, bridge, gateway, domain, marker.is_some() && crate::vmnet::preflight::which("resolvectl").is_some()) {

@@ -98,6 +98,8 @@ pub struct LinuxNetwork {
     /// Repairs of this network's pieces (watcher, dnsmasq supervisor, status).
     guard: Arc<Mutex<repair::Guard>>,
     watcher: Mutex<Option<watch::Watcher>>,
+    /// Told when the watcher put the bridge back ([`BackendOptions::bridge_restored`]).
+    bridge_restored: super::BridgeRestored,
     /// The named fixed hosts dnsmasq was last given (their DHCP leases are
     /// released when the name goes: `set_fixed_hosts`).
     named: Mutex<Vec<FixedHost>>,
@@ -227,6 +229,7 @@ impl LinuxNetwork {
             state_dir: dir.clone(),
             guard: Arc::new(Mutex::new(repair::Guard::new(name, options.repair.clone(), &pieces))),
             watcher: Mutex::new(None),
+            bridge_restored: options.bridge_restored.clone(),
             named: Mutex::new(Vec::new()),
             forwarding: Mutex::new(Vec::new()),
         };
@@ -307,6 +310,8 @@ impl LinuxNetwork {
             shape: nft::shape(&ruleset),
             ruleset,
             forwarding: sysctls,
+            gateway: Some(p.v4.gateway()),
+            restored: self.bridge_restored.clone(),
         };
         let w = watch::Watcher::start(needs, self.guard.clone()).map_err(|e| Error::io("start the watcher thread", e))?;
         *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);

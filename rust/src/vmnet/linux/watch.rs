@@ -17,6 +17,10 @@
 //! The end of each nftables transaction (`NFT_MSG_NEWGEN`) names the process
 //! that made it, which the no-fight log line quotes.
 //!
+//! A bridge put back up, or given its gateway addresses again, is reported
+//! through [`Needs::restored`] (the broker registers it with the host's
+//! resolver again, as it does a new bridge).
+//!
 //! The thread is started in the network's namespace by the creating thread
 //! (it inherits that namespace), never takes the broker's lock, and is
 //! stopped (and joined) before the network is torn down, so it never puts
@@ -34,6 +38,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, protocols::NETLINK_ROUTE, Socket
 
 use super::repair::{other_manager, Action, Guard};
 use super::{forwarding, links, nft};
+use crate::vmnet::BridgeRestored;
 
 /// The floor: every piece is looked at least this often.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,6 +74,10 @@ pub struct Needs {
     pub shape: (usize, usize),
     /// The forwarding sysctls it needs on.
     pub forwarding: Vec<&'static str>,
+    /// The bridge's IPv4 gateway, for `restored`.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Told after the bridge was put back up or given its addresses again.
+    pub restored: BridgeRestored,
 }
 
 /// The watching thread of one network; stopping (or dropping) it joins it.
@@ -246,21 +255,28 @@ pub fn check(needs: &Needs, guard: &Mutex<Guard>, last_nft_change: &str) {
         return;
     }
     let someone = || other_manager("another program; the broker cannot see which");
-    let fix = |piece: &'static str, what: String, who: &dyn Fn() -> String, repair: &dyn Fn() -> Result<String, String>| {
+    let fix = |piece: &'static str, what: String, who: &dyn Fn() -> String, repair: &dyn Fn() -> Result<String, String>| -> bool {
         let mut g = guard.lock().unwrap_or_else(|e| e.into_inner());
         if g.missing(piece, &what, who, Instant::now()) == Action::Repair {
             match repair() {
-                Ok(restored) => g.repaired(piece, &restored),
+                Ok(restored) => {
+                    g.repaired(piece, &restored);
+                    return true;
+                }
                 Err(e) => g.failed(piece, &e),
             }
         }
+        false
     };
     let present = |piece: &'static str| guard.lock().unwrap_or_else(|e| e.into_inner()).present(piece);
 
+    // The bridge up again or readdressed is, to the host, a link come back:
+    // it is told like a new one (`restored`), once per check.
+    let mut bridge_restored = false;
     if links::is_up(&needs.bridge) {
         present("bridge");
     } else {
-        fix("bridge", format!("bridge {} is down", needs.bridge), &someone, &|| {
+        bridge_restored |= fix("bridge", format!("bridge {} is down", needs.bridge), &someone, &|| {
             links::set_up(&needs.bridge).map(|()| format!("bridge {} up", needs.bridge)).map_err(|e| e.to_string())
         });
     }
@@ -272,7 +288,7 @@ pub fn check(needs: &Needs, guard: &Mutex<Guard>, last_nft_change: &str) {
                 present("address");
             } else {
                 let list = gone.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-                fix("address", format!("address {list} on {}", needs.bridge), &someone, &|| {
+                bridge_restored |= fix("address", format!("address {list} on {}", needs.bridge), &someone, &|| {
                     for a in &gone {
                         links::add_address(&needs.bridge, a).map_err(|e| e.to_string())?;
                     }
@@ -281,6 +297,9 @@ pub fn check(needs: &Needs, guard: &Mutex<Guard>, last_nft_change: &str) {
             }
         }
         Err(e) => log::debug!("network {}: cannot list the addresses of {}: {e}", needs.network, needs.bridge),
+    }
+    if bridge_restored {
+        needs.restored.call(&needs.bridge, needs.gateway);
     }
 
     let shape = nft::live_shape(&needs.table);

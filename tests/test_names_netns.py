@@ -286,3 +286,25 @@ def test_without_resolvectl_a_registered_domain_is_a_visible_skip_in_the_log(net
     finally:
         b.stop()
 
+def test_a_test_broker_without_a_data_directory_keeps_its_records_in_the_tests(netns, tmp_path: Path, state: Path, data_dir: Path) -> None:
+    """A broker a test starts without --data-dir writes its address records
+    to the test's own data directory (conftest's ``data_dir``), never to the
+    real default that conftest's session check guards with the same
+    snapshot that sees this write."""
+    from conftest import REAL_DATA_DIR, tree_snapshot
+
+    cfg = tmp_path / "networks.yaml"
+    cfg.write_text(json.dumps({"broker": {"allowedUsers": ["root"], "allowedGroups": []}, **NET}))
+    args = ["--config", str(cfg), "--idle-timeout", "0", "--state-dir", str(state)]
+    before, real = tree_snapshot(data_dir), tree_snapshot(REAL_DATA_DIR)
+    with BrokerProcess(tmp_path / "broker.sock", args, prefix=netns.argv([])) as b:
+        b.wait_ready()
+        with Client(str(b.socket), timeout=30) as c:
+            port = c.open("lab", "datagram", mac="52:54:00:33:00:0d", name="delta")
+            record = data_dir / "names" / "lab.json"
+            wait_until("the name's record", record.exists)
+            assert {e["name"] for e in json.loads(record.read_text())["entries"]} == {"delta"}
+            port.close()
+    assert tree_snapshot(data_dir) != before and tree_snapshot(REAL_DATA_DIR) == real
+    assert not (state / "names").exists()
+

@@ -6,7 +6,7 @@ by itself, so the VMs outlive a broker SIGKILL). They get leases from the
 broker's port, claim their names by DHCP host name, resolve and ping each
 other by name, get the names back from reverse lookups, and get the same
 address after their own restart and after the broker is killed and started
-again (the broker's records are in its state directory). A third VM
+again (the broker's records are in its data directory). A third VM
 started with ``vmnet-rs run --name`` is found under the name the broker
 granted it.
 """

@@ -572,7 +572,7 @@ impl Gen {
             .collect();
         match self.next() % if depth == 0 { 5 } else { 7 } {
             0 => Value::Null,
-            1 => Value::Bool(self.next() % 2 == 0),
+            1 => Value::Bool(self.next().is_multiple_of(2)),
             2 => json!([0i64, 1, 22, 1280, 1500, 9000, 65535, 65536, -1, i64::MAX][(self.next() % 10) as usize]),
             3 => json!(self.next() as f64 / 7.0),
             4 => Value::String(self.pick(STRINGS).to_string()),

@@ -31,13 +31,30 @@ pub(super) struct Datagram {
 /// (macOS, the BSDs) a leading NUL is an unbound sender: XNU reports one as
 /// `sun_noname`, 14 zero bytes (docs/macos.md), which no reply can reach.
 fn sender_address(sun_path: &[u8], abstract_names: bool) -> Vec<u8> {
+    let mut addr = Vec::new();
+    sender_address_into(sun_path, abstract_names, &mut addr);
+    addr
+}
+
+/// [`sender_address`] into `addr` (cleared first; its buffer is reused).
+fn sender_address_into(sun_path: &[u8], abstract_names: bool, addr: &mut Vec<u8>) {
+    addr.clear();
     match sun_path.first() {
-        None => Vec::new(),
-        Some(0) if abstract_names => sun_path.to_vec(),
-        Some(0) => Vec::new(),
+        None => {}
+        Some(0) if abstract_names => addr.extend_from_slice(sun_path),
+        Some(0) => {}
         // A filesystem path: up to its NUL.
-        Some(_) => sun_path.iter().copied().take_while(|&c| c != 0).collect(),
+        Some(_) => addr.extend_from_slice(&sun_path[..sun_path.iter().position(|&c| c == 0).unwrap_or(sun_path.len())]),
     }
+}
+
+/// The first `len` bytes of `sun_path` as bytes (`c_char` is `i8` or `u8`
+/// by platform).
+fn path_bytes(sun_path: &[libc::c_char], len: usize) -> &[u8] {
+    let len = len.min(sun_path.len());
+    // SAFETY: c_char and u8 have the same size and alignment, and the
+    // first `len` elements of `sun_path` are initialised.
+    unsafe { std::slice::from_raw_parts(sun_path.as_ptr().cast::<u8>(), len) }
 }
 
 /// Walks the control messages `recvmsg` wrote for `msg`: returns the
@@ -103,19 +120,20 @@ pub(super) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Datagram
     }
     // SAFETY: recvmsg succeeded and `control` is still live.
     let creds = unsafe { take_control(&msg) };
-    let path_len = (msg.msg_namelen as usize).saturating_sub(sun_path_offset()).min(addr.sun_path.len());
-    let sun_path: Vec<u8> = addr.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-    let addr = sender_address(&sun_path, cfg!(target_os = "linux"));
+    let path_len = (msg.msg_namelen as usize).saturating_sub(sun_path_offset());
+    let addr = sender_address(path_bytes(&addr.sun_path, path_len), cfg!(target_os = "linux"));
     let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
     Ok(Some(Datagram { len: (n as usize).min(buf.len()), addr, creds, truncated }))
 }
 
 /// Receives up to `bufs.len()` datagrams, each with its sender's address
-/// and credentials, into `out` (cleared first); datagram `k` lands in
-/// `bufs[k]`. Linux: one `recvmmsg`; elsewhere one `recvmsg` each. Returns
-/// how many (0: nothing waiting).
+/// and credentials; datagram `k` lands in `bufs[k]`, what is known of it in
+/// `out[k]`. Linux: one `recvmmsg`, and the entries of `out` (their
+/// address buffers) are reused from batch to batch, so `out` may hold more
+/// than this batch: only the first of them, as many as returned, are its;
+/// elsewhere one `recvmsg` each, into `out` cleared first. Returns how many
+/// (0: nothing waiting).
 pub(super) fn recv_batch_from(fd: RawFd, bufs: &mut [Vec<u8>], out: &mut Vec<Datagram>) -> io::Result<usize> {
-    out.clear();
     #[cfg(target_os = "linux")]
     {
         let n = bufs.len();
@@ -143,19 +161,24 @@ pub(super) fn recv_batch_from(fd: RawFd, bufs: &mut [Vec<u8>], out: &mut Vec<Dat
                 _ => Err(e),
             };
         }
-        for k in 0..r as usize {
+        let r = r as usize;
+        if out.len() < r {
+            out.resize_with(r, || Datagram { len: 0, addr: Vec::new(), creds: None, truncated: false });
+        }
+        for (k, d) in out.iter_mut().enumerate().take(r) {
             let h = &msgs[k].msg_hdr;
             // SAFETY: recvmmsg filled header k; its control buffer is live.
-            let creds = unsafe { take_control(h) };
-            let path_len = (h.msg_namelen as usize).saturating_sub(sun_path_offset()).min(addrs[k].sun_path.len());
-            let sun_path: Vec<u8> = addrs[k].sun_path[..path_len].iter().map(|&c| c as u8).collect();
-            let len = (msgs[k].msg_len as usize).min(bufs[k].len());
-            out.push(Datagram { len, addr: sender_address(&sun_path, true), creds, truncated: h.msg_flags & libc::MSG_TRUNC != 0 });
+            d.creds = unsafe { take_control(h) };
+            let path_len = (h.msg_namelen as usize).saturating_sub(sun_path_offset());
+            sender_address_into(path_bytes(&addrs[k].sun_path, path_len), true, &mut d.addr);
+            d.len = (msgs[k].msg_len as usize).min(bufs[k].len());
+            d.truncated = h.msg_flags & libc::MSG_TRUNC != 0;
         }
-        Ok(out.len())
+        Ok(r)
     }
     #[cfg(not(target_os = "linux"))]
     {
+        out.clear();
         for b in bufs.iter_mut() {
             match recv_from(fd, b) {
                 Ok(Some(d)) => out.push(d),
@@ -256,6 +279,10 @@ mod receive_tests {
         assert_eq!((got[2].addr.clone(), got[2].len), (path("a"), 40));
         assert_eq!(&bufs[2][..40], &[3u8; 40][..]);
         assert_eq!(recv_batch_from(endpoint.as_raw_fd(), &mut bufs, &mut got).unwrap(), 0, "nothing waiting");
+        // A smaller batch reuses the entries: its own are first, whole.
+        b.send_to(&[4u8; 50], dir.join("e")).unwrap();
+        assert_eq!(recv_batch_from(endpoint.as_raw_fd(), &mut bufs, &mut got).unwrap(), 1);
+        assert_eq!((got[0].addr.clone(), got[0].len, got[0].truncated), (path("b"), 50, false));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -89,21 +89,36 @@ impl Inbox {
     /// relay must be woken ([`Inbox::wake`]) once the batch is pushed.
     #[allow(clippy::result_unit_err)]
     pub fn push(&self, frame: &[u8]) -> Result<bool, ()> {
+        match self.push_all([frame]) {
+            (0, was_empty) => Ok(was_empty),
+            _ => Err(()),
+        }
+    }
+
+    /// Queues a copy of each of `frames`, in order, under one lock; each
+    /// that finds the inbox full is not queued. Returns how many were not
+    /// (count them) and whether the inbox went from empty to not empty, so
+    /// its relay must be woken ([`Inbox::wake`]) once the batch is pushed.
+    pub fn push_all<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) -> (usize, bool) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len >= INBOX_FRAMES || q.bytes + frame.len() > INBOX_BYTES {
-            return Err(());
-        }
         let was_empty = q.len == 0;
-        let i = q.len;
-        if q.bufs.len() == i {
-            q.bufs.push(Vec::new());
+        let mut refused = 0;
+        for frame in frames {
+            if q.len >= INBOX_FRAMES || q.bytes + frame.len() > INBOX_BYTES {
+                refused += 1;
+                continue;
+            }
+            let i = q.len;
+            if q.bufs.len() == i {
+                q.bufs.push(Vec::new());
+            }
+            let b = &mut q.bufs[i];
+            b.clear();
+            b.extend_from_slice(frame);
+            q.len += 1;
+            q.bytes += frame.len();
         }
-        let b = &mut q.bufs[i];
-        b.clear();
-        b.extend_from_slice(frame);
-        q.len += 1;
-        q.bytes += frame.len();
-        Ok(was_empty)
+        (refused, was_empty && q.len > 0)
     }
 
     /// The client sent something (it is alive and reading, or at least
@@ -294,5 +309,16 @@ mod tests {
         assert_eq!(inbox.push(&[5u8; 10]), Ok(true), "empty again after the take");
         let got = r.receive().unwrap();
         assert_eq!((got.rejected, r.pending_count()), (1, 0), "a runt is skipped and counted");
+        // A batch under one lock: what does not fit is refused frame by
+        // frame (a smaller one after a refused larger one still fits).
+        let (batch, _rx) = Inbox::new().unwrap();
+        for _ in 0..fit - 1 {
+            assert!(batch.push(&frame).is_ok());
+        }
+        let small = [7u8; 60];
+        assert_eq!(batch.push_all([&frame[..], &frame[..], &small[..]]), (1, false), "one refused, not woken: it was not empty");
+        let (empty, _rx) = Inbox::new().unwrap();
+        assert_eq!(empty.push_all([&small[..], &small[..]]), (0, true));
+        assert_eq!(empty.push_all(std::iter::empty()), (0, false));
     }
 }

@@ -167,6 +167,32 @@ impl Client {
         self.counter.vm_to_host(1);
     }
 
+    /// Hands datagrams `from..to` of a batch (all from this client) to the
+    /// relay under one lock; a cut one ([`Datagram::truncated`]) and those
+    /// the inbox has no room for are dropped and counted. `Some(inbox)`
+    /// when the relay must be woken.
+    fn pass_run(&mut self, bufs: &[Vec<u8>], got: &[Datagram], from: usize, to: usize) -> Option<Arc<Inbox>> {
+        let mut cut = 0;
+        let frames = (from..to).filter_map(|k| {
+            if got[k].truncated {
+                // Longer than any frame: it arrived cut, and a cut frame is
+                // never passed on (on an offload network it would be
+                // delivered cut).
+                cut += 1;
+                None
+            } else {
+                Some(&bufs[k][..got[k].len])
+            }
+        });
+        let (refused, wake) = self.inbox.push_all(frames);
+        let dropped = (cut + refused) as u64;
+        if dropped > 0 {
+            self.drops += dropped;
+            self.counter.vm_to_host(dropped);
+        }
+        wake.then(|| Arc::clone(&self.inbox))
+    }
+
     /// Hands `frame` to the relay; `Some(inbox)` when the relay must be woken.
     fn pass(&mut self, frame: &[u8]) -> Option<Arc<Inbox>> {
         match self.inbox.push(frame) {
@@ -188,11 +214,13 @@ pub(super) struct DatagramEndpoint {
     pub(super) refused: HashMap<Vec<u8>, Instant>,
     bufs: Vec<Vec<u8>>,
     got: Vec<Datagram>,
+    /// Inboxes to wake after a batch (kept to reuse its buffer).
+    wake: Vec<Arc<Inbox>>,
 }
 
 impl DatagramEndpoint {
     pub(super) fn new(bound: Bound) -> DatagramEndpoint {
-        DatagramEndpoint { bound, clients: HashMap::new(), refused: HashMap::new(), bufs: Vec::new(), got: Vec::new() }
+        DatagramEndpoint { bound, clients: HashMap::new(), refused: HashMap::new(), bufs: Vec::new(), got: Vec::new(), wake: Vec::new() }
     }
 }
 
@@ -200,7 +228,7 @@ impl Worker {
     /// Receives what is waiting on datagram endpoint `i`, in batches, and
     /// hands each frame to its client's relay (a new client gets a port).
     pub(super) fn receive_datagrams(&mut self, i: usize) {
-        let mut wake: Vec<Arc<Inbox>> = Vec::new();
+        let mut wake = std::mem::take(&mut self.datagrams[i].wake);
         for _ in 0..BATCHES_PER_TURN {
             let d = &mut self.datagrams[i];
             if d.bufs.is_empty() {
@@ -214,17 +242,45 @@ impl Worker {
                     break;
                 }
             };
-            for k in 0..n {
-                self.take_datagram(i, k, &mut wake);
+            // Runs of datagrams from one sender go together: one look-up
+            // of the sender, one lock of its inbox.
+            let now = Instant::now();
+            let mut k = 0;
+            while k < n {
+                let got = &self.datagrams[i].got;
+                let end = (k + 1..n).find(|&e| got[e].addr != got[k].addr).unwrap_or(n);
+                self.take_run(i, k, end, now, &mut wake);
+                k = end;
             }
             wake.drain(..).for_each(|inbox| inbox.wake());
             if n < BATCH_FRAMES {
                 break;
             }
         }
+        self.datagrams[i].wake = wake;
     }
 
-    /// Datagram `k` of the last batch on endpoint `i`.
+    /// Datagrams `from..to` of the last batch on endpoint `i`, all from one
+    /// sender, received at `now`: a known client's go to its relay at once;
+    /// otherwise each is taken as the first from a new sender until one
+    /// makes its port.
+    fn take_run(&mut self, i: usize, from: usize, to: usize, now: Instant, wake: &mut Vec<Arc<Inbox>>) {
+        for k in from..to {
+            let d = &mut self.datagrams[i];
+            if let Some(c) = d.clients.get_mut(&d.got[k].addr) {
+                c.heard = now;
+                c.inbox.heard();
+                if let Some(inbox) = c.pass_run(&d.bufs, &d.got, k, to) {
+                    wake.push(inbox);
+                }
+                return;
+            }
+            self.take_datagram(i, k, wake);
+        }
+    }
+
+    /// Datagram `k` of the last batch on endpoint `i`, from a sender that
+    /// is no client (yet): it gets a port, or is refused.
     fn take_datagram(&mut self, i: usize, k: usize, wake: &mut Vec<Arc<Inbox>>) {
         let d = &mut self.datagrams[i];
         let got = &d.got[k];
@@ -237,19 +293,6 @@ impl Worker {
                     "endpoint {}: a datagram from an unbound socket was dropped: clients must bind their own path to get replies",
                     d.bound.path.display()
                 );
-            }
-            return;
-        }
-        if let Some(c) = d.clients.get_mut(&got.addr) {
-            c.heard = Instant::now();
-            c.inbox.heard();
-            if got.truncated {
-                // Longer than any frame: it arrived cut, and a cut frame is
-                // never passed on (on an offload network it would be
-                // delivered cut). Dropped and counted.
-                c.drop_from_vm();
-            } else if let Some(inbox) = c.pass(&d.bufs[k][..got.len]) {
-                wake.push(inbox);
             }
             return;
         }

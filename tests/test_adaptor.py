@@ -29,6 +29,7 @@ ETHERTYPE = 0x88B5
 MAX_FRAME = 1514
 BATCH = 64
 PATIENCE = 30.0  # seconds; the test machine is small and shared
+IFF_VNET_HDR = 0x4000  # <linux/if_tun.h>
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -114,10 +115,14 @@ def attach(ns, adaptor: Adaptor) -> None:
     ns.run(f"bridge fdb replace {adaptor.info['mac']} dev {dev} master static")
 
 
-def tap_adaptors(ns, kind: str, n: int = 2) -> List[Adaptor]:
+def tap_adaptors(ns, kind: str, n: int = 2, tap_offload: bool = False) -> List[Adaptor]:
+    """``n`` adaptors on TAPs on br0; with ``tap_offload`` the first one's
+    TAP offloads in user space and the others' stay plain, so each frame
+    crosses from one TAP mode to the other (a header of the wrong size on
+    either side corrupts it on the way)."""
     adaptors = []
     for i in range(n):
-        a = Adaptor(kind, tap=f"vt{i}", netns=ns.name, mac=f"02:00:00:00:00:{i + 1:02x}")
+        a = Adaptor(kind, tap=f"vt{i}", netns=ns.name, mac=f"02:00:00:00:00:{i + 1:02x}", tap_offload=tap_offload and i == 0)
         adaptors.append(a)
         attach(ns, a)
     return adaptors
@@ -167,6 +172,10 @@ def test_bad_arguments_are_config_errors():
         Adaptor("stream", tap="x", tap_fd=3)
     with pytest.raises(ConfigError, match="MAC"):
         Adaptor("stream", tap="x", mac="nope")
+    with pytest.raises(ConfigError, match="at most one of vnet_hdr"):
+        Adaptor("stream", tap="x", vnet_hdr=True, tap_offload=True)
+    with pytest.raises(ConfigError, match="tap_offload= applies only"):
+        Adaptor("stream", network="shared", config={"mode": "shared"}, tap_offload=True)
 
 
 def test_a_non_tap_fd_is_refused():
@@ -183,13 +192,19 @@ def test_a_non_tap_fd_is_refused():
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("tap_offload", [False, True], ids=["plain-tap", "tap-offload"])
 @pytest.mark.parametrize("kind", ["datagram", "datagram_next", "stream"])
-def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind):
+def test_each_kind_carries_frames_both_ways_bit_exact(netns, kind, tap_offload):
     make_bridge(netns)
-    a, b = tap_adaptors(netns, kind)
+    a, b = tap_adaptors(netns, kind, tap_offload=tap_offload)
     va, vb = Vm(a), Vm(b)
     try:
         assert a.info["max_frame_bytes"] == MAX_FRAME and a.info["mtu"] == 1500
+        # tap_offload: a's TAP speaks virtio-net headers to the kernel
+        # (IFF_VNET_HDR in tun_flags), its VM still plain frames (above).
+        tun_flags = int(netns.run(f"cat /sys/class/net/{a.info['device']}/tun_flags").stdout, 16)
+        assert bool(tun_flags & IFF_VNET_HDR) == tap_offload, hex(tun_flags)
+        assert a.info["offload"] is False
         # The defaults asked for (1 MiB send, 4 MiB receive), doubled by Linux;
         # root forces them past net.core.{w,r}mem_max (SO_*BUFFORCE).
         for key, asked in (("send_buffer_bytes", 1 << 20), ("recv_buffer_bytes", 4 << 20)):

@@ -54,6 +54,7 @@ class Adaptor:
         state_dir: str | os.PathLike[str] | None = None,
         mac: str | None = None,
         vnet_hdr: bool = False,
+        tap_offload: bool = False,
         send_buffer_bytes: int | None = None,
         recv_buffer_bytes: int | None = None,
         vm_socket_fd: int | None = None,
@@ -73,6 +74,7 @@ class Adaptor:
 
 # benchmark parts (rust/src/python/adaptor.rs, Linux)
 def bench_open_tap(netns: str, name: str) -> int: ...
+def tap_userspace_offload_wanted() -> bool: ...
 def bench_flows(
     flows: list[tuple[int, str, int, str, str, str]], frame_bytes: int, seconds: float
 ) -> dict[str, float | list[dict[str, int | float]]]: ...

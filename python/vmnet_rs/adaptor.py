@@ -54,7 +54,11 @@ class Adaptor:
     (random if not given). Buffer sizes default per kind; the values the
     kernel granted are in :attr:`info`. ``vm_socket_fd`` relays on (a dup of)
     an existing connected socket instead of making a new pair; then there is
-    no :meth:`fileno`.
+    no :meth:`fileno`. ``tap_offload`` (with ``tap`` or ``tap_fd``) opens the
+    TAP the way a broker opens a relayed port's TAP (docs/linux.md): the
+    kernel may hand it TCP segmentation and checksum work, which the relay
+    does in user space, while the VM still sees plain frames of at most the
+    MTU. ``vnet_hdr`` instead passes the virtio-net headers to the VM.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class Adaptor:
         state_dir: Optional[Union[str, os.PathLike[str]]] = None,
         mac: Optional[str] = None,
         vnet_hdr: bool = False,
+        tap_offload: bool = False,
         send_buffer_bytes: Optional[int] = None,
         recv_buffer_bytes: Optional[int] = None,
         vm_socket_fd: Optional[int] = None,
@@ -86,6 +91,7 @@ class Adaptor:
             state_dir=os.fspath(state_dir) if state_dir is not None else None,
             mac=mac,
             vnet_hdr=vnet_hdr,
+            tap_offload=tap_offload,
             send_buffer_bytes=send_buffer_bytes,
             recv_buffer_bytes=recv_buffer_bytes,
             vm_socket_fd=vm_socket_fd,

@@ -129,6 +129,8 @@ class Bench:
         self.iperf_seconds = iperf_seconds
         self.dgram_qlen = dgram_qlen
         self.log = log or (lambda msg: None)
+        # The relays' TAPs are opened as a broker opens relayed ports' TAPs.
+        self.tap_offload = _native.tap_userspace_offload_wanted()
 
     def namespace(self, tag: str) -> Namespace:
         ns = Namespace(tag)
@@ -168,9 +170,11 @@ class Bench:
                         relays += [ra, rb]
                         flows.append((ra.fileno(), "datagram", rb.fileno(), "datagram", mac_a, mac_b))
                 else:
-                    a = Adaptor(path, tap=a_name, netns=ns.name, mac=mac_a)
+                    # The TAPs a broker gives relayed ports: the comparisons
+                    # with the endpoint paths pair like with like.
+                    a = Adaptor(path, tap=a_name, netns=ns.name, mac=mac_a, tap_offload=self.tap_offload)
                     stack.callback(a.close)
-                    b = Adaptor(path, tap=b_name, netns=ns.name, mac=mac_b)
+                    b = Adaptor(path, tap=b_name, netns=ns.name, mac=mac_b, tap_offload=self.tap_offload)
                     stack.callback(b.close)
                     adaptors += [a, b]
                     flows.append((a.fileno(), FRAMING[path], b.fileno(), FRAMING[path], mac_a, mac_b))
@@ -335,7 +339,7 @@ class Bench:
             with ExitStack() as stack:
                 sw.ip("link add br0 type bridge forward_delay 0 stp_state 0", "link set br0 up")
                 for i, (vm_ns, ip) in enumerate(((a, "10.77.0.1"), (b, "10.77.0.2"))):
-                    port = Adaptor(kind, tap=f"sp{i}", netns=sw.name)
+                    port = Adaptor(kind, tap=f"sp{i}", netns=sw.name, tap_offload=self.tap_offload)
                     stack.callback(port.close)
                     nic = Adaptor(kind, tap="eth0", netns=vm_ns.name, vm_socket_fd=port.fileno())
                     stack.callback(nic.close)
@@ -442,6 +446,9 @@ def run(quick: bool, seconds: Optional[float] = None, log=None, *, paths: Option
             "unix_max_dgram_qlen": qlen,
             "host_unix_max_dgram_qlen": host_qlen,
             "tap_io_uring": tap_uring,
+            # Relays' TAPs as a broker opens relayed ports' TAPs
+            # (VMNET_RS_TAP_OFFLOAD; the endpoint ports' broker too).
+            "tap_offload_in_userspace": bench.tap_offload,
             "generator_window_frames": 256,
         },
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_before": list(os.getloadavg())},

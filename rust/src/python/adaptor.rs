@@ -74,6 +74,7 @@ fn open_interface(
     state_dir: Option<PathBuf>,
     mac: Option<[u8; 6]>,
     vnet_hdr: bool,
+    tap_offload: bool,
 ) -> Result<Started, Error> {
     if let Some(name) = network {
         let config_json = config_json.ok_or_else(|| Error::Argument(format!("network {name:?}: a configuration (config_json) is needed to create it")))?;
@@ -92,10 +93,13 @@ fn open_interface(
     #[cfg(target_os = "linux")]
     {
         use vmnet::tap::Tap;
+        // tap_offload: the TAP speaks virtio-net headers to the kernel, the
+        // relay plain frames (as a broker's relayed port, tap.rs).
+        let with_header = vnet_hdr || tap_offload;
         let mut t = match (tap, tap_fd) {
             (Some(name), None) => match &netns {
-                Some(ns) => Tap::create_in_netns(ns, &name, vnet_hdr),
-                None => Tap::create(&name, vnet_hdr),
+                Some(ns) => Tap::create_in_netns(ns, &name, with_header),
+                None => Tap::create(&name, with_header),
             }
             .map_err(Error::network(format!("create or attach TAP {name:?} (needs CAP_NET_ADMIN and /dev/net/tun)")))?,
             (None, Some(fd)) => {
@@ -104,13 +108,17 @@ fn open_interface(
             }
             _ => unreachable!("checked by the caller"),
         };
+        if tap_offload {
+            let name = t.name().to_string();
+            t.offload_in_userspace().map_err(Error::network(format!("turn on the offloads of TAP {name:?} (tap_offload)")))?;
+        }
         t.set_peer_mac(mac.unwrap_or_else(|| crate::config::MacAddr::random().0));
         let device = Some(t.name().to_string());
         Ok(Started { interface: Box::new(t), device, network: None, subnet: None })
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (tap, tap_fd, netns, mac, vnet_hdr);
+        let _ = (tap, tap_fd, netns, mac, vnet_hdr, tap_offload);
         Err(Error::NetworkState("TAP devices exist only on Linux; use network=... instead".into()))
     }
 }
@@ -121,9 +129,11 @@ impl PyAdaptor {
     /// exactly one of: TAP `tap` (created, or attached if it exists; inside
     /// network namespace `netns` if given), an open TAP fd `tap_fd` (dup'd),
     /// or a new port on network `network`, created here from `config_json`
-    /// and kept alive by this object.
+    /// and kept alive by this object. `tap_offload` (with a TAP) opens it
+    /// as a broker opens a relayed port's TAP: offloads on towards the
+    /// kernel, segmented and merged in user space, plain frames to the VM.
     #[new]
-    #[pyo3(signature = (kind, *, tap=None, tap_fd=None, netns=None, network=None, config_json=None, state_dir=None, mac=None, vnet_hdr=false, send_buffer_bytes=None, recv_buffer_bytes=None, vm_socket_fd=None))]
+    #[pyo3(signature = (kind, *, tap=None, tap_fd=None, netns=None, network=None, config_json=None, state_dir=None, mac=None, vnet_hdr=false, tap_offload=false, send_buffer_bytes=None, recv_buffer_bytes=None, vm_socket_fd=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -136,6 +146,7 @@ impl PyAdaptor {
         state_dir: Option<PathBuf>,
         mac: Option<&str>,
         vnet_hdr: bool,
+        tap_offload: bool,
         send_buffer_bytes: Option<usize>,
         recv_buffer_bytes: Option<usize>,
         vm_socket_fd: Option<i32>,
@@ -150,11 +161,17 @@ impl PyAdaptor {
         if netns.is_some() && tap.is_none() {
             return Err(Error::Argument("netns= applies only with tap=NAME".into()).into());
         }
+        if tap_offload && network.is_some() {
+            return Err(Error::Argument("tap_offload= applies only with tap=NAME or tap_fd=FD (a network's port follows the network's offload setting)".into()).into());
+        }
+        if tap_offload && vnet_hdr {
+            return Err(Error::Argument("give at most one of vnet_hdr=True (the VM speaks virtio-net headers) and tap_offload=True (the relay does the offloads)".into()).into());
+        }
         let mac = mac.map(mac_arg).transpose()?;
         let network_name = network.clone();
         let netns_for_socket = netns.clone();
         let started = py
-            .detach(move || open_interface(tap, tap_fd, netns, network, config_json, state_dir, mac, vnet_hdr))
+            .detach(move || open_interface(tap, tap_fd, netns, network, config_json, state_dir, mac, vnet_hdr, tap_offload))
             ?;
         let info = started.interface.info().clone();
         let options = Options { send_buffer_bytes, recv_buffer_bytes };
@@ -398,6 +415,14 @@ mod bench {
     }
 }
 
+/// Whether a broker here opens relayed ports' TAPs with the user-space
+/// offload (`VMNET_RS_TAP_OFFLOAD`, read in `vmnet::tap`).
+#[cfg(target_os = "linux")]
+#[pyfunction]
+fn tap_userspace_offload_wanted() -> bool {
+    vmnet::tap::userspace_offload_wanted()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAdaptor>()?;
     #[cfg(target_os = "linux")]
@@ -405,6 +430,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add_class::<bench::PyPerFrameRelay>()?;
         m.add_function(wrap_pyfunction!(bench::bench_open_tap, m)?)?;
         m.add_function(wrap_pyfunction!(bench::bench_flows, m)?)?;
+        m.add_function(wrap_pyfunction!(tap_userspace_offload_wanted, m)?)?;
     }
     Ok(())
 }

@@ -258,7 +258,8 @@ impl Tap {
     }
 
     /// Turns on the user-space offload of a TAP opened with IFF_VNET_HDR
-    /// (and [`Tap::set_vnet_hdr_size`]): the kernel may hand over GSO
+    /// (setting the header size it parses, [`Tap::set_vnet_hdr_size`]):
+    /// the kernel may hand over GSO
     /// frames and partial checksums (TUNSETOFFLOAD with TUN_F_CSUM,
     /// TUN_F_TSO4 and TUN_F_TSO6; not UFO/USO), which reads segment and
     /// complete, and writes merge TCP runs into GSO frames; the caller sees
@@ -267,6 +268,9 @@ impl Tap {
         if !self.vnet_hdr {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("TAP {} was opened without IFF_VNET_HDR", self.name)));
         }
+        // The reads and writes below parse and build VNET_HDR_BYTES; a TAP
+        // left at the kernel's 10 would shift every frame by two bytes.
+        self.set_vnet_hdr_size()?;
         let features: libc::c_uint = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
         // SAFETY: TUNSETOFFLOAD takes the feature bits as the argument
         // itself (an unsigned long), not a pointer; the fd is an open TAP.

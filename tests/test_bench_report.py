@@ -258,3 +258,39 @@ def test_results_from_before_rounds_render_as_one_round(tree: Path) -> None:
         assert "round" not in render(data) and "[" not in render(data), render
     assert "moved 0.97 of its rate alone (97 k against 100 k frames/s); 3000 frames were sent to the stopped client" in text
     assert check(tree).returncode == 0
+
+
+def test_vm_paths_with_per_round_ratios_render_their_median_and_each_round(tree: Path) -> None:
+    """The VM paths' verdict is the median of each round's path/direct
+    ratio (the two ran back to back); the ratio of the medians stands
+    beside it. Here they differ: 0.95 against 0.88."""
+    data = results()
+    data["vm_paths"] = {"seconds": 8, "rounds": 3,
+                        "mbit_per_s": {"direct-stream": [815.0, 882.0, 909.0], "path-stream": [775.0, 845.0, 753.0]},
+                        "median": {"direct-stream": 882.0, "path-stream": 775.0}, "ratios": {"stream": 0.951},
+                        "ratios_rounds": {"stream": [0.951, 0.958, 0.828]}, "ratios_of_medians": {"stream": 0.879}}
+    (tree / "bench" / "results.json").write_text(json.dumps(data))
+    r = subprocess.run([sys.executable, str(SCRIPT), "--render", "--root", str(tree)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = (tree / "docs" / "perf.md").read_text()
+    assert ("- stream endpoint path / QEMU's direct `stream` link: 0.95, the median of each round's ratio (0.95, 0.96, 0.83); "
+            "the ratio of the two medians is 0.88") in text
+    assert check(tree).returncode == 0
+
+
+def test_the_vm_benchmark_takes_the_median_of_each_rounds_ratio() -> None:
+    """tests/vm/bench.py's summary: per kind each round's path/direct
+    ratio, their median (one slow round of a side cannot decide it), and a
+    failed round leaves no verdict."""
+    import importlib.util
+
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "vm")]
+    spec = importlib.util.spec_from_file_location("vm_bench", REPO / "tests" / "vm" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    vm_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vm_bench)
+    s = vm_bench.summarise({"direct-stream": [815.0, 882.0, 909.0], "path-stream": [775.0, 845.0, 753.0],
+                            "direct-dgram": [537.0, 617.0, 588.0], "path-dgram": [566.0, 572.0, None]})
+    assert s["ratios_rounds"]["stream"] == [0.951, 0.958, 0.828]
+    assert s["ratios"]["stream"] == 0.951 and s["ratios_of_medians"]["stream"] == 0.879
+    assert s["ratios"]["dgram"] is None and s["ratios_rounds"]["dgram"][2] is None and s["ratios_of_medians"]["dgram"] is None

@@ -19,7 +19,11 @@
 //! Backpressure: a batch the VM socket cannot take now (EAGAIN/ENOBUFS) stays
 //! pending; the loop polls for POLLOUT with [`RETRY_DELAY_US`] timeouts while
 //! still serving the other direction. After [`RETRY_BUDGET`] waits in a row
-//! without progress the rest of the batch is dropped and counted. The same
+//! without progress the rest of the batch is dropped and counted; from then
+//! until the VM takes a byte again, a batch it cannot take at once is
+//! dropped at once, so a VM that stopped reading costs one wake-up per batch
+//! (the rest of a stream frame already partly sent is never dropped: it
+//! waits for POLLOUT, with no timer). The same
 //! budget applies to an interface that refuses writes (`WouldBlock`), which
 //! has no writability fd to poll. While a batch is pending its direction
 //! reads nothing more, so backpressure reaches the source instead of growing
@@ -677,6 +681,44 @@ mod tests {
             assert!(s.host_to_vm.waits >= RETRY_BUDGET as u64, "{s:?}");
             assert!(adaptor.is_running());
         }
+    }
+
+    #[test]
+    fn a_vm_that_stopped_reading_costs_no_retries_once_stuck_and_recovers() {
+        let (mut adaptor, vm, network, _handles) = start(Kind::Datagram);
+        let mut vm = Vm::new(Kind::Datagram, vm);
+        // Frames one at a time, paced (one per read of the interface), for
+        // a VM that reads nothing.
+        let push_until = |drops: u64| {
+            while adaptor.stats().host_to_vm.drops < drops {
+                send_to_network(&network, &frame(1));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        push_until(1);
+        // The first drop came after the whole retry budget; from then on
+        // a frame the full socket cannot take is dropped without retries
+        // (before: RETRY_BUDGET waits of 50 us for every one of them).
+        let before = adaptor.stats().host_to_vm;
+        assert!(before.waits >= RETRY_BUDGET as u64, "{before:?}");
+        push_until(before.drops + 50);
+        let after = adaptor.stats().host_to_vm;
+        let (waits, drops) = (after.waits - before.waits, after.drops - before.drops);
+        assert!(waits < drops, "{waits} waits for {drops} drops: the stuck VM is still retried");
+        // The VM reads again: what it had queued, then new frames, which the
+        // relay sends as before.
+        while vm.recv().is_some() {}
+        let packets = adaptor.stats().host_to_vm.packets;
+        send_to_network(&network, &frame(2));
+        let mut got = None;
+        wait_until("a frame reaches the VM that reads again", || {
+            got = vm.recv();
+            got.is_some()
+        });
+        assert_eq!(got.unwrap(), frame(2));
+        // Counted just after the send returned.
+        wait_until("the frame is counted as sent", || adaptor.stats().host_to_vm.packets == packets + 1);
+        adaptor.stop();
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! most one batch per direction. A pending batch makes the poll time out
 //! after [`RETRY_DELAY_US`]; each such wait is counted, and after
 //! [`RETRY_BUDGET`] waits in a row without progress the batch is dropped.
+//! After such a drop the VM counts as stuck until it takes a byte again:
+//! meanwhile a batch it cannot take at once is dropped at once. What
+//! cannot be dropped (the rest of a stream frame partly sent) waits for
+//! POLLOUT alone, with no timer.
 //!
 //! Ends on: the wake pipe (stop), the VM closing (EOF, ECONNRESET, EPIPE,
 //! ECONNREFUSED), a stream framing error, an interface read error or an
@@ -230,6 +234,11 @@ struct HostToVm {
     count: usize,
     next: usize,
     stalls: u32,
+    /// A batch was dropped after the whole retry budget without the VM
+    /// taking a byte: until it takes one again, what it cannot take at
+    /// once is dropped at once (a VM that stopped reading costs one
+    /// wake-up per batch, not [`RETRY_BUDGET`]).
+    stuck: bool,
     writer: VmWriter,
 }
 
@@ -288,6 +297,7 @@ impl Relay {
             count: 0,
             next: 0,
             stalls: 0,
+            stuck: false,
             writer: match self.kind {
                 Kind::Stream => VmWriter::Stream(StreamWriter::new()),
                 _ => VmWriter::Datagram(DatagramWriter::new(batched, self.send_limit)),
@@ -324,9 +334,14 @@ impl Relay {
             // nor do frames the interface holds from its last read.
             let v2h_buffered = !v2h_pending && reader.has_buffered();
             let iface_held = !h2v_pending && self.iface.has_held_frames();
+            // Only a partly sent stream frame left for the VM: nothing of it
+            // may be dropped, so a retry timer would only spin (every 50 us
+            // for as long as the VM reads nothing); room on the socket
+            // (POLLOUT) wakes the loop instead.
+            let h2v_droppable = h2v_pending && h2v.count - h2v.next > h2v.writer.undroppable();
             let timeout = if v2h_buffered || iface_held {
                 Some(Duration::ZERO)
-            } else if h2v_pending || v2h_pending {
+            } else if h2v_droppable || v2h_pending {
                 Some(delay)
             } else {
                 None
@@ -527,6 +542,7 @@ impl Relay {
                     h2v.next += n;
                     // Partial progress inside a stream frame also counts as progress.
                     h2v.stalls = 0;
+                    h2v.stuck = false;
                     if n == 0 {
                         break;
                     }
@@ -547,11 +563,12 @@ impl Relay {
                 }
             }
         }
-        if h2v.has_pending() && h2v.stalls >= RETRY_BUDGET {
+        if h2v.has_pending() && (h2v.stalls >= RETRY_BUDGET || h2v.stuck) {
             let keep = h2v.writer.undroppable();
             let drop_from = h2v.next + keep;
             counters.add_drops((h2v.count - drop_from) as u64);
             h2v.count = drop_from;
+            h2v.stuck |= h2v.stalls >= RETRY_BUDGET;
             h2v.stalls = 0;
         }
         Ok(())

@@ -162,11 +162,6 @@ pub(super) struct Client {
 }
 
 impl Client {
-    fn drop_from_vm(&mut self) {
-        self.drops += 1;
-        self.counter.vm_to_host(1);
-    }
-
     /// Hands datagrams `from..to` of a batch (all from this client) to the
     /// relay under one lock; a cut one ([`Datagram::truncated`]) and those
     /// the inbox has no room for are dropped and counted. `Some(inbox)`
@@ -191,18 +186,6 @@ impl Client {
             self.counter.vm_to_host(dropped);
         }
         wake.then(|| Arc::clone(&self.inbox))
-    }
-
-    /// Hands `frame` to the relay; `Some(inbox)` when the relay must be woken.
-    fn pass(&mut self, frame: &[u8]) -> Option<Arc<Inbox>> {
-        match self.inbox.push(frame) {
-            Ok(true) => Some(Arc::clone(&self.inbox)),
-            Ok(false) => None,
-            Err(()) => {
-                self.drop_from_vm();
-                None
-            }
-        }
     }
 }
 
@@ -346,11 +329,11 @@ impl Worker {
             Ok((lease, counter)) => {
                 log::info!("endpoint {}: client {shown} (pid {pid} uid {uid}) joined (lease {lease})", path.display());
                 let mut c = Client { lease, inbox, heard: Instant::now(), drops: 0, counter };
+                // The first datagram goes on like the rest, unless it is
+                // vfkit's hello (a cut one is dropped and counted).
                 let got = &d.got[k];
-                if got.truncated {
-                    c.drop_from_vm();
-                } else if &d.bufs[k][..got.len] != VFKIT_MAGIC {
-                    if let Some(inbox) = c.pass(&d.bufs[k][..got.len]) {
+                if got.truncated || &d.bufs[k][..got.len] != VFKIT_MAGIC {
+                    if let Some(inbox) = c.pass_run(&d.bufs, &d.got, k, k + 1) {
                         wake.push(inbox);
                     }
                 }

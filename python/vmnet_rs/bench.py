@@ -50,7 +50,7 @@ import click
 from . import _native
 from .adaptor import Adaptor
 from .bench_endpoints import ENDPOINT_PATHS, endpoint_bench, endpoint_summary
-from .bench_rounds import merge_rounds, merge_slow_reader, paired_ratio, spread
+from .bench_rounds import merge_rounds, merge_slow_reader, paired_ratio, ratio, spread
 from .errors import VmnetError
 
 KINDS = ["datagram", "datagram_next", "stream"]
@@ -373,12 +373,6 @@ def _find(cases: List[Dict[str, Any]], path: str, size: int, pairs: int) -> Opti
     return None
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    if a is None or not b:
-        return None
-    return round(a / b, 3)
-
-
 def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Per path: frames/s at each size and pairs, and the ratios the goals name.
 
@@ -391,7 +385,7 @@ def summarise(cases: List[Dict[str, Any]]) -> Dict[str, Any]:
         fps = {str(s): (_find(cases, path, s, 1) or {}).get("frames_per_s") for s in SIZES}
         pairs = {str(p): (_find(cases, path, 64, p) or {}).get("frames_per_s") for p in PAIRS}
         entry: Dict[str, Any] = {"frames_per_s": fps, "frames_per_s_64B_by_pairs": pairs}
-        ratios: Dict[str, Any] = {"scaling_4_vs_1": _ratio(pairs["4"], pairs["1"])}
+        ratios: Dict[str, Any] = {"scaling_4_vs_1": ratio(pairs["4"], pairs["1"])}
         if path in KINDS:
             # Relay CPU per delivered frame against the per-frame relay's (lower is better).
             for name, base, key in (("vs_per_frame", "per_frame", "frames_per_s"),

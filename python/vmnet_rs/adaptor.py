@@ -58,7 +58,9 @@ class Adaptor:
     TAP the way a broker opens a relayed port's TAP (docs/linux.md): the
     kernel may hand it TCP segmentation and checksum work, which the relay
     does in user space, while the VM still sees plain frames of at most the
-    MTU. ``vnet_hdr`` instead passes the virtio-net headers to the VM.
+    MTU. ``vnet_hdr`` instead passes the virtio-net headers to the VM: 12
+    bytes (``virtio_net_hdr_v1``) on a TAP given by name; a ``tap_fd`` keeps
+    the size its opener set.
     """
 
     def __init__(

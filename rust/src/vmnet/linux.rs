@@ -360,9 +360,6 @@ impl LinuxNetwork {
                 Err(source) => return Err(Error::OpenTap { name, source }),
             };
             // On error the TAP drops, and with its only fd the device goes.
-            if vnet_hdr {
-                tap.set_vnet_hdr_size().map_err(|e| Error::io(format!("set the virtio-net header size of TAP {name}"), e))?;
-            }
             rtnl::attach_port(&name, &self.bridge, self.plan.mtu, desc.isolation || self.plan.isolation)
                 .map_err(|e| Error::AddPort { network: self.name.clone(), port: name.clone(), source: Box::new(e) })?;
             // Re-read the device so the reported MTU is the one just set.

@@ -19,6 +19,9 @@ pub const TUNGETIFF: libc::Ioctl = libc::TUNGETIFF;
 /// `TUNSETVNETHDRSZ`, `_IOW('T', 216, int)` (linux/if_tun.h): the size of
 /// the virtio-net header the device prepends.
 pub const TUNSETVNETHDRSZ: libc::Ioctl = libc::TUNSETVNETHDRSZ;
+/// `TUNGETVNETHDRSZ`, `_IOR('T', 215, int)` (linux/if_tun.h): the size of
+/// the virtio-net header the device prepends now.
+pub const TUNGETVNETHDRSZ: libc::Ioctl = libc::TUNGETVNETHDRSZ;
 /// `TUNSETOFFLOAD`, `_IOW('T', 208, unsigned int)` (linux/if_tun.h): the
 /// offloads the reader of the fd handles (what the kernel may hand it).
 pub const TUNSETOFFLOAD: libc::Ioctl = libc::TUNSETOFFLOAD;
@@ -42,6 +45,7 @@ pub const IFF_VNET_HDR: libc::c_short = libc::IFF_VNET_HDR as libc::c_short;
 const _: () = assert!(TUNSETIFF as u32 == 0x4004_54ca);
 const _: () = assert!(TUNGETIFF as u32 == 0x8004_54d2);
 const _: () = assert!(TUNSETVNETHDRSZ as u32 == 0x4004_54d8);
+const _: () = assert!(TUNGETVNETHDRSZ as u32 == 0x8004_54d7);
 const _: () = assert!(TUNSETOFFLOAD as u32 == 0x4004_54d0);
 const _: () = assert!(TUN_F_CSUM == 0x01 && TUN_F_TSO4 == 0x02 && TUN_F_TSO6 == 0x04);
 const _: () = assert!(IFF_TAP == 0x0002 && IFF_NO_PI == 0x1000 && IFF_VNET_HDR == 0x4000);

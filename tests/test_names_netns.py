@@ -263,6 +263,10 @@ def test_uninstall_ends_a_registration_for_good(netns, tmp_path: Path, state: Pa
         with Client(str(b.socket), timeout=30) as c:
             port = c.open("lab", "datagram", mac="52:54:00:33:00:0c")
             assert "vmr-lab" in netns.links()
+            # The broker decides as it makes the bridge (a registration would
+            # then run on a thread of its own): wait for that decision.
+            wait_until("the broker's resolver decision for the new bridge",
+                       lambda: "bridge vmr-lab is not registered with the host's resolver" in b.log_text())
             port.close()
     finally:
         b.stop()

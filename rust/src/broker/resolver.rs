@@ -97,7 +97,10 @@ pub fn read_marker(data_dir: &Path, network: &str) -> Option<Marker> {
 pub fn reapply(data_dir: &Path, network: &str, bridge: &str, gateway: Option<Ipv4Addr>, domain: &str) {
     let marker = read_marker(data_dir, network);
     match decide(marker.as_ref(), network, bridge, gateway, domain, marker.is_some() && crate::vmnet::preflight::which("resolvectl").is_some()) {
-        Decision::None => {}
+        Decision::None => log::debug!(
+            "network {network}: no resolver marker ({}); bridge {bridge} is not registered with the host's resolver",
+            marker_path(data_dir, network).display()
+        ),
         Decision::Skip(why) => log::warn!("{why}"),
         Decision::Apply(commands) => {
             let (name, bridge) = (network.to_owned(), bridge.to_owned());

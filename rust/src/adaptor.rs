@@ -924,6 +924,42 @@ mod tests {
         }
     }
 
+    /// A panic in a relay (here: the interface's write) ends that relay as
+    /// an internal error: it is seen as ended (so its lease is released),
+    /// the interface is stopped, the VM's end is closed, and another relay
+    /// goes on. Before, the relay thread died with `running` still set.
+    #[test]
+    fn a_relay_that_panics_ends_cleanly_and_others_go_on() {
+        for kind in Kind::ALL {
+            let (a, vm, _network, handles) = start(kind);
+            let (b, b_vm, _b_network, b_handles) = start(kind);
+            let mut vm = Vm::new(kind, vm);
+            let mut poison = frame(1);
+            poison[0] = super::testing::PANIC_MARK;
+            vm.send(&poison);
+            assert!(a.wait(PATIENCE), "{kind:?}: the relay that panicked is not seen as ended");
+            assert!(!a.is_running());
+            match a.end_reason() {
+                Some(EndReason::Internal(m)) => assert!(m.contains("panicked") && m.contains("a frame marked to panic"), "{m}"),
+                other => panic!("{kind:?}: end reason {other:?}"),
+            }
+            assert_eq!(handles.stops.load(std::sync::atomic::Ordering::SeqCst), 1, "{kind:?}: interface not stopped");
+            match vm {
+                Vm::Stream(mut s) => {
+                    let mut buf = [0u8; 8];
+                    assert_eq!(s.read(&mut buf).unwrap(), 0, "the adaptor's end must be closed");
+                }
+                Vm::Dgram(s) => {
+                    let err = s.send(&frame(2)).unwrap_err();
+                    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "the adaptor's end must be closed");
+                }
+            }
+            assert!(b.is_running());
+            Vm::new(kind, b_vm).send(&frame(3));
+            wait_until("the other relay still relays", || b_handles.written.lock().unwrap().len() == 1);
+        }
+    }
+
     #[test]
     fn stop_is_idempotent_and_releases_the_interface_and_socket() {
         let (mut a, vm, network, handles) = start(Kind::Stream);

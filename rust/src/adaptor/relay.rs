@@ -261,12 +261,22 @@ impl Relay {
         Relay { iface, vm: readable, wake, kind: Kind::DatagramNext, shared, send_limit, shared_end: Some((socket, addr, inbox)) }
     }
 
-    /// Runs until the relay ends, then releases everything.
+    /// Runs until the relay ends, then releases everything. A panic in the
+    /// loop (a bug, never a VM's doing) ends this relay like any other
+    /// internal error: the interface is stopped, every fd closed and the
+    /// end recorded, so the port's lease is released as for a VM that left
+    /// rather than left looking alive; no other port is touched.
     pub(crate) fn run(mut self) {
         if let Some(name) = self.iface.device() {
             let _ = self.shared.device.set(name.to_owned());
         }
-        let reason = self.relay();
+        let reason = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.relay())) {
+            Ok(reason) => reason,
+            Err(panic) => {
+                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                EndReason::Internal(format!("the relay panicked: {}", what.as_deref().unwrap_or("(no message)")))
+            }
+        };
         match &reason {
             EndReason::Stopped | EndReason::VmClosed => log::info!("adaptor ({}): ended: {reason}", self.kind.as_str()),
             _ => log::warn!("adaptor ({}): ended: {reason}", self.kind.as_str()),

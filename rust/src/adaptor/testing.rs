@@ -3,7 +3,8 @@
 //! (`vmnet::SeqpacketPort`, the test hub's kind of port: one frame per
 //! packet, pollable, like a TAP fd) whose other end the test keeps; frames written to the interface
 //! land in an unbounded in-memory list (so the test never has to keep up).
-//! Writes can be refused on demand to exercise the retry budget. Closing the
+//! Writes can be refused on demand to exercise the retry budget, and a frame
+//! marked [`PANIC_MARK`] makes the write panic. Closing the
 //! test's end makes the interface report that it went away.
 
 use std::io;
@@ -30,6 +31,9 @@ pub(crate) struct PairInterface {
 
 /// First byte of a frame the double takes but then reports refused.
 pub(crate) const REFUSED_MARK: u8 = 0xbd;
+/// First byte of a frame whose write makes the double panic (a bug in the
+/// relay's path, for the test that the relay survives one).
+pub(crate) const PANIC_MARK: u8 = 0xbe;
 
 /// The test's view of a [`PairInterface`] after it moved into an adaptor.
 #[derive(Clone)]
@@ -91,6 +95,7 @@ impl Interface for PairInterface {
         if self.refuse_writes.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        assert!(frames.iter().all(|f| f.first() != Some(&PANIC_MARK)), "a frame marked to panic");
         let mut written = self.written.lock().unwrap();
         let (refused, ok): (Vec<&[u8]>, Vec<&[u8]>) = frames.iter().partition(|f| f.first() == Some(&REFUSED_MARK));
         self.refused = (refused.len(), refused.iter().map(|f| f.len()).sum());

@@ -29,6 +29,9 @@ pub mod config;
 pub mod sys;
 #[cfg(any(apple_api, test))]
 pub(crate) mod darwin_shim;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod vmnet;
 pub mod xpc;
 

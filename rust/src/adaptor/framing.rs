@@ -8,6 +8,12 @@
 
 use std::io::{self, Read, Write};
 
+/// The relay's reader of this format, for the fuzz targets
+/// (`crate::fuzzing`, feature `fuzzing`; `vm_stream` is private to the
+/// adaptor module).
+#[cfg(feature = "fuzzing")]
+pub(crate) use super::vm_stream::{StreamEnd, StreamReader};
+
 /// Bytes in a frame's length header.
 pub const HEADER_BYTES: usize = 4;
 

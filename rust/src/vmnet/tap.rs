@@ -34,6 +34,15 @@ mod segment;
 mod uring;
 mod vnet_hdr;
 
+/// The offload's parsers, for the fuzz targets (`crate::fuzzing`, feature
+/// `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    pub use super::coalesce::{coalesce, Output};
+    pub use super::segment::{emit, plan, Malformed, Plan};
+    pub use super::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, LEN};
+}
+
 use if_tun::{IfReq, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, TUNGETIFF, TUNGETVNETHDRSZ, TUNSETIFF, TUNSETOFFLOAD, TUNSETVNETHDRSZ, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 
 /// Bytes of the virtio-net header a TAP with IFF_VNET_HDR prepends

@@ -11,6 +11,13 @@ pub mod tap {
     pub use crate::vmnet::tap::fuzzing::*;
 }
 
+/// The datagram endpoint's receive path (`broker/endpoints/receive.rs`):
+/// one datagram or a batch, with the sender's address, credentials and
+/// cut mark decoded.
+pub mod receive {
+    pub use crate::broker::endpoints::receive_fuzzing::*;
+}
+
 /// The stream framing reader of a VM socket (`adaptor/vm_stream.rs`).
 pub mod stream {
     use std::os::fd::RawFd;

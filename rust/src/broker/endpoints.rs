@@ -26,6 +26,9 @@ mod datagram;
 mod paths;
 mod receive;
 mod stream;
+/// The datagram receive path for the fuzz targets (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) use receive::fuzzing as receive_fuzzing;
 #[cfg(all(test, target_os = "linux"))]
 mod tests;
 

@@ -192,6 +192,51 @@ pub(super) fn recv_batch_from(fd: RawFd, bufs: &mut [Vec<u8>], out: &mut Vec<Dat
     }
 }
 
+/// The receive path for the fuzz targets (`crate::fuzzing`, feature
+/// `fuzzing`): the same calls, their results as public fields.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use std::io;
+    use std::os::fd::RawFd;
+
+    /// One datagram received: [`super::Datagram`]'s fields.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Received {
+        pub len: usize,
+        pub addr: Vec<u8>,
+        pub creds: Option<(u32, u32, i32)>,
+        pub truncated: bool,
+    }
+
+    impl From<&super::Datagram> for Received {
+        fn from(d: &super::Datagram) -> Received {
+            Received { len: d.len, addr: d.addr.clone(), creds: d.creds, truncated: d.truncated }
+        }
+    }
+
+    /// [`super::recv_from`].
+    pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
+        Ok(super::recv_from(fd, buf)?.as_ref().map(Received::from))
+    }
+
+    /// [`super::recv_batch_from`] with its entries kept from batch to
+    /// batch, as the endpoint thread keeps them.
+    #[derive(Default)]
+    pub struct Batches(Vec<super::Datagram>);
+
+    impl Batches {
+        pub fn recv(&mut self, fd: RawFd, bufs: &mut [Vec<u8>]) -> io::Result<Vec<Received>> {
+            let n = super::recv_batch_from(fd, bufs, &mut self.0)?;
+            Ok(self.0[..n].iter().map(Received::from).collect())
+        }
+    }
+
+    /// [`super::sender_address`].
+    pub fn sender_address(sun_path: &[u8], abstract_names: bool) -> Vec<u8> {
+        super::sender_address(sun_path, abstract_names)
+    }
+}
+
 /// The receive path's decisions, on every OS (docs/macos.md: what XNU
 /// hands a datagram receiver).
 #[cfg(test)]

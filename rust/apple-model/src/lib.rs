@@ -15,7 +15,8 @@
 //! Layout: `cf.rs` (CoreFoundation and SecTask objects), `launchd.rs`
 //! (`launch_activate_socket`), `object.rs` (XPC objects and values), `dispatch.rs` (queues),
 //! `session.rs` (sessions, listeners, rich errors, peer requirements,
-//! connections), `vmnet.rs` (vmnet.framework networks and interfaces), `control.rs` (the `vmnet_model_*` calls tests use: settle,
+//! connections), `vmnet.rs` (vmnet.framework networks and interfaces), `socket.rs`
+//! (libSystem's `recvmsg_x`/`sendmsg_x`, with XNU's semantics), `control.rs` (the `vmnet_model_*` calls tests use: settle,
 //! leaks, launchd's advertised services, the calls made).
 #![cfg(not(target_vendor = "apple"))]
 #![allow(clippy::missing_safety_doc)]
@@ -29,6 +30,7 @@ pub mod dispatch;
 pub mod object;
 pub mod launchd;
 pub mod session;
+pub mod socket;
 pub mod vmnet;
 
 /// Aborts the process the way libxpc does on API misuse, naming the API and

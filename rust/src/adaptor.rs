@@ -50,7 +50,7 @@ use std::thread::JoinHandle;
 
 use crate::vmnet::Interface;
 
-mod batch_io;
+pub(crate) mod batch_io;
 #[cfg(target_os = "linux")]
 pub mod bench;
 mod counters;

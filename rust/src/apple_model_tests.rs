@@ -13,6 +13,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
+mod batch_io;
 mod broker;
 mod launchd;
 mod objects;

@@ -7,6 +7,9 @@
 //!
 //! - `sa_family_t`: Darwin's 8-bit width.
 //! - `fcntl(F_SETNOSIGPIPE)`: accepted, as Darwin does.
+//! - `MSG_DONTWAIT`: Darwin's value, for the calls the model answers
+//!   (`recvmsg_x`/`sendmsg_x`); calls that reach the Linux kernel keep
+//!   Linux's.
 //! - `VMNET_FRAMEWORK`: the path vmnet.framework is loaded from.
 //! - `sysctlbyname` (sys/sysctl.h): the model answers
 //!   `kern.osproductversion` with [`MODEL_MACOS_VERSION`] and
@@ -35,6 +38,14 @@ pub const F_SETNOSIGPIPE: libc::c_int = 73;
 
 #[cfg(target_os = "macos")]
 pub use libc::fcntl;
+
+/// `MSG_DONTWAIT` (Darwin sys/socket.h: 0x80; Linux's is 0x40), for the
+/// flags of libSystem calls the model provides (`recvmsg_x`/`sendmsg_x`).
+#[cfg(target_os = "macos")]
+pub use libc::MSG_DONTWAIT;
+#[cfg(not(target_os = "macos"))]
+#[cfg_attr(not(apple_api), allow(dead_code))]
+pub const MSG_DONTWAIT: libc::c_int = 0x80;
 
 /// What the modelled Darwin kernel answers for an fcntl(2) command Linux
 /// lacks: `Some(0)` for `F_SETNOSIGPIPE` with 0 or 1 (Linux has no per-fd

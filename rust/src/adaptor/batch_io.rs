@@ -1,7 +1,10 @@
 //! Datagram I/O on the VM socket: per frame (`recvmsg`/`send`) or batched
 //! (Linux `recvmmsg`/`sendmmsg`; macOS `recvmsg_x`/`sendmsg_x`, probed with
 //! `dlsym` once and replaced by per-frame calls when absent). Runs on the
-//! relay thread; every call is non-blocking (`MSG_DONTWAIT`).
+//! relay thread; every call is non-blocking (`MSG_DONTWAIT`). The macOS
+//! path is chosen by the `apple_api` cfg, so the model build runs it on
+//! Linux against the model's `recvmsg_x`/`sendmsg_x` (docs/macos.md, "The
+//! model"; tests in `apple_model_tests/batch_io.rs`).
 //!
 //! Invariant shared by all paths: a receive returns how many datagrams it
 //! took (0 is never returned: "nothing now" is `WouldBlock`), with each
@@ -29,6 +32,9 @@
 use std::io;
 use std::os::fd::RawFd;
 
+/// Flags of the per-frame calls, which reach the kernel itself (Linux's,
+/// also in the model build); the libSystem batch calls take Darwin's
+/// `MSG_DONTWAIT` from `darwin_shim`.
 #[cfg(target_os = "linux")]
 const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 #[cfg(not(target_os = "linux"))]
@@ -52,7 +58,7 @@ fn is_cut(len: usize, capacity: usize, kernel_says_truncated: bool) -> bool {
 /// (the kernel checks each datagram against it, not their total). Always at
 /// least one (when `frames` is not empty): a frame over the limit goes
 /// alone, so its own error names it.
-#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+#[cfg_attr(not(apple_api), allow(dead_code))]
 pub(crate) fn send_chunk_len(frames: &[&[u8]], max_count: usize, send_limit: usize) -> usize {
     let mut n = 0;
     for frame in frames.iter().take(max_count.max(1)) {
@@ -70,7 +76,7 @@ pub(crate) fn send_chunk_len(frames: &[&[u8]], max_count: usize, send_limit: usi
 /// `EMSGSIZE`, so the refusal lands on the frame that caused it and never
 /// costs the frames around it). Returns how many leading frames were taken,
 /// or the error of the first one.
-#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+#[cfg_attr(not(apple_api), allow(dead_code))]
 pub(crate) fn send_chunked(
     frames: &[&[u8]],
     max_count: usize,
@@ -111,11 +117,11 @@ pub(crate) fn send_chunked(
 /// Whether batched calls are used on this platform (Linux always; macOS when
 /// `recvmsg_x`/`sendmsg_x` resolve).
 pub(crate) fn batched_available() -> bool {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(apple_api)))]
     return true;
-    #[cfg(target_os = "macos")]
+    #[cfg(apple_api)]
     return msg_x::functions().is_some();
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    #[cfg(not(any(target_os = "linux", apple_api)))]
     return false;
 }
 
@@ -160,14 +166,14 @@ pub(crate) fn send_each(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
 
 /// Receives up to `bufs.len()` datagrams in as few calls as the platform allows.
 pub(crate) fn recv_batch(fd: RawFd, bufs: &mut [Vec<u8>], lens: &mut [usize], truncated: &mut [bool]) -> io::Result<usize> {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(apple_api)))]
     return mmsg::recv(fd, bufs, lens, truncated);
-    #[cfg(target_os = "macos")]
+    #[cfg(apple_api)]
     return match msg_x::functions() {
         Some(f) => msg_x::recv(f, fd, bufs, lens, truncated),
         None => recv_each(fd, bufs, lens, truncated),
     };
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    #[cfg(not(any(target_os = "linux", apple_api)))]
     return recv_each(fd, bufs, lens, truncated);
 }
 
@@ -179,17 +185,17 @@ pub(crate) fn send_batch(fd: RawFd, frames: &[&[u8]], send_limit: usize) -> io::
     if frames.is_empty() {
         return Ok(0);
     }
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(apple_api)))]
     return {
         let _ = send_limit;
         mmsg::send(fd, frames)
     };
-    #[cfg(target_os = "macos")]
+    #[cfg(apple_api)]
     return match msg_x::functions() {
         Some(f) => msg_x::send(f, fd, frames, send_limit),
         None => send_each(fd, frames),
     };
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    #[cfg(not(any(target_os = "linux", apple_api)))]
     return {
         let _ = send_limit;
         send_each(fd, frames)
@@ -215,12 +221,12 @@ pub(crate) fn send_batch_to(
     if frames.is_empty() {
         return Ok(0);
     }
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(apple_api)))]
     return {
         let _ = (send_limit, wait);
         mmsg::send_to(fd, addr, addr_len, frames)
     };
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(all(target_os = "linux", not(apple_api))))]
     return {
         let _ = send_limit;
         let send_one = |frame: &[u8]| -> io::Result<()> {
@@ -246,7 +252,7 @@ pub(crate) fn send_batch_to(
     };
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(apple_api)))]
 mod mmsg {
     use super::*;
 
@@ -322,8 +328,8 @@ mod mmsg {
 /// XNU `bsd/sys/socket_private.h` (`struct msghdr_x` and the prototypes),
 /// resolved with `dlsym` so a libSystem without them means per-frame calls,
 /// not a failure to load.
-#[cfg(target_os = "macos")]
-mod msg_x {
+#[cfg(apple_api)]
+pub(crate) mod msg_x {
     use super::*;
     use std::sync::OnceLock;
 
@@ -331,15 +337,15 @@ mod msg_x {
     /// followed by `size_t msg_datalen`; 56 bytes on LP64.
     #[repr(C)]
     #[allow(non_camel_case_types)]
-    struct msghdr_x {
-        msg_name: *mut libc::c_void,
-        msg_namelen: libc::socklen_t,
-        msg_iov: *mut libc::iovec,
-        msg_iovlen: libc::c_int,
-        msg_control: *mut libc::c_void,
-        msg_controllen: libc::socklen_t,
-        msg_flags: libc::c_int,
-        msg_datalen: libc::size_t,
+    pub(crate) struct msghdr_x {
+        pub(crate) msg_name: *mut libc::c_void,
+        pub(crate) msg_namelen: libc::socklen_t,
+        pub(crate) msg_iov: *mut libc::iovec,
+        pub(crate) msg_iovlen: libc::c_int,
+        pub(crate) msg_control: *mut libc::c_void,
+        pub(crate) msg_controllen: libc::socklen_t,
+        pub(crate) msg_flags: libc::c_int,
+        pub(crate) msg_datalen: libc::size_t,
     }
 
     const _: () = assert!(std::mem::size_of::<msghdr_x>() == 56);
@@ -349,15 +355,15 @@ mod msg_x {
     /// pointer is declared `*mut`: `recvmsg_x` writes `msg_datalen` and
     /// `msg_flags` back into the array despite the `const`, so callers must
     /// pass a pointer they may write through.
-    type MsgXFn = unsafe extern "C" fn(libc::c_int, *mut msghdr_x, libc::c_uint, libc::c_int) -> libc::ssize_t;
+    pub(crate) type MsgXFn = unsafe extern "C" fn(libc::c_int, *mut msghdr_x, libc::c_uint, libc::c_int) -> libc::ssize_t;
 
     #[derive(Clone, Copy)]
-    pub(super) struct Functions {
-        recv: MsgXFn,
-        send: MsgXFn,
+    pub(crate) struct Functions {
+        pub(crate) recv: MsgXFn,
+        pub(crate) send: MsgXFn,
     }
 
-    pub(super) fn functions() -> Option<Functions> {
+    pub(crate) fn functions() -> Option<Functions> {
         static FUNCTIONS: OnceLock<Option<Functions>> = OnceLock::new();
         *FUNCTIONS.get_or_init(|| {
             // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names only
@@ -375,7 +381,7 @@ mod msg_x {
         })
     }
 
-    fn header(iov: &mut libc::iovec) -> msghdr_x {
+    pub(crate) fn header(iov: &mut libc::iovec) -> msghdr_x {
         msghdr_x {
             msg_name: std::ptr::null_mut(),
             msg_namelen: 0,
@@ -398,7 +404,7 @@ mod msg_x {
         // SAFETY: msgs holds msgs.len() headers with zeroed flags/datalen, no
         // name or control, one iovec each over a live buffer of its length;
         // the array is writable for the call.
-        let r = unsafe { (f.recv)(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        let r = unsafe { (f.recv)(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, crate::darwin_shim::MSG_DONTWAIT) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -422,7 +428,7 @@ mod msg_x {
         let mut msgs: Vec<msghdr_x> = iovs.iter_mut().map(header).collect();
         // SAFETY: msgs holds msgs.len() headers with one iovec each over a
         // live frame; sendmsg_x only reads them.
-        let r = unsafe { (f.send)(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, SEND_FLAGS) };
+        let r = unsafe { (f.send)(fd, msgs.as_mut_ptr(), msgs.len() as libc::c_uint, crate::darwin_shim::MSG_DONTWAIT) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

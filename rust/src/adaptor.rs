@@ -62,7 +62,7 @@ pub mod vm_shared;
 mod vm_stream;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use socket::SocketBuffers;
 

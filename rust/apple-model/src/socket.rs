@@ -50,8 +50,12 @@
 //! messages on receive (Linux's `sockaddr_un` and cmsgs are not Darwin's),
 //! names on an unconnected send, control messages on send, and send flags
 //! the model does not translate.
+//!
+//! For tests (not Apple API): `vmnet_model_msg_x_counts` tells how many
+//! calls each function answered and how many datagrams they reported.
 
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::control::called;
 
@@ -81,6 +85,19 @@ pub const UIO_MAXIOV: c_uint = 1024;
 /// uipc_syscalls.c `SO_MAX_MSG_X_DEFAULT`, the default of
 /// `kern.ipc.maxrecvmsgx`.
 pub const MAX_RECVMSG_X: c_uint = 256;
+
+/// Calls and datagrams: recvmsg_x's, then sendmsg_x's.
+static COUNTS: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// What `recvmsg_x` and `sendmsg_x` did in this process: `out[0]`/`out[1]`
+/// the calls/datagrams received, `out[2]`/`out[3]` the calls/datagrams sent.
+#[no_mangle]
+pub extern "C" fn vmnet_model_msg_x_counts(out: *mut u64) {
+    for (i, c) in COUNTS.iter().enumerate() {
+        // SAFETY: the caller passes 4 writable u64s.
+        unsafe { *out.add(i) = c.load(Ordering::Relaxed) };
+    }
+}
 
 fn fail(errno: c_int) -> libc::ssize_t {
     // SAFETY: errno is thread-local.
@@ -132,6 +149,7 @@ unsafe fn iovecs(m: &msghdr_x) -> Result<&[libc::iovec], c_int> {
 #[no_mangle]
 pub extern "C" fn recvmsg_x(s: c_int, msgp: *mut msghdr_x, cnt: c_uint, flags: c_int) -> libc::ssize_t {
     called("recvmsg_x");
+    COUNTS[0].fetch_add(1, Ordering::Relaxed);
     let ty = match sockopt(s, libc::SO_TYPE) {
         Ok(t) => t,
         Err(e) => return fail(e),
@@ -206,6 +224,7 @@ pub extern "C" fn recvmsg_x(s: c_int, msgp: *mut msghdr_x, cnt: c_uint, flags: c
         m.msg_flags = 0;
         m.msg_datalen = copied;
     }
+    COUNTS[1].fetch_add(taken.len() as u64, Ordering::Relaxed);
     taken.len() as libc::ssize_t
 }
 
@@ -234,6 +253,7 @@ fn send_one(s: c_int, iovs: &[libc::iovec], flags: c_int) -> Result<(), c_int> {
 #[no_mangle]
 pub extern "C" fn sendmsg_x(s: c_int, msgp: *mut msghdr_x, cnt: c_uint, flags: c_int) -> libc::ssize_t {
     called("sendmsg_x");
+    COUNTS[2].fetch_add(1, Ordering::Relaxed);
     if flags & MSG_SKIPCFIL != 0 {
         return fail(libc::EPERM);
     }
@@ -255,7 +275,10 @@ pub extern "C" fn sendmsg_x(s: c_int, msgp: *mut msghdr_x, cnt: c_uint, flags: c
     };
     match error {
         Some(e) if !count_stands(sent, e) => fail(e),
-        _ => sent as libc::ssize_t,
+        _ => {
+            COUNTS[3].fetch_add(sent as u64, Ordering::Relaxed);
+            sent as libc::ssize_t
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `adaptor/batch_io.rs`'s macOS path (`recvmsg_x`/`sendmsg_x`, found with
 //! `dlsym`) against the model's calls (rust/apple-model/src/socket.rs,
 //! XNU's semantics): batches through a socketpair, the cut-datagram rule,
-//! send chunking at the send limit, a full peer, an empty socket; and the
-//! calls themselves where batch_io's wrappers hide what XNU returns.
+//! send chunking at the send limit, a full peer, an empty socket, a
+//! `datagram_next` adaptor relaying through them; and the calls themselves
+//! where batch_io's wrappers hide what XNU returns.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -201,5 +202,78 @@ fn a_batch_is_capped_at_kern_ipc_maxrecvmsgx() {
         let mut bufs = vec![vec![0u8; 8]; 300];
         let (r, _, _) = recv_x(b.as_raw_fd(), &mut bufs, 300, crate::darwin_shim::MSG_DONTWAIT, 0);
         assert_eq!(r, 256, "cnt above kern.ipc.maxrecvmsgx (256) is cut to it");
+    });
+}
+
+extern "C" {
+    fn vmnet_model_msg_x_counts(out: *mut u64);
+}
+
+/// The model's `recvmsg_x`/`sendmsg_x` counts in this process: calls and
+/// datagrams received, calls and datagrams sent.
+fn msg_x_counts() -> [u64; 4] {
+    let mut c = [0u64; 4];
+    // SAFETY: 4 writable u64s.
+    unsafe { vmnet_model_msg_x_counts(c.as_mut_ptr()) };
+    c
+}
+
+#[test]
+fn a_datagram_next_adaptor_relays_through_the_batch_calls() {
+    own_process(model_test_name!("a_datagram_next_adaptor_relays_through_the_batch_calls"), Expect::Pass, || {
+        use crate::adaptor::testing::pair_interface;
+        use crate::adaptor::{Adaptor, Kind, Options};
+        use std::os::unix::net::UnixDatagram;
+        use std::time::{Duration, Instant};
+
+        const MAX: usize = 1514;
+        let patience = Duration::from_secs(20);
+        let frame = |seq: u8| -> Vec<u8> { (0..60 + 31 * seq as usize).map(|i| (i as u8).wrapping_add(seq)).collect() };
+        let (iface, network) = pair_interface(MAX);
+        let handles = iface.handles();
+        // Network to VM: 40 frames queued before the relay starts, so its
+        // first read takes them all and relays them as one batch.
+        for seq in 0..40 {
+            let f = frame(seq);
+            // SAFETY: a live buffer of its length, on the test's blocking end.
+            let r = unsafe { libc::send(network.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) };
+            assert_eq!(r, f.len() as isize);
+        }
+        let (mut adaptor, vm) = Adaptor::start(Box::new(iface), Kind::DatagramNext, &Options::default()).expect("start");
+        let vm = UnixDatagram::from(vm);
+        vm.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + patience;
+        let mut buf = vec![0u8; 65_536];
+        while got.len() < 40 && Instant::now() < deadline {
+            match vm.recv(&mut buf) {
+                Ok(n) => got.push(buf[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("VM recv: {e}"),
+            }
+        }
+        assert_eq!(got, (0..40).map(frame).collect::<Vec<_>>());
+
+        // VM to network: 40 frames, and one a byte over the largest frame
+        // (it fills its buffer: cut, counted, not passed on).
+        for seq in 0..20 {
+            vm.send(&frame(seq)).unwrap();
+        }
+        vm.send(&vec![0xaa; MAX + 1]).unwrap();
+        for seq in 20..40 {
+            vm.send(&frame(seq)).unwrap();
+        }
+        crate::test_support::wait_until("the VM's frames reach the network", patience, || handles.written.lock().unwrap().len() == 40);
+        assert_eq!(*handles.written.lock().unwrap(), (0..40).map(frame).collect::<Vec<_>>());
+        crate::test_support::wait_until("the cut datagram is counted", patience, || adaptor.stats().vm_to_host.errors == 1);
+
+        adaptor.stop();
+
+        let [recv_calls, received, send_calls, sent] = msg_x_counts();
+        assert_eq!(received, 41, "every datagram from the VM came through recvmsg_x ({recv_calls} calls)");
+        // Frames to the VM go through sendmsg_x in chunks of two or more (a
+        // lone frame goes by send): at least the first batch of 40 did.
+        assert!(send_calls > 0 && (2..=40).contains(&sent), "{sent} frames in {send_calls} sendmsg_x calls");
+        assert!(recv_calls > 0);
     });
 }

@@ -20,8 +20,9 @@
 //!   length) after every frame before it was delivered; the end of the
 //!   stream is a close, `partial` exactly when a frame (or a header) was
 //!   cut off;
-//! - `has_buffered` true means `receive` has frames or the error to give
-//!   without reading.
+//! - `has_buffered` is true exactly when `receive` has frames or the error
+//!   to give without reading (checked when nothing unread waits in the
+//!   socket, FIONREAD).
 //!
 //! Seeds: with `VMNET_RS_FUZZ_WRITE_SEEDS=DIR` set, the target writes
 //! streams of whole frames (small, full-size, repeated past the buffer),
@@ -88,6 +89,15 @@ fn socketpair() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
 }
 
+/// Bytes waiting in the socket (FIONREAD).
+fn unread(fd: RawFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    n
+}
+
 /// One reader's run: what it delivered and how it ended.
 struct Reading {
     reader: StreamReader,
@@ -103,10 +113,16 @@ impl Reading {
     fn drain(&mut self, fd: RawFd, rng: &mut Rng) {
         while self.end.is_none() {
             let buffered = self.reader.has_buffered();
+            // Nothing unread in the socket: whatever receive gives now was
+            // buffered already, and has_buffered must have said so.
+            let unread = unread(fd);
             match self.reader.receive(fd) {
                 Ok(0) => {
                     assert!(!buffered, "has_buffered said a frame was there, receive found none");
                     return;
+                }
+                Ok(_) | Err(StreamEnd::Protocol(_)) if unread == 0 && !buffered => {
+                    panic!("receive gave frames or the error from its buffer, has_buffered said there were none")
                 }
                 Ok(n) => {
                     assert!(n <= self.batch, "{n} frames in a batch of {}", self.batch);

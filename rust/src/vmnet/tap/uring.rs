@@ -289,12 +289,11 @@ mod tests {
         assert!(!ring.submit_all);
         let (a, b) = seqpacket_pair();
         let frames: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 30 + i as usize]).collect();
-        // The middle write names a closed fd: its prep fails with EBADF,
-        // which ends that enter's submission.
-        let bad = {
-            let (x, _y) = seqpacket_pair();
-            x.as_raw_fd()
-        };
+        // The middle write names no open fd: it fails with EBADF, which
+        // ends that enter's submission. -1, not the number of an fd just
+        // closed: another test's thread may be given that number again
+        // before the ring runs (and would then be written to).
+        let bad = -1;
         let fds = [a.as_raw_fd(), bad, a.as_raw_fd()];
         let entries: Vec<squeue::Entry> = frames
             .iter()

@@ -47,6 +47,17 @@ pub fn pseudo_v6(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u64 {
     add(add(0, src), dst) + u64::from(proto) + (l4_len as u64 & 0xffff) + (l4_len as u64 >> 16)
 }
 
+/// The TCP pseudo-header sum of a segment whose IP header starts at `ip`
+/// (IPv6 when `v6`, else IPv4 without options: the addresses sit at fixed
+/// offsets) and whose TCP header and payload are `l4_len` bytes.
+pub fn pseudo_tcp(ip: &[u8], v6: bool, l4_len: usize) -> u64 {
+    if v6 {
+        pseudo_v6(&ip[8..24], &ip[24..40], 6, l4_len)
+    } else {
+        pseudo_v4(&ip[12..16], &ip[16..20], 6, l4_len)
+    }
+}
+
 /// Recomputes the header checksum of the IPv4 header `ip` (its IHL bytes)
 /// in place.
 pub fn set_ipv4_header(ip: &mut [u8]) {

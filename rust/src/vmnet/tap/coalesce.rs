@@ -99,11 +99,7 @@ fn parse(f: &[u8]) -> Option<Segment> {
     // A valid TCP checksum, as the kernel's GRO asks: the kernel checksums
     // a merged frame's segments afresh, so a damaged one would be repaired
     // into data the receiver takes as good. Left as it came instead.
-    let pseudo = if v6 {
-        checksum::pseudo_v6(&f[ETH + 8..ETH + 24], &f[ETH + 24..ETH + 40], 6, f.len() - l4)
-    } else {
-        checksum::pseudo_v4(&f[ETH + 12..ETH + 16], &f[ETH + 16..ETH + 20], 6, f.len() - l4)
-    };
+    let pseudo = checksum::pseudo_tcp(&f[ETH..], v6, f.len() - l4);
     if checksum::fold(checksum::add(pseudo, &f[l4..])) != 0xffff {
         return None;
     }
@@ -204,11 +200,7 @@ pub fn coalesce(frames: &[&[u8]], out: &mut Vec<u8>, outputs: &mut Vec<Output>) 
         // The pseudo-header sum over the whole L4 length, not complemented:
         // what NEEDS_CSUM and the kernel's TCP segmentation expect there.
         let l4_len = frame.len() - first.l4;
-        let pseudo = if first.v6 {
-            checksum::pseudo_v6(&frame[ETH + 8..ETH + 24], &frame[ETH + 24..ETH + 40], 6, l4_len)
-        } else {
-            checksum::pseudo_v4(&frame[ETH + 12..ETH + 16], &frame[ETH + 16..ETH + 20], 6, l4_len)
-        };
+        let pseudo = checksum::pseudo_tcp(&frame[ETH..], first.v6, l4_len);
         frame[first.l4 + 16..first.l4 + 18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
         outputs.push(Output { start, len: out.len() - start, frames: j - i, bytes });
         i = j;

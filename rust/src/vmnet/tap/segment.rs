@@ -192,11 +192,7 @@ pub fn emit(plan: &Plan, frame: &[u8], k: usize, out: &mut [u8]) -> Result<usize
             }
             out[l4 + 16] = 0;
             out[l4 + 17] = 0;
-            let pseudo = if t.v6 {
-                checksum::pseudo_v6(&out[l3 + 8..l3 + 24], &out[l3 + 24..l3 + 40], 6, seg_len - l4)
-            } else {
-                checksum::pseudo_v4(&out[l3 + 12..l3 + 16], &out[l3 + 16..l3 + 20], 6, seg_len - l4)
-            };
+            let pseudo = checksum::pseudo_tcp(&out[l3..], t.v6, seg_len - l4);
             let c = !checksum::fold(checksum::add(pseudo, &out[l4..]));
             out[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
             Ok(seg_len)

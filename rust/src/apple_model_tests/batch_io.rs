@@ -26,15 +26,8 @@ fn functions() -> msg_x::Functions {
 /// Sets `SO_SNDBUF` to `n` and returns what it reads back: the send
 /// high-water mark the model's `sendmsg_x` checks each datagram against.
 fn send_buffer(fd: RawFd, n: libc::c_int) -> usize {
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let mut v: libc::c_int = 0;
-    let mut got = len;
-    // SAFETY: int-sized option values and their lengths.
-    unsafe {
-        assert_eq!(libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&n as *const libc::c_int).cast(), len), 0);
-        assert_eq!(libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (&mut v as *mut libc::c_int).cast(), &mut got), 0);
-    }
-    v as usize
+    crate::sys::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n).expect("set SO_SNDBUF");
+    crate::sys::get_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF).expect("read SO_SNDBUF") as usize
 }
 
 fn errno() -> i32 {
